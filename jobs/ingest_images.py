@@ -1,0 +1,174 @@
+"""`edgemine ingest images SOURCE`: register image files in the ``images`` table.
+
+Each file is read once: its bytes give the content id (mining.schema) and its
+header the format and size; pixels are not decoded. Files that are not images
+go to ``errors``. The job is incremental: a file already registered, or already
+refused, is skipped, so rerunning it (after a kill, or every hour on a growing
+bucket) registers only what is new. New files are grouped into shards whose id
+derives from their URIs, each published whole (mining.lake).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from PIL import Image, UnidentifiedImageError
+
+from jobs.progress import Progress
+from mining.config import IngestConfig
+from mining.lake import Lake, open_url
+from mining.schema import ERRORS, IMAGES, image_id_from_sha256
+from mining.sql import LakeDB
+
+log = logging.getLogger(__name__)
+
+JOB = "ingest-images"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+@dataclass
+class ImagesSummary:
+    job: str = JOB
+    source: str = ""
+    found: int = 0
+    already_known: int = 0
+    registered: int = 0
+    errors: int = 0
+    shards: int = 0
+    seconds: float = 0.0
+    error_samples: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def ingest_images(
+    lake: Lake,
+    source: str,
+    config: IngestConfig = IngestConfig(),
+    *,
+    pattern: str | None = None,
+    retry_errors: bool = False,
+    show_progress: bool = True,
+) -> ImagesSummary:
+    """Register the images under ``source`` (a folder or s3:// prefix).
+
+    ``pattern`` is a glob on paths relative to ``source`` (``**/*.jpg``); by
+    default every file with an image suffix is taken."""
+    started = time.monotonic()
+    summary = ImagesSummary(source=source)
+    uris = list_images(lake, source, pattern)
+    summary.found = len(uris)
+    known = _known_uris(lake, include_errors=not retry_errors)
+    new = sorted(set(uris) - known)
+    summary.already_known = len(uris) - len(new)
+
+    fs, _ = open_url(source, lake.s3)
+    progress = Progress("ingest images", total=len(new), unit="images", enabled=show_progress)
+    for start in range(0, len(new), config.image_shard):
+        shard_uris = new[start : start + config.image_shard]
+        shard = "img-" + hashlib.sha1("\n".join(shard_uris).encode()).hexdigest()[:16]
+        writer = lake.shard_writer(JOB, shard, [IMAGES, ERRORS])
+        rows, errors = [], []
+        ingested_at = datetime.now(UTC)
+        for offset in range(0, len(shard_uris), config.image_batch):
+            batch = shard_uris[offset : offset + config.image_batch]
+            # One call per batch: s3fs fetches the objects concurrently.
+            contents = fs.cat([_fs_path(u) for u in batch], on_error="return")
+            for uri in batch:
+                data = contents.get(_fs_path(uri))
+                row, reason = probe_image(uri, data, source, ingested_at)
+                if row is not None:
+                    rows.append(row)
+                else:
+                    errors.append({"job": JOB, "source": source, "row": None, "uri": uri, "reason": reason, "raw": None, "at": ingested_at})
+            progress.update(len(batch))
+        writer.write(IMAGES, pa.Table.from_pylist(rows, schema=IMAGES.schema))
+        writer.write(ERRORS, pa.Table.from_pylist(errors, schema=ERRORS.schema))
+        writer.commit({"source": source, "images": len(shard_uris)})
+        summary.registered += len(rows)
+        summary.errors += len(errors)
+        summary.shards += 1
+        summary.error_samples += [{"uri": e["uri"], "reason": e["reason"]} for e in errors[: max(0, 5 - len(summary.error_samples))]]
+    progress.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def list_images(lake: Lake, source: str, pattern: str | None = None) -> list[str]:
+    fs, root = open_url(source, lake.s3)
+    root = root.rstrip("/")
+    if not fs.exists(root):
+        raise FileNotFoundError(f"image source {source} does not exist; give a folder or an s3://bucket/prefix")
+    protocol = "s3://" if source.startswith(("s3://", "s3a://")) else ""
+    uris = []
+    for path in fs.find(root):
+        relative = path[len(root) + 1 :]
+        if pattern is not None:
+            if not fnmatch.fnmatch(relative, pattern):
+                continue
+        elif not path.lower().endswith(IMAGE_SUFFIXES):
+            continue
+        uris.append(protocol + path)
+    return sorted(uris)
+
+
+def probe_image(uri: str, data: bytes | BaseException | None, source: str, at: datetime) -> tuple[dict | None, str | None]:
+    """A row for the images table, or the reason there is none."""
+    if data is None:
+        return None, "file vanished while listing"
+    if isinstance(data, BaseException):
+        return None, f"could not read: {type(data).__name__}: {data}"
+    if not data:
+        return None, "empty file"
+    try:
+        with warnings.catch_warnings():
+            # Size comes from the header; a huge image is registered, and the embed
+            # job applies its own pixel limit when it decodes.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                fmt, mode = image.format, image.mode
+    except Image.DecompressionBombError as e:
+        return None, f"decompression bomb: {e}"
+    except UnidentifiedImageError:
+        return None, "not an image (or a format Pillow cannot identify)"
+    except (OSError, ValueError, SyntaxError) as e:
+        return None, f"unreadable image header: {e}"
+    digest = hashlib.sha256(data).hexdigest()
+    return (
+        {
+            "image_id": image_id_from_sha256(digest),
+            "uri": uri,
+            "width": width,
+            "height": height,
+            "bytes": len(data),
+            "sha256": digest,
+            "format": fmt,
+            "mode": mode,
+            "source": source,
+            "ingested_at": at,
+        },
+        None,
+    )
+
+
+def _known_uris(lake: Lake, *, include_errors: bool) -> set[str]:
+    with LakeDB(lake, read_only=False) as db:
+        sql = "SELECT uri FROM raw.images"
+        if include_errors:
+            sql += f" UNION SELECT uri FROM raw.errors WHERE job = '{JOB}' AND uri IS NOT NULL"
+        return set(db.query(sql).column("uri").to_pylist())
+
+
+def _fs_path(uri: str) -> str:
+    return uri.removeprefix("s3://").removeprefix("s3a://")

@@ -1,0 +1,418 @@
+"""`edgemine ingest predictions FILE...`: model predictions into the lake.
+
+Input fields (docs/INGEST.md): image_uri or image_id, model_version, ts,
+confidence, and optional prediction_id, label, scores ({label: score}) and
+detections ([{box: [x1, y1, x2, y2], label, score}]). Every other field is kept
+as a column of ``predictions``.
+
+One input file is one shard: its rows are checked batch by batch in DuckDB
+(``RowChecker``), good rows go to ``predictions`` and ``detections``, bad rows to
+``errors`` with the reason, and the shard is published at the end (see
+mining.lake). A file already ingested and unchanged is skipped; a changed one
+replaces what it wrote before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.progress import Progress
+from jobs.readers import Batch, InputFormatError, detect_format, read_batches
+from mining.config import IngestConfig
+from mining.lake import Lake, open_url
+from mining.schema import DETECTIONS, ERRORS, PREDICTIONS, Table
+from mining.sql import LakeDB
+
+log = logging.getLogger(__name__)
+
+JOB = "ingest-predictions"
+REQUIRED = ("model_version", "ts", "confidence")
+KNOWN = {"prediction_id", "image_uri", "image_id", "model_version", "ts", "label", "confidence", "scores", "detections"}
+RESERVED = {"source", "source_row", "ingested_at", "date"}
+_ROW = "__row"
+_DETECTION_TYPE = "STRUCT(box DOUBLE[], label VARCHAR, score DOUBLE)[]"
+_MAX_EPOCH_S = 7_258_118_400  # 2200-01-01: a larger number is not seconds since 1970
+
+
+class IngestFileError(RuntimeError):
+    """One input file could not be ingested; nothing of it was published."""
+
+
+@dataclass
+class FileResult:
+    source: str
+    status: str  # ingested | skipped | failed
+    rows: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    reason: str | None = None
+
+
+@dataclass
+class IngestSummary:
+    job: str
+    files: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "failed"]
+
+    def totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for f in self.files:
+            for table, n in f.rows.items():
+                totals[table] = totals.get(table, 0) + n
+        return totals
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "files": [asdict(f) for f in self.files],
+            "ingested": sum(f.status == "ingested" for f in self.files),
+            "skipped": sum(f.status == "skipped" for f in self.files),
+            "failed": len(self.failed),
+            "rows": self.totals(),
+            "errors": sum(f.errors for f in self.files),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def ingest_predictions(
+    lake: Lake,
+    inputs: list[str],
+    config: IngestConfig = IngestConfig(),
+    *,
+    fmt: str = "auto",
+    force: bool = False,
+    show_progress: bool = True,
+) -> IngestSummary:
+    """Ingest each input (a file URI, or a glob of them) as one shard."""
+    started = time.monotonic()
+    summary = IngestSummary(JOB)
+    uris = expand_inputs(inputs, lake)
+    with LakeDB(lake, read_only=False) as db:
+        checker = RowChecker(db)
+        progress = Progress("ingest predictions", unit="rows", enabled=show_progress)
+        for uri in uris:
+            try:
+                summary.files.append(ingest_file(lake, uri, checker, config, fmt=fmt, force=force, progress=progress))
+            except IngestFileError as e:
+                log.error("%s", e)
+                summary.files.append(FileResult(uri, "failed", reason=str(e)))
+        progress.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def expand_inputs(inputs: list[str], lake: Lake) -> list[str]:
+    uris: list[str] = []
+    for item in inputs:
+        fs, path = open_url(item, lake.s3)
+        protocol = "s3://" if item.startswith(("s3://", "s3a://")) else ""
+        if any(c in path for c in "*?["):
+            matches = sorted(fs.glob(path))
+            if not matches:
+                raise IngestFileError(f"{item}: no file matches this pattern")
+            uris += [protocol + m for m in matches]
+        else:
+            uris.append(protocol + path)
+    return uris
+
+
+def shard_id(uri: str) -> str:
+    return "pred-" + hashlib.sha1(uri.encode()).hexdigest()[:16]
+
+
+def ingest_file(
+    lake: Lake,
+    uri: str,
+    checker: RowChecker,
+    config: IngestConfig,
+    *,
+    fmt: str = "auto",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> FileResult:
+    fs, path = open_url(uri, lake.s3)
+    try:
+        identity = _identity(fs.info(path))
+    except FileNotFoundError:
+        raise IngestFileError(f"{uri}: file not found; check the path (and for s3://, the bucket and credentials)") from None
+    shard = shard_id(uri)
+    marker = lake.read_marker(JOB, shard)
+    if marker and marker.get("identity") == identity and not force:
+        return FileResult(uri, "skipped", reason="already ingested and unchanged (use --force to redo)")
+
+    try:
+        fmt = detect_format(path, fmt)
+    except InputFormatError as e:
+        raise IngestFileError(f"{uri}: {e}") from None
+    ingested_at = datetime.now(UTC)
+    writer = lake.shard_writer(JOB, shard, [PREDICTIONS, DETECTIONS, ERRORS])
+    errors = 0
+    try:
+        with fs.open(path, "rb", compression="infer") as f:
+            for i, batch in enumerate(read_batches(f, fmt, config.chunk_rows)):
+                if i == 0:
+                    _check_first_batch(batch, fmt)
+                checked = checker.check(batch, source=uri, base_dir=_base_dir(uri), ingested_at=ingested_at)
+                _write_by_date(writer, PREDICTIONS, checked.predictions)
+                _write_by_date(writer, DETECTIONS, checked.detections)
+                writer.write(ERRORS, checked.errors)
+                errors += checked.errors.num_rows
+                if progress:
+                    progress.update(batch.table.num_rows + len(batch.rejects))
+    except InputFormatError as e:
+        writer.abort()
+        raise IngestFileError(f"{uri}: {e}. Nothing of this file was written.") from None
+    except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as e:
+        writer.abort()
+        raise IngestFileError(f"{uri}: could not read the file ({type(e).__name__}: {e}). Nothing of it was written.") from None
+    record = writer.commit({"source": uri, "identity": identity, "format": fmt})
+    return FileResult(uri, "ingested", rows=record["rows"], errors=errors)
+
+
+def _identity(info: dict[str, Any]) -> dict[str, Any]:
+    """What tells an input file changed: its size and its ETag or modification time."""
+    changed = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+    return {"size": info.get("size"), "version": str(changed)}
+
+
+def _base_dir(uri: str) -> str:
+    return posixpath.dirname(uri)
+
+
+def _check_first_batch(batch: Batch, fmt: str) -> None:
+    if batch.table.num_rows == 0 and batch.rejects:
+        raise InputFormatError(
+            f"no row of the first {len(batch.rejects)} could be read as {fmt} "
+            f"(line {batch.rejects[0].row}: {batch.rejects[0].reason}); is this the right format?"
+        )
+    columns = set(batch.table.column_names)
+    missing = [c for c in REQUIRED if c not in columns]
+    if "image_uri" not in columns and "image_id" not in columns:
+        missing.insert(0, "image_uri (or image_id)")
+    if missing:
+        raise InputFormatError(
+            f"missing required column(s): {', '.join(missing)}; found {sorted(columns)}. "
+            "Each row needs image_uri (or image_id), model_version, ts and confidence (see docs/INGEST.md)"
+        )
+
+
+def _write_by_date(writer, table: Table, rows: pa.Table) -> None:
+    if rows.num_rows == 0:
+        return
+    dates = rows.column("date")
+    for day in pc.unique(dates).to_pylist():
+        part = rows.filter(pc.equal(dates, day)).drop_columns(["date"])
+        writer.write(table, part, partition_value=day)
+
+
+@dataclass
+class Checked:
+    predictions: pa.Table
+    detections: pa.Table
+    errors: pa.Table
+
+
+class RowChecker:
+    """Checks and shapes input rows in DuckDB: resolves image ids, parses
+    timestamps, scores and detections, and gives each bad row its reason."""
+
+    def __init__(self, db: LakeDB):
+        self.con = db.con
+        # One row per URI, and every known id, for the whole run.
+        self.con.execute(
+            "CREATE OR REPLACE TEMP TABLE image_by_uri AS "
+            "SELECT uri, any_value(image_id) AS image_id FROM raw.images GROUP BY uri"
+        )
+        self.con.execute("CREATE OR REPLACE TEMP TABLE image_ids AS SELECT DISTINCT image_id FROM raw.images")
+
+    def check(self, batch: Batch, *, source: str, base_dir: str, ingested_at: datetime) -> Checked:
+        table = batch.table.append_column(_ROW, batch.rows)
+        types = {name: table.schema.field(name).type for name in table.column_names}
+        extras = [n for n in table.column_names if n not in KNOWN and n != _ROW]
+        self.con.register("batch", table)
+        try:
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS {_check_sql(types, base_dir)}")
+        finally:
+            self.con.unregister("batch")
+        at = f"TIMESTAMPTZ '{ingested_at.isoformat()}'"
+        params = [source]
+        self.con.execute(_GOOD_SQL)
+        predictions = self.con.execute(_predictions_sql(extras, at), params).to_arrow_table()
+        detections = self.con.execute(_detections_sql(at)).to_arrow_table()
+        errors = self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table()
+        errors = pa.concat_tables([errors, _reject_rows(batch, source, ingested_at)])
+        return Checked(
+            predictions=_conform(predictions, PREDICTIONS, extra=True),
+            detections=_conform(detections, DETECTIONS),
+            errors=_conform(errors, ERRORS),
+        )
+
+
+def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
+    def has(name: str) -> bool:
+        return name in types
+
+    uri = "CAST(image_uri AS VARCHAR)" if has("image_uri") else "NULL::VARCHAR"
+    given_id = "CAST(image_id AS VARCHAR)" if has("image_id") else "NULL::VARCHAR"
+    scores_json = _json_expr("scores", types.get("scores"))
+    detections_json = _json_expr("detections", types.get("detections"))
+    base = _quote(base_dir)
+    return f"""
+    WITH parsed AS (
+        SELECT batch.*,
+            CASE WHEN {uri} LIKE 'file://%' THEN substr({uri}, 8)
+                 WHEN {uri} LIKE '%://%' OR {uri} LIKE '/%' THEN {uri}
+                 ELSE {base} || '/' || {uri} END AS __uri,
+            {given_id} AS __given_id,
+            {"CAST(prediction_id AS VARCHAR)" if has("prediction_id") else "NULL::VARCHAR"} AS __given_prediction_id,
+            {"CAST(model_version AS VARCHAR)" if has("model_version") else "NULL::VARCHAR"} AS __model_version,
+            {_ts_expr(types.get("ts"))} AS __ts,
+            {"CAST(label AS VARCHAR)" if has("label") else "NULL::VARCHAR"} AS __label,
+            {"TRY_CAST(confidence AS DOUBLE)" if has("confidence") else "NULL::DOUBLE"} AS __confidence,
+            {"CAST(confidence AS VARCHAR)" if has("confidence") else "NULL::VARCHAR"} AS __confidence_text,
+            {scores_json} AS __scores_json,
+            {detections_json} AS __detections_json
+        FROM batch
+    ), typed AS (
+        SELECT parsed.*,
+            coalesce(image_ids.image_id, image_by_uri.image_id) AS __image_id,
+            TRY_CAST(__scores_json AS MAP(VARCHAR, FLOAT)) AS __scores,
+            TRY_CAST(__detections_json AS {_DETECTION_TYPE}) AS __detections
+        FROM parsed
+        LEFT JOIN image_ids ON image_ids.image_id = parsed.__given_id
+        LEFT JOIN image_by_uri ON image_by_uri.uri = parsed.__uri
+    )
+    SELECT typed.*, CASE
+        WHEN __uri IS NULL AND __given_id IS NULL THEN 'missing image_uri (or image_id)'
+        WHEN __image_id IS NULL AND __given_id IS NOT NULL
+            THEN 'unknown image_id ' || __given_id || ': register the image first with `edgemine ingest images`'
+        WHEN __image_id IS NULL
+            THEN 'unknown image ' || __uri || ': register it first with `edgemine ingest images`'
+        WHEN __model_version IS NULL OR __model_version = '' THEN 'missing model_version'
+        WHEN __ts IS NULL THEN 'bad or missing ts ' || coalesce('''' || {"CAST(ts AS VARCHAR)" if has("ts") else "NULL"} || '''', '(none)')
+            || ': use ISO 8601 (2026-11-21T08:30:00Z) or epoch seconds'
+        WHEN __confidence IS NULL THEN 'confidence ' || coalesce('''' || __confidence_text || '''', '(none)') || ' is not a number'
+        WHEN isnan(__confidence) THEN 'confidence is NaN'
+        WHEN __confidence < 0 OR __confidence > 1
+            THEN 'confidence ' || __confidence_text || ' outside [0, 1]'
+        WHEN __scores_json IS NOT NULL AND __scores IS NULL THEN 'scores is not an object of label: score'
+        WHEN __detections_json IS NOT NULL AND (__detections IS NULL OR NOT coalesce(list_bool_and(list_transform(__detections,
+                d -> len(d.box) = 4 AND d.box[3] >= d.box[1] AND d.box[4] >= d.box[2]
+                     AND (d.score IS NULL OR (d.score >= 0 AND d.score <= 1)))), true))
+            THEN 'bad detections: each needs box [x1, y1, x2, y2] with x2 >= x1, y2 >= y1, and score in [0, 1]'
+    END AS __reason
+    FROM typed
+    """
+
+
+_GOOD_SQL = """
+CREATE OR REPLACE TEMP TABLE good AS
+SELECT
+    coalesce(__given_prediction_id,
+             substr(sha256(__image_id || '|' || __model_version || '|' || epoch_us(__ts)::VARCHAR), 1, 24)) AS __prediction_id,
+    strftime(__ts, '%Y-%m-%d') AS __date,
+    *
+FROM checked WHERE __reason IS NULL
+"""
+
+
+def _predictions_sql(extras: list[str], at: str) -> str:
+    extra_columns = "".join(
+        f", {_ident(name)} AS {_ident('input_' + name if name in RESERVED else name)}" for name in extras
+    )
+    return f"""
+    SELECT __prediction_id AS prediction_id, __image_id AS image_id, __uri AS image_uri,
+        __model_version AS model_version, __ts AS ts, __label AS label, __confidence::FLOAT AS confidence,
+        __scores AS scores, $1 AS source, {_ROW} AS source_row, {at} AS ingested_at, __date AS date
+        {extra_columns}
+    FROM good ORDER BY __date, {_ROW}
+    """
+
+
+def _detections_sql(at: str) -> str:
+    return f"""
+    SELECT __prediction_id || '-' || __i AS detection_id, __prediction_id AS prediction_id, __image_id AS image_id,
+        __model_version AS model_version, __ts AS ts, __d.box::FLOAT[4] AS box, __d.label AS label,
+        __d.score::FLOAT AS score, {at} AS ingested_at, __date AS date
+    FROM (
+        SELECT *, unnest(__detections) AS __d, unnest(range(len(__detections))) AS __i
+        FROM good WHERE __detections IS NOT NULL
+    ) ORDER BY __date, {_ROW}, __i
+    """
+
+
+def _errors_sql(columns: list[str], at: str) -> str:
+    original = ", ".join(f"{_quote(c)}, {_ident(c)}" for c in columns if c != _ROW)
+    return f"""
+    SELECT '{JOB}' AS job, $1 AS source, {_ROW} AS row, __uri AS uri, __reason AS reason,
+        left(json_object({original})::VARCHAR, 2000) AS raw, {at} AS at
+    FROM checked WHERE __reason IS NOT NULL ORDER BY {_ROW}
+    """
+
+
+def _reject_rows(batch: Batch, source: str, at: datetime) -> pa.Table:
+    rejects = batch.rejects
+    return pa.table(
+        {
+            "job": pa.array([JOB] * len(rejects), pa.string()),
+            "source": pa.array([source] * len(rejects), pa.string()),
+            "row": pa.array([r.row for r in rejects], pa.int64()),
+            "uri": pa.nulls(len(rejects), pa.string()),
+            "reason": pa.array([r.reason for r in rejects], pa.string()),
+            "raw": pa.array([r.raw[:2000] for r in rejects], pa.string()),
+            "at": pa.array([at] * len(rejects), ERRORS.schema.field("at").type),
+        }
+    )
+
+
+def _ts_expr(t: pa.DataType | None) -> str:
+    if t is None or pa.types.is_null(t):
+        return "NULL::TIMESTAMPTZ"
+    if pa.types.is_timestamp(t) or pa.types.is_date(t):
+        return "CAST(ts AS TIMESTAMPTZ)"
+    number = "TRY_CAST(ts AS DOUBLE)"
+    epoch = f"CASE WHEN {number} >= 0 AND {number} < {_MAX_EPOCH_S} THEN to_timestamp({number}) END"
+    if pa.types.is_integer(t) or pa.types.is_floating(t):
+        return epoch
+    return f"coalesce(TRY_CAST(ts AS TIMESTAMPTZ), {epoch})"
+
+
+def _json_expr(name: str, t: pa.DataType | None) -> str:
+    """The column as JSON whatever it arrived as: nested (JSONL, Parquet) or text (CSV)."""
+    if t is None or pa.types.is_null(t):
+        return "NULL::JSON"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return f"TRY_CAST(nullif({_ident(name)}, '') AS JSON)"
+    return f"to_json({_ident(name)})"
+
+
+def _conform(rows: pa.Table, table: Table, *, extra: bool = False) -> pa.Table:
+    """Cast to the table's schema (in its column order); the partition column, and extra
+    columns where allowed, follow."""
+    columns = [rows.column(f.name).cast(f.type) for f in table.schema]
+    fields = list(table.schema)
+    for name in rows.column_names:
+        if table.schema.get_field_index(name) == -1 and (extra or name == table.partition):
+            columns.append(rows.column(name))
+            fields.append(rows.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

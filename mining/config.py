@@ -1,0 +1,128 @@
+"""Configuration: one typed object, built once from defaults, a TOML file, the
+environment and command-line flags (in rising order of precedence), then passed down.
+
+Every option, with its default, is written out in configs/default.toml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LAKE = "./lake"
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Object-storage access. Credentials come from the standard AWS variables
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) unless set here."""
+
+    endpoint_url: str | None = None  # S3-compatible stores (MinIO, moto, R2...); env AWS_ENDPOINT_URL
+    region: str | None = None  # env AWS_REGION / AWS_DEFAULT_REGION
+    key: str | None = None
+    secret: str | None = None
+    session_token: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    chunk_rows: int = 200_000  # input rows per output file: bounds memory whatever the file size
+    image_batch: int = 256  # images fetched concurrently per request batch
+    image_shard: int = 10_000  # images per output file of the images table
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    images: int = 2_000
+    seed: int = 0
+    width: int = 256
+    height: int = 192
+    edge_case_rate: float = 0.03
+    workers: int = 0  # 0: one per CPU core
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    port: int = 8501
+
+
+@dataclass(frozen=True)
+class Config:
+    lake: str = DEFAULT_LAKE
+    s3: S3Config = field(default_factory=S3Config)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    lake: str | None = None,
+) -> Config:
+    """Build the Config.
+
+    Precedence for the lake: ``lake`` argument (the --lake flag), EDGEMINE_LAKE,
+    the file's ``lake``, then ./lake. ``path`` defaults to EDGEMINE_CONFIG if set.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get("EDGEMINE_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        data = _read_toml(Path(path))
+    config = _from_dict(Config, data, where=str(path or "defaults"))
+
+    s3 = dataclasses.replace(
+        config.s3,
+        endpoint_url=config.s3.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
+        region=config.s3.region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+        key=config.s3.key or env.get("AWS_ACCESS_KEY_ID"),
+        secret=config.s3.secret or env.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=config.s3.session_token or env.get("AWS_SESSION_TOKEN"),
+    )
+    chosen_lake = lake or env.get("EDGEMINE_LAKE") or config.lake
+    return dataclasses.replace(config, lake=chosen_lake, s3=s3)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file to --config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+def _from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    """Build dataclass ``cls`` from a dict, refusing unknown keys and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; allowed: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        f = fields[name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: [{name}] must be a table")
+            kwargs[name] = _from_dict(type(default), value, f"{where} [{name}]")
+            continue
+        expected = type(default) if default is not None else str
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: {name} must be {expected.__name__}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)

@@ -1,0 +1,226 @@
+"""The lake on storage: where each table's files live, and how a job publishes them.
+
+A lake is a URI, a local folder or ``s3://bucket/prefix``. The filesystem is
+resolved once with ``fsspec.core.url_to_fs`` and every read and write goes
+through it, so jobs behave the same on both.
+
+Layout (relative to the lake root)::
+
+    images/<shard>-00000.parquet
+    predictions/date=YYYY-MM-DD/<shard>-00000.parquet
+    detections/date=YYYY-MM-DD/<shard>-00000.parquet
+    embeddings/<shard>-00000.parquet
+    errors/<shard>-00000.parquet
+    _jobs/<job>/<shard>.json          success marker of one input shard
+    _staging/<job>/<shard>/...        files of a shard not yet published
+    sources/                          raw inputs the demo generates
+
+Publishing (why a killed job never leaves duplicates): a job writes all files
+of one input shard under ``_staging``; ``ShardWriter.commit`` then deletes any
+earlier files of that shard from the tables, moves the new ones in (a rename
+locally, one atomic object per file on S3), and writes the success marker last.
+File names derive from the shard id and a sequence number only, so a rerun
+writes the same names and replaces rather than adds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mining.config import Config, S3Config
+from mining.schema import TABLES, Table
+
+log = logging.getLogger(__name__)
+
+JOBS_DIR = "_jobs"
+STAGING_DIR = "_staging"
+SOURCES_DIR = "sources"
+
+
+def storage_options(uri: str, s3: S3Config) -> dict[str, Any]:
+    """fsspec options for ``uri``. Only what is set is passed, so s3fs/botocore
+    still find credentials the standard way. The region stays out of
+    ``client_kwargs``: botocore takes it from the environment, and S3-compatible
+    servers refuse bucket creation with a location constraint they do not expect."""
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    # Other processes write the same lake: a cached listing would hide their files.
+    options: dict[str, Any] = {"use_listings_cache": False}
+    if s3.key:
+        options["key"] = s3.key
+    if s3.secret:
+        options["secret"] = s3.secret
+    if s3.session_token:
+        options["token"] = s3.session_token
+    if s3.endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": s3.endpoint_url}
+    return options
+
+
+def open_url(uri: str, s3: S3Config) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Filesystem and path for any input or output URI (lake or not)."""
+    return fsspec.core.url_to_fs(uri, **storage_options(uri, s3))
+
+
+class Lake:
+    """A lake rooted at ``uri``. Cheap to build; holds no open files."""
+
+    def __init__(self, uri: str, s3: S3Config | None = None):
+        self.s3 = s3 or S3Config()
+        self.uri = uri.rstrip("/") or uri
+        self.fs, self.root = open_url(self.uri, self.s3)
+        self.root = self.root.rstrip("/")
+        self.protocol = "s3" if self.uri.startswith(("s3://", "s3a://")) else "file"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Lake:
+        return cls(config.lake, config.s3)
+
+    def __repr__(self) -> str:
+        return f"Lake({self.uri!r})"
+
+    # -- paths ---------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        """Filesystem path (no protocol) under the lake root."""
+        return posixpath.join(self.root, *parts)
+
+    def url(self, path: str) -> str:
+        """Full URL of a filesystem path, as DuckDB and other tools need it."""
+        return f"s3://{path}" if self.protocol == "s3" else path
+
+    def table_dir(self, table: Table | str) -> str:
+        return self.path(_table(table).name)
+
+    def table_files(self, table: Table | str) -> list[str]:
+        """Published Parquet files of a table (filesystem paths), sorted."""
+        directory = self.table_dir(table)
+        if not self.fs.exists(directory):
+            return []
+        return sorted(p for p in self.fs.find(directory) if p.endswith(".parquet"))
+
+    def marker_path(self, job: str, shard: str) -> str:
+        return self.path(JOBS_DIR, job, f"{shard}.json")
+
+    def read_marker(self, job: str, shard: str) -> dict[str, Any] | None:
+        path = self.marker_path(job, shard)
+        try:
+            with self.fs.open(path, "rb") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    # -- reading -------------------------------------------------------------
+    def read_table(self, table: Table | str, columns: list[str] | None = None) -> pa.Table:
+        """All published rows of a (small) table, without the view's dedup.
+        For anything large, query through DuckDB (mining.sql) instead."""
+        t = _table(table)
+        files = self.table_files(t)
+        if not files:
+            return t.schema.empty_table() if columns is None else t.schema.empty_table().select(columns)
+        parts = []
+        for path in files:
+            with self.fs.open(path, "rb") as f:
+                parts.append(pq.read_table(f, columns=columns))
+        return pa.concat_tables(parts, promote_options="permissive")
+
+    # -- writing -------------------------------------------------------------
+    def write_parquet(self, rows: pa.Table, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if self.protocol == "file":
+            self.fs.makedirs(parent, exist_ok=True)
+        with self.fs.open(path, "wb") as f:
+            pq.write_table(rows, f, compression="zstd")
+
+    def shard_writer(self, job: str, shard: str, tables: list[Table]) -> ShardWriter:
+        return ShardWriter(self, job, shard, tables)
+
+
+class ShardWriter:
+    """Stages the output files of one input shard, then publishes them together.
+
+    ``tables`` lists every table the job writes, so that files an earlier run of
+    this shard left in any of them are replaced, even where this run writes none.
+    """
+
+    def __init__(self, lake: Lake, job: str, shard: str, tables: list[Table]):
+        self.lake, self.job, self.shard, self.tables = lake, job, shard, tables
+        self.staging = lake.path(STAGING_DIR, job, shard)
+        self._seq: dict[str, int] = defaultdict(int)
+        self._staged: list[tuple[str, str]] = []  # (staged path, final relative path)
+        self.rows_written: dict[str, int] = defaultdict(int)
+        # A staging folder left by a killed run holds files of unknown completeness.
+        if lake.fs.exists(self.staging):
+            lake.fs.rm(self.staging, recursive=True)
+
+    def write(self, table: Table, rows: pa.Table, partition_value: str | None = None) -> None:
+        if rows.num_rows == 0:
+            return
+        if table.partition and partition_value is None:
+            raise ValueError(f"table {table.name} is partitioned by {table.partition}: give partition_value")
+        folder = table.name if not table.partition else f"{table.name}/{table.partition}={partition_value}"
+        seq = self._seq[folder]
+        self._seq[folder] += 1
+        relative = f"{folder}/{self.shard}-{seq:05d}.parquet"
+        staged = posixpath.join(self.staging, relative)
+        self.lake.write_parquet(rows, staged)
+        self._staged.append((staged, relative))
+        self.rows_written[table.name] += rows.num_rows
+
+    def commit(self, marker: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Publish the staged files and write the success marker; returns the marker."""
+        fs = self.lake.fs
+        new = {relative for _, relative in self._staged}
+        prefix = f"{self.shard}-"
+        for table in self.tables:
+            directory = self.lake.table_dir(table)
+            if not fs.exists(directory):
+                continue
+            for path in fs.find(directory):
+                relative = posixpath.relpath(path, self.lake.root)
+                if posixpath.basename(path).startswith(prefix) and relative not in new:
+                    fs.rm(path)
+        for staged, relative in self._staged:
+            final = self.lake.path(relative)
+            if self.lake.protocol == "file":
+                fs.makedirs(posixpath.dirname(final), exist_ok=True)
+            fs.mv(staged, final)
+        record = {
+            "job": self.job,
+            "shard": self.shard,
+            "files": sorted(new),
+            "rows": dict(self.rows_written),
+            "committed_at": datetime.now(UTC).isoformat(),
+            **(marker or {}),
+        }
+        marker_path = self.lake.marker_path(self.job, self.shard)
+        if self.lake.protocol == "file":
+            fs.makedirs(posixpath.dirname(marker_path), exist_ok=True)
+        with fs.open(marker_path, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        if fs.exists(self.staging):
+            fs.rm(self.staging, recursive=True)
+        return record
+
+    def abort(self) -> None:
+        """Drop staged files: nothing of this shard is published."""
+        if self.lake.fs.exists(self.staging):
+            self.lake.fs.rm(self.staging, recursive=True)
+        self._staged.clear()
+
+
+def _table(table: Table | str) -> Table:
+    if isinstance(table, Table):
+        return table
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise ValueError(f"unknown table {table!r}; tables: {sorted(TABLES)}") from None

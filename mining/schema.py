@@ -1,0 +1,174 @@
+"""The lake's tables: one pyarrow schema each, defined here and nowhere else.
+
+docs/LAKE.md describes them for people; tests check that the two agree.
+
+Identity rules (why rows never duplicate):
+- ``image_id`` is derived from the image's *content*: the first 20 hex digits of
+  its SHA-256. The same bytes always get the same id, wherever they are stored.
+- ``prediction_id`` is the id given in the input, or else derived from
+  ``(image_id, model_version, ts)``, so two input files that carry the same
+  prediction produce one row in the ``predictions`` view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+EMBEDDING_DIM = 512
+IMAGE_ID_HEX = 20
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A lake table: its folder name, file schema and what the SQL view does with it.
+
+    ``partition`` names a hive partition column derived from a timestamp (``date``
+    from ``ts``); it lives in folder names, not in the files.
+    ``dedup_key`` and ``dedup_order`` make the view show one row per key, the
+    latest written winning. ``extra_columns`` allows input columns beyond the schema.
+    """
+
+    name: str
+    schema: pa.Schema
+    partition: str | None = None
+    dedup_key: tuple[str, ...] = ()
+    dedup_order: str = "ingested_at DESC"
+    extra_columns: bool = False
+    doc: str = ""
+
+
+IMAGES = Table(
+    name="images",
+    doc="One row per image; raw.images has one per registered file (the same bytes at two URIs share an image_id).",
+    dedup_key=("image_id",),
+    schema=pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("bytes", pa.int64()),
+            pa.field("sha256", pa.string()),
+            pa.field("format", pa.string()),
+            pa.field("mode", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("ingested_at", UTC_TS),
+        ]
+    ),
+)
+
+PREDICTIONS = Table(
+    name="predictions",
+    doc="One row per model prediction on an image; input columns beyond these are kept.",
+    partition="date",
+    dedup_key=("prediction_id",),
+    extra_columns=True,
+    schema=pa.schema(
+        [
+            pa.field("prediction_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("image_uri", pa.string()),
+            pa.field("model_version", pa.string(), nullable=False),
+            pa.field("ts", UTC_TS, nullable=False),
+            pa.field("label", pa.string()),
+            pa.field("confidence", pa.float32(), nullable=False),
+            pa.field("scores", pa.map_(pa.string(), pa.float32())),
+            pa.field("source", pa.string()),
+            pa.field("source_row", pa.int64()),
+            pa.field("ingested_at", UTC_TS),
+        ]
+    ),
+)
+
+DETECTIONS = Table(
+    name="detections",
+    doc="One row per detection box of a prediction; box is [x1, y1, x2, y2] in pixels.",
+    partition="date",
+    dedup_key=("detection_id",),
+    schema=pa.schema(
+        [
+            pa.field("detection_id", pa.string(), nullable=False),
+            pa.field("prediction_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("model_version", pa.string()),
+            pa.field("ts", UTC_TS),
+            pa.field("box", pa.list_(pa.float32(), 4)),
+            pa.field("label", pa.string()),
+            pa.field("score", pa.float32()),
+            pa.field("ingested_at", UTC_TS),
+        ]
+    ),
+)
+
+EMBEDDINGS = Table(
+    name="embeddings",
+    doc="One L2-normalised 512-d vector per image, backbone and weights (written by `edgemine embed`).",
+    dedup_key=("image_id", "backbone", "weights"),
+    dedup_order="computed_at DESC",
+    schema=pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("backbone", pa.string(), nullable=False),
+            pa.field("weights", pa.string(), nullable=False),
+            pa.field("embedding", pa.list_(pa.float32(), EMBEDDING_DIM), nullable=False),
+            pa.field("computed_at", UTC_TS),
+        ]
+    ),
+)
+
+ERRORS = Table(
+    name="errors",
+    doc="One row per input item a job could not take, with the reason; the job went on without it.",
+    dedup_order="at DESC",
+    schema=pa.schema(
+        [
+            pa.field("job", pa.string(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("row", pa.int64()),
+            pa.field("uri", pa.string()),
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("raw", pa.string()),
+            pa.field("at", UTC_TS),
+        ]
+    ),
+)
+
+DEMO_TRUTH = Table(
+    name="demo_truth",
+    doc="Hidden ground truth of the synthetic demo lake: scene conditions and the edge-case flag.",
+    dedup_key=("image_id",),
+    schema=pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("uri", pa.string()),
+            pa.field("true_label", pa.string()),
+            pa.field("object_size", pa.string()),
+            pa.field("time_of_day", pa.string()),
+            pa.field("weather", pa.string()),
+            pa.field("glare", pa.bool_()),
+            pa.field("camera", pa.string()),
+            pa.field("is_edge_case", pa.bool_()),
+            pa.field("ingested_at", UTC_TS),
+        ]
+    ),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (IMAGES, PREDICTIONS, DETECTIONS, EMBEDDINGS, ERRORS, DEMO_TRUTH)}
+
+
+def image_id_from_sha256(sha256_hex: str) -> str:
+    """Content-derived image id: the first IMAGE_ID_HEX hex digits of the image's SHA-256."""
+    return sha256_hex[:IMAGE_ID_HEX]
+
+
+def image_id_from_bytes(data: bytes) -> str:
+    return image_id_from_sha256(hashlib.sha256(data).hexdigest())
+
+
+def empty_table(table: Table) -> pa.Table:
+    return table.schema.empty_table()

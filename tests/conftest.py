@@ -1,0 +1,83 @@
+"""Shared fixtures: a real S3 server (moto) on a loopback port, and lakes on both
+a local folder and S3 so the same test runs against each."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import s3fs
+
+from mining.config import Config, IngestConfig, S3Config
+from mining.lake import Lake
+
+S3_KEY, S3_SECRET = "testing-key", "testing-secret"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """moto's S3 server, a real HTTP endpoint, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_config(s3_endpoint: str) -> S3Config:
+    return S3Config(endpoint_url=s3_endpoint, region="us-east-1", key=S3_KEY, secret=S3_SECRET)
+
+
+@pytest.fixture
+def s3_env(monkeypatch: pytest.MonkeyPatch, s3_endpoint: str) -> dict[str, str]:
+    """The environment a user would set for the CLI; applied with monkeypatch and returned
+    for subprocesses."""
+    env = {
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": s3_endpoint,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+def new_bucket(s3_config: S3Config) -> str:
+    fs = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, client_kwargs={"endpoint_url": s3_config.endpoint_url})
+    name = f"lake-{uuid.uuid4().hex[:12]}"
+    fs.mkdir(name)
+    return name
+
+
+@pytest.fixture(params=["local", "s3"])
+def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
+    """An empty lake, once on a local folder and once on S3."""
+    if request.param == "local":
+        return Lake(str(tmp_path / "lake"))
+    s3_config = request.getfixturevalue("s3_config")
+    bucket = request.getfixturevalue("new_bucket")
+    return Lake(f"s3://{bucket}/lake", s3_config)
+
+
+@pytest.fixture
+def small_ingest() -> IngestConfig:
+    """Small chunks, so a few hundred rows already make several files and batches."""
+    return IngestConfig(chunk_rows=50, image_batch=16, image_shard=40)
+
+
+def config_for(lake: Lake, **ingest) -> Config:
+    return replace(Config(lake=lake.uri, s3=lake.s3), ingest=replace(IngestConfig(), **ingest))

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.cli import build_parser, main
+from tests.helpers import jsonl, prediction, put, put_images
+
+EDGEMINE = Path(sys.executable).parent / "edgemine"
+COMMANDS = [["demo"], ["ingest", "images"], ["ingest", "predictions"], ["sql"], ["tables"]]
+
+
+def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(EDGEMINE), *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture
+def lake_dir(tmp_path: Path) -> Path:
+    """A small local lake made through the CLI itself."""
+    from mining.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    uris = put_images(lake, str(tmp_path / "src"), 12)
+    put(lake, str(tmp_path / "src" / "broken.jpg"), b"nope")
+    put(lake, str(tmp_path / "in.jsonl"), jsonl([prediction(u, i) for i, u in enumerate(uris)] + [prediction(uris[0], 0, confidence=7)]))
+    assert main(["ingest", "images", str(tmp_path / "src"), "--lake", lake.uri, "--quiet"]) == 0
+    assert main(["ingest", "predictions", str(tmp_path / "in.jsonl"), "--lake", lake.uri, "--quiet"]) == 0
+    return tmp_path / "lake"
+
+
+def test_entry_point_help_lists_every_command():
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("demo", "ingest", "sql", "tables"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_has_help_with_the_common_flags(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--lake", "--config", "--json"):
+        assert flag in text
+
+
+def test_ingest_summaries_as_json(tmp_path, capsys):
+    from mining.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    uris = put_images(lake, str(tmp_path / "src"), 5)
+    assert main(["ingest", "images", str(tmp_path / "src"), "--lake", lake.uri, "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["registered"] == 5 and report["errors"] == 0
+
+    put(lake, str(tmp_path / "p.jsonl"), jsonl([prediction(u, i) for i, u in enumerate(uris)] + ["{oops"]))
+    assert main(["ingest", "predictions", str(tmp_path / "p.jsonl"), "--lake", lake.uri, "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"]["predictions"] == 5 and report["errors"] == 1 and report["failed"] == 0
+
+
+def test_sql_json_is_one_object_per_row(lake_dir, capsys):
+    assert main(["sql", "SELECT label, count(*) AS n FROM predictions GROUP BY ALL ORDER BY label", "--lake", str(lake_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"label": "car", "n": 6}, {"label": "person", "n": 6}]
+
+
+def test_sql_csv_and_table_output(lake_dir, capsys):
+    assert main(["sql", "SELECT uri, reason FROM errors ORDER BY reason", "--lake", str(lake_dir), "--format", "csv"]) == 0
+    got = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["reason"][:12] for r in got] == ["confidence 7", "not an image"]
+    assert main(["sql", "SELECT image_id, width FROM images ORDER BY image_id LIMIT 3", "--lake", str(lake_dir)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0].split() == ["image_id", "|", "width"] and "(3 rows)" in text
+
+
+def test_sql_output_parquet_and_refusals(lake_dir, tmp_path, capsys):
+    out = tmp_path / "slice.parquet"
+    assert main(["sql", "SELECT * FROM predictions WHERE confidence < 0.6", "--lake", str(lake_dir), "--output", str(out)]) == 0
+    table = pq.read_table(out)
+    assert table.num_rows > 0 and max(table.column("confidence").to_pylist()) < 0.6
+
+    assert main(["sql", "SELECT 1", "--lake", str(lake_dir), "--output", str(lake_dir / "predictions" / "x.parquet")]) == 2
+    assert "inside the lake" in capsys.readouterr().err
+    assert main(["sql", "DELETE FROM predictions", "--lake", str(lake_dir)]) == 2
+    assert "read-only" in capsys.readouterr().err
+    assert main(["sql", "SELEC oops", "--lake", str(lake_dir)]) == 2
+    assert "syntax error" in capsys.readouterr().err.lower()
+
+
+def test_sql_views_and_stdin(lake_dir):
+    views = run("sql", "--views", "--lake", str(lake_dir))
+    assert views.returncode == 0 and "CREATE OR REPLACE VIEW predictions AS" in views.stdout
+    result = subprocess.run([str(EDGEMINE), "sql", "-", "--lake", str(lake_dir), "--json"], input="SELECT count(*) AS n FROM images",
+                            capture_output=True, text=True, timeout=120)
+    assert json.loads(result.stdout) == [{"n": 12}]
+
+
+def test_lake_from_environment_then_config(lake_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EDGEMINE_LAKE", str(lake_dir))
+    assert main(["tables", "--json"]) == 0
+    counts = {r["table"]: r["rows"] for r in json.loads(capsys.readouterr().out)}
+    assert counts["images"] == 12 and counts["predictions"] == 12 and counts["errors"] == 2
+
+    monkeypatch.delenv("EDGEMINE_LAKE")
+    config = tmp_path / "c.toml"
+    config.write_text(f'lake = "{lake_dir}"\n')
+    assert main(["sql", "SELECT count(*) AS n FROM images", "--config", str(config), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 12}]
+
+
+def test_errors_are_one_line_with_what_to_do(tmp_path, capsys):
+    assert main(["sql", "SELECT 1", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ingest]\nchunk_rowz = 5\n")
+    assert main(["tables", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "chunk_rowz" in err and "chunk_rows" in err
+    assert main(["ingest", "predictions", str(tmp_path / "none.jsonl"), "--lake", str(tmp_path / "lake"), "--quiet"]) == 2
+    assert "file not found" in capsys.readouterr().err

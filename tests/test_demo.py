@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from jobs import demo_data
+from jobs.demo import run_demo
+from mining.config import Config, DemoConfig
+from mining.sql import LakeDB
+
+
+def demo_config(lake, images: int, seed: int = 3, workers: int = 1) -> Config:
+    return Config(lake=lake.uri, s3=lake.s3, demo=replace(DemoConfig(), images=images, seed=seed, workers=workers))
+
+
+def query(lake, sql):
+    with LakeDB(lake) as db:
+        return db.query(sql).to_pylist()
+
+
+def test_demo_builds_a_consistent_lake(lake):
+    summary = run_demo(demo_config(lake, 300), show_progress=False)
+    assert summary["images"]["registered"] == 300 and summary["images"]["errors"] == 1  # the corrupt file
+    assert summary["predictions"]["rows"]["predictions"] == 300
+    assert summary["predictions"]["errors"] == 1  # one bad line per 500 images, at index 250
+    assert summary["demo_truth"] == 300
+    # Every prediction joins an image and its ground truth.
+    joined = query(lake, "SELECT count(*) n FROM predictions p JOIN images USING (image_id) JOIN demo_truth USING (image_id)")
+    assert joined == [{"n": 300}]
+    assert query(lake, "SELECT count(*) n FROM detections")[0]["n"] >= 300
+
+    again = run_demo(demo_config(lake, 300), show_progress=False)
+    assert again["generated"] is False and again["images"]["registered"] == 0
+    assert again["predictions"]["skipped"] == 1
+    assert query(lake, "SELECT count(*) n FROM raw.predictions") == [{"n": 300}]
+
+
+def test_demo_is_deterministic_whatever_the_workers(tmp_path):
+    from mining.lake import Lake
+
+    one = Lake(str(tmp_path / "one"))
+    two = Lake(str(tmp_path / "two"))
+    run_demo(demo_config(one, 520, workers=1), show_progress=False)
+    run_demo(demo_config(two, 520, workers=2), show_progress=False)
+    sql = "SELECT image_id, label, confidence FROM predictions ORDER BY image_id"
+    assert query(one, sql) == query(two, sql)
+
+
+def test_simulated_model_is_worse_on_hard_conditions_and_often_confidently_wrong_on_glare():
+    rng_rows = []
+    for index in range(6000):
+        rng = demo_data.scene_rng(11, index)
+        scene = demo_data.sample_scene(rng, index, 64, 48, edge_case_rate=0.05)
+        p = demo_data.simulate_prediction(scene, rng)
+        rng_rows.append((scene, p))
+    def mean_conf(keep):
+        return np.mean([p["confidence"] for s, p in rng_rows if keep(s)])
+    easy = mean_conf(lambda s: s.time_of_day == "day" and s.weather == "clear" and not s.glare)
+    assert mean_conf(lambda s: s.weather == "fog") < easy - 0.05
+    assert mean_conf(lambda s: s.time_of_day == "night") < easy - 0.05
+    glare = [(s, p) for s, p in rng_rows if s.glare]
+    assert 0.03 < len(glare) / len(rng_rows) < 0.07
+    wrong = [p for s, p in glare if p["label"] != s.true_label]
+    assert len(wrong) / len(glare) > 0.5
+    confidently_wrong = [p for p in wrong if p["confidence"] > 0.8]
+    assert len(confidently_wrong) / len(wrong) > 0.4  # low-confidence review alone misses these
+
+
+def test_glare_images_look_different():
+    """The edge case must be visible in the pixels, or no embedding can find it."""
+    def brightness(glare: bool) -> float:
+        values = []
+        for index in range(40):
+            rng = demo_data.scene_rng(5, index)
+            scene = demo_data.sample_scene(rng, index, 96, 72, edge_case_rate=0.0)
+            scene.glare = glare
+            values.append(np.asarray(demo_data.draw_scene(scene, rng, 96, 72)).mean())
+        return float(np.mean(values))
+    assert brightness(True) > brightness(False) + 20
+
+
+@pytest.mark.parametrize("images", [1, 7])
+def test_tiny_demo(tmp_path, images):
+    from mining.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    summary = run_demo(demo_config(lake, images), show_progress=False)
+    assert summary["predictions"]["rows"]["predictions"] == images

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.ingest_images import ingest_images
+from jobs.ingest_predictions import IngestFileError, ingest_predictions
+from mining.lake import open_url
+from mining.sql import LakeDB
+from tests.helpers import jsonl, prediction, put, put_images, source_uri
+
+
+def rows(lake, sql):
+    with LakeDB(lake) as db:
+        return db.query(sql).to_pylist()
+
+
+@pytest.fixture
+def images(lake, small_ingest):
+    folder = source_uri(lake, "images")
+    uris = put_images(lake, folder, 120)
+    ingest_images(lake, folder, small_ingest, show_progress=False)
+    return uris
+
+
+def test_jsonl_rows_land_in_predictions_and_detections(lake, images, small_ingest):
+    preds = [prediction(u, i) for i, u in enumerate(images)]
+    preds[0] |= {
+        "scores": {"car": 0.7, "person": 0.3},
+        "detections": [{"box": [1, 2, 30, 40], "label": "car", "score": 0.9}, {"box": [5, 5, 9, 9], "label": "dog", "score": 0.2}],
+    }
+    uri = put(lake, source_uri(lake, "in/preds.jsonl"), jsonl(preds))
+
+    summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False)
+
+    assert summary.to_dict()["rows"] == {"predictions": 120, "detections": 2}
+    assert summary.to_dict()["errors"] == 0
+    got = rows(lake, "SELECT * FROM predictions ORDER BY source_row")
+    assert len(got) == 120
+    first = got[0]
+    assert first["image_uri"] == images[0]
+    assert first["model_version"] == "v7" and first["label"] == "car"
+    assert first["confidence"] == pytest.approx(preds[0]["confidence"], abs=1e-6)
+    assert dict(first["scores"]) == pytest.approx({"car": 0.7, "person": 0.3})
+    assert first["camera"] == "cam-0"  # an input field beyond the documented ones is kept
+    assert str(first["date"]) == "2026-10-01"
+    assert first["source_row"] == 1
+    image_ids = {r["uri"]: r["image_id"] for r in rows(lake, "SELECT uri, image_id FROM images")}
+    assert first["image_id"] == image_ids[images[0]]
+    dets = rows(lake, "SELECT label, box, score, prediction_id FROM detections ORDER BY detection_id")
+    assert [d["label"] for d in dets] == ["car", "dog"]
+    assert dets[0]["box"] == pytest.approx([1, 2, 30, 40])
+    assert {d["prediction_id"] for d in dets} == {first["prediction_id"]}
+    # Partitioned by the date of ts: one folder per day.
+    days = {p.split("date=")[1][:10] for p in lake.table_files("predictions")}
+    assert days == {"2026-10-01", "2026-10-02", "2026-10-03"}
+
+
+def test_bad_rows_are_recorded_with_reasons_and_the_rest_lands(lake, images, small_ingest):
+    good = [prediction(u, i) for i, u in enumerate(images[:10])]
+    bad = [
+        prediction(images[10], 10, confidence=1.5),
+        prediction(images[11], 11, confidence=float("nan")),
+        prediction(images[12], 12, ts="last tuesday"),
+        prediction(images[13], 13, image_uri=None),
+        prediction("s3://nowhere/unknown.jpg", 14),
+        prediction(images[15], 15, confidence="high"),
+        '{"image_uri": "broken json',
+        prediction(images[16], 16, detections=[{"box": [1, 2, 3], "label": "car", "score": 0.5}]),
+        prediction(images[17], 17, model_version=None),
+    ]
+    text = jsonl(good[:5] + bad + good[5:])
+    uri = put(lake, source_uri(lake, "in/mixed.jsonl"), text)
+
+    summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
+
+    assert summary["rows"]["predictions"] == 10
+    assert summary["errors"] == len(bad)
+    errors = {r["row"]: r for r in rows(lake, "SELECT * FROM errors ORDER BY row")}
+    reasons = {row: e["reason"] for row, e in errors.items()}
+    assert set(reasons) == set(range(6, 6 + len(bad)))
+    assert "outside [0, 1]" in reasons[6]
+    assert reasons[7] == "confidence is NaN"
+    assert reasons[8].startswith("bad or missing ts 'last tuesday'")
+    assert reasons[9] == "missing image_uri (or image_id)"
+    assert reasons[10].startswith("unknown image s3://nowhere/unknown.jpg")
+    assert "not a number" in reasons[11]
+    assert reasons[12].startswith("invalid JSON")
+    assert reasons[13].startswith("bad detections")
+    assert reasons[14] == "missing model_version"
+    assert all(e["source"] == uri and e["job"] == "ingest-predictions" for e in errors.values())
+    # The offending row is kept for the record (as text here: one odd value in the
+    # block made its confidence column text).
+    assert float(json.loads(errors[6]["raw"])["confidence"]) == 1.5
+
+
+def test_csv_and_parquet_inputs(lake, images, small_ingest):
+    header = "image_uri,model_version,ts,label,confidence,scores,detections,site\n"
+    lines = [
+        f'{images[0]},v1,2026-10-05T10:00:00Z,car,0.9,"{{""car"": 0.9}}","[{{""box"": [1,1,5,5], ""label"": ""car"", ""score"": 0.9}}]",north',
+        f"{images[1]},v1,1790000000,person,0.4,,,south",
+        f"{images[2]},v1,2026-10-05,person",  # too few fields
+        f"{images[3]},v1,2026-10-05T11:00:00Z,car,2.0,,,east",
+    ]
+    csv_uri = put(lake, source_uri(lake, "in/p.csv"), header + "\n".join(lines) + "\n")
+    table = pa.table(
+        {
+            "image_id": [r["image_id"] for r in rows(lake, f"SELECT image_id FROM images WHERE uri IN ('{images[4]}', '{images[5]}') ORDER BY uri")],
+            "model_version": ["v2", "v2"],
+            "ts": pa.array([1_790_000_000_000_000, 1_790_000_100_000_000], pa.timestamp("us", tz="UTC")),
+            "label": ["dog", "car"],
+            "confidence": [0.55, 0.65],
+            "weather": ["rain", "fog"],
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    parquet_uri = put(lake, source_uri(lake, "in/p.parquet"), buffer.getvalue())
+
+    summary = ingest_predictions(lake, [csv_uri, parquet_uri], small_ingest, show_progress=False).to_dict()
+
+    assert summary["rows"]["predictions"] == 4 and summary["rows"]["detections"] == 1
+    assert summary["errors"] == 2
+    errors = rows(lake, "SELECT row, reason FROM errors ORDER BY row")
+    assert errors == [
+        {"row": 4, "reason": "expected 8 fields, found 4"},
+        {"row": 5, "reason": "confidence 2.0 outside [0, 1]"},
+    ]
+    csv_rows = rows(lake, "SELECT label, site, scores, epoch(ts) AS t FROM predictions WHERE model_version = 'v1' ORDER BY source_row")
+    assert [r["site"] for r in csv_rows] == ["north", "south"]
+    assert csv_rows[1]["t"] == 1_790_000_000  # epoch seconds accepted
+    pq_rows = rows(lake, "SELECT label, weather, image_uri FROM predictions WHERE model_version = 'v2' ORDER BY label")
+    assert [(r["label"], r["weather"]) for r in pq_rows] == [("car", "fog"), ("dog", "rain")]
+
+
+def test_overlapping_files_show_each_prediction_once(lake, images, small_ingest):
+    preds = [prediction(u, i) for i, u in enumerate(images[:30])]
+    a = put(lake, source_uri(lake, "in/a.jsonl"), jsonl(preds[:20]))
+    b = put(lake, source_uri(lake, "in/b.jsonl"), jsonl(preds[10:]))
+    ingest_predictions(lake, [a, b], small_ingest, show_progress=False)
+    assert rows(lake, "SELECT count(*) n FROM raw.predictions")[0]["n"] == 40
+    assert rows(lake, "SELECT count(*) n, count(DISTINCT prediction_id) ids FROM predictions")[0] == {"n": 30, "ids": 30}
+
+
+def test_rerun_skips_unchanged_and_replaces_changed_files(lake, images, small_ingest):
+    uri = put(lake, source_uri(lake, "in/p.jsonl"), jsonl([prediction(u, i) for i, u in enumerate(images)]))
+    first = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
+    assert first["ingested"] == 1
+    files_before = lake.table_files("predictions")
+
+    again = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
+    assert (again["ingested"], again["skipped"]) == (0, 1)
+    assert lake.table_files("predictions") == files_before
+
+    put(lake, uri, jsonl([prediction(u, i, model_version="v8") for i, u in enumerate(images[:7])]))
+    changed = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
+    assert changed["ingested"] == 1
+    assert rows(lake, "SELECT model_version, count(*) n FROM raw.predictions GROUP BY ALL") == [{"model_version": "v8", "n": 7}]
+
+    forced = ingest_predictions(lake, [uri], small_ingest, force=True, show_progress=False).to_dict()
+    assert forced["ingested"] == 1
+    assert rows(lake, "SELECT count(*) n FROM raw.predictions")[0]["n"] == 7
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("cols.jsonl", jsonl([{"image_uri": "x.jpg", "label": "car"}]), "missing required column(s): model_version, ts, confidence"),
+        ("binary.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 5, "could be read as jsonl"),
+        ("fake.parquet", "not parquet at all", "not a Parquet file"),
+        ("data.xml", "<xml/>", "cannot tell the format"),
+        ("empty.csv", "", "empty CSV file"),
+    ],
+)
+def test_wrong_format_fails_clearly_and_writes_nothing(lake, images, small_ingest, name, content, message):
+    uri = put(lake, source_uri(lake, f"in/{name}"), content)
+    summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False)
+    [failed] = summary.failed
+    assert message in failed.reason
+    assert lake.table_files("predictions") == [] and lake.table_files("errors") == []
+    assert lake.read_marker("ingest-predictions", "x") is None
+    fs, _ = open_url(lake.uri, lake.s3)
+    assert not fs.exists(lake.path("_staging", "ingest-predictions")) or fs.find(lake.path("_staging", "ingest-predictions")) == []
+
+
+def test_missing_input_and_empty_glob(lake, images, small_ingest):
+    summary = ingest_predictions(lake, [source_uri(lake, "in/nope.jsonl")], small_ingest, show_progress=False)
+    assert "file not found" in summary.failed[0].reason
+    with pytest.raises(IngestFileError, match="no file matches"):
+        ingest_predictions(lake, [source_uri(lake, "in/*.nothing")], small_ingest, show_progress=False)
+
+
+def test_glob_of_inputs_and_reserved_names(lake, images, small_ingest):
+    for k in range(3):
+        rows_k = [prediction(u, i, source="camera-app", date="yesterday") for i, u in enumerate(images[k * 10 : k * 10 + 10])]
+        put(lake, source_uri(lake, f"in/day-{k}.jsonl"), jsonl(rows_k))
+    summary = ingest_predictions(lake, [source_uri(lake, "in/day-*.jsonl")], small_ingest, show_progress=False).to_dict()
+    assert summary["ingested"] == 3 and summary["rows"]["predictions"] == 30
+    got = rows(lake, "SELECT source, input_source, input_date FROM predictions LIMIT 1")[0]
+    assert got["input_source"] == "camera-app" and got["input_date"] == "yesterday"
+    assert got["source"].endswith(".jsonl")

@@ -1,0 +1,115 @@
+"""A job process killed (SIGKILL, no cleanup) mid-run, then rerun, ends with every
+row exactly once: nothing missing, nothing duplicated, not even in raw storage."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs.ingest_images import ingest_images
+from mining.lake import Lake
+from mining.sql import LakeDB
+from tests.helpers import jsonl, prediction, put, put_images, source_uri
+
+EDGEMINE = Path(sys.executable).parent / "edgemine"
+pytestmark = pytest.mark.slow
+
+
+def count(lake: Lake, sql: str) -> int:
+    with LakeDB(lake) as db:
+        return db.query(sql).column(0)[0].as_py()
+
+
+def kill_when(process: subprocess.Popen, ready, timeout: float = 120) -> None:
+    """SIGKILL the job as soon as ``ready()`` says it is part-way through."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"job ended (rc {process.returncode}) before it could be killed mid-run:\n{err[-2000:]}")
+        if ready():
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            return
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    pytest.fail("job never reached the point to kill it")
+
+
+def start(args: list[str], config: Path, env: dict | None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [str(EDGEMINE), *args, "--config", str(config), "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=None if env is None else os.environ | env, start_new_session=True,
+    )
+
+
+def markers(lake: Lake, job: str) -> int:
+    folder = lake.path("_jobs", job)
+    return len(lake.fs.ls(folder)) if lake.fs.exists(folder) else 0
+
+
+def staged_files(lake: Lake, job: str) -> int:
+    folder = lake.path("_staging", job)
+    return len(lake.fs.find(folder)) if lake.fs.exists(folder) else 0
+
+
+@pytest.fixture
+def lake_env(lake, request):
+    """Environment for the job subprocess: S3 credentials and endpoint when the lake is on S3."""
+    return request.getfixturevalue("s3_env") if lake.protocol == "s3" else None
+
+
+def test_killed_predictions_ingest_reruns_to_exactly_once(lake, lake_env, small_ingest, tmp_path):
+    folder = source_uri(lake, "images")
+    uris = put_images(lake, folder, 50)
+    ingest_images(lake, folder, small_ingest, show_progress=False)
+    files, per_file = 6, 3000
+    for k in range(files):
+        rows = [prediction(uris[i % 50], i, ts=f"2026-10-{1 + i % 3:02d}T00:00:{i % 60:02d}Z", model_version=f"m{k}-{i}") for i in range(per_file)]
+        put(lake, source_uri(lake, f"in/p-{k}.jsonl"), jsonl(rows))
+    config = tmp_path / "job.toml"
+    config.write_text(f'lake = "{lake.uri}"\n[ingest]\nchunk_rows = 500\n')
+    inputs = [source_uri(lake, "in/p-*.jsonl")]
+
+    job = start(["ingest", "predictions", *inputs], config, lake_env)
+    kill_when(job, lambda: markers(lake, "ingest-predictions") >= 2 and staged_files(lake, "ingest-predictions") > 0)
+
+    done_before = markers(lake, "ingest-predictions")
+    assert 2 <= done_before < files
+    rerun = subprocess.run([str(EDGEMINE), "ingest", "predictions", *inputs, "--config", str(config), "--quiet", "--json"],
+                           capture_output=True, text=True, env=None if lake_env is None else os.environ | lake_env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f'"skipped": {done_before}' in rerun.stdout
+
+    total = files * per_file
+    assert count(lake, "SELECT count(*) FROM raw.predictions") == total
+    assert count(lake, "SELECT count(DISTINCT prediction_id) FROM raw.predictions") == total
+    assert count(lake, "SELECT count(*) FROM predictions") == total
+    assert staged_files(lake, "ingest-predictions") == 0
+
+
+def test_killed_images_ingest_reruns_to_exactly_once(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    folder = str(tmp_path / "images")
+    put_images(lake, folder, 400)
+    put(lake, f"{folder}/bad.jpg", b"broken")
+    config = tmp_path / "job.toml"
+    config.write_text(f'lake = "{lake.uri}"\n[ingest]\nimage_shard = 20\nimage_batch = 5\n')
+
+    job = start(["ingest", "images", folder], config, None)
+    kill_when(job, lambda: markers(lake, "ingest-images") >= 3)
+    assert count(lake, "SELECT count(*) FROM raw.images") < 400
+
+    rerun = subprocess.run([str(EDGEMINE), "ingest", "images", folder, "--config", str(config), "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert count(lake, "SELECT count(*) FROM raw.images") == 400
+    assert count(lake, "SELECT count(DISTINCT uri) FROM raw.images") == 400
+    assert count(lake, "SELECT count(*) FROM raw.errors") == 1

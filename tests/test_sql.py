@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from jobs.ingest_images import ingest_images
+from jobs.ingest_predictions import ingest_predictions
+from mining.schema import EMBEDDINGS, TABLES
+from mining.sql import LakeDB, ReadOnlyError, httpfs_extension_path, view_statements
+from tests.helpers import jsonl, prediction, put, put_images, source_uri
+
+
+@pytest.fixture
+def filled(lake, small_ingest):
+    folder = source_uri(lake, "images")
+    uris = put_images(lake, folder, 30)
+    ingest_images(lake, folder, small_ingest, show_progress=False)
+    uri = put(lake, source_uri(lake, "in/p.jsonl"), jsonl([prediction(u, i) for i, u in enumerate(uris)]))
+    ingest_predictions(lake, [uri], small_ingest, show_progress=False)
+    return lake
+
+
+def test_every_table_has_a_view_even_when_empty(lake):
+    with LakeDB(lake) as db:
+        for name, table in TABLES.items():
+            described = db.query(f"DESCRIBE {name}").column("column_name").to_pylist()
+            assert described[: len(table.schema)] == table.schema.names
+            assert db.query(f"SELECT count(*) AS n FROM {name}").column("n")[0].as_py() == 0
+
+
+def test_views_join_and_aggregate(filled):
+    with LakeDB(filled) as db:
+        got = db.query(
+            "SELECT p.label, count(*) AS n, min(i.width) AS w FROM predictions p JOIN images i USING (image_id) "
+            "WHERE p.confidence < 0.99 GROUP BY ALL ORDER BY p.label"
+        ).to_pylist()
+    assert got == [{"label": "car", "n": 15, "w": 64}, {"label": "person", "n": 15, "w": 64}]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT 1) TO '{root}/predictions/evil.parquet' (USE_TMP_FILE false)",
+        "COPY (SELECT 1 AS a) TO '{root}/x.csv'",
+        "CREATE TABLE t AS SELECT 1",
+        "INSERT INTO predictions SELECT * FROM predictions",
+        "DELETE FROM predictions",
+        "DROP VIEW predictions",
+        "ATTACH '{root}/other.db'",
+        "INSTALL spatial",
+        "SET enable_external_access = true",
+        "EXPORT DATABASE '{root}/dump'",
+        "SELECT 1; COPY (SELECT 1) TO '{root}/y.csv'",
+    ],
+)
+def test_read_only_refuses_writes(filled, statement):
+    root = filled.url(filled.root)
+    files_before = sorted(filled.fs.find(filled.root))
+    with LakeDB(filled) as db, pytest.raises(ReadOnlyError, match="read-only"):
+        db.query(statement.format(root=root))
+    assert sorted(filled.fs.find(filled.root)) == files_before
+
+
+def test_read_only_cannot_read_outside_the_lake(filled, tmp_path):
+    outside = tmp_path / "secret.csv"
+    outside.write_text("a\n1\n")
+    with LakeDB(filled) as db:
+        with pytest.raises(duckdb.PermissionException):
+            db.query(f"SELECT * FROM read_csv('{outside}')")
+        # Sandboxed, yet the lake itself still reads.
+        assert db.query("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == 30
+
+
+def test_view_statements_work_in_a_plain_duckdb_client(filled):
+    text = view_statements(filled)
+    con = duckdb.connect()
+    if filled.protocol == "s3":
+        s3 = filled.s3
+        text = text.replace("LOAD httpfs;", f"LOAD '{httpfs_extension_path()}';")
+        text = text.replace("<AWS_ACCESS_KEY_ID>", s3.key).replace("<AWS_SECRET_ACCESS_KEY>", s3.secret)
+    con.execute(text)
+    assert con.sql("SELECT count(*) FROM predictions").fetchone()[0] == 30
+    assert con.sql("SELECT count(*) FROM images").fetchone()[0] == 30
+
+
+def test_embeddings_view_is_float512_for_similarity(lake):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(4, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = pa.table(
+        {
+            "image_id": [f"id{i}" for i in range(4)],
+            "backbone": ["resnet18"] * 4,
+            "weights": ["random"] * 4,
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 512),
+            "computed_at": pa.array([datetime(2026, 11, 1, tzinfo=UTC)] * 4, EMBEDDINGS.schema.field("computed_at").type),
+        },
+        schema=EMBEDDINGS.schema,
+    )
+    writer = lake.shard_writer("test", "emb", [EMBEDDINGS])
+    writer.write(EMBEDDINGS, rows)
+    writer.commit()
+    with LakeDB(lake) as db:
+        assert db.query("SELECT typeof(embedding) AS t FROM embeddings LIMIT 1").column("t")[0].as_py() == "FLOAT[512]"
+        sims = db.query(
+            "SELECT b.image_id, array_cosine_similarity(a.embedding, b.embedding) AS s FROM embeddings a, embeddings b "
+            "WHERE a.image_id = 'id0' ORDER BY b.image_id"
+        ).column("s").to_numpy()
+    assert sims == pytest.approx(vectors @ vectors[0], abs=1e-5)
