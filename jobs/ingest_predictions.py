@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.progress import Progress
-from jobs.readers import Batch, InputFormatError, detect_format, read_batches
+from jobs.readers import Batch, InputFormatError, detect_format, prefetch, read_batches
 from mining.config import IngestConfig
 from mining.lake import Lake, open_url
 from mining.schema import DETECTIONS, ERRORS, PREDICTIONS, Table
@@ -161,7 +161,7 @@ def ingest_file(
     errors = 0
     try:
         with fs.open(path, "rb", compression="infer") as f:
-            for i, batch in enumerate(read_batches(f, fmt, config.chunk_rows)):
+            for i, batch in enumerate(prefetch(read_batches(f, fmt, config.chunk_rows))):
                 if i == 0:
                     _check_first_batch(batch, fmt)
                 checked = checker.check(batch, source=uri, base_dir=_base_dir(uri), ingested_at=ingested_at)
@@ -248,7 +248,6 @@ class RowChecker:
             self.con.unregister("batch")
         at = f"TIMESTAMPTZ '{ingested_at.isoformat()}'"
         params = [source]
-        self.con.execute(_GOOD_SQL)
         predictions = self.con.execute(_predictions_sql(extras, at), params).to_arrow_table()
         detections = self.con.execute(_detections_sql(at)).to_arrow_table()
         errors = self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table()
@@ -294,7 +293,11 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
         LEFT JOIN image_ids ON image_ids.image_id = parsed.__given_id
         LEFT JOIN image_by_uri ON image_by_uri.uri = parsed.__uri
     )
-    SELECT typed.*, CASE
+    SELECT typed.* EXCLUDE (__scores_json, __detections_json, __confidence_text),
+        coalesce(__given_prediction_id,
+                 substr(sha256(__image_id || '|' || __model_version || '|' || epoch_us(__ts)::VARCHAR), 1, 24)) AS __prediction_id,
+        strftime(__ts, '%Y-%m-%d') AS __date,
+        CASE
         WHEN __uri IS NULL AND __given_id IS NULL THEN 'missing image_uri (or image_id)'
         WHEN __image_id IS NULL AND __given_id IS NOT NULL
             THEN 'unknown image_id ' || __given_id || ': register the image first with `edgemine ingest images`'
@@ -317,17 +320,6 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
     """
 
 
-_GOOD_SQL = """
-CREATE OR REPLACE TEMP TABLE good AS
-SELECT
-    coalesce(__given_prediction_id,
-             substr(sha256(__image_id || '|' || __model_version || '|' || epoch_us(__ts)::VARCHAR), 1, 24)) AS __prediction_id,
-    strftime(__ts, '%Y-%m-%d') AS __date,
-    *
-FROM checked WHERE __reason IS NULL
-"""
-
-
 def _predictions_sql(extras: list[str], at: str) -> str:
     extra_columns = "".join(
         f", {_ident(name)} AS {_ident('input_' + name if name in RESERVED else name)}" for name in extras
@@ -337,7 +329,7 @@ def _predictions_sql(extras: list[str], at: str) -> str:
         __model_version AS model_version, __ts AS ts, __label AS label, __confidence::FLOAT AS confidence,
         __scores AS scores, $1 AS source, {_ROW} AS source_row, {at} AS ingested_at, __date AS date
         {extra_columns}
-    FROM good ORDER BY __date, {_ROW}
+    FROM checked WHERE __reason IS NULL ORDER BY __date, {_ROW}
     """
 
 
@@ -348,7 +340,7 @@ def _detections_sql(at: str) -> str:
         __d.score::FLOAT AS score, {at} AS ingested_at, __date AS date
     FROM (
         SELECT *, unnest(__detections) AS __d, unnest(range(len(__detections))) AS __i
-        FROM good WHERE __detections IS NOT NULL
+        FROM checked WHERE __reason IS NULL AND __detections IS NOT NULL
     ) ORDER BY __date, {_ROW}, __i
     """
 

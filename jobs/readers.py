@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+T = TypeVar("T")
+_DONE = object()
 FORMATS = ("jsonl", "csv", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -63,20 +68,33 @@ def read_batches(f: io.BufferedIOBase, fmt: str, chunk_rows: int) -> Iterator[Ba
     return readers[fmt](f, chunk_rows)
 
 
+def prefetch(items: Iterator[T]) -> Iterator[T]:
+    """Yield from ``items`` while a background thread already makes the next one.
+
+    Parsing (Arrow) and checking/writing (DuckDB, Parquet) both release the GIL, so
+    reading batch n+1 overlaps with processing batch n. Holds at most two items."""
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending = pool.submit(next, items, _DONE)
+        while True:
+            item = pending.result()
+            if item is _DONE:
+                return
+            pending = pool.submit(next, items, _DONE)
+            yield item
+
+
 # -- JSONL ------------------------------------------------------------------
 def _read_jsonl(f: io.BufferedIOBase, chunk_rows: int) -> Iterator[Batch]:
-    lines: list[bytes] = []
-    numbers: list[int] = []
-    for number, line in enumerate(f, start=1):
-        if not line.strip():
-            continue
-        lines.append(line if line.endswith(b"\n") else line + b"\n")
-        numbers.append(number)
-        if len(lines) >= chunk_rows:
-            yield _parse_jsonl_block(lines, numbers)
-            lines, numbers = [], []
-    if lines:
-        yield _parse_jsonl_block(lines, numbers)
+    first = 1
+    while lines := list(itertools.islice(f, chunk_rows)):
+        numbers = range(first, first + len(lines))
+        first += len(lines)
+        if any(not line.strip() for line in lines):  # blank lines: skip them, keep the numbering
+            kept = [(n, line) for n, line in zip(numbers, lines) if line.strip()]
+            if not kept:
+                continue
+            numbers, lines = zip(*kept)
+        yield _parse_jsonl_block(list(lines), list(numbers))
 
 
 def _parse_jsonl_block(lines: list[bytes], numbers: list[int]) -> Batch:
