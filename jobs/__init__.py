@@ -1,0 +1,1 @@
+"""Batch jobs that write the lake, and the `edgemine` command that runs them (jobs.cli)."""
