@@ -11,6 +11,7 @@ Exit codes: 0 done; 1 done, but some inputs failed (see the summary);
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -92,8 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ----------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
-    import dataclasses
-
     from jobs.demo import run_demo
 
     demo = dataclasses.replace(

@@ -107,6 +107,14 @@ class Lake:
             return []
         return sorted(p for p in self.fs.find(directory) if p.endswith(".parquet"))
 
+    def has_files(self, table: Table | str) -> bool:
+        """Whether a table has any published file; stops at the first one found, so
+        it costs one listing, not a walk of the whole table."""
+        for _, _, files in self.fs.walk(self.table_dir(table)):
+            if any(name.endswith(".parquet") for name in files):
+                return True
+        return False
+
     def marker_path(self, job: str, shard: str) -> str:
         return self.path(JOBS_DIR, job, f"{shard}.json")
 
@@ -117,20 +125,6 @@ class Lake:
                 return json.load(f)
         except FileNotFoundError:
             return None
-
-    # -- reading -------------------------------------------------------------
-    def read_table(self, table: Table | str, columns: list[str] | None = None) -> pa.Table:
-        """All published rows of a (small) table, without the view's dedup.
-        For anything large, query through DuckDB (mining.sql) instead."""
-        t = _table(table)
-        files = self.table_files(t)
-        if not files:
-            return t.schema.empty_table() if columns is None else t.schema.empty_table().select(columns)
-        parts = []
-        for path in files:
-            with self.fs.open(path, "rb") as f:
-                parts.append(pq.read_table(f, columns=columns))
-        return pa.concat_tables(parts, promote_options="permissive")
 
     # -- writing -------------------------------------------------------------
     def write_parquet(self, rows: pa.Table, path: str) -> None:

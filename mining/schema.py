@@ -168,7 +168,3 @@ def image_id_from_sha256(sha256_hex: str) -> str:
 
 def image_id_from_bytes(data: bytes) -> str:
     return image_id_from_sha256(hashlib.sha256(data).hexdigest())
-
-
-def empty_table(table: Table) -> pa.Table:
-    return table.schema.empty_table()

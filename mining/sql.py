@@ -151,7 +151,7 @@ def _view_sql(lake: Lake) -> list[str]:
 
 
 def _source_sql(lake: Lake, table: Table) -> str:
-    if not lake.fs.exists(lake.table_dir(table)) or not lake.table_files(table):
+    if not lake.has_files(table):
         return _empty_select(table)
     pattern = lake.url(lake.table_dir(table)) + "/**/*.parquet"
     options = ["union_by_name = true"]

@@ -203,3 +203,12 @@ def test_glob_of_inputs_and_reserved_names(lake, images, small_ingest):
     got = rows(lake, "SELECT source, input_source, input_date FROM predictions LIMIT 1")[0]
     assert got["input_source"] == "camera-app" and got["input_date"] == "yesterday"
     assert got["source"].endswith(".jsonl")
+
+
+def test_compressed_input(lake, images, small_ingest):
+    import gzip
+
+    data = gzip.compress(jsonl([prediction(u, i) for i, u in enumerate(images[:25])]).encode())
+    uri = put(lake, source_uri(lake, "in/p.jsonl.gz"), data)
+    summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
+    assert summary["rows"]["predictions"] == 25 and summary["errors"] == 0
