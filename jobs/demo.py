@@ -105,7 +105,7 @@ def write_truth(lake: Lake, source: dict[str, Any]) -> int:
         truth = pq.read_table(f)
     at = pa.array([datetime.now(UTC)] * truth.num_rows, DEMO_TRUTH.schema.field("ingested_at").type)
     truth = truth.append_column("ingested_at", at).select(DEMO_TRUTH.schema.names).cast(DEMO_TRUTH.schema)
-    writer = lake.shard_writer(JOB, "demo-truth", [DEMO_TRUTH])
+    writer = lake.shard_writer(JOB, "demo-truth")
     writer.write(DEMO_TRUTH, truth)
     writer.commit({"source": source["uri"]})
     return truth.num_rows

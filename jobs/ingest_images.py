@@ -77,7 +77,7 @@ def ingest_images(
     for start in range(0, len(new), config.image_shard):
         shard_uris = new[start : start + config.image_shard]
         shard = "img-" + hashlib.sha1("\n".join(shard_uris).encode()).hexdigest()[:16]
-        writer = lake.shard_writer(JOB, shard, [IMAGES, ERRORS])
+        writer = lake.shard_writer(JOB, shard)
         rows, errors = [], []
         ingested_at = datetime.now(UTC)
         for offset in range(0, len(shard_uris), config.image_batch):

@@ -149,7 +149,7 @@ def ingest_file(
         raise IngestFileError(f"{uri}: file not found; check the path (and for s3://, the bucket and credentials)") from None
     shard = shard_id(uri)
     marker = lake.read_marker(JOB, shard)
-    if marker and marker.get("identity") == identity and not force:
+    if marker and marker.get("status") == "done" and marker.get("identity") == identity and not force:
         return FileResult(uri, "skipped", reason="already ingested and unchanged (use --force to redo)")
 
     try:
@@ -157,7 +157,7 @@ def ingest_file(
     except InputFormatError as e:
         raise IngestFileError(f"{uri}: {e}") from None
     ingested_at = datetime.now(UTC)
-    writer = lake.shard_writer(JOB, shard, [PREDICTIONS, DETECTIONS, ERRORS])
+    writer = lake.shard_writer(JOB, shard)
     errors = 0
     try:
         with fs.open(path, "rb", compression="infer") as f:
@@ -260,13 +260,11 @@ class RowChecker:
 
 
 def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
-    def has(name: str) -> bool:
-        return name in types
+    def column(name: str, sql_type: str, cast: str = "CAST") -> str:
+        """The input column cast to ``sql_type``, or a typed NULL where the batch has none."""
+        return f"{cast}({_ident(name)} AS {sql_type})" if name in types else f"NULL::{sql_type}"
 
-    uri = "CAST(image_uri AS VARCHAR)" if has("image_uri") else "NULL::VARCHAR"
-    given_id = "CAST(image_id AS VARCHAR)" if has("image_id") else "NULL::VARCHAR"
-    scores_json = _json_expr("scores", types.get("scores"))
-    detections_json = _json_expr("detections", types.get("detections"))
+    uri = column("image_uri", "VARCHAR")
     base = _quote(base_dir)
     return f"""
     WITH parsed AS (
@@ -274,15 +272,15 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
             CASE WHEN {uri} LIKE 'file://%' THEN substr({uri}, 8)
                  WHEN {uri} LIKE '%://%' OR {uri} LIKE '/%' THEN {uri}
                  ELSE {base} || '/' || {uri} END AS __uri,
-            {given_id} AS __given_id,
-            {"CAST(prediction_id AS VARCHAR)" if has("prediction_id") else "NULL::VARCHAR"} AS __given_prediction_id,
-            {"CAST(model_version AS VARCHAR)" if has("model_version") else "NULL::VARCHAR"} AS __model_version,
+            {column("image_id", "VARCHAR")} AS __given_id,
+            {column("prediction_id", "VARCHAR")} AS __given_prediction_id,
+            {column("model_version", "VARCHAR")} AS __model_version,
             {_ts_expr(types.get("ts"))} AS __ts,
-            {"CAST(label AS VARCHAR)" if has("label") else "NULL::VARCHAR"} AS __label,
-            {"TRY_CAST(confidence AS DOUBLE)" if has("confidence") else "NULL::DOUBLE"} AS __confidence,
-            {"CAST(confidence AS VARCHAR)" if has("confidence") else "NULL::VARCHAR"} AS __confidence_text,
-            {scores_json} AS __scores_json,
-            {detections_json} AS __detections_json
+            {column("label", "VARCHAR")} AS __label,
+            {column("confidence", "DOUBLE", cast="TRY_CAST")} AS __confidence,
+            {column("confidence", "VARCHAR")} AS __confidence_text,
+            {_json_expr("scores", types.get("scores"))} AS __scores_json,
+            {_json_expr("detections", types.get("detections"))} AS __detections_json
         FROM batch
     ), typed AS (
         SELECT parsed.*,
@@ -304,7 +302,7 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
         WHEN __image_id IS NULL
             THEN 'unknown image ' || __uri || ': register it first with `edgemine ingest images`'
         WHEN __model_version IS NULL OR __model_version = '' THEN 'missing model_version'
-        WHEN __ts IS NULL THEN 'bad or missing ts ' || coalesce('''' || {"CAST(ts AS VARCHAR)" if has("ts") else "NULL"} || '''', '(none)')
+        WHEN __ts IS NULL THEN 'bad or missing ts ' || coalesce('''' || {column("ts", "VARCHAR")} || '''', '(none)')
             || ': use ISO 8601 (2026-11-21T08:30:00Z) or epoch seconds'
         WHEN __confidence IS NULL THEN 'confidence ' || coalesce('''' || __confidence_text || '''', '(none)') || ' is not a number'
         WHEN isnan(__confidence) THEN 'confidence is NaN'

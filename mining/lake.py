@@ -16,9 +16,10 @@ Layout (relative to the lake root)::
     sources/                          raw inputs the demo generates
 
 Publishing (why a killed job never leaves duplicates): a job writes all files
-of one input shard under ``_staging``; ``ShardWriter.commit`` then deletes any
-earlier files of that shard from the tables, moves the new ones in (a rename
-locally, one atomic object per file on S3), and writes the success marker last.
+of one input shard under ``_staging``; ``ShardWriter.commit`` then deletes the
+files an earlier run of that shard published (its marker lists them), moves the
+new ones in (a rename locally, one atomic object per file on S3), and marks the
+shard ``done`` last.
 File names derive from the shard id and a sequence number only, so a rerun
 writes the same names and replaces rather than adds.
 """
@@ -119,6 +120,7 @@ class Lake:
         return self.path(JOBS_DIR, job, f"{shard}.json")
 
     def read_marker(self, job: str, shard: str) -> dict[str, Any] | None:
+        """The shard's marker: ``status`` is ``done`` once its files are all published."""
         path = self.marker_path(job, shard)
         try:
             with self.fs.open(path, "rb") as f:
@@ -134,19 +136,16 @@ class Lake:
         with self.fs.open(path, "wb") as f:
             pq.write_table(rows, f, compression="zstd")
 
-    def shard_writer(self, job: str, shard: str, tables: list[Table]) -> ShardWriter:
-        return ShardWriter(self, job, shard, tables)
+    def shard_writer(self, job: str, shard: str) -> ShardWriter:
+        return ShardWriter(self, job, shard)
 
 
 class ShardWriter:
-    """Stages the output files of one input shard, then publishes them together.
+    """Stages the output files of one input shard, then publishes them together,
+    replacing whatever an earlier run of the same shard published."""
 
-    ``tables`` lists every table the job writes, so that files an earlier run of
-    this shard left in any of them are replaced, even where this run writes none.
-    """
-
-    def __init__(self, lake: Lake, job: str, shard: str, tables: list[Table]):
-        self.lake, self.job, self.shard, self.tables = lake, job, shard, tables
+    def __init__(self, lake: Lake, job: str, shard: str):
+        self.lake, self.job, self.shard = lake, job, shard
         self.staging = lake.path(STAGING_DIR, job, shard)
         self._seq: dict[str, int] = defaultdict(int)
         self._staged: list[tuple[str, str]] = []  # (staged path, final relative path)
@@ -170,18 +169,21 @@ class ShardWriter:
         self.rows_written[table.name] += rows.num_rows
 
     def commit(self, marker: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Publish the staged files and write the success marker; returns the marker."""
+        """Publish the staged files and write the success marker; returns the marker.
+
+        The marker lists the files a shard published, so replacing them needs no
+        listing of the tables. Before anything moves it is rewritten as
+        ``committing`` with the old and new files both listed: a commit killed half-way
+        leaves a marker that is not ``done`` (so the shard is redone) and that names
+        every file the redo must clean up."""
         fs = self.lake.fs
-        new = {relative for _, relative in self._staged}
-        prefix = f"{self.shard}-"
-        for table in self.tables:
-            directory = self.lake.table_dir(table)
-            if not fs.exists(directory):
-                continue
-            for path in fs.find(directory):
-                relative = posixpath.relpath(path, self.lake.root)
-                if posixpath.basename(path).startswith(prefix) and relative not in new:
-                    fs.rm(path)
+        new = sorted(relative for _, relative in self._staged)
+        previous = self.lake.read_marker(self.job, self.shard) or {}
+        old = set(previous.get("files", []))
+        self._write_marker({"status": "committing", "files": sorted(old | set(new))})
+        for relative in sorted(old - set(new)):
+            if fs.exists(self.lake.path(relative)):
+                fs.rm(self.lake.path(relative))
         for staged, relative in self._staged:
             final = self.lake.path(relative)
             if self.lake.protocol == "file":
@@ -190,19 +192,23 @@ class ShardWriter:
         record = {
             "job": self.job,
             "shard": self.shard,
-            "files": sorted(new),
+            "status": "done",
+            "files": new,
             "rows": dict(self.rows_written),
             "committed_at": datetime.now(UTC).isoformat(),
             **(marker or {}),
         }
-        marker_path = self.lake.marker_path(self.job, self.shard)
-        if self.lake.protocol == "file":
-            fs.makedirs(posixpath.dirname(marker_path), exist_ok=True)
-        with fs.open(marker_path, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
+        self._write_marker(record)
         if fs.exists(self.staging):
             fs.rm(self.staging, recursive=True)
         return record
+
+    def _write_marker(self, record: dict[str, Any]) -> None:
+        path = self.lake.marker_path(self.job, self.shard)
+        if self.lake.protocol == "file":
+            self.lake.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        with self.lake.fs.open(path, "w") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
 
     def abort(self) -> None:
         """Drop staged files: nothing of this shard is published."""

@@ -101,7 +101,7 @@ def test_embeddings_view_is_float512_for_similarity(lake):
         },
         schema=EMBEDDINGS.schema,
     )
-    writer = lake.shard_writer("test", "emb", [EMBEDDINGS])
+    writer = lake.shard_writer("test", "emb")
     writer.write(EMBEDDINGS, rows)
     writer.commit()
     with LakeDB(lake) as db:
