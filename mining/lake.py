@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -123,8 +124,8 @@ class Lake:
         """The shard's marker: ``status`` is ``done`` once its files are all published."""
         path = self.marker_path(job, shard)
         try:
-            with self.fs.open(path, "rb") as f:
-                return json.load(f)
+            # One whole-object read: a marker being rewritten is seen old or new, never torn.
+            return json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
 
@@ -135,6 +136,18 @@ class Lake:
             self.fs.makedirs(parent, exist_ok=True)
         with self.fs.open(path, "wb") as f:
             pq.write_table(rows, f, compression="zstd")
+
+    def write_atomic(self, path: str, data: bytes) -> None:
+        """Replace a small file so that readers see the old or the new content, never
+        a part: an S3 PUT is atomic; locally, write a temporary file and rename it."""
+        if self.protocol != "file":
+            self.fs.pipe_file(path, data)
+            return
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "wb") as f:
+            f.write(data)
+        os.replace(temporary, path)
 
     def shard_writer(self, job: str, shard: str) -> ShardWriter:
         return ShardWriter(self, job, shard)
@@ -205,10 +218,7 @@ class ShardWriter:
 
     def _write_marker(self, record: dict[str, Any]) -> None:
         path = self.lake.marker_path(self.job, self.shard)
-        if self.lake.protocol == "file":
-            self.lake.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        with self.lake.fs.open(path, "w") as f:
-            json.dump(record, f, indent=1, sort_keys=True)
+        self.lake.write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
 
     def abort(self) -> None:
         """Drop staged files: nothing of this shard is published."""

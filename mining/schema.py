@@ -67,6 +67,9 @@ PREDICTIONS = Table(
     doc="One row per model prediction on an image; input columns beyond these are kept.",
     partition="date",
     dedup_key=("prediction_id",),
+    # Two files of one run share ingested_at: the later file and row then win, so
+    # the view is the same on every query.
+    dedup_order="ingested_at DESC, source DESC, source_row DESC",
     extra_columns=True,
     schema=pa.schema(
         [

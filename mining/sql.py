@@ -179,7 +179,9 @@ def _empty_select(table: Table) -> str:
     columns = [f"CAST(NULL AS {duckdb_type(f.type)}) AS {f.name}" for f in table.schema]
     if table.partition:
         columns.append(f"CAST(NULL AS DATE) AS {table.partition}")
-    return f"SELECT {', '.join(columns)} WHERE false"
+    # Printed by --views too: say why the view is empty, and that it will not follow new files.
+    note = f"/* {table.name} has no files yet: recreate the views once it has */ "
+    return f"{note}SELECT {', '.join(columns)} WHERE false"
 
 
 def duckdb_type(t: pa.DataType) -> str:

@@ -3,6 +3,7 @@ a local folder and S3 so the same test runs against each."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import uuid
 from dataclasses import replace
@@ -28,6 +29,7 @@ def s3_endpoint() -> str:
     """moto's S3 server, a real HTTP endpoint, for the whole session."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -51,8 +51,12 @@ def start(args: list[str], config: Path, env: dict | None) -> subprocess.Popen:
 
 
 def markers(lake: Lake, job: str) -> int:
+    """Shards of ``job`` published completely."""
     folder = lake.path("_jobs", job)
-    return len(lake.fs.ls(folder)) if lake.fs.exists(folder) else 0
+    if not lake.fs.exists(folder):
+        return 0
+    shards = [p.rsplit("/", 1)[1].removesuffix(".json") for p in lake.fs.ls(folder, detail=False)]
+    return sum((lake.read_marker(job, shard) or {}).get("status") == "done" for shard in shards)
 
 
 def staged_files(lake: Lake, job: str) -> int:
