@@ -102,7 +102,8 @@ def ingest_predictions(
     with LakeDB(lake, read_only=False) as db:
         checker = RowChecker(db)
         progress = Progress("ingest predictions", unit="rows", enabled=show_progress)
-        for uri in uris:
+        for number, uri in enumerate(uris, start=1):
+            progress.what = f"ingest predictions, file {number}/{len(uris)}"
             try:
                 summary.files.append(ingest_file(lake, uri, checker, config, fmt=fmt, force=force, progress=progress))
             except IngestFileError as e:
