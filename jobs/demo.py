@@ -30,7 +30,7 @@ from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
 from jobs.progress import Progress
 from mining.config import Config, DemoConfig, S3Config
-from mining.lake import SOURCES_DIR, Lake, open_url
+from mining.lake import SOURCES_DIR, Lake, as_uri, open_url
 from mining.schema import DEMO_TRUTH, image_id_from_bytes
 
 JOB = "demo"
@@ -132,7 +132,7 @@ def _render_range(lake_uri: str, s3: S3Config, root: str, demo: DemoConfig, boun
         name = f"images/{index:06d}.jpg"
         with fs.open(posixpath.join(root, name), "wb") as f:
             f.write(data)
-        uri = ("s3://" if lake_uri.startswith("s3://") else "") + posixpath.join(root, name)
+        uri = as_uri(posixpath.join(root, name), like=lake_uri)
         prediction = {"image_uri": name, **demo_data.simulate_prediction(scene, rng)}
         truth = {
             "index": index,

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from jobs.progress import Progress
 from mining.config import IngestConfig
-from mining.lake import Lake, open_url
+from mining.lake import Lake, as_uri, open_url, path_of
 from mining.schema import ERRORS, IMAGES, image_id_from_sha256
 from mining.sql import LakeDB
 
@@ -83,9 +83,9 @@ def ingest_images(
         for offset in range(0, len(shard_uris), config.image_batch):
             batch = shard_uris[offset : offset + config.image_batch]
             # One call per batch: s3fs fetches the objects concurrently.
-            contents = fs.cat([_fs_path(u) for u in batch], on_error="return")
+            contents = fs.cat([path_of(u) for u in batch], on_error="return")
             for uri in batch:
-                data = contents.get(_fs_path(uri))
+                data = contents.get(path_of(uri))
                 row, reason = probe_image(uri, data, source, ingested_at)
                 if row is not None:
                     rows.append(row)
@@ -109,7 +109,6 @@ def list_images(lake: Lake, source: str, pattern: str | None = None) -> list[str
     root = root.rstrip("/")
     if not fs.exists(root):
         raise FileNotFoundError(f"image source {source} does not exist; give a folder or an s3://bucket/prefix")
-    protocol = "s3://" if source.startswith(("s3://", "s3a://")) else ""
     uris = []
     for path in fs.find(root):
         relative = path[len(root) + 1 :]
@@ -118,7 +117,7 @@ def list_images(lake: Lake, source: str, pattern: str | None = None) -> list[str
                 continue
         elif not path.lower().endswith(IMAGE_SUFFIXES):
             continue
-        uris.append(protocol + path)
+        uris.append(as_uri(path, like=source))
     return sorted(uris)
 
 
@@ -168,7 +167,3 @@ def _known_uris(lake: Lake, *, include_errors: bool) -> set[str]:
         if include_errors:
             sql += f" UNION SELECT uri FROM raw.errors WHERE job = '{JOB}' AND uri IS NOT NULL"
         return set(db.query(sql).column("uri").to_pylist())
-
-
-def _fs_path(uri: str) -> str:
-    return uri.removeprefix("s3://").removeprefix("s3a://")

@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 from jobs.progress import Progress
 from jobs.readers import Batch, InputFormatError, detect_format, prefetch, read_batches
 from mining.config import IngestConfig
-from mining.lake import Lake, open_url
+from mining.lake import Lake, as_uri, open_url
 from mining.schema import DETECTIONS, ERRORS, PREDICTIONS, Table
-from mining.sql import LakeDB
+from mining.sql import LakeDB, quote_ident, quote_literal
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +118,13 @@ def expand_inputs(inputs: list[str], lake: Lake) -> list[str]:
     uris: list[str] = []
     for item in inputs:
         fs, path = open_url(item, lake.s3)
-        protocol = "s3://" if item.startswith(("s3://", "s3a://")) else ""
         if any(c in path for c in "*?["):
             matches = sorted(fs.glob(path))
             if not matches:
                 raise IngestFileError(f"{item}: no file matches this pattern")
-            uris += [protocol + m for m in matches]
+            uris += [as_uri(m, like=item) for m in matches]
         else:
-            uris.append(protocol + path)
+            uris.append(as_uri(path, like=item))
     return uris
 
 
@@ -263,10 +262,10 @@ class RowChecker:
 def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
     def column(name: str, sql_type: str, cast: str = "CAST") -> str:
         """The input column cast to ``sql_type``, or a typed NULL where the batch has none."""
-        return f"{cast}({_ident(name)} AS {sql_type})" if name in types else f"NULL::{sql_type}"
+        return f"{cast}({quote_ident(name)} AS {sql_type})" if name in types else f"NULL::{sql_type}"
 
     uri = column("image_uri", "VARCHAR")
-    base = _quote(base_dir)
+    base = quote_literal(base_dir)
     return f"""
     WITH parsed AS (
         SELECT batch.*,
@@ -321,7 +320,7 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
 
 def _predictions_sql(extras: list[str], at: str) -> str:
     extra_columns = "".join(
-        f", {_ident(name)} AS {_ident('input_' + name if name in RESERVED else name)}" for name in extras
+        f", {quote_ident(name)} AS {quote_ident('input_' + name if name in RESERVED else name)}" for name in extras
     )
     return f"""
     SELECT __prediction_id AS prediction_id, __image_id AS image_id, __uri AS image_uri,
@@ -345,7 +344,7 @@ def _detections_sql(at: str) -> str:
 
 
 def _errors_sql(columns: list[str], at: str) -> str:
-    original = ", ".join(f"{_quote(c)}, {_ident(c)}" for c in columns if c != _ROW)
+    original = ", ".join(f"{quote_literal(c)}, {quote_ident(c)}" for c in columns if c != _ROW)
     return f"""
     SELECT '{JOB}' AS job, $1 AS source, {_ROW} AS row, __uri AS uri, __reason AS reason,
         left(json_object({original})::VARCHAR, 2000) AS raw, {at} AS at
@@ -385,8 +384,8 @@ def _json_expr(name: str, t: pa.DataType | None) -> str:
     if t is None or pa.types.is_null(t):
         return "NULL::JSON"
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return f"TRY_CAST(nullif({_ident(name)}, '') AS JSON)"
-    return f"to_json({_ident(name)})"
+        return f"TRY_CAST(nullif({quote_ident(name)}, '') AS JSON)"
+    return f"to_json({quote_ident(name)})"
 
 
 def _conform(rows: pa.Table, table: Table, *, extra: bool = False) -> pa.Table:
@@ -399,11 +398,3 @@ def _conform(rows: pa.Table, table: Table, *, extra: bool = False) -> pa.Table:
             columns.append(rows.column(name))
             fields.append(rows.schema.field(name))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

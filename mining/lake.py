@@ -48,12 +48,26 @@ STAGING_DIR = "_staging"
 SOURCES_DIR = "sources"
 
 
+def is_s3(uri: str) -> bool:
+    return uri.startswith(("s3://", "s3a://"))
+
+
+def as_uri(path: str, *, like: str) -> str:
+    """A filesystem path (no protocol) back as a URI on the same storage as ``like``."""
+    return f"s3://{path}" if is_s3(like) else path
+
+
+def path_of(uri: str) -> str:
+    """The filesystem path (no protocol) of a URI, as fsspec names files."""
+    return uri.removeprefix("s3://").removeprefix("s3a://")
+
+
 def storage_options(uri: str, s3: S3Config) -> dict[str, Any]:
     """fsspec options for ``uri``. Only what is set is passed, so s3fs/botocore
     still find credentials the standard way. The region stays out of
     ``client_kwargs``: botocore takes it from the environment, and S3-compatible
     servers refuse bucket creation with a location constraint they do not expect."""
-    if not uri.startswith(("s3://", "s3a://")):
+    if not is_s3(uri):
         return {}
     # Other processes write the same lake: a cached listing would hide their files.
     options: dict[str, Any] = {"use_listings_cache": False}
@@ -81,7 +95,7 @@ class Lake:
         self.uri = uri.rstrip("/") or uri
         self.fs, self.root = open_url(self.uri, self.s3)
         self.root = self.root.rstrip("/")
-        self.protocol = "s3" if self.uri.startswith(("s3://", "s3a://")) else "file"
+        self.protocol = "s3" if is_s3(self.uri) else "file"
 
     @classmethod
     def from_config(cls, config: Config) -> Lake:
@@ -97,7 +111,7 @@ class Lake:
 
     def url(self, path: str) -> str:
         """Full URL of a filesystem path, as DuckDB and other tools need it."""
-        return f"s3://{path}" if self.protocol == "s3" else path
+        return as_uri(path, like=self.uri)
 
     def table_dir(self, table: Table | str) -> str:
         return self.path(_table(table).name)

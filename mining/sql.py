@@ -127,15 +127,15 @@ def _secret_sql(lake: Lake, *, redact: bool) -> str:
         parts += ["KEY_ID '<AWS_ACCESS_KEY_ID>'", "SECRET '<AWS_SECRET_ACCESS_KEY>'"]
     else:
         if s3.key:
-            parts.append(f"KEY_ID {_quote(s3.key)}")
+            parts.append(f"KEY_ID {quote_literal(s3.key)}")
         if s3.secret:
-            parts.append(f"SECRET {_quote(s3.secret)}")
+            parts.append(f"SECRET {quote_literal(s3.secret)}")
         if s3.session_token:
-            parts.append(f"SESSION_TOKEN {_quote(s3.session_token)}")
-    parts.append(f"REGION {_quote(s3.region or 'us-east-1')}")
+            parts.append(f"SESSION_TOKEN {quote_literal(s3.session_token)}")
+    parts.append(f"REGION {quote_literal(s3.region or 'us-east-1')}")
     if s3.endpoint_url:
         endpoint = urlparse(s3.endpoint_url)
-        parts.append(f"ENDPOINT {_quote(endpoint.netloc or endpoint.path)}")
+        parts.append(f"ENDPOINT {quote_literal(endpoint.netloc or endpoint.path)}")
         parts.append("URL_STYLE 'path'")
         parts.append(f"USE_SSL {'false' if endpoint.scheme == 'http' else 'true'}")
     return f"CREATE OR REPLACE SECRET edgemine_s3 ({', '.join(parts)})"
@@ -162,7 +162,7 @@ def _source_sql(lake: Lake, table: Table) -> str:
         # Parquet keeps the fixed size as metadata DuckDB does not read back: restore
         # it so array_cosine_similarity and friends accept the column.
         select = f"* REPLACE (embedding::FLOAT[{EMBEDDING_DIM}] AS embedding)"
-    return f"SELECT {select} FROM read_parquet({_quote(pattern)}, {', '.join(options)})"
+    return f"SELECT {select} FROM read_parquet({quote_literal(pattern)}, {', '.join(options)})"
 
 
 def _dedup_sql(table: Table) -> str:
@@ -210,5 +210,11 @@ def duckdb_type(t: pa.DataType) -> str:
     raise TypeError(f"no DuckDB type mapped for Arrow type {t}")
 
 
-def _quote(text: str) -> str:
+def quote_literal(text: str) -> str:
+    """A SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    """A SQL identifier, whatever characters the name has."""
+    return '"' + name.replace('"', '""') + '"'
