@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import duckdb
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from jobs.output import FORMATS, write_json, write_rows
 from jobs.readers import InputFormatError
@@ -43,6 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args, config)
     except (UsageError, ConfigError, InputFormatError, FileNotFoundError, duckdb.Error, PermissionError) as e:
         print(f"edgemine: error: {e}", file=sys.stderr)
+        return 2
+    except NoCredentialsError:
+        print("edgemine: error: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+              "(or [s3] key and secret in the config file)", file=sys.stderr)
+        return 2
+    except EndpointConnectionError as e:
+        print(f"edgemine: error: cannot reach S3: {e}. Check AWS_ENDPOINT_URL or [s3] endpoint_url in the config, "
+              "and that the server is up", file=sys.stderr)
+        return 2
+    except (BotoCoreError, ClientError) as e:
+        print(f"edgemine: error: S3 refused the request: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgemine: interrupted; rerun the same command to finish (finished shards are kept)", file=sys.stderr)

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.progress import Progress
-from jobs.readers import Batch, InputFormatError, detect_format, prefetch, read_batches
+from jobs.readers import Batch, InputFormatError, detect_format, has_known_suffix, prefetch, read_batches
 from mining.config import IngestConfig
 from mining.lake import Lake, as_uri, open_url
 from mining.schema import DETECTIONS, ERRORS, PREDICTIONS, Table
@@ -115,16 +115,21 @@ def ingest_predictions(
 
 
 def expand_inputs(inputs: list[str], lake: Lake) -> list[str]:
+    """File URIs from the command line's: files as given, globs and folders expanded
+    (a folder to the files in it with a known suffix)."""
     uris: list[str] = []
     for item in inputs:
         fs, path = open_url(item, lake.s3)
         if any(c in path for c in "*?["):
             matches = sorted(fs.glob(path))
-            if not matches:
-                raise IngestFileError(f"{item}: no file matches this pattern")
-            uris += [as_uri(m, like=item) for m in matches]
+        elif fs.isdir(path):
+            matches = sorted(p for p in fs.find(path) if has_known_suffix(p))
         else:
             uris.append(as_uri(path, like=item))
+            continue
+        if not matches:
+            raise IngestFileError(f"{item}: no prediction file (.jsonl, .csv, .parquet, ...) there")
+        uris += [as_uri(m, like=item) for m in matches]
     return uris
 
 

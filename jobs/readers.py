@@ -48,15 +48,23 @@ class Batch:
     rejects: list[Reject] = field(default_factory=list)
 
 
+def has_known_suffix(path: str) -> bool:
+    return _format_of(path) is not None
+
+
+def _format_of(path: str) -> str | None:
+    name = path.lower().removesuffix(".gz").removesuffix(".zst")
+    return next((found for suffix, found in _SUFFIXES.items() if name.endswith(suffix)), None)
+
+
 def detect_format(path: str, fmt: str = "auto") -> str:
     if fmt != "auto":
         if fmt not in FORMATS:
             raise InputFormatError(f"unknown format {fmt!r}; allowed: auto, {', '.join(FORMATS)}")
         return fmt
-    name = path.lower().removesuffix(".gz").removesuffix(".zst")
-    for suffix, found in _SUFFIXES.items():
-        if name.endswith(suffix):
-            return found
+    found = _format_of(path)
+    if found:
+        return found
     raise InputFormatError(
         f"cannot tell the format of {path} from its name; pass --format with one of {', '.join(FORMATS)}"
     )

@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,23 @@ def test_errors_are_one_line_with_what_to_do(tmp_path, capsys):
     assert "chunk_rowz" in err and "chunk_rows" in err
     assert main(["ingest", "predictions", str(tmp_path / "none.jsonl"), "--lake", str(tmp_path / "lake"), "--quiet"]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_s3_problems_are_one_line_that_says_what_to_set(s3_endpoint, monkeypatch, tmp_path, capsys):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    assert main(["tables", "--lake", "s3://some-bucket/lake"]) == 2
+    assert "no S3 credentials found: set AWS_ACCESS_KEY_ID" in capsys.readouterr().err
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    assert main(["tables", "--lake", "s3://some-bucket/lake"]) == 2
+    assert "cannot reach S3" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import gzip
 import io
 import json
 
@@ -190,8 +191,16 @@ def test_wrong_format_fails_clearly_and_writes_nothing(lake, images, small_inges
 def test_missing_input_and_empty_glob(lake, images, small_ingest):
     summary = ingest_predictions(lake, [source_uri(lake, "in/nope.jsonl")], small_ingest, show_progress=False)
     assert "file not found" in summary.failed[0].reason
-    with pytest.raises(IngestFileError, match="no file matches"):
+    with pytest.raises(IngestFileError, match="no prediction file"):
         ingest_predictions(lake, [source_uri(lake, "in/*.nothing")], small_ingest, show_progress=False)
+
+
+def test_a_folder_means_the_prediction_files_in_it(lake, images, small_ingest):
+    put(lake, source_uri(lake, "feed/a.jsonl"), jsonl([prediction(u, i) for i, u in enumerate(images[:4])]))
+    put(lake, source_uri(lake, "feed/2026/b.jsonl.gz"), gzip.compress(jsonl([prediction(images[9], 9)]).encode()))
+    put(lake, source_uri(lake, "feed/README.txt"), "not a prediction file")
+    summary = ingest_predictions(lake, [source_uri(lake, "feed")], small_ingest, show_progress=False).to_dict()
+    assert summary["ingested"] == 2 and summary["rows"]["predictions"] == 5
 
 
 def test_glob_of_inputs_and_reserved_names(lake, images, small_ingest):
@@ -206,8 +215,6 @@ def test_glob_of_inputs_and_reserved_names(lake, images, small_ingest):
 
 
 def test_compressed_input(lake, images, small_ingest):
-    import gzip
-
     data = gzip.compress(jsonl([prediction(u, i) for i, u in enumerate(images[:25])]).encode())
     uri = put(lake, source_uri(lake, "in/p.jsonl.gz"), data)
     summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
