@@ -66,11 +66,12 @@ def test_read_only_refuses_writes(filled, statement):
 
 
 def test_read_only_cannot_read_outside_the_lake(filled, tmp_path):
-    outside = tmp_path / "secret.csv"
-    outside.write_text("a\n1\n")
+    beside = put(filled, source_uri(filled, "secret.csv"), "a\n1\n")  # same storage, outside the lake
+    (tmp_path / "local.csv").write_text("a\n1\n")
     with LakeDB(filled) as db:
-        with pytest.raises(duckdb.PermissionException):
-            db.query(f"SELECT * FROM read_csv('{outside}')")
+        for outside in (beside, tmp_path / "local.csv", "/etc/passwd"):
+            with pytest.raises(duckdb.PermissionException):
+                db.query(f"SELECT * FROM read_csv('{outside}')")
         # Sandboxed, yet the lake itself still reads.
         assert db.query("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == 30
 
