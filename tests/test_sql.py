@@ -68,6 +68,8 @@ def test_read_only_refuses_writes(filled, statement):
 def test_read_only_cannot_read_outside_the_lake(filled, tmp_path):
     beside = put(filled, source_uri(filled, "secret.csv"), "a\n1\n")  # same storage, outside the lake
     (tmp_path / "local.csv").write_text("a\n1\n")
+    with LakeDB(filled, read_only=False) as unlocked:  # control: the file is readable without the sandbox
+        assert unlocked.query(f"SELECT * FROM read_csv('{beside}')").num_rows == 1
     with LakeDB(filled) as db:
         for outside in (beside, tmp_path / "local.csv", "/etc/passwd"):
             with pytest.raises(duckdb.PermissionException):
