@@ -205,12 +205,11 @@ def cmd_tables(args: argparse.Namespace, config: Config) -> int:
 def _write_parquet_output(result: Any, output: str, config: Config) -> None:
     import pyarrow.parquet as pq
 
-    from mining.lake import as_uri, open_url
+    from mining.lake import open_url
 
-    lake = Lake.from_config(config)
-    fs, path = open_url(output, config.s3)
-    if (as_uri(path, like=output) + "/").startswith(lake.url(lake.root).rstrip("/") + "/"):
+    if Lake.from_config(config).contains(output):
         raise UsageError(f"--output {output} is inside the lake; write query results elsewhere (the lake is written only by jobs)")
+    fs, path = open_url(output, config.s3)
     with fs.open(path, "wb") as f:
         pq.write_table(result, f)
 

@@ -113,6 +113,16 @@ class Lake:
         """Full URL of a filesystem path, as DuckDB and other tools need it."""
         return as_uri(path, like=self.uri)
 
+    @property
+    def prefix(self) -> str:
+        """The lake's URL with a trailing slash: everything inside starts with it."""
+        return self.url(self.root).rstrip("/") + "/"
+
+    def contains(self, uri: str) -> bool:
+        """Whether ``uri`` (a local path or s3:// URI) is the lake or inside it."""
+        _, path = open_url(uri, self.s3)
+        return (as_uri(path, like=uri).rstrip("/") + "/").startswith(self.prefix)
+
     def table_dir(self, table: Table | str) -> str:
         return self.path(_table(table).name)
 

@@ -50,8 +50,7 @@ class LakeDB:
             self._lock_down()
 
     def _lock_down(self) -> None:
-        lake_prefix = self.lake.url(self.lake.root).rstrip("/") + "/"
-        self.con.execute("SET allowed_directories = $1", [[lake_prefix]])
+        self.con.execute("SET allowed_directories = $1", [[self.lake.prefix]])
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET autoinstall_known_extensions = false")
         self.con.execute("SET lock_configuration = true")

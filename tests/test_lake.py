@@ -84,3 +84,11 @@ def test_paths_and_urls(tmp_path):
     assert local.url(local.table_dir("images")) == str(tmp_path / "lake" / "images")
     with pytest.raises(ValueError, match="unknown table 'nope'; tables: "):
         local.table_dir("nope")
+
+
+def test_contains_tells_inside_from_beside(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    assert lake.contains(str(tmp_path / "lake" / "predictions" / "x.parquet"))
+    assert lake.contains(str(tmp_path / "lake"))
+    assert not lake.contains(str(tmp_path / "lake2" / "x.parquet"))  # a shared name prefix is not inside
+    assert not lake.contains("s3://bucket" + str(tmp_path / "lake"))
