@@ -92,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     predictions.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "parquet"], help="input format (default: from the file name)")
     predictions.add_argument("--force", action="store_true", help="ingest again files already ingested and unchanged")
 
+    embed = add(commands, "embed", cmd_embed, "compute ResNet18 embeddings and thumbnails for the lake's images that need them")
+    embed.add_argument("--weights", help="imagenet, random, or a checkpoint file (default: config embed.weights, imagenet)")
+    embed.add_argument("--backbone", help="model (default: config embed.backbone, resnet18)")
+    embed.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
+    embed.add_argument("--decode", choices=["auto", "workers", "device"], help="where JPEGs are decoded (default: auto: on the GPU when there is one)")
+    embed.add_argument("--batch-size", type=int, help="images per model call (default: config embed.batch_size; 0 = 32 on CPU, 256 on CUDA)")
+    embed.add_argument("--workers", type=int, help="image decoding processes (default: config embed.workers; 0 = one per core)")
+    embed.add_argument("--seed", type=int, help="seed for --weights random (default: config embed.seed, 0)")
+    embed.add_argument("--shard", default="0/1", help="embed only shard I of N (e.g. 2/8), by image id; N processes split the work")
+    embed.add_argument("--overwrite", action="store_true", help="embed again images that already have an embedding for these weights")
+    embed.add_argument("--retry-errors", action="store_true", help="try again images that failed before")
+
     sql = add(commands, "sql", cmd_sql, "run a read-only SQL query over the lake's views")
     sql.add_argument("query", nargs="?", help="the SQL; '-' reads it from stdin")
     sql.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)")
@@ -124,8 +136,11 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         print(f"  images: {i['registered']} registered now, {i['already_known']} already there, {i['errors']} refused")
         print(f"  predictions: {p['rows'].get('predictions', 0)} rows, {p['rows'].get('detections', 0)} detections, "
               f"{p['errors']} bad rows recorded in errors, {p['skipped']} files unchanged")
+        e = summary["embeddings"]
+        print(f"  embeddings: {e['embedded']} computed now ({e['backbone']}, {e['weights']}), {e['already_embedded']} already there, "
+              f"{e['errors']} images failed")
         print("  try: edgemine sql \"SELECT label, count(*) n, avg(confidence) FROM predictions GROUP BY ALL ORDER BY n DESC\"")
-    return 1 if summary["predictions"]["failed"] else 0
+    return 1 if summary["predictions"]["failed"] or summary["embeddings"]["errors"] else 0
 
 
 def cmd_ingest_images(args: argparse.Namespace, config: Config) -> int:
@@ -165,6 +180,35 @@ def cmd_ingest_predictions(args: argparse.Namespace, config: Config) -> int:
     if summary.failed and len(summary.failed) == len(summary.files):
         return 2
     return 1 if summary.failed else 0
+
+
+def cmd_embed(args: argparse.Namespace, config: Config) -> int:
+    from embed.model import DeviceError, WeightsError
+    from jobs.embed import Shard, embed_lake
+
+    flags = {"weights": args.weights, "backbone": args.backbone, "device": args.device, "decode": args.decode,
+             "batch_size": args.batch_size, "workers": args.workers, "seed": args.seed}
+    embed = dataclasses.replace(config.embed, **{k: v for k, v in flags.items() if v is not None})
+    if embed.batch_size < 0 or embed.workers < 0:
+        raise UsageError("--batch-size and --workers must be at least 0 (0: automatic)")
+    try:
+        shard = Shard.parse(args.shard)
+        summary = embed_lake(Lake.from_config(config), embed, shard=shard, overwrite=args.overwrite,
+                             retry_errors=args.retry_errors, show_progress=not args.quiet)
+    except (ValueError, WeightsError, DeviceError) as e:
+        raise UsageError(str(e)) from None
+    report = summary.to_dict()
+    if args.json:
+        write_json(report, sys.stdout)
+    else:
+        print(f"{summary.backbone} ({summary.weights}) on {summary.device}, shard {summary.shard}: "
+              f"{summary.embedded} embedded, {summary.errors} failed, {summary.already_embedded} already embedded, "
+              f"{summary.failed_before} failed before ({summary.images_per_second:.1f} images/s)")
+        if summary.errors:
+            print("  failures are in the errors table: edgemine sql \"SELECT uri, reason FROM errors WHERE job = 'embed'\"")
+        for sample in summary.error_samples:
+            print(f"  failed {sample['uri']}: {sample['reason']}")
+    return 1 if summary.errors else 0
 
 
 def cmd_sql(args: argparse.Namespace, config: Config) -> int:

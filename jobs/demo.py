@@ -5,6 +5,8 @@
    rows and one corrupt image among them, as real inputs have.
 2. Register the images and ingest the predictions with the ordinary jobs.
 3. Write the hidden ground truth to ``demo_truth``.
+4. Embed the images (jobs.embed) with ``demo.weights``: seeded random weights by
+   default, since the demo must run offline.
 
 Every step is idempotent, so running the demo again is quick and changes nothing.
 """
@@ -18,7 +20,7 @@ import os
 import posixpath
 import time
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import demo_data
+from jobs.embed import embed_lake
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
 from jobs.progress import Progress
@@ -49,6 +52,8 @@ def run_demo(config: Config, *, show_progress: bool = True) -> dict[str, Any]:
         lake, [posixpath.join(source["uri"], "predictions-*.jsonl")], config.ingest, show_progress=show_progress
     )
     truth_rows = write_truth(lake, source)
+    embed_config = replace(config.embed, weights=config.demo.weights)
+    embeddings = embed_lake(lake, embed_config, show_progress=show_progress)
     return {
         "job": JOB,
         "lake": lake.uri,
@@ -57,6 +62,7 @@ def run_demo(config: Config, *, show_progress: bool = True) -> dict[str, Any]:
         "images": images.to_dict(),
         "predictions": predictions.to_dict(),
         "demo_truth": truth_rows,
+        "embeddings": embeddings.to_dict(),
         "seconds": round(time.monotonic() - started, 3),
     }
 

@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from jobs.progress import Progress
 from mining.config import IngestConfig
-from mining.lake import Lake, as_uri, open_url, path_of
+from mining.lake import Lake, as_uri, open_url, path_of, read_many
 from mining.schema import ERRORS, IMAGES, image_id_from_sha256
 from mining.sql import LakeDB
 
@@ -82,10 +82,8 @@ def ingest_images(
         ingested_at = datetime.now(UTC)
         for offset in range(0, len(shard_uris), config.image_batch):
             batch = shard_uris[offset : offset + config.image_batch]
-            # One call per batch: s3fs fetches the objects concurrently.
-            contents = fs.cat([path_of(u) for u in batch], on_error="return")
-            for uri in batch:
-                data = contents.get(path_of(uri))
+            contents = read_many(fs, [path_of(u) for u in batch])
+            for uri, data in zip(batch, contents):
                 row, reason = probe_image(uri, data, source, ingested_at)
                 if row is not None:
                     rows.append(row)
@@ -123,7 +121,7 @@ def list_images(lake: Lake, source: str, pattern: str | None = None) -> list[str
 
 def probe_image(uri: str, data: bytes | BaseException | None, source: str, at: datetime) -> tuple[dict | None, str | None]:
     """A row for the images table, or the reason there is none."""
-    if data is None:
+    if data is None or isinstance(data, FileNotFoundError):
         return None, "file vanished while listing"
     if isinstance(data, BaseException):
         return None, f"could not read: {type(data).__name__}: {data}"

@@ -41,6 +41,23 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class EmbedConfig:
+    backbone: str = "resnet18"
+    # "imagenet" (torchvision's weights: downloaded once, or already in torch's cache),
+    # a checkpoint file path, or "random" (seeded; for tests, similarity is weak).
+    weights: str = "imagenet"
+    seed: int = 0  # for weights = "random"
+    device: str = "auto"  # auto (CUDA when there is one), cpu, cuda, cuda:N
+    decode: str = "auto"  # where JPEGs are decoded: auto, workers (CPU processes), device (the model's device)
+    batch_size: int = 0  # images per model call; 0: 32 on CPU (cache-friendly), 256 on CUDA
+    workers: int = 0  # image decoding processes; 0: one per CPU core
+    part_size: int = 10_000  # images per published part: what a killed run redoes at most
+    max_pixels: int = 100_000_000  # larger images are refused as decompression bombs
+    thumbnail_size: int = 128  # long side of the thumbnails, in pixels
+    thumbnail_quality: int = 85
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     images: int = 2_000
     seed: int = 0
@@ -48,6 +65,9 @@ class DemoConfig:
     height: int = 192
     edge_case_rate: float = 0.03
     workers: int = 0  # 0: one per CPU core
+    # The demo runs offline, so it embeds with seeded random weights unless told
+    # otherwise; "imagenet" gives real similarity on a connected machine.
+    weights: str = "random"
 
 
 @dataclass(frozen=True)
@@ -60,6 +80,7 @@ class Config:
     lake: str = DEFAULT_LAKE
     s3: S3Config = field(default_factory=S3Config)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     ui: UIConfig = field(default_factory=UIConfig)
 

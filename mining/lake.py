@@ -87,6 +87,16 @@ def open_url(uri: str, s3: S3Config) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(uri, **storage_options(uri, s3))
 
 
+def read_many(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | BaseException]:
+    """Whole contents of each path, or the exception reading it raised.
+
+    s3fs fetches the objects concurrently. ``cat_ranges`` takes paths literally,
+    where ``cat`` would expand a name such as ``frame[1].jpg`` as a glob."""
+    if not paths:
+        return []
+    return fs.cat_ranges(paths, None, None, on_error="return")
+
+
 class Lake:
     """A lake rooted at ``uri``. Cheap to build; holds no open files."""
 
@@ -152,6 +162,26 @@ class Lake:
             return json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
+
+    def discard_unfinished(self, job: str, shard_prefix: str) -> list[str]:
+        """Undo the commits of ``job`` that a kill left half-way, for shards whose id
+        starts with ``shard_prefix``: delete the files their ``committing`` marker
+        lists, then the marker. Returns the shards undone.
+
+        For jobs whose shards are not rerun under the same id (the embed job picks
+        what is still missing), so that a half-published shard cannot count as done.
+        Call it only for shards no other running process is writing."""
+        markers = self.fs.glob(self.path(JOBS_DIR, job, f"{shard_prefix}*.json"))
+        undone = []
+        for path, content in zip(markers, read_many(self.fs, markers)):
+            if isinstance(content, BaseException) or json.loads(content).get("status") == "done":
+                continue
+            for relative in json.loads(content).get("files", []):
+                if self.fs.exists(self.path(relative)):
+                    self.fs.rm(self.path(relative))
+            self.fs.rm(path)
+            undone.append(posixpath.basename(path).removesuffix(".json"))
+        return undone
 
     # -- writing -------------------------------------------------------------
     def write_parquet(self, rows: pa.Table, path: str) -> None:

@@ -124,6 +124,22 @@ EMBEDDINGS = Table(
     ),
 )
 
+THUMBNAILS = Table(
+    name="thumbnails",
+    doc="A small JPEG per image (long side about 128 px) so a review grid is one query, not one read per original.",
+    dedup_key=("image_id",),
+    dedup_order="computed_at DESC",
+    schema=pa.schema(
+        [
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("jpeg", pa.binary(), nullable=False),
+            pa.field("width", pa.int32()),
+            pa.field("height", pa.int32()),
+            pa.field("computed_at", UTC_TS),
+        ]
+    ),
+)
+
 ERRORS = Table(
     name="errors",
     doc="One row per input item a job could not take, with the reason; the job went on without it.",
@@ -161,7 +177,7 @@ DEMO_TRUTH = Table(
     ),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (IMAGES, PREDICTIONS, DETECTIONS, EMBEDDINGS, ERRORS, DEMO_TRUTH)}
+TABLES: dict[str, Table] = {t.name: t for t in (IMAGES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH)}
 
 
 def image_id_from_sha256(sha256_hex: str) -> str:

@@ -15,7 +15,7 @@ from jobs.cli import build_parser, main
 from tests.helpers import jsonl, prediction, put, put_images
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"
-COMMANDS = [["demo"], ["ingest", "images"], ["ingest", "predictions"], ["sql"], ["tables"]]
+COMMANDS = [["demo"], ["ingest", "images"], ["ingest", "predictions"], ["embed"], ["sql"], ["tables"]]
 
 
 def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -39,7 +39,7 @@ def lake_dir(tmp_path: Path) -> Path:
 def test_entry_point_help_lists_every_command():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("demo", "ingest", "sql", "tables"):
+    for command in ("demo", "ingest", "embed", "sql", "tables"):
         assert command in result.stdout
 
 
@@ -147,3 +147,25 @@ def test_s3_problems_are_one_line_that_says_what_to_set(s3_endpoint, monkeypatch
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     assert main(["tables", "--lake", "s3://some-bucket/lake"]) == 2
     assert "cannot reach S3" in capsys.readouterr().err
+
+
+def test_embed_prints_a_summary_and_json(lake_dir: Path, capsys):
+    assert main(["embed", "--lake", str(lake_dir), "--weights", "random", "--workers", "1", "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["embedded"], summary["errors"], summary["weights"], summary["shard"]) == (12, 0, "random-seed0", "0/1")
+    assert main(["embed", "--lake", str(lake_dir), "--weights", "random", "--shard", "1/2", "--quiet"]) == 0
+    assert "0 embedded" in capsys.readouterr().out  # shard 1/2 was done as part of 0/1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shard", "2/2"], "shard must be I/N"),
+        (["--weights", "no-such-checkpoint.pth"], "neither one of ['imagenet', 'random'] nor an existing checkpoint"),
+        (["--weights", "random", "--device", "tpu"], "allowed: auto, cpu, cuda"),
+        (["--weights", "random", "--batch-size", "-1"], "--batch-size and --workers must be at least 0"),
+    ],
+)
+def test_embed_usage_errors_say_what_to_do(lake_dir: Path, flags, message, capsys):
+    assert main(["embed", "--lake", str(lake_dir), "--quiet", *flags]) == 2
+    assert message in capsys.readouterr().err

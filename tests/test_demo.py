@@ -7,12 +7,17 @@ import pytest
 
 from jobs import demo_data
 from jobs.demo import run_demo
-from mining.config import Config, DemoConfig
+from mining.config import Config, DemoConfig, EmbedConfig
 from mining.sql import LakeDB
 
 
 def demo_config(lake, images: int, seed: int = 3, workers: int = 1) -> Config:
-    return Config(lake=lake.uri, s3=lake.s3, demo=replace(DemoConfig(), images=images, seed=seed, workers=workers))
+    return Config(
+        lake=lake.uri,
+        s3=lake.s3,
+        demo=replace(DemoConfig(), images=images, seed=seed, workers=workers),
+        embed=replace(EmbedConfig(), workers=workers),
+    )
 
 
 def query(lake, sql):
@@ -30,10 +35,14 @@ def test_demo_builds_a_consistent_lake(lake):
     joined = query(lake, "SELECT count(*) n FROM predictions p JOIN images USING (image_id) JOIN demo_truth USING (image_id)")
     assert joined == [{"n": 300}]
     assert query(lake, "SELECT count(*) n FROM detections")[0]["n"] >= 300
+    # Every image is embedded (offline: seeded random weights) and has a thumbnail.
+    assert summary["embeddings"]["embedded"] == 300 and summary["embeddings"]["weights"] == "random-seed0"
+    assert query(lake, "SELECT count(*) n FROM images JOIN embeddings USING (image_id) JOIN thumbnails USING (image_id)") == [{"n": 300}]
 
     again = run_demo(demo_config(lake, 300), show_progress=False)
     assert again["generated"] is False and again["images"]["registered"] == 0
     assert again["predictions"]["skipped"] == 1
+    assert again["embeddings"]["embedded"] == 0 and again["embeddings"]["already_embedded"] == 300
     assert query(lake, "SELECT count(*) n FROM raw.predictions") == [{"n": 300}]
 
 
@@ -46,6 +55,10 @@ def test_demo_is_deterministic_whatever_the_workers(tmp_path):
     run_demo(demo_config(two, 520, workers=2), show_progress=False)
     sql = "SELECT image_id, label, confidence FROM predictions ORDER BY image_id"
     assert query(one, sql) == query(two, sql)
+    vectors = "SELECT image_id, embedding FROM embeddings ORDER BY image_id"
+    a, b = query(one, vectors), query(two, vectors)
+    assert [r["image_id"] for r in a] == [r["image_id"] for r in b] and len(a) == 520
+    assert np.abs(np.array([r["embedding"] for r in a]) - np.array([r["embedding"] for r in b])).max() < 1e-5
 
 
 def test_simulated_model_is_worse_on_hard_conditions_and_often_confidently_wrong_on_glare():

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import hashlib
 
+from jobs.embed import embed_lake
 from jobs.ingest_images import ingest_images
+from mining.config import EmbedConfig
 from mining.sql import LakeDB
 from tests.helpers import jpeg_bytes, png_bytes, put, put_images, source_uri
 
@@ -83,3 +85,14 @@ def test_glob_filter(lake, small_ingest):
     summary = ingest_images(lake, folder, small_ingest, pattern="night/*.jpg", show_progress=False)
     assert summary.registered == 2
     assert all("/night/" in r["uri"] for r in rows(lake, "SELECT uri FROM images"))
+
+
+def test_file_names_with_glob_characters_are_read_literally(lake, small_ingest):
+    """``frame[1].jpg`` is a file, not a pattern: reading it must not expand it."""
+    folder = source_uri(lake, "odd")
+    put(lake, f"{folder}/frame[1].jpg", jpeg_bytes(1))
+    put(lake, f"{folder}/frame*2.jpg", jpeg_bytes(2))
+    summary = ingest_images(lake, folder, small_ingest, show_progress=False)
+    assert (summary.registered, summary.errors) == (2, 0)
+    embedded = embed_lake(lake, EmbedConfig(weights="random", workers=0), show_progress=False)
+    assert (embedded.embedded, embedded.errors) == (2, 0)

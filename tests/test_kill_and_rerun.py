@@ -3,6 +3,7 @@ row exactly once: nothing missing, nothing duplicated, not even in raw storage."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -117,3 +118,26 @@ def test_killed_images_ingest_reruns_to_exactly_once(tmp_path):
     assert count(lake, "SELECT count(*) FROM raw.images") == 400
     assert count(lake, "SELECT count(DISTINCT uri) FROM raw.images") == 400
     assert count(lake, "SELECT count(*) FROM raw.errors") == 1
+
+
+def test_killed_embed_reruns_to_exactly_once(lake, lake_env, tmp_path):
+    folder = source_uri(lake, "images")
+    put_images(lake, folder, 60)
+    ingest_images(lake, folder, show_progress=False)
+    config = tmp_path / "job.toml"
+    config.write_text(f'lake = "{lake.uri}"\n[embed]\nweights = "random"\npart_size = 10\nbatch_size = 5\nworkers = 1\n')
+
+    job = start(["embed"], config, lake_env)
+    kill_when(job, lambda: markers(lake, "embed") >= 2)
+    assert 2 <= markers(lake, "embed") < 6
+    assert count(lake, "SELECT count(*) FROM raw.embeddings") < 60
+
+    rerun = subprocess.run([str(EDGEMINE), "embed", "--config", str(config), "--quiet", "--json"],
+                           capture_output=True, text=True, env=None if lake_env is None else os.environ | lake_env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["already_embedded"] + summary["embedded"] == 60 and summary["embedded"] > 0
+    for table in ("embeddings", "thumbnails"):
+        assert count(lake, f"SELECT count(*) FROM raw.{table}") == 60
+        assert count(lake, f"SELECT count(DISTINCT image_id) FROM raw.{table}") == 60
+    assert markers(lake, "embed") == 6

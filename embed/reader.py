@@ -1,0 +1,140 @@
+"""Reading images from storage in parallel workers, ahead of the model.
+
+The job streams ``Request``s (one batch of images each) into a torch DataLoader
+as its sampler; each worker process turns a request into a ``LoadedBatch`` by
+fetching the files (one concurrent ``cat`` per batch on S3) and decoding them.
+The DataLoader keeps ``prefetch_factor`` batches per worker in flight, so reads
+and decoding overlap with the model and memory stays bounded whatever the
+number of images.
+
+Workers receive plain settings (``ReaderSettings``) and build their own
+filesystem clients: a client made in the parent does not survive a fork.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from embed.preprocess import ImageError, ImageOptions, check_bytes, decode, encode_thumbnails, is_jpeg, open_image
+from mining.config import S3Config
+from mining.lake import open_url, path_of, read_many
+
+
+@dataclass(frozen=True)
+class Item:
+    image_id: str
+    uri: str
+    sha256: str | None = None
+    needs_thumbnail: bool = True
+
+
+@dataclass(frozen=True)
+class Request:
+    """One batch to read. ``part`` groups batches into the unit the job publishes."""
+
+    part: str
+    last_in_part: bool
+    items: tuple[Item, ...]
+
+
+@dataclass
+class LoadedBatch:
+    """What a worker hands back for a Request.
+
+    decoded: images decoded by the worker: ``pixels`` uint8 (n, 3, crop, crop) and
+    their JPEG thumbnails (empty bytes where the item needs none).
+    jpegs: JPEG images left for the model's device to decode (1-D uint8 tensors).
+    errors: (item, reason) for every image that could not be read or decoded.
+    """
+
+    request: Request
+    decoded: list[Item] = field(default_factory=list)
+    pixels: torch.Tensor | None = None
+    thumbnails: list[bytes] = field(default_factory=list)
+    thumbnail_sizes: list[tuple[int, int]] = field(default_factory=list)
+    jpeg_items: list[Item] = field(default_factory=list)
+    jpegs: list[torch.Tensor] = field(default_factory=list)
+    errors: list[tuple[Item, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> LoadedBatch:
+        # DataLoader(pin_memory=True) calls this in its pinning thread: page-locked
+        # buffers make the host-to-GPU copies asynchronous.
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        self.jpegs = [j.pin_memory() for j in self.jpegs]
+        return self
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    s3: S3Config
+    options: ImageOptions
+    decode_on_device: bool  # leave JPEGs undecoded for the model's device
+
+
+class ImageBatches(Dataset):
+    """``dataset[request]`` reads and decodes one batch of images."""
+
+    def __init__(self, settings: ReaderSettings):
+        self.settings = settings
+
+    def __getitem__(self, request: Request) -> LoadedBatch:
+        out = LoadedBatch(request)
+        pixels, thumbnails = [], []
+        for item, data in zip(request.items, self._fetch(request.items)):
+            try:
+                data = check_bytes(data, item.sha256)
+                if self.settings.decode_on_device and is_jpeg(open_image(data, self.settings.options.max_pixels)):
+                    out.jpeg_items.append(item)
+                    out.jpegs.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+                    continue
+                prepared = decode(data, self.settings.options)
+            except ImageError as e:
+                out.errors.append((item, e.reason))
+                continue
+            out.decoded.append(item)
+            pixels.append(prepared.pixels)
+            thumbnails.append(prepared.thumbnail if item.needs_thumbnail else None)
+        if pixels:
+            out.pixels = torch.stack(pixels)
+        wanted = [t for t in thumbnails if t is not None]
+        encoded = iter(encode_thumbnails(wanted, self.settings.options.thumbnail_quality))
+        for thumbnail in thumbnails:
+            out.thumbnails.append(next(encoded) if thumbnail is not None else b"")
+            out.thumbnail_sizes.append((thumbnail.shape[2], thumbnail.shape[1]) if thumbnail is not None else (0, 0))
+        return out
+
+    def _fetch(self, items: tuple[Item, ...]) -> list[bytes | BaseException | None]:
+        """The bytes of each item, or the exception reading it raised."""
+        by_storage: dict[tuple, list[int]] = defaultdict(list)
+        for index, item in enumerate(items):
+            by_storage[item.uri.split("://", 1)[0] if "://" in item.uri else "file"].append(index)
+        found: list[bytes | BaseException | None] = [None] * len(items)
+        for indices in by_storage.values():
+            fs, _ = open_url(items[indices[0]].uri, self.settings.s3)
+            contents = read_many(fs, [path_of(items[i].uri) for i in indices])
+            for i, data in zip(indices, contents):
+                found[i] = data
+        return found
+
+
+def make_loader(requests: Iterable[Request], settings: ReaderSettings, *, workers: int, pin_memory: bool) -> DataLoader:
+    """A DataLoader yielding one LoadedBatch per request, in request order."""
+    return DataLoader(
+        ImageBatches(settings),
+        batch_size=None,  # each request already is a batch
+        sampler=requests,
+        num_workers=workers,
+        collate_fn=_identity,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def _identity(batch: LoadedBatch) -> LoadedBatch:
+    return batch

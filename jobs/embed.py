@@ -1,0 +1,332 @@
+"""`edgemine embed`: embeddings and thumbnails for the lake's images.
+
+1. Plan: the images of this shard (``--shard I/N``, by image_id) that have no
+   embedding for this backbone and weights yet, and did not fail before, in
+   image_id order (one DuckDB query, streamed).
+2. Read and decode in DataLoader workers (embed.reader), embed on the device
+   (embed.model).
+3. Publish per part of ``part_size`` images: embeddings, thumbnails (for images
+   that have none yet) and errors, committed together (mining.lake), while the
+   next part is computed.
+
+What is already embedded is what the lake says, so the same plan serves an
+hourly run on a growing lake, a rerun after a kill, and N machines splitting
+the work: shards are disjoint, and a part is visible whole or not at all. A part
+a kill left half-published is undone before planning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from embed.model import Backbone, load_backbone
+from embed.preprocess import ImageError, ImageOptions, decode_jpegs_on, encode_thumbnails
+from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
+from jobs.progress import Progress
+from mining.config import EmbedConfig
+from mining.lake import Lake
+from mining.schema import EMBEDDING_DIM, EMBEDDINGS, ERRORS, THUMBNAILS
+from mining.sql import LakeDB
+
+log = logging.getLogger(__name__)
+
+JOB = "embed"
+DECODE_MODES = ("auto", "workers", "device")
+# Measured: on CPU, batches past 32 run slower per image (activations leave the cache);
+# a GPU needs large batches to be kept busy.
+DEFAULT_BATCH = {"cpu": 32, "cuda": 256}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count``: the images whose id, read as a number, is
+    ``index`` modulo ``count``. Deterministic, so N processes need no coordination."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        if not match or not 0 <= int(match[1]) < int(match[2]):
+            raise ValueError(f"shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def sql(self) -> str:
+        return f"('0x' || substr(image_id, 1, 8))::UBIGINT % {self.count} = {self.index}"
+
+
+@dataclass
+class EmbedSummary:
+    job: str = JOB
+    backbone: str = ""
+    weights: str = ""
+    device: str = ""
+    decode: str = ""
+    shard: str = "0/1"
+    images_in_shard: int = 0
+    already_embedded: int = 0
+    failed_before: int = 0
+    to_embed: int = 0
+    embedded: int = 0
+    thumbnails: int = 0
+    errors: int = 0
+    parts: int = 0
+    undone_parts: int = 0
+    seconds: float = 0.0
+    images_per_second: float = 0.0
+    error_samples: list[dict[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+def embed_lake(
+    lake: Lake,
+    config: EmbedConfig = EmbedConfig(),
+    *,
+    shard: Shard = Shard(),
+    overwrite: bool = False,
+    retry_errors: bool = False,
+    backbone: Backbone | None = None,
+    show_progress: bool = True,
+) -> EmbedSummary:
+    """Embed the lake's images that still need it (all of the shard's with
+    ``overwrite``); ``retry_errors`` tries again those that failed before.
+    ``backbone`` reuses an already loaded model (it must match ``config``)."""
+    started = time.monotonic()
+    if config.decode not in DECODE_MODES:
+        raise ValueError(f"unknown decode mode {config.decode!r}; allowed: {', '.join(DECODE_MODES)}")
+    backbone = backbone or load_backbone(config.backbone, config.weights, seed=config.seed, device=config.device)
+    on_device = config.decode == "device" or (config.decode == "auto" and backbone.uses_cuda)
+    summary = EmbedSummary(
+        backbone=backbone.name,
+        weights=backbone.weights,
+        device=str(backbone.device),
+        decode="device" if on_device else "workers",
+        shard=str(shard),
+    )
+    prefix = f"{_slug(backbone.name + '-' + backbone.weights)}-s{shard.index}of{shard.count}-"
+    summary.undone_parts = len(lake.discard_unfinished(JOB, prefix))
+    if summary.undone_parts:
+        log.warning("undid %d part(s) a killed run left half-published; their images are embedded again", summary.undone_parts)
+
+    plan = Plan(lake, backbone, shard, overwrite=overwrite, retry_errors=retry_errors)
+    counts = plan.counts()
+    summary.images_in_shard, summary.already_embedded, summary.failed_before, summary.to_embed = counts
+    if summary.to_embed:
+        settings = ReaderSettings(
+            s3=lake.s3,
+            options=ImageOptions(backbone.preprocessing, config.max_pixels, config.thumbnail_size, config.thumbnail_quality),
+            decode_on_device=on_device,
+        )
+        batch_size = config.batch_size or DEFAULT_BATCH[backbone.device.type]
+        requests = plan.requests(prefix, config.part_size, batch_size)
+        workers = config.workers or os.cpu_count() or 1
+        loader = make_loader(requests, settings, workers=workers, pin_memory=backbone.uses_cuda)
+        progress = Progress("embed", total=summary.to_embed, unit="images", enabled=show_progress)
+        try:
+            _run(lake, backbone, loader, settings.options, summary, progress, shard)
+        finally:
+            progress.close()
+        plan.close()
+    summary.seconds = time.monotonic() - started
+    summary.images_per_second = (summary.embedded + summary.errors) / summary.seconds if summary.seconds else 0.0
+    return summary
+
+
+def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary: EmbedSummary, progress: Progress, shard: Shard) -> None:
+    """The loop: batches in, parts out. Publishing a part runs in a background
+    thread (one at a time) so the model keeps going."""
+    part: Part | None = None
+    pending: Future | None = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") as publisher:
+        for batch in loader:
+            if part is None:
+                part = Part(batch.request.part)
+            part.add(*_embed_batch(backbone, batch, options))
+            progress.update(len(batch.request.items))
+            if batch.request.last_in_part:
+                if pending is not None:
+                    pending.result()  # at most one part in memory waiting to be written
+                marker = {"backbone": backbone.name, "weights": backbone.weights, "shard": str(shard)}
+                pending = publisher.submit(part.publish, lake, marker)
+                summary.embedded += len(part.ids)
+                summary.thumbnails += sum(1 for t in part.thumbnails if t)
+                summary.errors += len(part.errors)
+                summary.parts += 1
+                summary.error_samples += [{"uri": e["uri"], "reason": e["reason"]} for e in part.errors[: max(0, 5 - len(summary.error_samples))]]
+                part = None
+        if pending is not None:
+            pending.result()
+
+
+def _embed_batch(backbone: Backbone, batch: LoadedBatch, options: ImageOptions):
+    """(items, vectors, thumbnails, thumbnail sizes, errors) of one loaded batch:
+    the worker-decoded images, then the JPEGs decoded on the device."""
+    items, thumbnails, sizes = list(batch.decoded), list(batch.thumbnails), list(batch.thumbnail_sizes)
+    errors = list(batch.errors)
+    vectors = [backbone.embed(batch.pixels)] if batch.pixels is not None else []
+    decoded, prepared = [], []
+    for item, result in zip(batch.jpeg_items, decode_jpegs_on(backbone.device, batch.jpegs, options)):
+        if isinstance(result, ImageError):
+            errors.append((item, result.reason))
+        else:
+            decoded.append(item)
+            prepared.append(result)
+    if prepared:
+        vectors.append(backbone.embed(torch.stack([p.pixels for p in prepared])))
+        wanted = [p.thumbnail for p, item in zip(prepared, decoded) if item.needs_thumbnail]
+        encoded = iter(encode_thumbnails(wanted, options.thumbnail_quality))
+        for p, item in zip(prepared, decoded):
+            thumbnails.append(next(encoded) if item.needs_thumbnail else b"")
+            sizes.append((p.thumbnail.shape[2], p.thumbnail.shape[1]) if item.needs_thumbnail else (0, 0))
+        items += decoded
+    matrix = np.concatenate(vectors) if vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
+    return items, matrix, thumbnails, sizes, errors
+
+
+class Part:
+    """The rows of one part, gathered until its last batch, then published whole."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.ids: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.thumbnails: list[bytes] = []
+        self.thumbnail_ids: list[str] = []
+        self.thumbnail_sizes: list[tuple[int, int]] = []
+        self.errors: list[dict[str, Any]] = []
+
+    def add(self, items, vectors, thumbnails, sizes, errors) -> None:
+        self.ids += [item.image_id for item in items]
+        self.vectors.append(vectors)
+        for item, thumbnail, size in zip(items, thumbnails, sizes):
+            if thumbnail:
+                self.thumbnail_ids.append(item.image_id)
+                self.thumbnails.append(thumbnail)
+                self.thumbnail_sizes.append(size)
+        for item, reason in errors:
+            self.errors.append({"uri": item.uri, "reason": reason, "raw": json.dumps({"image_id": item.image_id})})
+
+    def publish(self, lake: Lake, marker: dict[str, Any]) -> None:
+        now = datetime.now(UTC)
+        model = f"{marker['backbone']}/{marker['weights']}"
+        writer = lake.shard_writer(JOB, self.name)
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM)
+        n = len(self.ids)
+        writer.write(
+            EMBEDDINGS,
+            pa.table(
+                {
+                    "image_id": pa.array(self.ids, pa.string()),
+                    "backbone": pa.array([marker["backbone"]] * n, pa.string()),
+                    "weights": pa.array([marker["weights"]] * n, pa.string()),
+                    "embedding": embedding,
+                    "computed_at": pa.array([now] * n, EMBEDDINGS.schema.field("computed_at").type),
+                },
+                schema=EMBEDDINGS.schema,
+            ),
+        )
+        writer.write(
+            THUMBNAILS,
+            pa.table(
+                {
+                    "image_id": pa.array(self.thumbnail_ids, pa.string()),
+                    "jpeg": pa.array(self.thumbnails, pa.binary()),
+                    "width": pa.array([w for w, _ in self.thumbnail_sizes], pa.int32()),
+                    "height": pa.array([h for _, h in self.thumbnail_sizes], pa.int32()),
+                    "computed_at": pa.array([now] * len(self.thumbnail_ids), THUMBNAILS.schema.field("computed_at").type),
+                },
+                schema=THUMBNAILS.schema,
+            ),
+        )
+        errors = [{"job": JOB, "source": model, "row": None, "at": now, **e} for e in self.errors]
+        writer.write(ERRORS, pa.Table.from_pylist(errors, schema=ERRORS.schema))
+        writer.commit({**marker, "images": n + len(self.errors)})
+
+
+class Plan:
+    """Which images this run embeds, from one query over the lake."""
+
+    def __init__(self, lake: Lake, backbone: Backbone, shard: Shard, *, overwrite: bool, retry_errors: bool):
+        self.db = LakeDB(lake, read_only=False)
+        self.params = {"backbone": backbone.name, "weights": backbone.weights, "model": f"{backbone.name}/{backbone.weights}"}
+        self.shard, self.overwrite, self.retry_errors = shard, overwrite, retry_errors
+        self.db.con.execute(
+            f"""
+            CREATE TEMP TABLE shard_images AS
+            SELECT image_id, uri, sha256,
+                   image_id IN (SELECT image_id FROM raw.embeddings WHERE backbone = $backbone AND weights = $weights) AS embedded,
+                   uri IN (SELECT uri FROM raw.errors WHERE job = '{JOB}' AND source = $model) AS failed,
+                   image_id IN (SELECT image_id FROM raw.thumbnails) AS has_thumbnail
+            FROM images WHERE {shard.sql()}
+            """,
+            self.params,
+        )
+
+    def _todo_filter(self) -> str:
+        conditions = ["TRUE"]
+        if not self.overwrite:
+            conditions.append("NOT embedded")
+        if not self.retry_errors:
+            conditions.append("NOT failed")
+        return " AND ".join(conditions)
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(images in shard, already embedded, failed before, to embed now)."""
+        row = self.db.con.execute(
+            f"SELECT count(*), count(*) FILTER (embedded), count(*) FILTER (failed AND NOT embedded), "
+            f"count(*) FILTER ({self._todo_filter()}) FROM shard_images"
+        ).fetchone()
+        return tuple(int(v) for v in row)
+
+    def requests(self, prefix: str, part_size: int, batch_size: int) -> Iterator[Request]:
+        """Batches of images to read, grouped in parts named after their contents,
+        so a rerun of the same plan gets the same part names."""
+        reader = self.db.con.execute(
+            f"SELECT image_id, uri, sha256, {'TRUE' if self.overwrite else 'NOT has_thumbnail'} AS needs_thumbnail "
+            f"FROM shard_images WHERE {self._todo_filter()} ORDER BY image_id"
+        ).to_arrow_reader(part_size)
+        for items in _rechunk(reader, part_size):
+            name = prefix + hashlib.sha1("\n".join(item.image_id for item in items).encode()).hexdigest()[:16]
+            for start in range(0, len(items), batch_size):
+                chunk = tuple(items[start : start + batch_size])
+                yield Request(part=name, last_in_part=start + batch_size >= len(items), items=chunk)
+
+    def close(self) -> None:
+        self.db.con.close()
+
+
+def _rechunk(reader: pa.RecordBatchReader, size: int) -> Iterator[list[Item]]:
+    items: list[Item] = []
+    for batch in reader:
+        for row in batch.to_pylist():
+            items.append(Item(row["image_id"], row["uri"], row["sha256"], bool(row["needs_thumbnail"])))
+            if len(items) == size:
+                yield items
+                items = []
+    if items:
+        yield items
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)

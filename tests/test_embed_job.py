@@ -1,0 +1,225 @@
+"""The embed job end to end, on a local folder and on S3: what it writes, bad
+images, only-new runs, shards, overwrite, and a part a kill left half-published."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from jobs.embed import JOB, Shard, embed_lake
+from jobs.ingest_images import ingest_images
+from mining.config import EmbedConfig
+from mining.lake import Lake, open_url
+from mining.sql import LakeDB
+from tests.helpers import jpeg_bytes, put, put_images, source_uri
+from tests.test_embed_preprocess import corrupt_jpeg, truncated_jpeg
+
+# Small parts and batches, so a few dozen images make several of each; one
+# worker process so the loader path (fork, own S3 client) is the real one.
+CONFIG = EmbedConfig(weights="random", seed=0, batch_size=8, part_size=20, workers=1, max_pixels=2_000_000)
+TOLERANCE = 1e-5
+
+
+def query(lake: Lake, sql: str) -> list[dict]:
+    with LakeDB(lake) as db:
+        return db.query(sql).to_pylist()
+
+
+def vectors(lake: Lake) -> dict[str, np.ndarray]:
+    with LakeDB(lake) as db:
+        table = db.query("SELECT image_id, embedding FROM embeddings")
+    return {i: np.asarray(e, dtype=np.float32) for i, e in zip(table.column("image_id").to_pylist(), table.column("embedding").to_pylist())}
+
+
+def png(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", size, 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def ingested(lake: Lake, n: int, start: int = 0) -> str:
+    source = source_uri(lake, "images")
+    put_images(lake, source, n, start=start)
+    ingest_images(lake, source, show_progress=False)
+    return source
+
+
+def test_embeddings_thumbnails_and_errors(lake):
+    source = ingested(lake, 30)
+    # Bad images that pass ingest (their headers are fine) and fail when decoded or read.
+    put(lake, f"{source}/bad/truncated.jpg", truncated_jpeg())
+    put(lake, f"{source}/bad/corrupt.jpg", corrupt_jpeg())
+    put(lake, f"{source}/bad/huge.png", png((2000, 1500)))  # 3 MP over the 2 MP limit
+    put(lake, f"{source}/bad/deleted.jpg", jpeg_bytes(900))
+    put(lake, f"{source}/bad/replaced.jpg", jpeg_bytes(901))
+    ingest_images(lake, source, show_progress=False)
+    fs, _ = open_url(source, lake.s3)
+    fs.rm(f"{source}/bad/deleted.jpg".removeprefix("s3://"))
+    put(lake, f"{source}/bad/replaced.jpg", jpeg_bytes(902))
+
+    summary = embed_lake(lake, CONFIG, show_progress=False)
+    assert (summary.images_in_shard, summary.to_embed, summary.embedded, summary.errors) == (35, 35, 30, 5)
+    assert summary.weights == "random-seed0" and summary.parts == 2
+
+    [schema] = query(lake, "SELECT any_value(typeof(embedding)) t, count(*) n, count(DISTINCT image_id) ids, "
+                           "min(array_inner_product(embedding, embedding)) lo, max(array_inner_product(embedding, embedding)) hi FROM embeddings")
+    assert schema["t"] == "FLOAT[512]" and schema["n"] == schema["ids"] == 30
+    assert 1 - 1e-5 < schema["lo"] <= schema["hi"] < 1 + 1e-5
+    # Cosine similarity works in SQL: each vector is its own nearest neighbour.
+    nearest = query(lake, "SELECT a.image_id, arg_max(b.image_id, array_cosine_similarity(a.embedding, b.embedding)) best "
+                          "FROM embeddings a, embeddings b GROUP BY a.image_id")
+    assert all(row["image_id"] == row["best"] for row in nearest)
+
+    thumbnails = query(lake, "SELECT t.image_id, t.jpeg, t.width, t.height, i.width iw, i.height ih FROM thumbnails t JOIN images i USING (image_id)")
+    assert len(thumbnails) == 30
+    for row in thumbnails:
+        image = Image.open(io.BytesIO(row["jpeg"]))
+        assert image.format == "JPEG" and image.size == (row["width"], row["height"])
+        assert max(image.size) == min(128, max(row["iw"], row["ih"]))
+
+    errors = {row["uri"].rsplit("/", 1)[1]: row for row in query(lake, f"SELECT uri, reason, source, raw FROM errors WHERE job = '{JOB}'")}
+    assert {name: row["reason"].split(":")[0] for name, row in errors.items()} == {
+        "truncated.jpg": "truncated",
+        "corrupt.jpg": "corrupt",
+        "huge.png": "decompression bomb",
+        "deleted.jpg": "missing",
+        "replaced.jpg": "changed since ingest",
+    }
+    assert {row["source"] for row in errors.values()} == {"resnet18/random-seed0"}
+
+    # Rerun: nothing new, failures not retried unless asked.
+    again = embed_lake(lake, CONFIG, show_progress=False)
+    assert (again.already_embedded, again.failed_before, again.to_embed, again.parts) == (30, 5, 0, 0)
+    put(lake, f"{source}/bad/deleted.jpg", jpeg_bytes(900))  # the file comes back
+    retried = embed_lake(lake, CONFIG, retry_errors=True, show_progress=False)
+    assert (retried.to_embed, retried.embedded, retried.errors) == (5, 1, 4)
+    assert query(lake, "SELECT count(*) n FROM raw.embeddings") == [{"n": 31}]
+
+
+def test_only_new_images_are_embedded_and_their_vectors_do_not_depend_on_the_run(lake, tmp_path):
+    source = ingested(lake, 25)
+    first = embed_lake(lake, CONFIG, show_progress=False)
+    assert first.embedded == 25
+    ingested(lake, 10, start=25)
+    second = embed_lake(lake, replace(CONFIG, batch_size=5), show_progress=False)
+    assert (second.already_embedded, second.to_embed, second.embedded) == (25, 10, 10)
+    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM raw.embeddings") == [{"n": 35, "ids": 35}]
+    assert query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 35}]
+
+    # The same images in one go, in another lake, another batch size: same vectors.
+    other = Lake(str(tmp_path / "other"))
+    put_images(other, str(tmp_path / "other-images"), 35)
+    ingest_images(other, str(tmp_path / "other-images"), show_progress=False)
+    embed_lake(other, replace(CONFIG, batch_size=16, part_size=100, workers=0), show_progress=False)
+    here, there = vectors(lake), vectors(other)
+    assert here.keys() == there.keys()
+    for image_id, vector in here.items():
+        np.testing.assert_allclose(vector, there[image_id], atol=TOLERANCE)
+    assert source
+
+
+def test_shards_split_the_images_without_overlap_and_match_one_run(lake, tmp_path):
+    ingested(lake, 40)
+    counts = [embed_lake(lake, CONFIG, shard=Shard(i, 3), show_progress=False).embedded for i in range(3)]
+    assert sum(counts) == 40 and all(counts)
+    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM raw.embeddings") == [{"n": 40, "ids": 40}]
+    # Rerunning a finished shard does nothing.
+    assert embed_lake(lake, CONFIG, shard=Shard(1, 3), show_progress=False).to_embed == 0
+
+    whole = Lake(str(tmp_path / "whole"))
+    put_images(whole, str(tmp_path / "whole-images"), 40)
+    ingest_images(whole, str(tmp_path / "whole-images"), show_progress=False)
+    embed_lake(whole, replace(CONFIG, workers=0), show_progress=False)
+    sharded, single = vectors(lake), vectors(whole)
+    assert sharded.keys() == single.keys()
+    assert max(np.abs(sharded[k] - single[k]).max() for k in single) < TOLERANCE
+
+
+def test_shard_spec_is_validated():
+    assert Shard.parse("2/8") == Shard(2, 8)
+    for bad in ["8/8", "-1/2", "1", "a/b", "0/0"]:
+        with pytest.raises(ValueError, match="I/N"):
+            Shard.parse(bad)
+
+
+def test_overwrite_replaces_rather_than_adds(lake):
+    ingested(lake, 12)
+    embed_lake(lake, CONFIG, show_progress=False)
+    before = query(lake, "SELECT max(computed_at) t FROM embeddings")[0]["t"]
+    redo = embed_lake(lake, CONFIG, overwrite=True, show_progress=False)
+    assert (redo.to_embed, redo.embedded, redo.thumbnails) == (12, 12, 12)
+    # Same images, same parts: the earlier files are replaced, not added to.
+    assert query(lake, "SELECT count(*) n FROM raw.embeddings") == [{"n": 12}]
+    assert query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 12}]
+    assert query(lake, "SELECT min(computed_at) t FROM embeddings")[0]["t"] > before
+
+
+def test_other_weights_are_embedded_beside_and_thumbnails_are_not_repeated(lake):
+    ingested(lake, 10)
+    embed_lake(lake, CONFIG, show_progress=False)
+    second = embed_lake(lake, replace(CONFIG, seed=1), show_progress=False)
+    assert (second.weights, second.embedded, second.thumbnails) == ("random-seed1", 10, 0)
+    rows = query(lake, "SELECT weights, count(*) n FROM embeddings GROUP BY weights ORDER BY weights")
+    assert rows == [{"weights": "random-seed0", "n": 10}, {"weights": "random-seed1", "n": 10}]
+    assert query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 10}]
+
+
+def test_decoding_on_the_device_gives_the_same_embeddings(lake, tmp_path):
+    """The GPU decode path (batched torchvision decode_jpeg), run on the CPU here."""
+    ingested(lake, 12)
+    summary = embed_lake(lake, replace(CONFIG, decode="device"), show_progress=False)
+    assert (summary.decode, summary.embedded) == ("device", 12)
+    other = Lake(str(tmp_path / "other"))
+    put_images(other, str(tmp_path / "imgs"), 12)
+    ingest_images(other, str(tmp_path / "imgs"), show_progress=False)
+    embed_lake(other, replace(CONFIG, decode="workers"), show_progress=False)
+    on_device, in_workers = vectors(lake), vectors(other)
+    assert on_device.keys() == in_workers.keys()
+    assert min(float(on_device[k] @ in_workers[k]) for k in on_device) > 0.999
+    assert query(lake, "SELECT count(*) n FROM thumbnails") == [{"n": 12}]
+
+
+def test_a_part_left_half_published_by_a_kill_is_undone_and_redone(lake, monkeypatch):
+    ingested(lake, 30)
+    real_mv, moves = lake.fs.mv, []
+
+    def mv_then_die(*args, **kwargs):
+        # Each part publishes two files (no errors here): the second part's commit
+        # dies after moving its embeddings in.
+        if len(moves) == 3:
+            raise KeyboardInterrupt("killed mid-commit")
+        moves.append(args)
+        return real_mv(*args, **kwargs)
+
+    monkeypatch.setattr(lake.fs, "mv", mv_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        embed_lake(lake, CONFIG, show_progress=False)
+    monkeypatch.undo()
+    half = query(lake, "SELECT count(*) n FROM raw.embeddings")[0]["n"]
+    assert half == 30 and query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 20}]  # second part: embeddings in, thumbnails not
+
+    rerun = embed_lake(lake, CONFIG, show_progress=False)
+    assert (rerun.undone_parts, rerun.to_embed, rerun.embedded) == (1, 10, 10)
+    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM raw.embeddings") == [{"n": 30, "ids": 30}]
+    assert query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 30}]
+
+
+def test_unknown_decode_mode_lists_the_allowed_ones(lake):
+    with pytest.raises(ValueError, match="auto, workers, device"):
+        embed_lake(lake, replace(CONFIG, decode="gpu"), show_progress=False)
+
+
+def test_embedding_column_is_a_fixed_size_list_in_the_files(lake):
+    ingested(lake, 3)
+    embed_lake(lake, CONFIG, show_progress=False)
+    [path] = [p for p in lake.fs.find(lake.table_dir("embeddings")) if p.endswith(".parquet")]
+    import pyarrow.parquet as pq
+
+    with lake.fs.open(path, "rb") as f:
+        schema = pq.read_schema(f)
+    assert schema.field("embedding").type == pa.list_(pa.float32(), 512)
