@@ -170,6 +170,24 @@ def _decode_one_on(device: torch.device, jpeg: torch.Tensor, options: ImageOptio
         return Prepared(prepared.pixels.to(device), prepared.thumbnail.to(device))
 
 
+@dataclass(frozen=True)
+class Thumbnail:
+    """A row of the thumbnails table."""
+
+    image_id: str
+    jpeg: bytes
+    width: int
+    height: int
+
+
+def make_thumbnails(items: list, prepared: list[Prepared], quality: int) -> list[Thumbnail]:
+    """Encoded thumbnails of the ``items`` (with ``image_id`` and ``needs_thumbnail``)
+    that need one, from their prepared images."""
+    wanted = [(item, p.thumbnail) for item, p in zip(items, prepared) if item.needs_thumbnail]
+    encoded = encode_thumbnails([t for _, t in wanted], quality)
+    return [Thumbnail(item.image_id, jpeg, t.shape[2], t.shape[1]) for (item, t), jpeg in zip(wanted, encoded)]
+
+
 def encode_thumbnails(thumbnails: list[torch.Tensor], quality: int) -> list[bytes]:
     """JPEG-encode uint8 (3, h, w) tensors, batched (on CUDA too)."""
     if not thumbnails:

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from embed.preprocess import ImageError, ImageOptions, check_bytes, decode, encode_thumbnails, is_jpeg, open_image
+from embed.preprocess import ImageError, ImageOptions, Thumbnail, check_bytes, decode, is_jpeg, make_thumbnails, open_image
 from mining.config import S3Config
 from mining.lake import open_url, path_of, read_many
 
 
 @dataclass(frozen=True)
 class Item:
+    """An image to embed, as the plan found it in the images table."""
+
     image_id: str
     uri: str
     sha256: str | None = None
@@ -46,8 +48,8 @@ class Request:
 class LoadedBatch:
     """What a worker hands back for a Request.
 
-    decoded: images decoded by the worker: ``pixels`` uint8 (n, 3, crop, crop) and
-    their JPEG thumbnails (empty bytes where the item needs none).
+    decoded: images decoded by the worker, ``pixels`` uint8 (n, 3, crop, crop) theirs.
+    thumbnails: encoded thumbnails of the decoded images that need one.
     jpegs: JPEG images left for the model's device to decode (1-D uint8 tensors).
     errors: (item, reason) for every image that could not be read or decoded.
     """
@@ -55,8 +57,7 @@ class LoadedBatch:
     request: Request
     decoded: list[Item] = field(default_factory=list)
     pixels: torch.Tensor | None = None
-    thumbnails: list[bytes] = field(default_factory=list)
-    thumbnail_sizes: list[tuple[int, int]] = field(default_factory=list)
+    thumbnails: list[Thumbnail] = field(default_factory=list)
     jpeg_items: list[Item] = field(default_factory=list)
     jpegs: list[torch.Tensor] = field(default_factory=list)
     errors: list[tuple[Item, str]] = field(default_factory=list)
@@ -85,7 +86,7 @@ class ImageBatches(Dataset):
 
     def __getitem__(self, request: Request) -> LoadedBatch:
         out = LoadedBatch(request)
-        pixels, thumbnails = [], []
+        prepared = []
         for item, data in zip(request.items, self._fetch(request.items)):
             try:
                 data = check_bytes(data, item.sha256)
@@ -93,20 +94,14 @@ class ImageBatches(Dataset):
                     out.jpeg_items.append(item)
                     out.jpegs.append(torch.frombuffer(bytearray(data), dtype=torch.uint8))
                     continue
-                prepared = decode(data, self.settings.options)
+                prepared.append(decode(data, self.settings.options))
             except ImageError as e:
                 out.errors.append((item, e.reason))
                 continue
             out.decoded.append(item)
-            pixels.append(prepared.pixels)
-            thumbnails.append(prepared.thumbnail if item.needs_thumbnail else None)
-        if pixels:
-            out.pixels = torch.stack(pixels)
-        wanted = [t for t in thumbnails if t is not None]
-        encoded = iter(encode_thumbnails(wanted, self.settings.options.thumbnail_quality))
-        for thumbnail in thumbnails:
-            out.thumbnails.append(next(encoded) if thumbnail is not None else b"")
-            out.thumbnail_sizes.append((thumbnail.shape[2], thumbnail.shape[1]) if thumbnail is not None else (0, 0))
+        if prepared:
+            out.pixels = torch.stack([p.pixels for p in prepared])
+        out.thumbnails = make_thumbnails(out.decoded, prepared, self.settings.options.thumbnail_quality)
         return out
 
     def _fetch(self, items: tuple[Item, ...]) -> list[bytes | BaseException | None]:

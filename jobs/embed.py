@@ -34,12 +34,12 @@ import pyarrow as pa
 import torch
 
 from embed.model import Backbone, load_backbone
-from embed.preprocess import ImageError, ImageOptions, decode_jpegs_on, encode_thumbnails
+from embed.preprocess import ImageError, ImageOptions, Thumbnail, decode_jpegs_on, make_thumbnails
 from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
 from jobs.progress import Progress
 from mining.config import EmbedConfig
 from mining.lake import Lake
-from mining.schema import EMBEDDING_DIM, EMBEDDINGS, ERRORS, THUMBNAILS
+from mining.schema import EMBEDDING_DIM, EMBEDDINGS, ERRORS, THUMBNAILS, UTC_TS
 from mining.sql import LakeDB
 
 log = logging.getLogger(__name__)
@@ -128,10 +128,11 @@ def embed_lake(
     if summary.undone_parts:
         log.warning("undid %d part(s) a killed run left half-published; their images are embedded again", summary.undone_parts)
 
-    plan = Plan(lake, backbone, shard, overwrite=overwrite, retry_errors=retry_errors)
-    counts = plan.counts()
-    summary.images_in_shard, summary.already_embedded, summary.failed_before, summary.to_embed = counts
-    if summary.to_embed:
+    with Plan(lake, backbone, shard, overwrite=overwrite, retry_errors=retry_errors) as plan:
+        summary.images_in_shard, summary.already_embedded, summary.failed_before, summary.to_embed = plan.counts()
+        if not summary.to_embed:
+            summary.seconds = time.monotonic() - started
+            return summary
         settings = ReaderSettings(
             s3=lake.s3,
             options=ImageOptions(backbone.preprocessing, config.max_pixels, config.thumbnail_size, config.thumbnail_quality),
@@ -146,7 +147,6 @@ def embed_lake(
             _run(lake, backbone, loader, settings.options, summary, progress, shard)
         finally:
             progress.close()
-        plan.close()
     summary.seconds = time.monotonic() - started
     summary.images_per_second = (summary.embedded + summary.errors) / summary.seconds if summary.seconds else 0.0
     return summary
@@ -161,7 +161,7 @@ def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary:
         for batch in loader:
             if part is None:
                 part = Part(batch.request.part)
-            part.add(*_embed_batch(backbone, batch, options))
+            part.add(_embed_batch(backbone, batch, options))
             progress.update(len(batch.request.items))
             if batch.request.last_in_part:
                 if pending is not None:
@@ -169,7 +169,7 @@ def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary:
                 marker = {"backbone": backbone.name, "weights": backbone.weights, "shard": str(shard)}
                 pending = publisher.submit(part.publish, lake, marker)
                 summary.embedded += len(part.ids)
-                summary.thumbnails += sum(1 for t in part.thumbnails if t)
+                summary.thumbnails += len(part.thumbnails)
                 summary.errors += len(part.errors)
                 summary.parts += 1
                 summary.error_samples += [{"uri": e["uri"], "reason": e["reason"]} for e in part.errors[: max(0, 5 - len(summary.error_samples))]]
@@ -178,29 +178,34 @@ def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary:
             pending.result()
 
 
-def _embed_batch(backbone: Backbone, batch: LoadedBatch, options: ImageOptions):
-    """(items, vectors, thumbnails, thumbnail sizes, errors) of one loaded batch:
-    the worker-decoded images, then the JPEGs decoded on the device."""
-    items, thumbnails, sizes = list(batch.decoded), list(batch.thumbnails), list(batch.thumbnail_sizes)
-    errors = list(batch.errors)
+@dataclass
+class Embedded:
+    """One batch's results, in the order the Part gathers them."""
+
+    items: list[Item]
+    vectors: np.ndarray  # float32 (len(items), 512), unit rows
+    thumbnails: list[Thumbnail]
+    errors: list[tuple[Item, str]]
+
+
+def _embed_batch(backbone: Backbone, batch: LoadedBatch, options: ImageOptions) -> Embedded:
+    """Embed the images the workers decoded, and those they left for the device to decode."""
+    out = Embedded(list(batch.decoded), np.zeros((0, EMBEDDING_DIM), np.float32), list(batch.thumbnails), list(batch.errors))
     vectors = [backbone.embed(batch.pixels)] if batch.pixels is not None else []
     decoded, prepared = [], []
     for item, result in zip(batch.jpeg_items, decode_jpegs_on(backbone.device, batch.jpegs, options)):
         if isinstance(result, ImageError):
-            errors.append((item, result.reason))
+            out.errors.append((item, result.reason))
         else:
             decoded.append(item)
             prepared.append(result)
     if prepared:
         vectors.append(backbone.embed(torch.stack([p.pixels for p in prepared])))
-        wanted = [p.thumbnail for p, item in zip(prepared, decoded) if item.needs_thumbnail]
-        encoded = iter(encode_thumbnails(wanted, options.thumbnail_quality))
-        for p, item in zip(prepared, decoded):
-            thumbnails.append(next(encoded) if item.needs_thumbnail else b"")
-            sizes.append((p.thumbnail.shape[2], p.thumbnail.shape[1]) if item.needs_thumbnail else (0, 0))
-        items += decoded
-    matrix = np.concatenate(vectors) if vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
-    return items, matrix, thumbnails, sizes, errors
+        out.thumbnails += make_thumbnails(decoded, prepared, options.thumbnail_quality)
+        out.items += decoded
+    if vectors:
+        out.vectors = np.concatenate(vectors)
+    return out
 
 
 class Part:
@@ -210,28 +215,20 @@ class Part:
         self.name = name
         self.ids: list[str] = []
         self.vectors: list[np.ndarray] = []
-        self.thumbnails: list[bytes] = []
-        self.thumbnail_ids: list[str] = []
-        self.thumbnail_sizes: list[tuple[int, int]] = []
+        self.thumbnails: list[Thumbnail] = []
         self.errors: list[dict[str, Any]] = []
 
-    def add(self, items, vectors, thumbnails, sizes, errors) -> None:
-        self.ids += [item.image_id for item in items]
-        self.vectors.append(vectors)
-        for item, thumbnail, size in zip(items, thumbnails, sizes):
-            if thumbnail:
-                self.thumbnail_ids.append(item.image_id)
-                self.thumbnails.append(thumbnail)
-                self.thumbnail_sizes.append(size)
-        for item, reason in errors:
+    def add(self, embedded: Embedded) -> None:
+        self.ids += [item.image_id for item in embedded.items]
+        self.vectors.append(embedded.vectors)
+        self.thumbnails += embedded.thumbnails
+        for item, reason in embedded.errors:
             self.errors.append({"uri": item.uri, "reason": reason, "raw": json.dumps({"image_id": item.image_id})})
 
     def publish(self, lake: Lake, marker: dict[str, Any]) -> None:
         now = datetime.now(UTC)
-        model = f"{marker['backbone']}/{marker['weights']}"
         writer = lake.shard_writer(JOB, self.name)
         vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM)
         n = len(self.ids)
         writer.write(
             EMBEDDINGS,
@@ -240,25 +237,15 @@ class Part:
                     "image_id": pa.array(self.ids, pa.string()),
                     "backbone": pa.array([marker["backbone"]] * n, pa.string()),
                     "weights": pa.array([marker["weights"]] * n, pa.string()),
-                    "embedding": embedding,
-                    "computed_at": pa.array([now] * n, EMBEDDINGS.schema.field("computed_at").type),
+                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM),
+                    "computed_at": pa.array([now] * n, UTC_TS),
                 },
                 schema=EMBEDDINGS.schema,
             ),
         )
-        writer.write(
-            THUMBNAILS,
-            pa.table(
-                {
-                    "image_id": pa.array(self.thumbnail_ids, pa.string()),
-                    "jpeg": pa.array(self.thumbnails, pa.binary()),
-                    "width": pa.array([w for w, _ in self.thumbnail_sizes], pa.int32()),
-                    "height": pa.array([h for _, h in self.thumbnail_sizes], pa.int32()),
-                    "computed_at": pa.array([now] * len(self.thumbnail_ids), THUMBNAILS.schema.field("computed_at").type),
-                },
-                schema=THUMBNAILS.schema,
-            ),
-        )
+        rows = [{**t.__dict__, "computed_at": now} for t in self.thumbnails]
+        writer.write(THUMBNAILS, pa.Table.from_pylist(rows, schema=THUMBNAILS.schema))
+        model = f"{marker['backbone']}/{marker['weights']}"
         errors = [{"job": JOB, "source": model, "row": None, "at": now, **e} for e in self.errors]
         writer.write(ERRORS, pa.Table.from_pylist(errors, schema=ERRORS.schema))
         writer.commit({**marker, "images": n + len(self.errors)})
@@ -312,7 +299,10 @@ class Plan:
                 chunk = tuple(items[start : start + batch_size])
                 yield Request(part=name, last_in_part=start + batch_size >= len(items), items=chunk)
 
-    def close(self) -> None:
+    def __enter__(self) -> Plan:
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.db.con.close()
 
 
