@@ -208,6 +208,8 @@ def cmd_embed(args: argparse.Namespace, config: Config) -> int:
             print("  failures are in the errors table: edgemine sql \"SELECT uri, reason FROM errors WHERE job = 'embed'\"")
         for sample in summary.error_samples:
             print(f"  failed {sample['uri']}: {sample['reason']}")
+    if summary.images_in_shard == 0:
+        print("edgemine: the lake has no images (in this shard) yet: register some with `edgemine ingest images SOURCE`", file=sys.stderr)
     return 1 if summary.errors else 0
 
 

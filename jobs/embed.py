@@ -36,6 +36,7 @@ import torch
 from embed.model import Backbone, load_backbone
 from embed.preprocess import ImageError, ImageOptions, Thumbnail, decode_jpegs_on, make_thumbnails
 from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
+from jobs.output import Summary
 from jobs.progress import Progress
 from mining.config import EmbedConfig
 from mining.lake import Lake
@@ -74,7 +75,7 @@ class Shard:
 
 
 @dataclass
-class EmbedSummary:
+class EmbedSummary(Summary):
     job: str = JOB
     backbone: str = ""
     weights: str = ""
@@ -93,9 +94,6 @@ class EmbedSummary:
     seconds: float = 0.0
     images_per_second: float = 0.0
     error_samples: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 def embed_lake(

@@ -18,11 +18,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from jobs.output import Summary
 from jobs.progress import Progress
 from mining.config import IngestConfig
 from mining.lake import Lake, as_uri, open_url, path_of, read_many
@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 
 @dataclass
-class ImagesSummary:
+class ImagesSummary(Summary):
     job: str = JOB
     source: str = ""
     found: int = 0
@@ -46,9 +46,6 @@ class ImagesSummary:
     shards: int = 0
     seconds: float = 0.0
     error_samples: list[dict[str, str]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
 def ingest_images(

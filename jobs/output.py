@@ -15,6 +15,13 @@ import pyarrow.csv as pacsv
 FORMATS = ("table", "csv", "json")
 
 
+class Summary:
+    """Base of the jobs' summary dataclasses: ``to_dict`` for --json, seconds rounded."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
 def jsonable(value: Any) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()

@@ -59,3 +59,17 @@ def prediction(uri: str, i: int, **fields) -> dict:
 
 def jsonl(rows: list[dict | str]) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+
+
+def kill_commit_after_moves(monkeypatch, lake: Lake, moves: int) -> None:
+    """Make the lake's ``fs.mv`` raise (as a kill would stop it) after ``moves``
+    successful moves: a commit cut half-way through publishing its files."""
+    real_mv, done = lake.fs.mv, []
+
+    def mv_then_die(*args, **kwargs):
+        if len(done) == moves:
+            raise KeyboardInterrupt("killed mid-commit")
+        done.append(args)
+        return real_mv(*args, **kwargs)
+
+    monkeypatch.setattr(lake.fs, "mv", mv_then_die)

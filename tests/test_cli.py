@@ -169,3 +169,10 @@ def test_embed_prints_a_summary_and_json(lake_dir: Path, capsys):
 def test_embed_usage_errors_say_what_to_do(lake_dir: Path, flags, message, capsys):
     assert main(["embed", "--lake", str(lake_dir), "--quiet", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_embed_on_a_lake_without_images_says_what_to_do_first(tmp_path: Path, capsys):
+    assert main(["embed", "--lake", str(tmp_path / "empty"), "--weights", "random", "--quiet", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["images_in_shard"] == 0
+    assert "edgemine ingest images" in captured.err

@@ -16,7 +16,7 @@ from jobs.ingest_images import ingest_images
 from mining.config import EmbedConfig
 from mining.lake import Lake, open_url
 from mining.sql import LakeDB
-from tests.helpers import jpeg_bytes, put, put_images, source_uri
+from tests.helpers import jpeg_bytes, kill_commit_after_moves, put, put_images, source_uri
 from tests.test_embed_preprocess import corrupt_jpeg, truncated_jpeg
 
 # Small parts and batches, so a few dozen images make several of each; one
@@ -186,17 +186,9 @@ def test_decoding_on_the_device_gives_the_same_embeddings(lake, tmp_path):
 
 def test_a_part_left_half_published_by_a_kill_is_undone_and_redone(lake, monkeypatch):
     ingested(lake, 30)
-    real_mv, moves = lake.fs.mv, []
-
-    def mv_then_die(*args, **kwargs):
-        # Each part publishes two files (no errors here): the second part's commit
-        # dies after moving its embeddings in.
-        if len(moves) == 3:
-            raise KeyboardInterrupt("killed mid-commit")
-        moves.append(args)
-        return real_mv(*args, **kwargs)
-
-    monkeypatch.setattr(lake.fs, "mv", mv_then_die)
+    # Each part publishes two files (no errors here): the second part's commit dies
+    # after moving its embeddings in.
+    kill_commit_after_moves(monkeypatch, lake, 3)
     with pytest.raises(KeyboardInterrupt):
         embed_lake(lake, CONFIG, show_progress=False)
     monkeypatch.undo()

@@ -7,6 +7,7 @@ import pytest
 
 from mining.lake import Lake
 from mining.schema import ERRORS, PREDICTIONS
+from tests.helpers import kill_commit_after_moves
 
 
 def error_rows(n: int, reason: str) -> pa.Table:
@@ -50,15 +51,7 @@ def test_a_commit_killed_half_way_is_cleaned_up_by_the_redo(lake, monkeypatch):
     crashing = lake.shard_writer("job", "s1")
     for k in range(5):
         crashing.write(ERRORS, error_rows(1, f"v2 {k}"))
-    real_mv, moves = lake.fs.mv, []
-
-    def mv_then_die(*args, **kwargs):
-        if len(moves) == 4:
-            raise KeyboardInterrupt("killed mid-commit")
-        moves.append(args)
-        return real_mv(*args, **kwargs)
-
-    monkeypatch.setattr(lake.fs, "mv", mv_then_die)
+    kill_commit_after_moves(monkeypatch, lake, 4)
     with pytest.raises(KeyboardInterrupt):
         crashing.commit()
     monkeypatch.undo()

@@ -55,13 +55,13 @@ def make_images(folder: Path, n: int, width: int, height: int, scenes: int) -> l
     """``n`` JPEG files. Beyond ``scenes`` they repeat a scene's pixels with a
     JPEG comment that makes each file's content (and so its image_id) unique."""
     folder.mkdir(parents=True, exist_ok=True)
-    scenes = []
+    drawn = []
     for i in range(min(n, scenes)):
         rng = scene_rng(SEED, i)
-        scenes.append(encode_jpeg(draw_scene(sample_scene(rng, i, width, height, 0.05), rng, width, height)))
+        drawn.append(encode_jpeg(draw_scene(sample_scene(rng, i, width, height, 0.05), rng, width, height)))
     paths = []
     for i in range(n):
-        data = scenes[i % len(scenes)]
+        data = drawn[i % len(drawn)]
         comment = f"copy {i}".encode()
         data = data[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + data[2:]
         path = folder / f"{i:06d}.jpg"
