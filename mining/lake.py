@@ -174,9 +174,10 @@ class Lake:
         markers = self.fs.glob(self.path(JOBS_DIR, job, f"{shard_prefix}*.json"))
         undone = []
         for path, content in zip(markers, read_many(self.fs, markers)):
-            if isinstance(content, BaseException) or json.loads(content).get("status") == "done":
+            marker = {} if isinstance(content, BaseException) else json.loads(content)
+            if marker.get("status") != "committing":
                 continue
-            for relative in json.loads(content).get("files", []):
+            for relative in marker.get("files", []):
                 if self.fs.exists(self.path(relative)):
                     self.fs.rm(self.path(relative))
             self.fs.rm(path)
