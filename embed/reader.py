@@ -13,6 +13,7 @@ filesystem clients: a client made in the parent does not survive a fork.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from embed.preprocess import ImageError, ImageOptions, Thumbnail, check_bytes, decode, is_jpeg, make_thumbnails, open_image
 from mining.config import S3Config
 from mining.lake import open_url, path_of, read_many
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,10 @@ class ImageBatches(Dataset):
                 prepared.append(decode(data, self.settings.options))
             except ImageError as e:
                 out.errors.append((item, e.reason))
+                continue
+            except Exception as e:  # a decoder bug on one odd file must not end a run of millions
+                log.warning("unexpected %s decoding %s: %s", type(e).__name__, item.uri, e)
+                out.errors.append((item, f"undecodable: {type(e).__name__}: {e}"))
                 continue
             out.decoded.append(item)
         if prepared:

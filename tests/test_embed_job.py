@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from embed import reader
 from jobs.embed import JOB, Shard, embed_lake
 from jobs.ingest_images import ingest_images
 from mining.config import EmbedConfig
@@ -215,3 +216,19 @@ def test_embedding_column_is_a_fixed_size_list_in_the_files(lake):
     with lake.fs.open(path, "rb") as f:
         schema = pq.read_schema(f)
     assert schema.field("embedding").type == pa.list_(pa.float32(), 512)
+
+
+def test_an_unexpected_decoder_failure_on_one_image_does_not_end_the_run(lake, monkeypatch):
+    ingested(lake, 6)
+    real_decode, calls = reader.decode, []
+
+    def decode_with_a_bug(data, options):
+        calls.append(1)
+        if len(calls) == 3:
+            raise IndexError("a plugin bug on one odd file")
+        return real_decode(data, options)
+
+    monkeypatch.setattr(reader, "decode", decode_with_a_bug)
+    summary = embed_lake(lake, replace(CONFIG, workers=0), show_progress=False)
+    assert (summary.embedded, summary.errors) == (5, 1)
+    assert summary.error_samples[0]["reason"] == "undecodable: IndexError: a plugin bug on one odd file"
