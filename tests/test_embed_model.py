@@ -150,3 +150,13 @@ def test_devices():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_public_api_as_the_package_docstring_shows(tmp_path: Path):
+    import embed
+    from tests.helpers import jpeg_bytes
+
+    backbone = embed.load_backbone("resnet18", "random", device="auto")
+    prepared = embed.decode(jpeg_bytes(3, (300, 200)), embed.ImageOptions(backbone.preprocessing))
+    vectors = backbone.embed(prepared.pixels[None])
+    assert vectors.shape == (1, 512) and abs(float(vectors[0] @ vectors[0]) - 1) < 1e-6
