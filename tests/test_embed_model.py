@@ -152,7 +152,7 @@ def test_devices():
             resolve_device("cuda")
 
 
-def test_public_api_as_the_package_docstring_shows(tmp_path: Path):
+def test_public_api_as_the_package_docstring_shows():
     import embed
     from tests.helpers import jpeg_bytes
 
