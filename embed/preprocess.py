@@ -55,10 +55,11 @@ class Prepared:
     thumbnail: torch.Tensor
 
 
-def check_bytes(data: bytes | BaseException | None, sha256: str | None) -> bytes:
-    """The bytes as read from storage, refused if missing, empty, or no longer the
-    content the images table registered (its image_id would be wrong)."""
-    if data is None or isinstance(data, FileNotFoundError):
+def check_bytes(data: bytes | BaseException, sha256: str | None) -> bytes:
+    """The bytes as read from storage (mining.lake.read_many), refused if missing,
+    empty, or no longer the content the images table registered (its image_id
+    would be wrong)."""
+    if isinstance(data, FileNotFoundError):
         raise ImageError("missing: the file is no longer at its URI")
     if isinstance(data, BaseException):
         raise ImageError(f"unreadable: {type(data).__name__}: {data}")

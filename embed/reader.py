@@ -111,12 +111,12 @@ class ImageBatches(Dataset):
         out.thumbnails = make_thumbnails(out.decoded, prepared, self.settings.options.thumbnail_quality)
         return out
 
-    def _fetch(self, items: tuple[Item, ...]) -> list[bytes | BaseException | None]:
+    def _fetch(self, items: tuple[Item, ...]) -> list[bytes | BaseException]:
         """The bytes of each item, or the exception reading it raised."""
-        by_storage: dict[tuple, list[int]] = defaultdict(list)
+        by_storage: dict[str, list[int]] = defaultdict(list)
         for index, item in enumerate(items):
             by_storage[item.uri.split("://", 1)[0] if "://" in item.uri else "file"].append(index)
-        found: list[bytes | BaseException | None] = [None] * len(items)
+        found: list[bytes | BaseException] = [b""] * len(items)
         for indices in by_storage.values():
             fs, _ = open_url(items[indices[0]].uri, self.settings.s3)
             contents = read_many(fs, [path_of(items[i].uri) for i in indices])

@@ -116,9 +116,10 @@ def list_images(lake: Lake, source: str, pattern: str | None = None) -> list[str
     return sorted(uris)
 
 
-def probe_image(uri: str, data: bytes | BaseException | None, source: str, at: datetime) -> tuple[dict | None, str | None]:
-    """A row for the images table, or the reason there is none."""
-    if data is None or isinstance(data, FileNotFoundError):
+def probe_image(uri: str, data: bytes | BaseException, source: str, at: datetime) -> tuple[dict | None, str | None]:
+    """A row for the images table, or the reason there is none; ``data`` is what
+    mining.lake.read_many returned for the file."""
+    if isinstance(data, FileNotFoundError):
         return None, "file vanished while listing"
     if isinstance(data, BaseException):
         return None, f"could not read: {type(data).__name__}: {data}"
