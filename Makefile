@@ -24,6 +24,8 @@ test: setup  ## run the whole test suite (S3 tests start their own moto server)
 bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_ingest.py
 	$(BIN)/python tests/benchmarks/bench_embed.py
+	$(BIN)/python tests/benchmarks/bench_mining.py
+	$(BIN)/python tests/benchmarks/bench_knn.py
 
 lock: setup  ## re-pin constraints.txt from the current environment
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new && mv constraints.new constraints.txt

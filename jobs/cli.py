@@ -36,13 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if getattr(args, "quiet", False):
+        logging.getLogger().setLevel(logging.WARNING)  # which SIMD build loaded: noise to a user
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
     try:
         config = load_config(args.config, lake=args.lake)
         return args.run(args, config)
-    except (UsageError, ConfigError, InputFormatError, FileNotFoundError, duckdb.Error, PermissionError) as e:
+    except (UsageError, ConfigError, InputFormatError, FileNotFoundError, duckdb.Error, PermissionError) + _mining_errors() as e:
         print(f"edgemine: error: {e}", file=sys.stderr)
         return 2
     except NoCredentialsError:
@@ -59,6 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgemine: interrupted; rerun the same command to finish (finished shards are kept)", file=sys.stderr)
         return 130
+
+
+def _mining_errors() -> tuple[type[Exception], ...]:
+    """Errors of the mining commands that are the user's to fix (printed, exit 2)."""
+    from mining.index import SearchError
+
+    errors: list[type[Exception]] = [SearchError]
+    if "embed.model" in sys.modules:  # only loaded when a command embedded something
+        from embed.model import DeviceError, WeightsError
+        from embed.preprocess import ImageError
+
+        errors += [DeviceError, WeightsError, ImageError]
+    return tuple(errors)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +128,53 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--max-rows", type=int, default=100, help="rows shown in table format (default: 100)")
 
     add(commands, "tables", cmd_tables, "list the lake's tables with their row counts")
+
+    index = add(commands, "index", cmd_index, "build the vector index over the embeddings, or bring it up to date")
+    index.add_argument("--kind", choices=["auto", "flat", "ivf", "ivfpq"], help="index kind (default: config index.kind, auto: flat up to index.flat_max vectors)")
+    index.add_argument("--nprobe", type=int, help="IVF lists searched per query (default: automatic)")
+    index.add_argument("--rebuild", action="store_true", help="build from scratch even if the index is up to date")
+    _add_index_choice(index)
+
+    similar = add(commands, "similar", cmd_similar, "find the images most like some seeds (image ids or image files)")
+    similar.add_argument("seeds", nargs="+", metavar="IMAGE_ID_OR_FILE")
+    similar.add_argument("--not", dest="negatives", nargs="+", default=[], metavar="IMAGE_ID_OR_FILE", help="negatives: rank images unlike these lower (a classifier is fitted)")
+    similar.add_argument("-k", type=int, help="number of results (default: config mining.k, 20)")
+    similar.add_argument("--where", help="SQL predicate over images i LEFT JOIN predictions p, e.g. \"p.model_version = 'v7' AND confidence < 0.6\"")
+    similar.add_argument("--save", metavar="SET", help="also save the results as the named set SET (the sets view)")
+    similar.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)")
+    _add_index_choice(similar)
+
+    narrow = commands.add_parser("narrow", help="narrow from seeds to the edge case: cluster, pick, re-cluster (sessions saved in the lake)")
+    steps = narrow.add_subparsers(title="action", metavar="ACTION")
+    start = add(steps, "start", cmd_narrow_start, "start a session: cluster the images nearest the seeds")
+    start.add_argument("seeds", nargs="+", metavar="IMAGE_ID_OR_FILE")
+    start.add_argument("--not", dest="negatives", nargs="+", default=[], metavar="IMAGE_ID_OR_FILE")
+    start.add_argument("--pool", type=int, help="images taken near the seeds (default: config mining.pool, 1000)")
+    start.add_argument("--clusters", type=int, help="k-means clusters (default: config mining.clusters, 8)")
+    start.add_argument("--where", help="restrict the pool to a SQL slice (as for similar)")
+    start.add_argument("--name", help="session name (default: date and a random suffix)")
+    _add_index_choice(start)
+    pick = add(steps, "pick", cmd_narrow_pick, "re-cluster inside the chosen clusters of the current step")
+    pick.add_argument("session")
+    pick.add_argument("picked", nargs="+", type=int, metavar="CLUSTER")
+    pick.add_argument("--clusters", type=int, help="k-means clusters (default: as in the current step)")
+    back = add(steps, "back", cmd_narrow_back, "go back to the parent of the current step")
+    back.add_argument("session")
+    show = add(steps, "show", cmd_narrow_show, "show the clusters of the current (or a given) step")
+    show.add_argument("session")
+    show.add_argument("--step", type=int)
+    add(steps, "list", cmd_narrow_list, "list the sessions")
+    save = add(steps, "save", cmd_narrow_save, "save the current step (or some clusters of it) as a named set")
+    save.add_argument("session")
+    save.add_argument("set_name", metavar="SET")
+    save.add_argument("--cluster", dest="clusters", type=int, nargs="+", help="only these clusters")
     return parser
+
+
+def _add_index_choice(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", help="embedding set to use, by its weights tag (e.g. imagenet1k_v1); default: the lake's only one")
+    parser.add_argument("--backbone", help="backbone of the embedding set (default: the lake's only one)")
+    parser.add_argument("--device", help="where kNN and k-means run: auto, cpu, cuda, cuda:N (default: config index.device)")
 
 
 # -- commands ----------------------------------------------------------------
@@ -139,7 +201,10 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         e = summary["embeddings"]
         print(f"  embeddings: {e['embedded']} computed now ({e['backbone']}, {e['weights']}), {e['already_embedded']} already there, "
               f"{e['errors']} images failed")
+        x = summary["index"]
+        print(f"  index: {x['vectors']} vectors, {x['kind']} ({x['action']})")
         print("  try: edgemine sql \"SELECT label, count(*) n, avg(confidence) FROM predictions GROUP BY ALL ORDER BY n DESC\"")
+        print("       edgemine similar $(edgemine sql \"SELECT image_id FROM demo_truth WHERE is_edge_case LIMIT 1\" --format csv | tail -1)")
     return 1 if summary["predictions"]["failed"] or summary["embeddings"]["errors"] else 0
 
 
@@ -245,6 +310,142 @@ def cmd_tables(args: argparse.Namespace, config: Config) -> int:
         )
         result = db.query(counts)
     write_rows(result, "json" if args.json else "table", sys.stdout)
+    return 0
+
+
+def _index_config(args: argparse.Namespace, config: Config) -> Config:
+    changes = {"device": args.device, "kind": getattr(args, "kind", None), "nprobe": getattr(args, "nprobe", None)}
+    index = dataclasses.replace(config.index, **{k: v for k, v in changes.items() if v is not None})
+    return dataclasses.replace(config, index=index)
+
+
+def _open_index(args: argparse.Namespace, config: Config):
+    from jobs.index import open_index
+
+    return open_index(Lake.from_config(config), config.index, backbone=args.backbone, weights=args.weights)
+
+
+def cmd_index(args: argparse.Namespace, config: Config) -> int:
+    from jobs.index import index_lake
+
+    config = _index_config(args, config)
+    _, summary = index_lake(Lake.from_config(config), config.index, backbone=args.backbone, weights=args.weights,
+                            rebuild=args.rebuild, seed=config.mining.seed)
+    if args.json:
+        write_json(summary.to_dict(), sys.stdout)
+    else:
+        print(f"index {summary.backbone}/{summary.weights}: {summary.action}"
+              f"{f' ({summary.reason})' if summary.reason else ''}; {summary.vectors} vectors, {summary.kind}, "
+              f"{summary.added} added, {summary.seconds:.1f}s")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace, config: Config) -> int:
+    from jobs.similar import find_similar
+    from mining.search import hits_table
+
+    config = _index_config(args, config)
+    if args.k is not None and args.k < 1:
+        raise UsageError("-k must be at least 1")
+    index = _open_index(args, config)
+    hits = find_similar(Lake.from_config(config), index, config, args.seeds, negatives=args.negatives, k=args.k,
+                        where=args.where, save=args.save)
+    write_rows(hits_table(hits), "json" if args.json else args.format, sys.stdout, max_rows=len(hits))
+    if args.save:
+        print(f"saved as set {args.save!r}: edgemine sql \"SELECT * FROM sets JOIN predictions USING (image_id) WHERE name = '{args.save}'\"",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_narrow_start(args: argparse.Namespace, config: Config) -> int:
+    from jobs import narrow
+    from jobs.similar import resolve_seeds
+    from mining.backends import get_backend
+    from mining.search import slice_positions
+    from mining.sql import LakeDB
+
+    config = _index_config(args, config)
+    for name in ("pool", "clusters"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be at least 1")
+    lake = Lake.from_config(config)
+    index = _open_index(args, config)
+    seeds = resolve_seeds(index, args.seeds, config)
+    negatives = resolve_seeds(index, args.negatives, config) if args.negatives else None
+    subset = None
+    if args.where:
+        with LakeDB(lake) as db:
+            subset = slice_positions(db, index, args.where)
+    report = narrow.start(lake, index, get_backend(config.index.device), config.mining, seeds=seeds.labels,
+                          seed_vectors=seeds.vectors, negatives=negatives.labels if negatives else [],
+                          negative_vectors=negatives.vectors if negatives else None, subset=subset,
+                          pool=args.pool, clusters=args.clusters, session=args.name)
+    return _print_step(report, args)
+
+
+def cmd_narrow_pick(args: argparse.Namespace, config: Config) -> int:
+    from jobs import narrow
+    from mining.backends import get_backend
+
+    lake = Lake.from_config(config)
+    index = _open_session_index(lake, config, args.session)
+    report = narrow.pick(lake, index, get_backend(config.index.device), config.mining, args.session, args.picked,
+                         clusters=args.clusters)
+    return _print_step(report, args)
+
+
+def cmd_narrow_back(args: argparse.Namespace, config: Config) -> int:
+    from jobs import narrow
+
+    return _print_step(narrow.back(Lake.from_config(config), args.session, config.mining.user), args)
+
+
+def cmd_narrow_show(args: argparse.Namespace, config: Config) -> int:
+    from jobs import narrow
+
+    return _print_step(narrow.show(Lake.from_config(config), args.session, args.step), args)
+
+
+def cmd_narrow_list(args: argparse.Namespace, config: Config) -> int:
+    from jobs import narrow
+
+    write_rows(narrow.list_sessions(Lake.from_config(config)), "json" if args.json else "table", sys.stdout)
+    return 0
+
+
+def cmd_narrow_save(args: argparse.Namespace, config: Config) -> int:
+    from jobs import narrow
+
+    n = narrow.save_session(Lake.from_config(config), args.session, args.set_name, config.mining.user, args.clusters)
+    if args.json:
+        write_json({"set": args.set_name, "images": n, "session": args.session}, sys.stdout)
+    else:
+        print(f"saved {n} images as set {args.set_name!r}: edgemine sql \"SELECT * FROM sets WHERE name = '{args.set_name}'\"")
+    return 0
+
+
+def _open_session_index(lake: Lake, config: Config, session: str):
+    """The index of the embedding set a session was started on."""
+    from jobs.index import open_index
+    from jobs.narrow import session_embedding_set
+
+    backbone, weights = session_embedding_set(lake, session)
+    return open_index(lake, config.index, backbone=backbone, weights=weights)
+
+
+def _print_step(report: Any, args: argparse.Namespace) -> int:
+    if args.json:
+        write_json(report.to_dict(), sys.stdout)
+        return 0
+    crumbs = " > ".join(f"step {s}" for s in report.path)
+    print(f"session {report.session}: {crumbs} ({report.pool_size} images; seeds: {', '.join(report.seeds)})")
+    print(f"{'cluster':>7} {'size':>6} {'to seeds':>9} {'mean conf':>9}  labels (latest prediction)         nearest the centre")
+    for c in report.clusters:
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(c.labels.items(), key=lambda kv: -kv[1])[:3]) or "-"
+        conf = f"{c.mean_confidence:.2f}" if c.mean_confidence is not None else "-"
+        print(f"{c.cluster:>7} {c.size:>6} {c.seed_distance:>9.4f} {conf:>9}  {labels:<34} {' '.join(c.nearest[:3])}")
+    print(f"next: edgemine narrow pick {report.session} CLUSTER... | narrow back {report.session} | "
+          f"narrow save {report.session} SET_NAME", file=sys.stderr)
     return 0
 
 

@@ -7,6 +7,7 @@
 3. Write the hidden ground truth to ``demo_truth``.
 4. Embed the images (jobs.embed) with ``demo.weights``: seeded random weights by
    default, since the demo must run offline.
+5. Build the vector index (jobs.index), so `similar` and `narrow` answer at once.
 
 Every step is idempotent, so running the demo again is quick and changes nothing.
 """
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from jobs import demo_data
 from jobs.embed import embed_lake
+from jobs.index import index_lake
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
 from jobs.progress import Progress
@@ -54,6 +56,7 @@ def run_demo(config: Config, *, show_progress: bool = True) -> dict[str, Any]:
     truth_rows = write_truth(lake, source)
     embed_config = replace(config.embed, weights=config.demo.weights)
     embeddings = embed_lake(lake, embed_config, show_progress=show_progress)
+    _, index = index_lake(lake, config.index, backbone=embed_config.backbone, weights=embeddings.weights)
     return {
         "job": JOB,
         "lake": lake.uri,
@@ -63,6 +66,7 @@ def run_demo(config: Config, *, show_progress: bool = True) -> dict[str, Any]:
         "predictions": predictions.to_dict(),
         "demo_truth": truth_rows,
         "embeddings": embeddings.to_dict(),
+        "index": index.to_dict(),
         "seconds": round(time.monotonic() - started, 3),
     }
 

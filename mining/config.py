@@ -58,6 +58,26 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class IndexConfig:
+    kind: str = "auto"  # auto, flat (exact), ivf, ivfpq
+    flat_max: int = 200_000  # auto: exact (flat) up to this many vectors, IVF above
+    nlist: int = 0  # IVF lists; 0: about 4 * sqrt(n), a power of two
+    nprobe: int = 0  # IVF lists searched per query; 0: chosen with nlist (see docs/MINING.md)
+    pq_m: int = 64  # ivfpq: bytes per vector (512 dims / pq_m sub-vectors)
+    device: str = "auto"  # where kNN and k-means run: auto, cpu, cuda, cuda:N
+
+
+@dataclass(frozen=True)
+class MiningConfig:
+    k: int = 20  # results of `similar`
+    pool: int = 1000  # images taken near the seeds by `narrow start`
+    clusters: int = 8  # k-means clusters per narrowing step
+    niter: int = 20  # k-means iterations
+    seed: int = 0
+    user: str = ""  # who is recorded in sessions and sets; "": $EDGEMINE_USER, else the login name
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     images: int = 2_000
     seed: int = 0
@@ -81,6 +101,8 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
     ui: UIConfig = field(default_factory=UIConfig)
 
@@ -112,7 +134,18 @@ def load_config(
         session_token=config.s3.session_token or env.get("AWS_SESSION_TOKEN"),
     )
     chosen_lake = lake or env.get("EDGEMINE_LAKE") or config.lake
-    return dataclasses.replace(config, lake=chosen_lake, s3=s3)
+    user = config.mining.user or env.get("EDGEMINE_USER") or _login_name()
+    mining = dataclasses.replace(config.mining, user=user)
+    return dataclasses.replace(config, lake=chosen_lake, s3=s3, mining=mining)
+
+
+def _login_name() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in a bare container
+        return "unknown"
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

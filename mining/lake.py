@@ -11,7 +11,9 @@ Layout (relative to the lake root)::
     detections/date=YYYY-MM-DD/<shard>-00000.parquet
     embeddings/<shard>-00000.parquet
     errors/<shard>-00000.parquet
+    narrow_steps/, narrow_members/, sets/   narrowing sessions and named sets
     _jobs/<job>/<shard>.json          success marker of one input shard
+    _index/<backbone>/<weights>/      vector index: current.json -> <version>/ files
     _staging/<job>/<shard>/...        files of a shard not yet published
     sources/                          raw inputs the demo generates
 
@@ -44,6 +46,7 @@ from mining.schema import TABLES, Table
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "_jobs"
+INDEX_DIR = "_index"
 STAGING_DIR = "_staging"
 SOURCES_DIR = "sources"
 
@@ -150,6 +153,10 @@ class Lake:
             if any(name.endswith(".parquet") for name in files):
                 return True
         return False
+
+    def index_dir(self, backbone: str, weights: str) -> str:
+        """Where the vector index over one (backbone, weights) embedding set lives."""
+        return self.path(INDEX_DIR, backbone, weights)
 
     def marker_path(self, job: str, shard: str) -> str:
         return self.path(JOBS_DIR, job, f"{shard}.json")

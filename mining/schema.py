@@ -30,7 +30,9 @@ class Table:
     ``partition`` names a hive partition column derived from a timestamp (``date``
     from ``ts``); it lives in folder names, not in the files.
     ``dedup_key`` and ``dedup_order`` make the view show one row per key, the
-    latest written winning. ``extra_columns`` allows input columns beyond the schema.
+    latest written winning. ``latest_group`` instead makes the view show the rows
+    of the latest write per group (a named set saved again replaces the old one).
+    ``extra_columns`` allows input columns beyond the schema.
     """
 
     name: str
@@ -38,6 +40,7 @@ class Table:
     partition: str | None = None
     dedup_key: tuple[str, ...] = ()
     dedup_order: str = "ingested_at DESC"
+    latest_group: tuple[str, ...] = ()
     extra_columns: bool = False
     doc: str = ""
 
@@ -177,7 +180,71 @@ DEMO_TRUTH = Table(
     ),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (IMAGES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH)}
+NARROW_STEPS = Table(
+    name="narrow_steps",
+    doc="One row per action of a narrowing session (start, pick, back): who, when, and the step it leads to.",
+    dedup_key=("session", "step"),
+    dedup_order="created_at DESC",
+    schema=pa.schema(
+        [
+            pa.field("session", pa.string(), nullable=False),
+            pa.field("step", pa.int32(), nullable=False),
+            pa.field("action", pa.string(), nullable=False),
+            pa.field("parent", pa.int32()),
+            pa.field("current", pa.int32(), nullable=False),
+            pa.field("picked", pa.list_(pa.int32())),
+            pa.field("seeds", pa.list_(pa.string())),
+            pa.field("negatives", pa.list_(pa.string())),
+            pa.field("pool_size", pa.int64()),
+            pa.field("clusters", pa.int32()),
+            pa.field("backbone", pa.string()),
+            pa.field("weights", pa.string()),
+            pa.field("created_by", pa.string()),
+            pa.field("created_at", UTC_TS),
+        ]
+    ),
+)
+
+NARROW_MEMBERS = Table(
+    name="narrow_members",
+    doc="The pool of each clustering step of a narrowing session: every image, its cluster, its similarity to the seeds.",
+    dedup_key=("session", "step", "image_id"),
+    dedup_order="created_at DESC",
+    schema=pa.schema(
+        [
+            pa.field("session", pa.string(), nullable=False),
+            pa.field("step", pa.int32(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("cluster", pa.int32(), nullable=False),
+            pa.field("similarity", pa.float32()),
+            pa.field("centre_distance", pa.float32()),
+            pa.field("created_at", UTC_TS),
+        ]
+    ),
+)
+
+SETS = Table(
+    name="sets",
+    doc="Named sets of images (a narrowing session's selection, a search's results) that review and export take as input.",
+    latest_group=("name",),
+    dedup_order="created_at DESC",
+    schema=pa.schema(
+        [
+            pa.field("name", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("rank", pa.int32()),
+            pa.field("score", pa.float32()),
+            pa.field("source", pa.string()),
+            pa.field("created_by", pa.string()),
+            pa.field("created_at", UTC_TS, nullable=False),
+        ]
+    ),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (IMAGES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS, NARROW_MEMBERS, SETS)
+}
 
 
 def image_id_from_sha256(sha256_hex: str) -> str:

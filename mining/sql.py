@@ -165,6 +165,9 @@ def _source_sql(lake: Lake, table: Table) -> str:
 
 
 def _dedup_sql(table: Table) -> str:
+    if table.latest_group:
+        group = ", ".join(table.latest_group)
+        return f"SELECT * FROM raw.{table.name} QUALIFY created_at = max(created_at) OVER (PARTITION BY {group})"
     if not table.dedup_key:
         return f"SELECT * FROM raw.{table.name}"
     key = ", ".join(table.dedup_key)

@@ -1,0 +1,160 @@
+"""`edgemine index`: build the vector index over the lake's embeddings, or bring
+it up to date.
+
+The index covers a snapshot of embedding files (listed in its manifest). A run
+compares that list with the lake's files:
+
+- no index, ``--rebuild``, a kind change (the lake grew past ``flat_max``), a
+  covered file gone (``embed --overwrite``) or a new file re-embedding an indexed
+  image: build from scratch;
+- new files only: read just those and add their vectors (IVF cells kept);
+- nothing new: nothing to do.
+
+``open_index`` is what the search commands call: the current index, synced first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.output import Summary
+from mining.backends import get_backend
+from mining.config import IndexConfig
+from mining.index import SearchError, VectorIndex, choose_spec
+from mining.index_store import Manifest, load_index, load_manifest, save_index
+from mining.lake import Lake
+from mining.schema import EMBEDDING_DIM
+from mining.sql import LakeDB, quote_literal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IndexSummary(Summary):
+    backbone: str
+    weights: str
+    action: str  # built, rebuilt, extended, up to date
+    reason: str
+    vectors: int
+    added: int
+    kind: str
+    files: int
+    seconds: float
+
+
+def index_lake(lake: Lake, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None,
+               rebuild: bool = False, seed: int = 0) -> tuple[VectorIndex, IndexSummary]:
+    """Sync the index of one embedding set with the lake; returns it and what was done."""
+    started = time.monotonic()
+    backbone, weights = choose_embedding_set(lake, backbone, weights)
+    files = _embedding_files(lake)
+    manifest = load_manifest(lake, backbone, weights)
+    backend = get_backend(config.device)
+
+    reason = _rebuild_reason(manifest, files, rebuild, config)
+    index = None
+    added = 0
+    if reason is None:
+        new_files = sorted(set(files) - set(manifest.files))
+        index = load_index(lake, manifest, backend)
+        if config.nprobe and index.spec.kind != "flat":
+            index = index.with_nprobe(config.nprobe)
+        if new_files:
+            ids, vectors = read_embeddings(lake, backbone, weights, new_files)
+            grown_kind = choose_spec(len(index) + len(ids), config).kind
+            if np.isin(ids, index.ids).any():
+                reason = "new files re-embed indexed images"
+            elif grown_kind != index.spec.kind:
+                reason = f"the lake grew past {config.flat_max} vectors: {index.spec.kind} -> {grown_kind}"
+            else:
+                index = index.extended(ids, vectors)
+                added = len(ids)
+                manifest.files = sorted(files)
+                manifest = save_index(lake, index, manifest)
+                action = "extended"
+        else:
+            action = "up to date"
+    if reason is not None:
+        ids, vectors = read_embeddings(lake, backbone, weights, files)
+        if len(ids) == 0:
+            raise SearchError(f"no embeddings for {backbone}/{weights} yet: run edgemine embed first")
+        spec = choose_spec(len(ids), config)
+        log.info("indexing %d vectors (%s): %s", len(ids), spec.describe(), reason)
+        index = VectorIndex.build(ids, vectors, spec, seed=seed, backend=backend, backbone=backbone, weights=weights)
+        now = datetime.now(UTC).isoformat()
+        manifest = save_index(lake, index, Manifest(backbone, weights, spec, len(ids), sorted(files), built_at=now))
+        action, added = ("built" if reason == "no index yet" else "rebuilt"), len(ids)
+    summary = IndexSummary(backbone=backbone, weights=weights, action=action, reason=reason or "",
+                           vectors=len(index), added=added, kind=index.spec.describe(), files=len(files),
+                           seconds=time.monotonic() - started)
+    return index, summary
+
+
+def open_index(lake: Lake, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None) -> VectorIndex:
+    """The index for searching, synced with the lake first (see the module docstring)."""
+    index, summary = index_lake(lake, config, backbone=backbone, weights=weights)
+    if summary.action != "up to date":
+        log.info("index %s: %d vectors (%s)", summary.action, summary.vectors, summary.reason or "new embeddings")
+    return index
+
+
+def choose_embedding_set(lake: Lake, backbone: str | None, weights: str | None) -> tuple[str, str]:
+    """The (backbone, weights) to index: as given, or the lake's only one."""
+    with LakeDB(lake) as db:
+        sets = db.query("SELECT backbone, weights, count(*) AS n FROM embeddings GROUP BY ALL ORDER BY n DESC").to_pylist()
+    matching = [s for s in sets if (backbone is None or s["backbone"] == backbone) and (weights is None or s["weights"] == weights)]
+    if not sets:
+        raise SearchError("the lake has no embeddings yet: run edgemine embed (or edgemine demo) first")
+    if not matching:
+        have = ", ".join(f"{s['backbone']}/{s['weights']} ({s['n']})" for s in sets)
+        raise SearchError(f"no embeddings for {backbone or '*'}/{weights or '*'}; the lake has: {have}")
+    if len(matching) > 1:
+        have = ", ".join(f"--weights {s['weights']} ({s['backbone']}, {s['n']} images)" for s in matching)
+        raise SearchError(f"the lake holds several embedding sets; choose one: {have}")
+    return matching[0]["backbone"], matching[0]["weights"]
+
+
+def read_embeddings(lake: Lake, backbone: str, weights: str, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, float32 (n, 512) vectors) of one embedding set in ``files`` (relative
+    paths), the latest row per image, in image_id order."""
+    if not files:
+        return np.array([], dtype=str), np.zeros((0, EMBEDDING_DIM), np.float32)
+    started = time.monotonic()
+    urls = ", ".join(quote_literal(lake.url(lake.path(f))) for f in files)
+    sql = (
+        f"SELECT image_id, embedding FROM read_parquet([{urls}], union_by_name = true) "
+        "WHERE backbone = $backbone AND weights = $weights "
+        "QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY computed_at DESC) = 1 ORDER BY image_id"
+    )
+    with LakeDB(lake) as db:
+        table = db.query(sql, {"backbone": backbone, "weights": weights})
+    ids = table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
+    column = table.column("embedding").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.float32()))
+    vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM).astype(np.float32, copy=False)
+    log.info("read %d embeddings from %d file(s) in %.1fs", len(ids), len(files), time.monotonic() - started)
+    return ids, vectors
+
+
+def _embedding_files(lake: Lake) -> list[str]:
+    root = lake.root + "/"
+    return [path.removeprefix(root) for path in lake.table_files("embeddings")]
+
+
+def _rebuild_reason(manifest: Manifest | None, files: list[str], rebuild: bool, config: IndexConfig) -> str | None:
+    if manifest is None:
+        return "no index yet"
+    if rebuild:
+        return "--rebuild"
+    wanted = choose_spec(manifest.count, config).kind
+    if wanted != manifest.spec.kind:
+        return f"index kind {manifest.spec.kind} -> {wanted}"
+    gone = set(manifest.files) - set(files)
+    if gone:
+        return f"{len(gone)} indexed embedding file(s) replaced or removed"
+    return None

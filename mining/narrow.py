@@ -1,0 +1,74 @@
+"""Narrowing: take the images nearest the seeds, cluster them, and again inside
+the clusters a person picks, until what is left is the edge case.
+
+Plain functions over the index; sessions (who picked what, saved in the lake)
+are jobs.narrow's business.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mining.backends import Backend
+from mining.index import SearchError, VectorIndex
+from mining.search import rank
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """One narrowing step. ``positions``: int64 (n,) index positions of the pool;
+    ``cluster``: int32 (n,), 0 being the cluster closest to the seeds;
+    ``similarity``: float32 (n,), cosine similarity to the seeds' direction;
+    ``centre_distance``: float32 (n,), L2 distance to the cluster's centre."""
+
+    positions: np.ndarray
+    cluster: np.ndarray
+    similarity: np.ndarray
+    centre_distance: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return int(self.cluster.max()) + 1 if len(self.cluster) else 0
+
+    def members(self, clusters: list[int]) -> np.ndarray:
+        """Positions of the pool in ``clusters``; an unknown cluster is an error."""
+        unknown = sorted(set(clusters) - set(range(self.k)))
+        if unknown:
+            raise SearchError(f"no cluster {unknown} in this step; clusters are 0..{self.k - 1}")
+        return self.positions[np.isin(self.cluster, clusters)]
+
+
+def take_pool(index: VectorIndex, seeds: np.ndarray, negatives: np.ndarray | None, size: int, *,
+              subset: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the ``size`` images most like the seeds (see mining.search.rank)."""
+    if size < 1:
+        raise SearchError(f"the pool must hold at least 1 image, got {size}")
+    hits = rank(index, seeds, negatives, k=size, subset=subset)
+    return index.positions([h.image_id for h in hits])
+
+
+def cluster_pool(index: VectorIndex, positions: np.ndarray, similarity: np.ndarray, k: int, backend: Backend, *,
+                 niter: int = 20, seed: int = 0) -> Clustering:
+    """k-means of the pool's vectors into ``min(k, pool size)`` clusters, numbered by
+    distance to the seeds (mean ``similarity`` of their images, highest first).
+    ``similarity``: float32 (n,), each pool image's cosine similarity to the seeds."""
+    if len(positions) == 0:
+        raise SearchError("the pool is empty: nothing to cluster (widen the slice or the pool)")
+    vectors = index.vectors[positions]
+    result = backend.kmeans(vectors, min(k, len(positions)), niter=niter, seed=seed)
+    similarity = np.asarray(similarity, np.float32)
+    k_found = len(result.centroids)
+    mean_similarity = np.array([similarity[result.assignment == c].mean() if (result.assignment == c).any() else -np.inf
+                                for c in range(k_found)])
+    order = np.argsort(-mean_similarity, kind="stable")
+    renumber = np.empty(k_found, np.int32)
+    renumber[order] = np.arange(k_found, dtype=np.int32)
+    # Empty clusters (k-means can leave some on tiny pools) vanish from the numbering's end.
+    return Clustering(
+        positions=np.asarray(positions, np.int64),
+        cluster=renumber[result.assignment],
+        similarity=similarity.astype(np.float32),
+        centre_distance=np.sqrt(result.distances).astype(np.float32),
+    )

@@ -1,0 +1,62 @@
+"""Similarity search over the index: the images like one or more seeds, and
+unlike any negatives, optionally within a SQL slice of the lake.
+
+Seeds and negatives are vectors, so an image in the lake (its stored embedding)
+and a file from outside (embedded on the fly, embed.files) are treated alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from mining.feedback import classifier_query, mean_direction
+from mining.index import SearchError, VectorIndex
+from mining.sql import LakeDB
+
+# What --where filters: every image, with its predictions (one row per prediction).
+SLICE_FROM = "images i LEFT JOIN predictions p USING (image_id)"
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    image_id: str
+    score: float
+
+
+def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
+         subset: np.ndarray | None = None, exclude: np.ndarray | None = None, seed: int = 0) -> list[Hit]:
+    """The ``k`` images most like ``positives`` (float32 (p, d) vectors) and unlike
+    ``negatives`` (float32 (m, d)), among ``subset`` positions (None: all), never
+    one of ``exclude``. Positives only: cosine similarity to their mean direction
+    (the index's own search). With negatives: a linear classifier's score
+    (mining.feedback), computed exactly over every candidate."""
+    positives = np.atleast_2d(np.asarray(positives, np.float32))
+    if len(positives) == 0:
+        raise SearchError("give at least one positive: an image id or an image file")
+    negatives = np.zeros((0, index.dim), np.float32) if negatives is None else np.atleast_2d(np.asarray(negatives, np.float32))
+    if negatives.size == 0:
+        query, exact = mean_direction(positives), False
+    else:
+        query, exact = classifier_query(index, positives, negatives, exclude=exclude, seed=seed), True
+    scores, positions = index.search(query[None], k, subset=subset, exclude=exclude, exact=exact)
+    return [Hit(rank=r + 1, image_id=str(index.ids[p]), score=float(s))
+            for r, (s, p) in enumerate(zip(scores[0], positions[0])) if p >= 0]
+
+
+def slice_positions(db: LakeDB, index: VectorIndex, where: str) -> np.ndarray:
+    """Index positions of the images matching a SQL predicate over images joined with
+    their predictions (``i.`` and ``p.`` qualify the columns the two share)."""
+    ids = db.query(f"SELECT DISTINCT image_id FROM {SLICE_FROM} WHERE ({where})").column("image_id")
+    return index.positions(ids.to_numpy(zero_copy_only=False), skip_missing=True) if len(ids) else np.zeros(0, np.int64)
+
+
+def hits_table(hits: list[Hit]) -> pa.Table:
+    return pa.table({
+        "rank": pa.array([h.rank for h in hits], pa.int32()),
+        "image_id": pa.array([h.image_id for h in hits], pa.string()),
+        "score": pa.array([h.score for h in hits], pa.float32()),
+    })
