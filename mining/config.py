@@ -61,7 +61,7 @@ class EmbedConfig:
 class IndexConfig:
     kind: str = "auto"  # auto, flat (exact), ivf, ivfpq
     flat_max: int = 200_000  # auto: exact (flat) up to this many vectors, IVF above
-    nlist: int = 0  # IVF lists; 0: about 4 * sqrt(n), a power of two
+    nlist: int = 0  # IVF lists; 0: about sqrt(n), a power of two
     nprobe: int = 0  # IVF lists searched per query; 0: chosen with nlist (see docs/MINING.md)
     pq_m: int = 64  # ivfpq: bytes per vector (512 dims / pq_m sub-vectors)
     device: str = "auto"  # where kNN and k-means run: auto, cpu, cuda, cuda:N

@@ -169,7 +169,9 @@ class VectorIndex:
         ``exact``: scan every vector even when an IVF index exists (for queries
         that are not image vectors, such as a classifier's weights).
         Returns ``scores`` float32 (q, k') and ``positions`` int64 (q, k'), best
-        first, k' = min(k, rows searchable); an empty search space is an error."""
+        first, k' = min(k, rows searchable); an empty search space is an error.
+        An IVF search with a slice or exclusions can find fewer than k' in the
+        probed lists: the rest is padded with position -1 (score -inf)."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if k < 1:
             raise SearchError(f"k must be at least 1, got {k}")
@@ -218,6 +220,9 @@ def _train_ivf(vectors: np.ndarray, spec: IndexSpec, seed: int) -> faiss.Index:
     if sample_size < len(vectors):
         sample = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), sample_size, replace=False))]
     faiss.extract_index_ivf(index).cp.seed = seed
+    if spec.kind == "ivfpq":
+        # Polysemous codes serve Hamming pre-filtering, which search never uses; training them takes minutes.
+        index.do_polysemous_training = False
     index.train(sample)
     return index
 

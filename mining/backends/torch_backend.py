@@ -28,7 +28,11 @@ class TorchBackend:
             database, queries, k = check_knn_args(database, queries, k)
             database = self.put(database)
         else:
-            _, queries, k = check_knn_args(database[:1].cpu().numpy(), queries, min(k, len(database)))
+            if len(database) == 0:
+                raise ValueError("knn over an empty database: there is nothing to search")
+            # Shapes checked against one stand-in row: no copy of the resident rows back to the host.
+            _, queries, _ = check_knn_args(np.zeros((1, database.shape[1]), np.float32), queries, k)
+            k = min(k, len(database))
         q = torch.from_numpy(queries).to(self.device)
         best_scores, best_indices = None, None
         # TF32 would trade exactness for speed; these are exact float32 products.
@@ -40,7 +44,8 @@ class TorchBackend:
                 if best_scores is None:
                     best_scores, best_indices = top.values, indices
                     continue
-                merged = torch.cat([best_scores, top.values], 1).topk(k, dim=1)
+                joined = torch.cat([best_scores, top.values], 1)
+                merged = joined.topk(min(k, joined.shape[1]), dim=1)
                 best_scores = merged.values
                 best_indices = torch.cat([best_indices, indices], 1).gather(1, merged.indices)
         return best_scores.cpu().numpy(), best_indices.cpu().numpy().astype(np.int64)
@@ -71,10 +76,11 @@ class TorchBackend:
 
 
 def _assign(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of each point and the squared distance to it."""
-    distances = torch.cdist(points, centroids).square_()
-    best = distances.min(dim=1)
-    return best.indices, best.values
+    """Nearest centroid of each point and the squared distance to it. The choice uses
+    cdist's matmul form (fast on a GPU); the distance reported is recomputed
+    directly, since the matmul form loses digits far from the origin."""
+    nearest = torch.cdist(points, centroids).argmin(dim=1)
+    return nearest, (points - centroids[nearest]).square().sum(1)
 
 
 def _update(points: torch.Tensor, assignment: torch.Tensor, previous: torch.Tensor, k: int) -> torch.Tensor:
