@@ -359,10 +359,8 @@ def cmd_similar(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_narrow_start(args: argparse.Namespace, config: Config) -> int:
     from jobs import narrow
-    from jobs.similar import resolve_seeds
+    from jobs.similar import resolve_query
     from mining.backends import get_backend
-    from mining.search import slice_positions
-    from mining.sql import LakeDB
 
     config = _index_config(args, config)
     for name in ("pool", "clusters"):
@@ -370,15 +368,11 @@ def cmd_narrow_start(args: argparse.Namespace, config: Config) -> int:
             raise UsageError(f"--{name} must be at least 1")
     lake = Lake.from_config(config)
     index = _open_index(args, config)
-    seeds = resolve_seeds(index, args.seeds, config)
-    negatives = resolve_seeds(index, args.negatives, config) if args.negatives else None
-    subset = None
-    if args.where:
-        with LakeDB(lake) as db:
-            subset = slice_positions(db, index, args.where)
-    report = narrow.start(lake, index, get_backend(config.index.device), config.mining, seeds=seeds.labels,
-                          seed_vectors=seeds.vectors, negatives=negatives.labels if negatives else [],
-                          negative_vectors=negatives.vectors if negatives else None, subset=subset,
+    query = resolve_query(lake, index, config, args.seeds, negatives=args.negatives, where=args.where)
+    negative = query.negative
+    report = narrow.start(lake, index, get_backend(config.index.device), config.mining, seeds=query.positive.labels,
+                          seed_vectors=query.positive.vectors, negatives=negative.labels if negative else [],
+                          negative_vectors=negative.vectors if negative else None, subset=query.subset,
                           pool=args.pool, clusters=args.clusters, session=args.name)
     return _print_step(report, args)
 

@@ -50,11 +50,26 @@ def resolve_seeds(index: VectorIndex, seeds: list[str], config: Config) -> Seeds
     return Seeds(labels=ids + files, vectors=np.concatenate(vectors), positions=positions)
 
 
-def find_similar(lake: Lake, index: VectorIndex, config: Config, seeds: list[str], *, negatives: list[str] = (),
-                 k: int | None = None, where: str | None = None, save: str | None = None) -> list[Hit]:
-    """The ``k`` images most like ``seeds`` and unlike ``negatives``, within the
-    ``where`` slice; saved as the set ``save`` when given."""
-    k = k or config.mining.k
+@dataclass
+class Query:
+    """A search as the user gave it, resolved against the index: seeds, negatives
+    (None without any), and the ``--where`` slice as positions (None: everything)."""
+
+    positive: Seeds
+    negative: Seeds | None
+    subset: np.ndarray | None
+
+    @property
+    def exclude(self) -> np.ndarray:
+        """What was given is not news: never a result."""
+        if self.negative is None:
+            return self.positive.positions
+        return np.concatenate([self.positive.positions, self.negative.positions])
+
+
+def resolve_query(lake: Lake, index: VectorIndex, config: Config, seeds: list[str], *, negatives: list[str] = (),
+                  where: str | None = None) -> Query:
+    """Seeds and negatives as vectors (ids or files), and the SQL slice as positions."""
     positive = resolve_seeds(index, seeds, config)
     negative = resolve_seeds(index, list(negatives), config) if negatives else None
     subset = None
@@ -63,9 +78,16 @@ def find_similar(lake: Lake, index: VectorIndex, config: Config, seeds: list[str
             subset = slice_positions(db, index, where)
         if len(subset) == 0:
             raise SearchError(f"no embedded image matches --where {where!r}")
-    exclude = positive.positions if negative is None else np.concatenate([positive.positions, negative.positions])
-    hits = rank(index, positive.vectors, None if negative is None else negative.vectors, k, subset=subset,
-                exclude=exclude, seed=config.mining.seed)
+    return Query(positive, negative, subset)
+
+
+def find_similar(lake: Lake, index: VectorIndex, config: Config, seeds: list[str], *, negatives: list[str] = (),
+                 k: int | None = None, where: str | None = None, save: str | None = None) -> list[Hit]:
+    """The ``k`` images most like ``seeds`` and unlike ``negatives``, within the
+    ``where`` slice; saved as the set ``save`` when given."""
+    query = resolve_query(lake, index, config, seeds, negatives=negatives, where=where)
+    hits = rank(index, query.positive.vectors, None if query.negative is None else query.negative.vectors,
+                k or config.mining.k, subset=query.subset, exclude=query.exclude, seed=config.mining.seed)
     if save:
         save_set(lake, save, [h.image_id for h in hits], source=f"similar:{' '.join(seeds)}", user=config.mining.user,
                  scores=[h.score for h in hits])

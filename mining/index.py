@@ -165,7 +165,8 @@ class VectorIndex:
         """The ``k`` best rows by inner product for each query.
 
         ``queries``: float32 (q, d). ``subset``: positions to search among (a SQL
-        slice), None for all. ``exclude``: positions never returned (already seen).
+        slice), None for all. ``exclude``: positions never returned (already seen;
+        meant to be few: each costs one more result fetched).
         ``exact``: scan every vector even when an IVF index exists (for queries
         that are not image vectors, such as a classifier's weights).
         Returns ``scores`` float32 (q, k') and ``positions`` int64 (q, k'), best
@@ -175,36 +176,40 @@ class VectorIndex:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if k < 1:
             raise SearchError(f"k must be at least 1, got {k}")
-        candidates = self._candidates(subset, exclude)
-        if candidates is not None and len(candidates) == 0:
-            raise SearchError("nothing to search: the slice (--where) and the exclusions leave no image")
-        if candidates is None and len(self) == 0:
+        if len(self) == 0:
             raise SearchError("the index is empty: embed images first (edgemine embed), then edgemine index")
-        available = len(self) if candidates is None else len(candidates)
+        if subset is not None:
+            subset = np.unique(np.asarray(subset, dtype=np.int64))
+        excluded = np.zeros(0, np.int64) if exclude is None else np.unique(np.asarray(exclude, dtype=np.int64))
+        # Only exclusions that could come back count against what is searchable.
+        excluded = excluded[np.isin(excluded, subset)] if subset is not None else excluded[(excluded >= 0) & (excluded < len(self))]
+        available = (len(self) if subset is None else len(subset)) - len(excluded)
+        if available <= 0:
+            raise SearchError("nothing to search: the slice (--where) and the exclusions leave no image")
         k = min(k, available)
-        if candidates is not None and (exact or self.spec.kind == "flat" or len(candidates) <= len(self) // 4):
+        # Exclusions are few (what a reviewer has seen): ask for that many more and drop
+        # them, rather than copying every other vector into a candidate set per query.
+        scores, positions = self._search(queries, k + len(excluded), subset, exact)
+        if len(excluded):
+            scores, positions = _drop(scores, positions, excluded, k)
+        return scores, positions
+
+    def _search(self, queries: np.ndarray, k: int, subset: np.ndarray | None, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+        if subset is not None and (exact or self.spec.kind == "flat" or len(subset) <= len(self) // 4):
             # A small slice: exact search over just its rows beats filtering the index.
-            scores, rows = self.backend.knn(self.vectors[candidates], queries, k)
-            return scores, candidates[rows]
+            scores, rows = self.backend.knn(self.vectors[subset], queries, k)
+            return scores, subset[rows]
         if exact or self.spec.kind == "flat" or self.backend.name == "torch":
             if self._resident is None:
                 self._resident = self.backend.put(self.vectors)
             return self.backend.knn(self._resident, queries, k)
-        return self._search_ivf(queries, k, candidates)
+        return self._search_ivf(queries, k, subset)
 
-    def _candidates(self, subset: np.ndarray | None, exclude: np.ndarray | None) -> np.ndarray | None:
-        if subset is None and (exclude is None or len(exclude) == 0):
-            return None
-        candidates = np.arange(len(self)) if subset is None else np.unique(np.asarray(subset, dtype=np.int64))
-        if exclude is not None and len(exclude):
-            candidates = np.setdiff1d(candidates, exclude, assume_unique=False)
-        return candidates
-
-    def _search_ivf(self, queries: np.ndarray, k: int, candidates: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def _search_ivf(self, queries: np.ndarray, k: int, subset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         fetch = k * RESCORE_FACTOR if self.spec.kind == "ivfpq" else k
         params = faiss.SearchParametersIVF(nprobe=self.spec.nprobe)
-        if candidates is not None:
-            selector = faiss.IDSelectorBatch(candidates)
+        if subset is not None:
+            selector = faiss.IDSelectorBatch(subset)
             params = faiss.SearchParametersIVF(nprobe=self.spec.nprobe, sel=selector)
         scores, positions = self.faiss_index.search(queries, fetch, params=params)
         if self.spec.kind == "ivfpq":
@@ -225,6 +230,18 @@ def _train_ivf(vectors: np.ndarray, spec: IndexSpec, seed: int) -> faiss.Index:
         index.do_polysemous_training = False
     index.train(sample)
     return index
+
+
+def _drop(scores: np.ndarray, positions: np.ndarray, excluded: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` results of each row that are not ``excluded``, in order; a row
+    left short (IVF padding) is padded with position -1, score -inf."""
+    keep = ~np.isin(positions, excluded) & (positions >= 0)
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+    scores = np.take_along_axis(scores, order, 1).copy()
+    positions = np.take_along_axis(positions, order, 1).copy()
+    short = ~np.take_along_axis(keep, order, 1)
+    scores[short], positions[short] = -np.inf, -1
+    return scores, positions
 
 
 def _rescore(vectors: np.ndarray, queries: np.ndarray, positions: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from mining.backends import Backend
 from mining.index import SearchError, VectorIndex
-from mining.search import rank
+from mining.search import rank_positions
 
 
 @dataclass(frozen=True)
@@ -32,21 +32,13 @@ class Clustering:
     def k(self) -> int:
         return int(self.cluster.max()) + 1 if len(self.cluster) else 0
 
-    def members(self, clusters: list[int]) -> np.ndarray:
-        """Positions of the pool in ``clusters``; an unknown cluster is an error."""
-        unknown = sorted(set(clusters) - set(range(self.k)))
-        if unknown:
-            raise SearchError(f"no cluster {unknown} in this step; clusters are 0..{self.k - 1}")
-        return self.positions[np.isin(self.cluster, clusters)]
-
 
 def take_pool(index: VectorIndex, seeds: np.ndarray, negatives: np.ndarray | None, size: int, *,
               subset: np.ndarray | None = None) -> np.ndarray:
     """Positions of the ``size`` images most like the seeds (see mining.search.rank)."""
     if size < 1:
         raise SearchError(f"the pool must hold at least 1 image, got {size}")
-    hits = rank(index, seeds, negatives, k=size, subset=subset)
-    return index.positions([h.image_id for h in hits])
+    return rank_positions(index, seeds, negatives, k=size, subset=subset)[1]
 
 
 def cluster_pool(index: VectorIndex, positions: np.ndarray, similarity: np.ndarray, k: int, backend: Backend, *,

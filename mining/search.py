@@ -34,6 +34,14 @@ def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None
     one of ``exclude``. Positives only: cosine similarity to their mean direction
     (the index's own search). With negatives: a linear classifier's score
     (mining.feedback), computed exactly over every candidate."""
+    scores, positions = rank_positions(index, positives, negatives, k, subset=subset, exclude=exclude, seed=seed)
+    return [Hit(rank=r + 1, image_id=str(index.ids[p]), score=float(s)) for r, (s, p) in enumerate(zip(scores, positions))]
+
+
+def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
+                   subset: np.ndarray | None = None, exclude: np.ndarray | None = None,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``rank`` as arrays: float32 scores and int64 index positions (k',), best first."""
     positives = np.atleast_2d(np.asarray(positives, np.float32))
     if len(positives) == 0:
         raise SearchError("give at least one positive: an image id or an image file")
@@ -43,8 +51,8 @@ def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None
     else:
         query, exact = classifier_query(index, positives, negatives, exclude=exclude, seed=seed), True
     scores, positions = index.search(query[None], k, subset=subset, exclude=exclude, exact=exact)
-    return [Hit(rank=r + 1, image_id=str(index.ids[p]), score=float(s))
-            for r, (s, p) in enumerate(zip(scores[0], positions[0])) if p >= 0]
+    found = positions[0] >= 0  # an IVF search can come back short
+    return scores[0][found], positions[0][found]
 
 
 def slice_positions(db: LakeDB, index: VectorIndex, where: str) -> np.ndarray:
