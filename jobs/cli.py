@@ -168,6 +168,23 @@ def build_parser() -> argparse.ArgumentParser:
     save.add_argument("session")
     save.add_argument("set_name", metavar="SET")
     save.add_argument("--cluster", dest="clusters", type=int, nargs="+", help="only these clusters")
+
+    review = commands.add_parser("review", help="accept or reject images; accepted ones become a named set (decisions saved in the lake)")
+    actions = review.add_subparsers(title="action", metavar="ACTION")
+    for decision in ("accept", "reject"):
+        p = add(actions, decision, cmd_review_decide, f"{decision} images in a review (recorded with your name and the time)")
+        p.set_defaults(decision=decision)
+        p.add_argument("review", help="the review's name; its accepted images become the set of that name")
+        p.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
+        p.add_argument("--source", help="where the images were found, e.g. narrow:SESSION/STEP (kept with the decision)")
+    add(actions, "list", cmd_review_list, "list the reviews: accepted, rejected, who, when")
+    publish = add(actions, "save", cmd_review_save, "publish a review's accepted images as a named set")
+    publish.add_argument("review")
+    publish.add_argument("--as", dest="set_name", metavar="SET", help="the set's name (default: the review's)")
+
+    ui = add(commands, "ui", cmd_ui, "start the review UI (Streamlit) on the lake")
+    ui.add_argument("--port", type=int, help="port (default: config ui.port, 8501)")
+    ui.add_argument("--address", default="localhost", help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)")
     return parser
 
 
@@ -299,16 +316,11 @@ def cmd_sql(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_tables(args: argparse.Namespace, config: Config) -> int:
-    from mining.schema import TABLES
+    from mining.overview import table_rows
     from mining.sql import LakeDB
 
-    lake = Lake.from_config(config)
-    with LakeDB(lake) as db:
-        counts = " UNION ALL ".join(
-            f"SELECT '{name}' AS \"table\", (SELECT count(*) FROM {name}) AS rows, "
-            f"(SELECT count(*) FROM raw.{name}) AS stored_rows" for name in TABLES
-        )
-        result = db.query(counts)
+    with LakeDB(Lake.from_config(config)) as db:
+        result = table_rows(db)
     write_rows(result, "json" if args.json else "table", sys.stdout)
     return 0
 
@@ -359,7 +371,6 @@ def cmd_similar(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_narrow_start(args: argparse.Namespace, config: Config) -> int:
     from jobs import narrow
-    from jobs.similar import resolve_query
     from mining.backends import get_backend
 
     config = _index_config(args, config)
@@ -367,13 +378,9 @@ def cmd_narrow_start(args: argparse.Namespace, config: Config) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
     lake = Lake.from_config(config)
-    index = _open_index(args, config)
-    query = resolve_query(lake, index, config, args.seeds, negatives=args.negatives, where=args.where)
-    negative = query.negative
-    report = narrow.start(lake, index, get_backend(config.index.device), config.mining, seeds=query.positive.labels,
-                          seed_vectors=query.positive.vectors, negatives=negative.labels if negative else [],
-                          negative_vectors=negative.vectors if negative else None, subset=query.subset,
-                          pool=args.pool, clusters=args.clusters, session=args.name)
+    report = narrow.start_query(lake, _open_index(args, config), get_backend(config.index.device), config, args.seeds,
+                                negatives=args.negatives, where=args.where, pool=args.pool, clusters=args.clusters,
+                                session=args.name)
     return _print_step(report, args)
 
 
@@ -416,6 +423,43 @@ def cmd_narrow_save(args: argparse.Namespace, config: Config) -> int:
     else:
         print(f"saved {n} images as set {args.set_name!r}: edgemine sql \"SELECT * FROM sets WHERE name = '{args.set_name}'\"")
     return 0
+
+
+def cmd_review_decide(args: argparse.Namespace, config: Config) -> int:
+    from jobs.review import decide
+
+    n = decide(Lake.from_config(config), args.review, args.image_ids, args.decision, reviewer=config.mining.user,
+               source=args.source)
+    if args.json:
+        write_json({"review": args.review, "decision": args.decision, "images": n, "reviewer": config.mining.user}, sys.stdout)
+    else:
+        print(f"{args.decision}ed {n} images in review {args.review!r} as {config.mining.user}")
+    return 0
+
+
+def cmd_review_list(args: argparse.Namespace, config: Config) -> int:
+    from jobs.review import list_reviews
+
+    write_rows(list_reviews(Lake.from_config(config)), "json" if args.json else "table", sys.stdout)
+    return 0
+
+
+def cmd_review_save(args: argparse.Namespace, config: Config) -> int:
+    from jobs.review import save_review
+
+    name = args.set_name or args.review
+    n = save_review(Lake.from_config(config), args.review, user=config.mining.user, name=name)
+    if args.json:
+        write_json({"set": name, "images": n, "review": args.review}, sys.stdout)
+    else:
+        print(f"saved {n} accepted images as set {name!r}: edgemine sql \"SELECT * FROM sets WHERE name = '{name}'\"")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace, config: Config) -> int:
+    from ui.launch import run_ui
+
+    return run_ui(config, args.config, port=args.port or config.ui.port, address=args.address)
 
 
 def _open_session_index(lake: Lake, config: Config, session: str):

@@ -14,7 +14,6 @@ The UI calls these same functions.
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,13 +22,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from jobs.sets import save_set
 from mining.backends import Backend
-from mining.config import MiningConfig
+from mining.config import Config, MiningConfig
 from mining.feedback import mean_direction
 from mining.index import SearchError, VectorIndex
 from mining.lake import Lake
 from mining.narrow import Clustering, cluster_pool, take_pool
-from mining.schema import NARROW_MEMBERS, NARROW_STEPS, SETS, UTC_TS
+from mining.schema import NARROW_MEMBERS, NARROW_STEPS, UTC_TS
 from mining.sql import LakeDB
 
 JOB = "narrow"
@@ -83,13 +83,27 @@ def start(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig
     return show(lake, session)
 
 
+def start_query(lake: Lake, index: VectorIndex, backend: Backend, config: Config, seeds: list[str], *,
+                negatives: list[str] = (), where: str | None = None, pool: int | None = None,
+                clusters: int | None = None, session: str | None = None) -> StepReport:
+    """``start`` from seeds and negatives as the user gives them (image ids or files)
+    and a SQL slice: what `edgemine narrow start` and the UI call."""
+    from jobs.similar import resolve_query
+
+    query = resolve_query(lake, index, config, seeds, negatives=negatives, where=where)
+    negative = query.negative
+    return start(lake, index, backend, config.mining, seeds=query.positive.labels, seed_vectors=query.positive.vectors,
+                 negatives=negative.labels if negative else [], negative_vectors=negative.vectors if negative else None,
+                 subset=query.subset, pool=pool, clusters=clusters, session=session)
+
+
 def pick(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig, session: str, picked: list[int], *,
          clusters: int | None = None) -> StepReport:
     """Re-cluster inside ``picked`` clusters of the current step: a new child step."""
     steps = _steps(lake, session)
     head = _head(steps, session)
     current = steps[head]
-    members = _members(lake, session, current["current"])
+    members = members_of(lake, session, current["current"])
     chosen = members.filter(pa.compute.is_in(members.column("cluster"), pa.array(picked, pa.int32())))
     known = set(members.column("cluster").to_pylist())
     unknown = sorted(set(picked) - known)
@@ -146,35 +160,11 @@ def list_sessions(lake: Lake) -> pa.Table:
         )
 
 
-def save_set(lake: Lake, name: str, image_ids: list[str], *, source: str, user: str,
-             scores: list[float] | None = None) -> int:
-    """Write a named set (replacing an earlier one of the same name in the view)."""
-    if not name:
-        raise SearchError("a set needs a name")
-    if not image_ids:
-        raise SearchError(f"set {name!r} would be empty; nothing saved")
-    now = datetime.now(UTC)
-    rows = pa.table({
-        "name": pa.array([name] * len(image_ids), pa.string()),
-        "image_id": pa.array(image_ids, pa.string()),
-        "rank": pa.array(range(1, len(image_ids) + 1), pa.int32()),
-        "score": pa.array(scores if scores is not None else [None] * len(image_ids), pa.float32()),
-        "source": pa.array([source] * len(image_ids), pa.string()),
-        "created_by": pa.array([user] * len(image_ids), pa.string()),
-        "created_at": pa.array([now] * len(image_ids), UTC_TS),
-    }, schema=SETS.schema)
-    shard = f"set-{hashlib.sha1(name.encode()).hexdigest()[:12]}-{now.strftime('%Y%m%dT%H%M%S%f')}"
-    writer = lake.shard_writer(JOB, shard)
-    writer.write(SETS, rows)
-    writer.commit({"set": name})
-    return len(image_ids)
-
-
 def save_session(lake: Lake, session: str, name: str, user: str, clusters: list[int] | None = None) -> int:
     """The current step of ``session`` (or only ``clusters`` of it) as the named set ``name``."""
     steps = _steps(lake, session)
     step = steps[_head(steps, session)]["current"]
-    members = _members(lake, session, step)
+    members = members_of(lake, session, step)
     if clusters:
         members = members.filter(pa.compute.is_in(members.column("cluster"), pa.array(clusters, pa.int32())))
     members = members.sort_by([("similarity", "descending")])
@@ -249,7 +239,8 @@ def _head(steps: dict[int, dict[str, Any]], session: str) -> int:
     return max(steps)
 
 
-def _members(lake: Lake, session: str, step: int) -> pa.Table:
+def members_of(lake: Lake, session: str, step: int) -> pa.Table:
+    """The pool of a clustering step: image_id, cluster, similarity to the seeds."""
     with LakeDB(lake) as db:
         return db.query("SELECT image_id, cluster, similarity FROM narrow_members WHERE session = $session AND step = $step",
                         {"session": session, "step": step})

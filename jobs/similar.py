@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jobs.narrow import save_set
+from jobs.sets import save_set
 from mining.config import Config
 from mining.index import SearchError, VectorIndex
 from mining.lake import Lake, is_s3

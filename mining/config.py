@@ -93,6 +93,7 @@ class DemoConfig:
 @dataclass(frozen=True)
 class UIConfig:
     port: int = 8501
+    page_size: int = 100  # thumbnails per page on the Review page
 
 
 @dataclass(frozen=True)

@@ -64,3 +64,15 @@ def cluster_pool(index: VectorIndex, positions: np.ndarray, similarity: np.ndarr
         similarity=similarity.astype(np.float32),
         centre_distance=np.sqrt(result.distances).astype(np.float32),
     )
+
+
+def project_2d(vectors: np.ndarray) -> np.ndarray:
+    """float32 (n, 2): the vectors (float32 (n, d)) on their two principal axes, for a
+    map of a pool. PCA, not UMAP: deterministic and a few ms for thousands of points."""
+    centred = np.asarray(vectors, np.float32) - np.mean(vectors, axis=0, dtype=np.float32)
+    if len(centred) < 2:
+        return np.zeros((len(centred), 2), np.float32)
+    # The right singular vectors of the centred data are the principal axes.
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)
+    projected = centred @ axes[:2].T
+    return np.pad(projected, ((0, 0), (0, 2 - projected.shape[1]))).astype(np.float32)

@@ -241,9 +241,27 @@ SETS = Table(
     ),
 )
 
+REVIEWS = Table(
+    name="reviews",
+    doc="Reviewers' decisions (accept or reject), append-only; the view keeps the latest per review and image.",
+    dedup_key=("review", "image_id"),
+    dedup_order="decided_at DESC",
+    schema=pa.schema(
+        [
+            pa.field("review", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("decision", pa.string(), nullable=False),
+            pa.field("reviewer", pa.string(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("decided_at", UTC_TS, nullable=False),
+        ]
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (IMAGES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS, NARROW_MEMBERS, SETS)
+    for t in (IMAGES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS, NARROW_MEMBERS, SETS,
+              REVIEWS)
 }
 
 

@@ -68,3 +68,25 @@ def hits_table(hits: list[Hit]) -> pa.Table:
         "image_id": pa.array([h.image_id for h in hits], pa.string()),
         "score": pa.array([h.score for h in hits], pa.float32()),
     })
+
+
+BROWSE_ORDERS = {
+    "lowest confidence first": "min(p.confidence) ASC NULLS LAST",
+    "newest first": "max(p.ts) DESC NULLS LAST",
+    "most predictions first": "count(p.prediction_id) DESC",
+}
+
+
+def browse(db: LakeDB, index: VectorIndex, *, where: str | None = None, order: str = "lowest confidence first",
+           limit: int = 24) -> list[str]:
+    """Image ids to choose seeds from: embedded images (those in ``index``) matching the
+    ``where`` slice (as for ``slice_positions``), in ``order`` (a key of BROWSE_ORDERS)."""
+    if order not in BROWSE_ORDERS:
+        raise SearchError(f"unknown order {order!r}; choose one of: {', '.join(BROWSE_ORDERS)}")
+    ids = db.query(
+        f"SELECT image_id FROM {SLICE_FROM} {f'WHERE ({where})' if where else ''} "
+        f"GROUP BY image_id ORDER BY {BROWSE_ORDERS[order]}, image_id"
+    ).column("image_id").to_numpy(zero_copy_only=False)
+    # Keep only what the index holds (a seed needs a vector), without a scan of the embeddings.
+    positions = index.positions(ids, skip_missing=True) if len(ids) else np.zeros(0, np.int64)  # keeps the order
+    return [str(index.ids[p]) for p in positions[:limit]]

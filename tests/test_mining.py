@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from jobs import narrow
+from jobs import narrow, sets
 from jobs.demo import run_demo
 from jobs.index import index_lake, open_index
 from jobs.similar import find_similar
@@ -169,9 +169,9 @@ def test_a_session_is_saved_and_resumed_in_another_process(vector_lake, request)
 
 def test_a_set_saved_again_replaces_the_old_one_in_the_view(vector_lake):
     lake, _ = vector_lake
-    narrow.save_set(lake, "s", image_ids(3), source="test", user="a")
-    narrow.save_set(lake, "s", image_ids(2, start=10), source="test", user="b")
-    narrow.save_set(lake, "other", image_ids(1), source="test", user="a")
+    sets.save_set(lake, "s", image_ids(3), source="test", user="a")
+    sets.save_set(lake, "s", image_ids(2, start=10), source="test", user="b")
+    sets.save_set(lake, "other", image_ids(1), source="test", user="a")
     with LakeDB(lake) as db:
         rows = db.query("SELECT name, image_id, rank, created_by FROM sets ORDER BY name, rank").to_pylist()
         stored = db.query("SELECT count(*) AS n FROM raw.sets").to_pylist()

@@ -1,0 +1,313 @@
+"""The review UI, driven headless by Streamlit's AppTest on a real demo lake:
+every page, and the loop seed -> similar -> narrow -> drill -> back -> review.
+
+What the UI writes is checked in the lake itself, through SQL.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from jobs import narrow, review
+from jobs.demo import run_demo
+from mining.backends import get_backend
+from mining.config import Config, DemoConfig, EmbedConfig, MiningConfig
+from mining.lake import Lake
+from mining.sql import LakeDB
+
+APP = str(Path(__file__).resolve().parents[1] / "ui" / "app.py")
+
+
+@pytest.fixture(scope="module")
+def demo_lake(tmp_path_factory) -> Lake:
+    lake = Lake(str(tmp_path_factory.mktemp("ui") / "lake"))
+    config = Config(lake=lake.uri, demo=replace(DemoConfig(), images=300, seed=5), embed=replace(EmbedConfig(), workers=1))
+    run_demo(config, show_progress=False)
+    return lake
+
+
+@pytest.fixture
+def app(demo_lake, monkeypatch) -> AppTest:
+    monkeypatch.setenv("EDGEMINE_LAKE", demo_lake.uri)
+    monkeypatch.setenv("EDGEMINE_USER", "alice")
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def open_page(at: AppTest, name: str) -> AppTest:
+    at.switch_page(f"views/{name}.py").run()
+    assert not at.exception, at.exception
+    return at
+
+
+def grid_ids(at: AppTest, key: str) -> list[str]:
+    return [c.key.rsplit(":", 1)[1] for c in at.checkbox if c.key and c.key.startswith(f"{key}:sel:")]
+
+
+def select(at: AppTest, key: str, image_ids: list[str]) -> None:
+    for image_id in image_ids:
+        at.checkbox(key=f"{key}:sel:{image_id}").check()
+    at.run()
+
+
+def sql(lake: Lake, query: str, params=None) -> list[dict]:
+    with LakeDB(lake) as db:
+        return db.query(query, params).to_pylist()
+
+
+# -- Lake and SQL ------------------------------------------------------------------
+def test_lake_page_shows_what_the_lake_holds(app, demo_lake):
+    metrics = {m.label: m.value for m in app.metric}
+    truth = sql(demo_lake, "SELECT (SELECT count(*) FROM images) i, (SELECT count(*) FROM errors) e")[0]
+    assert metrics["Images"] == f"{truth['i']:,}" and metrics["Errors"] == f"{truth['e']:,}"
+    assert metrics["Embedded"] == "300"
+    tabs = [t.label for t in app.tabs]
+    assert tabs[:2] == ["label", "model_version"] and {"camera", "region"} <= set(tabs)  # metadata columns of the input
+    assert not app.error
+
+
+def test_sql_console_shows_thumbnails_and_refuses_writes_and_outside_files(app, demo_lake, tmp_path):
+    open_page(app, "sql")
+    app.text_area(key="sql").input("SELECT image_id, confidence FROM predictions ORDER BY confidence LIMIT 7")
+    app.button(key="sql_run").click().run()
+    frame = app.dataframe[0].value
+    assert list(frame.columns) == ["thumbnail", "image_id", "confidence"] and len(frame) == 7
+    assert all(t.startswith("data:image/jpeg;base64,") for t in frame["thumbnail"])
+    assert [d.label for d in app.get("download_button")] == ["Download CSV", "Download Parquet"]
+
+    secret = tmp_path / "outside.csv"
+    secret.write_text("a\n1\n")
+    copied = tmp_path / "copied.csv"
+    for query in ["CREATE TABLE t AS SELECT 1", f"COPY (SELECT * FROM images) TO '{copied}'",
+                  f"SELECT * FROM read_csv('{secret}')", f"ATTACH '{tmp_path / 'other.duckdb'}'", "INSTALL spatial"]:
+        app.text_area(key="sql").input(query)
+        app.button(key="sql_run").click().run()
+        assert len(app.error) == 1 and app.error[0].value.startswith("Refused"), (query, app.error)
+        assert not app.dataframe
+    assert not copied.exists() and not (tmp_path / "other.duckdb").exists()
+
+
+# -- Find similar -> Narrow -> Review --------------------------------------------------
+def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
+    open_page(app, "similar")
+    browse = grid_ids(app, "browse")
+    lowest = sql(demo_lake, "SELECT image_id FROM images LEFT JOIN predictions USING (image_id) "
+                            "GROUP BY image_id ORDER BY min(confidence), image_id LIMIT 3")
+    assert browse[:3] == [r["image_id"] for r in lowest]  # lowest confidence first
+    seed = browse[0]
+    select(app, "browse", [seed])
+    app.button(key="browse_add").click().run()
+    assert app.session_state["positives"] == [seed]
+    results = grid_ids(app, "results")
+    assert len(results) == 40 and seed not in results
+    assert not [c for c in app.checkbox if c.key.startswith("browse:sel:") and c.value]  # the selection was used up
+
+    # A negative: a classifier ranks, and neither seed nor negative comes back.
+    negative = results[0]
+    select(app, "results", [negative])
+    app.button(key="less_like").click().run()
+    assert app.session_state["negatives"] == [negative]
+    assert negative not in grid_ids(app, "results") and seed not in grid_ids(app, "results")
+
+    app.number_input(key="pool").set_value(120)
+    app.number_input(key="clusters").set_value(4)
+    app.text_input(key="session_name").input("ui-glare")
+    app.button(key="start_narrowing").click().run()
+    assert not app.exception and [t.value for t in app.title] == ["Narrow"]  # switched there
+    open_page(app, "narrow")  # AppTest keeps its own page for later runs: follow the switch
+    started = sql(demo_lake, "SELECT * FROM narrow_steps WHERE session = 'ui-glare'")
+    assert [(s["action"], s["created_by"], s["seeds"], s["negatives"]) for s in started] == [("start", "alice", [seed], [negative])]
+    cards = [m.value for m in app.markdown if m.value.startswith("**Cluster")]
+    assert len(cards) == 4 and sum(int(c.split("· ")[1].split()[0]) for c in cards) == 120
+
+    # Drill into clusters 0 and 1: a child step over exactly their images.
+    sizes = {r["cluster"]: r["n"] for r in sql(demo_lake, "SELECT cluster, count(*) n FROM narrow_members "
+                                                          "WHERE session = 'ui-glare' AND step = 0 GROUP BY cluster")}
+    for c in (0, 1):
+        app.checkbox(key=f"pick:ui-glare:0:{c}").check()
+    app.run()
+    app.button(key="drill_picked").click().run()
+    assert not app.exception
+    assert [b.label for b in app.button if b.key and b.key.startswith("crumb:")] == ["step 0", "➤ step 1"]
+    step1 = sql(demo_lake, "SELECT count(*) n FROM narrow_members WHERE session = 'ui-glare' AND step = 1")[0]["n"]
+    assert step1 == sizes[0] + sizes[1]
+
+    # Back along the breadcrumb, recorded in the lake; the CLI's view agrees.
+    app.button(key="crumb:0").click().run()
+    assert [b.label for b in app.button if b.key and b.key.startswith("crumb:")] == ["➤ step 0"]
+    assert narrow.show(demo_lake, "ui-glare").step == 0
+    assert [s["action"] for s in sql(demo_lake, "SELECT action FROM narrow_steps WHERE session = 'ui-glare' ORDER BY step")] == \
+        ["start", "pick", "back"]
+
+    # Review cluster 0: its images, preselected from the card.
+    app.button(key="review:0").click().run()
+    assert [t.value for t in app.title] == ["Review"]
+    open_page(app, "review")
+    shown = grid_ids(app, "review")
+    assert sorted(shown) == sorted(r["image_id"] for r in sql(
+        demo_lake, "SELECT image_id FROM narrow_members WHERE session = 'ui-glare' AND step = 0 AND cluster = 0"))
+    assert app.text_input(key="review_name").value == "ui-glare"
+
+    select(app, "review", shown[:2])
+    app.button(key="accept_selected").click().run()
+    select(app, "review", shown[1:3])
+    app.button(key="reject_selected").click().run()
+    decided = {r["image_id"]: (r["decision"], r["reviewer"], r["source"]) for r in sql(
+        demo_lake, "SELECT * FROM reviews WHERE review = 'ui-glare'")}
+    assert decided == {shown[0]: ("accept", "alice", "narrow:ui-glare/0#0"), shown[1]: ("reject", "alice", "narrow:ui-glare/0#0"),
+                       shown[2]: ("reject", "alice", "narrow:ui-glare/0#0")}  # the latest decision wins
+    assert sql(demo_lake, "SELECT count(*) n FROM raw.reviews WHERE review = 'ui-glare'")[0]["n"] == 4  # append-only
+    assert {m.label: m.value for m in app.metric} == {"Accepted": "1", "Rejected": "2"}
+    assert "✅ accepted" in " ".join(c.value for c in app.caption)
+
+    app.button(key="publish").click().run()
+    assert [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM sets WHERE name = 'ui-glare'")] == [shown[0]]
+
+
+def test_a_session_started_in_the_cli_library_opens_in_the_ui_and_back(app, demo_lake):
+    from jobs.index import open_index
+    from mining.config import IndexConfig
+
+    index = open_index(demo_lake, IndexConfig())
+    seed = str(index.ids[7])
+    narrow.start(demo_lake, index, get_backend("cpu"), MiningConfig(user="bob"), seeds=[seed],
+                 seed_vectors=index.vectors[[7]], pool=60, clusters=3, session="from-cli")
+    open_page(app, "narrow")
+    app.selectbox(key="session_pick").select("from-cli").run()
+    assert len([m for m in app.markdown if m.value.startswith("**Cluster")]) == 3
+    app.button(key="drill:2").click().run()
+    report = narrow.show(demo_lake, "from-cli")  # what `edgemine narrow show` prints
+    assert report.path == [0, 1] and sum(c.size for c in report.clusters) == \
+        sql(demo_lake, "SELECT count(*) n FROM narrow_members WHERE session = 'from-cli' AND step = 0 AND cluster = 2")[0]["n"]
+    assert sql(demo_lake, "SELECT created_by FROM narrow_steps WHERE session = 'from-cli' AND step = 1")[0]["created_by"] == "alice"
+
+
+def test_full_size_image_opens_with_its_boxes(app, demo_lake):
+    open_page(app, "similar")
+    image_id = grid_ids(app, "browse")[0]
+    images_before = len(app.image)
+    app.button(key=f"browse:open:{image_id}").click().run()
+    dialog = app.get("dialog")
+    assert len(dialog) == 1 and len(app.image) == images_before + 1
+    boxes = sql(demo_lake, "SELECT d.label FROM detections d JOIN predictions p USING (prediction_id) "
+                           "WHERE p.image_id = $i QUALIFY p.ts = max(p.ts) OVER ()", {"i": image_id})
+    caption = " ".join(c.value for c in app.caption if c.value.startswith("Boxes:"))
+    assert boxes and all(b["label"] in caption for b in boxes)
+    predictions = sql(demo_lake, "SELECT prediction_id FROM predictions WHERE image_id = $i ORDER BY ts DESC", {"i": image_id})
+    assert list(app.dataframe[-1].value["prediction_id"]) == [p["prediction_id"] for p in predictions]
+
+
+def test_review_a_named_set_and_an_sql_query(app, demo_lake):
+    ids = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM images ORDER BY image_id LIMIT 5")]
+    from jobs.sets import save_set
+
+    save_set(demo_lake, "five", ids, source="test", user="t")
+    open_page(app, "review")
+    app.radio(key="review_kind").set_value("Named set").run()
+    app.selectbox(key="review_set").select("five").run()
+    assert grid_ids(app, "review") == ids
+    app.text_input(key="review_name").input("five-review").run()
+    app.button(key="accept_all").click().run()
+    assert sql(demo_lake, "SELECT count(*) n FROM reviews WHERE review = 'five-review' AND decision = 'accept'")[0]["n"] == 5
+
+    app.radio(key="review_kind").set_value("SQL query").run()
+    app.text_area(key="review_sql").input("SELECT 1 AS x").run()
+    assert "must return an image_id column" in app.error[0].value
+    app.text_area(key="review_sql").input("DELETE FROM images").run()
+    assert "refused" in app.error[0].value
+
+
+# -- the library under the Review page ------------------------------------------------
+def test_two_reviewers_deciding_at_once_lose_nothing(demo_lake):
+    ids = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM images ORDER BY image_id DESC LIMIT 40")]
+    errors = []
+
+    def decide(n: int) -> None:
+        try:
+            review.decide(demo_lake, "race", ids[n * 4:(n + 1) * 4], "accept" if n % 2 else "reject", reviewer=f"r{n}")
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=decide, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    rows = sql(demo_lake, "SELECT image_id, reviewer FROM reviews WHERE review = 'race'")
+    assert sorted(r["image_id"] for r in rows) == sorted(ids)
+    assert {r["reviewer"] for r in rows} == {f"r{n}" for n in range(10)}
+
+
+def test_review_refuses_bad_input_and_writes_nothing(demo_lake):
+    from mining.index import SearchError
+
+    one = sql(demo_lake, "SELECT image_id FROM images LIMIT 1")[0]["image_id"]
+    before = sql(demo_lake, "SELECT count(*) n FROM raw.reviews")[0]["n"]
+    with pytest.raises(SearchError, match="accept, reject"):
+        review.decide(demo_lake, "r", [one], "maybe", reviewer="a")
+    with pytest.raises(SearchError, match="not in the lake"):
+        review.decide(demo_lake, "r", [one, "0" * 20], "accept", reviewer="a")
+    with pytest.raises(SearchError, match="reviewer"):
+        review.decide(demo_lake, "r", [one], "accept", reviewer="")
+    with pytest.raises(SearchError, match="no accepted images"):
+        review.save_review(demo_lake, "never-reviewed", user="a")
+    assert sql(demo_lake, "SELECT count(*) n FROM raw.reviews")[0]["n"] == before
+
+
+def test_review_cli_accepts_rejects_lists_and_saves(demo_lake, monkeypatch, capsys):
+    from jobs.cli import main
+
+    monkeypatch.setenv("EDGEMINE_USER", "carol")
+    ids = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM images ORDER BY image_id LIMIT 3")]
+    assert main(["review", "accept", "cli", *ids, "--lake", demo_lake.uri, "--quiet"]) == 0
+    assert main(["review", "reject", "cli", ids[0], "--lake", demo_lake.uri, "--quiet"]) == 0
+    assert main(["review", "save", "cli", "--as", "cli-set", "--lake", demo_lake.uri, "--json"]) == 0
+    assert '"images": 2' in capsys.readouterr().out
+    assert sorted(r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM sets WHERE name = 'cli-set'")) == sorted(ids[1:])
+    assert main(["review", "accept", "cli", "nothex", "--lake", demo_lake.uri]) == 2
+    assert "not in the lake" in capsys.readouterr().err
+
+
+# -- pictures ----------------------------------------------------------------------
+def test_boxes_are_drawn_where_the_detections_are():
+    from mining.media import draw_boxes
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (200, 100), "white").save(buffer, "PNG")
+    drawn = np.asarray(draw_boxes(buffer.getvalue(), [{"box": [50, 40, 150, 90], "label": "car", "score": 0.9}]))
+    assert tuple(drawn[65, 50]) == (255, 59, 48)  # the left edge, in the first colour
+    assert tuple(drawn[65, 100]) == (255, 255, 255)  # inside the box: untouched
+    assert tuple(drawn[20, 180]) == (255, 255, 255)  # outside: untouched
+
+
+def test_mosaic_and_pool_map():
+    from mining.media import mosaic
+    from mining.narrow import project_2d
+
+    tiles = []
+    for colour in ("red", "green", "blue"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (40, 30), colour).save(buffer, "JPEG")
+        tiles.append(buffer.getvalue())
+    sheet = mosaic(tiles, columns=2, tile=50)
+    assert sheet.size == (100, 100) and sheet.getpixel((75, 25))[1] > 100 and sheet.getpixel((25, 75))[2] > 100
+
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(300, 16)).astype(np.float32) * np.r_[5.0, 3.0, np.full(14, 0.1)].astype(np.float32)
+    xy = project_2d(points)
+    assert xy.shape == (300, 2)
+    # The first two principal axes are the two wide dimensions: the map keeps their spread.
+    assert np.allclose(np.abs(np.corrcoef(xy[:, 0], points[:, 0])[0, 1]), 1, atol=1e-3)
+    assert np.allclose(np.abs(np.corrcoef(xy[:, 1], points[:, 1])[0, 1]), 1, atol=1e-2)

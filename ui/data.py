@@ -1,0 +1,132 @@
+"""The UI's access to the library: configuration, lake, index and the cached reads.
+
+Everything the pages show comes through here, so caching lives in one place:
+``st.cache_resource`` for what is expensive to build and shared by every
+session (vector index, backend), ``st.cache_data`` for reads
+whose answer only changes when the lake does (thumbnails never change for an
+image id; lake statistics are kept a minute). The DuckDB connection is one per
+browser session (a connection is not shared between threads), remade after the
+session writes so views of tables that were empty pick up their first files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from mining.backends import Backend, get_backend
+from mining.config import Config, load_config
+from mining.index import VectorIndex
+from mining.lake import Lake
+from mining.sql import LakeDB
+
+
+def config() -> Config:
+    """From $EDGEMINE_CONFIG / $EDGEMINE_LAKE (what `edgemine ui` sets); cheap, so read
+    per run rather than cached: a changed environment (tests) is seen at once."""
+    return load_config()
+
+
+def config_for(user: str) -> Config:
+    """The configuration with ``user`` recorded as who acts (the sidebar's reviewer)."""
+    return dataclasses.replace(config(), mining=dataclasses.replace(config().mining, user=user))
+
+
+def lake() -> Lake:
+    return Lake.from_config(config())
+
+
+def db() -> LakeDB:
+    """This session's read-only connection to the lake's views."""
+    held = st.session_state.get("_lakedb")
+    if held is None or held.lake.uri != lake().uri:
+        held = st.session_state["_lakedb"] = LakeDB(lake())
+    return held
+
+
+def lake_changed() -> None:
+    """Call after writing to the lake: fresh views and statistics on the next read."""
+    held = st.session_state.pop("_lakedb", None)
+    if held is not None:
+        held.close()
+    overview.clear()
+
+
+@st.cache_resource(show_spinner="Loading the vector index…")
+def index(lake_uri: str, backbone: str | None = None, weights: str | None = None) -> VectorIndex:
+    """The lake's vector index, brought up to date with its embeddings when first loaded."""
+    from jobs.index import open_index
+
+    return open_index(lake(), config().index, backbone=backbone, weights=weights)
+
+
+@st.cache_resource
+def backend(device: str) -> Backend:
+    return get_backend(device)
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def thumbnails(lake_uri: str, image_ids: tuple[str, ...]) -> dict[str, bytes]:
+    """JPEG thumbnails by image id (content-addressed ids: safe to keep)."""
+    from mining.media import thumbnails as read_thumbnails
+
+    return read_thumbnails(db(), list(image_ids))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def overview(lake_uri: str) -> dict:
+    """Everything the Lake page charts, in one cached read."""
+    from mining import overview as o
+
+    con = db()
+    columns = ["label", "model_version", *o.metadata_columns(con)]
+    return {
+        "headline": o.headline(con),
+        "tables": o.table_rows(con),
+        "per_day": o.predictions_per_day(con),
+        "histogram": o.confidence_histogram(con),
+        "breakdowns": {c: o.breakdown(con, c) for c in columns},
+        "errors": o.errors_by_reason(con),
+    }
+
+
+@st.cache_data(ttl=60, max_entries=512, show_spinner=False)
+def facts(lake_uri: str, image_ids: tuple[str, ...]) -> dict[str, dict]:
+    """Latest label, confidence and customer flag per image id (for captions)."""
+    from mining.media import image_facts
+
+    return {r["image_id"]: r for r in image_facts(db(), list(image_ids)).to_pylist()}
+
+
+@st.cache_data(max_entries=64, show_spinner="Searching…")
+def similar(lake_uri: str, positives: tuple[str, ...], negatives: tuple[str, ...], k: int,
+            where: str | None) -> list[tuple[str, float]]:
+    """(image id, score) of the ``k`` images most like ``positives`` and unlike ``negatives``."""
+    from jobs.similar import find_similar
+
+    hits = find_similar(lake(), index(lake_uri), config(), list(positives), negatives=list(negatives), k=k, where=where)
+    return [(h.image_id, h.score) for h in hits]
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def pool_map(lake_uri: str, session: str, step: int) -> dict[str, list]:
+    """A clustering step's pool on its two principal axes (a step never changes once written)."""
+    from jobs.narrow import members_of, session_embedding_set
+    from mining.narrow import project_2d
+
+    members = members_of(lake(), session, step)
+    ids = members.column("image_id").to_numpy(zero_copy_only=False)
+    vectors_index = index(lake_uri, *session_embedding_set(lake(), session))
+    xy = project_2d(vectors_index.vectors[vectors_index.positions(ids)])
+    return {"image_id": ids.tolist(), "cluster": [str(c) for c in members.column("cluster").to_pylist()],
+            "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "similarity": members.column("similarity").to_pylist()}
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def mosaic(lake_uri: str, image_ids: tuple[str, ...]) -> bytes:
+    """PNG of the thumbnails of ``image_ids`` side by side (a cluster card's picture)."""
+    from mining.media import mosaic as compose, to_png
+
+    thumbs = thumbnails(lake_uri, image_ids)
+    return to_png(compose([thumbs[i] for i in image_ids if i in thumbs]))

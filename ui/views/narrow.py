@@ -1,0 +1,117 @@
+"""Narrow: the clusters of a session's current step as cards, a map of the pool,
+drill into clusters, go back along the breadcrumb. Every action is the same
+library call as `edgemine narrow ...`, so a session moves freely between the
+CLI and the UI."""
+
+from __future__ import annotations
+
+import duckdb
+import streamlit as st
+
+from jobs import narrow
+from mining.index import SearchError
+from ui import data, nav, widgets
+
+CARDS_PER_ROW = 4
+
+
+def render() -> None:
+    st.title("Narrow")
+    lake = data.lake()
+    sessions = narrow.list_sessions(lake).column("session").to_pylist()
+    if not sessions:
+        st.info("No narrowing session yet: start one from **Find similar**, or `edgemine narrow start SEED`.")
+        return
+    current = st.session_state.get("session")
+    session = st.selectbox("Session", sessions, index=sessions.index(current) if current in sessions else 0,
+                           key="session_pick", on_change=lambda: st.session_state.update(session=st.session_state["session_pick"]))
+    st.session_state["session"] = session
+    try:
+        report = narrow.show(lake, session)
+    except SearchError as e:
+        st.error(str(e))
+        return
+    _breadcrumb(report)
+    st.caption(f"{report.pool_size:,} images in this step · seeds: " + ", ".join(f"`{s[:12]}`" for s in report.seeds))
+    map_col, cards_col = st.columns([1, 2])
+    with map_col:
+        _pool_map(report)
+    with cards_col:
+        picked = _cards(report)
+    _actions(report, picked)
+
+
+def _breadcrumb(report: narrow.StepReport) -> None:
+    cols = st.columns(len(report.path) + 1)
+    cols[0].markdown("**Steps:**")
+    for n, (col, step) in enumerate(zip(cols[1:], report.path)):
+        is_current = step == report.step
+        if col.button(f"{'➤ ' if is_current else ''}step {step}", key=f"crumb:{step}", disabled=is_current,
+                      help=None if is_current else "go back to this step (recorded, like every action)"):
+            with st.spinner("Going back…"):
+                for _ in range(len(report.path) - 1 - n):
+                    narrow.back(data.lake(), report.session, widgets.current_reviewer())
+            data.lake_changed()
+            st.rerun()
+
+
+def _pool_map(report: narrow.StepReport) -> None:
+    st.subheader("Map of the pool")
+    points = data.pool_map(data.lake().uri, report.session, report.step)
+    st.scatter_chart(points, x="x", y="y", color="cluster", size=12, height=420, x_label="PC 1", y_label="PC 2")
+    st.caption("PCA of the pool's embeddings, coloured by cluster.")
+
+
+def _cards(report: narrow.StepReport) -> list[int]:
+    st.subheader(f"{len(report.clusters)} clusters, nearest the seeds first")
+    picked = []
+    for start in range(0, len(report.clusters), CARDS_PER_ROW):
+        for col, c in zip(st.columns(CARDS_PER_ROW), report.clusters[start:start + CARDS_PER_ROW]):
+            with col.container(border=True):
+                st.image(data.mosaic(data.lake().uri, tuple(c.nearest)), width="stretch")
+                conf = f"{c.mean_confidence:.2f}" if c.mean_confidence is not None else "–"
+                st.markdown(f"**Cluster {c.cluster}** · {c.size} images  \n"
+                            f"to seeds {c.seed_distance:.4f} · mean conf {conf}")
+                st.caption(", ".join(f"{k} {v}" for k, v in sorted(c.labels.items(), key=lambda kv: -kv[1])[:4]) or "no predictions")
+                if st.checkbox("pick", key=f"pick:{report.session}:{report.step}:{c.cluster}"):
+                    picked.append(c.cluster)
+                drill, review = st.columns(2)
+                if drill.button("Drill", key=f"drill:{c.cluster}", help="re-cluster inside this cluster"):
+                    _pick(report, [c.cluster])
+                if review.button("Review", key=f"review:{c.cluster}", help="accept or reject its images"):
+                    st.session_state["review_source"] = {"kind": "narrow", "session": report.session, "clusters": [c.cluster]}
+                    nav.go("review")
+    return picked
+
+
+def _actions(report: narrow.StepReport, picked: list[int]) -> None:
+    drill_col, k_col, name_col, save_col = st.columns([2, 1, 2, 2], vertical_alignment="bottom")
+    k = k_col.number_input("Clusters", 1, 64, max(1, len(report.clusters)), key="drill_k")
+    if drill_col.button(f"Drill into picked ({len(picked)})", type="primary", disabled=not picked, key="drill_picked"):
+        _pick(report, picked, int(k))
+    name = name_col.text_input("Set name", key="set_name", placeholder=report.session)
+    what = f"picked clusters ({len(picked)})" if picked else "this step"
+    if save_col.button(f"Save {what} as a set", key="save_set"):
+        n = narrow.save_session(data.lake(), report.session, name.strip() or report.session, widgets.current_reviewer(),
+                                picked or None)
+        data.lake_changed()
+        st.success(f"Saved {n} images as set '{name.strip() or report.session}'.")
+
+
+def _pick(report: narrow.StepReport, clusters: list[int], k: int | None = None) -> None:
+    lake = data.lake()
+    backbone, weights = narrow.session_embedding_set(lake, report.session)
+    config = data.config_for(widgets.current_reviewer())
+    try:
+        with st.spinner("Clustering…"):
+            narrow.pick(lake, data.index(lake.uri, backbone, weights), data.backend(config.index.device), config.mining,
+                        report.session, clusters, clusters=k)
+    except (duckdb.Error, SearchError) as e:
+        st.error(str(e))
+        return
+    data.lake_changed()
+    st.rerun()
+
+
+if __name__ == "__main__":  # run by Streamlit as a page of ui/app.py
+    render()

@@ -1,0 +1,113 @@
+"""Review: accept or reject images (one, a selection, a page, a whole cluster) from
+a narrowing session, a named set or a SQL query. Decisions go to the lake with
+the reviewer's name and time (jobs.review, as `edgemine review`); the accepted
+images are published as the review's named set for export."""
+
+from __future__ import annotations
+
+import duckdb
+import streamlit as st
+
+from jobs import narrow, review
+from mining.index import SearchError
+from mining.sql import ReadOnlyError
+from ui import data, widgets
+
+SOURCES = ("Narrowing session", "Named set", "SQL query")
+
+
+def render() -> None:
+    st.title("Review")
+    source = st.session_state.pop("review_source", None)
+    if source:  # arriving from a cluster card: preselect it
+        st.session_state.update(review_kind=SOURCES[0], review_session=source["session"],
+                                review_clusters=source["clusters"], review_name=source["session"])
+    ids, origin = _choose_images()
+    name = st.text_input("Review name (its accepted images become the set of this name)", key="review_name").strip()
+    reviewer = widgets.current_reviewer()
+    if not ids:
+        return
+    if not name or not reviewer:
+        st.warning("Give the review a name (and your name in the sidebar) to record decisions.")
+        return
+    page_size = data.config().ui.page_size
+    pages = -(-len(ids) // page_size)
+    page = st.number_input(f"Page (of {pages}, {page_size} images each)", 1, pages, 1, key="review_page") if pages > 1 else 1
+    shown = ids[(page - 1) * page_size: page * page_size]
+    decided = review.decisions(data.lake(), name, shown)
+    _summary(name)
+    chosen = widgets.image_grid(shown, key="review", decisions=decided, columns=10)
+    _decision_buttons(name, reviewer, origin, chosen, shown)
+
+
+def _choose_images() -> tuple[list[str], str]:
+    """The image ids to review, in the order to show them, and where they came from."""
+    kind = st.radio("Images from", SOURCES, horizontal=True, key="review_kind")
+    lake = data.lake()
+    try:
+        if kind == SOURCES[0]:
+            sessions = narrow.list_sessions(lake).column("session").to_pylist()
+            if not sessions:
+                st.info("No narrowing session yet: start one on **Find similar**.")
+                return [], ""
+            session = st.selectbox("Session", sessions, key="review_session")
+            report = narrow.show(lake, session)
+            st.session_state.setdefault("review_name", session)
+            clusters = st.multiselect("Clusters (none: all of the current step)", [c.cluster for c in report.clusters],
+                                      key="review_clusters")
+            members = narrow.members_of(lake, session, report.step).sort_by([("similarity", "descending")]).to_pylist()
+            ids = [m["image_id"] for m in members if not clusters or m["cluster"] in clusters]
+            return ids, f"narrow:{session}/{report.step}" + (f"#{','.join(map(str, clusters))}" if clusters else "")
+        if kind == SOURCES[1]:
+            names = data.db().query("SELECT DISTINCT name FROM sets ORDER BY name").column("name").to_pylist()
+            if not names:
+                st.info("No named set yet: save one from **Narrow**, or `edgemine similar ... --save NAME`.")
+                return [], ""
+            name = st.selectbox("Set", names, key="review_set")
+            ids = data.db().query("SELECT image_id FROM sets WHERE name = $n ORDER BY rank", {"n": name})
+            return ids.column("image_id").to_pylist(), f"set:{name}"
+        sql = st.text_area("A query returning image_id", key="review_sql",
+                           placeholder="SELECT image_id FROM predictions WHERE customer_flag ORDER BY confidence LIMIT 200")
+        if not sql.strip():
+            return [], ""
+        result = data.db().query(sql)
+        if "image_id" not in result.column_names:
+            st.error(f"the query must return an image_id column; it returned {', '.join(result.column_names)}")
+            return [], ""
+        return list(dict.fromkeys(result.column("image_id").to_pylist())), "sql"
+    except (duckdb.Error, SearchError, ReadOnlyError) as e:
+        st.error(str(e))
+        return [], ""
+
+
+def _summary(name: str) -> None:
+    counts = {r["review"]: r for r in review.list_reviews(data.lake()).to_pylist()}.get(name)
+    accepted, rejected = (counts["accepted"], counts["rejected"]) if counts else (0, 0)
+    a, r, save = st.columns([1, 1, 2], vertical_alignment="bottom")
+    a.metric("Accepted", accepted)
+    r.metric("Rejected", rejected)
+    if save.button(f"Save accepted as set '{name}'", key="publish", disabled=not accepted):
+        n = review.save_review(data.lake(), name, user=widgets.current_reviewer())
+        data.lake_changed()
+        st.success(f"Set '{name}' saved with {n} images: ready for export (`SELECT * FROM sets WHERE name = '{name}'`).")
+
+
+def _decision_buttons(name: str, reviewer: str, origin: str, chosen: list[str], shown: list[str]) -> None:
+    cols = st.columns(4)
+    actions = [
+        (cols[0], f"✅ Accept selected ({len(chosen)})", "accept", chosen, "accept_selected"),
+        (cols[1], f"❌ Reject selected ({len(chosen)})", "reject", chosen, "reject_selected"),
+        (cols[2], f"✅ Accept all {len(shown)} shown", "accept", shown, "accept_all"),
+        (cols[3], f"❌ Reject all {len(shown)} shown", "reject", shown, "reject_all"),
+    ]
+    for col, label, decision, ids, key in actions:
+        if col.button(label, key=key, disabled=not ids):
+            n = review.decide(data.lake(), name, ids, decision, reviewer=reviewer, source=origin)
+            widgets.clear_selection("review")
+            data.lake_changed()
+            st.toast(f"{decision}ed {n} images as {reviewer}")
+            st.rerun()
+
+
+if __name__ == "__main__":  # run by Streamlit as a page of ui/app.py
+    render()

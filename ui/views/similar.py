@@ -1,0 +1,140 @@
+"""Find similar: choose seeds (from a grid, by id, or an uploaded image), see the
+nearest images with scores, refine with positives and negatives, then start
+narrowing. Calls the same functions as `edgemine similar` and `narrow start`."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import duckdb
+import streamlit as st
+
+from mining.index import SearchError
+from mining.search import BROWSE_ORDERS, browse
+from ui import data, nav, widgets
+
+BROWSE_SHOWN = 24
+
+
+def render() -> None:
+    st.title("Find similar")
+    st.session_state.setdefault("positives", [])
+    st.session_state.setdefault("negatives", [])
+    index = data.index(data.lake().uri)
+    _seed_pickers(index)
+    _current_seeds()
+    if st.session_state["positives"]:
+        _results()
+
+
+def _seed_pickers(index) -> None:
+    grid, by_id, upload = st.tabs(["Browse", "By id", "Upload an image"])
+    with grid:
+        order_col, where_col = st.columns([1, 2])
+        order = order_col.selectbox("Order", list(BROWSE_ORDERS), key="browse_order")
+        where = where_col.text_input("Filter (SQL over images i LEFT JOIN predictions p)", key="browse_where",
+                                     placeholder="p.camera = 'cam-07' AND p.confidence < 0.6")
+        try:
+            ids = browse(data.db(), index, where=where or None, order=order, limit=BROWSE_SHOWN)
+        except (duckdb.Error, SearchError) as e:
+            st.error(f"{e}")
+            ids = []
+        chosen = widgets.image_grid(ids, key="browse")
+        add_pos, add_neg = st.columns(2)
+        add_pos.button("Use selected as seeds", key="browse_add", disabled=not chosen, type="primary",
+                       on_click=_add, args=("positives", chosen, "browse"))
+        add_neg.button("Use selected as negatives", key="browse_add_neg", disabled=not chosen,
+                       on_click=_add, args=("negatives", chosen, "browse"))
+    with by_id:
+        typed = st.text_input("Image id(s), separated by spaces", key="seed_ids")
+        if st.button("Add as seeds", key="seed_ids_add") and typed.split():
+            try:
+                index.positions(typed.split())  # the error names the ids the index lacks
+                _add("positives", typed.split())
+                st.rerun()
+            except SearchError as e:
+                st.error(str(e))
+    with upload:
+        file = st.file_uploader("An image from outside the lake (embedded with the lake's model)",
+                                type=["jpg", "jpeg", "png", "webp", "bmp"], key="upload")
+        if file is not None and st.button("Use as seed", key="upload_add"):
+            _add("positives", [_keep_upload(file)])
+            st.rerun()
+
+
+def _current_seeds() -> None:
+    positives, negatives = st.session_state["positives"], st.session_state["negatives"]
+    if not positives:
+        st.info("Choose one or more seeds: an edge case you found, in the grid above, by id, or as a file.")
+        return
+    st.markdown(f"**Seeds** ({len(positives)}): " + ", ".join(f"`{_label(s)}`" for s in positives)
+                + (f"  \n**Negatives** ({len(negatives)}): " + ", ".join(f"`{_label(s)}`" for s in negatives) if negatives else ""))
+    if st.button("Clear seeds", key="clear_seeds"):
+        st.session_state["positives"], st.session_state["negatives"] = [], []
+        st.rerun()
+
+
+def _results() -> None:
+    k_col, where_col = st.columns([1, 3])
+    k = k_col.number_input("Results", 1, 500, 40, step=10, key="k")
+    where = where_col.text_input("Within the slice (SQL)", key="where", placeholder="p.model_version = 'v2'").strip() or None
+    try:
+        hits = data.similar(data.lake().uri, tuple(st.session_state["positives"]), tuple(st.session_state["negatives"]),
+                            int(k), where)
+    except (duckdb.Error, SearchError, OSError) as e:
+        st.error(str(e))
+        return
+    st.subheader(f"Nearest {len(hits)}")
+    chosen = widgets.image_grid([h[0] for h in hits], key="results", scores=dict(hits))
+    plus, minus, _ = st.columns([1, 1, 2])
+    plus.button("➕ Add selected to seeds", key="more_like", disabled=not chosen,
+                on_click=_add, args=("positives", chosen, "results"))
+    minus.button("➖ Add selected as negatives", key="less_like", disabled=not chosen,
+                 on_click=_add, args=("negatives", chosen, "results"))
+
+    st.subheader("Narrow down")
+    pool_col, k_col, name_col = st.columns(3)
+    config = data.config().mining
+    pool = pool_col.number_input("Pool (images nearest the seeds)", 2, 100_000, config.pool, key="pool")
+    clusters = k_col.number_input("Clusters", 1, 64, config.clusters, key="clusters")
+    name = name_col.text_input("Session name (optional)", key="session_name").strip() or None
+    if st.button("Start narrowing", type="primary", key="start_narrowing"):
+        from jobs import narrow
+
+        try:
+            with st.spinner("Clustering the pool…"):
+                report = narrow.start_query(data.lake(), data.index(data.lake().uri), data.backend(data.config().index.device),
+                                            data.config_for(widgets.current_reviewer()), list(st.session_state["positives"]),
+                                            negatives=list(st.session_state["negatives"]), where=where, pool=int(pool),
+                                            clusters=int(clusters), session=name)
+        except (duckdb.Error, SearchError) as e:
+            st.error(str(e))
+            return
+        data.lake_changed()
+        st.session_state["session"] = report.session
+        nav.go("narrow")
+
+
+def _add(which: str, ids: list[str], clear: str | None = None) -> None:
+    other = "negatives" if which == "positives" else "positives"
+    st.session_state[which] = list(dict.fromkeys(st.session_state[which] + ids))
+    st.session_state[other] = [i for i in st.session_state[other] if i not in ids]
+    if clear:
+        widgets.clear_selection(clear)
+
+
+def _keep_upload(file) -> str:
+    """Write the upload to this session's folder: the library embeds files by path."""
+    folder = st.session_state.setdefault("_uploads", tempfile.mkdtemp(prefix="edgemine-upload-"))
+    path = Path(folder) / Path(file.name).name
+    path.write_bytes(file.getvalue())
+    return str(path)
+
+
+def _label(seed: str) -> str:
+    return Path(seed).name if "/" in seed else seed[:12]
+
+
+if __name__ == "__main__":  # run by Streamlit as a page of ui/app.py
+    render()

@@ -1,0 +1,111 @@
+"""SQL: a console over the lake's views for data engineers.
+
+Read-only by DuckDB's own settings (mining.sql.LakeDB): writes, ATTACH, INSTALL,
+COPY and reads outside the lake are refused. Results show a thumbnail column
+when they carry image_id, and download as CSV or Parquet.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import streamlit as st
+
+from jobs.output import write_rows
+from mining.sql import ReadOnlyError
+from ui import data
+
+EXAMPLE = """SELECT image_id, label, confidence, camera
+FROM predictions
+WHERE confidence < 0.5
+ORDER BY confidence
+LIMIT 100"""
+SHOWN_ROWS = 1000
+THUMBNAIL_ROWS = 200  # thumbnails for the first rows only: one lookup, not one per row of a huge result
+
+
+def render() -> None:
+    st.title("SQL")
+    st.caption("Read-only DuckDB over the lake's views: "
+               + ", ".join(f"`{t}`" for t in _views()) + ". `raw.<table>` has every stored row.")
+    st.session_state.setdefault("sql", EXAMPLE)
+    query = st.text_area("Query", key="sql", height=160)
+    if st.button("Run", type="primary", key="sql_run"):
+        st.session_state["sql_result"] = _run(query)
+    result = st.session_state.get("sql_result")
+    if isinstance(result, str):
+        st.error(result)
+    elif result is not None:
+        _show(result)
+
+
+def _views() -> list[str]:
+    from mining.schema import TABLES
+
+    return list(TABLES)
+
+
+def _run(query: str) -> pa.Table | str:
+    """The result, or the message to show instead."""
+    if not query.strip():
+        return "Write a query first, e.g. SELECT * FROM predictions LIMIT 10."
+    try:
+        return data.db().query(query)
+    except ReadOnlyError as e:
+        return f"Refused: {e}"
+    except duckdb.PermissionException as e:
+        return f"Refused by DuckDB's sandbox: {e}. The console reads the lake only; to change it, use the edgemine jobs."
+    except duckdb.Error as e:
+        return f"DuckDB: {e}"
+
+
+def _show(result: pa.Table) -> None:
+    st.caption(f"{result.num_rows:,} rows" + (f", the first {SHOWN_ROWS:,} shown" if result.num_rows > SHOWN_ROWS else ""))
+    shown = result.slice(0, SHOWN_ROWS)
+    frame = _without_vectors(shown).to_pandas()
+    config = {}
+    if "image_id" in shown.column_names:
+        ids = [i for i in shown.column("image_id").to_pylist()[:THUMBNAIL_ROWS] if isinstance(i, str)]
+        thumbs = data.thumbnails(data.lake().uri, tuple(dict.fromkeys(ids)))
+        frame.insert(0, "thumbnail", [_data_uri(thumbs.get(i)) if n < THUMBNAIL_ROWS else None
+                                      for n, i in enumerate(frame["image_id"])])
+        config["thumbnail"] = st.column_config.ImageColumn("thumbnail", width="small")
+    st.dataframe(frame, hide_index=True, width="stretch", column_config=config, row_height=64 if config else None)
+    csv, parquet = st.columns(2)
+    csv.download_button("Download CSV", _csv(result), "query.csv", "text/csv")
+    parquet.download_button("Download Parquet", _parquet(result), "query.parquet", "application/vnd.apache.parquet")
+
+
+def _without_vectors(table: pa.Table) -> pa.Table:
+    """Embedding and blob columns shown as their size: 512 floats per cell help nobody."""
+    for name in table.column_names:
+        t = table.schema.field(name).type
+        if pa.types.is_binary(t) or ((pa.types.is_list(t) or pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)):
+            sizes = pa.array([None if v is None else f"<{len(v)} {'bytes' if pa.types.is_binary(t) else 'floats'}>"
+                              for v in table.column(name).to_pylist()], pa.string())
+            table = table.set_column(table.column_names.index(name), name, sizes)
+    return table
+
+
+def _data_uri(jpeg: bytes | None) -> str | None:
+    return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
+def _csv(table: pa.Table) -> bytes:
+    out = io.StringIO()
+    write_rows(table, "csv", out)  # what `edgemine sql --format csv` writes: nested values as JSON
+    return out.getvalue().encode()
+
+
+def _parquet(table: pa.Table) -> bytes:
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+if __name__ == "__main__":  # run by Streamlit as a page of ui/app.py
+    render()
