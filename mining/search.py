@@ -83,10 +83,13 @@ def browse(db: LakeDB, index: VectorIndex, *, where: str | None = None, order: s
     ``where`` slice (as for ``slice_positions``), in ``order`` (a key of BROWSE_ORDERS)."""
     if order not in BROWSE_ORDERS:
         raise SearchError(f"unknown order {order!r}; choose one of: {', '.join(BROWSE_ORDERS)}")
-    ids = db.query(
-        f"SELECT image_id FROM {SLICE_FROM} {f'WHERE ({where})' if where else ''} "
-        f"GROUP BY image_id ORDER BY {BROWSE_ORDERS[order]}, image_id"
-    ).column("image_id").to_numpy(zero_copy_only=False)
-    # Keep only what the index holds (a seed needs a vector), without a scan of the embeddings.
-    positions = index.positions(ids, skip_missing=True) if len(ids) else np.zeros(0, np.int64)  # keeps the order
+    sql = (f"SELECT image_id FROM {SLICE_FROM} {f'WHERE ({where})' if where else ''} "
+           f"GROUP BY image_id ORDER BY {BROWSE_ORDERS[order]}, image_id")
+    # Keep only what the index holds (a seed needs a vector), without a scan of the
+    # embeddings: take a few times the limit, and everything only if too few are embedded.
+    for fetch in (f" LIMIT {4 * limit}", ""):
+        ids = db.query(sql + fetch).column("image_id").to_numpy(zero_copy_only=False)
+        positions = index.positions(ids, skip_missing=True) if len(ids) else np.zeros(0, np.int64)  # keeps the order
+        if len(positions) >= limit or len(ids) < 4 * limit:
+            break
     return [str(index.ids[p]) for p in positions[:limit]]

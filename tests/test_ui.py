@@ -139,13 +139,13 @@ def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
     app.run()
     app.button(key="drill_picked").click().run()
     assert not app.exception
-    assert [b.label for b in app.button if b.key and b.key.startswith("crumb:")] == ["step 0", "➤ step 1"]
+    assert [b.label for b in app.button if b.key and b.key.startswith("crumb:")] == ["step 0", "step 1 (here)"]
     step1 = sql(demo_lake, "SELECT count(*) n FROM narrow_members WHERE session = 'ui-glare' AND step = 1")[0]["n"]
     assert step1 == sizes[0] + sizes[1]
 
     # Back along the breadcrumb, recorded in the lake; the CLI's view agrees.
     app.button(key="crumb:0").click().run()
-    assert [b.label for b in app.button if b.key and b.key.startswith("crumb:")] == ["➤ step 0"]
+    assert [b.label for b in app.button if b.key and b.key.startswith("crumb:")] == ["step 0 (here)"]
     assert narrow.show(demo_lake, "ui-glare").step == 0
     assert [s["action"] for s in sql(demo_lake, "SELECT action FROM narrow_steps WHERE session = 'ui-glare' ORDER BY step")] == \
         ["start", "pick", "back"]
@@ -169,7 +169,7 @@ def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
                        shown[2]: ("reject", "alice", "narrow:ui-glare/0#0")}  # the latest decision wins
     assert sql(demo_lake, "SELECT count(*) n FROM raw.reviews WHERE review = 'ui-glare'")[0]["n"] == 4  # append-only
     assert {m.label: m.value for m in app.metric} == {"Accepted": "1", "Rejected": "2"}
-    assert "✅ accepted" in " ".join(c.value for c in app.caption)
+    assert ":green[**accepted**]" in " ".join(c.value for c in app.caption)
 
     app.button(key="publish").click().run()
     assert [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM sets WHERE name = 'ui-glare'")] == [shown[0]]

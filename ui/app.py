@@ -7,7 +7,7 @@ import streamlit as st
 
 from ui import data, nav, widgets
 
-st.set_page_config(page_title="edgemine", page_icon="🔎", layout="wide")
+st.set_page_config(page_title="edgemine", page_icon=":material/image_search:", layout="wide")
 page = st.navigation(list(nav.pages().values()))
 st.sidebar.caption(f"Lake: `{data.lake().uri}`")
 widgets.reviewer()

@@ -123,10 +123,10 @@ def pool_map(lake_uri: str, session: str, step: int) -> dict[str, list]:
             "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "similarity": members.column("similarity").to_pylist()}
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def mosaic(lake_uri: str, image_ids: tuple[str, ...]) -> bytes:
-    """PNG of the thumbnails of ``image_ids`` side by side (a cluster card's picture)."""
-    from mining.media import mosaic as compose, to_png
+@st.cache_data(max_entries=64, show_spinner=False)
+def mosaics(lake_uri: str, groups: tuple[tuple[str, ...], ...]) -> list[bytes]:
+    """PNG mosaics of each group of image ids (the cluster cards), from one thumbnail read."""
+    from mining.media import mosaic, to_png
 
-    thumbs = thumbnails(lake_uri, image_ids)
-    return to_png(compose([thumbs[i] for i in image_ids if i in thumbs]))
+    thumbs = thumbnails(lake_uri, tuple(i for group in groups for i in group))
+    return [to_png(mosaic([thumbs[i] for i in group if i in thumbs])) for group in groups]

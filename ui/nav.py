@@ -11,12 +11,14 @@ from pathlib import Path
 import streamlit as st
 
 VIEWS = Path(__file__).parent / "views"
+# Material icons ship with Streamlit; emoji would need a colour-emoji font the
+# browser may lack (Debian's chromium here shows empty boxes).
 PAGES = {  # name: (title, icon)
-    "lake": ("Lake", "🗄️"),
-    "sql": ("SQL", "🧮"),
-    "similar": ("Find similar", "🔎"),
-    "narrow": ("Narrow", "🧭"),
-    "review": ("Review", "✅"),
+    "lake": ("Lake", ":material/database:"),
+    "sql": ("SQL", ":material/terminal:"),
+    "similar": ("Find similar", ":material/image_search:"),
+    "narrow": ("Narrow", ":material/filter_alt:"),
+    "review": ("Review", ":material/task_alt:"),
 }
 
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from ui import data
 
-DECISION_MARK = {"accept": "✅ accepted", "reject": "❌ rejected"}
+DECISION_MARK = {"accept": ":green[**accepted**]", "reject": ":red[**rejected**]"}
 
 
 def reviewer() -> str:
@@ -43,9 +43,9 @@ def image_grid(image_ids: list[str], *, key: str, scores: dict[str, float] | Non
                     st.caption("(no thumbnail)")
                 st.caption(_caption(facts.get(image_id, {}), (scores or {}).get(image_id), (decisions or {}).get(image_id)))
                 pick, zoom = st.columns([3, 1], gap="small")
-                if pick.checkbox(image_id[:8], key=f"{key}:sel:{image_id}", help=image_id):
+                if pick.checkbox(image_id[:6], key=f"{key}:sel:{image_id}"):
                     selected.append(image_id)
-                if zoom.button("🔍", key=f"{key}:open:{image_id}", help="full size, with its boxes"):
+                if zoom.button(":material/open_in_full:", key=f"{key}:open:{image_id}", help="full size, with its boxes"):
                     show_image(image_id)
     return selected
 
@@ -63,7 +63,7 @@ def _caption(facts: dict, score: float | None, decision: str | None) -> str:
     if facts.get("label") is not None:
         parts.append(f"{facts['label']} {facts['confidence']:.2f}")
     if facts.get("customer_flag"):
-        parts.append("🚩")
+        parts.append(":orange[flagged]")
     if decision:
         parts.append(DECISION_MARK[decision])
     return " · ".join(parts) or "no prediction"

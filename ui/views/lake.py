@@ -11,7 +11,7 @@ from ui import data
 def render() -> None:
     st.title("Lake")
     st.caption(f"`{data.lake().uri}`")
-    if st.button("↻ Refresh", help="statistics are kept for a minute; read them again now"):
+    if st.button("Refresh", icon=":material/refresh:", help="statistics are kept for a minute; read them again now"):
         data.overview.clear()
     o = data.overview(data.lake().uri)
     h = o["headline"]

@@ -46,7 +46,7 @@ def _breadcrumb(report: narrow.StepReport) -> None:
     cols[0].markdown("**Steps:**")
     for n, (col, step) in enumerate(zip(cols[1:], report.path)):
         is_current = step == report.step
-        if col.button(f"{'➤ ' if is_current else ''}step {step}", key=f"crumb:{step}", disabled=is_current,
+        if col.button(f"step {step}{' (here)' if is_current else ''}", key=f"crumb:{step}", disabled=is_current,
                       help=None if is_current else "go back to this step (recorded, like every action)"):
             with st.spinner("Going back…"):
                 for _ in range(len(report.path) - 1 - n):
@@ -65,10 +65,12 @@ def _pool_map(report: narrow.StepReport) -> None:
 def _cards(report: narrow.StepReport) -> list[int]:
     st.subheader(f"{len(report.clusters)} clusters, nearest the seeds first")
     picked = []
+    pictures = data.mosaics(data.lake().uri, tuple(tuple(c.nearest) for c in report.clusters))
     for start in range(0, len(report.clusters), CARDS_PER_ROW):
-        for col, c in zip(st.columns(CARDS_PER_ROW), report.clusters[start:start + CARDS_PER_ROW]):
+        cards = zip(report.clusters[start:start + CARDS_PER_ROW], pictures[start:start + CARDS_PER_ROW])
+        for col, (c, picture) in zip(st.columns(CARDS_PER_ROW), cards):
             with col.container(border=True):
-                st.image(data.mosaic(data.lake().uri, tuple(c.nearest)), width="stretch")
+                st.image(picture, width="stretch")
                 conf = f"{c.mean_confidence:.2f}" if c.mean_confidence is not None else "–"
                 st.markdown(f"**Cluster {c.cluster}** · {c.size} images  \n"
                             f"to seeds {c.seed_distance:.4f} · mean conf {conf}")

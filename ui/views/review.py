@@ -95,13 +95,14 @@ def _summary(name: str) -> None:
 def _decision_buttons(name: str, reviewer: str, origin: str, chosen: list[str], shown: list[str]) -> None:
     cols = st.columns(4)
     actions = [
-        (cols[0], f"✅ Accept selected ({len(chosen)})", "accept", chosen, "accept_selected"),
-        (cols[1], f"❌ Reject selected ({len(chosen)})", "reject", chosen, "reject_selected"),
-        (cols[2], f"✅ Accept all {len(shown)} shown", "accept", shown, "accept_all"),
-        (cols[3], f"❌ Reject all {len(shown)} shown", "reject", shown, "reject_all"),
+        (cols[0], f"Accept selected ({len(chosen)})", "accept", chosen, "accept_selected"),
+        (cols[1], f"Reject selected ({len(chosen)})", "reject", chosen, "reject_selected"),
+        (cols[2], f"Accept all {len(shown)} shown", "accept", shown, "accept_all"),
+        (cols[3], f"Reject all {len(shown)} shown", "reject", shown, "reject_all"),
     ]
+    icons = {"accept": ":material/check_circle:", "reject": ":material/cancel:"}
     for col, label, decision, ids, key in actions:
-        if col.button(label, key=key, disabled=not ids):
+        if col.button(label, key=key, disabled=not ids, icon=icons[decision]):
             n = review.decide(data.lake(), name, ids, decision, reviewer=reviewer, source=origin)
             widgets.clear_selection("review")
             data.lake_changed()

@@ -88,9 +88,9 @@ def _results() -> None:
     st.subheader(f"Nearest {len(hits)}")
     chosen = widgets.image_grid([h[0] for h in hits], key="results", scores=dict(hits))
     plus, minus, _ = st.columns([1, 1, 2])
-    plus.button("➕ Add selected to seeds", key="more_like", disabled=not chosen,
+    plus.button("Add selected to seeds", icon=":material/add:", key="more_like", disabled=not chosen,
                 on_click=_add, args=("positives", chosen, "results"))
-    minus.button("➖ Add selected as negatives", key="less_like", disabled=not chosen,
+    minus.button("Add selected as negatives", icon=":material/remove:", key="less_like", disabled=not chosen,
                  on_click=_add, args=("negatives", chosen, "results"))
 
     st.subheader("Narrow down")
