@@ -4,8 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 LAKE   ?= ./lake
+PORT   ?= 8501
 
-.PHONY: setup demo test bench lock clean
+.PHONY: setup demo browser test bench lock clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,11 +15,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv with the exact versions in constraints.txt
 
-demo: setup  ## build the demo lake in ./lake from synthetic data
+demo: setup  ## build the demo lake in ./lake from synthetic data, then serve the review UI
 	$(BIN)/edgemine demo --lake $(LAKE)
 	$(BIN)/edgemine tables --lake $(LAKE)
+	@echo "edgemine: review UI at http://localhost:$(PORT) on lake $(LAKE) (Ctrl-C stops it)"
+	$(BIN)/edgemine ui --lake $(LAKE) --port $(PORT)
 
-test: setup  ## run the whole test suite (S3 tests start their own moto server)
+browser:  ## Debian's chromium for the browser test; where it cannot be installed, that test is skipped, loudly
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "WARNING: chromium is not installed and could not be (needs root and apt: apt-get install chromium); the browser test will be SKIPPED"
+
+test: setup browser  ## run the whole test suite (S3 tests start their own moto server; the UI test drives chromium)
 	$(BIN)/python -m pytest
 
 bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand

@@ -110,7 +110,8 @@ def mosaic(jpegs: list[bytes], *, columns: int = 4, tile: int = 96) -> Image.Ima
     return sheet
 
 
-def to_png(image: Image.Image) -> bytes:
+def to_jpeg(image: Image.Image, quality: int = 85) -> bytes:
+    """JPEG bytes: a mosaic of photos encodes 5-10x faster, and smaller, than as PNG."""
     out = io.BytesIO()
-    image.save(out, "PNG")
+    image.save(out, "JPEG", quality=quality)
     return out.getvalue()

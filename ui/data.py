@@ -125,8 +125,8 @@ def pool_map(lake_uri: str, session: str, step: int) -> dict[str, list]:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def mosaics(lake_uri: str, groups: tuple[tuple[str, ...], ...]) -> list[bytes]:
-    """PNG mosaics of each group of image ids (the cluster cards), from one thumbnail read."""
-    from mining.media import mosaic, to_png
+    """JPEG mosaics of each group of image ids (the cluster cards), from one thumbnail read."""
+    from mining.media import mosaic, to_jpeg
 
     thumbs = thumbnails(lake_uri, tuple(i for group in groups for i in group))
-    return [to_png(mosaic([thumbs[i] for i in group if i in thumbs])) for group in groups]
+    return [to_jpeg(mosaic([thumbs[i] for i in group if i in thumbs])) for group in groups]

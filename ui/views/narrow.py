@@ -26,6 +26,8 @@ def render() -> None:
     session = st.selectbox("Session", sessions, index=sessions.index(current) if current in sessions else 0,
                            key="session_pick", on_change=lambda: st.session_state.update(session=st.session_state["session_pick"]))
     st.session_state["session"] = session
+    if "narrow_error" in st.session_state:  # from the last action's callback
+        st.error(st.session_state.pop("narrow_error"))
     try:
         report = narrow.show(lake, session)
     except SearchError as e:
@@ -46,13 +48,15 @@ def _breadcrumb(report: narrow.StepReport) -> None:
     cols[0].markdown("**Steps:**")
     for n, (col, step) in enumerate(zip(cols[1:], report.path)):
         is_current = step == report.step
-        if col.button(f"step {step}{' (here)' if is_current else ''}", key=f"crumb:{step}", disabled=is_current,
-                      help=None if is_current else "go back to this step (recorded, like every action)"):
-            with st.spinner("Going back…"):
-                for _ in range(len(report.path) - 1 - n):
-                    narrow.back(data.lake(), report.session, widgets.current_reviewer())
-            data.lake_changed()
-            st.rerun()
+        col.button(f"step {step}{' (here)' if is_current else ''}", key=f"crumb:{step}", disabled=is_current,
+                   help=None if is_current else "go back to this step (recorded, like every action)",
+                   on_click=_back, args=(report.session, len(report.path) - 1 - n))
+
+
+def _back(session: str, steps: int) -> None:
+    for _ in range(steps):
+        narrow.back(data.lake(), session, widgets.current_reviewer())
+    data.lake_changed()
 
 
 def _pool_map(report: narrow.StepReport) -> None:
@@ -78,8 +82,8 @@ def _cards(report: narrow.StepReport) -> list[int]:
                 if st.checkbox("pick", key=f"pick:{report.session}:{report.step}:{c.cluster}"):
                     picked.append(c.cluster)
                 drill, review = st.columns(2)
-                if drill.button("Drill", key=f"drill:{c.cluster}", help="re-cluster inside this cluster"):
-                    _pick(report, [c.cluster])
+                drill.button("Drill", key=f"drill:{c.cluster}", help="re-cluster inside this cluster",
+                             on_click=_pick, args=(report.session, [c.cluster]))
                 if review.button("Review", key=f"review:{c.cluster}", help="accept or reject its images"):
                     st.session_state["review_source"] = {"kind": "narrow", "session": report.session, "clusters": [c.cluster]}
                     nav.go("review")
@@ -89,8 +93,8 @@ def _cards(report: narrow.StepReport) -> list[int]:
 def _actions(report: narrow.StepReport, picked: list[int]) -> None:
     drill_col, k_col, name_col, save_col = st.columns([2, 1, 2, 2], vertical_alignment="bottom")
     k = k_col.number_input("Clusters", 1, 64, max(1, len(report.clusters)), key="drill_k")
-    if drill_col.button(f"Drill into picked ({len(picked)})", type="primary", disabled=not picked, key="drill_picked"):
-        _pick(report, picked, int(k))
+    drill_col.button(f"Drill into picked ({len(picked)})", type="primary", disabled=not picked, key="drill_picked",
+                     on_click=_pick, args=(report.session, picked), kwargs={"k": int(k)})
     name = name_col.text_input("Set name", key="set_name", placeholder=report.session)
     what = f"picked clusters ({len(picked)})" if picked else "this step"
     if save_col.button(f"Save {what} as a set", key="save_set"):
@@ -100,19 +104,17 @@ def _actions(report: narrow.StepReport, picked: list[int]) -> None:
         st.success(f"Saved {n} images as set '{name.strip() or report.session}'.")
 
 
-def _pick(report: narrow.StepReport, clusters: list[int], k: int | None = None) -> None:
+def _pick(session: str, clusters: list[int], k: int | None = None) -> None:
+    """A button's callback: runs before the page is drawn, so a drill draws the page once."""
     lake = data.lake()
-    backbone, weights = narrow.session_embedding_set(lake, report.session)
+    backbone, weights = narrow.session_embedding_set(lake, session)
     config = data.config_for(widgets.current_reviewer())
     try:
-        with st.spinner("Clustering…"):
-            narrow.pick(lake, data.index(lake.uri, backbone, weights), data.backend(config.index.device), config.mining,
-                        report.session, clusters, clusters=k)
+        narrow.pick(lake, data.index(lake.uri, backbone, weights), data.backend(config.index.device), config.mining,
+                    session, clusters, clusters=k)
     except (duckdb.Error, SearchError) as e:
-        st.error(str(e))
-        return
+        st.session_state["narrow_error"] = str(e)
     data.lake_changed()
-    st.rerun()
 
 
 if __name__ == "__main__":  # run by Streamlit as a page of ui/app.py
