@@ -30,7 +30,7 @@ from mining.index import SearchError, VectorIndex
 from mining.lake import Lake
 from mining.narrow import Clustering, cluster_pool, take_pool
 from mining.schema import NARROW_MEMBERS, NARROW_STEPS, UTC_TS
-from mining.sql import LakeDB
+from mining.sql import LakeDB, view_where
 
 JOB = "narrow"
 NEAREST_SHOWN = 8
@@ -185,11 +185,12 @@ def new_session_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}"
 
 
-CLUSTERS_SQL = """
+CLUSTERS_SQL = f"""
 WITH m AS (SELECT * FROM narrow_members WHERE session = $session AND step = $step),
 latest AS (
     SELECT image_id, arg_max(label, ts) AS label, arg_max(confidence, ts) AS confidence
-    FROM predictions WHERE image_id IN (SELECT image_id FROM m) GROUP BY image_id
+    FROM ({view_where("predictions", "image_id IN (SELECT image_id FROM narrow_members WHERE session = $session AND step = $step)")})
+    GROUP BY image_id
 )
 SELECT cluster, count(*)::INTEGER AS size, 1 - avg(similarity) AS seed_distance,
        avg(latest.confidence) AS mean_confidence, histogram(latest.label) AS labels,

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from mining.config import S3Config
 from mining.lake import open_url
-from mining.sql import LakeDB
+from mining.sql import LakeDB, view_where
 
 BOX_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
 
@@ -22,10 +22,8 @@ def thumbnails(db: LakeDB, image_ids: list[str]) -> dict[str, bytes]:
     """JPEG thumbnail bytes per image id; ids without a thumbnail are left out."""
     if not image_ids:
         return {}
-    # From raw.thumbnails, latest per image: the view deduplicates the whole table before
-    # a filter applies (every JPEG read); filtering first is 3-4x faster at 100k images.
-    rows = db.query("SELECT image_id, arg_max(jpeg, computed_at) AS jpeg FROM raw.thumbnails "
-                    "WHERE image_id IN (SELECT unnest($ids)) GROUP BY image_id", {"ids": list(image_ids)})
+    rows = db.query(f"SELECT image_id, jpeg FROM ({view_where('thumbnails', 'image_id IN (SELECT unnest($ids))')})",
+                    {"ids": list(image_ids)})
     return dict(zip(rows.column("image_id").to_pylist(), rows.column("jpeg").to_pylist()))
 
 
@@ -37,7 +35,8 @@ def image_facts(db: LakeDB, image_ids: list[str]) -> pa.Table:
         f"SELECT i.image_id, arg_max(p.label, p.ts) AS label, arg_max(p.confidence, p.ts) AS confidence, "
         f"{flag}::BOOLEAN AS customer_flag "
         "FROM (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS n) i "
-        "LEFT JOIN predictions p USING (image_id) GROUP BY i.image_id, i.n ORDER BY i.n",
+        f"LEFT JOIN ({view_where('predictions', 'image_id IN (SELECT unnest($ids))')}) p "
+        "USING (image_id) GROUP BY i.image_id, i.n ORDER BY i.n",
         {"ids": list(image_ids)},
     )
 

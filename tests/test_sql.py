@@ -114,3 +114,24 @@ def test_embeddings_view_is_float512_for_similarity(lake):
             "WHERE a.image_id = 'id0' ORDER BY b.image_id"
         ).column("s").to_numpy()
     assert sims == pytest.approx(vectors @ vectors[0], abs=1e-5)
+
+
+def test_view_where_filters_first_and_keeps_the_latest_row(filled, small_ingest):
+    """A prediction ingested again with another label: the filtered view still shows only
+    the newest row per prediction, exactly as the view with a WHERE does."""
+    from mining.sql import view_where
+
+    with LakeDB(filled) as db:
+        first = db.query("SELECT image_uri, image_id FROM predictions ORDER BY image_id LIMIT 4").to_pylist()
+    again = [prediction(r["image_uri"], i, label="truck", ts="2026-10-01T00:00:00Z") for i, r in enumerate(first)]
+    uri = put(filled, source_uri(filled, "in/again.jsonl"), jsonl(again))
+    ingest_predictions(filled, [uri], small_ingest, show_progress=False)
+    ids = [r["image_id"] for r in first[:3]]
+    with LakeDB(filled) as db:
+        expected = db.query("SELECT * FROM predictions WHERE image_id IN (SELECT unnest($ids)) ORDER BY prediction_id",
+                            {"ids": ids}).to_pylist()
+        got = db.query(f"SELECT * FROM ({view_where('predictions', 'image_id IN (SELECT unnest($ids))')}) "
+                       "ORDER BY prediction_id", {"ids": ids}).to_pylist()
+        stored = db.query("SELECT count(*) AS n FROM raw.predictions WHERE image_id IN (SELECT unnest($ids))",
+                          {"ids": ids}).column("n")[0].as_py()
+    assert got == expected and len(got) < stored  # duplicates were there, and were dropped alike
