@@ -22,9 +22,10 @@ demo: setup  ## build the demo lake in ./lake from synthetic data, then serve th
 	$(BIN)/edgemine ui --lake $(LAKE) --port $(PORT)
 
 browser:  ## Debian's chromium for the browser test; where it cannot be installed, that test is skipped, loudly
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
-	  echo "WARNING: chromium is not installed and could not be (needs root and apt: apt-get install chromium); the browser test will be SKIPPED"
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo="sudo -n"; fi && \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "WARNING: chromium is not installed and could not be (needs apt, and root or password-less sudo: apt-get install chromium); the browser test will be SKIPPED"
 
 test: setup browser  ## run the whole test suite (S3 tests start their own moto server; the UI test drives chromium)
 	$(BIN)/python -m pytest

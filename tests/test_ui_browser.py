@@ -1,0 +1,210 @@
+"""The review UI in a real browser: `edgemine ui` on a demo lake, driven by Chromium
+through Playwright from a seed to an accepted image, the way a reviewer clicks.
+
+Needs Debian's chromium at /usr/bin/chromium (`make test` installs it with apt) and
+playwright (the `test` extra); without either the test is skipped with a line that
+says so. Screenshots of each stage go to tmp_path, and to $EDGEMINE_SCREENSHOTS when set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from jobs.demo import run_demo
+from mining.config import Config, DemoConfig, EmbedConfig, UIConfig
+from mining.lake import Lake
+from mining.sql import LakeDB
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+WAIT_MS = 60_000  # Streamlit reruns asynchronously and CI has slow cores: expect() retries this long
+VIEWPORT = {"width": 1600, "height": 1000}
+TITLE = r"^Cluster (\d+) · (\d+) images"  # a cluster card's title on the Narrow page
+
+
+def _skip_without_browser(request) -> None:
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError as e:
+        missing.append(f"playwright is not importable ({e}): pip install -c constraints.txt -e '.[test]'")
+    if not Path(CHROMIUM).exists():
+        missing.append(f"{CHROMIUM} is missing: apt-get install chromium (make test does)")
+    if missing:
+        message = "BROWSER TEST SKIPPED: " + "; ".join(missing)
+        capture = request.config.pluginmanager.getplugin("capturemanager")  # past pytest's capture, into CI logs
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            print(f"\n{message}", file=sys.stderr)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def ui(request, tmp_path_factory):
+    """(url, lake): `edgemine ui` serving a fresh 300-image demo lake."""
+    _skip_without_browser(request)
+    folder = tmp_path_factory.mktemp("ui")
+    lake = Lake(str(folder / "lake"))
+    run_demo(Config(lake=lake.uri, demo=replace(DemoConfig(), images=300, seed=5),
+                    embed=replace(EmbedConfig(), workers=1)), show_progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = folder / "ui.log"
+    with open(log, "wb") as out:  # its own process group: jobs.cli runs streamlit as a child
+        server = subprocess.Popen([sys.executable, "-m", "jobs.cli", "ui", "--lake", lake.uri, "--port", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"the UI exited with {server.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"no health answer on port {port} in 120 s:\n{log.read_text()}"
+            try:
+                with urllib.request.urlopen(f"http://localhost:{port}/_stcore/health", timeout=5) as r:
+                    if r.read().decode().strip() == "ok":
+                        break
+            except OSError:
+                time.sleep(0.5)  # waiting for the server to start; no browser step below sleeps
+        yield f"http://localhost:{port}", lake
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+@pytest.mark.slow
+def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, lake = ui
+    expect.set_options(timeout=WAIT_MS)
+    shots = []
+
+    def shot(name: str) -> None:
+        shots.append(tmp_path / f"{len(shots) + 1:02d}-{name}.png")
+        # Streamlit scrolls inside its main block, so full_page alone stops at the window: grow the window.
+        page.set_viewport_size({**VIEWPORT, "height": max(VIEWPORT["height"], main.evaluate("e => e.scrollHeight"))})
+        page.screenshot(path=shots[-1], full_page=True)
+        page.set_viewport_size(VIEWPORT)
+        if os.environ.get("EDGEMINE_SCREENSHOTS"):
+            Path(os.environ["EDGEMINE_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shots[-1], os.environ["EDGEMINE_SCREENSHOTS"])
+
+    def settled() -> None:
+        """The rerun has finished: no element left over from the previous one."""
+        expect(main.locator("[data-stale='true']")).to_have_count(0)
+
+    def card(cluster: int):
+        """A cluster card: the innermost block holding its title and a Drill button."""
+        return main.get_by_text(re.compile(TITLE.replace(r"(\d+)", str(cluster), 1))).locator(
+            "xpath=ancestor::div[@data-testid='stVerticalBlock'][.//button[normalize-space()='Drill']][1]")
+
+    def loaded(image) -> bool:
+        expect(image).to_have_js_property("complete", True)
+        return image.evaluate("i => i.naturalWidth") > 0
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(WAIT_MS)
+            main = page.get_by_test_id("stMain")
+            boxes = main.get_by_test_id("stCheckbox")
+
+            # Find similar: a Browse grid of thumbnails, each with a checkbox and a full-size button.
+            page.goto(f"{url}/similar")
+            expect(main.get_by_role("heading", name="Find similar")).to_be_visible()
+            expect(boxes).to_have_count(24)
+            assert loaded(main.get_by_test_id("stImage").first.locator("img"))
+            shot("similar-browse")
+
+            boxes.first.locator("xpath=ancestor::div[@data-testid='stHorizontalBlock'][1]").get_by_role("button").last.click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog.get_by_text(re.compile(r"^[0-9a-f]{20} · \d+×\d+ · "))).to_be_visible()
+            assert loaded(dialog.get_by_test_id("stImage").locator("img"))
+            shot("similar-dialog")
+            page.keyboard.press("Escape")
+            expect(dialog).to_be_hidden()
+
+            use = main.get_by_role("button", name="Use selected as seeds")
+            expect(use).to_be_disabled()
+            seed = boxes.first.get_by_role("checkbox").get_attribute("aria-label")
+            boxes.first.click()
+            expect(use).to_be_enabled()
+            use.click()
+            nearest = main.get_by_role("heading", name=re.compile(r"^Nearest \d+$"))
+            expect(nearest).to_be_visible()
+            expect(main.get_by_text(re.compile(r"^Seeds \(1\)"))).to_contain_text(seed)
+            hits = int(nearest.inner_text().split()[1])
+            assert hits > 0
+            scored = main.get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"^[01]\.\d{3} · "))
+            expect(scored).to_have_count(hits)
+            expect(main.get_by_test_id("stImage")).to_have_count(24 + hits)
+            shot("similar-results")
+
+            # Narrow: cluster cards; drilling into cluster 0 re-clusters its images as step 1.
+            main.get_by_role("button", name="Start narrowing").click()
+            expect(main.get_by_role("heading", name="Narrow", exact=True)).to_be_visible()
+            assert page.url.endswith("/narrow")
+            titles = main.get_by_text(re.compile(TITLE))
+            clusters = int(main.get_by_role("heading", name=re.compile(r"^\d+ clusters")).inner_text().split()[0])
+            expect(titles).to_have_count(clusters)
+            assert clusters >= 2
+            expect(main.get_by_role("button", name=re.compile(r"\bstep 0\b"))).to_be_disabled()  # where we are
+            settled()
+            shot("narrow-step0")
+
+            size = int(re.match(TITLE, card(0).get_by_text(re.compile(TITLE)).inner_text())[2])
+            card(0).get_by_role("button", name="Drill", exact=True).click()
+            expect(main.get_by_role("button", name=re.compile(r"\bstep 1\b"))).to_be_disabled()
+            expect(main.get_by_role("button", name=re.compile(r"\bstep 0\b"))).to_be_enabled()  # the way back
+            expect(main.get_by_text(f"{size} images in this step")).to_be_visible()
+            settled()
+            sizes = [int(re.match(TITLE, t)[2]) for t in titles.all_inner_texts()]
+            assert sum(sizes) == size, f"step 1 splits cluster 0's {size} images, not {sizes}"
+            shot("narrow-step1")
+
+            # Review: the first card's images; tick one, accept it.
+            first_cluster, first_size = (int(n) for n in re.match(TITLE, titles.first.inner_text()).groups())
+            card(first_cluster).get_by_role("button", name="Review", exact=True).click()
+            expect(main.get_by_role("heading", name="Review", exact=True)).to_be_visible()
+            assert page.url.endswith("/review")
+            accepted = main.get_by_test_id("stMetric").filter(has_text="Accepted").get_by_test_id("stMetricValue")
+            expect(accepted).to_have_text("0")
+            expect(boxes).to_have_count(min(first_size, UIConfig().page_size))
+            chosen = boxes.first.get_by_role("checkbox").get_attribute("aria-label")
+            boxes.first.click()
+            accept = main.get_by_role("button", name=re.compile(r"Accept selected \(1\)$"))
+            expect(accept).to_be_enabled()
+            accept.click()
+            expect(accepted).to_have_text("1")
+            expect(main.get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"accepted$"))).to_have_count(1)
+            expect(main.get_by_role("button", name=re.compile(r"Accept selected \(0\)$"))).to_be_disabled()
+            settled()
+            shot("review-accepted")
+            errors = main.get_by_test_id("stException").or_(main.get_by_test_id("stAlertContentError"))
+            assert errors.count() == 0, errors.all_inner_texts()
+        finally:
+            browser.close()
+
+    with LakeDB(lake) as db:
+        rows = db.query("SELECT * FROM reviews").to_pylist()
+    assert [r["decision"] for r in rows] == ["accept"], rows
+    assert rows[0]["image_id"].startswith(chosen) and rows[0]["source"] == f"narrow:{rows[0]['review']}/1#{first_cluster}"
+    assert len(shots) == 6 and all(s.stat().st_size > 10_000 for s in shots)
