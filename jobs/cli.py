@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick = add(steps, "pick", cmd_narrow_pick, "re-cluster inside the chosen clusters of the current step")
     pick.add_argument("session")
     pick.add_argument("picked", nargs="+", type=int, metavar="CLUSTER")
-    pick.add_argument("--clusters", type=int, help="k-means clusters (default: as in the current step)")
+    pick.add_argument("--clusters", type=int, help="k-means clusters (default: as in the current step, at most one per 10 images)")
     back = add(steps, "back", cmd_narrow_back, "go back to the parent of the current step")
     back.add_argument("session")
     show = add(steps, "show", cmd_narrow_show, "show the clusters of the current (or a given) step")

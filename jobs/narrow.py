@@ -34,6 +34,7 @@ from mining.sql import LakeDB, view_where
 
 JOB = "narrow"
 NEAREST_SHOWN = 8
+MIN_CLUSTER = 10  # images per cluster a pick aims for at least, unless told how many clusters
 
 
 @dataclass
@@ -115,7 +116,8 @@ def pick(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig,
     # Similarity to the seeds does not change between steps: carried over, so seeds
     # from outside files (which have no stored vector) need nothing more.
     similarity = chosen.column("similarity").to_numpy()
-    k = clusters or steps[current["current"]]["clusters"]
+    # As many clusters as the step had, but no cluster of a handful: one per MIN_CLUSTER images at most.
+    k = clusters or min(steps[current["current"]]["clusters"], max(2, len(positions) // MIN_CLUSTER))
     clustering = cluster_pool(index, positions, similarity, k, backend, niter=config.niter, seed=config.seed)
     step = max(steps) + 1
     _write_step(lake, index, session, step, "pick", current["current"], step, sorted(picked), steps[0]["seeds"],

@@ -96,7 +96,7 @@ def draw_boxes(data: bytes, boxes: list[dict[str, Any]]) -> Image.Image:
     return image
 
 
-def mosaic(jpegs: list[bytes], *, columns: int = 4, tile: int = 96) -> Image.Image:
+def mosaic(jpegs: list[bytes], *, columns: int = 3, tile: int = 128) -> Image.Image:
     """Thumbnails side by side in a grid of ``columns``, each fitted into a ``tile``
     square: one picture per cluster card instead of one element per image."""
     rows = max(1, -(-len(jpegs) // columns))

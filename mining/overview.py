@@ -44,7 +44,7 @@ def predictions_per_day(db: LakeDB) -> pa.Table:
 def confidence_histogram(db: LakeDB, bins: int = 20) -> pa.Table:
     """Predictions per confidence bin of width 1/bins (``low`` is the bin's lower edge)."""
     return db.query(
-        "SELECT least(floor(confidence * $bins), $bins - 1) / $bins AS low, count(*) AS predictions "
+        "SELECT round(least(floor(confidence::DOUBLE * $bins), $bins - 1) / $bins, 4) AS low, count(*) AS predictions "
         "FROM predictions GROUP BY ALL ORDER BY low",
         {"bins": bins},
     )

@@ -188,8 +188,10 @@ def test_a_session_started_in_the_cli_library_opens_in_the_ui_and_back(app, demo
     assert len([m for m in app.markdown if m.value.startswith("**Cluster")]) == 3
     app.button(key="drill:2").click().run()
     report = narrow.show(demo_lake, "from-cli")  # what `edgemine narrow show` prints
-    assert report.path == [0, 1] and sum(c.size for c in report.clusters) == \
-        sql(demo_lake, "SELECT count(*) n FROM narrow_members WHERE session = 'from-cli' AND step = 0 AND cluster = 2")[0]["n"]
+    drilled = sql(demo_lake, "SELECT count(*) n FROM narrow_members WHERE session = 'from-cli' AND step = 0 AND cluster = 2")[0]["n"]
+    assert report.path == [0, 1] and sum(c.size for c in report.clusters) == drilled
+    # As many clusters as the parent step, but none of a handful of images: one per 10 at most.
+    assert len(report.clusters) == min(3, max(2, drilled // narrow.MIN_CLUSTER))
     assert sql(demo_lake, "SELECT created_by FROM narrow_steps WHERE session = 'from-cli' AND step = 1")[0]["created_by"] == "alice"
 
 
@@ -311,3 +313,13 @@ def test_mosaic_and_pool_map():
     # The first two principal axes are the two wide dimensions: the map keeps their spread.
     assert np.allclose(np.abs(np.corrcoef(xy[:, 0], points[:, 0])[0, 1]), 1, atol=1e-3)
     assert np.allclose(np.abs(np.corrcoef(xy[:, 1], points[:, 1])[0, 1]), 1, atol=1e-2)
+
+
+def test_confidence_histogram_bins_are_clean_and_complete(demo_lake):
+    from mining.overview import confidence_histogram
+
+    with LakeDB(demo_lake) as db:
+        bins = confidence_histogram(db, bins=20).to_pylist()
+        total = db.query("SELECT count(*) n FROM predictions").column("n")[0].as_py()
+    assert sum(b["predictions"] for b in bins) == total
+    assert all(round(b["low"] * 20) == b["low"] * 20 and 0 <= b["low"] < 1 for b in bins)  # edges, not float noise

@@ -97,6 +97,10 @@ def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp
     shots = []
 
     def shot(name: str) -> None:
+        # A picture of the finished page: the script run over, every image loaded.
+        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+        settled()
+        page.wait_for_function("() => [...document.images].every(i => i.complete)")
         shots.append(tmp_path / f"{len(shots) + 1:02d}-{name}.png")
         # Streamlit scrolls inside its main block, so full_page alone stops at the window: grow the window.
         page.set_viewport_size({**VIEWPORT, "height": max(VIEWPORT["height"], main.evaluate("e => e.scrollHeight"))})

@@ -23,7 +23,10 @@ PAGES = {  # name: (title, icon)
 
 
 def pages() -> dict[str, st.Page]:
-    return {name: st.Page(VIEWS / f"{name}.py", title=title, icon=icon, url_path=name, default=name == "lake")
+    # The first page is the default, served at "/" (Streamlit gives the default page no path of its own).
+    first = next(iter(PAGES))
+    return {name: st.Page(VIEWS / f"{name}.py", title=title, icon=icon, default=name == first,
+                          url_path=None if name == first else name)
             for name, (title, icon) in PAGES.items()}
 
 

@@ -41,19 +41,27 @@ def image_grid(image_ids: list[str], *, key: str, scores: dict[str, float] | Non
                     st.image(thumbs[image_id], width="stretch")
                 else:
                     st.caption("(no thumbnail)")
-                st.caption(_caption(facts.get(image_id, {}), (scores or {}).get(image_id), (decisions or {}).get(image_id)))
+                # Controls straight under the picture, the caption last: a caption that wraps
+                # then cannot push one cell's checkbox out of line with its neighbours'.
                 pick, zoom = st.columns([3, 1], gap="small")
                 if pick.checkbox(image_id[:6], key=f"{key}:sel:{image_id}"):
                     selected.append(image_id)
-                if zoom.button(":material/open_in_full:", key=f"{key}:open:{image_id}", help="full size, with its boxes"):
+                if zoom.button("", icon=":material/open_in_full:", key=f"{key}:open:{image_id}", help="full size, with its boxes"):
                     show_image(image_id)
+                st.caption(_caption(facts.get(image_id, {}), (scores or {}).get(image_id), (decisions or {}).get(image_id)))
     return selected
 
 
 def clear_selection(key: str) -> None:
-    """Untick every checkbox of the grid ``key`` (after its selection was acted on)."""
+    """Untick every checkbox of the grid ``key`` once its selection was acted on. Call
+    it from a widget's callback: only there may a widget's value be set, and setting
+    (not deleting) it is what the browser's checkbox follows."""
     for name in [k for k in st.session_state if isinstance(k, str) and k.startswith(f"{key}:sel:")]:
-        del st.session_state[name]
+        st.session_state[name] = False
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _caption(facts: dict, score: float | None, decision: str | None) -> str:

@@ -44,11 +44,11 @@ def render() -> None:
 
 
 def _breadcrumb(report: narrow.StepReport) -> None:
-    cols = st.columns(len(report.path) + 1)
-    cols[0].markdown("**Steps:**")
-    for n, (col, step) in enumerate(zip(cols[1:], report.path)):
+    crumbs = st.container(horizontal=True, vertical_alignment="center")
+    crumbs.markdown("**Steps:**")
+    for n, step in enumerate(report.path):
         is_current = step == report.step
-        col.button(f"step {step}{' (here)' if is_current else ''}", key=f"crumb:{step}", disabled=is_current,
+        crumbs.button(f"step {step}{' (here)' if is_current else ''}", key=f"crumb:{step}", disabled=is_current,
                    help=None if is_current else "go back to this step (recorded, like every action)",
                    on_click=_back, args=(report.session, len(report.path) - 1 - n))
 
@@ -76,15 +76,14 @@ def _cards(report: narrow.StepReport) -> list[int]:
             with col.container(border=True):
                 st.image(picture, width="stretch")
                 conf = f"{c.mean_confidence:.2f}" if c.mean_confidence is not None else "–"
-                st.markdown(f"**Cluster {c.cluster}** · {c.size} images  \n"
+                st.markdown(f"**Cluster {c.cluster}** · {widgets.plural(c.size, 'image')}  \n"
                             f"to seeds {c.seed_distance:.4f} · mean conf {conf}")
                 st.caption(", ".join(f"{k} {v}" for k, v in sorted(c.labels.items(), key=lambda kv: -kv[1])[:4]) or "no predictions")
                 if st.checkbox("pick", key=f"pick:{report.session}:{report.step}:{c.cluster}"):
                     picked.append(c.cluster)
-                drill, review = st.columns(2)
-                drill.button("Drill", key=f"drill:{c.cluster}", help="re-cluster inside this cluster",
-                             on_click=_pick, args=(report.session, [c.cluster]))
-                if review.button("Review", key=f"review:{c.cluster}", help="accept or reject its images"):
+                st.button("Drill", key=f"drill:{c.cluster}", help="re-cluster inside this cluster", width="stretch",
+                          on_click=_pick, args=(report.session, [c.cluster]))
+                if st.button("Review", key=f"review:{c.cluster}", help="accept or reject its images", width="stretch"):
                     st.session_state["review_source"] = {"kind": "narrow", "session": report.session, "clusters": [c.cluster]}
                     nav.go("review")
     return picked
@@ -92,9 +91,10 @@ def _cards(report: narrow.StepReport) -> list[int]:
 
 def _actions(report: narrow.StepReport, picked: list[int]) -> None:
     drill_col, k_col, name_col, save_col = st.columns([2, 1, 2, 2], vertical_alignment="bottom")
-    k = k_col.number_input("Clusters", 1, 64, max(1, len(report.clusters)), key="drill_k")
+    k = k_col.number_input("Clusters", 0, 64, 0, key="drill_k",
+                           help="for the picked clusters' images; 0: as many as this step has, at most one per 10 images")
     drill_col.button(f"Drill into picked ({len(picked)})", type="primary", disabled=not picked, key="drill_picked",
-                     on_click=_pick, args=(report.session, picked), kwargs={"k": int(k)})
+                     on_click=_pick, args=(report.session, picked), kwargs={"k": int(k) or None})
     name = name_col.text_input("Set name", key="set_name", placeholder=report.session)
     what = f"picked clusters ({len(picked)})" if picked else "this step"
     if save_col.button(f"Save {what} as a set", key="save_set"):

@@ -102,12 +102,16 @@ def _decision_buttons(name: str, reviewer: str, origin: str, chosen: list[str], 
     ]
     icons = {"accept": ":material/check_circle:", "reject": ":material/cancel:"}
     for col, label, decision, ids, key in actions:
-        if col.button(label, key=key, disabled=not ids, icon=icons[decision]):
-            n = review.decide(data.lake(), name, ids, decision, reviewer=reviewer, source=origin)
-            widgets.clear_selection("review")
-            data.lake_changed()
-            st.toast(f"{decision}ed {n} images as {reviewer}")
-            st.rerun()
+        col.button(label, key=key, disabled=not ids, icon=icons[decision], on_click=_decide,
+                   args=(name, ids, decision, reviewer, origin))
+
+
+def _decide(name: str, ids: list[str], decision: str, reviewer: str, origin: str) -> None:
+    """A button's callback: the decision is in the lake before the page is drawn again."""
+    n = review.decide(data.lake(), name, ids, decision, reviewer=reviewer, source=origin)
+    widgets.clear_selection("review")
+    data.lake_changed()
+    st.toast(f"{decision}ed {widgets.plural(n, 'image')} as {reviewer}")
 
 
 if __name__ == "__main__":  # run by Streamlit as a page of ui/app.py
