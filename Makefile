@@ -35,6 +35,7 @@ bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_embed.py
 	$(BIN)/python tests/benchmarks/bench_mining.py
 	$(BIN)/python tests/benchmarks/bench_knn.py
+	$(BIN)/python tests/benchmarks/bench_ui.py --apptest
 
 lock: setup  ## re-pin constraints.txt from the current environment
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new && mv constraints.new constraints.txt
