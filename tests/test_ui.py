@@ -323,3 +323,35 @@ def test_confidence_histogram_bins_are_clean_and_complete(demo_lake):
         total = db.query("SELECT count(*) n FROM predictions").column("n")[0].as_py()
     assert sum(b["predictions"] for b in bins) == total
     assert all(round(b["low"] * 20) == b["low"] * 20 and 0 <= b["low"] < 1 for b in bins)  # edges, not float noise
+
+
+def test_the_ui_works_on_an_s3_lake(s3_env, s3_config, new_bucket, monkeypatch):
+    """The same pages on a lake in S3 (moto's server): statistics, seeds, similar images,
+    a full-size original read from the bucket, and a decision written back to it."""
+    lake = Lake(f"s3://{new_bucket}/lake", s3_config)
+    run_demo(Config(lake=lake.uri, s3=s3_config, demo=replace(DemoConfig(), images=80, seed=3),
+                    embed=replace(EmbedConfig(), workers=1)), show_progress=False)
+    monkeypatch.setenv("EDGEMINE_LAKE", lake.uri)
+    monkeypatch.setenv("EDGEMINE_USER", "dana")
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception and {m.label: m.value for m in at.metric}["Images"] == "80"
+
+    open_page(at, "similar")
+    seed = grid_ids(at, "browse")[0]
+    at.button(key=f"browse:open:{seed}").click().run()
+    assert not at.error and len(at.get("dialog")) == 1  # the original came from the bucket
+    select(at, "browse", [seed])
+    at.button(key="browse_add").click().run()
+    results = grid_ids(at, "results")
+    assert len(results) == 40 and seed not in results
+
+    open_page(at, "review")
+    at.radio(key="review_kind").set_value("SQL query").run()
+    at.text_area(key="review_sql").input(f"SELECT '{results[0]}' AS image_id").run()
+    at.text_input(key="review_name").input("s3-review").run()
+    select(at, "review", [results[0]])
+    at.button(key="accept_selected").click().run()
+    assert sql(lake, "SELECT image_id, reviewer FROM reviews WHERE review = 's3-review'") == \
+        [{"image_id": results[0], "reviewer": "dana"}]
