@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.sets import save_set
+from jobs.similar import resolve_query
 from mining.backends import Backend
 from mining.config import Config, MiningConfig
 from mining.feedback import mean_direction
@@ -89,8 +90,6 @@ def start_query(lake: Lake, index: VectorIndex, backend: Backend, config: Config
                 clusters: int | None = None, session: str | None = None) -> StepReport:
     """``start`` from seeds and negatives as the user gives them (image ids or files)
     and a SQL slice: what `edgemine narrow start` and the UI call."""
-    from jobs.similar import resolve_query
-
     query = resolve_query(lake, index, config, seeds, negatives=negatives, where=where)
     negative = query.negative
     return start(lake, index, backend, config.mining, seeds=query.positive.labels, seed_vectors=query.positive.vectors,
