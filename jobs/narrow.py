@@ -72,7 +72,9 @@ def start(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig
           session: str | None = None) -> StepReport:
     """Start a session: the ``pool`` images nearest the seeds, clustered into ``clusters``."""
     session = session or new_session_id()
-    if _steps(lake, session):
+    with LakeDB(lake) as db:
+        exists = bool(_steps(db, session))
+    if exists:
         raise SessionError(f"session {session!r} exists already; pick another name, or continue it with narrow pick")
     pool = config.pool if pool is None else pool
     clusters = config.clusters if clusters is None else clusters
@@ -100,10 +102,10 @@ def start_query(lake: Lake, index: VectorIndex, backend: Backend, config: Config
 def pick(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig, session: str, picked: list[int], *,
          clusters: int | None = None) -> StepReport:
     """Re-cluster inside ``picked`` clusters of the current step: a new child step."""
-    steps = _steps(lake, session)
-    head = _head(steps, session)
-    current = steps[head]
-    members = members_of(lake, session, current["current"])
+    with LakeDB(lake) as db:
+        steps = _steps(db, session)
+        current = steps[_head(steps, session)]
+        members = _members(db, session, current["current"])
     chosen = members.filter(pa.compute.is_in(members.column("cluster"), pa.array(picked, pa.int32())))
     known = set(members.column("cluster").to_pylist())
     unknown = sorted(set(picked) - known)
@@ -126,7 +128,8 @@ def pick(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig,
 
 def back(lake: Lake, session: str, user: str) -> StepReport:
     """Make the parent of the current step current again (recorded, like every action)."""
-    steps = _steps(lake, session)
+    with LakeDB(lake) as db:
+        steps = _steps(db, session)
     current = steps[_head(steps, session)]["current"]
     parent = steps[current]["parent"]
     if parent is None:
@@ -138,11 +141,11 @@ def back(lake: Lake, session: str, user: str) -> StepReport:
 def show(lake: Lake, session: str, step: int | None = None) -> StepReport:
     """The clusters of ``step`` (default: the current one), with their label and
     confidence mix and the images nearest each centre."""
-    steps = _steps(lake, session)
-    step = steps[_head(steps, session)]["current"] if step is None else step
-    if step not in steps or steps[step]["action"] == "back":
-        raise SessionError(f"session {session} has no clustering step {step}; steps: {sorted(s for s in steps if steps[s]['action'] != 'back')}")
     with LakeDB(lake) as db:
+        steps = _steps(db, session)
+        step = steps[_head(steps, session)]["current"] if step is None else step
+        if step not in steps or steps[step]["action"] == "back":
+            raise SessionError(f"session {session} has no clustering step {step}; steps: {sorted(s for s in steps if steps[s]['action'] != 'back')}")
         rows = db.query(CLUSTERS_SQL, {"session": session, "step": step, "nearest": NEAREST_SHOWN}).to_pylist()
     clusters = [ClusterReport(cluster=r["cluster"], size=r["size"], seed_distance=r["seed_distance"],
                               mean_confidence=r["mean_confidence"], labels=dict(r["labels"] or {}), nearest=r["nearest"])
@@ -163,9 +166,10 @@ def list_sessions(lake: Lake) -> pa.Table:
 
 def save_session(lake: Lake, session: str, name: str, user: str, clusters: list[int] | None = None) -> int:
     """The current step of ``session`` (or only ``clusters`` of it) as the named set ``name``."""
-    steps = _steps(lake, session)
-    step = steps[_head(steps, session)]["current"]
-    members = members_of(lake, session, step)
+    with LakeDB(lake) as db:
+        steps = _steps(db, session)
+        step = steps[_head(steps, session)]["current"]
+        members = _members(db, session, step)
     if clusters:
         members = members.filter(pa.compute.is_in(members.column("cluster"), pa.array(clusters, pa.int32())))
     members = members.sort_by([("similarity", "descending")])
@@ -175,7 +179,8 @@ def save_session(lake: Lake, session: str, name: str, user: str, clusters: list[
 
 def session_embedding_set(lake: Lake, session: str) -> tuple[str, str]:
     """(backbone, weights) of the index a session was started on."""
-    steps = _steps(lake, session)
+    with LakeDB(lake) as db:
+        steps = _steps(db, session)
     first = steps[min(steps)] if steps else None
     if first is None:
         raise SessionError(f"no session {session!r}; see the sessions with: edgemine narrow list")
@@ -186,11 +191,12 @@ def new_session_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}"
 
 
+MEMBERS_OF_STEP = "session = $session AND step = $step"
 CLUSTERS_SQL = f"""
-WITH m AS (SELECT * FROM narrow_members WHERE session = $session AND step = $step),
+WITH m AS ({view_where("narrow_members", MEMBERS_OF_STEP)}),
 latest AS (
     SELECT image_id, arg_max(label, ts) AS label, arg_max(confidence, ts) AS confidence
-    FROM ({view_where("predictions", "image_id IN (SELECT image_id FROM narrow_members WHERE session = $session AND step = $step)")})
+    FROM ({view_where("predictions", "image_id IN (SELECT image_id FROM m)")})
     GROUP BY image_id
 )
 SELECT cluster, count(*)::INTEGER AS size, 1 - avg(similarity) AS seed_distance,
@@ -228,10 +234,11 @@ def _write_step(lake: Lake, index: VectorIndex | None, session: str, step: int, 
     writer.commit({"session": session, "step": step, "action": action})
 
 
-def _steps(lake: Lake, session: str) -> dict[int, dict[str, Any]]:
-    with LakeDB(lake) as db:
-        rows = db.query("SELECT * EXCLUDE (created_at) FROM narrow_steps WHERE session = $session ORDER BY step",
-                        {"session": session}).to_pylist()
+def _steps(db: LakeDB, session: str) -> dict[int, dict[str, Any]]:
+    # view_where: filtered by session (part of the dedup key) before deduplication, so a
+    # lake with many sessions costs no more per action.
+    rows = db.query(f"SELECT * EXCLUDE (created_at) FROM ({view_where('narrow_steps', 'session = $session')}) ORDER BY step",
+                    {"session": session}).to_pylist()
     return {r["step"]: r for r in rows}
 
 
@@ -244,8 +251,12 @@ def _head(steps: dict[int, dict[str, Any]], session: str) -> int:
 def members_of(lake: Lake, session: str, step: int) -> pa.Table:
     """The pool of a clustering step: image_id, cluster, similarity to the seeds."""
     with LakeDB(lake) as db:
-        return db.query("SELECT image_id, cluster, similarity FROM narrow_members WHERE session = $session AND step = $step",
-                        {"session": session, "step": step})
+        return _members(db, session, step)
+
+
+def _members(db: LakeDB, session: str, step: int) -> pa.Table:
+    return db.query(f"SELECT image_id, cluster, similarity FROM ({view_where('narrow_members', MEMBERS_OF_STEP)})",
+                    {"session": session, "step": step})
 
 
 def _path(steps: dict[int, dict[str, Any]], step: int) -> list[int]:
