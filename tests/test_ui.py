@@ -355,3 +355,15 @@ def test_the_ui_works_on_an_s3_lake(s3_env, s3_config, new_bucket, monkeypatch):
     at.button(key="accept_selected").click().run()
     assert sql(lake, "SELECT image_id, reviewer FROM reviews WHERE review = 's3-review'") == \
         [{"image_id": results[0], "reviewer": "dana"}]
+
+
+def test_an_empty_lake_says_what_to_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEMINE_LAKE", str(tmp_path / "empty"))
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception and "edgemine demo" in at.info[0].value
+    for page, expected in [("similar", "edgemine embed"), ("narrow", "narrow start"), ("review", "Find similar")]:
+        open_page(at, page)
+        shown = " ".join(e.value for e in [*at.error, *at.info])
+        assert expected in shown, (page, shown)

@@ -21,7 +21,11 @@ def render() -> None:
     st.title("Find similar")
     st.session_state.setdefault("positives", [])
     st.session_state.setdefault("negatives", [])
-    index = data.index(data.lake().uri)
+    try:
+        index = data.index(data.lake().uri)
+    except SearchError as e:  # no embeddings yet, or several sets to choose from
+        st.error(f"{e}")
+        return
     _seed_pickers(index)
     _current_seeds()
     if st.session_state["positives"]:
