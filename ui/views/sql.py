@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import streamlit as st
 
 from jobs.output import write_rows
+from mining.schema import TABLES
 from mining.sql import ReadOnlyError
 from ui import data
 
@@ -31,7 +32,7 @@ THUMBNAIL_ROWS = 200  # thumbnails for the first rows only: one lookup, not one 
 def render() -> None:
     st.title("SQL")
     st.caption("Read-only DuckDB over the lake's views: "
-               + ", ".join(f"`{t}`" for t in _views()) + ". `raw.<table>` has every stored row.")
+               + ", ".join(f"`{t}`" for t in TABLES) + ". `raw.<table>` has every stored row.")
     st.session_state.setdefault("sql", EXAMPLE)
     query = st.text_area("Query", key="sql", height=160)
     if st.button("Run", type="primary", key="sql_run"):
@@ -41,12 +42,6 @@ def render() -> None:
         st.error(result)
     elif result is not None:
         _show(result)
-
-
-def _views() -> list[str]:
-    from mining.schema import TABLES
-
-    return list(TABLES)
 
 
 def _run(query: str) -> pa.Table | str:
@@ -76,8 +71,9 @@ def _show(result: pa.Table) -> None:
         config["thumbnail"] = st.column_config.ImageColumn("thumbnail", width="small")
     st.dataframe(frame, hide_index=True, width="stretch", column_config=config, row_height=64 if config else None)
     csv, parquet = st.columns(2)
-    csv.download_button("Download CSV", _csv(result), "query.csv", "text/csv")
-    parquet.download_button("Download Parquet", _parquet(result), "query.parquet", "application/vnd.apache.parquet")
+    # Callables: the file is written when clicked, not on every rerun of the page.
+    csv.download_button("Download CSV", lambda: _csv(result), "query.csv", "text/csv")
+    parquet.download_button("Download Parquet", lambda: _parquet(result), "query.parquet", "application/vnd.apache.parquet")
 
 
 def _without_vectors(table: pa.Table) -> pa.Table:
