@@ -19,8 +19,9 @@ from streamlit.testing.v1 import AppTest
 from jobs import narrow, review
 from jobs.demo import run_demo
 from mining.backends import get_backend
-from mining.config import Config, DemoConfig, EmbedConfig, MiningConfig
+from mining.config import Config, DemoConfig, EmbedConfig, MiningConfig, S3Config
 from mining.lake import Lake
+from mining.media import read_image
 from mining.sql import LakeDB
 
 APP = str(Path(__file__).resolve().parents[1] / "ui" / "app.py")
@@ -193,6 +194,35 @@ def test_a_session_started_in_the_cli_library_opens_in_the_ui_and_back(app, demo
     # As many clusters as the parent step, but none of a handful of images: one per 10 at most.
     assert len(report.clusters) == min(3, max(2, drilled // narrow.MIN_CLUSTER))
     assert sql(demo_lake, "SELECT created_by FROM narrow_steps WHERE session = 'from-cli' AND step = 1")[0]["created_by"] == "alice"
+
+
+def test_an_uploaded_image_is_a_seed_and_a_new_file_of_the_same_name_is_a_new_seed(app, demo_lake):
+    open_page(app, "similar")
+    for row in sql(demo_lake, "SELECT image_id, uri FROM images ORDER BY image_id LIMIT 2"):
+        if "clear_seeds" in [b.key for b in app.button]:
+            app.button(key="clear_seeds").click().run()
+        content = read_image(row["uri"], S3Config())
+        app.file_uploader(key="upload").set_value(("edge-case.jpg", content, "image/jpeg")).run()
+        app.button(key="upload_add").click().run()
+        assert not app.exception and len(app.session_state["positives"]) == 1
+        assert Path(app.session_state["positives"][0]).name == "edge-case.jpg"
+        assert grid_ids(app, "results")[0] == row["image_id"]  # the lake's copy of the uploaded picture comes first
+
+
+def test_the_default_embedding_set_and_the_same_set_named_share_one_loaded_index(demo_lake, monkeypatch):
+    """Find similar asks for the lake's default set, a session names its set: one index in memory, not two."""
+    from jobs import index as index_job
+    from ui import data
+
+    monkeypatch.setenv("EDGEMINE_LAKE", demo_lake.uri)
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    loads, real = [], index_job.open_index
+    monkeypatch.setattr(index_job, "open_index", lambda *a, **kw: loads.append(kw) or real(*a, **kw))
+    data._index.clear()
+    data.embedding_set.clear()
+    default = data.index(demo_lake.uri)
+    named = data.index(demo_lake.uri, default.backbone, default.weights)
+    assert named is default and len(loads) == 1 and default.backbone and default.weights
 
 
 def test_full_size_image_opens_with_its_boxes(app, demo_lake):

@@ -12,7 +12,5 @@ page = st.navigation(list(nav.pages().values()))
 st.sidebar.caption(f"Lake: `{data.lake().uri}`")
 widgets.reviewer()
 if st.sidebar.button("Reload index", help="pick up embeddings added since the UI started"):
-    data.index.clear()
-    data.similar.clear()
-    data.lake_changed()
+    data.reload_index()
 page.run()

@@ -53,12 +53,37 @@ def lake_changed() -> None:
     overview.clear()
 
 
-@st.cache_resource(show_spinner="Loading the vector index…")
 def index(lake_uri: str, backbone: str | None = None, weights: str | None = None) -> VectorIndex:
-    """The lake's vector index, brought up to date with its embeddings when first loaded."""
+    """The index of one embedding set (the lake's only one when not given), loaded once
+    per process and brought up to date with its embeddings when first loaded."""
+    if backbone is None or weights is None:
+        # Resolved before the cache key: "the default set" and the same set named
+        # explicitly (a session's) must share one index, not load it twice.
+        backbone, weights = embedding_set(lake_uri, backbone, weights)
+    return _index(lake_uri, backbone, weights)
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def embedding_set(lake_uri: str, backbone: str | None, weights: str | None) -> tuple[str, str]:
+    """(backbone, weights) as given or the lake's only set; SearchError (not cached) when none fits."""
+    from jobs.index import choose_embedding_set
+
+    return choose_embedding_set(lake(), backbone, weights)
+
+
+@st.cache_resource(show_spinner="Loading the vector index…")
+def _index(lake_uri: str, backbone: str, weights: str) -> VectorIndex:
     from jobs.index import open_index
 
     return open_index(lake(), config().index, backbone=backbone, weights=weights)
+
+
+def reload_index() -> None:
+    """Forget the loaded indexes and searches: the next use syncs with new embeddings."""
+    _index.clear()
+    embedding_set.clear()
+    similar.clear()
+    lake_changed()
 
 
 @st.cache_resource

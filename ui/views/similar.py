@@ -4,6 +4,7 @@ narrowing. Calls the same functions as `edgemine similar` and `narrow start`."""
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -131,8 +132,12 @@ def _add(which: str, ids: list[str], clear: str | None = None) -> None:
 def _keep_upload(file) -> str:
     """Write the upload to this session's folder: the library embeds files by path."""
     folder = st.session_state.setdefault("_uploads", tempfile.mkdtemp(prefix="edgemine-upload-"))
-    path = Path(folder) / Path(file.name).name
-    path.write_bytes(file.getvalue())
+    content = file.getvalue()
+    # A folder per content: searches are cached by seed path, so a second file with
+    # the same name must not find the first one's results.
+    path = Path(folder) / hashlib.sha256(content).hexdigest()[:16] / Path(file.name).name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(content)
     return str(path)
 
 
