@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import posixpath
-from collections import defaultdict
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,6 +100,11 @@ def read_many(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | B
     return fs.cat_ranges(paths, None, None, on_error="return")
 
 
+# Bumped each time this process publishes or removes table files, per lake URI:
+# the shared DuckDB catalogs of mining.sql rebuild their views when it moved.
+_generations: Counter[str] = Counter()
+
+
 class Lake:
     """A lake rooted at ``uri``. Cheap to build; holds no open files."""
 
@@ -146,6 +151,15 @@ class Lake:
             return []
         return sorted(p for p in self.fs.find(directory) if p.endswith(".parquet"))
 
+    @property
+    def generation(self) -> int:
+        """How many times this process changed the lake's table files."""
+        return _generations[self.uri]
+
+    def mark_changed(self) -> None:
+        """Say that table files were published or removed (ShardWriter.commit does)."""
+        _generations[self.uri] += 1
+
     def has_files(self, table: Table | str) -> bool:
         """Whether a table has any published file; stops at the first one found, so
         it costs one listing, not a walk of the whole table."""
@@ -189,6 +203,8 @@ class Lake:
                     self.fs.rm(self.path(relative))
             self.fs.rm(path)
             undone.append(posixpath.basename(path).removesuffix(".json"))
+        if undone:
+            self.mark_changed()
         return undone
 
     # -- writing -------------------------------------------------------------
@@ -264,6 +280,7 @@ class ShardWriter:
             if self.lake.protocol == "file":
                 fs.makedirs(posixpath.dirname(final), exist_ok=True)
             fs.mv(staged, final)
+        self.lake.mark_changed()
         record = {
             "job": self.job,
             "shard": self.shard,

@@ -10,17 +10,30 @@ DuckDB itself: external access is off except for the lake's own folder, the
 configuration is locked, and only SELECT statements (as DuckDB's parser types
 them) run. So a query can read the lake and compute, but cannot write, attach,
 install, copy out, or read files elsewhere.
+
+Building the views costs tens of milliseconds (DuckDB binds each one, reading
+Parquet footers), which a UI action that opens the lake several times would pay
+each time. So read-only LakeDBs share one in-memory database per lake within a
+process, each using its own cursor (a connection to the same catalog; DuckDB
+cursors are safe to use from one thread each). The views read their folders at
+query time, so new files show up by themselves; the database is rebuilt only when
+the views themselves must change: this process published or removed table files
+(``Lake.generation``), or a table that had no files when it was built has some now.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import logging
+import os
+import threading
+import time
 from urllib.parse import urlparse
 
 import duckdb
 import pyarrow as pa
 
+from mining.config import S3Config
 from mining.lake import Lake
 from mining.schema import EMBEDDING_DIM, TABLES, Table
 
@@ -34,26 +47,29 @@ class ReadOnlyError(PermissionError):
 
 
 class LakeDB:
-    """A DuckDB connection with a view per lake table."""
+    """A DuckDB connection with a view per lake table.
+
+    Read-only (the default): a cursor on the process's shared, locked-down
+    database for this lake. Writable, or with its own ``threads``: a database of
+    its own (the ingest jobs join their inputs against the lake with it)."""
 
     def __init__(self, lake: Lake, *, read_only: bool = True, threads: int | None = None):
         self.lake = lake
         self.read_only = read_only
+        if read_only and threads is None:
+            self._catalog = _catalog_for(lake)
+            self.con = self._catalog.cursor()
+            return
+        self._catalog = None
         self.con = duckdb.connect(config={"threads": threads} if threads else {})
-        self.con.execute("SET TimeZone = 'UTC'")
-        if lake.protocol == "s3":
-            self.con.execute(f"LOAD '{httpfs_extension_path()}'")
-            self.con.execute(_secret_sql(lake, redact=False))
-        for statement in _view_sql(lake):
-            self.con.execute(statement)
+        _create_views(self.con, lake)
         if read_only:
-            self._lock_down()
+            _lock_down(self.con, lake)
 
-    def _lock_down(self) -> None:
-        self.con.execute("SET allowed_directories = $1", [[self.lake.prefix]])
-        self.con.execute("SET enable_external_access = false")
-        self.con.execute("SET autoinstall_known_extensions = false")
-        self.con.execute("SET lock_configuration = true")
+    @property
+    def stale(self) -> bool:
+        """Whether a LakeDB opened now would see views this one lacks."""
+        return self._catalog is not None and _catalog_for(self.lake) is not self._catalog
 
     def query(self, sql: str, params: list | dict | None = None) -> pa.Table:
         """Run ``sql`` and return the result as an Arrow table.
@@ -91,6 +107,84 @@ class LakeDB:
         self.close()
 
 
+class _Catalog:
+    """One in-memory DuckDB database with a lake's views, shared by the process's read-only LakeDBs."""
+
+    def __init__(self, lake: Lake):
+        self.generation = lake.generation  # read first: a change during the build makes it stale
+        self.con = duckdb.connect()
+        self.empty = _create_views(self.con, lake)
+        _lock_down(self.con, lake)
+        self._lock = threading.Lock()
+        self._checked = time.monotonic()
+
+    def current(self, lake: Lake) -> bool:
+        """False once this process changed the lake's files, or another gave an empty table its first file
+        (looked for at most every RECHECK_EMPTY_S: on S3 each look is a listing per empty table)."""
+        if lake.generation != self.generation:
+            return False
+        if self.empty and time.monotonic() - self._checked >= RECHECK_EMPTY_S:
+            self._checked = time.monotonic()
+            return not any(lake.has_files(t) for t in self.empty)
+        return True
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            return self.con.cursor()
+
+
+RECHECK_EMPTY_S = 1.0
+_CATALOGS: dict[tuple[str, S3Config], _Catalog] = {}
+_CATALOGS_KEPT = 8  # lakes a process keeps open at once; the oldest is dropped (tests open hundreds)
+_catalogs_lock = threading.Lock()
+
+
+def _forget_catalogs_after_fork() -> None:
+    """A forked child (DataLoader or pool worker) builds its own databases: the
+    inherited ones lost their threads in the fork. They stay referenced, never freed,
+    since freeing one would wait on those threads."""
+    global _CATALOGS, _catalogs_lock
+    _INHERITED.append(_CATALOGS)
+    _CATALOGS, _catalogs_lock = {}, threading.Lock()
+
+
+_INHERITED: list[dict] = []
+os.register_at_fork(after_in_child=_forget_catalogs_after_fork)
+
+
+def _catalog_for(lake: Lake) -> _Catalog:
+    key = (lake.uri, lake.s3)
+    with _catalogs_lock:
+        catalog = _CATALOGS.pop(key, None)
+        if catalog is None or not catalog.current(lake):
+            # The old database is never closed here: LakeDBs still using it keep it
+            # alive (closing it would close their cursors), and it goes when they do.
+            catalog = _Catalog(lake)
+        _CATALOGS[key] = catalog  # re-inserted: the dict's order is least recently used first
+        while len(_CATALOGS) > _CATALOGS_KEPT:
+            _CATALOGS.pop(next(iter(_CATALOGS)))
+        return catalog
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, lake: Lake) -> list[str]:
+    """Set ``con`` up for the lake (time zone, S3 access, views); returns the tables without files."""
+    con.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: cursors on the database inherit it
+    if lake.protocol == "s3":
+        con.execute(f"LOAD '{httpfs_extension_path()}'")
+        con.execute(_secret_sql(lake, redact=False))
+    statements, empty = _view_sql(lake)
+    for statement in statements:
+        con.execute(statement)
+    return empty
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
+    con.execute("SET allowed_directories = $1", [[lake.prefix]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET lock_configuration = true")
+
+
 def view_statements(lake: Lake) -> str:
     """SQL that recreates the lake's views in any DuckDB client."""
     lines = [f"-- edgemine lake {lake.uri}", "SET TimeZone = 'UTC';"]
@@ -101,7 +195,7 @@ def view_statements(lake: Lake) -> str:
             "LOAD httpfs;",
             _secret_sql(lake, redact=True) + ";",
         ]
-    lines += [s + ";" for s in _view_sql(lake)]
+    lines += [s + ";" for s in _view_sql(lake)[0]]
     return "\n".join(lines) + "\n"
 
 
@@ -140,18 +234,21 @@ def _secret_sql(lake: Lake, *, redact: bool) -> str:
     return f"CREATE OR REPLACE SECRET edgemine_s3 ({', '.join(parts)})"
 
 
-def _view_sql(lake: Lake) -> list[str]:
-    statements = ["CREATE SCHEMA IF NOT EXISTS raw"]
+def _view_sql(lake: Lake) -> tuple[list[str], list[str]]:
+    """The statements that create the views, and the tables that have no files yet."""
+    statements, empty = ["CREATE SCHEMA IF NOT EXISTS raw"], []
     for table in TABLES.values():
-        source = _source_sql(lake, table)
+        if lake.has_files(table):
+            source = _source_sql(lake, table)
+        else:
+            source = _empty_select(table)
+            empty.append(table.name)
         statements.append(f"CREATE OR REPLACE VIEW raw.{table.name} AS {source}")
         statements.append(f"CREATE OR REPLACE VIEW {table.name} AS {_dedup_sql(table)}")
-    return statements
+    return statements, empty
 
 
 def _source_sql(lake: Lake, table: Table) -> str:
-    if not lake.has_files(table):
-        return _empty_select(table)
     pattern = lake.url(lake.table_dir(table)) + "/**/*.parquet"
     options = ["union_by_name = true"]
     if table.partition:

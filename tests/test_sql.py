@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
+import json
+import multiprocessing
+import subprocess
+import sys
+import threading
 from datetime import UTC, datetime
 
 import duckdb
@@ -10,6 +16,7 @@ import pytest
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
 from mining.schema import EMBEDDINGS, TABLES
+from mining import sql
 from mining.sql import LakeDB, ReadOnlyError, httpfs_extension_path, view_statements
 from tests.helpers import jsonl, prediction, put, put_images, source_uri
 
@@ -135,3 +142,68 @@ def test_view_where_filters_first_and_keeps_the_latest_row(filled, small_ingest)
         stored = db.query("SELECT count(*) AS n FROM raw.predictions WHERE image_id IN (SELECT unnest($ids))",
                           {"ids": ids}).column("n")[0].as_py()
     assert got == expected and len(got) < stored  # duplicates were there, and were dropped alike
+
+
+def test_shared_views_see_what_this_process_and_others_publish(filled, small_ingest, monkeypatch):
+    """Read-only LakeDBs share one database per lake; files published after it was
+    built still show, by this process (more images) or another (the first review)."""
+    monkeypatch.setattr(sql, "RECHECK_EMPTY_S", 0.0)  # other processes' first files: looked for on every open
+    image_id = _one(filled, "SELECT min(image_id) FROM images")
+    with LakeDB(filled) as db:
+        held = db.query("SELECT count(*) FROM images").column(0)[0].as_py()
+        assert _one(filled, "SELECT count(*) FROM reviews") == 0 and held == 30
+
+        other_process = (
+            "import json, sys; from jobs.review import decide; from mining.config import S3Config; "
+            "from mining.lake import Lake; "
+            "decide(Lake(sys.argv[1], S3Config(**json.loads(sys.argv[2]))), 'r1', [sys.argv[3]], 'accept', reviewer='bob')"
+        )
+        s3 = json.dumps(dataclasses.asdict(filled.s3))
+        subprocess.run([sys.executable, "-c", other_process, filled.uri, s3, image_id], check=True, timeout=120)
+        assert _one(filled, "SELECT count(*) FROM reviews WHERE reviewer = 'bob'") == 1  # the table's first file
+        assert db.stale  # the held connection's views predate it
+
+        folder = source_uri(filled, "more")
+        put_images(filled, folder, 10, start=30)
+        ingest_images(filled, folder, small_ingest, show_progress=False)
+        assert _one(filled, "SELECT count(*) FROM images") == 40
+        assert db.query("SELECT count(*) FROM images").column(0)[0].as_py() == 40  # globs list at query time
+
+
+def test_shared_views_serve_many_threads_at_once_in_utc(filled):
+    expected = _one(filled, "SELECT count(*) FROM predictions p JOIN images USING (image_id)")
+    results, failures = [], []
+
+    def read() -> None:
+        try:
+            for _ in range(5):
+                with LakeDB(filled) as db:
+                    row = db.query("SELECT count(*) AS n, current_setting('TimeZone') AS tz "
+                                   "FROM predictions p JOIN images USING (image_id)").to_pylist()[0]
+                    results.append((row["n"], row["tz"]))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            failures.append(e)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures and results == [(expected, "UTC")] * 40
+
+
+def _one(lake, sql: str):
+    with LakeDB(lake) as db:
+        return db.query(sql).column(0)[0].as_py()
+
+
+def _count_images(lake) -> int:
+    return _one(lake, "SELECT count(*) FROM images")
+
+
+def test_a_forked_worker_reads_the_lake(filled):
+    """DataLoader and pool workers are forked after the parent opened its shared database.
+    (The child builds its own; a database forked mid-query could hold locks no child thread releases.)"""
+    parent = _count_images(filled)  # the parent's database exists before the fork
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_count_images, (filled,)).get(timeout=120) == parent == 30

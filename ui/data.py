@@ -4,9 +4,9 @@ Everything the pages show comes through here, so caching lives in one place:
 ``st.cache_resource`` for what is expensive to build and shared by every
 session (vector index, backend), ``st.cache_data`` for reads
 whose answer only changes when the lake does (thumbnails never change for an
-image id; lake statistics are kept a minute). The DuckDB connection is one per
-browser session (a connection is not shared between threads), remade after the
-session writes so views of tables that were empty pick up their first files.
+image id; lake statistics are kept a minute). Each browser session holds its own
+cursor on the process's shared DuckDB database of the lake (``mining.sql``; a
+cursor is not shared between threads), renewed when that database was rebuilt.
 """
 
 from __future__ import annotations
@@ -40,16 +40,14 @@ def lake() -> Lake:
 def db() -> LakeDB:
     """This session's read-only connection to the lake's views."""
     held = st.session_state.get("_lakedb")
-    if held is None or held.lake.uri != lake().uri:
+    if held is None or held.lake.uri != lake().uri or held.stale:
         held = st.session_state["_lakedb"] = LakeDB(lake())
     return held
 
 
 def lake_changed() -> None:
-    """Call after writing to the lake: fresh views and statistics on the next read."""
-    held = st.session_state.pop("_lakedb", None)
-    if held is not None:
-        held.close()
+    """Call after writing to the lake: the statistics are read afresh (the views
+    follow by themselves, see ``db``)."""
     overview.clear()
 
 
@@ -83,6 +81,7 @@ def reload_index() -> None:
     _index.clear()
     embedding_set.clear()
     similar.clear()
+    lake().mark_changed()  # and the views rebuilt, whatever other processes did to the lake
     lake_changed()
 
 
