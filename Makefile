@@ -8,9 +8,10 @@ PORT   ?= 8501
 
 .PHONY: setup demo browser test bench lock clean
 
+# --no-cache-dir: torch and its CUDA libraries are about 5 GB installed; a cached copy of the wheels would double that on disk.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with the exact versions in constraints.txt
