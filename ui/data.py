@@ -41,6 +41,8 @@ def db() -> LakeDB:
     """This session's read-only connection to the lake's views."""
     held = st.session_state.get("_lakedb")
     if held is None or held.lake.uri != lake().uri or held.stale:
+        if held is not None:
+            held.close()  # only its cursor: the shared database stays for the others
         held = st.session_state["_lakedb"] = LakeDB(lake())
     return held
 
