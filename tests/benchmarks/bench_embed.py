@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -33,7 +31,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
@@ -47,6 +44,7 @@ from jobs.ingest_images import ingest_images  # noqa: E402
 from mining.config import EmbedConfig  # noqa: E402
 from mining.lake import Lake  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
+from tests.benchmarks.machine import describe  # noqa: E402
 
 SEED = 0
 
@@ -117,11 +115,8 @@ def ceiling(config: EmbedConfig, batches: int) -> float:
 
 
 def machine(device: torch.device) -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
-    text = f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, torch {torch.__version__}"
-    if device.type == "cuda":
-        text += f", GPU {torch.cuda.get_device_name(device)}"
-    return text
+    return describe({"torch": torch.__version__, "torchvision": torchvision.__version__},
+                    gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
 
 def main() -> None:

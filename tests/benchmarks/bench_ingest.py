@@ -15,18 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
+import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
+from tests.benchmarks.machine import describe  # noqa: E402
 from tests.helpers import png_bytes  # noqa: E402
 
 IMAGES = 2000
@@ -110,16 +111,7 @@ def run(rows_list: list[int]) -> dict:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, Python {platform.python_version()}"
+    return describe({"pyarrow": pa.__version__, "duckdb": duckdb.__version__})
 
 
 def markdown(report: dict) -> str:

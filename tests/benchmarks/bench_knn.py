@@ -49,7 +49,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -58,7 +57,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
 import faiss  # noqa: E402
 import sklearn  # noqa: E402
 import threadpoolctl  # noqa: E402
@@ -70,6 +68,7 @@ from mining.backends.torch_backend import TorchBackend  # noqa: E402
 from mining.config import IndexConfig, MiningConfig  # noqa: E402
 from mining.index import IndexSpec, VectorIndex, choose_spec  # noqa: E402
 from mining.narrow import cluster_pool, take_pool  # noqa: E402
+from tests.benchmarks.machine import describe  # noqa: E402
 
 DIM = 512
 K = 100
@@ -357,20 +356,9 @@ def run_gpu(args) -> dict:
 
 # -- report ---------------------------------------------------------------------------
 def machine(device: torch.device | None = None) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    text = (f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB RAM, Python {platform.python_version()}; "
-            f"faiss {faiss.__version__}, scikit-learn {sklearn.__version__}, numpy {np.__version__}, torch {torch.__version__}")
-    if device is not None and device.type == "cuda":
-        text += f", GPU {torch.cuda.get_device_name(device)}"
-    return text
+    return describe({"faiss": faiss.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
+                     "torch": torch.__version__},
+                    gpu=torch.cuda.get_device_name(device) if device is not None and device.type == "cuda" else None)
 
 
 def markdown(report: dict) -> str:

@@ -24,18 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
 from jobs.demo import run_demo  # noqa: E402
 from jobs.index import index_lake  # noqa: E402
 from mining.backends import get_backend  # noqa: E402
@@ -46,6 +44,7 @@ from mining.lake import Lake  # noqa: E402
 from mining.narrow import cluster_pool, take_pool  # noqa: E402
 from mining.search import rank  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
+from tests.benchmarks.machine import describe  # noqa: E402
 
 PAGE = 20
 TARGET = 0.9
@@ -119,13 +118,7 @@ def views_in_order(order: np.ndarray, edge: np.ndarray) -> int:
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return describe({"faiss": faiss.__version__, "numpy": np.__version__})
 
 
 def main() -> None:

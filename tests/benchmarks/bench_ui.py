@@ -59,7 +59,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -71,7 +70,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-
 import duckdb  # noqa: E402
 import faiss  # noqa: E402
 import pyarrow as pa  # noqa: E402
@@ -92,6 +90,7 @@ from mining.narrow import cluster_pool  # noqa: E402
 from mining.schema import EMBEDDING_DIM, EMBEDDINGS, IMAGES, PREDICTIONS, THUMBNAILS, UTC_TS  # noqa: E402
 from mining.search import browse  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
+from tests.benchmarks.machine import describe  # noqa: E402
 
 try:  # added to the library while the UI is being built: measured where present
     from mining.narrow import project_2d  # noqa: E402
@@ -517,18 +516,8 @@ def bench_apptest(root: Path, session: str, timeout: float) -> dict:
 
 # -- report ------------------------------------------------------------------------------
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    memory = "? GiB"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-        kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-        memory = f"{kib / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    return (f"{os.cpu_count()} cores ({cpu}), {memory} RAM, Python {platform.python_version()}; duckdb {duckdb.__version__}, "
-            f"pyarrow {pa.__version__}, faiss {faiss.__version__}, scikit-learn {sklearn.__version__}, "
-            f"Pillow {pillow_version}, numpy {np.__version__}")
+    return describe({"duckdb": duckdb.__version__, "pyarrow": pa.__version__, "faiss": faiss.__version__,
+                     "scikit-learn": sklearn.__version__, "Pillow": pillow_version, "numpy": np.__version__})
 
 
 def row(name: str, s: dict | None, note: str = "") -> str:
