@@ -6,11 +6,28 @@
     prepared = decode(open("frame.jpg", "rb").read(), ImageOptions(backbone.preprocessing))
     vectors = backbone.embed(prepared.pixels[None])                   # float32 (1, 512), unit norm
 
-The job that embeds a whole lake (workers, parts, shards, resume) is jobs.embed
-(`edgemine embed`); docs/EMBED.md describes it.
+The job that embeds a whole lake (workers, parts, shards, resume) is jobs.embed_images
+(`edgemine embed`); docs/EMBED.md describes it. Devices and errors are the library's
+(mining.devices, mining.errors): load_backbone raises DeviceError and WeightsError.
 """
 
-from embed.model import Backbone, DeviceError, WeightsError, load_backbone, resolve_device
-from embed.preprocess import ImageError, ImageOptions, decode
+from __future__ import annotations
 
-__all__ = ["Backbone", "DeviceError", "ImageError", "ImageOptions", "WeightsError", "decode", "load_backbone", "resolve_device"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from embed.model import Backbone, load_backbone
+    from embed.preprocess import ImageError, ImageOptions, decode
+
+__all__ = ["Backbone", "ImageError", "ImageOptions", "decode", "load_backbone"]
+_HOME = {"Backbone": "embed.model", "load_backbone": "embed.model",
+         "ImageError": "embed.preprocess", "ImageOptions": "embed.preprocess", "decode": "embed.preprocess"}
+
+
+def __getattr__(name: str) -> Any:
+    """The names above, imported on first use: importing embed.files (what a search with an
+    image file needs) must not pull in torch before a file is really embedded."""
+    if name in _HOME:
+        return getattr(importlib.import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'embed' has no attribute {name!r}")

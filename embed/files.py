@@ -2,24 +2,32 @@
 
 What `edgemine similar FILE` uses: the file is read (local or s3://), decoded and
 embedded exactly as the embed job does, so its vector is comparable with the lake's.
+``file_embedder(config)`` is what the callers of mining.search hand it for such
+seeds (mining sits below embed, so it is given the model, never imports it).
 """
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from embed.model import Backbone, WeightsError, load_backbone
-from embed.preprocess import ImageError, ImageOptions, decode
-from mining.config import EmbedConfig, S3Config
+import numpy as np
+
+from mining.config import Config, EmbedConfig, S3Config
+from mining.errors import WeightsError
 from mining.lake import open_url
 from mining.schema import EMBEDDING_DIM
+
+if TYPE_CHECKING:
+    from embed.model import Backbone
 
 
 def backbone_for_tag(backbone: str, tag: str, config: EmbedConfig, *, device: str = "cpu") -> Backbone:
     """Load the backbone whose weights carry ``tag`` (the ``weights`` column of the
     embeddings): ``imagenet1k_v1``, ``random-seedN``, or a checkpoint's
     ``<stem>@<sha>``, which must be the file ``config.weights`` names."""
+    from embed.model import load_backbone  # torch: only once a file is to be embedded
+
     if tag.startswith("random-seed"):
         return load_backbone(backbone, "random", seed=int(tag.removeprefix("random-seed")), device=device)
     if tag.startswith("imagenet"):
@@ -37,6 +45,10 @@ def backbone_for_tag(backbone: str, tag: str, config: EmbedConfig, *, device: st
 def embed_files(uris: list[str], backbone: Backbone, config: EmbedConfig, s3: S3Config) -> np.ndarray:
     """float32 (n, 512) unit vectors of the image files at ``uris``; a file that is
     missing or not a usable image raises ImageError (or FileNotFoundError) naming it."""
+    import torch
+
+    from embed.preprocess import ImageError, ImageOptions, decode
+
     options = ImageOptions(backbone.preprocessing, max_pixels=config.max_pixels)
     pixels = []
     for uri in uris:
@@ -50,3 +62,17 @@ def embed_files(uris: list[str], backbone: Backbone, config: EmbedConfig, s3: S3
     if not pixels:
         return np.zeros((0, EMBEDDING_DIM), np.float32)
     return backbone.embed(torch.stack(pixels))
+
+
+def file_embedder(config: Config) -> Callable[[Sequence[str], str, str], np.ndarray]:
+    """``embed(uris, backbone, weights_tag)``: float32 (n, 512) vectors of image files,
+    made by the model that carries that tag (loaded once per tag), on ``config.index.device``.
+    Building it is cheap: torch and the model load on its first call."""
+    loaded: dict[tuple[str, str], Backbone] = {}
+
+    def embed(uris: Sequence[str], backbone: str, tag: str) -> np.ndarray:
+        if (backbone, tag) not in loaded:
+            loaded[backbone, tag] = backbone_for_tag(backbone, tag, config.embed, device=config.index.device)
+        return embed_files(list(uris), loaded[backbone, tag], config.embed, config.s3)
+
+    return embed

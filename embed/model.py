@@ -2,7 +2,7 @@
 
 ``load_backbone`` builds it once with the chosen weights on the chosen device;
 ``Backbone.embed`` turns a batch of preprocessed uint8 pixels into L2-normalised
-float32 vectors. The device is chosen here and nowhere else (``resolve_device``).
+float32 vectors. The device comes from mining.devices, the product's one device policy.
 
 Weights:
 - ``imagenet``: torchvision's own weights enum. The first use downloads the file
@@ -27,6 +27,8 @@ import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from mining.devices import resolve_device
+from mining.errors import ConfigError, WeightsError
 from mining.schema import EMBEDDING_DIM
 
 log = logging.getLogger(__name__)
@@ -36,15 +38,6 @@ BACKBONES = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
 }
 NAMED_WEIGHTS = ("imagenet", "random")
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
-
-
-class WeightsError(RuntimeError):
-    """The weights could not be loaded; the message says how to get them."""
-
-
-class DeviceError(RuntimeError):
-    """The requested device is not available."""
 
 
 @dataclass(frozen=True)
@@ -107,31 +100,12 @@ class Backbone:
         return features.cpu().numpy()
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
-    """``auto`` is CUDA when torch sees a GPU, else the CPU. An explicit ``cuda``
-    that is not there is an error, never a quiet switch to the CPU."""
-    if spec == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        log.info("device: %s (auto)", device)
-        return device
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec == "cuda" or spec.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {spec!r} was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-        device = torch.device(spec)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {spec!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-        return device
-    raise DeviceError(f"unknown device {spec!r}; allowed: {', '.join(DEVICES)}")
-
-
 def load_backbone(name: str = "resnet18", weights: str = "imagenet", *, seed: int = 0, device: str | torch.device = "cpu") -> Backbone:
     """Build the backbone, load its weights and make it ready for inference on ``device``."""
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
     constructor, imagenet = BACKBONES[name]
-    device = device if isinstance(device, torch.device) else resolve_device(device)
+    device = device if isinstance(device, torch.device) else torch.device(resolve_device(device))
 
     # The constructor draws the initial weights from torch's global generator:
     # fork it so a seeded build neither depends on nor disturbs the caller's state.

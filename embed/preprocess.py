@@ -28,9 +28,10 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from embed.model import Preprocessing
+from mining.errors import InputError
 
 
-class ImageError(Exception):
+class ImageError(InputError):
     """An image that cannot be embedded; ``reason`` says why, for the errors table."""
 
     def __init__(self, reason: str):

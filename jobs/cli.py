@@ -2,10 +2,11 @@
 
 Each subcommand parses its flags, builds the Config once, calls one library
 function with paths and plain values, and prints the result (``--json`` for
-machines). Progress goes to stderr, results to stdout.
+machines). Progress goes to stderr, results to stdout. Modules are imported by
+the command that needs them: `edgemine sql` starts without torch, faiss or boto.
 
 Exit codes: 0 done; 1 done, but some inputs failed (see the summary);
-2 nothing done: bad usage, configuration or input.
+2 nothing done: bad usage, configuration or input (one line on stderr says what to do).
 """
 
 from __future__ import annotations
@@ -17,19 +18,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import duckdb
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
-
 from jobs.output import FORMATS, write_json, write_rows
-from jobs.readers import InputFormatError
-from mining.config import Config, ConfigError, load_config
+from mining.config import Config, load_config
+from mining.errors import EdgemineError
 from mining.lake import Lake
 
 log = logging.getLogger("edgemine")
 
 
-class UsageError(Exception):
-    """Wrong input from the user: printed as one line, exit code 2."""
+class UsageError(EdgemineError):
+    """Wrong flags from the user: printed as one line, exit code 2."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,36 +43,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, lake=args.lake)
         return args.run(args, config)
-    except (UsageError, ConfigError, InputFormatError, FileNotFoundError, duckdb.Error, PermissionError) + _mining_errors() as e:
-        print(f"edgemine: error: {e}", file=sys.stderr)
-        return 2
-    except NoCredentialsError:
-        print("edgemine: error: no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-              "(or [s3] key and secret in the config file)", file=sys.stderr)
-        return 2
-    except EndpointConnectionError as e:
-        print(f"edgemine: error: cannot reach S3: {e}. Check AWS_ENDPOINT_URL or [s3] endpoint_url in the config, "
-              "and that the server is up", file=sys.stderr)
-        return 2
-    except (BotoCoreError, ClientError) as e:
-        print(f"edgemine: error: S3 refused the request: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("edgemine: interrupted; rerun the same command to finish (finished shards are kept)", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - every error the user can fix is one line; anything else is a bug
+        message = user_message(e)
+        if message is None:
+            raise
+        print(f"edgemine: error: {message}", file=sys.stderr)
+        return 2
 
 
-def _mining_errors() -> tuple[type[Exception], ...]:
-    """Errors of the mining commands that are the user's to fix (printed, exit 2)."""
-    from mining.index import SearchError
+def user_message(error: BaseException) -> str | None:
+    """The one line to print for an error the user can fix, or None for a bug."""
+    if isinstance(error, EdgemineError | FileNotFoundError | PermissionError):
+        return str(error)
+    if "botocore" in sys.modules:  # S3 was used: its errors say what to set
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
-    errors: list[type[Exception]] = [SearchError]
-    if "embed.model" in sys.modules:  # only loaded when a command embedded something
-        from embed.model import DeviceError, WeightsError
-        from embed.preprocess import ImageError
-
-        errors += [DeviceError, WeightsError, ImageError]
-    return tuple(errors)
+        if isinstance(error, NoCredentialsError):
+            return ("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                    "(or [s3] key and secret in the config file)")
+        if isinstance(error, EndpointConnectionError):
+            return (f"cannot reach S3: {error}. Check AWS_ENDPOINT_URL or [s3] endpoint_url in the config, "
+                    "and that the server is up")
+        if isinstance(error, BotoCoreError | ClientError):
+            return f"S3 refused the request: {error}"
+    return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,22 +202,20 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("--images must be at least 1")
     summary = run_demo(dataclasses.replace(config, demo=demo), show_progress=not args.quiet)
     if args.json:
-        write_json(summary, sys.stdout)
+        write_json(summary.to_dict(), sys.stdout)
     else:
-        p = summary["predictions"]
-        i = summary["images"]
-        print(f"demo lake ready at {summary['lake']} ({summary['seconds']:.1f}s)")
-        print(f"  images: {i['registered']} registered now, {i['already_known']} already there, {i['errors']} refused")
-        print(f"  predictions: {p['rows'].get('predictions', 0)} rows, {p['rows'].get('detections', 0)} detections, "
-              f"{p['errors']} bad rows recorded in errors, {p['skipped']} files unchanged")
-        e = summary["embeddings"]
-        print(f"  embeddings: {e['embedded']} computed now ({e['backbone']}, {e['weights']}), {e['already_embedded']} already there, "
-              f"{e['errors']} images failed")
-        x = summary["index"]
-        print(f"  index: {x['vectors']} vectors, {x['kind']} ({x['action']})")
+        p, i, e, x = summary.predictions, summary.images, summary.embeddings, summary.index
+        rows = p.totals()
+        print(f"demo lake ready at {summary.lake} ({summary.seconds:.1f}s)")
+        print(f"  images: {i.registered} registered now, {i.already_known} already there, {i.errors} refused")
+        print(f"  predictions: {rows.get('predictions', 0)} rows, {rows.get('detections', 0)} detections, "
+              f"{p.errors} bad rows recorded in errors, {p.extra()['skipped']} files unchanged")
+        print(f"  embeddings: {e.embedded} computed now ({e.backbone}, {e.weights}), {e.already_embedded} already there, "
+              f"{e.errors} images failed")
+        print(f"  index: {x.vectors} vectors, {x.kind} ({x.action})")
         print("  try: edgemine sql \"SELECT label, count(*) n, avg(confidence) FROM predictions GROUP BY ALL ORDER BY n DESC\"")
         print("       edgemine similar $(edgemine sql \"SELECT image_id FROM demo_truth WHERE is_edge_case LIMIT 1\" --format csv | tail -1)")
-    return 1 if summary["predictions"]["failed"] or summary["embeddings"]["errors"] else 0
+    return 1 if summary.predictions.failed or summary.embeddings.errors else 0
 
 
 def cmd_ingest_images(args: argparse.Namespace, config: Config) -> int:
@@ -241,13 +234,10 @@ def cmd_ingest_images(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_ingest_predictions(args: argparse.Namespace, config: Config) -> int:
-    from jobs.ingest_predictions import IngestFileError, ingest_predictions
+    from jobs.ingest_predictions import ingest_predictions
 
-    try:
-        summary = ingest_predictions(Lake.from_config(config), args.files, config.ingest, fmt=args.format,
-                                     force=args.force, show_progress=not args.quiet)
-    except IngestFileError as e:
-        raise UsageError(str(e)) from None
+    summary = ingest_predictions(Lake.from_config(config), args.files, config.ingest, fmt=args.format,
+                                 force=args.force, show_progress=not args.quiet)
     report = summary.to_dict()
     if args.json:
         write_json(report, sys.stdout)
@@ -265,23 +255,17 @@ def cmd_ingest_predictions(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_embed(args: argparse.Namespace, config: Config) -> int:
-    from embed.model import DeviceError, WeightsError
-    from jobs.embed import Shard, embed_lake
+    from jobs.embed_images import Shard, embed_lake
 
     flags = {"weights": args.weights, "backbone": args.backbone, "device": args.device, "decode": args.decode,
              "batch_size": args.batch_size, "workers": args.workers, "seed": args.seed}
     embed = dataclasses.replace(config.embed, **{k: v for k, v in flags.items() if v is not None})
     if embed.batch_size < 0 or embed.workers < 0:
         raise UsageError("--batch-size and --workers must be at least 0 (0: automatic)")
-    try:
-        shard = Shard.parse(args.shard)
-        summary = embed_lake(Lake.from_config(config), embed, shard=shard, overwrite=args.overwrite,
-                             retry_errors=args.retry_errors, show_progress=not args.quiet)
-    except (ValueError, WeightsError, DeviceError) as e:
-        raise UsageError(str(e)) from None
-    report = summary.to_dict()
+    summary = embed_lake(Lake.from_config(config), embed, shard=Shard.parse(args.shard), overwrite=args.overwrite,
+                         retry_errors=args.retry_errors, show_progress=not args.quiet)
     if args.json:
-        write_json(report, sys.stdout)
+        write_json(summary.to_dict(), sys.stdout)
     else:
         print(f"{summary.backbone} ({summary.weights}) on {summary.device}, shard {summary.shard}: "
               f"{summary.embedded} embedded, {summary.errors} failed, {summary.already_embedded} already embedded, "
@@ -316,8 +300,8 @@ def cmd_sql(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_tables(args: argparse.Namespace, config: Config) -> int:
-    from mining.overview import table_rows
     from mining.sql import LakeDB
+    from mining.statistics import table_rows
 
     with LakeDB(Lake.from_config(config)) as db:
         result = table_rows(db)
@@ -331,18 +315,14 @@ def _index_config(args: argparse.Namespace, config: Config) -> Config:
     return dataclasses.replace(config, index=index)
 
 
-def _open_index(args: argparse.Namespace, config: Config):
-    from jobs.index import open_index
-
-    return open_index(Lake.from_config(config), config.index, backbone=args.backbone, weights=args.weights)
-
-
 def cmd_index(args: argparse.Namespace, config: Config) -> int:
-    from jobs.index import index_lake
+    from mining.index_sync import index_lake
+    from mining.sql import LakeDB
 
     config = _index_config(args, config)
-    _, summary = index_lake(Lake.from_config(config), config.index, backbone=args.backbone, weights=args.weights,
-                            rebuild=args.rebuild, seed=config.mining.seed)
+    with LakeDB(Lake.from_config(config)) as db:
+        _, summary = index_lake(db, config.index, backbone=args.backbone, weights=args.weights, rebuild=args.rebuild,
+                                seed=config.mining.seed)
     if args.json:
         write_json(summary.to_dict(), sys.stdout)
     else:
@@ -353,15 +333,18 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_similar(args: argparse.Namespace, config: Config) -> int:
-    from jobs.similar import find_similar
-    from mining.search import hits_table
+    from embed.files import file_embedder
+    from mining.index_sync import open_index
+    from mining.search import find_similar, hits_table
+    from mining.sql import LakeDB
 
     config = _index_config(args, config)
     if args.k is not None and args.k < 1:
         raise UsageError("-k must be at least 1")
-    index = _open_index(args, config)
-    hits = find_similar(Lake.from_config(config), index, config, args.seeds, negatives=args.negatives, k=args.k,
-                        where=args.where, save=args.save)
+    with LakeDB(Lake.from_config(config)) as db:
+        index = open_index(db, config.index, backbone=args.backbone, weights=args.weights)
+        hits = find_similar(db, index, config, args.seeds, negatives=args.negatives, k=args.k, where=args.where,
+                            save=args.save, embed_files=file_embedder(config))
     write_rows(hits_table(hits), "json" if args.json else args.format, sys.stdout, max_rows=len(hits))
     if args.save:
         print(f"saved as set {args.save!r}: edgemine sql \"SELECT * FROM sets JOIN predictions USING (image_id) WHERE name = '{args.save}'\"",
@@ -370,54 +353,69 @@ def cmd_similar(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_narrow_start(args: argparse.Namespace, config: Config) -> int:
-    from jobs import narrow
+    from embed.files import file_embedder
+    from mining import sessions
     from mining.backends import get_backend
+    from mining.index_sync import open_index
+    from mining.sql import LakeDB
 
     config = _index_config(args, config)
     for name in ("pool", "clusters"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
-    lake = Lake.from_config(config)
-    report = narrow.start_query(lake, _open_index(args, config), get_backend(config.index.device), config, args.seeds,
-                                negatives=args.negatives, where=args.where, pool=args.pool, clusters=args.clusters,
-                                session=args.name)
+    with LakeDB(Lake.from_config(config)) as db:
+        index = open_index(db, config.index, backbone=args.backbone, weights=args.weights)
+        report = sessions.start_query(db, index, get_backend(config.index.device), config, args.seeds,
+                                      negatives=args.negatives, where=args.where, pool=args.pool,
+                                      clusters=args.clusters, session=args.name, embed_files=file_embedder(config))
     return _print_step(report, args)
 
 
 def cmd_narrow_pick(args: argparse.Namespace, config: Config) -> int:
-    from jobs import narrow
+    from mining import sessions
     from mining.backends import get_backend
+    from mining.index_sync import open_index
+    from mining.sql import LakeDB
 
-    lake = Lake.from_config(config)
-    index = _open_session_index(lake, config, args.session)
-    report = narrow.pick(lake, index, get_backend(config.index.device), config.mining, args.session, args.picked,
-                         clusters=args.clusters)
+    with LakeDB(Lake.from_config(config)) as db:
+        backbone, weights = sessions.session_embedding_set(db, args.session)
+        index = open_index(db, config.index, backbone=backbone, weights=weights)
+        report = sessions.pick(db, index, get_backend(config.index.device), config.mining, args.session, args.picked,
+                               clusters=args.clusters)
     return _print_step(report, args)
 
 
 def cmd_narrow_back(args: argparse.Namespace, config: Config) -> int:
-    from jobs import narrow
+    from mining import sessions
+    from mining.sql import LakeDB
 
-    return _print_step(narrow.back(Lake.from_config(config), args.session, config.mining.user), args)
+    with LakeDB(Lake.from_config(config)) as db:
+        return _print_step(sessions.back(db, args.session, config.mining.user), args)
 
 
 def cmd_narrow_show(args: argparse.Namespace, config: Config) -> int:
-    from jobs import narrow
+    from mining import sessions
+    from mining.sql import LakeDB
 
-    return _print_step(narrow.show(Lake.from_config(config), args.session, args.step), args)
+    with LakeDB(Lake.from_config(config)) as db:
+        return _print_step(sessions.show(db, args.session, args.step), args)
 
 
 def cmd_narrow_list(args: argparse.Namespace, config: Config) -> int:
-    from jobs import narrow
+    from mining import sessions
+    from mining.sql import LakeDB
 
-    write_rows(narrow.list_sessions(Lake.from_config(config)), "json" if args.json else "table", sys.stdout)
+    with LakeDB(Lake.from_config(config)) as db:
+        write_rows(sessions.list_sessions(db), "json" if args.json else "table", sys.stdout)
     return 0
 
 
 def cmd_narrow_save(args: argparse.Namespace, config: Config) -> int:
-    from jobs import narrow
+    from mining import sessions
+    from mining.sql import LakeDB
 
-    n = narrow.save_session(Lake.from_config(config), args.session, args.set_name, config.mining.user, args.clusters)
+    with LakeDB(Lake.from_config(config)) as db:
+        n = sessions.save_session(db, args.session, args.set_name, config.mining.user, args.clusters)
     if args.json:
         write_json({"set": args.set_name, "images": n, "session": args.session}, sys.stdout)
     else:
@@ -426,10 +424,11 @@ def cmd_narrow_save(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_review_decide(args: argparse.Namespace, config: Config) -> int:
-    from jobs.review import decide
+    from mining.decisions import decide
+    from mining.sql import LakeDB
 
-    n = decide(Lake.from_config(config), args.review, args.image_ids, args.decision, reviewer=config.mining.user,
-               source=args.source)
+    with LakeDB(Lake.from_config(config)) as db:
+        n = decide(db, args.review, args.image_ids, args.decision, reviewer=config.mining.user, source=args.source)
     if args.json:
         write_json({"review": args.review, "decision": args.decision, "images": n, "reviewer": config.mining.user}, sys.stdout)
     else:
@@ -438,17 +437,21 @@ def cmd_review_decide(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_review_list(args: argparse.Namespace, config: Config) -> int:
-    from jobs.review import list_reviews
+    from mining.decisions import list_reviews
+    from mining.sql import LakeDB
 
-    write_rows(list_reviews(Lake.from_config(config)), "json" if args.json else "table", sys.stdout)
+    with LakeDB(Lake.from_config(config)) as db:
+        write_rows(list_reviews(db), "json" if args.json else "table", sys.stdout)
     return 0
 
 
 def cmd_review_save(args: argparse.Namespace, config: Config) -> int:
-    from jobs.review import save_review
+    from mining.decisions import save_review
+    from mining.sql import LakeDB
 
     name = args.set_name or args.review
-    n = save_review(Lake.from_config(config), args.review, user=config.mining.user, name=name)
+    with LakeDB(Lake.from_config(config)) as db:
+        n = save_review(db, args.review, user=config.mining.user, name=name)
     if args.json:
         write_json({"set": name, "images": n, "review": args.review}, sys.stdout)
     else:
@@ -460,15 +463,6 @@ def cmd_ui(args: argparse.Namespace, config: Config) -> int:
     from ui.launch import run_ui
 
     return run_ui(config, args.config, port=args.port or config.ui.port, address=args.address)
-
-
-def _open_session_index(lake: Lake, config: Config, session: str):
-    """The index of the embedding set a session was started on."""
-    from jobs.index import open_index
-    from jobs.narrow import session_embedding_set
-
-    backbone, weights = session_embedding_set(lake, session)
-    return open_index(lake, config.index, backbone=backbone, weights=weights)
 
 
 def _print_step(report: Any, args: argparse.Namespace) -> int:

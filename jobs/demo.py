@@ -5,9 +5,9 @@
    rows and one corrupt image among them, as real inputs have.
 2. Register the images and ingest the predictions with the ordinary jobs.
 3. Write the hidden ground truth to ``demo_truth``.
-4. Embed the images (jobs.embed) with ``demo.weights``: seeded random weights by
+4. Embed the images (jobs.embed_images) with ``demo.weights``: seeded random weights by
    default, since the demo must run offline.
-5. Build the vector index (jobs.index), so `similar` and `narrow` answer at once.
+5. Build the vector index (mining.index_sync), so `similar` and `narrow` answer at once.
 
 Every step is idempotent, so running the demo again is quick and changes nothing.
 """
@@ -21,7 +21,7 @@ import os
 import posixpath
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,14 +29,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import demo_data
-from jobs.embed import embed_lake
-from jobs.index import index_lake
-from jobs.ingest_images import ingest_images
-from jobs.ingest_predictions import ingest_predictions
+from jobs.embed_images import EmbedSummary, embed_lake
+from jobs.ingest_images import ImagesSummary, ingest_images
+from jobs.ingest_predictions import IngestSummary, ingest_predictions
 from jobs.progress import Progress
 from mining.config import Config, DemoConfig, S3Config
+from mining.index_sync import IndexSummary, index_lake
 from mining.lake import SOURCES_DIR, Lake, as_uri, open_url
 from mining.schema import DEMO_TRUTH, image_id_from_bytes
+from mining.sql import LakeDB
+from mining.summary import Summary
 
 JOB = "demo"
 ROWS_PER_FILE = 10_000
@@ -45,30 +47,40 @@ BAD_ROW_EVERY = 500  # one malformed prediction line per this many images
 CORRUPT_IMAGE = "images/corrupt-0000.jpg"
 
 
-def run_demo(config: Config, *, show_progress: bool = True) -> dict[str, Any]:
+@dataclass
+class DemoSummary(Summary):
+    """The demo's steps, each with its own job's summary; ``errors`` counts every
+    refused input of all of them (the demo's bad rows and corrupt image included)."""
+
+    job: str = JOB
+    lake: str = ""
+    source: str = ""
+    generated: bool = False
+    images: ImagesSummary = field(default_factory=ImagesSummary)
+    predictions: IngestSummary = field(default_factory=IngestSummary)
+    demo_truth: int = 0
+    embeddings: EmbedSummary = field(default_factory=EmbedSummary)
+    index: IndexSummary = field(default_factory=IndexSummary)
+
+
+def run_demo(config: Config, *, show_progress: bool = True) -> DemoSummary:
     lake = Lake.from_config(config)
     started = time.monotonic()
     source = generate_source(lake, config.demo, show_progress=show_progress)
-    images = ingest_images(lake, source["uri"], config.ingest, show_progress=show_progress)
-    predictions = ingest_predictions(
+    summary = DemoSummary(lake=lake.uri, source=source["uri"], generated=source["generated"])
+    summary.images = ingest_images(lake, source["uri"], config.ingest, show_progress=show_progress)
+    summary.predictions = ingest_predictions(
         lake, [posixpath.join(source["uri"], "predictions-*.jsonl")], config.ingest, show_progress=show_progress
     )
-    truth_rows = write_truth(lake, source)
+    summary.demo_truth = write_truth(lake, source)
     embed_config = replace(config.embed, weights=config.demo.weights)
-    embeddings = embed_lake(lake, embed_config, show_progress=show_progress)
-    _, index = index_lake(lake, config.index, backbone=embed_config.backbone, weights=embeddings.weights)
-    return {
-        "job": JOB,
-        "lake": lake.uri,
-        "source": source["uri"],
-        "generated": source["generated"],
-        "images": images.to_dict(),
-        "predictions": predictions.to_dict(),
-        "demo_truth": truth_rows,
-        "embeddings": embeddings.to_dict(),
-        "index": index.to_dict(),
-        "seconds": round(time.monotonic() - started, 3),
-    }
+    summary.embeddings = embed_lake(lake, embed_config, show_progress=show_progress)
+    with LakeDB(lake) as db:
+        _, summary.index = index_lake(db, config.index, backbone=embed_config.backbone,
+                                      weights=summary.embeddings.weights)
+    summary.errors = summary.images.errors + summary.predictions.errors + summary.embeddings.errors
+    summary.seconds = time.monotonic() - started
+    return summary
 
 
 def generate_source(lake: Lake, demo: DemoConfig, *, show_progress: bool = True) -> dict[str, Any]:

@@ -16,18 +16,18 @@ import io
 import logging
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from jobs.output import Summary
 from jobs.progress import Progress
 from mining.config import IngestConfig
 from mining.lake import Lake, as_uri, open_url, path_of, read_many
-from mining.schema import ERRORS, IMAGES, image_id_from_sha256
+from mining.schema import ERRORS, IMAGES, error_rows, image_id_from_sha256
 from mining.sql import LakeDB
+from mining.summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,7 @@ class ImagesSummary(Summary):
     found: int = 0
     already_known: int = 0
     registered: int = 0
-    errors: int = 0
     shards: int = 0
-    seconds: float = 0.0
-    error_samples: list[dict[str, str]] = field(default_factory=list)
 
 
 def ingest_images(
@@ -85,15 +82,14 @@ def ingest_images(
                 if row is not None:
                     rows.append(row)
                 else:
-                    errors.append({"job": JOB, "source": source, "row": None, "uri": uri, "reason": reason, "raw": None, "at": ingested_at})
+                    errors.append({"source": source, "uri": uri, "reason": reason})
             progress.update(len(batch))
         writer.write(IMAGES, pa.Table.from_pylist(rows, schema=IMAGES.schema))
-        writer.write(ERRORS, pa.Table.from_pylist(errors, schema=ERRORS.schema))
+        writer.write(ERRORS, error_rows(JOB, errors, ingested_at))
         writer.commit({"source": source, "images": len(shard_uris)})
         summary.registered += len(rows)
-        summary.errors += len(errors)
+        summary.add_errors(errors)
         summary.shards += 1
-        summary.error_samples += [{"uri": e["uri"], "reason": e["reason"]} for e in errors[: max(0, 5 - len(summary.error_samples))]]
     progress.close()
     summary.seconds = time.monotonic() - started
     return summary

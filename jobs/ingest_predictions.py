@@ -18,7 +18,7 @@ import hashlib
 import logging
 import posixpath
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,9 +28,11 @@ import pyarrow.compute as pc
 from jobs.progress import Progress
 from jobs.readers import Batch, InputFormatError, detect_format, has_known_suffix, prefetch, read_batches
 from mining.config import IngestConfig
+from mining.errors import InputError
 from mining.lake import Lake, as_uri, open_url
-from mining.schema import DETECTIONS, ERRORS, PREDICTIONS, Table
+from mining.schema import DETECTIONS, ERRORS, PREDICTIONS, Table, error_rows
 from mining.sql import LakeDB, quote_ident, quote_literal
+from mining.summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ _DETECTION_TYPE = "STRUCT(box DOUBLE[], label VARCHAR, score DOUBLE)[]"
 _MAX_EPOCH_S = 7_258_118_400  # 2200-01-01: a larger number is not seconds since 1970
 
 
-class IngestFileError(RuntimeError):
+class IngestFileError(InputError):
     """One input file could not be ingested; nothing of it was published."""
 
 
@@ -57,10 +59,12 @@ class FileResult:
 
 
 @dataclass
-class IngestSummary:
-    job: str
+class IngestSummary(Summary):
+    """``errors`` counts bad rows (each in the errors table); a file that could not be
+    read at all is ``failed``, with its reason."""
+
+    job: str = JOB
     files: list[FileResult] = field(default_factory=list)
-    seconds: float = 0.0
 
     @property
     def failed(self) -> list[FileResult]:
@@ -73,16 +77,12 @@ class IngestSummary:
                 totals[table] = totals.get(table, 0) + n
         return totals
 
-    def to_dict(self) -> dict[str, Any]:
+    def extra(self) -> dict[str, Any]:
         return {
-            "job": self.job,
-            "files": [asdict(f) for f in self.files],
             "ingested": sum(f.status == "ingested" for f in self.files),
             "skipped": sum(f.status == "skipped" for f in self.files),
             "failed": len(self.failed),
             "rows": self.totals(),
-            "errors": sum(f.errors for f in self.files),
-            "seconds": round(self.seconds, 3),
         }
 
 
@@ -97,7 +97,7 @@ def ingest_predictions(
 ) -> IngestSummary:
     """Ingest each input (a file URI, or a glob of them) as one shard."""
     started = time.monotonic()
-    summary = IngestSummary(JOB)
+    summary = IngestSummary()
     uris = expand_inputs(inputs, lake)
     with LakeDB(lake, read_only=False) as db:
         checker = RowChecker(db)
@@ -105,7 +105,9 @@ def ingest_predictions(
         for number, uri in enumerate(uris, start=1):
             progress.what = f"ingest predictions, file {number}/{len(uris)}"
             try:
-                summary.files.append(ingest_file(lake, uri, checker, config, fmt=fmt, force=force, progress=progress))
+                result = ingest_file(lake, uri, checker, config, fmt=fmt, force=force, progress=progress)
+                summary.files.append(result)
+                summary.errors += result.errors
             except IngestFileError as e:
                 log.error("%s", e)
                 summary.files.append(FileResult(uri, "failed", reason=str(e)))
@@ -256,11 +258,10 @@ class RowChecker:
         predictions = self.con.execute(_predictions_sql(extras, at), params).to_arrow_table()
         detections = self.con.execute(_detections_sql(at)).to_arrow_table()
         errors = self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table()
-        errors = pa.concat_tables([errors, _reject_rows(batch, source, ingested_at)])
         return Checked(
             predictions=_conform(predictions, PREDICTIONS, extra=True),
             detections=_conform(detections, DETECTIONS),
-            errors=_conform(errors, ERRORS),
+            errors=pa.concat_tables([_conform(errors, ERRORS), _reject_rows(batch, source, ingested_at)]),
         )
 
 
@@ -358,18 +359,8 @@ def _errors_sql(columns: list[str], at: str) -> str:
 
 
 def _reject_rows(batch: Batch, source: str, at: datetime) -> pa.Table:
-    rejects = batch.rejects
-    return pa.table(
-        {
-            "job": pa.array([JOB] * len(rejects), pa.string()),
-            "source": pa.array([source] * len(rejects), pa.string()),
-            "row": pa.array([r.row for r in rejects], pa.int64()),
-            "uri": pa.nulls(len(rejects), pa.string()),
-            "reason": pa.array([r.reason for r in rejects], pa.string()),
-            "raw": pa.array([r.raw[:2000] for r in rejects], pa.string()),
-            "at": pa.array([at] * len(rejects), ERRORS.schema.field("at").type),
-        }
-    )
+    """Lines the reader could not parse, as error rows."""
+    return error_rows(JOB, [{"source": source, "row": r.row, "reason": r.reason, "raw": r.raw} for r in batch.rejects], at)
 
 
 def _ts_expr(t: pa.DataType | None) -> str:

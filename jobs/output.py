@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
-import math
-from datetime import date, datetime
 from typing import Any, TextIO
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
+
+from mining.serialize import csv_bytes, jsonable
 
 FORMATS = ("table", "csv", "json")
-
-
-class Summary:
-    """Base of the jobs' summary dataclasses: ``to_dict`` for --json, seconds rounded."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        # Arrow gives a MAP as a list of (key, value) pairs; JSON wants an object.
-        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
-            return {str(k): jsonable(v) for k, v in value}
-        return [jsonable(v) for v in value]
-    return value
 
 
 def write_json(obj: Any, out: TextIO) -> None:
@@ -48,9 +21,7 @@ def write_rows(table: pa.Table, fmt: str, out: TextIO, *, max_rows: int = 100) -
     if fmt == "json":
         write_json(table.to_pylist(), out)
     elif fmt == "csv":
-        buffer = io.BytesIO()
-        pacsv.write_csv(_csv_safe(table), buffer)
-        out.write(buffer.getvalue().decode())
+        out.write(csv_bytes(table).decode())
     elif fmt == "table":
         out.write(render_table(table, max_rows=max_rows))
     else:
@@ -75,12 +46,3 @@ def _cell(value: Any, max_width: int) -> str:
     text = "NULL" if value is None else json.dumps(jsonable(value)) if isinstance(value, dict | list) else str(jsonable(value))
     return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
-
-def _csv_safe(table: pa.Table) -> pa.Table:
-    """CSV holds no nested values: write lists, maps and structs as JSON text."""
-    columns = []
-    for column in table.columns:
-        if pa.types.is_nested(column.type):
-            column = pa.array([None if v is None else json.dumps(jsonable(v)) for v in column.to_pylist()], pa.string())
-        columns.append(column)
-    return pa.Table.from_arrays(columns, names=table.column_names)

@@ -24,13 +24,15 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from mining.errors import InputError
+
 T = TypeVar("T")
 _DONE = object()
 FORMATS = ("jsonl", "csv", "parquet")
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
-class InputFormatError(ValueError):
+class InputFormatError(InputError):
     """The file is not readable as the expected format; nothing of it was written."""
 
 

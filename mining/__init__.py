@@ -1,17 +1,288 @@
-"""edgemine's library: the lake, its tables, and SQL over it.
+"""edgemine's library: the lake, SQL over it, and mining it for edge cases.
 
-    from mining import Lake, LakeDB, load_config
+The functions below are what a notebook user calls; the CLI (jobs/) and the UI
+(ui/) call the same ones, or the modules behind them::
 
-    lake = Lake.from_config(load_config())          # ./lake, $EDGEMINE_LAKE or the config's
-    with LakeDB(lake) as db:                         # read-only DuckDB, a view per table
-        low = db.query("SELECT * FROM predictions WHERE confidence < 0.5")   # an Arrow table
+    import mining
 
-Tables and their columns: mining.schema (docs/LAKE.md). Jobs that write the lake: jobs/.
+    db = mining.open_lake("./lake")                 # read-only DuckDB with a view per table
+    low = db.query("SELECT * FROM predictions WHERE confidence < 0.5")    # an Arrow table
+    hits = mining.find_similar(db, [flagged_image_id], k=20)
+    step = mining.start_narrowing(db, [flagged_image_id], pool=500, clusters=8, name="glare")
+    step = mining.pick_clusters(db, "glare", [0, 2])
+    mining.decide(db, "glare", [h.image_id for h in hits[:5]], "accept", reviewer="ana")
+    mining.save_review(db, "glare")                 # the accepted images, as the named set "glare"
+
+Every function takes the LakeDB first (it reads through that connection and
+writes to its lake) and, where it needs settings, a ``config`` (default: the
+one ``open_lake`` read: configs/default.toml's values, $EDGEMINE_CONFIG, the
+environment). Errors the user can fix raise subclasses of
+``mining.errors.EdgemineError`` whose message says what to do.
+
+Modules, one concept each: ``lake`` (storage), ``schema`` (tables), ``sql``
+(views), ``index``/``index_store``/``index_sync`` (the vector index),
+``search`` (similar images), ``clustering``/``sessions`` (narrowing),
+``sets``, ``decisions``, ``statistics``, ``media``. Tables and columns:
+docs/LAKE.md.
 """
 
-from mining.config import Config, ConfigError, load_config
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from mining.config import Config, load_config
+from mining.errors import EdgemineError
 from mining.lake import Lake
 from mining.schema import TABLES
-from mining.sql import LakeDB, ReadOnlyError, view_statements
+from mining.sql import LakeDB
 
-__all__ = ["Config", "ConfigError", "Lake", "LakeDB", "ReadOnlyError", "TABLES", "load_config", "view_statements"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from mining.index import VectorIndex
+    from mining.index_sync import IndexSummary
+    from mining.search import FileEmbedder, Hit
+    from mining.sessions import StepReport
+
+__all__ = [
+    "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "decide", "find_similar", "go_back", "list_sessions",
+    "load_config", "open_index", "open_lake", "pick_clusters", "save_review", "save_set", "show_step",
+    "start_narrowing",
+]
+
+
+def open_lake(uri: str | None = None, *, config: Config | None = None) -> LakeDB:
+    """A read-only connection to the lake: one DuckDB view per table, writes refused.
+
+    Args:
+        uri: a folder or ``s3://bucket/prefix``; default: ``config.lake``
+            ($EDGEMINE_LAKE, the config file's ``lake``, else ``./lake``).
+        config: the settings (S3 endpoint and credentials, ...); default: ``load_config()``.
+
+    Returns:
+        a LakeDB; ``db.query(sql)`` returns an Arrow table, ``db.lake`` is the Lake.
+
+    Raises:
+        ConfigError: the config file is missing or wrong.
+
+    Example:
+        >>> db = open_lake(lake_uri)
+        >>> db.query("SELECT count(*) AS n FROM images").column("n")[0].as_py() > 0
+        True
+    """
+    config = config or load_config(lake=uri)
+    return LakeDB(Lake(uri or config.lake, config.s3), config=config)
+
+
+def open_index(db: LakeDB, *, backbone: str | None = None, weights: str | None = None,
+               config: Config | None = None) -> VectorIndex:
+    """The vector index of one embedding set, brought up to date with the lake first.
+
+    Hold it for many searches: each function below that takes ``index=`` otherwise
+    opens it again.
+
+    Args:
+        db: from ``open_lake``.
+        backbone, weights: the embedding set (``resnet18``, ``imagenet1k_v1``); default: the lake's only one.
+
+    Raises:
+        SearchError: no embeddings yet (run ``edgemine embed``), or several sets to choose from.
+
+    Example:
+        >>> index = open_index(open_lake(lake_uri))
+        >>> len(index) > 0 and index.vectors.shape[1]
+        512
+    """
+    from mining.index_sync import open_index as sync_and_open
+
+    return sync_and_open(db, _config(db, config).index, backbone=backbone, weights=weights)
+
+
+def sync_index(db: LakeDB, *, backbone: str | None = None, weights: str | None = None, rebuild: bool = False,
+               config: Config | None = None) -> IndexSummary:
+    """Build or extend the vector index to cover every embedding (`edgemine index`).
+
+    Returns:
+        what was done: ``action`` (built, rebuilt, extended, up to date), ``vectors``, ``kind``.
+    """
+    from mining.index_sync import index_lake
+
+    config = _config(db, config)
+    return index_lake(db, config.index, backbone=backbone, weights=weights, rebuild=rebuild, seed=config.mining.seed)[1]
+
+
+def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] = (), k: int | None = None,
+                 where: str | None = None, save: str | None = None, index: VectorIndex | None = None,
+                 embed_files: FileEmbedder | None = None, config: Config | None = None) -> list[Hit]:
+    """The images most like ``seeds`` and unlike ``negatives`` (`edgemine similar`).
+
+    Args:
+        seeds: image ids of the lake (or image files, with ``embed_files``).
+        negatives: image ids (or files) the results should not look like; a
+            classifier then ranks every image.
+        k: how many results (default ``[mining] k``, 20).
+        where: a SQL predicate over ``images i LEFT JOIN predictions p``, e.g. ``"p.confidence < 0.6"``.
+        save: also save the results as this named set.
+        embed_files: ``embed.files.file_embedder(config)``, to embed file seeds with the index's model.
+
+    Returns:
+        Hits (rank, image_id, score: cosine similarity or the classifier's score), best first;
+        never a seed or a negative.
+
+    Raises:
+        SearchError: an unknown image id, a slice that matches nothing.
+        QueryError: ``where`` is not valid SQL.
+
+    Example:
+        >>> hits = find_similar(open_lake(lake_uri), [seed], k=5)
+        >>> [h.rank for h in hits], seed in [h.image_id for h in hits]
+        ([1, 2, 3, 4, 5], False)
+    """
+    from mining.search import find_similar as search
+
+    config = _config(db, config)
+    index = index or open_index(db, config=config)
+    return search(db, index, config, seeds, negatives=negatives, k=k, where=where, save=save, embed_files=embed_files)
+
+
+def start_narrowing(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] = (), where: str | None = None,
+                    pool: int | None = None, clusters: int | None = None, name: str | None = None,
+                    index: VectorIndex | None = None, embed_files: FileEmbedder | None = None,
+                    config: Config | None = None) -> StepReport:
+    """Start a narrowing session: the ``pool`` images nearest the seeds, clustered (`edgemine narrow start`).
+
+    Args:
+        seeds, negatives, where, embed_files: as for ``find_similar``.
+        pool: images taken near the seeds (default ``[mining] pool``, 1000).
+        clusters: k-means clusters (default ``[mining] clusters``, 8).
+        name: the session's name (default: the date and a random suffix).
+
+    Returns:
+        the first step: its clusters (size, distance to the seeds, label mix, images nearest the centre).
+
+    Raises:
+        SessionError: the name is taken. SearchError, QueryError: as for ``find_similar``.
+
+    Example:
+        >>> step = start_narrowing(open_lake(lake_uri), [seed], pool=60, clusters=3, name="doctest-glare")
+        >>> step.step, step.pool_size, sum(c.size for c in step.clusters)
+        (0, 60, 60)
+    """
+    from mining.backends import get_backend
+    from mining.sessions import start_query
+
+    config = _config(db, config)
+    index = index or open_index(db, config=config)
+    return start_query(db, index, get_backend(config.index.device), config, seeds, negatives=negatives, where=where,
+                       pool=pool, clusters=clusters, session=name, embed_files=embed_files)
+
+
+def pick_clusters(db: LakeDB, session: str, clusters: Sequence[int], *, k: int | None = None,
+                  index: VectorIndex | None = None, config: Config | None = None) -> StepReport:
+    """Re-cluster inside some clusters of the session's current step (`edgemine narrow pick`).
+
+    Args:
+        clusters: cluster numbers of the current step.
+        k: clusters to make (default: as many as the step had, at most one per 10 images).
+
+    Raises:
+        SessionError: an unknown session or cluster, or a single image left.
+
+    Example:
+        >>> db = open_lake(lake_uri)
+        >>> step = pick_clusters(db, "doctest-glare", [0, 1])
+        >>> step.path
+        [0, 1]
+    """
+    from mining.backends import get_backend
+    from mining.sessions import pick, session_embedding_set
+
+    config = _config(db, config)
+    if index is None:
+        backbone, weights = session_embedding_set(db, session)
+        index = open_index(db, backbone=backbone, weights=weights, config=config)
+    return pick(db, index, get_backend(config.index.device), config.mining, session, clusters, clusters=k)
+
+
+def go_back(db: LakeDB, session: str, *, config: Config | None = None) -> StepReport:
+    """Make the parent of the current step current again (`edgemine narrow back`); recorded.
+
+    Example:
+        >>> go_back(open_lake(lake_uri), "doctest-glare").path
+        [0]
+    """
+    from mining.sessions import back
+
+    return back(db, session, _config(db, config).mining.user)
+
+
+def show_step(db: LakeDB, session: str, step: int | None = None) -> StepReport:
+    """A step's clusters (default: the current step) (`edgemine narrow show`)."""
+    from mining.sessions import show
+
+    return show(db, session, step)
+
+
+def list_sessions(db: LakeDB) -> pa.Table:
+    """One row per narrowing session: who, when, steps, seeds (`edgemine narrow list`)."""
+    from mining.sessions import list_sessions as sessions
+
+    return sessions(db)
+
+
+def decide(db: LakeDB, review: str, image_ids: Sequence[str], decision: str, *, reviewer: str | None = None,
+           source: str | None = None, config: Config | None = None) -> int:
+    """Accept or reject images in a review (`edgemine review accept|reject`); append-only, the latest wins.
+
+    Args:
+        review: the review's name; its accepted images become the set of that name (``save_review``).
+        decision: ``accept`` or ``reject``.
+        reviewer: who decides (default ``[mining] user``, $EDGEMINE_USER, the login name).
+        source: where the images were found, e.g. ``narrow:glare/1``.
+
+    Returns:
+        how many images were decided on.
+
+    Raises:
+        ReviewError: another decision, no reviewer, an image id not in the lake (nothing recorded).
+
+    Example:
+        >>> decide(open_lake(lake_uri), "doctest-review", [seed], "accept", reviewer="ana")
+        1
+    """
+    from mining.decisions import decide as record
+
+    return record(db, review, image_ids, decision, reviewer=reviewer or _config(db, config).mining.user, source=source)
+
+
+def save_review(db: LakeDB, review: str, *, name: str | None = None, config: Config | None = None) -> int:
+    """Publish a review's accepted images as a named set (default: the review's name), for export.
+
+    Example:
+        >>> save_review(open_lake(lake_uri), "doctest-review")
+        1
+    """
+    from mining.decisions import save_review as publish
+
+    return publish(db, review, user=_config(db, config).mining.user, name=name)
+
+
+def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, scores: Sequence[float] | None = None,
+             source: str = "api", config: Config | None = None) -> int:
+    """Save images as a named set (the ``sets`` table); saving a name again replaces the set.
+
+    Raises:
+        SetError: no name, or no images.
+
+    Example:
+        >>> save_set(open_lake(lake_uri), "doctest-set", [seed])
+        1
+    """
+    from mining.sets import save_set as write
+
+    return write(db, name, image_ids, source=source, user=_config(db, config).mining.user, scores=scores)
+
+
+def _config(db: LakeDB, config: Config | None) -> Config:
+    return config or db.config or load_config(lake=db.lake.uri)

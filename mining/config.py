@@ -14,11 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mining.errors import ConfigError
+
 DEFAULT_LAKE = "./lake"
-
-
-class ConfigError(ValueError):
-    """A configuration file or value is wrong; the message says which and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +92,9 @@ class DemoConfig:
 class UIConfig:
     port: int = 8501
     page_size: int = 100  # thumbnails per page on the Review page
+    # Prediction columns shown under each thumbnail beside label and confidence (a true
+    # boolean as the column's name, anything else as name: value), e.g. ("customer_flag",).
+    caption_columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,10 @@ def _from_dict(cls: type, data: Mapping[str, Any], where: str) -> Any:
         expected = type(default) if default is not None else str
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if expected is tuple:  # TOML arrays of strings
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{where}: {name} must be a list of strings, got {value!r}")
+            value = tuple(value)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: {name} must be {expected.__name__}, got {value!r}")
         kwargs[name] = value

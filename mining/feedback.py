@@ -12,9 +12,9 @@ cut the images viewed per edge case found from 1.50 to 1.33 (BENCHMARKS.md).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from mining.index import SearchError, VectorIndex
+from mining.errors import SearchError
+from mining.index import VectorIndex
 
 UNLABELED_SAMPLE = 300
 UNLABELED_WEIGHT = 0.1
@@ -54,6 +54,8 @@ def classifier_query(index: VectorIndex, positives: np.ndarray, negatives: np.nd
 def fit_linear(features: np.ndarray, labels: np.ndarray, weights: np.ndarray, l2: float = L2) -> np.ndarray:
     """Weighted L2-regularised logistic regression (torch L-BFGS); returns the
     float32 (d,) weights (the bias does not change a ranking)."""
+    import torch  # imported here: a search without negatives never needs it (start-up of `edgemine similar`)
+
     x = torch.from_numpy(np.ascontiguousarray(features, np.float32))
     y = torch.from_numpy(np.asarray(labels, np.float32))
     sample_weight = torch.from_numpy(np.asarray(weights, np.float32))

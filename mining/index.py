@@ -29,16 +29,13 @@ import numpy as np
 from mining.backends import Backend
 from mining.backends.faiss_cpu import FaissCPU
 from mining.config import IndexConfig
+from mining.errors import SearchError
 
 log = logging.getLogger(__name__)
 
 KINDS = ("auto", "flat", "ivf", "ivfpq")
 TRAIN_PER_LIST = 64  # training points per IVF list: enough for stable cells, bounds training time
 RESCORE_FACTOR = 4  # ivfpq: candidates re-scored exactly per result wanted
-
-
-class SearchError(ValueError):
-    """A bad index request (unknown image id, bad kind, empty index); the message says what to do."""
 
 
 @dataclass(frozen=True)

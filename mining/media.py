@@ -5,6 +5,7 @@ boxes drawn, and a cluster's mosaic. Pillow only (no torch), so the UI starts fa
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +13,9 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from mining.config import S3Config
+from mining.errors import SearchError
 from mining.lake import open_url
-from mining.sql import LakeDB, view_where
+from mining.sql import LakeDB, quote_ident, view_where
 
 BOX_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
 
@@ -27,13 +29,17 @@ def thumbnails(db: LakeDB, image_ids: list[str]) -> dict[str, bytes]:
     return dict(zip(rows.column("image_id").to_pylist(), rows.column("jpeg").to_pylist()))
 
 
-def image_facts(db: LakeDB, image_ids: list[str]) -> pa.Table:
-    """Per image: its latest prediction's label and confidence and whether a customer
-    flagged it (NULL where the input has no such column), in the order given."""
-    flag = "bool_or(customer_flag)" if "customer_flag" in db.query("DESCRIBE predictions").column("column_name").to_pylist() else "NULL"
+def image_facts(db: LakeDB, image_ids: list[str], columns: Sequence[str] = ()) -> pa.Table:
+    """Per image, in the order given: its latest prediction's label and confidence, and
+    the value of each of ``columns`` (prediction columns such as ``customer_flag``,
+    from [ui] caption_columns) in that prediction; NULL where the lake has no such column."""
+    present = set(db.query("DESCRIBE predictions").column("column_name").to_pylist())
+    extra = "".join(
+        f", arg_max(p.{quote_ident(c)}, p.ts) AS {quote_ident(c)}" if c in present else f", NULL AS {quote_ident(c)}"
+        for c in columns
+    )
     return db.query(
-        f"SELECT i.image_id, arg_max(p.label, p.ts) AS label, arg_max(p.confidence, p.ts) AS confidence, "
-        f"{flag}::BOOLEAN AS customer_flag "
+        f"SELECT i.image_id, arg_max(p.label, p.ts) AS label, arg_max(p.confidence, p.ts) AS confidence{extra} "
         "FROM (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS n) i "
         f"LEFT JOIN ({view_where('predictions', 'image_id IN (SELECT unnest($ids))')}) p "
         "USING (image_id) GROUP BY i.image_id, i.n ORDER BY i.n",
@@ -56,7 +62,7 @@ class ImageDetails:
 def image_details(db: LakeDB, image_id: str) -> ImageDetails:
     images = db.query("SELECT uri, width, height FROM images WHERE image_id = $id", {"id": image_id}).to_pylist()
     if not images:
-        raise KeyError(f"no image {image_id} in the lake")
+        raise SearchError(f"no image {image_id} in the lake; check the id (edgemine sql \"SELECT image_id FROM images LIMIT 5\")")
     predictions = db.query(
         "SELECT prediction_id, model_version, ts, label, confidence FROM predictions WHERE image_id = $id ORDER BY ts DESC",
         {"id": image_id},

@@ -13,8 +13,12 @@ Identity rules (why rows never duplicate):
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 EMBEDDING_DIM = 512
@@ -272,3 +276,43 @@ def image_id_from_sha256(sha256_hex: str) -> str:
 
 def image_id_from_bytes(data: bytes) -> str:
     return image_id_from_sha256(hashlib.sha256(data).hexdigest())
+
+
+def make_rows(table: Table, n: int, **columns: Any) -> pa.Table:
+    """``n`` rows of ``table``: a column given as a sequence (list, numpy or Arrow
+    array) holds one value per row; any other value, None included, is the same in
+    every row; a column left out is null. For list columns (``seeds``, ``picked``) a
+    per-row value is a sequence of lists."""
+    unknown = sorted(set(columns) - set(table.schema.names))
+    if unknown:
+        raise ValueError(f"table {table.name} has no column(s) {unknown}; columns: {table.schema.names}")
+    arrays = []
+    for f in table.schema:
+        value = columns.get(f.name)
+        if _per_row(value, f.type):
+            array = value if isinstance(value, pa.Array | pa.ChunkedArray) else pa.array(value, f.type)
+            if len(array) != n:
+                raise ValueError(f"{table.name}.{f.name}: {len(array)} values for {n} rows")
+            arrays.append(array.cast(f.type))
+        else:
+            arrays.append(pa.nulls(n, f.type) if value is None else pa.array([value] * n, f.type))
+    return pa.Table.from_arrays(arrays, schema=table.schema)
+
+
+def error_rows(job: str, errors: Sequence[Mapping[str, Any]], at: datetime) -> pa.Table:
+    """Rows of the ``errors`` table, one per refused item: each a mapping with the
+    ``reason`` and any of ``source``, ``row``, ``uri``, ``raw`` (cut to 2,000 characters)."""
+    column = lambda name: [e.get(name) for e in errors]  # noqa: E731
+    raw = [None if r is None else r[:2000] for r in column("raw")]
+    return make_rows(ERRORS, len(errors), job=job, source=column("source"), row=column("row"), uri=column("uri"),
+                     reason=column("reason"), raw=raw, at=at)
+
+
+def _per_row(value: Any, type_: pa.DataType) -> bool:
+    if isinstance(value, pa.Array | pa.ChunkedArray | np.ndarray):
+        return True
+    if not isinstance(value, list | tuple):
+        return False
+    if pa.types.is_list(type_) or pa.types.is_fixed_size_list(type_):
+        return all(v is None or isinstance(v, list | tuple | np.ndarray) for v in value) and len(value) > 0
+    return True

@@ -2,19 +2,32 @@
 unlike any negatives, optionally within a SQL slice of the lake.
 
 Seeds and negatives are vectors, so an image in the lake (its stored embedding)
-and a file from outside (embedded on the fly, embed.files) are treated alike.
+and a file from outside (embedded on the fly by embed.files, with the model the
+index was built from) are treated alike. ``find_similar`` is what `edgemine
+similar` runs; ``rank`` is the same over vectors; ``browse`` lists seed candidates.
 """
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
+from mining.config import Config
+from mining.errors import SearchError
 from mining.feedback import classifier_query, mean_direction
-from mining.index import SearchError, VectorIndex
+from mining.index import VectorIndex
+from mining.lake import is_s3
+from mining.sets import save_set
 from mining.sql import LakeDB
+
+IMAGE_ID = re.compile(r"^[0-9a-f]{20}$")
+# (file URIs, backbone, weights tag) -> float32 (n, d) vectors: embed.files.file_embedder(config)
+FileEmbedder = Callable[[Sequence[str], str, str], np.ndarray]
 
 # What --where filters: every image, with its predictions (one row per prediction).
 SLICE_FROM = "images i LEFT JOIN predictions p USING (image_id)"
@@ -25,6 +38,86 @@ class Hit:
     rank: int
     image_id: str
     score: float
+
+
+@dataclass
+class Seeds:
+    """What the user gave, as vectors: ``labels`` name them (image id, or the file's
+    URI), ``vectors`` float32 (n, d), ``positions`` int64 (m,) those in the index
+    (excluded from results: a seed is not news)."""
+
+    labels: list[str]
+    vectors: np.ndarray
+    positions: np.ndarray
+
+
+@dataclass
+class Query:
+    """A search as the user gave it, resolved against the index: seeds, negatives
+    (None without any), and the ``--where`` slice as positions (None: everything)."""
+
+    positive: Seeds
+    negative: Seeds | None
+    subset: np.ndarray | None
+
+    @property
+    def exclude(self) -> np.ndarray:
+        """What was given is not news: never a result."""
+        if self.negative is None:
+            return self.positive.positions
+        return np.concatenate([self.positive.positions, self.negative.positions])
+
+
+def resolve_seeds(index: VectorIndex, seeds: Sequence[str], embed_files: FileEmbedder | None = None) -> Seeds:
+    """Image ids (looked up in ``index``) and image files (embedded by ``embed_files``
+    with the index's model) as one Seeds.
+
+    Raises SearchError for an id the index lacks, a seed that is neither an id nor a
+    file, or a file when no ``embed_files`` was given."""
+    ids = [s for s in seeds if IMAGE_ID.match(s) and not os.path.exists(s)]
+    files = [s for s in seeds if s not in ids]
+    for f in files:
+        if not is_s3(f) and not os.path.exists(f):
+            raise SearchError(f"{f!r} is neither an image id (20 hex digits) nor an image file")
+    positions = index.positions(ids) if ids else np.zeros(0, np.int64)
+    vectors = [index.vectors[positions]]
+    if files:
+        if embed_files is None:
+            raise SearchError(f"{files[0]!r} is a file: pass embed_files=embed.files.file_embedder(config) to embed it")
+        vectors.append(embed_files(files, index.backbone, index.weights))
+    return Seeds(labels=ids + files, vectors=np.concatenate(vectors), positions=positions)
+
+
+def resolve_query(db: LakeDB, index: VectorIndex, seeds: Sequence[str], *, negatives: Sequence[str] = (),
+                  where: str | None = None, embed_files: FileEmbedder | None = None) -> Query:
+    """Seeds and negatives as vectors (ids or files), and the SQL slice as positions.
+
+    Raises SearchError (bad seeds, a slice no embedded image matches) or QueryError (bad SQL)."""
+    positive = resolve_seeds(index, seeds, embed_files)
+    negative = resolve_seeds(index, negatives, embed_files) if negatives else None
+    subset = None
+    if where:
+        subset = slice_positions(db, index, where)
+        if len(subset) == 0:
+            raise SearchError(f"no embedded image matches --where {where!r}")
+    return Query(positive, negative, subset)
+
+
+def find_similar(db: LakeDB, index: VectorIndex, config: Config, seeds: Sequence[str], *,
+                 negatives: Sequence[str] = (), k: int | None = None, where: str | None = None,
+                 save: str | None = None, embed_files: FileEmbedder | None = None) -> list[Hit]:
+    """The ``k`` images (default ``config.mining.k``) most like ``seeds`` and unlike
+    ``negatives`` (image ids, or image files embedded by ``embed_files``), within the
+    ``where`` slice; saved as the named set ``save`` when given. What `edgemine similar` runs.
+
+    Raises SearchError (unknown seed, empty slice, bad k) or QueryError (bad SQL)."""
+    query = resolve_query(db, index, seeds, negatives=negatives, where=where, embed_files=embed_files)
+    hits = rank(index, query.positive.vectors, None if query.negative is None else query.negative.vectors,
+                k or config.mining.k, subset=query.subset, exclude=query.exclude, seed=config.mining.seed)
+    if save:
+        save_set(db, save, [h.image_id for h in hits], source=f"similar:{' '.join(seeds)}", user=config.mining.user,
+                 scores=[h.score for h in hits])
+    return hits
 
 
 def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,

@@ -33,17 +33,14 @@ from urllib.parse import urlparse
 import duckdb
 import pyarrow as pa
 
-from mining.config import S3Config
+from mining.config import Config, S3Config
+from mining.errors import QueryError, ReadOnlyError
 from mining.lake import Lake
 from mining.schema import EMBEDDING_DIM, TABLES, Table
 
 log = logging.getLogger(__name__)
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
-
-
-class ReadOnlyError(PermissionError):
-    """A statement that would change something was refused on a read-only connection."""
 
 
 class LakeDB:
@@ -53,9 +50,10 @@ class LakeDB:
     database for this lake. Writable, or with its own ``threads``: a database of
     its own (the ingest jobs join their inputs against the lake with it)."""
 
-    def __init__(self, lake: Lake, *, read_only: bool = True, threads: int | None = None):
+    def __init__(self, lake: Lake, *, read_only: bool = True, threads: int | None = None, config: Config | None = None):
         self.lake = lake
         self.read_only = read_only
+        self.config = config  # the settings it was opened with (mining.open_lake), for the library's defaults
         if read_only and threads is None:
             self._catalog = _catalog_for(lake)
             self.con = self._catalog.cursor()
@@ -71,13 +69,36 @@ class LakeDB:
         """Whether a LakeDB opened now would see views this one lacks."""
         return self._catalog is not None and _catalog_for(self.lake) is not self._catalog
 
+    def _follow_catalog(self) -> None:
+        """Move this LakeDB's cursor to the current shared database when the views changed
+        (a write through this connection, say), so a caller holding one LakeDB sees what it wrote."""
+        if self._catalog is None:
+            return
+        catalog = _catalog_for(self.lake)
+        if catalog is not self._catalog:
+            self.con.close()
+            self._catalog, self.con = catalog, catalog.cursor()
+
     def query(self, sql: str, params: list | dict | None = None) -> pa.Table:
         """Run ``sql`` and return the result as an Arrow table.
 
         On a read-only LakeDB, any statement that is not a SELECT is refused
-        before it runs, with ReadOnlyError."""
-        if self.read_only:
-            self.check_read_only(sql)
+        before it runs, with ReadOnlyError; SQL that DuckDB refuses (a syntax
+        error, an unknown column, a file outside the lake) raises QueryError with
+        DuckDB's message."""
+        if not self.read_only:
+            return self._run(sql, params)
+        self._follow_catalog()
+        self.check_read_only(sql)
+        try:
+            return self._run(sql, params)
+        except duckdb.PermissionException as e:
+            raise QueryError(f"Refused by DuckDB's sandbox: {e}. Queries read the lake only; "
+                             "to change it, use the edgemine jobs") from None
+        except duckdb.Error as e:
+            raise QueryError(f"DuckDB: {e}") from None
+
+    def _run(self, sql: str, params: list | dict | None) -> pa.Table:
         result = self.con.execute(sql, params) if params is not None else self.con.sql(sql)
         if result is None:
             return pa.table({})

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real S3 server (moto) on a loopback port, and lakes on both
-a local folder and S3 so the same test runs against each."""
+"""Shared fixtures: a real S3 server (moto) on a loopback port, lakes on both a
+local folder and S3 so the same test runs against each, and one demo lake (real
+images, embeddings, index and hidden truth) for the whole session."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from mining.config import Config, IngestConfig, S3Config
+from mining.config import Config, DemoConfig, EmbedConfig, IngestConfig, S3Config
 from mining.lake import Lake
 
 S3_KEY, S3_SECRET = "testing-key", "testing-secret"
@@ -83,3 +84,21 @@ def small_ingest() -> IngestConfig:
 
 def config_for(lake: Lake, **ingest) -> Config:
     return replace(Config(lake=lake.uri, s3=lake.s3), ingest=replace(IngestConfig(), **ingest))
+
+
+@pytest.fixture(scope="session")
+def demo_lake(tmp_path_factory) -> Lake:
+    """The demo lake, built once: 600 synthetic scenes (18 sun-glare edge cases), their
+    predictions, embeddings (seeded random weights) and index. Tests that write to it
+    (sessions, reviews, sets) use names of their own."""
+    from jobs.demo import run_demo
+
+    lake = Lake(str(tmp_path_factory.mktemp("demo") / "lake"))
+    config = Config(lake=lake.uri, demo=replace(DemoConfig(), images=DEMO_IMAGES, seed=5),
+                    embed=replace(EmbedConfig(), workers=1))
+    summary = run_demo(config, show_progress=False)
+    assert summary.index.vectors == DEMO_IMAGES  # the demo builds the index
+    return lake
+
+
+DEMO_IMAGES = 600

@@ -5,11 +5,20 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
 from mining.lake import Lake, open_url
+from mining.schema import EMBEDDING_DIM, EMBEDDINGS, make_rows
+from mining.sql import LakeDB
+
+EDGEMINE = Path(sys.executable).parent / "edgemine"
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:
@@ -73,3 +82,39 @@ def kill_commit_after_moves(monkeypatch, lake: Lake, moves: int) -> None:
         return real_mv(*args, **kwargs)
 
     monkeypatch.setattr(lake.fs, "mv", mv_then_die)
+
+
+def rows(lake: Lake, sql: str, params=None) -> list[dict]:
+    """The result of a read-only query on the lake, as dicts."""
+    with LakeDB(lake) as db:
+        return db.query(sql, params).to_pylist()
+
+
+def clustered(n: int, seed: int, centres: int = 6) -> np.ndarray:
+    """float32 (n, 512) unit vectors around a few centres, so neighbours mean something."""
+    rng = np.random.default_rng(seed)
+    middle = rng.standard_normal((centres, EMBEDDING_DIM))
+    x = middle[rng.integers(centres, size=n)] + 0.3 * rng.standard_normal((n, EMBEDDING_DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def image_ids(n: int, start: int = 0) -> list[str]:
+    """Made-up image ids (20 hex digits, as real ones are)."""
+    return [f"{i:020x}" for i in range(start, start + n)]
+
+
+def write_embeddings(lake: Lake, ids: list[str], vectors: np.ndarray, part: str) -> None:
+    """Embeddings written straight into the lake, as the embed job would (weights random-seed0)."""
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), EMBEDDING_DIM)
+    writer = lake.shard_writer("embed", part)
+    writer.write(EMBEDDINGS, make_rows(EMBEDDINGS, len(ids), image_id=ids, backbone="resnet18", weights="random-seed0",
+                                       embedding=embedding, computed_at=datetime.now(UTC)))
+    writer.commit()
+
+
+def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """`edgemine ARGS --quiet` in a process of its own, as a user runs it."""
+    result = subprocess.run([str(EDGEMINE), *args, "--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result

@@ -18,7 +18,8 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 import mining.backends.torch_backend as torch_backend
-from embed.model import DeviceError
+from mining import devices
+from mining.errors import DeviceError
 from mining.backends import KMeansResult, get_backend
 from mining.backends.faiss_cpu import FaissCPU
 from mining.backends.torch_backend import TorchBackend
@@ -333,14 +334,14 @@ def test_get_backend_cpu_is_faiss_cpu():
 
 
 def test_get_backend_auto_without_gpu_is_faiss_cpu(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
     assert isinstance(get_backend("auto"), FaissCPU)
     assert isinstance(get_backend(), FaissCPU)
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:1"])
 def test_get_backend_cuda_without_gpu_raises(monkeypatch, device):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 0)
     with pytest.raises(DeviceError, match=f"device '{device}' was asked for but torch sees no CUDA GPU"):
         get_backend(device)
 
@@ -350,7 +351,7 @@ def test_get_backend_gpu_without_faiss_gpu_is_torch(monkeypatch, device):
     """A GPU that faiss cannot use: torch on it (only built here, nothing runs on it)."""
     from mining.backends import faiss_gpu
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 1)
     monkeypatch.setattr(faiss_gpu, "available", lambda: False)
     backend = get_backend(device)
     assert isinstance(backend, TorchBackend) and backend.name == "torch"

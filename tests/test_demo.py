@@ -26,11 +26,12 @@ def query(lake, sql):
 
 
 def test_demo_builds_a_consistent_lake(lake):
-    summary = run_demo(demo_config(lake, 300), show_progress=False)
+    summary = run_demo(demo_config(lake, 300), show_progress=False).to_dict()
     assert summary["images"]["registered"] == 300 and summary["images"]["errors"] == 1  # the corrupt file
     assert summary["predictions"]["rows"]["predictions"] == 300
     assert summary["predictions"]["errors"] == 1  # one bad line per 500 images, at index 250
     assert summary["demo_truth"] == 300
+    assert summary["errors"] == 2  # every step's refusals, counted once
     # Every prediction joins an image and its ground truth.
     joined = query(lake, "SELECT count(*) n FROM predictions p JOIN images USING (image_id) JOIN demo_truth USING (image_id)")
     assert joined == [{"n": 300}]
@@ -39,7 +40,7 @@ def test_demo_builds_a_consistent_lake(lake):
     assert summary["embeddings"]["embedded"] == 300 and summary["embeddings"]["weights"] == "random-seed0"
     assert query(lake, "SELECT count(*) n FROM images JOIN embeddings USING (image_id) JOIN thumbnails USING (image_id)") == [{"n": 300}]
 
-    again = run_demo(demo_config(lake, 300), show_progress=False)
+    again = run_demo(demo_config(lake, 300), show_progress=False).to_dict()
     assert again["generated"] is False and again["images"]["registered"] == 0
     assert again["predictions"]["skipped"] == 1
     assert again["embeddings"]["embedded"] == 0 and again["embeddings"]["already_embedded"] == 300
@@ -99,5 +100,5 @@ def test_tiny_demo(tmp_path, images):
     from mining.lake import Lake
 
     lake = Lake(str(tmp_path / "lake"))
-    summary = run_demo(demo_config(lake, images), show_progress=False)
+    summary = run_demo(demo_config(lake, images), show_progress=False).to_dict()
     assert summary["predictions"]["rows"]["predictions"] == images

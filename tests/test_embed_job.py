@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from embed import reader
-from jobs.embed import JOB, Shard, embed_lake
+from jobs.embed_images import JOB, Shard, embed_lake
 from jobs.ingest_images import ingest_images
 from mining.config import EmbedConfig
+from mining.errors import ConfigError
 from mining.lake import Lake, open_url
 from mining.sql import LakeDB
 from tests.helpers import jpeg_bytes, kill_commit_after_moves, put, put_images, source_uri
@@ -144,7 +145,7 @@ def test_shards_split_the_images_without_overlap_and_match_one_run(lake, tmp_pat
 def test_shard_spec_is_validated():
     assert Shard.parse("2/8") == Shard(2, 8)
     for bad in ["8/8", "-1/2", "1", "a/b", "0/0"]:
-        with pytest.raises(ValueError, match="I/N"):
+        with pytest.raises(ConfigError, match="I/N"):
             Shard.parse(bad)
 
 
@@ -203,7 +204,7 @@ def test_a_part_left_half_published_by_a_kill_is_undone_and_redone(lake, monkeyp
 
 
 def test_unknown_decode_mode_lists_the_allowed_ones(lake):
-    with pytest.raises(ValueError, match="auto, workers, device"):
+    with pytest.raises(ConfigError, match="auto, workers, device"):
         embed_lake(lake, replace(CONFIG, decode="gpu"), show_progress=False)
 
 

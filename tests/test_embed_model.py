@@ -12,7 +12,8 @@ import torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
 
-from embed.model import DeviceError, WeightsError, load_backbone, resolve_device
+from embed.model import load_backbone
+from mining.errors import ConfigError, WeightsError
 
 # Same vectors whatever the batching or graph rewrites: float32 rounding only.
 TOLERANCE = 1e-5
@@ -109,7 +110,7 @@ def test_unknown_weights_and_backbone_list_what_is_allowed(tmp_path: Path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="could not be read"):
         load_backbone(weights=str(tmp_path / "junk.pth"))
-    with pytest.raises(ValueError, match="resnet18"):
+    with pytest.raises(ConfigError, match="resnet18"):
         load_backbone("vit_h", "random")
 
 
@@ -140,16 +141,6 @@ def test_imagenet_weights_unreachable_says_how_to_fix(tmp_path: Path, monkeypatc
     message = str(error.value)
     assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
     assert "--weights random" in message and "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
-
-
-def test_devices():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(DeviceError, match="auto, cpu, cuda"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(DeviceError, match="no CUDA"):
-            resolve_device("cuda")
 
 
 def test_public_api_as_the_package_docstring_shows():

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import hashlib
 
-from jobs.embed import embed_lake
+from jobs.embed_images import embed_lake
 from jobs.ingest_images import ingest_images
 from mining.config import EmbedConfig
 from mining.sql import LakeDB

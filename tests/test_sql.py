@@ -17,7 +17,8 @@ from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
 from mining.schema import EMBEDDINGS, TABLES
 from mining import sql
-from mining.sql import LakeDB, ReadOnlyError, httpfs_extension_path, view_statements
+from mining.errors import QueryError, ReadOnlyError
+from mining.sql import LakeDB, httpfs_extension_path, view_statements
 from tests.helpers import jsonl, prediction, put, put_images, source_uri
 
 
@@ -79,7 +80,7 @@ def test_read_only_cannot_read_outside_the_lake(filled, tmp_path):
         assert unlocked.query(f"SELECT * FROM read_csv('{beside}')").num_rows == 1
     with LakeDB(filled) as db:
         for outside in (beside, tmp_path / "local.csv", "/etc/passwd"):
-            with pytest.raises(duckdb.PermissionException):
+            with pytest.raises(QueryError, match="Refused by DuckDB's sandbox"):
                 db.query(f"SELECT * FROM read_csv('{outside}')")
         # Sandboxed, yet the lake itself still reads.
         assert db.query("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == 30
@@ -154,9 +155,9 @@ def test_shared_views_see_what_this_process_and_others_publish(filled, small_ing
         assert _one(filled, "SELECT count(*) FROM reviews") == 0 and held == 30
 
         other_process = (
-            "import json, sys; from jobs.review import decide; from mining.config import S3Config; "
-            "from mining.lake import Lake; "
-            "decide(Lake(sys.argv[1], S3Config(**json.loads(sys.argv[2]))), 'r1', [sys.argv[3]], 'accept', reviewer='bob')"
+            "import json, sys; from mining.decisions import decide; from mining.config import S3Config; "
+            "from mining.lake import Lake; from mining.sql import LakeDB; "
+            "decide(LakeDB(Lake(sys.argv[1], S3Config(**json.loads(sys.argv[2])))), 'r1', [sys.argv[3]], 'accept', reviewer='bob')"
         )
         s3 = json.dumps(dataclasses.asdict(filled.s3))
         subprocess.run([sys.executable, "-c", other_process, filled.uri, s3, image_id], check=True, timeout=120)

@@ -6,33 +6,25 @@ What the UI writes is checked in the lake itself, through SQL.
 
 from __future__ import annotations
 
-import io
-import threading
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from jobs import narrow, review
 from jobs.demo import run_demo
+from mining import sessions
 from mining.backends import get_backend
-from mining.config import Config, DemoConfig, EmbedConfig, MiningConfig, S3Config
+from mining.config import Config, DemoConfig, EmbedConfig, IndexConfig, MiningConfig, S3Config
+from mining.index_sync import open_index
 from mining.lake import Lake
 from mining.media import read_image
+from mining.sets import save_set
 from mining.sql import LakeDB
+from tests.helpers import rows as sql
+from ui import nav
 
 APP = str(Path(__file__).resolve().parents[1] / "ui" / "app.py")
-
-
-@pytest.fixture(scope="module")
-def demo_lake(tmp_path_factory) -> Lake:
-    lake = Lake(str(tmp_path_factory.mktemp("ui") / "lake"))
-    config = Config(lake=lake.uri, demo=replace(DemoConfig(), images=300, seed=5), embed=replace(EmbedConfig(), workers=1))
-    run_demo(config, show_progress=False)
-    return lake
 
 
 @pytest.fixture
@@ -47,7 +39,8 @@ def app(demo_lake, monkeypatch) -> AppTest:
 
 
 def open_page(at: AppTest, name: str) -> AppTest:
-    at.switch_page(f"views/{name}.py").run()
+    """Switch to the page ``name`` (a key of ui.nav.PAGES)."""
+    at.switch_page(f"views/{nav.PAGES[name][0]}").run()
     assert not at.exception, at.exception
     return at
 
@@ -62,17 +55,12 @@ def select(at: AppTest, key: str, image_ids: list[str]) -> None:
     at.run()
 
 
-def sql(lake: Lake, query: str, params=None) -> list[dict]:
-    with LakeDB(lake) as db:
-        return db.query(query, params).to_pylist()
-
-
 # -- Lake and SQL ------------------------------------------------------------------
 def test_lake_page_shows_what_the_lake_holds(app, demo_lake):
     metrics = {m.label: m.value for m in app.metric}
     truth = sql(demo_lake, "SELECT (SELECT count(*) FROM images) i, (SELECT count(*) FROM errors) e")[0]
     assert metrics["Images"] == f"{truth['i']:,}" and metrics["Errors"] == f"{truth['e']:,}"
-    assert metrics["Embedded"] == "300"
+    assert metrics["Embedded"] == f"{truth['i']:,}"  # every demo image but the corrupt one (not registered) is embedded
     tabs = [t.label for t in app.tabs]
     assert tabs[:2] == ["label", "model_version"] and {"camera", "region"} <= set(tabs)  # metadata columns of the input
     assert not app.error
@@ -147,7 +135,8 @@ def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
     # Back along the breadcrumb, recorded in the lake; the CLI's view agrees.
     app.button(key="crumb:0").click().run()
     assert [b.label for b in app.button if b.key and b.key.startswith("crumb:")] == ["step 0 (here)"]
-    assert narrow.show(demo_lake, "ui-glare").step == 0
+    with LakeDB(demo_lake) as db:
+        assert sessions.show(db, "ui-glare").step == 0
     assert [s["action"] for s in sql(demo_lake, "SELECT action FROM narrow_steps WHERE session = 'ui-glare' ORDER BY step")] == \
         ["start", "pick", "back"]
 
@@ -177,22 +166,24 @@ def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
 
 
 def test_a_session_started_in_the_cli_library_opens_in_the_ui_and_back(app, demo_lake):
-    from jobs.index import open_index
-    from mining.config import IndexConfig
-
-    index = open_index(demo_lake, IndexConfig())
-    seed = str(index.ids[7])
-    narrow.start(demo_lake, index, get_backend("cpu"), MiningConfig(user="bob"), seeds=[seed],
-                 seed_vectors=index.vectors[[7]], pool=60, clusters=3, session="from-cli")
+    with LakeDB(demo_lake) as db:
+        index = open_index(db, IndexConfig())
+        seed = str(index.ids[7])
+        started = sessions.start(db, index, get_backend("cpu"), MiningConfig(user="bob"), seeds=[seed],
+                                 seed_vectors=index.vectors[[7]], pool=60, clusters=3, session="from-cli")
+    largest = max(started.clusters, key=lambda c: c.size).cluster
     open_page(app, "narrow")
     app.selectbox(key="session_pick").select("from-cli").run()
     assert len([m for m in app.markdown if m.value.startswith("**Cluster")]) == 3
-    app.button(key="drill:2").click().run()
-    report = narrow.show(demo_lake, "from-cli")  # what `edgemine narrow show` prints
-    drilled = sql(demo_lake, "SELECT count(*) n FROM narrow_members WHERE session = 'from-cli' AND step = 0 AND cluster = 2")[0]["n"]
+    app.button(key=f"drill:{largest}").click().run()
+    assert not app.error
+    with LakeDB(demo_lake) as db:
+        report = sessions.show(db, "from-cli")  # what `edgemine narrow show` prints
+    drilled = sql(demo_lake, "SELECT count(*) n FROM narrow_members WHERE session = 'from-cli' AND step = 0 AND cluster = $c",
+                  {"c": largest})[0]["n"]
     assert report.path == [0, 1] and sum(c.size for c in report.clusters) == drilled
     # As many clusters as the parent step, but none of a handful of images: one per 10 at most.
-    assert len(report.clusters) == min(3, max(2, drilled // narrow.MIN_CLUSTER))
+    assert len(report.clusters) == min(3, max(2, drilled // sessions.MIN_CLUSTER))
     assert sql(demo_lake, "SELECT created_by FROM narrow_steps WHERE session = 'from-cli' AND step = 1")[0]["created_by"] == "alice"
 
 
@@ -211,13 +202,13 @@ def test_an_uploaded_image_is_a_seed_and_a_new_file_of_the_same_name_is_a_new_se
 
 def test_the_default_embedding_set_and_the_same_set_named_share_one_loaded_index(demo_lake, monkeypatch):
     """Find similar asks for the lake's default set, a session names its set: one index in memory, not two."""
-    from jobs import index as index_job
+    from mining import index_sync
     from ui import data
 
     monkeypatch.setenv("EDGEMINE_LAKE", demo_lake.uri)
     monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
-    loads, real = [], index_job.open_index
-    monkeypatch.setattr(index_job, "open_index", lambda *a, **kw: loads.append(kw) or real(*a, **kw))
+    loads, real = [], index_sync.open_index
+    monkeypatch.setattr(index_sync, "open_index", lambda *a, **kw: loads.append(kw) or real(*a, **kw))
     data._index.clear()
     data.embedding_set.clear()
     default = data.index(demo_lake.uri)
@@ -242,9 +233,8 @@ def test_full_size_image_opens_with_its_boxes(app, demo_lake):
 
 def test_review_a_named_set_and_an_sql_query(app, demo_lake):
     ids = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM images ORDER BY image_id LIMIT 5")]
-    from jobs.sets import save_set
-
-    save_set(demo_lake, "five", ids, source="test", user="t")
+    with LakeDB(demo_lake) as db:
+        save_set(db, "five", ids, source="test", user="t")
     open_page(app, "review")
     app.radio(key="review_kind").set_value("Named set").run()
     app.selectbox(key="review_set").select("five").run()
@@ -260,99 +250,64 @@ def test_review_a_named_set_and_an_sql_query(app, demo_lake):
     assert "refused" in app.error[0].value
 
 
-# -- the library under the Review page ------------------------------------------------
-def test_two_reviewers_deciding_at_once_lose_nothing(demo_lake):
-    ids = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM images ORDER BY image_id DESC LIMIT 40")]
-    errors = []
+def test_every_action_with_bad_input_shows_an_error_and_no_traceback(app, demo_lake, monkeypatch):
+    """Unknown ids, a bad filter, a file that is no image, a session name in use, a missing
+    session, no reviewer, a DELETE: each an error box, never an exception; nothing written."""
+    decisions_before = sql(demo_lake, "SELECT count(*) n FROM raw.reviews")[0]["n"]
 
-    def decide(n: int) -> None:
-        try:
-            review.decide(demo_lake, "race", ids[n * 4:(n + 1) * 4], "accept" if n % 2 else "reject", reviewer=f"r{n}")
-        except Exception as e:  # pragma: no cover - reported below
-            errors.append(e)
+    def errors() -> str:
+        assert not app.exception, app.exception
+        return " ".join(e.value for e in app.error)
 
-    threads = [threading.Thread(target=decide, args=(n,)) for n in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    rows = sql(demo_lake, "SELECT image_id, reviewer FROM reviews WHERE review = 'race'")
-    assert sorted(r["image_id"] for r in rows) == sorted(ids)
-    assert {r["reviewer"] for r in rows} == {f"r{n}" for n in range(10)}
+    open_page(app, "sql")
+    app.text_area(key="sql").input("DELETE FROM predictions")
+    app.button(key="sql_run").click().run()
+    assert "DELETE statements are refused" in errors()
 
+    open_page(app, "similar")
+    app.text_input(key="browse_where").input("no_such_column = 1").run()
+    assert "no_such_column" in errors()
+    app.text_input(key="browse_where").input("").run()
+    assert app.button(key="browse_add").disabled  # nothing selected: nothing to add
+    app.text_input(key="seed_ids").input("ffffffffffffffffffff")
+    app.button(key="seed_ids_add").click().run()
+    assert "not in the index: ffffffffffffffffffff" in errors() and app.session_state["positives"] == []
 
-def test_review_refuses_bad_input_and_writes_nothing(demo_lake):
-    from mining.index import SearchError
+    app.file_uploader(key="upload").set_value(("not-an-image.jpg", b"plain text, not a JPEG", "image/jpeg")).run()
+    app.button(key="upload_add").click().run()
+    assert "not an image" in errors()
+    app.button(key="clear_seeds").click().run()
 
-    one = sql(demo_lake, "SELECT image_id FROM images LIMIT 1")[0]["image_id"]
-    before = sql(demo_lake, "SELECT count(*) n FROM raw.reviews")[0]["n"]
-    with pytest.raises(SearchError, match="accept, reject"):
-        review.decide(demo_lake, "r", [one], "maybe", reviewer="a")
-    with pytest.raises(SearchError, match="not in the lake"):
-        review.decide(demo_lake, "r", [one, "0" * 20], "accept", reviewer="a")
-    with pytest.raises(SearchError, match="reviewer"):
-        review.decide(demo_lake, "r", [one], "accept", reviewer="")
-    with pytest.raises(SearchError, match="no accepted images"):
-        review.save_review(demo_lake, "never-reviewed", user="a")
-    assert sql(demo_lake, "SELECT count(*) n FROM raw.reviews")[0]["n"] == before
-
-
-def test_review_cli_accepts_rejects_lists_and_saves(demo_lake, monkeypatch, capsys):
-    from jobs.cli import main
-
-    monkeypatch.setenv("EDGEMINE_USER", "carol")
-    ids = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM images ORDER BY image_id LIMIT 3")]
-    assert main(["review", "accept", "cli", *ids, "--lake", demo_lake.uri, "--quiet"]) == 0
-    assert main(["review", "reject", "cli", ids[0], "--lake", demo_lake.uri, "--quiet"]) == 0
-    assert main(["review", "save", "cli", "--as", "cli-set", "--lake", demo_lake.uri, "--json"]) == 0
-    assert '"images": 2' in capsys.readouterr().out
-    assert sorted(r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM sets WHERE name = 'cli-set'")) == sorted(ids[1:])
-    assert main(["review", "accept", "cli", "nothex", "--lake", demo_lake.uri]) == 2
-    assert "not in the lake" in capsys.readouterr().err
-
-
-# -- pictures ----------------------------------------------------------------------
-def test_boxes_are_drawn_where_the_detections_are():
-    from mining.media import draw_boxes
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (200, 100), "white").save(buffer, "PNG")
-    drawn = np.asarray(draw_boxes(buffer.getvalue(), [{"box": [50, 40, 150, 90], "label": "car", "score": 0.9}]))
-    assert tuple(drawn[65, 50]) == (255, 59, 48)  # the left edge, in the first colour
-    assert tuple(drawn[65, 100]) == (255, 255, 255)  # inside the box: untouched
-    assert tuple(drawn[20, 180]) == (255, 255, 255)  # outside: untouched
-
-
-def test_mosaic_and_pool_map():
-    from mining.media import mosaic
-    from mining.narrow import project_2d
-
-    tiles = []
-    for colour in ("red", "green", "blue"):
-        buffer = io.BytesIO()
-        Image.new("RGB", (40, 30), colour).save(buffer, "JPEG")
-        tiles.append(buffer.getvalue())
-    sheet = mosaic(tiles, columns=2, tile=50)
-    assert sheet.size == (100, 100) and sheet.getpixel((75, 25))[1] > 100 and sheet.getpixel((25, 75))[2] > 100
-
-    rng = np.random.default_rng(0)
-    points = rng.normal(size=(300, 16)).astype(np.float32) * np.r_[5.0, 3.0, np.full(14, 0.1)].astype(np.float32)
-    xy = project_2d(points)
-    assert xy.shape == (300, 2)
-    # The first two principal axes are the two wide dimensions: the map keeps their spread.
-    assert np.allclose(np.abs(np.corrcoef(xy[:, 0], points[:, 0])[0, 1]), 1, atol=1e-3)
-    assert np.allclose(np.abs(np.corrcoef(xy[:, 1], points[:, 1])[0, 1]), 1, atol=1e-2)
-
-
-def test_confidence_histogram_bins_are_clean_and_complete(demo_lake):
-    from mining.overview import confidence_histogram
-
+    seed = grid_ids(app, "browse")[0]
+    select(app, "browse", [seed])
+    app.button(key="browse_add").click().run()
+    app.text_input(key="where").input("p.nope > 1").run()
+    assert "nope" in errors()
+    app.text_input(key="where").input("").run()
     with LakeDB(demo_lake) as db:
-        bins = confidence_histogram(db, bins=20).to_pylist()
-        total = db.query("SELECT count(*) n FROM predictions").column("n")[0].as_py()
-    assert sum(b["predictions"] for b in bins) == total
-    assert all(round(b["low"] * 20) == b["low"] * 20 and 0 <= b["low"] < 1 for b in bins)  # edges, not float noise
+        index = open_index(db, IndexConfig())
+        sessions.start(db, index, get_backend("cpu"), MiningConfig(user="bob"), seeds=[str(index.ids[0])],
+                       seed_vectors=index.vectors[:1], pool=30, clusters=2, session="taken")
+    app.text_input(key="session_name").input("taken")
+    app.button(key="start_narrowing").click().run()
+    assert "exists already" in errors() and [t.value for t in app.title] == ["Find similar"]
+
+    open_page(app, "review")
+    app.session_state["review_source"] = {"kind": "narrow", "session": "gone", "clusters": [0]}
+    app.run()
+    assert "no session 'gone'" in errors()
+
+    app.radio(key="review_kind").set_value("SQL query").run()
+    app.text_area(key="review_sql").input(f"SELECT '{seed}' AS image_id").run()
+    app.text_input(key="review_name").input("bad-input").run()
+    app.sidebar.text_input(key="reviewer").input("").run()
+    app.button(key="accept_all").click().run()
+    assert "needs a reviewer" in errors()
+    assert app.button(key="accept_selected").disabled  # empty selection
+    app.text_area(key="review_sql").input("DELETE FROM images").run()
+    assert "refused" in errors()
+
+    assert sql(demo_lake, "SELECT count(*) n FROM raw.reviews")[0]["n"] == decisions_before
 
 
 def test_the_ui_works_on_an_s3_lake(s3_env, s3_config, new_bucket, monkeypatch):

@@ -18,14 +18,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from jobs.demo import run_demo
-from mining.config import Config, DemoConfig, EmbedConfig, UIConfig
-from mining.lake import Lake
+from mining.config import UIConfig
 from mining.sql import LakeDB
 
 CHROMIUM = "/usr/bin/chromium"
@@ -53,13 +51,11 @@ def _skip_without_browser(request) -> None:
 
 
 @pytest.fixture(scope="module")
-def ui(request, tmp_path_factory):
-    """(url, lake): `edgemine ui` serving a fresh 300-image demo lake."""
+def ui(request, tmp_path_factory, demo_lake):
+    """(url, lake): `edgemine ui` serving the session's demo lake."""
     _skip_without_browser(request)
     folder = tmp_path_factory.mktemp("ui")
-    lake = Lake(str(folder / "lake"))
-    run_demo(Config(lake=lake.uri, demo=replace(DemoConfig(), images=300, seed=5),
-                    embed=replace(EmbedConfig(), workers=1)), show_progress=False)
+    lake = demo_lake
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -93,6 +89,7 @@ def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp
     from playwright.sync_api import expect, sync_playwright
 
     url, lake = ui
+    started = datetime.now(UTC)  # the shared demo lake holds other tests' decisions: only this one's count
     expect.set_options(timeout=WAIT_MS)
     shots = []
 
@@ -208,7 +205,7 @@ def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp
             browser.close()
 
     with LakeDB(lake) as db:
-        rows = db.query("SELECT * FROM reviews").to_pylist()
+        rows = db.query("SELECT * FROM reviews WHERE decided_at >= $started", {"started": started}).to_pylist()
     assert [r["decision"] for r in rows] == ["accept"], rows
     assert rows[0]["image_id"].startswith(chosen) and rows[0]["source"] == f"narrow:{rows[0]['review']}/1#{first_cluster}"
     assert len(shots) == 6 and all(s.stat().st_size > 10_000 for s in shots)

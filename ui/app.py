@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from mining.errors import EdgemineError
 from ui import data, nav, widgets
 
 st.set_page_config(page_title="edgemine", page_icon=":material/image_search:", layout="wide")
@@ -13,4 +14,8 @@ st.sidebar.caption(f"Lake: `{data.lake().uri}`")
 widgets.reviewer()
 if st.sidebar.button("Reload index", help="pick up embeddings added since the UI started"):
     data.reload_index()
-page.run()
+widgets.show_pending_error()  # from a button's callback, run before this script
+try:
+    page.run()
+except EdgemineError as e:  # what the user can fix, said in the page; the sidebar and pages stay usable
+    st.error(str(e))

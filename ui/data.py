@@ -6,7 +6,7 @@ session (vector index, backend), ``st.cache_data`` for reads
 whose answer only changes when the lake does (thumbnails never change for an
 image id; lake statistics are kept a minute). Each browser session holds its own
 cursor on the process's shared DuckDB database of the lake (``mining.sql``; a
-cursor is not shared between threads), renewed when that database was rebuilt.
+cursor is not shared between threads), which follows that database when it is rebuilt.
 """
 
 from __future__ import annotations
@@ -15,10 +15,14 @@ import dataclasses
 
 import streamlit as st
 
+import embed.files
+from mining import index_sync, media, search, sessions, statistics
 from mining.backends import Backend, get_backend
+from mining.clustering import project_2d
 from mining.config import Config, load_config
 from mining.index import VectorIndex
 from mining.lake import Lake
+from mining.search import FileEmbedder
 from mining.sql import LakeDB
 
 
@@ -40,7 +44,7 @@ def lake() -> Lake:
 def db() -> LakeDB:
     """This session's read-only connection to the lake's views."""
     held = st.session_state.get("_lakedb")
-    if held is None or held.lake.uri != lake().uri or held.stale:
+    if held is None or held.lake.uri != lake().uri:
         if held is not None:
             held.close()  # only its cursor: the shared database stays for the others
         held = st.session_state["_lakedb"] = LakeDB(lake())
@@ -66,16 +70,12 @@ def index(lake_uri: str, backbone: str | None = None, weights: str | None = None
 @st.cache_data(ttl=60, show_spinner=False)
 def embedding_set(lake_uri: str, backbone: str | None, weights: str | None) -> tuple[str, str]:
     """(backbone, weights) as given or the lake's only set; SearchError (not cached) when none fits."""
-    from jobs.index import choose_embedding_set
-
-    return choose_embedding_set(lake(), backbone, weights)
+    return index_sync.choose_embedding_set(db(), backbone, weights)
 
 
 @st.cache_resource(show_spinner="Loading the vector index…")
 def _index(lake_uri: str, backbone: str, weights: str) -> VectorIndex:
-    from jobs.index import open_index
-
-    return open_index(lake(), config().index, backbone=backbone, weights=weights)
+    return index_sync.open_index(db(), config().index, backbone=backbone, weights=weights)
 
 
 def reload_index() -> None:
@@ -92,19 +92,22 @@ def backend(device: str) -> Backend:
     return get_backend(device)
 
 
+@st.cache_resource
+def file_embedder() -> FileEmbedder:
+    """Embeds uploaded seed images with the index's model: loaded on the first upload, then kept."""
+    return embed.files.file_embedder(config())
+
+
 @st.cache_data(max_entries=512, show_spinner=False)
 def thumbnails(lake_uri: str, image_ids: tuple[str, ...]) -> dict[str, bytes]:
     """JPEG thumbnails by image id (content-addressed ids: safe to keep)."""
-    from mining.media import thumbnails as read_thumbnails
-
-    return read_thumbnails(db(), list(image_ids))
+    return media.thumbnails(db(), list(image_ids))
 
 
 @st.cache_data(ttl=60, show_spinner=False)
 def overview(lake_uri: str) -> dict:
     """Everything the Lake page charts, in one cached read."""
-    from mining import overview as o
-
+    o = statistics
     con = db()
     columns = ["label", "model_version", *o.metadata_columns(con)]
     return {
@@ -119,31 +122,25 @@ def overview(lake_uri: str) -> dict:
 
 @st.cache_data(ttl=60, max_entries=512, show_spinner=False)
 def facts(lake_uri: str, image_ids: tuple[str, ...]) -> dict[str, dict]:
-    """Latest label, confidence and customer flag per image id (for captions)."""
-    from mining.media import image_facts
-
-    return {r["image_id"]: r for r in image_facts(db(), list(image_ids)).to_pylist()}
+    """Latest label and confidence, and the configured caption columns, per image id."""
+    return {r["image_id"]: r for r in media.image_facts(db(), list(image_ids), config().ui.caption_columns).to_pylist()}
 
 
 @st.cache_data(max_entries=64, show_spinner="Searching…")
 def similar(lake_uri: str, positives: tuple[str, ...], negatives: tuple[str, ...], k: int,
             where: str | None) -> list[tuple[str, float]]:
     """(image id, score) of the ``k`` images most like ``positives`` and unlike ``negatives``."""
-    from jobs.similar import find_similar
-
-    hits = find_similar(lake(), index(lake_uri), config(), list(positives), negatives=list(negatives), k=k, where=where)
+    hits = search.find_similar(db(), index(lake_uri), config(), list(positives), negatives=list(negatives), k=k,
+                               where=where, embed_files=file_embedder())
     return [(h.image_id, h.score) for h in hits]
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def pool_map(lake_uri: str, session: str, step: int) -> dict[str, list]:
     """A clustering step's pool on its two principal axes (a step never changes once written)."""
-    from jobs.narrow import members_of, session_embedding_set
-    from mining.narrow import project_2d
-
-    members = members_of(lake(), session, step)
+    members = sessions.members_of(db(), session, step)
     ids = members.column("image_id").to_numpy(zero_copy_only=False)
-    vectors_index = index(lake_uri, *session_embedding_set(lake(), session))
+    vectors_index = index(lake_uri, *sessions.session_embedding_set(db(), session))
     xy = project_2d(vectors_index.vectors[vectors_index.positions(ids)])
     return {"image_id": ids.tolist(), "cluster": [str(c) for c in members.column("cluster").to_pylist()],
             "x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "similarity": members.column("similarity").to_pylist()}
@@ -152,7 +149,5 @@ def pool_map(lake_uri: str, session: str, step: int) -> dict[str, list]:
 @st.cache_data(max_entries=64, show_spinner=False)
 def mosaics(lake_uri: str, groups: tuple[tuple[str, ...], ...]) -> list[bytes]:
     """JPEG mosaics of each group of image ids (the cluster cards), from one thumbnail read."""
-    from mining.media import mosaic, to_jpeg
-
     thumbs = thumbnails(lake_uri, tuple(i for group in groups for i in group))
-    return [to_jpeg(mosaic([thumbs[i] for i in group if i in thumbs])) for group in groups]
+    return [media.to_jpeg(media.mosaic([thumbs[i] for i in group if i in thumbs])) for group in groups]

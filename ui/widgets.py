@@ -1,16 +1,47 @@
-"""Widgets the pages share: the thumbnail grid, the full-size image, the reviewer's name.
+"""Widgets the pages share: the thumbnail grid, the full-size image, the reviewer's
+name, and how errors the user can fix are shown.
 
 Each draws and returns what the user chose; none writes to the lake except
-through the library (jobs.review) when the user clicks a decision.
+through the library (mining.decisions) when the user clicks a decision.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 import streamlit as st
 
+from mining.errors import EdgemineError
+from mining.media import draw_boxes, image_details, read_image
 from ui import data
 
 DECISION_MARK = {"accept": ":green[**accepted**]", "reject": ":red[**rejected**]"}
+PENDING_ERROR = "_pending_error"
+
+
+def action(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """A button's callback that may meet an error the user can fix: the message is
+    kept and shown at the top of the page that is drawn next (``show_pending_error``,
+    called by app.py), never a traceback; the page stays as it was."""
+
+    @functools.wraps(callback)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except EdgemineError as e:
+            st.session_state[PENDING_ERROR] = str(e)
+            return None
+
+    return run
+
+
+def show_pending_error() -> None:
+    """The error the last callback met, if any, in an error box."""
+    message = st.session_state.pop(PENDING_ERROR, None)
+    if message:
+        st.error(message)
 
 
 def reviewer() -> str:
@@ -20,7 +51,9 @@ def reviewer() -> str:
 
 
 def current_reviewer() -> str:
-    return (st.session_state.get("reviewer") or data.config().mining.user).strip()
+    """The name in the sidebar's field (the configured user until changed); empty if cleared,
+    and the library then refuses to record a decision without a reviewer."""
+    return st.session_state.get("reviewer", data.config().mining.user).strip()
 
 
 def image_grid(image_ids: list[str], *, key: str, scores: dict[str, float] | None = None,
@@ -48,7 +81,8 @@ def image_grid(image_ids: list[str], *, key: str, scores: dict[str, float] | Non
                     selected.append(image_id)
                 if zoom.button("", icon=":material/open_in_full:", key=f"{key}:open:{image_id}", help="full size, with its boxes"):
                     show_image(image_id)
-                st.caption(_caption(facts.get(image_id, {}), (scores or {}).get(image_id), (decisions or {}).get(image_id)))
+                st.caption(caption(facts.get(image_id, {}), data.config().ui.caption_columns, (scores or {}).get(image_id),
+                                   (decisions or {}).get(image_id)))
     return selected
 
 
@@ -64,14 +98,21 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def _caption(facts: dict, score: float | None, decision: str | None) -> str:
+def caption(facts: dict, columns: tuple[str, ...], score: float | None, decision: str | None) -> str:
+    """A thumbnail's caption: score, latest label and confidence, the configured
+    columns ([ui] caption_columns: a true boolean shows its name, other values
+    name: value, NULL and false nothing), and the decision."""
     parts = []
     if score is not None:
         parts.append(f"**{score:.3f}**")
     if facts.get("label") is not None:
         parts.append(f"{facts['label']} {facts['confidence']:.2f}")
-    if facts.get("customer_flag"):
-        parts.append(":orange[flagged]")
+    for column in columns:
+        value = facts.get(column)
+        if value is True:
+            parts.append(f":orange[{column}]")
+        elif value is not None and value is not False:
+            parts.append(f"{column}: {value}")
     if decision:
         parts.append(DECISION_MARK[decision])
     return " · ".join(parts) or "no prediction"
@@ -80,9 +121,11 @@ def _caption(facts: dict, score: float | None, decision: str | None) -> str:
 @st.dialog("Image", width="large")
 def show_image(image_id: str) -> None:
     """The original with its newest prediction's boxes, and every prediction on it."""
-    from mining.media import draw_boxes, image_details, read_image
-
-    details = image_details(data.db(), image_id)
+    try:
+        details = image_details(data.db(), image_id)
+    except EdgemineError as e:
+        st.error(str(e))
+        return
     try:
         picture = draw_boxes(read_image(details.uri, data.config().s3), details.boxes)
         st.image(picture, caption=f"{image_id} · {details.width}×{details.height} · {details.uri}")

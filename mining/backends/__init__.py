@@ -6,8 +6,9 @@ The backend is chosen once, by ``get_backend(device)``:
 - ``cuda[:N]``: FAISS on the GPU when faiss was built with GPU support and sees
   one (``faiss_gpu``), otherwise torch on the GPU: matmul + top-k, and Lloyd's
   k-means in torch (``torch_backend``).
-- ``auto``: ``cuda`` when torch sees a GPU, else ``cpu``. Said in the log, never
-  silent; an explicit ``cuda`` with no GPU is an error.
+- ``auto``: ``cuda`` when torch sees a GPU, else ``cpu`` (mining.devices, the one
+  device policy). Said in the log, never silent; an explicit ``cuda`` with no GPU
+  is an error.
 
 Every backend takes and returns numpy arrays with the same shapes and dtypes,
 and gives the same results within float32 tolerance (tests/test_backends.py
@@ -26,9 +27,9 @@ from typing import Protocol
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from mining.devices import resolve_device
 
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,8 @@ class Backend(Protocol):
 
 def get_backend(device: str = "auto") -> Backend:
     """The backend for ``device`` (see the module docstring for the rule)."""
-    from embed.model import resolve_device  # the one device policy of the product
-
     resolved = resolve_device(device)
-    if resolved.type == "cpu":
+    if resolved == "cpu":
         from mining.backends.faiss_cpu import FaissCPU
 
         return FaissCPU()
@@ -79,7 +78,7 @@ def get_backend(device: str = "auto") -> Backend:
 
     if faiss_gpu.available():
         log.info("kNN and k-means: FAISS on %s", resolved)
-        return faiss_gpu.FaissGPU(resolved.index or 0)
+        return faiss_gpu.FaissGPU(int(resolved.partition(":")[2] or 0))
     from mining.backends.torch_backend import TorchBackend
 
     log.info("kNN and k-means: torch on %s (faiss has no GPU support here)", resolved)

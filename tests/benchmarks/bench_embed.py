@@ -37,9 +37,10 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from embed.model import load_backbone, resolve_device  # noqa: E402
+from embed.model import load_backbone  # noqa: E402
 from jobs.demo_data import draw_scene, encode_jpeg, sample_scene, scene_rng  # noqa: E402
-from jobs.embed import DEFAULT_BATCH, embed_lake  # noqa: E402
+from jobs.embed_images import DEFAULT_BATCH, embed_lake  # noqa: E402
+from mining.devices import resolve_device  # noqa: E402
 from jobs.ingest_images import ingest_images  # noqa: E402
 from mining.config import EmbedConfig  # noqa: E402
 from mining.lake import Lake  # noqa: E402
@@ -131,7 +132,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
-    device = resolve_device(args.device)
+    device = torch.device(resolve_device(args.device))
     batch_size = args.batch_size or DEFAULT_BATCH[device.type]
     config = EmbedConfig(weights="random", seed=SEED, device=str(device), batch_size=batch_size, workers=args.workers, part_size=50_000)
 

@@ -5,11 +5,9 @@ CLI and the UI."""
 
 from __future__ import annotations
 
-import duckdb
 import streamlit as st
 
-from jobs import narrow
-from mining.index import SearchError
+from mining import sessions
 from ui import data, nav, widgets
 
 CARDS_PER_ROW = 4
@@ -17,22 +15,15 @@ CARDS_PER_ROW = 4
 
 def render() -> None:
     st.title("Narrow")
-    lake = data.lake()
-    sessions = narrow.list_sessions(lake).column("session").to_pylist()
-    if not sessions:
+    names = sessions.list_sessions(data.db()).column("session").to_pylist()
+    if not names:
         st.info("No narrowing session yet: start one from **Find similar**, or `edgemine narrow start SEED`.")
         return
     current = st.session_state.get("session")
-    session = st.selectbox("Session", sessions, index=sessions.index(current) if current in sessions else 0,
+    session = st.selectbox("Session", names, index=names.index(current) if current in names else 0,
                            key="session_pick", on_change=lambda: st.session_state.update(session=st.session_state["session_pick"]))
     st.session_state["session"] = session
-    if "narrow_error" in st.session_state:  # from the last action's callback
-        st.error(st.session_state.pop("narrow_error"))
-    try:
-        report = narrow.show(lake, session)
-    except SearchError as e:
-        st.error(str(e))
-        return
+    report = sessions.show(data.db(), session)
     _breadcrumb(report)
     st.caption(f"{report.pool_size:,} images in this step · seeds: " + ", ".join(f"`{s[:12]}`" for s in report.seeds))
     map_col, cards_col = st.columns([1, 2])
@@ -43,7 +34,7 @@ def render() -> None:
     _actions(report, picked)
 
 
-def _breadcrumb(report: narrow.StepReport) -> None:
+def _breadcrumb(report: sessions.StepReport) -> None:
     crumbs = st.container(horizontal=True, vertical_alignment="center")
     crumbs.markdown("**Steps:**")
     for n, step in enumerate(report.path):
@@ -53,20 +44,21 @@ def _breadcrumb(report: narrow.StepReport) -> None:
                    on_click=_back, args=(report.session, len(report.path) - 1 - n))
 
 
+@widgets.action
 def _back(session: str, steps: int) -> None:
     for _ in range(steps):
-        narrow.back(data.lake(), session, widgets.current_reviewer())
+        sessions.back(data.db(), session, widgets.current_reviewer())
     data.lake_changed()
 
 
-def _pool_map(report: narrow.StepReport) -> None:
+def _pool_map(report: sessions.StepReport) -> None:
     st.subheader("Map of the pool")
     points = data.pool_map(data.lake().uri, report.session, report.step)
     st.scatter_chart(points, x="x", y="y", color="cluster", size=12, height=420, x_label="PC 1", y_label="PC 2")
     st.caption("PCA of the pool's embeddings, coloured by cluster.")
 
 
-def _cards(report: narrow.StepReport) -> list[int]:
+def _cards(report: sessions.StepReport) -> list[int]:
     st.subheader(f"{len(report.clusters)} clusters, nearest the seeds first")
     picked = []
     pictures = data.mosaics(data.lake().uri, tuple(tuple(c.nearest) for c in report.clusters))
@@ -89,7 +81,7 @@ def _cards(report: narrow.StepReport) -> list[int]:
     return picked
 
 
-def _actions(report: narrow.StepReport, picked: list[int]) -> None:
+def _actions(report: sessions.StepReport, picked: list[int]) -> None:
     drill_col, k_col, name_col, save_col = st.columns([2, 1, 2, 2], vertical_alignment="bottom")
     k = k_col.number_input("Clusters", 0, 64, 0, key="drill_k",
                            help="for the picked clusters' images; 0: as many as this step has, at most one per 10 images")
@@ -97,24 +89,28 @@ def _actions(report: narrow.StepReport, picked: list[int]) -> None:
                      on_click=_pick, args=(report.session, picked), kwargs={"k": int(k) or None})
     name = name_col.text_input("Set name", key="set_name", placeholder=report.session)
     what = f"picked clusters ({len(picked)})" if picked else "this step"
-    if save_col.button(f"Save {what} as a set", key="save_set"):
-        n = narrow.save_session(data.lake(), report.session, name.strip() or report.session, widgets.current_reviewer(),
-                                picked or None)
-        data.lake_changed()
-        st.success(f"Saved {n} images as set '{name.strip() or report.session}'.")
+    save_col.button(f"Save {what} as a set", key="save_set", on_click=_save,
+                    args=(report.session, name.strip() or report.session, picked or None))
 
 
+@widgets.action
+def _save(session: str, name: str, clusters: list[int] | None) -> None:
+    n = sessions.save_session(data.db(), session, name, widgets.current_reviewer(), clusters)
+    data.lake_changed()
+    st.toast(f"Saved {widgets.plural(n, 'image')} as set '{name}'.")
+
+
+@widgets.action
 def _pick(session: str, clusters: list[int], k: int | None = None) -> None:
     """A button's callback: runs before the page is drawn, so a drill draws the page once."""
-    lake = data.lake()
-    backbone, weights = narrow.session_embedding_set(lake, session)
+    db = data.db()
+    backbone, weights = sessions.session_embedding_set(db, session)
     config = data.config_for(widgets.current_reviewer())
     try:
-        narrow.pick(lake, data.index(lake.uri, backbone, weights), data.backend(config.index.device), config.mining,
-                    session, clusters, clusters=k)
-    except (duckdb.Error, SearchError) as e:
-        st.session_state["narrow_error"] = str(e)
-    data.lake_changed()
+        sessions.pick(db, data.index(db.lake.uri, backbone, weights), data.backend(config.index.device), config.mining,
+                      session, clusters, clusters=k)
+    finally:
+        data.lake_changed()
 
 
 if __name__ == "__main__":  # run by Streamlit as a page of ui/app.py

@@ -1,16 +1,14 @@
 """Review: accept or reject images (one, a selection, a page, a whole cluster) from
 a narrowing session, a named set or a SQL query. Decisions go to the lake with
-the reviewer's name and time (jobs.review, as `edgemine review`); the accepted
+the reviewer's name and time (mining.decisions, as `edgemine review`); the accepted
 images are published as the review's named set for export."""
 
 from __future__ import annotations
 
-import duckdb
 import streamlit as st
 
-from jobs import narrow, review
-from mining.index import SearchError
-from mining.sql import ReadOnlyError
+from mining import decisions, sessions
+from mining.errors import EdgemineError, SessionError
 from ui import data, widgets
 
 SOURCES = ("Narrowing session", "Named set", "SQL query")
@@ -27,14 +25,13 @@ def render() -> None:
     reviewer = widgets.current_reviewer()
     if not ids:
         return
-    if not name or not reviewer:
+    if not name or not reviewer:  # deciding is still offered: the library says what is missing
         st.warning("Give the review a name (and your name in the sidebar) to record decisions.")
-        return
     page_size = data.config().ui.page_size
     pages = -(-len(ids) // page_size)
     page = st.number_input(f"Page (of {pages}, {page_size} images each)", 1, pages, 1, key="review_page") if pages > 1 else 1
     shown = ids[(page - 1) * page_size: page * page_size]
-    decided = review.decisions(data.lake(), name, shown)
+    decided = decisions.decisions(data.db(), name, shown)
     _summary(name)
     chosen = widgets.image_grid(shown, key="review", decisions=decided, columns=10)
     _decision_buttons(name, reviewer, origin, chosen, shown)
@@ -43,53 +40,59 @@ def render() -> None:
 def _choose_images() -> tuple[list[str], str]:
     """The image ids to review, in the order to show them, and where they came from."""
     kind = st.radio("Images from", SOURCES, horizontal=True, key="review_kind")
-    lake = data.lake()
+    db = data.db()
     try:
         if kind == SOURCES[0]:
-            sessions = narrow.list_sessions(lake).column("session").to_pylist()
-            if not sessions:
+            names = sessions.list_sessions(db).column("session").to_pylist()
+            if not names:
                 st.info("No narrowing session yet: start one on **Find similar**.")
                 return [], ""
-            session = st.selectbox("Session", sessions, key="review_session")
-            report = narrow.show(lake, session)
+            if st.session_state.get("review_session") not in (None, *names):
+                raise SessionError(f"no session {st.session_state.pop('review_session')!r} in the lake; choose one of the list")
+            session = st.selectbox("Session", names, key="review_session")
+            report = sessions.show(db, session)
             st.session_state.setdefault("review_name", session)
             clusters = st.multiselect("Clusters (none: all of the current step)", [c.cluster for c in report.clusters],
                                       key="review_clusters")
-            members = narrow.members_of(lake, session, report.step).sort_by([("similarity", "descending")]).to_pylist()
+            members = sessions.members_of(db, session, report.step).sort_by([("similarity", "descending")]).to_pylist()
             ids = [m["image_id"] for m in members if not clusters or m["cluster"] in clusters]
             return ids, f"narrow:{session}/{report.step}" + (f"#{','.join(map(str, clusters))}" if clusters else "")
         if kind == SOURCES[1]:
-            names = data.db().query("SELECT DISTINCT name FROM sets ORDER BY name").column("name").to_pylist()
+            names = db.query("SELECT DISTINCT name FROM sets ORDER BY name").column("name").to_pylist()
             if not names:
                 st.info("No named set yet: save one from **Narrow**, or `edgemine similar ... --save NAME`.")
                 return [], ""
             name = st.selectbox("Set", names, key="review_set")
-            ids = data.db().query("SELECT image_id FROM sets WHERE name = $n ORDER BY rank", {"n": name})
+            ids = db.query("SELECT image_id FROM sets WHERE name = $n ORDER BY rank", {"n": name})
             return ids.column("image_id").to_pylist(), f"set:{name}"
         sql = st.text_area("A query returning image_id", key="review_sql",
                            placeholder="SELECT image_id FROM predictions WHERE customer_flag ORDER BY confidence LIMIT 200")
         if not sql.strip():
             return [], ""
-        result = data.db().query(sql)
+        result = db.query(sql)
         if "image_id" not in result.column_names:
             st.error(f"the query must return an image_id column; it returned {', '.join(result.column_names)}")
             return [], ""
         return list(dict.fromkeys(result.column("image_id").to_pylist())), "sql"
-    except (duckdb.Error, SearchError, ReadOnlyError) as e:
+    except EdgemineError as e:  # a bad query or session: said here, the rest of the page stays usable
         st.error(str(e))
         return [], ""
 
 
 def _summary(name: str) -> None:
-    counts = {r["review"]: r for r in review.list_reviews(data.lake()).to_pylist()}.get(name)
+    counts = {r["review"]: r for r in decisions.list_reviews(data.db()).to_pylist()}.get(name)
     accepted, rejected = (counts["accepted"], counts["rejected"]) if counts else (0, 0)
     a, r, save = st.columns([1, 1, 2], vertical_alignment="bottom")
     a.metric("Accepted", accepted)
     r.metric("Rejected", rejected)
-    if save.button(f"Save accepted as set '{name}'", key="publish", disabled=not accepted):
-        n = review.save_review(data.lake(), name, user=widgets.current_reviewer())
-        data.lake_changed()
-        st.success(f"Set '{name}' saved with {n} images: ready for export (`SELECT * FROM sets WHERE name = '{name}'`).")
+    save.button(f"Save accepted as set '{name}'", key="publish", disabled=not accepted, on_click=_publish, args=(name,))
+
+
+@widgets.action
+def _publish(name: str) -> None:
+    n = decisions.save_review(data.db(), name, user=widgets.current_reviewer())
+    data.lake_changed()
+    st.toast(f"Set '{name}' saved with {widgets.plural(n, 'image')}: ready for export")
 
 
 def _decision_buttons(name: str, reviewer: str, origin: str, chosen: list[str], shown: list[str]) -> None:
@@ -106,9 +109,10 @@ def _decision_buttons(name: str, reviewer: str, origin: str, chosen: list[str], 
                    args=(name, ids, decision, reviewer, origin))
 
 
+@widgets.action
 def _decide(name: str, ids: list[str], decision: str, reviewer: str, origin: str) -> None:
     """A button's callback: the decision is in the lake before the page is drawn again."""
-    n = review.decide(data.lake(), name, ids, decision, reviewer=reviewer, source=origin)
+    n = decisions.decide(data.db(), name, ids, decision, reviewer=reviewer, source=origin)
     widgets.clear_selection("review")
     data.lake_changed()
     st.toast(f"{decision}ed {widgets.plural(n, 'image')} as {reviewer}")

@@ -1,36 +1,39 @@
-"""Narrowing sessions and named sets, saved in the lake (`edgemine narrow ...`).
+"""Narrowing sessions, saved in the lake (`edgemine narrow ...`, the UI's Narrow page).
 
 A session is a tree of steps. ``start`` takes the pool nearest the seeds and
 clusters it (step 0); ``pick`` re-clusters inside chosen clusters of the
 current step (a child step); ``back`` makes the parent step current again. Each
 action is one row of ``narrow_steps`` (who, when, what was picked), and each
 clustering step writes its pool to ``narrow_members``; both are published
-together, one ShardWriter commit per action, so a session is resumed, shared and
-audited from the lake alone. ``save`` turns the current step (or some of its
+together, one commit per action, so a session is resumed, shared and audited
+from the lake alone. ``save_session`` turns the current step (or some of its
 clusters) into a named set (``sets``) that review and export take as input.
 
-The UI calls these same functions.
+The clustering itself is mining.clustering; every function here reads through
+the caller's LakeDB (the UI's per-session cursor, or the CLI's one connection).
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from jobs.sets import save_set
-from jobs.similar import resolve_query
 from mining.backends import Backend
+from mining.clustering import Clustering, cluster_pool, take_pool
 from mining.config import Config, MiningConfig
+from mining.errors import SearchError, SessionError
 from mining.feedback import mean_direction
-from mining.index import SearchError, VectorIndex
-from mining.lake import Lake
-from mining.narrow import Clustering, cluster_pool, take_pool
-from mining.schema import NARROW_MEMBERS, NARROW_STEPS, UTC_TS
+from mining.index import VectorIndex
+from mining.schema import NARROW_MEMBERS, NARROW_STEPS, make_rows
+from mining.search import FileEmbedder, resolve_query
+from mining.sets import save_set
 from mining.sql import LakeDB, view_where
 
 JOB = "narrow"
@@ -62,19 +65,16 @@ class StepReport:
         return {**self.__dict__, "clusters": [c.__dict__ for c in self.clusters]}
 
 
-class SessionError(SearchError):
-    """An unknown session or step, or an action the session's state does not allow."""
-
-
-def start(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig, *, seeds: list[str],
-          seed_vectors: np.ndarray, negatives: list[str] = (), negative_vectors: np.ndarray | None = None,
+def start(db: LakeDB, index: VectorIndex, backend: Backend, config: MiningConfig, *, seeds: Sequence[str],
+          seed_vectors: np.ndarray, negatives: Sequence[str] = (), negative_vectors: np.ndarray | None = None,
           subset: np.ndarray | None = None, pool: int | None = None, clusters: int | None = None,
           session: str | None = None) -> StepReport:
-    """Start a session: the ``pool`` images nearest the seeds, clustered into ``clusters``."""
+    """Start a session: the ``pool`` images nearest the seeds (float32 (n, d)
+    ``seed_vectors``, named by ``seeds``), clustered into ``clusters``.
+
+    Raises SessionError for a session name in use, SearchError for an empty pool or bad sizes."""
     session = session or new_session_id()
-    with LakeDB(lake) as db:
-        exists = bool(_steps(db, session))
-    if exists:
+    if _steps(db, session):
         raise SessionError(f"session {session!r} exists already; pick another name, or continue it with narrow pick")
     pool = config.pool if pool is None else pool
     clusters = config.clusters if clusters is None else clusters
@@ -83,30 +83,32 @@ def start(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig
     positions = take_pool(index, seed_vectors, negative_vectors, pool, subset=subset)
     similarity = index.vectors[positions] @ mean_direction(seed_vectors)
     clustering = cluster_pool(index, positions, similarity, clusters, backend, niter=config.niter, seed=config.seed)
-    _write_step(lake, index, session, 0, "start", None, 0, [], seeds, list(negatives), clustering, config.user)
-    return show(lake, session)
+    _write_step(db, index, session, 0, "start", None, 0, [], list(seeds), list(negatives), clustering, config.user)
+    return show(db, session)
 
 
-def start_query(lake: Lake, index: VectorIndex, backend: Backend, config: Config, seeds: list[str], *,
-                negatives: list[str] = (), where: str | None = None, pool: int | None = None,
-                clusters: int | None = None, session: str | None = None) -> StepReport:
-    """``start`` from seeds and negatives as the user gives them (image ids or files)
-    and a SQL slice: what `edgemine narrow start` and the UI call."""
-    query = resolve_query(lake, index, config, seeds, negatives=negatives, where=where)
+def start_query(db: LakeDB, index: VectorIndex, backend: Backend, config: Config, seeds: Sequence[str], *,
+                negatives: Sequence[str] = (), where: str | None = None, pool: int | None = None,
+                clusters: int | None = None, session: str | None = None,
+                embed_files: FileEmbedder | None = None) -> StepReport:
+    """``start`` from seeds and negatives as the user gives them (image ids, or files
+    embedded by ``embed_files``) and a SQL slice: what `edgemine narrow start` and the UI call."""
+    query = resolve_query(db, index, seeds, negatives=negatives, where=where, embed_files=embed_files)
     negative = query.negative
-    return start(lake, index, backend, config.mining, seeds=query.positive.labels, seed_vectors=query.positive.vectors,
+    return start(db, index, backend, config.mining, seeds=query.positive.labels, seed_vectors=query.positive.vectors,
                  negatives=negative.labels if negative else [], negative_vectors=negative.vectors if negative else None,
                  subset=query.subset, pool=pool, clusters=clusters, session=session)
 
 
-def pick(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig, session: str, picked: list[int], *,
+def pick(db: LakeDB, index: VectorIndex, backend: Backend, config: MiningConfig, session: str, picked: Sequence[int], *,
          clusters: int | None = None) -> StepReport:
-    """Re-cluster inside ``picked`` clusters of the current step: a new child step."""
-    with LakeDB(lake) as db:
-        steps = _steps(db, session)
-        current = steps[_head(steps, session)]
-        members = _members(db, session, current["current"])
-    chosen = members.filter(pa.compute.is_in(members.column("cluster"), pa.array(picked, pa.int32())))
+    """Re-cluster inside the ``picked`` clusters of the current step: a new child step.
+
+    Raises SessionError for an unknown session, a cluster the step lacks, or nothing left to split."""
+    steps = _steps(db, session)
+    current = steps[_head(steps, session)]
+    members = _members(db, session, current["current"])
+    chosen = members.filter(pc.is_in(members.column("cluster"), pa.array(list(picked), pa.int32())))
     known = set(members.column("cluster").to_pylist())
     unknown = sorted(set(picked) - known)
     if unknown or not picked:
@@ -121,32 +123,35 @@ def pick(lake: Lake, index: VectorIndex, backend: Backend, config: MiningConfig,
     k = clusters or min(steps[current["current"]]["clusters"], max(2, len(positions) // MIN_CLUSTER))
     clustering = cluster_pool(index, positions, similarity, k, backend, niter=config.niter, seed=config.seed)
     step = max(steps) + 1
-    _write_step(lake, index, session, step, "pick", current["current"], step, sorted(picked), steps[0]["seeds"],
+    _write_step(db, index, session, step, "pick", current["current"], step, sorted(picked), steps[0]["seeds"],
                 steps[0]["negatives"], clustering, config.user)
-    return show(lake, session)
+    return show(db, session)
 
 
-def back(lake: Lake, session: str, user: str) -> StepReport:
-    """Make the parent of the current step current again (recorded, like every action)."""
-    with LakeDB(lake) as db:
-        steps = _steps(db, session)
+def back(db: LakeDB, session: str, user: str) -> StepReport:
+    """Make the parent of the current step current again (recorded, like every action).
+
+    Raises SessionError for an unknown session or one at its first step."""
+    steps = _steps(db, session)
     current = steps[_head(steps, session)]["current"]
     parent = steps[current]["parent"]
     if parent is None:
         raise SessionError(f"session {session} is at its first step: there is nothing to go back to")
-    _write_step(lake, None, session, max(steps) + 1, "back", current, parent, [], [], [], None, user)
-    return show(lake, session)
+    _write_step(db, None, session, max(steps) + 1, "back", current, parent, [], [], [], None, user)
+    return show(db, session)
 
 
-def show(lake: Lake, session: str, step: int | None = None) -> StepReport:
+def show(db: LakeDB, session: str, step: int | None = None) -> StepReport:
     """The clusters of ``step`` (default: the current one), with their label and
-    confidence mix and the images nearest each centre."""
-    with LakeDB(lake) as db:
-        steps = _steps(db, session)
-        step = steps[_head(steps, session)]["current"] if step is None else step
-        if step not in steps or steps[step]["action"] == "back":
-            raise SessionError(f"session {session} has no clustering step {step}; steps: {sorted(s for s in steps if steps[s]['action'] != 'back')}")
-        rows = db.query(CLUSTERS_SQL, {"session": session, "step": step, "nearest": NEAREST_SHOWN}).to_pylist()
+    confidence mix and the images nearest each centre.
+
+    Raises SessionError for an unknown session or step."""
+    steps = _steps(db, session)
+    step = steps[_head(steps, session)]["current"] if step is None else step
+    if step not in steps or steps[step]["action"] == "back":
+        clustering_steps = sorted(s for s in steps if steps[s]["action"] != "back")
+        raise SessionError(f"session {session} has no clustering step {step}; steps: {clustering_steps}")
+    rows = db.query(CLUSTERS_SQL, {"session": session, "step": step, "nearest": NEAREST_SHOWN}).to_pylist()
     clusters = [ClusterReport(cluster=r["cluster"], size=r["size"], seed_distance=r["seed_distance"],
                               mean_confidence=r["mean_confidence"], labels=dict(r["labels"] or {}), nearest=r["nearest"])
                 for r in rows]
@@ -154,37 +159,41 @@ def show(lake: Lake, session: str, step: int | None = None) -> StepReport:
                       seeds=steps[0]["seeds"], pool_size=steps[step]["pool_size"], clusters=clusters)
 
 
-def list_sessions(lake: Lake) -> pa.Table:
-    with LakeDB(lake) as db:
-        return db.query(
-            "SELECT session, min(created_at) AS started, arg_min(created_by, step) AS started_by, "
-            "count(*) FILTER (action != 'back') AS steps, arg_max(current, step) AS current_step, "
-            "max(created_at) AS last_action, arg_min(seeds, step) AS seeds "
-            "FROM narrow_steps GROUP BY session ORDER BY last_action DESC"
-        )
+def list_sessions(db: LakeDB) -> pa.Table:
+    """One row per session: who started it and when, steps, current step, seeds; latest first."""
+    return db.query(
+        "SELECT session, min(created_at) AS started, arg_min(created_by, step) AS started_by, "
+        "count(*) FILTER (action != 'back') AS steps, arg_max(current, step) AS current_step, "
+        "max(created_at) AS last_action, arg_min(seeds, step) AS seeds "
+        "FROM narrow_steps GROUP BY session ORDER BY last_action DESC"
+    )
 
 
-def save_session(lake: Lake, session: str, name: str, user: str, clusters: list[int] | None = None) -> int:
-    """The current step of ``session`` (or only ``clusters`` of it) as the named set ``name``."""
-    with LakeDB(lake) as db:
-        steps = _steps(db, session)
-        step = steps[_head(steps, session)]["current"]
-        members = _members(db, session, step)
+def save_session(db: LakeDB, session: str, name: str, user: str, clusters: Sequence[int] | None = None) -> int:
+    """The current step of ``session`` (or only ``clusters`` of it) as the named set
+    ``name``, most similar to the seeds first; returns the set's size."""
+    steps = _steps(db, session)
+    step = steps[_head(steps, session)]["current"]
+    members = _members(db, session, step)
     if clusters:
-        members = members.filter(pa.compute.is_in(members.column("cluster"), pa.array(clusters, pa.int32())))
+        members = members.filter(pc.is_in(members.column("cluster"), pa.array(list(clusters), pa.int32())))
     members = members.sort_by([("similarity", "descending")])
-    return save_set(lake, name, members.column("image_id").to_pylist(), source=f"narrow:{session}/{step}", user=user,
+    return save_set(db, name, members.column("image_id").to_pylist(), source=f"narrow:{session}/{step}", user=user,
                     scores=members.column("similarity").to_pylist())
 
 
-def session_embedding_set(lake: Lake, session: str) -> tuple[str, str]:
+def session_embedding_set(db: LakeDB, session: str) -> tuple[str, str]:
     """(backbone, weights) of the index a session was started on."""
-    with LakeDB(lake) as db:
-        steps = _steps(db, session)
+    steps = _steps(db, session)
     first = steps[min(steps)] if steps else None
     if first is None:
         raise SessionError(f"no session {session!r}; see the sessions with: edgemine narrow list")
     return first["backbone"], first["weights"]
+
+
+def members_of(db: LakeDB, session: str, step: int) -> pa.Table:
+    """The pool of a clustering step: image_id, cluster, similarity to the seeds."""
+    return _members(db, session, step)
 
 
 def new_session_id() -> str:
@@ -207,30 +216,24 @@ GROUP BY cluster ORDER BY cluster
 """
 
 
-def _write_step(lake: Lake, index: VectorIndex | None, session: str, step: int, action: str, parent: int | None,
+def _write_step(db: LakeDB, index: VectorIndex | None, session: str, step: int, action: str, parent: int | None,
                 current: int, picked: list[int], seeds: list[str], negatives: list[str],
                 clustering: Clustering | None, user: str) -> None:
     now = datetime.now(UTC)
-    row = {
-        "session": session, "step": step, "action": action, "parent": parent, "current": current,
-        "picked": picked, "seeds": seeds, "negatives": negatives,
-        "pool_size": len(clustering.positions) if clustering else None,
-        "clusters": clustering.k if clustering else None,
-        "backbone": index.backbone if index else None, "weights": index.weights if index else None, "created_by": user, "created_at": now,
-    }
-    writer = lake.shard_writer(JOB, f"{session}-{step:05d}")
-    writer.write(NARROW_STEPS, pa.Table.from_pylist([row], schema=NARROW_STEPS.schema))
+    row = make_rows(NARROW_STEPS, 1, session=session, step=step, action=action, parent=parent, current=current,
+                    picked=[picked], seeds=[seeds], negatives=[negatives],
+                    pool_size=len(clustering.positions) if clustering else None,
+                    clusters=clustering.k if clustering else None,
+                    backbone=index.backbone if index else None, weights=index.weights if index else None,
+                    created_by=user, created_at=now)
+    writer = db.lake.shard_writer(JOB, f"{session}-{step:05d}")
+    writer.write(NARROW_STEPS, row)
     if clustering is not None and index is not None:
         n = len(clustering.positions)
-        writer.write(NARROW_MEMBERS, pa.table({
-            "session": pa.array([session] * n, pa.string()),
-            "step": pa.array([step] * n, pa.int32()),
-            "image_id": pa.array(index.ids[clustering.positions], pa.string()),
-            "cluster": pa.array(clustering.cluster, pa.int32()),
-            "similarity": pa.array(clustering.similarity, pa.float32()),
-            "centre_distance": pa.array(clustering.centre_distance, pa.float32()),
-            "created_at": pa.array([now] * n, UTC_TS),
-        }, schema=NARROW_MEMBERS.schema))
+        writer.write(NARROW_MEMBERS, make_rows(
+            NARROW_MEMBERS, n, session=session, step=step, image_id=index.ids[clustering.positions],
+            cluster=clustering.cluster, similarity=clustering.similarity, centre_distance=clustering.centre_distance,
+            created_at=now))
     writer.commit({"session": session, "step": step, "action": action})
 
 
@@ -248,20 +251,18 @@ def _head(steps: dict[int, dict[str, Any]], session: str) -> int:
     return max(steps)
 
 
-def members_of(lake: Lake, session: str, step: int) -> pa.Table:
-    """The pool of a clustering step: image_id, cluster, similarity to the seeds."""
-    with LakeDB(lake) as db:
-        return _members(db, session, step)
-
-
 def _members(db: LakeDB, session: str, step: int) -> pa.Table:
     return db.query(f"SELECT image_id, cluster, similarity FROM ({view_where('narrow_members', MEMBERS_OF_STEP)})",
                     {"session": session, "step": step})
 
 
 def _path(steps: dict[int, dict[str, Any]], step: int) -> list[int]:
+    """The steps from the start to ``step``, following parents (at most one per step:
+    a parent points back in time, so a longer walk would be a corrupt session)."""
     path = [step]
-    while steps[path[-1]]["parent"] is not None:
-        path.append(steps[path[-1]]["parent"])
-    return path[::-1]
-
+    for _ in range(len(steps)):
+        parent = steps[path[-1]]["parent"]
+        if parent is None:
+            return path[::-1]
+        path.append(parent)
+    raise SessionError(f"the steps of this session do not lead back to a start: {path}")

@@ -25,7 +25,7 @@ import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,12 +36,13 @@ import torch
 from embed.model import Backbone, load_backbone
 from embed.preprocess import ImageError, ImageOptions, Thumbnail, decode_jpegs_on, make_thumbnails
 from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
-from jobs.output import Summary
 from jobs.progress import Progress
 from mining.config import EmbedConfig
+from mining.errors import ConfigError
 from mining.lake import Lake
-from mining.schema import EMBEDDING_DIM, EMBEDDINGS, ERRORS, THUMBNAILS, UTC_TS
+from mining.schema import EMBEDDING_DIM, EMBEDDINGS, ERRORS, THUMBNAILS, error_rows, make_rows
 from mining.sql import LakeDB
+from mining.summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Shard:
     def parse(cls, text: str) -> Shard:
         match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
         if not match or not 0 <= int(match[1]) < int(match[2]):
-            raise ValueError(f"shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
+            raise ConfigError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
         return cls(int(match[1]), int(match[2]))
 
     def __str__(self) -> str:
@@ -88,12 +89,9 @@ class EmbedSummary(Summary):
     to_embed: int = 0
     embedded: int = 0
     thumbnails: int = 0
-    errors: int = 0
     parts: int = 0
     undone_parts: int = 0
-    seconds: float = 0.0
     images_per_second: float = 0.0
-    error_samples: list[dict[str, str]] = field(default_factory=list)
 
 
 def embed_lake(
@@ -111,7 +109,7 @@ def embed_lake(
     ``backbone`` reuses an already loaded model (it must match ``config``)."""
     started = time.monotonic()
     if config.decode not in DECODE_MODES:
-        raise ValueError(f"unknown decode mode {config.decode!r}; allowed: {', '.join(DECODE_MODES)}")
+        raise ConfigError(f"unknown decode mode {config.decode!r}; allowed: {', '.join(DECODE_MODES)}")
     backbone = backbone or load_backbone(config.backbone, config.weights, seed=config.seed, device=config.device)
     on_device = config.decode == "device" or (config.decode == "auto" and backbone.uses_cuda)
     summary = EmbedSummary(
@@ -168,9 +166,8 @@ def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary:
                 pending = publisher.submit(part.publish, lake, marker)
                 summary.embedded += len(part.ids)
                 summary.thumbnails += len(part.thumbnails)
-                summary.errors += len(part.errors)
+                summary.add_errors(part.errors)
                 summary.parts += 1
-                summary.error_samples += [{"uri": e["uri"], "reason": e["reason"]} for e in part.errors[: max(0, 5 - len(summary.error_samples))]]
                 part = None
         if pending is not None:
             pending.result()
@@ -228,24 +225,13 @@ class Part:
         writer = lake.shard_writer(JOB, self.name)
         vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
         n = len(self.ids)
-        writer.write(
-            EMBEDDINGS,
-            pa.table(
-                {
-                    "image_id": pa.array(self.ids, pa.string()),
-                    "backbone": pa.array([marker["backbone"]] * n, pa.string()),
-                    "weights": pa.array([marker["weights"]] * n, pa.string()),
-                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM),
-                    "computed_at": pa.array([now] * n, UTC_TS),
-                },
-                schema=EMBEDDINGS.schema,
-            ),
-        )
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM)
+        writer.write(EMBEDDINGS, make_rows(EMBEDDINGS, n, image_id=self.ids, backbone=marker["backbone"],
+                                           weights=marker["weights"], embedding=embedding, computed_at=now))
         rows = [{**t.__dict__, "computed_at": now} for t in self.thumbnails]
         writer.write(THUMBNAILS, pa.Table.from_pylist(rows, schema=THUMBNAILS.schema))
         model = f"{marker['backbone']}/{marker['weights']}"
-        errors = [{"job": JOB, "source": model, "row": None, "at": now, **e} for e in self.errors]
-        writer.write(ERRORS, pa.Table.from_pylist(errors, schema=ERRORS.schema))
+        writer.write(ERRORS, error_rows(JOB, [{"source": model, **e} for e in self.errors], now))
         writer.commit({**marker, "images": n + len(self.errors)})
 
 

@@ -2,7 +2,7 @@
 the clusters a person picks, until what is left is the edge case.
 
 Plain functions over the index; sessions (who picked what, saved in the lake)
-are jobs.narrow's business.
+are mining.sessions' business.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from mining.backends import Backend
-from mining.index import SearchError, VectorIndex
+from mining.errors import SearchError
+from mining.index import VectorIndex
 from mining.search import rank_positions
 
 

@@ -1,4 +1,4 @@
-"""`edgemine index`: build the vector index over the lake's embeddings, or bring
+"""The vector index in step with the embeddings (`edgemine index`): build it over the lake's embeddings, or bring
 it up to date.
 
 The index covers a snapshot of embedding files (listed in its manifest). A run
@@ -23,36 +23,37 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from jobs.output import Summary
 from mining.backends import get_backend
 from mining.config import IndexConfig
-from mining.index import SearchError, VectorIndex, choose_spec
+from mining.errors import SearchError
+from mining.index import VectorIndex, choose_spec
 from mining.index_store import Manifest, load_index, load_manifest, save_index
-from mining.lake import Lake
 from mining.schema import EMBEDDING_DIM
 from mining.sql import LakeDB, quote_literal
+from mining.summary import Summary
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class IndexSummary(Summary):
-    backbone: str
-    weights: str
-    action: str  # built, rebuilt, extended, up to date
-    reason: str
-    vectors: int
-    added: int
-    kind: str
-    files: int
-    seconds: float
+    job: str = "index"
+    backbone: str = ""
+    weights: str = ""
+    action: str = ""  # built, rebuilt, extended, up to date
+    reason: str = ""
+    vectors: int = 0
+    added: int = 0
+    kind: str = ""
+    files: int = 0
 
 
-def index_lake(lake: Lake, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None,
+def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None,
                rebuild: bool = False, seed: int = 0) -> tuple[VectorIndex, IndexSummary]:
     """Sync the index of one embedding set with the lake; returns it and what was done."""
     started = time.monotonic()
-    backbone, weights = choose_embedding_set(lake, backbone, weights)
+    lake = db.lake
+    backbone, weights = choose_embedding_set(db, backbone, weights)
     files = _embedding_files(lake)
     manifest = load_manifest(lake, backbone, weights)
     backend = get_backend(config.device)
@@ -66,7 +67,7 @@ def index_lake(lake: Lake, config: IndexConfig, *, backbone: str | None = None, 
         if config.nprobe and index.spec.kind != "flat":
             index = index.with_nprobe(config.nprobe)
         if new_files:
-            ids, vectors = read_embeddings(lake, backbone, weights, new_files)
+            ids, vectors = read_embeddings(db, backbone, weights, new_files)
             grown_kind = choose_spec(len(index) + len(ids), config).kind
             if np.isin(ids, index.ids).any():
                 reason = "new files re-embed indexed images"
@@ -81,7 +82,7 @@ def index_lake(lake: Lake, config: IndexConfig, *, backbone: str | None = None, 
         else:
             action = "up to date"
     if reason is not None:
-        ids, vectors = read_embeddings(lake, backbone, weights, files)
+        ids, vectors = read_embeddings(db, backbone, weights, files)
         if len(ids) == 0:
             raise SearchError(f"no embeddings for {backbone}/{weights} yet: run edgemine embed first")
         spec = choose_spec(len(ids), config)
@@ -96,18 +97,17 @@ def index_lake(lake: Lake, config: IndexConfig, *, backbone: str | None = None, 
     return index, summary
 
 
-def open_index(lake: Lake, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None) -> VectorIndex:
+def open_index(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None) -> VectorIndex:
     """The index for searching, synced with the lake first (see the module docstring)."""
-    index, summary = index_lake(lake, config, backbone=backbone, weights=weights)
+    index, summary = index_lake(db, config, backbone=backbone, weights=weights)
     if summary.action != "up to date":
         log.info("index %s: %d vectors (%s)", summary.action, summary.vectors, summary.reason or "new embeddings")
     return index
 
 
-def choose_embedding_set(lake: Lake, backbone: str | None, weights: str | None) -> tuple[str, str]:
+def choose_embedding_set(db: LakeDB, backbone: str | None, weights: str | None) -> tuple[str, str]:
     """The (backbone, weights) to index: as given, or the lake's only one."""
-    with LakeDB(lake) as db:
-        sets = db.query("SELECT backbone, weights, count(*) AS n FROM embeddings GROUP BY ALL ORDER BY n DESC").to_pylist()
+    sets = db.query("SELECT backbone, weights, count(*) AS n FROM embeddings GROUP BY ALL ORDER BY n DESC").to_pylist()
     matching = [s for s in sets if (backbone is None or s["backbone"] == backbone) and (weights is None or s["weights"] == weights)]
     if not sets:
         raise SearchError("the lake has no embeddings yet: run edgemine embed (or edgemine demo) first")
@@ -120,20 +120,20 @@ def choose_embedding_set(lake: Lake, backbone: str | None, weights: str | None) 
     return matching[0]["backbone"], matching[0]["weights"]
 
 
-def read_embeddings(lake: Lake, backbone: str, weights: str, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def read_embeddings(db: LakeDB, backbone: str, weights: str, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(image ids, float32 (n, 512) vectors) of one embedding set in ``files`` (relative
     paths), the latest row per image, in image_id order."""
     if not files:
         return np.array([], dtype=str), np.zeros((0, EMBEDDING_DIM), np.float32)
     started = time.monotonic()
+    lake = db.lake
     urls = ", ".join(quote_literal(lake.url(lake.path(f))) for f in files)
     sql = (
         f"SELECT image_id, embedding FROM read_parquet([{urls}], union_by_name = true) "
         "WHERE backbone = $backbone AND weights = $weights "
         "QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY computed_at DESC) = 1 ORDER BY image_id"
     )
-    with LakeDB(lake) as db:
-        table = db.query(sql, {"backbone": backbone, "weights": weights})
+    table = db.query(sql, {"backbone": backbone, "weights": weights})
     ids = table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
     column = table.column("embedding").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.float32()))
     vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM).astype(np.float32, copy=False)
@@ -141,7 +141,7 @@ def read_embeddings(lake: Lake, backbone: str, weights: str, files: list[str]) -
     return ids, vectors
 
 
-def _embedding_files(lake: Lake) -> list[str]:
+def _embedding_files(lake) -> list[str]:
     root = lake.root + "/"
     return [path.removeprefix(root) for path in lake.table_files("embeddings")]
 

@@ -8,16 +8,13 @@ when they carry image_id, and download as CSV or Parquet.
 from __future__ import annotations
 
 import base64
-import io
 
-import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 import streamlit as st
 
-from jobs.output import write_rows
+from mining.errors import QueryError, ReadOnlyError
 from mining.schema import TABLES
-from mining.sql import ReadOnlyError
+from mining.serialize import csv_bytes, parquet_bytes
 from ui import data
 
 EXAMPLE = """SELECT image_id, label, confidence, camera
@@ -52,10 +49,8 @@ def _run(query: str) -> pa.Table | str:
         return data.db().query(query)
     except ReadOnlyError as e:
         return f"Refused: {e}"
-    except duckdb.PermissionException as e:
-        return f"Refused by DuckDB's sandbox: {e}. The console reads the lake only; to change it, use the edgemine jobs."
-    except duckdb.Error as e:
-        return f"DuckDB: {e}"
+    except QueryError as e:  # DuckDB's message: a syntax error, an unknown column, the sandbox's refusal
+        return str(e)
 
 
 def _show(result: pa.Table) -> None:
@@ -72,8 +67,9 @@ def _show(result: pa.Table) -> None:
     st.dataframe(frame, hide_index=True, width="stretch", column_config=config, row_height=64 if config else None)
     csv, parquet = st.columns(2)
     # Callables: the file is written when clicked, not on every rerun of the page.
-    csv.download_button("Download CSV", lambda: _csv(result), "query.csv", "text/csv")
-    parquet.download_button("Download Parquet", lambda: _parquet(result), "query.parquet", "application/vnd.apache.parquet")
+    csv.download_button("Download CSV", lambda: csv_bytes(result), "query.csv", "text/csv")
+    parquet.download_button("Download Parquet", lambda: parquet_bytes(result), "query.parquet",
+                            "application/vnd.apache.parquet")
 
 
 def _without_vectors(table: pa.Table) -> pa.Table:
@@ -89,18 +85,6 @@ def _without_vectors(table: pa.Table) -> pa.Table:
 
 def _data_uri(jpeg: bytes | None) -> str | None:
     return None if jpeg is None else "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
-
-
-def _csv(table: pa.Table) -> bytes:
-    out = io.StringIO()
-    write_rows(table, "csv", out)  # what `edgemine sql --format csv` writes: nested values as JSON
-    return out.getvalue().encode()
-
-
-def _parquet(table: pa.Table) -> bytes:
-    out = io.BytesIO()
-    pq.write_table(table, out)
-    return out.getvalue()
 
 
 if __name__ == "__main__":  # run by Streamlit as a page of ui/app.py

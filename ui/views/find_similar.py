@@ -8,10 +8,10 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-import duckdb
 import streamlit as st
 
-from mining.index import SearchError
+from mining import sessions
+from mining.errors import EdgemineError
 from mining.search import BROWSE_ORDERS, browse
 from ui import data, nav, widgets
 
@@ -22,11 +22,7 @@ def render() -> None:
     st.title("Find similar")
     st.session_state.setdefault("positives", [])
     st.session_state.setdefault("negatives", [])
-    try:
-        index = data.index(data.lake().uri)
-    except SearchError as e:  # no embeddings yet, or several sets to choose from
-        st.error(f"{e}")
-        return
+    index = data.index(data.lake().uri)  # no embeddings yet, or several sets: app.py says so
     _seed_pickers(index)
     _current_seeds()
     if st.session_state["positives"]:
@@ -42,7 +38,7 @@ def _seed_pickers(index) -> None:
                                      placeholder="p.camera = 'cam-07' AND p.confidence < 0.6")
         try:
             ids = browse(data.db(), index, where=where or None, order=order, limit=BROWSE_SHOWN)
-        except (duckdb.Error, SearchError) as e:
+        except EdgemineError as e:  # a bad filter: said here, the other tabs stay usable
             st.error(f"{e}")
             ids = []
         chosen = widgets.image_grid(ids, key="browse")
@@ -58,7 +54,7 @@ def _seed_pickers(index) -> None:
                 index.positions(typed.split())  # the error names the ids the index lacks
                 _add("positives", typed.split())
                 st.rerun()
-            except SearchError as e:
+            except EdgemineError as e:
                 st.error(str(e))
     with upload:
         file = st.file_uploader("An image from outside the lake (embedded with the lake's model)",
@@ -87,7 +83,7 @@ def _results() -> None:
     try:
         hits = data.similar(data.lake().uri, tuple(st.session_state["positives"]), tuple(st.session_state["negatives"]),
                             int(k), where)
-    except (duckdb.Error, SearchError, OSError) as e:
+    except (EdgemineError, OSError) as e:  # a bad slice, or a seed file gone: the seeds stay, to be changed
         st.error(str(e))
         return
     st.subheader(f"Nearest {len(hits)}")
@@ -105,15 +101,15 @@ def _results() -> None:
     clusters = k_col.number_input("Clusters", 1, 64, config.clusters, key="clusters")
     name = name_col.text_input("Session name (optional)", key="session_name").strip() or None
     if st.button("Start narrowing", type="primary", key="start_narrowing"):
-        from jobs import narrow
-
         try:
             with st.spinner("Clustering the pool…"):
-                report = narrow.start_query(data.lake(), data.index(data.lake().uri), data.backend(data.config().index.device),
-                                            data.config_for(widgets.current_reviewer()), list(st.session_state["positives"]),
-                                            negatives=list(st.session_state["negatives"]), where=where, pool=int(pool),
-                                            clusters=int(clusters), session=name)
-        except (duckdb.Error, SearchError) as e:
+                report = sessions.start_query(data.db(), data.index(data.lake().uri),
+                                              data.backend(data.config().index.device),
+                                              data.config_for(widgets.current_reviewer()),
+                                              list(st.session_state["positives"]),
+                                              negatives=list(st.session_state["negatives"]), where=where, pool=int(pool),
+                                              clusters=int(clusters), session=name, embed_files=data.file_embedder())
+        except EdgemineError as e:
             st.error(str(e))
             return
         data.lake_changed()

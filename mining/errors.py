@@ -1,0 +1,75 @@
+"""The errors that are the user's to fix, in one hierarchy.
+
+Every one derives from ``EdgemineError`` and carries a message that says what is
+wrong and what to do. The CLI prints that message on one line and exits 2; the
+UI shows it in an error box and keeps the page usable. Anything else that
+escapes is a bug.
+
+    EdgemineError
+    ├── ConfigError        a configuration file or value
+    ├── LakeError          the lake or one of its tables cannot be used as it is
+    ├── QueryError         SQL from a user that DuckDB refused
+    │   └── ReadOnlyError  a statement that would change the lake, on a read-only connection
+    ├── InputError         an input file a job cannot read (nothing of it is written)
+    ├── SearchError        a search or index request (unknown image, empty slice, no embeddings)
+    │   └── SessionError   a narrowing session or step, or an action its state does not allow
+    ├── SetError           a named set (no name, empty, unknown)
+    ├── ReviewError        a review decision (bad decision, no reviewer, unknown image)
+    └── ModelError         the model cannot run as asked
+        ├── DeviceError    the device asked for is not there
+        └── WeightsError   the weights cannot be loaded
+"""
+
+from __future__ import annotations
+
+
+class EdgemineError(Exception):
+    """Base of every error the user can fix; the message says how."""
+
+
+class ConfigError(EdgemineError, ValueError):
+    """A configuration file or value is wrong; the message says which and how to fix it."""
+
+
+class LakeError(EdgemineError):
+    """The lake, or one of its tables, cannot be read or written as it is."""
+
+
+class QueryError(EdgemineError):
+    """SQL given by a user (a query, a --where slice) that DuckDB refused; the message is DuckDB's."""
+
+
+class ReadOnlyError(QueryError, PermissionError):
+    """A statement that would change something was refused on a read-only connection."""
+
+
+class InputError(EdgemineError, ValueError):
+    """An input file a job cannot read as what it claims to be; nothing of it was written."""
+
+
+class SearchError(EdgemineError, ValueError):
+    """A bad search or index request (unknown image id, empty slice, no embeddings)."""
+
+
+class SessionError(SearchError):
+    """An unknown narrowing session or step, or an action the session's state does not allow."""
+
+
+class SetError(EdgemineError, ValueError):
+    """A named set that cannot be saved or found."""
+
+
+class ReviewError(EdgemineError, ValueError):
+    """A review decision that cannot be recorded."""
+
+
+class ModelError(EdgemineError):
+    """The model cannot run as asked."""
+
+
+class DeviceError(ModelError):
+    """The requested device is not available."""
+
+
+class WeightsError(ModelError):
+    """The weights could not be loaded; the message says how to get them."""

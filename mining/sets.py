@@ -1,0 +1,35 @@
+"""Named sets of images (``sets``): what a search, a narrowing session or a review
+hands on to review and export."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from mining.errors import SetError
+from mining.schema import SETS, make_rows
+from mining.sql import LakeDB
+
+JOB = "sets"
+
+
+def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, source: str, user: str,
+             scores: Sequence[float] | None = None) -> int:
+    """Write the named set ``name`` (replacing an earlier one of the same name in the
+    view; ``raw.sets`` keeps every version), ranked in the order given; returns its size.
+
+    Raises SetError for a set without a name or without images."""
+    if not name:
+        raise SetError("a set needs a name")
+    if not len(image_ids):
+        raise SetError(f"set {name!r} would be empty; nothing saved")
+    now = datetime.now(UTC)
+    n = len(image_ids)
+    rows = make_rows(SETS, n, name=name, image_id=list(image_ids), rank=list(range(1, n + 1)),
+                     score=None if scores is None else list(scores), source=source, created_by=user, created_at=now)
+    shard = f"set-{hashlib.sha1(name.encode()).hexdigest()[:12]}-{now.strftime('%Y%m%dT%H%M%S%f')}"
+    writer = db.lake.shard_writer(JOB, shard)
+    writer.write(SETS, rows)
+    writer.commit({"set": name})
+    return n

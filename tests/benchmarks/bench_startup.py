@@ -1,0 +1,101 @@
+"""Benchmark: how long a command takes from start to exit, and how much of it is imports.
+
+On a demo lake (2,000 images by default, built if missing), each command runs in a
+fresh process as a user types it:
+
+- ``python -c pass``: the interpreter alone, the floor;
+- ``edgemine sql "SELECT 1"`` and ``edgemine sql "SELECT count(*) FROM predictions"``;
+- ``edgemine similar ID -k 20``: the index synced and loaded, a search, a table printed;
+- ``edgemine similar FILE -k 20``: the same from an image file, which needs the model (torch).
+
+Wall time is the best of ``--repeat`` runs. Import time is the same command run with
+``python -X importtime``: the sum of the top-level imports' cumulative times (the
+imports the command does itself, lazily ones included), from its fastest run.
+
+    python tests/benchmarks/bench_startup.py [--lake DIR] [--images 2000] [--repeat 5] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+from jobs.demo import run_demo  # noqa: E402
+from mining.config import Config, DemoConfig  # noqa: E402
+from mining.lake import Lake  # noqa: E402
+from mining.sql import LakeDB  # noqa: E402
+from tests.benchmarks.machine import describe  # noqa: E402
+
+CLI = [sys.executable, "-m", "jobs.cli"]
+TOP_LEVEL_IMPORT = re.compile(r"^import time:\s+\d+ \|\s+(\d+) \| {1,2}(\S.*)$")
+
+
+def timed(command: list[str], repeat: int) -> float:
+    """Best wall time of ``repeat`` runs, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def import_seconds(command: list[str], repeat: int) -> float:
+    """Seconds of top-level imports in the fastest of ``repeat`` runs with -X importtime."""
+    best = float("inf")
+    for _ in range(repeat):
+        done = subprocess.run([command[0], "-X", "importtime", *command[1:]], check=True, capture_output=True,
+                              text=True, cwd=REPO)
+        total = sum(int(m[1]) for line in done.stderr.splitlines() if (m := TOP_LEVEL_IMPORT.match(line)))
+        best = min(best, total / 1e6)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lake", default="/tmp/edgemine-bench-startup", help="demo lake folder (built if missing)")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    lake = Lake(args.lake)
+    run_demo(Config(lake=lake.uri, demo=replace(DemoConfig(), images=args.images)), show_progress=False)
+    with LakeDB(lake) as db:
+        seed, uri = db.query("SELECT image_id, uri FROM images ORDER BY image_id LIMIT 1").to_pylist()[0].values()
+    typed = {
+        'edgemine sql "SELECT 1"': ["sql", "SELECT 1"],
+        'edgemine sql "SELECT count(*) FROM predictions"': ["sql", "SELECT count(*) FROM predictions"],
+        "edgemine similar ID -k 20": ["similar", seed, "-k", "20"],
+        "edgemine similar FILE -k 20 (loads the model)": ["similar", uri, "-k", "20"],
+    }
+    commands = {"python -c pass (the floor)": [sys.executable, "-c", "pass"]}
+    commands |= {name: [*CLI, *words, "--lake", lake.uri, "--quiet"] for name, words in typed.items()}
+    results = []
+    for name, command in commands.items():
+        wall = timed(command, args.repeat)
+        imports = import_seconds(command, args.repeat)
+        results.append({"command": name, "wall_s": round(wall, 3), "imports_s": round(imports, 3),
+                        "imports_share": round(imports / wall, 2)})
+        print(f"{name:<50} {wall:6.3f} s, of which imports {imports:6.3f} s", file=sys.stderr)
+    report = {"machine": describe({}), "lake_images": args.images, "repeat": args.repeat, "results": results}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"\n{report['machine']}; demo lake of {args.images} images, best of {args.repeat}\n")
+        print("| command | wall (s) | imports (s) | imports share |")
+        print("|---|---:|---:|---:|")
+        for r in results:
+            print(f"| `{r['command']}` | {r['wall_s']:.3f} | {r['imports_s']:.3f} | {r['imports_share']:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
