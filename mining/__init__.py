@@ -165,7 +165,7 @@ def start_narrowing(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str
         SessionError: the name is taken. SearchError, QueryError: as for ``find_similar``.
 
     Example:
-        >>> step = start_narrowing(open_lake(lake_uri), [seed], pool=60, clusters=3, name="doctest-glare")
+        >>> step = start_narrowing(open_lake(lake_uri), [seed], pool=60, clusters=3, name="doctest-start")
         >>> step.step, step.pool_size, sum(c.size for c in step.clusters)
         (0, 60, 60)
     """
@@ -191,8 +191,8 @@ def pick_clusters(db: LakeDB, session: str, clusters: Sequence[int], *, k: int |
 
     Example:
         >>> db = open_lake(lake_uri)
-        >>> step = pick_clusters(db, "doctest-glare", [0, 1])
-        >>> step.path
+        >>> _ = start_narrowing(db, [seed], pool=60, clusters=3, name="doctest-pick")
+        >>> pick_clusters(db, "doctest-pick", [0, 1]).path
         [0, 1]
     """
     from mining.backends import get_backend
@@ -209,7 +209,11 @@ def go_back(db: LakeDB, session: str, *, config: Config | None = None) -> StepRe
     """Make the parent of the current step current again (`edgemine narrow back`); recorded.
 
     Example:
-        >>> go_back(open_lake(lake_uri), "doctest-glare").path
+        >>> db = open_lake(lake_uri)
+        >>> _ = start_narrowing(db, [seed], pool=60, clusters=3, name="doctest-back")
+        >>> pick_clusters(db, "doctest-back", [0]).path
+        [0, 1]
+        >>> go_back(db, "doctest-back").path
         [0]
     """
     from mining.sessions import back
@@ -260,7 +264,10 @@ def save_review(db: LakeDB, review: str, *, name: str | None = None, config: Con
     """Publish a review's accepted images as a named set (default: the review's name), for export.
 
     Example:
-        >>> save_review(open_lake(lake_uri), "doctest-review")
+        >>> db = open_lake(lake_uri)
+        >>> decide(db, "doctest-saved", [seed], "accept", reviewer="ana")
+        1
+        >>> save_review(db, "doctest-saved")
         1
     """
     from mining.decisions import save_review as publish

@@ -1,5 +1,6 @@
-"""The library's public API (mining/__init__.py) works as its docstrings show:
-their examples run here, in order, on the session's demo lake."""
+"""The library's public API (mining/__init__.py) works as its docstrings show: their
+examples (each on its own, since doctest runs them in name order) run here on the
+session's demo lake."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ def test_the_documented_examples_run(demo_lake, monkeypatch):
     result = doctest.testmod(mining, extraglobs={"lake_uri": demo_lake.uri, "seed": seed}, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 10 and result.failed == 0
     # What the examples wrote is in the lake, as the docstrings say.
-    assert rows(demo_lake, "SELECT image_id, created_by FROM sets WHERE name = 'doctest-review'") == [
+    assert rows(demo_lake, "SELECT image_id, created_by FROM sets WHERE name = 'doctest-saved'") == [
         {"image_id": seed, "created_by": "doctest"}]
-    assert [r["action"] for r in rows(demo_lake, "SELECT action FROM narrow_steps WHERE session = 'doctest-glare' "
+    assert [r["action"] for r in rows(demo_lake, "SELECT action FROM narrow_steps WHERE session = 'doctest-back' "
                                                  "ORDER BY step")] == ["start", "pick", "back"]
 
 

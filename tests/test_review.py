@@ -61,6 +61,7 @@ def test_review_cli_accepts_rejects_lists_and_saves(demo_lake, monkeypatch, caps
     ids = [r["image_id"] for r in rows(demo_lake, "SELECT image_id FROM images ORDER BY image_id LIMIT 3")]
     assert main(["review", "accept", "cli", *ids, "--lake", demo_lake.uri, "--quiet"]) == 0
     assert main(["review", "reject", "cli", ids[0], "--lake", demo_lake.uri, "--quiet"]) == 0
+    capsys.readouterr()  # what accept and reject printed
     assert main(["review", "list", "--lake", demo_lake.uri, "--json"]) == 0
     listed = {r["review"]: r for r in json.loads(capsys.readouterr().out)}
     assert (listed["cli"]["accepted"], listed["cli"]["rejected"], listed["cli"]["reviewers"]) == (2, 1, "carol")
