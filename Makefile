@@ -20,7 +20,7 @@ demo: setup  ## build the demo lake in ./lake from synthetic data, then serve th
 	$(BIN)/edgemine demo --lake $(LAKE)
 	$(BIN)/edgemine tables --lake $(LAKE)
 	@echo "edgemine: review UI at http://localhost:$(PORT) on lake $(LAKE) (Ctrl-C stops it)"
-	$(BIN)/edgemine ui --lake $(LAKE) --port $(PORT)
+	$(BIN)/edgemine ui --lake $(LAKE) --port $(PORT) --config configs/demo.toml
 
 browser:  ## Debian's chromium for the browser test; where it cannot be installed, that test is skipped, loudly
 	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && \
@@ -37,6 +37,8 @@ bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_mining.py
 	$(BIN)/python tests/benchmarks/bench_knn.py
 	$(BIN)/python tests/benchmarks/bench_ui.py --apptest
+	$(BIN)/python tests/benchmarks/bench_startup.py
+	$(BIN)/python tests/benchmarks/bench_lake.py
 
 lock: setup  ## re-pin constraints.txt from the current environment
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new && mv constraints.new constraints.txt

@@ -121,8 +121,23 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("--output", help="write the result to this Parquet file (local or s3://) instead of printing")
     sql.add_argument("--views", action="store_true", help="print the CREATE VIEW statements, for any DuckDB client")
     sql.add_argument("--max-rows", type=int, default=100, help="rows shown in table format (default: 100)")
+    sql.add_argument("--as-of", metavar="WHEN", help="read the tables as they were: a time (2026-11-20T10:00:00Z), "
+                     "TABLE@VERSION[,TABLE@VERSION...], or a VERSION when the query reads one table")
 
-    add(commands, "tables", cmd_tables, "list the lake's tables with their row counts")
+    add(commands, "tables", cmd_tables, "list the lake's tables with their row counts and versions")
+
+    history = add(commands, "history", cmd_history, "list a table's commits: version, when, operation, rows, job, who")
+    history.add_argument("table", metavar="TABLE")
+    history.add_argument("--limit", type=int, help="only the newest N commits")
+
+    compact = add(commands, "compact", cmd_compact, "rewrite small files into large ones (optimize), then vacuum; "
+                  "reports files and a query's time before and after")
+    compact.add_argument("tables", nargs="*", metavar="TABLE", help="tables to compact (default: every table)")
+    compact.add_argument("--z-order", nargs="+", metavar="COLUMN", help="also cluster by these columns (one table at a time)")
+    compact.add_argument("--vacuum-hours", type=int, help="delete files unused for this many hours "
+                         "(default: config compact.vacuum_hours, 168); time travel before that is lost")
+
+    add(commands, "migrate", cmd_migrate, "convert a lake written before Delta tables (Parquet folders) into Delta tables")
 
     index = add(commands, "index", cmd_index, "build the vector index over the embeddings, or bring it up to date")
     index.add_argument("--kind", choices=["auto", "flat", "ivf", "ivfpq"], help="index kind (default: config index.kind, auto: flat up to index.flat_max vectors)")
@@ -289,7 +304,13 @@ def cmd_sql(args: argparse.Namespace, config: Config) -> int:
     query = sys.stdin.read() if args.query == "-" else args.query
     if not query:
         raise UsageError("give a query, e.g. edgemine sql \"SELECT count(*) FROM predictions\", or --views")
-    with LakeDB(lake) as db:
+    as_of = None
+    if args.as_of:
+        from mining.tables import resolve_as_of
+
+        with LakeDB(lake) as db:
+            as_of = resolve_as_of(lake, args.as_of, db.check_read_only(query))
+    with LakeDB(lake, as_of=as_of) as db:
         result = db.query(query)
     if args.output:
         _write_parquet_output(result, args.output, config)
@@ -306,6 +327,54 @@ def cmd_tables(args: argparse.Namespace, config: Config) -> int:
     with LakeDB(Lake.from_config(config)) as db:
         result = table_rows(db)
     write_rows(result, "json" if args.json else "table", sys.stdout)
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    from mining.tables import history
+
+    commits = history(Lake.from_config(config), args.table, args.limit)
+    if args.json:
+        write_json(commits, sys.stdout)
+        return 0
+    import pyarrow as pa
+
+    shown = [{**c, "detail": ", ".join(f"{k}={v}" for k, v in c["detail"].items())} for c in commits]
+    write_rows(pa.Table.from_pylist(shown), "table", sys.stdout, max_rows=len(shown))
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace, config: Config) -> int:
+    from jobs.compact import compact_lake
+
+    if args.z_order and len(args.tables) != 1:
+        raise UsageError("--z-order clusters one table: name it, e.g. edgemine compact predictions --z-order model_version")
+    hours = config.compact.vacuum_hours if args.vacuum_hours is None else args.vacuum_hours
+    if hours < 0:
+        raise UsageError("--vacuum-hours must be at least 0")
+    summary = compact_lake(Lake.from_config(config), args.tables or None, z_order=args.z_order or (), vacuum_hours=hours,
+                           user=config.mining.user, show_progress=not args.quiet)
+    if args.json:
+        write_json(summary.to_dict(), sys.stdout)
+    else:
+        for t in summary.tables:
+            print(f"{t.table}: {t.files_before} -> {t.files_after} files ({t.mb_before:.1f} MB), "
+                  f"{t.vacuumed} old files deleted; SELECT count(*): {t.query_s_before:.3f} s -> {t.query_s_after:.3f} s")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
+    from jobs.migrate import migrate_lake
+
+    summary = migrate_lake(Lake.from_config(config), user=config.mining.user, show_progress=not args.quiet)
+    if args.json:
+        write_json(summary.to_dict(), sys.stdout)
+    elif not summary.tables:
+        print(f"{summary.lake}: nothing to migrate (every table is a Delta table already)")
+    else:
+        for t in summary.tables:
+            print(f"{t['table']}: {t['files']} Parquet files, {t['stored_rows']} rows -> {t['rows']} rows in a Delta table")
+        print(f"the old files are kept under {summary.kept_in}; delete that folder once you have checked the lake")
     return 0
 
 

@@ -33,6 +33,7 @@ from jobs.embed_images import EmbedSummary, embed_lake
 from jobs.ingest_images import ImagesSummary, ingest_images
 from jobs.ingest_predictions import IngestSummary, ingest_predictions
 from jobs.progress import Progress
+from mining import tables
 from mining.config import Config, DemoConfig, S3Config
 from mining.index_sync import IndexSummary, index_lake
 from mining.lake import SOURCES_DIR, Lake, as_uri, open_url
@@ -126,9 +127,7 @@ def write_truth(lake: Lake, source: dict[str, Any]) -> int:
         truth = pq.read_table(f)
     at = pa.array([datetime.now(UTC)] * truth.num_rows, DEMO_TRUTH.schema.field("ingested_at").type)
     truth = truth.append_column("ingested_at", at).select(DEMO_TRUTH.schema.names).cast(DEMO_TRUTH.schema)
-    writer = lake.shard_writer(JOB, "demo-truth")
-    writer.write(DEMO_TRUTH, truth)
-    writer.commit({"source": source["uri"]})
+    tables.overwrite(lake, DEMO_TRUTH, truth, tables.commit_info(JOB, source=source["uri"]))
     return truth.num_rows
 
 

@@ -5,14 +5,17 @@
    image_id order (one DuckDB query, streamed).
 2. Read and decode in DataLoader workers (embed.reader), embed on the device
    (embed.model).
-3. Publish per part of ``part_size`` images: embeddings, thumbnails (for images
-   that have none yet) and errors, committed together (mining.lake), while the
-   next part is computed.
+3. Publish per part of ``part_size`` images, while the next part is computed:
+   its errors, then its thumbnails (for images that have none yet), then its
+   embeddings, each one Delta transaction (mining.tables).
 
 What is already embedded is what the lake says, so the same plan serves an
 hourly run on a growing lake, a rerun after a kill, and N machines splitting
-the work: shards are disjoint, and a part is visible whole or not at all. A part
-a kill left half-published is undone before planning.
+the work: shards are disjoint. The embeddings commit comes last and is what
+makes an image done: a kill before it leaves the image to be embedded again,
+and its thumbnail or error, already written, is not written twice (the plan
+skips images that have one). With ``--overwrite`` the rows are merged on their
+key instead of appended, replacing the old vectors.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from embed.model import Backbone, load_backbone
 from embed.preprocess import ImageError, ImageOptions, Thumbnail, decode_jpegs_on, make_thumbnails
 from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
 from jobs.progress import Progress
+from mining import tables
 from mining.config import EmbedConfig
 from mining.errors import ConfigError
 from mining.lake import Lake
@@ -90,7 +94,6 @@ class EmbedSummary(Summary):
     embedded: int = 0
     thumbnails: int = 0
     parts: int = 0
-    undone_parts: int = 0
     images_per_second: float = 0.0
 
 
@@ -120,9 +123,6 @@ def embed_lake(
         shard=str(shard),
     )
     prefix = f"{_slug(backbone.name + '-' + backbone.weights)}-s{shard.index}of{shard.count}-"
-    summary.undone_parts = len(lake.discard_unfinished(JOB, prefix))
-    if summary.undone_parts:
-        log.warning("undid %d part(s) a killed run left half-published; their images are embedded again", summary.undone_parts)
 
     with Plan(lake, backbone, shard, overwrite=overwrite, retry_errors=retry_errors) as plan:
         summary.images_in_shard, summary.already_embedded, summary.failed_before, summary.to_embed = plan.counts()
@@ -140,7 +140,7 @@ def embed_lake(
         loader = make_loader(requests, settings, workers=workers, pin_memory=backbone.uses_cuda)
         progress = Progress("embed", total=summary.to_embed, unit="images", enabled=show_progress)
         try:
-            _run(lake, backbone, loader, settings.options, summary, progress, shard)
+            _run(lake, backbone, loader, settings.options, summary, progress, shard, overwrite)
         finally:
             progress.close()
     summary.seconds = time.monotonic() - started
@@ -148,7 +148,8 @@ def embed_lake(
     return summary
 
 
-def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary: EmbedSummary, progress: Progress, shard: Shard) -> None:
+def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary: EmbedSummary, progress: Progress,
+         shard: Shard, overwrite: bool) -> None:
     """The loop: batches in, parts out. Publishing a part runs in a background
     thread (one at a time) so the model keeps going."""
     part: Part | None = None
@@ -163,7 +164,7 @@ def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary:
                 if pending is not None:
                     pending.result()  # at most one part in memory waiting to be written
                 marker = {"backbone": backbone.name, "weights": backbone.weights, "shard": str(shard)}
-                pending = publisher.submit(part.publish, lake, marker)
+                pending = publisher.submit(part.publish, lake, marker, overwrite)
                 summary.embedded += len(part.ids)
                 summary.thumbnails += len(part.thumbnails)
                 summary.add_errors(part.errors)
@@ -220,19 +221,19 @@ class Part:
         for item, reason in embedded.errors:
             self.errors.append({"uri": item.uri, "reason": reason, "raw": json.dumps({"image_id": item.image_id})})
 
-    def publish(self, lake: Lake, marker: dict[str, Any]) -> None:
+    def publish(self, lake: Lake, marker: dict[str, Any], overwrite: bool) -> None:
+        """Errors, thumbnails, then embeddings: the last commit is what marks these images done."""
         now = datetime.now(UTC)
-        writer = lake.shard_writer(JOB, self.name)
-        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
-        n = len(self.ids)
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM)
-        writer.write(EMBEDDINGS, make_rows(EMBEDDINGS, n, image_id=self.ids, backbone=marker["backbone"],
-                                           weights=marker["weights"], embedding=embedding, computed_at=now))
-        rows = [{**t.__dict__, "computed_at": now} for t in self.thumbnails]
-        writer.write(THUMBNAILS, pa.Table.from_pylist(rows, schema=THUMBNAILS.schema))
+        info = tables.commit_info(JOB, part=self.name, **marker)
         model = f"{marker['backbone']}/{marker['weights']}"
-        writer.write(ERRORS, error_rows(JOB, [{"source": model, **e} for e in self.errors], now))
-        writer.commit({**marker, "images": n + len(self.errors)})
+        tables.append(lake, ERRORS, error_rows(JOB, [{"source": model, **e} for e in self.errors], now), info)
+        write = tables.upsert if overwrite else tables.append
+        rows = [{**t.__dict__, "computed_at": now} for t in self.thumbnails]
+        write(lake, THUMBNAILS, pa.Table.from_pylist(rows, schema=THUMBNAILS.schema), info)
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
+        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM)
+        write(lake, EMBEDDINGS, make_rows(EMBEDDINGS, len(self.ids), image_id=self.ids, backbone=marker["backbone"],
+                                          weights=marker["weights"], embedding=embedding, computed_at=now), info)
 
 
 class Plan:
@@ -246,9 +247,9 @@ class Plan:
             f"""
             CREATE TEMP TABLE shard_images AS
             SELECT image_id, uri, sha256,
-                   image_id IN (SELECT image_id FROM raw.embeddings WHERE backbone = $backbone AND weights = $weights) AS embedded,
-                   uri IN (SELECT uri FROM raw.errors WHERE job = '{JOB}' AND source = $model) AS failed,
-                   image_id IN (SELECT image_id FROM raw.thumbnails) AS has_thumbnail
+                   image_id IN (SELECT image_id FROM embeddings WHERE backbone = $backbone AND weights = $weights) AS embedded,
+                   uri IN (SELECT uri FROM errors WHERE job = '{JOB}' AND source = $model) AS failed,
+                   image_id IN (SELECT image_id FROM thumbnails) AS has_thumbnail
             FROM images WHERE {shard.sql()}
             """,
             self.params,

@@ -1,11 +1,13 @@
-"""`edgemine ingest images SOURCE`: register image files in the ``images`` table.
+"""`edgemine ingest images SOURCE`: register image files in ``images`` and ``image_files``.
 
 Each file is read once: its bytes give the content id (mining.schema) and its
 header the format and size; pixels are not decoded. Files that are not images
 go to ``errors``. The job is incremental: a file already registered, or already
 refused, is skipped, so rerunning it (after a kill, or every hour on a growing
-bucket) registers only what is new. New files are grouped into shards whose id
-derives from their URIs, each published whole (mining.lake).
+bucket) registers only what is new. New files are taken in shards; each shard
+adds its new images (one row per content), then its errors, then its files:
+``image_files`` is what says a file is done, so a kill anywhere before that
+commit redoes the shard, and a redo adds no image twice (insert-if-absent).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from jobs.progress import Progress
+from mining import tables
 from mining.config import IngestConfig
 from mining.lake import Lake, as_uri, open_url, path_of, read_many
-from mining.schema import ERRORS, IMAGES, error_rows, image_id_from_sha256
+from mining.schema import ERRORS, IMAGE_FILES, IMAGES, error_rows, image_id_from_sha256, make_rows
 from mining.sql import LakeDB
 from mining.summary import Summary
 
@@ -71,7 +74,6 @@ def ingest_images(
     for start in range(0, len(new), config.image_shard):
         shard_uris = new[start : start + config.image_shard]
         shard = "img-" + hashlib.sha1("\n".join(shard_uris).encode()).hexdigest()[:16]
-        writer = lake.shard_writer(JOB, shard)
         rows, errors = [], []
         ingested_at = datetime.now(UTC)
         for offset in range(0, len(shard_uris), config.image_batch):
@@ -84,9 +86,13 @@ def ingest_images(
                 else:
                     errors.append({"source": source, "uri": uri, "reason": reason})
             progress.update(len(batch))
-        writer.write(IMAGES, pa.Table.from_pylist(rows, schema=IMAGES.schema))
-        writer.write(ERRORS, error_rows(JOB, errors, ingested_at))
-        writer.commit({"source": source, "images": len(shard_uris)})
+        info = tables.commit_info(JOB, source=source, shard=shard)
+        first_of_each = list({row["image_id"]: row for row in reversed(rows)}.values())  # the same bytes twice: one image
+        tables.insert_new(lake, IMAGES, pa.Table.from_pylist(first_of_each, schema=IMAGES.schema), info)
+        tables.append(lake, ERRORS, error_rows(JOB, errors, ingested_at), info)
+        files = make_rows(IMAGE_FILES, len(rows), uri=[r["uri"] for r in rows], image_id=[r["image_id"] for r in rows],
+                          source=source, ingested_at=ingested_at)
+        tables.insert_new(lake, IMAGE_FILES, files, info)
         summary.registered += len(rows)
         summary.add_errors(errors)
         summary.shards += 1
@@ -154,8 +160,8 @@ def probe_image(uri: str, data: bytes | BaseException, source: str, at: datetime
 
 
 def _known_uris(lake: Lake, *, include_errors: bool) -> set[str]:
-    with LakeDB(lake, read_only=False) as db:
-        sql = "SELECT uri FROM raw.images"
+    with LakeDB(lake) as db:
+        sql = "SELECT uri FROM image_files"
         if include_errors:
-            sql += f" UNION SELECT uri FROM raw.errors WHERE job = '{JOB}' AND uri IS NOT NULL"
+            sql += f" UNION SELECT uri FROM errors WHERE job = '{JOB}' AND uri IS NOT NULL"
         return set(db.query(sql).column("uri").to_pylist())

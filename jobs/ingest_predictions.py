@@ -6,16 +6,21 @@ detections ([{box: [x1, y1, x2, y2], label, score}]). Every other field is kept
 as a column of ``predictions``.
 
 One input file is one shard: its rows are checked batch by batch in DuckDB
-(``RowChecker``), good rows go to ``predictions`` and ``detections``, bad rows to
-``errors`` with the reason, and the shard is published at the end (see
-mining.lake). A file already ingested and unchanged is skipped; a changed one
-replaces what it wrote before.
+(``RowChecker``); good rows are merged into ``predictions`` and ``detections`` on
+their keys (one Delta transaction per table and batch, so memory stays bounded
+whatever the file's size), bad rows go to ``errors`` with the reason. Merging on
+the key makes a rerun, a killed run rerun, or two files carrying the same
+prediction leave one row per prediction. A file already ingested and unchanged
+is skipped; a changed one (or ``--force``) first has its earlier rows deleted,
+so it replaces what it wrote before. A file that turns out unreadable part-way
+has what it wrote deleted again: nothing of it stays.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 import posixpath
 import time
 from dataclasses import dataclass, field
@@ -23,10 +28,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from jobs.progress import Progress
 from jobs.readers import Batch, InputFormatError, detect_format, has_known_suffix, prefetch, read_batches
+from mining import tables
 from mining.config import IngestConfig
 from mining.errors import InputError
 from mining.lake import Lake, as_uri, open_url
@@ -112,8 +117,26 @@ def ingest_predictions(
                 log.error("%s", e)
                 summary.files.append(FileResult(uri, "failed", reason=str(e)))
         progress.close()
+    if config.compact_after_files and summary.extra()["ingested"]:
+        for table in (PREDICTIONS, DETECTIONS):
+            compact_crowded_partitions(lake, table, config.compact_after_files)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def compact_crowded_partitions(lake: Lake, table: Table, most_files: int) -> list[str]:
+    """Compact the partitions of ``table`` that hold more than ``most_files`` files (each
+    ingested batch adds one per day it covers); returns those partitions."""
+    if not tables.exists(lake, table):
+        return []
+    files = tables.files(lake, table)
+    column = f"partition.{table.partition}"
+    per_partition = Counter(str(v) for v in files.column(column).to_pylist())
+    crowded = sorted(v for v, n in per_partition.items() if n > most_files)
+    if crowded:
+        log.info("compacting %d %s partition(s) of more than %d files", len(crowded), table.name, most_files)
+        tables.compact(lake, table, tables.commit_info(JOB, compacted=",".join(crowded)), partitions=crowded)
+    return crowded
 
 
 def expand_inputs(inputs: list[str], lake: Lake) -> list[str]:
@@ -164,7 +187,11 @@ def ingest_file(
     except InputFormatError as e:
         raise IngestFileError(f"{uri}: {e}") from None
     ingested_at = datetime.now(UTC)
-    writer = lake.shard_writer(JOB, shard)
+    info = tables.commit_info(JOB, source=uri)
+    if marker is not None:  # an earlier run (finished or killed) wrote rows of this file: they go first
+        _delete_rows_of(lake, uri, info)
+    lake.write_marker(JOB, shard, {"status": "started", "source": uri})
+    rows: dict[str, int] = {}
     errors = 0
     try:
         with fs.open(path, "rb", compression="infer") as f:
@@ -172,20 +199,32 @@ def ingest_file(
                 if i == 0:
                     _check_first_batch(batch, fmt)
                 checked = checker.check(batch, source=uri, base_dir=_base_dir(uri), ingested_at=ingested_at)
-                _write_by_date(writer, PREDICTIONS, checked.predictions)
-                _write_by_date(writer, DETECTIONS, checked.detections)
-                writer.write(ERRORS, checked.errors)
+                tables.upsert(lake, PREDICTIONS, checked.predictions, info)
+                tables.upsert(lake, DETECTIONS, checked.detections, info)
+                tables.append(lake, ERRORS, checked.errors, info)
+                for table, n in (("predictions", checked.predictions.num_rows), ("detections", checked.detections.num_rows),
+                                 ("errors", checked.errors.num_rows)):
+                    rows[table] = rows.get(table, 0) + n
                 errors += checked.errors.num_rows
                 if progress:
                     progress.update(batch.table.num_rows + len(batch.rejects))
     except InputFormatError as e:
-        writer.abort()
+        _delete_rows_of(lake, uri, info)
         raise IngestFileError(f"{uri}: {e}. Nothing of this file was written.") from None
     except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as e:
-        writer.abort()
+        _delete_rows_of(lake, uri, info)
         raise IngestFileError(f"{uri}: could not read the file ({type(e).__name__}: {e}). Nothing of it was written.") from None
-    record = writer.commit({"source": uri, "identity": identity, "format": fmt})
-    return FileResult(uri, "ingested", rows=record["rows"], errors=errors)
+    lake.write_marker(JOB, shard, {"status": "done", "source": uri, "identity": identity, "format": fmt,
+                                   "rows": {k: v for k, v in rows.items() if v}, "at": ingested_at.isoformat()})
+    return FileResult(uri, "ingested", rows={k: v for k, v in rows.items() if v}, errors=errors)
+
+
+def _delete_rows_of(lake: Lake, uri: str, info) -> None:
+    """Remove what an input file wrote: its predictions, detections and error rows."""
+    source = f"source = {quote_literal(uri)}"
+    tables.delete(lake, PREDICTIONS, source, info)
+    tables.delete(lake, DETECTIONS, source, info)
+    tables.delete(lake, ERRORS, f"job = '{JOB}' AND {source}", info)
 
 
 def _identity(info: dict[str, Any]) -> dict[str, Any]:
@@ -215,15 +254,6 @@ def _check_first_batch(batch: Batch, fmt: str) -> None:
         )
 
 
-def _write_by_date(writer, table: Table, rows: pa.Table) -> None:
-    if rows.num_rows == 0:
-        return
-    dates = rows.column("date")
-    for day in pc.unique(dates).to_pylist():
-        part = rows.filter(pc.equal(dates, day)).drop_columns(["date"])
-        writer.write(table, part, partition_value=day)
-
-
 @dataclass
 class Checked:
     predictions: pa.Table
@@ -238,11 +268,8 @@ class RowChecker:
     def __init__(self, db: LakeDB):
         self.con = db.con
         # One row per URI, and every known id, for the whole run.
-        self.con.execute(
-            "CREATE OR REPLACE TEMP TABLE image_by_uri AS "
-            "SELECT uri, any_value(image_id) AS image_id FROM raw.images GROUP BY uri"
-        )
-        self.con.execute("CREATE OR REPLACE TEMP TABLE image_ids AS SELECT DISTINCT image_id FROM raw.images")
+        self.con.execute("CREATE OR REPLACE TEMP TABLE image_by_uri AS SELECT uri, image_id FROM image_files")
+        self.con.execute("CREATE OR REPLACE TEMP TABLE image_ids AS SELECT image_id FROM images")
 
     def check(self, batch: Batch, *, source: str, base_dir: str, ingested_at: datetime) -> Checked:
         table = batch.table.append_column(_ROW, batch.rows)
@@ -256,7 +283,7 @@ class RowChecker:
         at = f"TIMESTAMPTZ '{ingested_at.isoformat()}'"
         params = [source]
         predictions = self.con.execute(_predictions_sql(extras, at), params).to_arrow_table()
-        detections = self.con.execute(_detections_sql(at)).to_arrow_table()
+        detections = self.con.execute(_detections_sql(at), params).to_arrow_table()
         errors = self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table()
         return Checked(
             predictions=_conform(predictions, PREDICTIONS, extra=True),
@@ -300,7 +327,7 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
     SELECT typed.* EXCLUDE (__scores_json, __detections_json, __confidence_text),
         coalesce(__given_prediction_id,
                  substr(sha256(__image_id || '|' || __model_version || '|' || epoch_us(__ts)::VARCHAR), 1, 24)) AS __prediction_id,
-        strftime(__ts, '%Y-%m-%d') AS __date,
+        strftime(__ts, '%Y-%m-%d')::DATE AS __date,
         CASE
         WHEN __uri IS NULL AND __given_id IS NULL THEN 'missing image_uri (or image_id)'
         WHEN __image_id IS NULL AND __given_id IS NOT NULL
@@ -341,7 +368,7 @@ def _detections_sql(at: str) -> str:
     return f"""
     SELECT __prediction_id || '-' || __i AS detection_id, __prediction_id AS prediction_id, __image_id AS image_id,
         __model_version AS model_version, __ts AS ts, __d.box::FLOAT[4] AS box, __d.label AS label,
-        __d.score::FLOAT AS score, {at} AS ingested_at, __date AS date
+        __d.score::FLOAT AS score, $1 AS source, {at} AS ingested_at, __date AS date
     FROM (
         SELECT *, unnest(__detections) AS __d, unnest(range(len(__detections))) AS __i
         FROM checked WHERE __reason IS NULL AND __detections IS NOT NULL
@@ -385,12 +412,11 @@ def _json_expr(name: str, t: pa.DataType | None) -> str:
 
 
 def _conform(rows: pa.Table, table: Table, *, extra: bool = False) -> pa.Table:
-    """Cast to the table's schema (in its column order); the partition column, and extra
-    columns where allowed, follow."""
+    """Cast to the table's schema (in its column order); extra columns, where allowed, follow."""
     columns = [rows.column(f.name).cast(f.type) for f in table.schema]
     fields = list(table.schema)
     for name in rows.column_names:
-        if table.schema.get_field_index(name) == -1 and (extra or name == table.partition):
+        if table.schema.get_field_index(name) == -1 and extra:
             columns.append(rows.column(name))
             fields.append(rows.schema.field(name))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))

@@ -33,7 +33,8 @@ class S3Config:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    chunk_rows: int = 200_000  # input rows per output file: bounds memory whatever the file size
+    chunk_rows: int = 200_000  # input rows per batch (one commit per table): bounds memory whatever the file size
+    compact_after_files: int = 64  # a day's partition the ingest touched is compacted once it has more files; 0: never
     image_batch: int = 256  # images fetched concurrently per request batch
     image_shard: int = 10_000  # images per output file of the images table
 
@@ -89,6 +90,11 @@ class DemoConfig:
 
 
 @dataclass(frozen=True)
+class CompactConfig:
+    vacuum_hours: int = 168  # `edgemine compact` deletes files unused this long (time travel before that is lost)
+
+
+@dataclass(frozen=True)
 class UIConfig:
     port: int = 8501
     page_size: int = 100  # thumbnails per page on the Review page
@@ -106,6 +112,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    compact: CompactConfig = field(default_factory=CompactConfig)
     ui: UIConfig = field(default_factory=UIConfig)
 
 

@@ -1,21 +1,20 @@
 """Reviewers' decisions, saved in the lake (`edgemine review ...`, the UI's Review page).
 
 A review is a name (say ``glare``). Each decision (accept or reject some images)
-is appended as its own file with the reviewer and the time, never rewritten, so
-two reviewers saving at once lose nothing; the ``reviews`` view keeps the latest
-decision per review and image. ``save`` publishes a review's accepted images as
+is appended with the reviewer and the time, never rewritten: blind appends, so
+many reviewers saving at once lose nothing. The ``reviews`` view keeps the latest
+decision per review and image; ``raw.reviews`` has every one. ``save`` publishes a review's accepted images as
 the named set of the same name, which export takes as input.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from mining import tables
 from mining.errors import ReviewError
 from mining.schema import REVIEWS, make_rows
 from mining.sets import save_set
@@ -46,11 +45,7 @@ def decide(db: LakeDB, review: str, image_ids: Sequence[str], decision: str, *, 
     n = len(image_ids)
     rows = make_rows(REVIEWS, n, review=review, image_id=image_ids, decision=decision, reviewer=reviewer, source=source,
                      decided_at=now)
-    # A random part in the shard name: two reviewers in the same microsecond still write two files.
-    shard = f"{hashlib.sha1(review.encode()).hexdigest()[:12]}-{now:%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}"
-    writer = db.lake.shard_writer(JOB, shard)
-    writer.write(REVIEWS, rows)
-    writer.commit({"review": review, "decision": decision, "images": n, "reviewer": reviewer})
+    tables.append(db.lake, REVIEWS, rows, tables.commit_info(JOB, reviewer, review=review, decision=decision, images=n))
     return n
 
 

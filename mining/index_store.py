@@ -3,7 +3,7 @@
 Layout under ``_index/<backbone>/<weights>/``::
 
     current.json                 {"version": ...}: the version readers load
-    <version>/manifest.json      kind, counts, and the embedding files covered
+    <version>/manifest.json      kind, counts, the embeddings table's version and data files covered
     <version>/ids.parquet        image_id per position
     <version>/vectors.npy        float32 (n, 512): the embedding snapshot
     <version>/ivf.faiss          the trained FAISS index (IVF kinds only)
@@ -44,10 +44,11 @@ class Manifest:
     weights: str
     spec: IndexSpec
     count: int
-    files: list[str] = field(default_factory=list)  # embedding files covered, relative to the lake root
+    files: list[str] = field(default_factory=list)  # data files of the embeddings table covered (relative to it)
     built_at: str = ""
     updated_at: str = ""
     version: str = ""
+    embeddings_version: int | None = None  # the embeddings table's Delta version the index covers
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode()

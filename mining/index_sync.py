@@ -22,14 +22,18 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
+from mining import tables
 from mining.backends import get_backend
 from mining.config import IndexConfig
 from mining.errors import SearchError
 from mining.index import VectorIndex, choose_spec
 from mining.index_store import Manifest, load_index, load_manifest, save_index
-from mining.schema import EMBEDDING_DIM
-from mining.sql import LakeDB, quote_literal
+from mining.lake import Lake
+from mining.schema import EMBEDDING_DIM, EMBEDDINGS
+from mining.sql import LakeDB
 from mining.summary import Summary
 
 log = logging.getLogger(__name__)
@@ -54,9 +58,13 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
     started = time.monotonic()
     lake = db.lake
     backbone, weights = choose_embedding_set(db, backbone, weights)
-    files = _embedding_files(lake)
     manifest = load_manifest(lake, backbone, weights)
     backend = get_backend(config.device)
+    if manifest is not None and manifest.embeddings_version == tables.version(lake, EMBEDDINGS) and not rebuild:
+        # No commit since the index was saved: its files are the table's (one listing, no log replay).
+        version, files = manifest.embeddings_version, manifest.files
+    else:
+        version, files = _embedding_files(lake)
 
     reason = _rebuild_reason(manifest, files, rebuild, config)
     index = None
@@ -66,8 +74,9 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
         index = load_index(lake, manifest, backend)
         if config.nprobe and index.spec.kind != "flat":
             index = index.with_nprobe(config.nprobe)
+        action = "up to date"
         if new_files:
-            ids, vectors = read_embeddings(db, backbone, weights, new_files)
+            ids, vectors = read_embeddings(lake, backbone, weights, new_files)
             grown_kind = choose_spec(len(index) + len(ids), config).kind
             if np.isin(ids, index.ids).any():
                 reason = "new files re-embed indexed images"
@@ -75,21 +84,20 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
                 reason = f"the lake grew past {config.flat_max} vectors: {index.spec.kind} -> {grown_kind}"
             else:
                 index = index.extended(ids, vectors)
-                added = len(ids)
-                manifest.files = sorted(files)
-                manifest = save_index(lake, index, manifest)
-                action = "extended"
-        else:
-            action = "up to date"
+                added, action = len(ids), "extended"
+        if reason is None and manifest.embeddings_version != version:
+            manifest.files, manifest.embeddings_version = sorted(files), version
+            manifest = save_index(lake, index, manifest)
     if reason is not None:
-        ids, vectors = read_embeddings(db, backbone, weights, files)
+        ids, vectors = read_embeddings(lake, backbone, weights, files)
         if len(ids) == 0:
             raise SearchError(f"no embeddings for {backbone}/{weights} yet: run edgemine embed first")
         spec = choose_spec(len(ids), config)
         log.info("indexing %d vectors (%s): %s", len(ids), spec.describe(), reason)
         index = VectorIndex.build(ids, vectors, spec, seed=seed, backend=backend, backbone=backbone, weights=weights)
         now = datetime.now(UTC).isoformat()
-        manifest = save_index(lake, index, Manifest(backbone, weights, spec, len(ids), sorted(files), built_at=now))
+        manifest = save_index(lake, index, Manifest(backbone, weights, spec, len(ids), sorted(files), built_at=now,
+                                                    embeddings_version=version))
         action, added = ("built" if reason == "no index yet" else "rebuilt"), len(ids)
     summary = IndexSummary(backbone=backbone, weights=weights, action=action, reason=reason or "",
                            vectors=len(index), added=added, kind=index.spec.describe(), files=len(files),
@@ -120,20 +128,20 @@ def choose_embedding_set(db: LakeDB, backbone: str | None, weights: str | None) 
     return matching[0]["backbone"], matching[0]["weights"]
 
 
-def read_embeddings(db: LakeDB, backbone: str, weights: str, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids, float32 (n, 512) vectors) of one embedding set in ``files`` (relative
-    paths), the latest row per image, in image_id order."""
+def read_embeddings(lake: Lake, backbone: str, weights: str, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(image ids, float32 (n, 512) vectors) of one embedding set in ``files`` (data files
+    of the embeddings table, relative to its folder), in image_id order. The embed job
+    writes each (image, backbone, weights) once, so there is one row per image."""
     if not files:
         return np.array([], dtype=str), np.zeros((0, EMBEDDING_DIM), np.float32)
     started = time.monotonic()
-    lake = db.lake
-    urls = ", ".join(quote_literal(lake.url(lake.path(f))) for f in files)
-    sql = (
-        f"SELECT image_id, embedding FROM read_parquet([{urls}], union_by_name = true) "
-        "WHERE backbone = $backbone AND weights = $weights "
-        "QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY computed_at DESC) = 1 ORDER BY image_id"
-    )
-    table = db.query(sql, {"backbone": backbone, "weights": weights})
+    folder = lake.table_dir(EMBEDDINGS)
+    dataset = ds.dataset([f"{folder}/{f}" for f in files], format="parquet", filesystem=lake.fs)
+    table = dataset.to_table(columns=["image_id", "backbone", "weights", "embedding"])
+    # delta-rs writes strings as string_view, which pyarrow's filters do not compare yet: plain strings first.
+    text = {name: table.column(name).cast(pa.string()) for name in ("image_id", "backbone", "weights")}
+    wanted = pc.and_(pc.equal(text["backbone"], backbone), pc.equal(text["weights"], weights))
+    table = pa.table({"image_id": text["image_id"], "embedding": table.column("embedding")}).filter(wanted).sort_by("image_id")
     ids = table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
     column = table.column("embedding").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.float32()))
     vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM).astype(np.float32, copy=False)
@@ -141,9 +149,12 @@ def read_embeddings(db: LakeDB, backbone: str, weights: str, files: list[str]) -
     return ids, vectors
 
 
-def _embedding_files(lake) -> list[str]:
-    root = lake.root + "/"
-    return [path.removeprefix(root) for path in lake.table_files("embeddings")]
+def _embedding_files(lake: Lake) -> tuple[int | None, list[str]]:
+    """The embeddings table's latest version and its data files (relative to its folder)."""
+    if not tables.exists(lake, EMBEDDINGS):
+        return None, []
+    delta = tables.open_table(lake, EMBEDDINGS)
+    return delta.version(), sorted(delta.get_add_actions(flatten=True).column("path").to_pylist())
 
 
 def _rebuild_reason(manifest: Manifest | None, files: list[str], rebuild: bool, config: IndexConfig) -> str | None:

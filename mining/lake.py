@@ -1,29 +1,20 @@
-"""The lake on storage: where each table's files live, and how a job publishes them.
+"""The lake on storage: where each table and each job's state live.
 
 A lake is a URI, a local folder or ``s3://bucket/prefix``. The filesystem is
-resolved once with ``fsspec.core.url_to_fs`` and every read and write goes
-through it, so jobs behave the same on both.
+resolved once with ``fsspec.core.url_to_fs`` and every read and write of files
+that are not tables goes through it, so jobs behave the same on both.
 
 Layout (relative to the lake root)::
 
-    images/<shard>-00000.parquet
-    predictions/date=YYYY-MM-DD/<shard>-00000.parquet
-    detections/date=YYYY-MM-DD/<shard>-00000.parquet
-    embeddings/<shard>-00000.parquet
-    errors/<shard>-00000.parquet
-    narrow_steps/, narrow_members/, sets/   narrowing sessions and named sets
-    _jobs/<job>/<shard>.json          success marker of one input shard
-    _index/<backbone>/<weights>/      vector index: current.json -> <version>/ files
-    _staging/<job>/<shard>/...        files of a shard not yet published
-    sources/                          raw inputs the demo generates
+    <table>/                 a Delta table: Parquet files and _delta_log/ (mining.tables writes them)
+    predictions/date=YYYY-MM-DD/...   partitioned tables keep one folder per day
+    _jobs/<job>/<shard>.json what a job finished with one input (an input file's size and ETag, say),
+                             so a rerun skips what is done; written after the shard's commits
+    _index/<backbone>/<weights>/  the vector index: current.json -> <version>/ files (mining.index_store)
+    sources/                 raw inputs the demo generates
 
-Publishing (why a killed job never leaves duplicates): a job writes all files
-of one input shard under ``_staging``; ``ShardWriter.commit`` then deletes the
-files an earlier run of that shard published (its marker lists them), moves the
-new ones in (a rename locally, one atomic object per file on S3), and marks the
-shard ``done`` last.
-File names derive from the shard id and a sequence number only, so a rerun
-writes the same names and replaces rather than adds.
+A lake written before tables were Delta tables (Parquet folders without a
+``_delta_log``) is refused with what to run: `edgemine migrate`.
 """
 
 from __future__ import annotations
@@ -32,8 +23,7 @@ import json
 import logging
 import os
 import posixpath
-from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from collections import Counter
 from typing import Any
 
 import fsspec
@@ -41,14 +31,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mining.config import Config, S3Config
-from mining.schema import TABLES, Table
+from mining.errors import LakeError
+from mining.schema import TABLES, Table, table_named
 
 log = logging.getLogger(__name__)
 
 JOBS_DIR = "_jobs"
 INDEX_DIR = "_index"
-STAGING_DIR = "_staging"
 SOURCES_DIR = "sources"
+DELTA_LOG = "_delta_log"
 
 
 def is_s3(uri: str) -> bool:
@@ -100,8 +91,8 @@ def read_many(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | B
     return fs.cat_ranges(paths, None, None, on_error="return")
 
 
-# Bumped each time this process publishes or removes table files, per lake URI:
-# the shared DuckDB catalogs of mining.sql rebuild their views when it moved.
+# Bumped each time this process creates a table, per lake URI: the shared DuckDB
+# catalogs of mining.sql make their views again when it moved.
 _generations: Counter[str] = Counter()
 
 
@@ -142,31 +133,34 @@ class Lake:
         return (as_uri(path, like=uri).rstrip("/") + "/").startswith(self.prefix)
 
     def table_dir(self, table: Table | str) -> str:
-        return self.path(_table(table).name)
-
-    def table_files(self, table: Table | str) -> list[str]:
-        """Published Parquet files of a table (filesystem paths), sorted."""
-        directory = self.table_dir(table)
-        if not self.fs.exists(directory):
-            return []
-        return sorted(p for p in self.fs.find(directory) if p.endswith(".parquet"))
+        return self.path(table_named(table).name)
 
     @property
     def generation(self) -> int:
-        """How many times this process changed the lake's table files."""
+        """How many times this process created a table in this lake."""
         return _generations[self.uri]
 
     def mark_changed(self) -> None:
-        """Say that table files were published or removed (ShardWriter.commit does)."""
+        """Say that the lake's set of tables changed (mining.tables does, on a table's first commit)."""
         _generations[self.uri] += 1
 
-    def has_files(self, table: Table | str) -> bool:
-        """Whether a table has any published file; stops at the first one found, so
-        it costs one listing, not a walk of the whole table."""
-        for _, _, files in self.fs.walk(self.table_dir(table)):
-            if any(name.endswith(".parquet") for name in files):
-                return True
-        return False
+    def in_old_layout(self, table: Table | str) -> bool:
+        """Whether the table is still in the layout before Delta (Parquet files, no _delta_log)."""
+        folder = self.table_dir(table)
+        if not self.fs.exists(folder) or self.fs.exists(posixpath.join(folder, DELTA_LOG)):
+            return False
+        return any(p.endswith(".parquet") for p in self.fs.find(folder))
+
+    def old_layout_tables(self) -> list[str]:
+        """Tables still in the layout before Delta."""
+        return [name for name in TABLES if self.in_old_layout(name)]
+
+    def check_layout(self) -> None:
+        """Raise LakeError if the lake was written in the layout before Delta tables."""
+        old = self.old_layout_tables()
+        if old:
+            raise LakeError(f"the lake {self.uri} holds tables in the old layout (Parquet folders without a "
+                            f"_delta_log: {', '.join(old)}); convert it once with `edgemine migrate --lake {self.uri}`")
 
     def index_dir(self, backbone: str, weights: str) -> str:
         """Where the vector index over one (backbone, weights) embedding set lives."""
@@ -176,38 +170,18 @@ class Lake:
         return self.path(JOBS_DIR, job, f"{shard}.json")
 
     def read_marker(self, job: str, shard: str) -> dict[str, Any] | None:
-        """The shard's marker: ``status`` is ``done`` once its files are all published."""
-        path = self.marker_path(job, shard)
+        """What ``job`` recorded when it finished ``shard``, or None."""
         try:
             # One whole-object read: a marker being rewritten is seen old or new, never torn.
-            return json.loads(self.fs.cat_file(path))
+            return json.loads(self.fs.cat_file(self.marker_path(job, shard)))
         except FileNotFoundError:
             return None
 
-    def discard_unfinished(self, job: str, shard_prefix: str) -> list[str]:
-        """Undo the commits of ``job`` that a kill left half-way, for shards whose id
-        starts with ``shard_prefix``: delete the files their ``committing`` marker
-        lists, then the marker. Returns the shards undone.
+    def write_marker(self, job: str, shard: str, record: dict[str, Any]) -> None:
+        """Record that ``job`` finished ``shard`` (after its commits: a kill before this redoes the shard)."""
+        self.write_atomic(self.marker_path(job, shard), json.dumps(record, indent=1, sort_keys=True).encode())
 
-        For jobs whose shards are not rerun under the same id (the embed job picks
-        what is still missing), so that a half-published shard cannot count as done.
-        Call it only for shards no other running process is writing."""
-        markers = self.fs.glob(self.path(JOBS_DIR, job, f"{shard_prefix}*.json"))
-        undone = []
-        for path, content in zip(markers, read_many(self.fs, markers)):
-            marker = {} if isinstance(content, BaseException) else json.loads(content)
-            if marker.get("status") != "committing":
-                continue
-            for relative in marker.get("files", []):
-                if self.fs.exists(self.path(relative)):
-                    self.fs.rm(self.path(relative))
-            self.fs.rm(path)
-            undone.append(posixpath.basename(path).removesuffix(".json"))
-        if undone:
-            self.mark_changed()
-        return undone
-
-    # -- writing -------------------------------------------------------------
+    # -- writing files that are not tables -------------------------------------
     def write_parquet(self, rows: pa.Table, path: str) -> None:
         parent = posixpath.dirname(path)
         if self.protocol == "file":
@@ -226,90 +200,3 @@ class Lake:
         with open(temporary, "wb") as f:
             f.write(data)
         os.replace(temporary, path)
-
-    def shard_writer(self, job: str, shard: str) -> ShardWriter:
-        return ShardWriter(self, job, shard)
-
-
-class ShardWriter:
-    """Stages the output files of one input shard, then publishes them together,
-    replacing whatever an earlier run of the same shard published."""
-
-    def __init__(self, lake: Lake, job: str, shard: str):
-        self.lake, self.job, self.shard = lake, job, shard
-        self.staging = lake.path(STAGING_DIR, job, shard)
-        self._seq: dict[str, int] = defaultdict(int)
-        self._staged: list[tuple[str, str]] = []  # (staged path, final relative path)
-        self.rows_written: dict[str, int] = defaultdict(int)
-        # A staging folder left by a killed run holds files of unknown completeness.
-        if lake.fs.exists(self.staging):
-            lake.fs.rm(self.staging, recursive=True)
-
-    def write(self, table: Table, rows: pa.Table, partition_value: str | None = None) -> None:
-        if rows.num_rows == 0:
-            return
-        if table.partition and partition_value is None:
-            raise ValueError(f"table {table.name} is partitioned by {table.partition}: give partition_value")
-        folder = table.name if not table.partition else f"{table.name}/{table.partition}={partition_value}"
-        seq = self._seq[folder]
-        self._seq[folder] += 1
-        relative = f"{folder}/{self.shard}-{seq:05d}.parquet"
-        staged = posixpath.join(self.staging, relative)
-        self.lake.write_parquet(rows, staged)
-        self._staged.append((staged, relative))
-        self.rows_written[table.name] += rows.num_rows
-
-    def commit(self, marker: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Publish the staged files and write the success marker; returns the marker.
-
-        The marker lists the files a shard published, so replacing them needs no
-        listing of the tables. Before anything moves it is rewritten as
-        ``committing`` with the old and new files both listed: a commit killed half-way
-        leaves a marker that is not ``done`` (so the shard is redone) and that names
-        every file the redo must clean up."""
-        fs = self.lake.fs
-        new = sorted(relative for _, relative in self._staged)
-        previous = self.lake.read_marker(self.job, self.shard) or {}
-        old = set(previous.get("files", []))
-        self._write_marker({"status": "committing", "files": sorted(old | set(new))})
-        for relative in sorted(old - set(new)):
-            if fs.exists(self.lake.path(relative)):
-                fs.rm(self.lake.path(relative))
-        for staged, relative in self._staged:
-            final = self.lake.path(relative)
-            if self.lake.protocol == "file":
-                fs.makedirs(posixpath.dirname(final), exist_ok=True)
-            fs.mv(staged, final)
-        self.lake.mark_changed()
-        record = {
-            "job": self.job,
-            "shard": self.shard,
-            "status": "done",
-            "files": new,
-            "rows": dict(self.rows_written),
-            "committed_at": datetime.now(UTC).isoformat(),
-            **(marker or {}),
-        }
-        self._write_marker(record)
-        if fs.exists(self.staging):
-            fs.rm(self.staging, recursive=True)
-        return record
-
-    def _write_marker(self, record: dict[str, Any]) -> None:
-        path = self.lake.marker_path(self.job, self.shard)
-        self.lake.write_atomic(path, json.dumps(record, indent=1, sort_keys=True).encode())
-
-    def abort(self) -> None:
-        """Drop staged files: nothing of this shard is published."""
-        if self.lake.fs.exists(self.staging):
-            self.lake.fs.rm(self.staging, recursive=True)
-        self._staged.clear()
-
-
-def _table(table: Table | str) -> Table:
-    if isinstance(table, Table):
-        return table
-    try:
-        return TABLES[table]
-    except KeyError:
-        raise ValueError(f"unknown table {table!r}; tables: {sorted(TABLES)}") from None

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 from mining.config import S3Config
 from mining.errors import SearchError
 from mining.lake import open_url
-from mining.sql import LakeDB, quote_ident, view_where
+from mining.sql import LakeDB, quote_ident
 
 BOX_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
 
@@ -24,7 +24,7 @@ def thumbnails(db: LakeDB, image_ids: list[str]) -> dict[str, bytes]:
     """JPEG thumbnail bytes per image id; ids without a thumbnail are left out."""
     if not image_ids:
         return {}
-    rows = db.query(f"SELECT image_id, jpeg FROM ({view_where('thumbnails', 'image_id IN (SELECT unnest($ids))')})",
+    rows = db.query("SELECT image_id, jpeg FROM thumbnails WHERE image_id IN (SELECT unnest($ids))",
                     {"ids": list(image_ids)})
     return dict(zip(rows.column("image_id").to_pylist(), rows.column("jpeg").to_pylist()))
 
@@ -41,7 +41,7 @@ def image_facts(db: LakeDB, image_ids: list[str], columns: Sequence[str] = ()) -
     return db.query(
         f"SELECT i.image_id, arg_max(p.label, p.ts) AS label, arg_max(p.confidence, p.ts) AS confidence{extra} "
         "FROM (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS n) i "
-        f"LEFT JOIN ({view_where('predictions', 'image_id IN (SELECT unnest($ids))')}) p "
+        "LEFT JOIN (SELECT * FROM predictions WHERE image_id IN (SELECT unnest($ids))) p "
         "USING (image_id) GROUP BY i.image_id, i.n ORDER BY i.n",
         {"ids": list(image_ids)},
     )

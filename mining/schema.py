@@ -7,7 +7,8 @@ Identity rules (why rows never duplicate):
   its SHA-256. The same bytes always get the same id, wherever they are stored.
 - ``prediction_id`` is the id given in the input, or else derived from
   ``(image_id, model_version, ts)``, so two input files that carry the same
-  prediction produce one row in the ``predictions`` view.
+  prediction leave one row in ``predictions``.
+Each table's ``key`` says which columns identify a row; the jobs write each key once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mining.errors import LakeError
+
 EMBEDDING_DIM = 512
 IMAGE_ID_HEX = 20
 
@@ -29,30 +32,30 @@ UTC_TS = pa.timestamp("us", tz="UTC")
 
 @dataclass(frozen=True)
 class Table:
-    """A lake table: its folder name, file schema and what the SQL view does with it.
+    """A lake table: a Delta table at ``<lake>/<name>/`` (mining.tables writes it).
 
-    ``partition`` names a hive partition column derived from a timestamp (``date``
-    from ``ts``); it lives in folder names, not in the files.
-    ``dedup_key`` and ``dedup_order`` make the view show one row per key, the
-    latest written winning. ``latest_group`` instead makes the view show the rows
-    of the latest write per group (a named set saved again replaces the old one).
-    ``extra_columns`` allows input columns beyond the schema.
+    ``partition`` names the partition column (``date``, the UTC day of ``ts``).
+    ``key`` is what identifies a row: the jobs write so that each key is there once
+    (mining.tables.upsert), so the SQL view is the table as it is.
+    ``latest_by``, for a table whose history matters (review decisions), keeps every
+    row in the table: the view shows the latest per key by that column, and
+    ``raw.<name>`` shows them all.
+    ``extra_columns`` allows input columns beyond the schema (they are added to the table).
     """
 
     name: str
     schema: pa.Schema
     partition: str | None = None
-    dedup_key: tuple[str, ...] = ()
-    dedup_order: str = "ingested_at DESC"
-    latest_group: tuple[str, ...] = ()
+    key: tuple[str, ...] = ()
+    latest_by: str | None = None
     extra_columns: bool = False
     doc: str = ""
 
 
 IMAGES = Table(
     name="images",
-    doc="One row per image; raw.images has one per registered file (the same bytes at two URIs share an image_id).",
-    dedup_key=("image_id",),
+    doc="One row per image (content): where it was first registered, its size and format.",
+    key=("image_id",),
     schema=pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
@@ -69,14 +72,25 @@ IMAGES = Table(
     ),
 )
 
+IMAGE_FILES = Table(
+    name="image_files",
+    doc="One row per registered file: the same bytes at two URIs are two files of one image.",
+    key=("uri",),
+    schema=pa.schema(
+        [
+            pa.field("uri", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("ingested_at", UTC_TS),
+        ]
+    ),
+)
+
 PREDICTIONS = Table(
     name="predictions",
     doc="One row per model prediction on an image; input columns beyond these are kept.",
     partition="date",
-    dedup_key=("prediction_id",),
-    # Two files of one run share ingested_at: the later file and row then win, so
-    # the view is the same on every query.
-    dedup_order="ingested_at DESC, source DESC, source_row DESC",
+    key=("prediction_id",),
     extra_columns=True,
     schema=pa.schema(
         [
@@ -91,6 +105,7 @@ PREDICTIONS = Table(
             pa.field("source", pa.string()),
             pa.field("source_row", pa.int64()),
             pa.field("ingested_at", UTC_TS),
+            pa.field("date", pa.date32(), nullable=False),
         ]
     ),
 )
@@ -99,7 +114,7 @@ DETECTIONS = Table(
     name="detections",
     doc="One row per detection box of a prediction; box is [x1, y1, x2, y2] in pixels.",
     partition="date",
-    dedup_key=("detection_id",),
+    key=("detection_id",),
     schema=pa.schema(
         [
             pa.field("detection_id", pa.string(), nullable=False),
@@ -110,7 +125,9 @@ DETECTIONS = Table(
             pa.field("box", pa.list_(pa.float32(), 4)),
             pa.field("label", pa.string()),
             pa.field("score", pa.float32()),
+            pa.field("source", pa.string()),
             pa.field("ingested_at", UTC_TS),
+            pa.field("date", pa.date32(), nullable=False),
         ]
     ),
 )
@@ -118,8 +135,7 @@ DETECTIONS = Table(
 EMBEDDINGS = Table(
     name="embeddings",
     doc="One L2-normalised 512-d vector per image, backbone and weights (written by `edgemine embed`).",
-    dedup_key=("image_id", "backbone", "weights"),
-    dedup_order="computed_at DESC",
+    key=("image_id", "backbone", "weights"),
     schema=pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
@@ -134,8 +150,7 @@ EMBEDDINGS = Table(
 THUMBNAILS = Table(
     name="thumbnails",
     doc="A small JPEG per image (long side about 128 px) so a review grid is one query, not one read per original.",
-    dedup_key=("image_id",),
-    dedup_order="computed_at DESC",
+    key=("image_id",),
     schema=pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
@@ -150,7 +165,6 @@ THUMBNAILS = Table(
 ERRORS = Table(
     name="errors",
     doc="One row per input item a job could not take, with the reason; the job went on without it.",
-    dedup_order="at DESC",
     schema=pa.schema(
         [
             pa.field("job", pa.string(), nullable=False),
@@ -167,7 +181,7 @@ ERRORS = Table(
 DEMO_TRUTH = Table(
     name="demo_truth",
     doc="Hidden ground truth of the synthetic demo lake: scene conditions and the edge-case flag.",
-    dedup_key=("image_id",),
+    key=("image_id",),
     schema=pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
@@ -187,8 +201,7 @@ DEMO_TRUTH = Table(
 NARROW_STEPS = Table(
     name="narrow_steps",
     doc="One row per action of a narrowing session (start, pick, back): who, when, and the step it leads to.",
-    dedup_key=("session", "step"),
-    dedup_order="created_at DESC",
+    key=("session", "step"),
     schema=pa.schema(
         [
             pa.field("session", pa.string(), nullable=False),
@@ -203,6 +216,7 @@ NARROW_STEPS = Table(
             pa.field("clusters", pa.int32()),
             pa.field("backbone", pa.string()),
             pa.field("weights", pa.string()),
+            pa.field("table_versions", pa.map_(pa.string(), pa.int64())),
             pa.field("created_by", pa.string()),
             pa.field("created_at", UTC_TS),
         ]
@@ -212,8 +226,7 @@ NARROW_STEPS = Table(
 NARROW_MEMBERS = Table(
     name="narrow_members",
     doc="The pool of each clustering step of a narrowing session: every image, its cluster, its similarity to the seeds.",
-    dedup_key=("session", "step", "image_id"),
-    dedup_order="created_at DESC",
+    key=("session", "step", "image_id"),
     schema=pa.schema(
         [
             pa.field("session", pa.string(), nullable=False),
@@ -230,8 +243,7 @@ NARROW_MEMBERS = Table(
 SETS = Table(
     name="sets",
     doc="Named sets of images (a narrowing session's selection, a search's results) that review and export take as input.",
-    latest_group=("name",),
-    dedup_order="created_at DESC",
+    key=("name", "image_id"),
     schema=pa.schema(
         [
             pa.field("name", pa.string(), nullable=False),
@@ -248,8 +260,8 @@ SETS = Table(
 REVIEWS = Table(
     name="reviews",
     doc="Reviewers' decisions (accept or reject), append-only; the view keeps the latest per review and image.",
-    dedup_key=("review", "image_id"),
-    dedup_order="decided_at DESC",
+    key=("review", "image_id"),
+    latest_by="decided_at",
     schema=pa.schema(
         [
             pa.field("review", pa.string(), nullable=False),
@@ -264,9 +276,19 @@ REVIEWS = Table(
 
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (IMAGES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS, NARROW_MEMBERS, SETS,
-              REVIEWS)
+    for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS,
+              NARROW_MEMBERS, SETS, REVIEWS)
 }
+
+
+def table_named(table: Table | str) -> Table:
+    """The Table for a name (or the Table itself); an unknown name lists the known ones."""
+    if isinstance(table, Table):
+        return table
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise LakeError(f"unknown table {table!r}; tables: {', '.join(TABLES)}") from None
 
 
 def image_id_from_sha256(sha256_hex: str) -> str:

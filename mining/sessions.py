@@ -4,9 +4,9 @@ A session is a tree of steps. ``start`` takes the pool nearest the seeds and
 clusters it (step 0); ``pick`` re-clusters inside chosen clusters of the
 current step (a child step); ``back`` makes the parent step current again. Each
 action is one row of ``narrow_steps`` (who, when, what was picked), and each
-clustering step writes its pool to ``narrow_members``; both are published
-together, one commit per action, so a session is resumed, shared and audited
-from the lake alone. ``save_session`` turns the current step (or some of its
+clustering step writes its pool to ``narrow_members`` first: the step's row is
+the commit that makes it part of the session, so a session is resumed, shared
+and audited from the lake alone, and a kill in between leaves nothing visible. ``save_session`` turns the current step (or some of its
 clusters) into a named set (``sets``) that review and export take as input.
 
 The clustering itself is mining.clustering; every function here reads through
@@ -31,10 +31,11 @@ from mining.config import Config, MiningConfig
 from mining.errors import SearchError, SessionError
 from mining.feedback import mean_direction
 from mining.index import VectorIndex
+from mining import tables
 from mining.schema import NARROW_MEMBERS, NARROW_STEPS, make_rows
 from mining.search import FileEmbedder, resolve_query
 from mining.sets import save_set
-from mining.sql import LakeDB, view_where
+from mining.sql import LakeDB, quote_literal
 
 JOB = "narrow"
 NEAREST_SHOWN = 8
@@ -200,12 +201,11 @@ def new_session_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}"
 
 
-MEMBERS_OF_STEP = "session = $session AND step = $step"
-CLUSTERS_SQL = f"""
-WITH m AS ({view_where("narrow_members", MEMBERS_OF_STEP)}),
+CLUSTERS_SQL = """
+WITH m AS (SELECT * FROM narrow_members WHERE session = $session AND step = $step),
 latest AS (
     SELECT image_id, arg_max(label, ts) AS label, arg_max(confidence, ts) AS confidence
-    FROM ({view_where("predictions", "image_id IN (SELECT image_id FROM m)")})
+    FROM predictions WHERE image_id IN (SELECT image_id FROM m)
     GROUP BY image_id
 )
 SELECT cluster, count(*)::INTEGER AS size, 1 - avg(similarity) AS seed_distance,
@@ -220,27 +220,33 @@ def _write_step(db: LakeDB, index: VectorIndex | None, session: str, step: int, 
                 current: int, picked: list[int], seeds: list[str], negatives: list[str],
                 clustering: Clustering | None, user: str) -> None:
     now = datetime.now(UTC)
+    info = tables.commit_info(JOB, user, session=session, step=step, action=action)
+    if clustering is not None and index is not None:
+        n = len(clustering.positions)
+        members = make_rows(NARROW_MEMBERS, n, session=session, step=step, image_id=index.ids[clustering.positions],
+                            cluster=clustering.cluster, similarity=clustering.similarity,
+                            centre_distance=clustering.centre_distance, created_at=now)
+        # Replaces whatever a killed attempt at this step left (no step row points at it).
+        tables.replace(db.lake, NARROW_MEMBERS, members, f"session = {quote_literal(session)} AND step = {step}", info)
     row = make_rows(NARROW_STEPS, 1, session=session, step=step, action=action, parent=parent, current=current,
                     picked=[picked], seeds=[seeds], negatives=[negatives],
                     pool_size=len(clustering.positions) if clustering else None,
                     clusters=clustering.k if clustering else None,
                     backbone=index.backbone if index else None, weights=index.weights if index else None,
-                    created_by=user, created_at=now)
-    writer = db.lake.shard_writer(JOB, f"{session}-{step:05d}")
-    writer.write(NARROW_STEPS, row)
-    if clustering is not None and index is not None:
-        n = len(clustering.positions)
-        writer.write(NARROW_MEMBERS, make_rows(
-            NARROW_MEMBERS, n, session=session, step=step, image_id=index.ids[clustering.positions],
-            cluster=clustering.cluster, similarity=clustering.similarity, centre_distance=clustering.centre_distance,
-            created_at=now))
-    writer.commit({"session": session, "step": step, "action": action})
+                    table_versions=[list(_versions_read(db).items())], created_by=user, created_at=now)
+    if not tables.insert_new(db.lake, NARROW_STEPS, row, info):
+        raise SessionError(f"session {session}: another action was recorded as step {step} at the same time; "
+                           "show the session again and redo yours")
+
+
+def _versions_read(db: LakeDB) -> dict[str, int]:
+    """The versions of the tables a step reads (`edgemine sql --as-of` shows the lake as the step saw it)."""
+    versions = {name: tables.version(db.lake, name) for name in ("embeddings", "predictions", "images")}
+    return {name: v for name, v in versions.items() if v is not None}
 
 
 def _steps(db: LakeDB, session: str) -> dict[int, dict[str, Any]]:
-    # view_where: filtered by session (part of the dedup key) before deduplication, so a
-    # lake with many sessions costs no more per action.
-    rows = db.query(f"SELECT * EXCLUDE (created_at) FROM ({view_where('narrow_steps', 'session = $session')}) ORDER BY step",
+    rows = db.query("SELECT * EXCLUDE (created_at) FROM narrow_steps WHERE session = $session ORDER BY step",
                     {"session": session}).to_pylist()
     return {r["step"]: r for r in rows}
 
@@ -252,7 +258,7 @@ def _head(steps: dict[int, dict[str, Any]], session: str) -> int:
 
 
 def _members(db: LakeDB, session: str, step: int) -> pa.Table:
-    return db.query(f"SELECT image_id, cluster, similarity FROM ({view_where('narrow_members', MEMBERS_OF_STEP)})",
+    return db.query("SELECT image_id, cluster, similarity FROM narrow_members WHERE session = $session AND step = $step",
                     {"session": session, "step": step})
 
 

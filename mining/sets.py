@@ -3,21 +3,22 @@ hands on to review and export."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+from mining import tables
 from mining.errors import SetError
 from mining.schema import SETS, make_rows
-from mining.sql import LakeDB
+from mining.sql import LakeDB, quote_literal
 
 JOB = "sets"
 
 
 def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, source: str, user: str,
              scores: Sequence[float] | None = None) -> int:
-    """Write the named set ``name`` (replacing an earlier one of the same name in the
-    view; ``raw.sets`` keeps every version), ranked in the order given; returns its size.
+    """Write the named set ``name``, ranked in the order given, replacing an earlier set
+    of that name in one transaction (the earlier one stays in the table's history:
+    `edgemine sql --as-of`); returns its size.
 
     Raises SetError for a set without a name or without images."""
     if not name:
@@ -28,8 +29,5 @@ def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, source: str, us
     n = len(image_ids)
     rows = make_rows(SETS, n, name=name, image_id=list(image_ids), rank=list(range(1, n + 1)),
                      score=None if scores is None else list(scores), source=source, created_by=user, created_at=now)
-    shard = f"set-{hashlib.sha1(name.encode()).hexdigest()[:12]}-{now.strftime('%Y%m%dT%H%M%S%f')}"
-    writer = db.lake.shard_writer(JOB, shard)
-    writer.write(SETS, rows)
-    writer.commit({"set": name})
+    tables.replace(db.lake, SETS, rows, f"name = {quote_literal(name)}", tables.commit_info(JOB, user, set=name, source=source))
     return n

@@ -1,95 +1,94 @@
-"""SQL over the lake through DuckDB: one view per table, local or S3 alike.
+"""SQL over the lake through DuckDB: one view per Delta table, local or S3 alike.
 
-``LakeDB(lake)`` opens an in-memory DuckDB connection with the views;
-``view_statements(lake)`` gives the same ``CREATE VIEW`` text for any other
-DuckDB client. Views that the schema gives a dedup key show one row per key
-(the latest written wins); ``raw.<table>`` shows every stored row.
+``LakeDB(lake)`` is a DuckDB connection where each table of mining.schema is a
+view over ``delta_scan`` of the table (DuckDB's delta extension, loaded from the
+``duckdb-extension-delta`` package by path: nothing is fetched from DuckDB's
+server). The jobs write each key once, so a view is its table as it is; a table
+whose history matters (``reviews``) shows the latest row per key, and
+``raw.<table>`` every row. ``view_statements(lake)`` prints the same views for
+any other DuckDB client. ``as_of`` pins tables to earlier versions (time travel).
 
-A read-only LakeDB (the default; what the CLI and UI use) is sandboxed by
-DuckDB itself: external access is off except for the lake's own folder, the
-configuration is locked, and only SELECT statements (as DuckDB's parser types
-them) run. So a query can read the lake and compute, but cannot write, attach,
-install, copy out, or read files elsewhere.
+A read-only LakeDB (the default; what the CLI, the UI and the library use) is
+sandboxed twice. DuckDB's own settings: external access off except for the
+lake's folder, configuration locked, spilling to a private folder. And every
+statement is checked on DuckDB's parse tree before it runs: only SELECTs, naming
+only the lake's views (or the query's own CTEs), calling no table function but
+``range``, ``generate_series`` and ``unnest``. So a query can read the lake and
+compute, but cannot write, attach, install, copy out, or read anything else:
+not a file elsewhere, not even another Delta table's log or statistics.
 
-Building the views costs tens of milliseconds (DuckDB binds each one, reading
-Parquet footers), which a UI action that opens the lake several times would pay
-each time. So read-only LakeDBs share one in-memory database per lake within a
-process, each using its own cursor (a connection to the same catalog; DuckDB
-cursors are safe to use from one thread each). The views read their folders at
-query time, so new files show up by themselves; the database is rebuilt only when
-the views themselves must change: this process published or removed table files
-(``Lake.generation``), or a table that had no files when it was built has some now.
+Read-only LakeDBs share one in-memory database per lake within a process, each
+with its own cursor (DuckDB cursors are safe to use from one thread each).
+Views are made the first time a query names their table, so `SELECT 1` reads
+no Delta log; a view follows its table's new commits by itself, and a table that
+did not exist when its view was made gets its real view once it does.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import json
 import logging
 import os
+import re
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import duckdb
 import pyarrow as pa
 
-from mining.config import Config, S3Config
-from mining.errors import QueryError, ReadOnlyError
+from mining.config import Config
+from mining.errors import LakeError, QueryError, ReadOnlyError
 from mining.lake import Lake
 from mining.schema import EMBEDDING_DIM, TABLES, Table
 
 log = logging.getLogger(__name__)
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
+SAFE_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
+_EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
+RECHECK_MISSING_S = 1.0  # how often a view over a missing table looks for it again (on S3, a request)
 
 
 class LakeDB:
     """A DuckDB connection with a view per lake table.
 
-    Read-only (the default): a cursor on the process's shared, locked-down
-    database for this lake. Writable, or with its own ``threads``: a database of
-    its own (the ingest jobs join their inputs against the lake with it)."""
+    Read-only (the default): a cursor on the process's shared, sandboxed database
+    for this lake. Writable (the ingest jobs join their inputs against the lake),
+    with its own ``threads``, or pinned to table versions (``as_of``: table name ->
+    version, None for a table that did not exist then; mining.tables.resolve_as_of):
+    a database of its own."""
 
-    def __init__(self, lake: Lake, *, read_only: bool = True, threads: int | None = None, config: Config | None = None):
+    def __init__(self, lake: Lake, *, read_only: bool = True, threads: int | None = None, config: Config | None = None,
+                 as_of: Mapping[str, int] | None = None):
         self.lake = lake
         self.read_only = read_only
         self.config = config  # the settings it was opened with (mining.open_lake), for the library's defaults
-        if read_only and threads is None:
+        self.as_of = dict(as_of or {})
+        if read_only and threads is None and not self.as_of:
             self._catalog = _catalog_for(lake)
-            self.con = self._catalog.cursor()
-            return
-        self._catalog = None
-        self.con = duckdb.connect(config={"threads": threads} if threads else {})
-        _create_views(self.con, lake)
-        if read_only:
-            _lock_down(self.con, lake)
-
-    @property
-    def stale(self) -> bool:
-        """Whether a LakeDB opened now would see views this one lacks."""
-        return self._catalog is not None and _catalog_for(self.lake) is not self._catalog
-
-    def _follow_catalog(self) -> None:
-        """Move this LakeDB's cursor to the current shared database when the views changed
-        (a write through this connection, say), so a caller holding one LakeDB sees what it wrote."""
-        if self._catalog is None:
-            return
-        catalog = _catalog_for(self.lake)
-        if catalog is not self._catalog:
-            self.con.close()
-            self._catalog, self.con = catalog, catalog.cursor()
+        else:
+            self._catalog = _Catalog(lake, sandboxed=read_only, threads=threads, as_of=self.as_of)
+            if not read_only:
+                self._catalog.ensure(TABLES)  # jobs' own statements (CREATE TEMP TABLE ...) are not parsed
+        self.con = self._catalog.cursor()
 
     def query(self, sql: str, params: list | dict | None = None) -> pa.Table:
         """Run ``sql`` and return the result as an Arrow table.
 
-        On a read-only LakeDB, any statement that is not a SELECT is refused
-        before it runs, with ReadOnlyError; SQL that DuckDB refuses (a syntax
-        error, an unknown column, a file outside the lake) raises QueryError with
-        DuckDB's message."""
+        On a read-only LakeDB the statement is checked first (ReadOnlyError for
+        anything but a SELECT over the lake's views), and SQL that DuckDB refuses
+        (a syntax error, an unknown column) raises QueryError with DuckDB's message."""
         if not self.read_only:
             return self._run(sql, params)
-        self._follow_catalog()
-        self.check_read_only(sql)
+        tables = self.check_read_only(sql)
+        self._catalog.ensure(tables)
         try:
             return self._run(sql, params)
         except duckdb.PermissionException as e:
@@ -104,19 +103,30 @@ class LakeDB:
             return pa.table({})
         return result.to_arrow_table()
 
-    def check_read_only(self, sql: str) -> None:
+    def check_read_only(self, sql: str) -> set[str]:
+        """Refuse what a read-only connection must not run (ReadOnlyError); returns the
+        lake tables the statement reads."""
         try:
             statements = self.con.extract_statements(sql)
-        except duckdb.Error:
-            return  # let execution report the syntax error with DuckDB's own message
+        except duckdb.Error as e:
+            raise QueryError(f"DuckDB: {e}") from None
+        tables: set[str] = set()
         for statement in statements:
-            if statement.type not in READ_ONLY_STATEMENTS:
+            query = statement.query
+            if statement.type == duckdb.StatementType.EXPLAIN:  # a plan of a SELECT: check the SELECT
+                query = _EXPLAIN.sub("", query, count=1)
+                kinds = [s.type for s in self.con.extract_statements(query)]
+            else:
+                kinds = [statement.type]
+            if any(kind not in READ_ONLY_STATEMENTS for kind in kinds):
                 kind = str(statement.type).rsplit(".", 1)[-1]
                 raise ReadOnlyError(
                     f"{kind} statements are refused: the lake is read-only from here. "
-                    "Only SELECT queries run (WITH, FROM, DESCRIBE, SUMMARIZE included); "
+                    "Only SELECT queries run (WITH, FROM, DESCRIBE, SUMMARIZE, EXPLAIN included); "
                     "to change the lake, use the edgemine jobs."
                 )
+            tables |= self._catalog.tables_read(query)
+        return tables
 
     def close(self) -> None:
         self.con.close()
@@ -128,34 +138,113 @@ class LakeDB:
         self.close()
 
 
+@dataclass(frozen=True)
+class _View:
+    """A view made: over its table (``real``), or empty because the table was missing then."""
+
+    real: bool
+    generation: int  # the lake's generation when it was made
+    checked: float  # time.monotonic() then
+
+    def due(self, lake: Lake) -> bool:
+        """Whether a missing table should be looked for again."""
+        return lake.generation != self.generation or time.monotonic() - self.checked >= RECHECK_MISSING_S
+
+
 class _Catalog:
-    """One in-memory DuckDB database with a lake's views, shared by the process's read-only LakeDBs."""
+    """One in-memory DuckDB database with a lake's views, made as queries need them."""
 
-    def __init__(self, lake: Lake):
-        self.generation = lake.generation  # read first: a change during the build makes it stale
-        self.con = duckdb.connect()
-        self.empty = _create_views(self.con, lake)
-        _lock_down(self.con, lake)
+    def __init__(self, lake: Lake, *, sandboxed: bool = True, threads: int | None = None,
+                 as_of: Mapping[str, int] | None = None):
+        self.lake, self.as_of = lake, dict(as_of or {})
+        self.con = connect(lake, threads=threads)
+        self.con.execute("CREATE SCHEMA IF NOT EXISTS raw")
+        self.views: dict[str, _View] = {}
         self._lock = threading.Lock()
-        self._checked = time.monotonic()
-
-    def current(self, lake: Lake) -> bool:
-        """False once this process changed the lake's files, or another gave an empty table its first file
-        (looked for at most every RECHECK_EMPTY_S: on S3 each look is a listing per empty table)."""
-        if lake.generation != self.generation:
-            return False
-        if self.empty and time.monotonic() - self._checked >= RECHECK_EMPTY_S:
-            self._checked = time.monotonic()
-            return not any(lake.has_files(t) for t in self.empty)
-        return True
+        self._spill: str | None = None
+        if sandboxed:
+            self._lock_down()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         with self._lock:
             return self.con.cursor()
 
+    def tables_read(self, sql: str) -> set[str]:
+        """The lake tables a SELECT reads; ReadOnlyError for anything else it names
+        or calls (a file, another table, a table function)."""
+        with self._lock:
+            tree = json.loads(self.con.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()[0])
+        if tree.get("error"):
+            return set()  # DuckDB reports the syntax error itself when the query runs
+        refs, functions, ctes = _references(tree)
+        refused = sorted(functions - SAFE_TABLE_FUNCTIONS)
+        if refused:
+            raise ReadOnlyError(f"table functions are refused ({', '.join(refused)}): queries read the lake's views "
+                                f"only ({', '.join(TABLES)}); `edgemine sql --views` prints them for any DuckDB client")
+        tables = set()
+        for schema, name in refs:
+            unqualified = schema in ("", "main")
+            if unqualified and name in ctes:
+                continue
+            if (unqualified and name in TABLES) or (schema == "raw" and name in TABLES and TABLES[name].latest_by):
+                tables.add(name)
+                continue
+            raise ReadOnlyError(f"{(schema + '.') if schema else ''}{name} is not a view of this lake: queries read "
+                                f"{', '.join(TABLES)} (and raw.reviews, every decision)")
+        return tables
 
-RECHECK_EMPTY_S = 1.0
-_CATALOGS: dict[tuple[str, S3Config], _Catalog] = {}
+    def ensure(self, names: Iterable[str]) -> None:
+        """Make the views of these tables, or make again those made while their table was
+        missing once it may exist: this process created a table since, or RECHECK_MISSING_S passed."""
+        with self._lock:
+            for name in names:
+                made = self.views.get(name)
+                if made is not None and (made.real or not made.due(self.lake)):
+                    continue
+                pinned = self.as_of.get(name, -1)
+                real = _table_exists(self.lake, TABLES[name]) if pinned == -1 else pinned is not None
+                if made is None or real:
+                    try:
+                        for statement in view_sql(self.lake, TABLES[name], exists=real, version=self.as_of.get(name)):
+                            self.con.execute(statement)
+                    except duckdb.Error as e:
+                        _explain_unreadable(self.lake, name, self.as_of.get(name), e)
+                self.views[name] = _View(real, self.lake.generation, time.monotonic())
+
+    def _lock_down(self) -> None:
+        # Spill to a private folder, not DuckDB's default (.tmp beside the lake), which would
+        # otherwise count as allowed for reading.
+        self._spill = tempfile.mkdtemp(prefix="edgemine-duckdb-")
+        self.con.execute("SET temp_directory = $1", [self._spill])
+        self.con.execute("SET allowed_directories = $1", [[self.lake.prefix]])
+        self.con.execute("SET enable_external_access = false")
+        self.con.execute("SET autoinstall_known_extensions = false")
+        self.con.execute("SET autoload_known_extensions = false")
+        self.con.execute("SET lock_configuration = true")
+
+    def __del__(self) -> None:
+        if self._spill:
+            shutil.rmtree(self._spill, ignore_errors=True)
+
+
+def connect(lake: Lake, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB database that reads the lake's storage: time zone UTC, the delta
+    extension, and for S3 httpfs with the lake's credentials. No views, no sandbox."""
+    # The extensions are the pinned PyPI packages' files; DuckDB's check of their
+    # signatures hashes all 100 MB of them on every start (0.5 s of `edgemine sql`).
+    config: dict[str, Any] = {"allow_unsigned_extensions": "true"}
+    if threads:
+        config["threads"] = threads
+    con = duckdb.connect(config=config)
+    con.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: cursors on the database inherit it
+    con.execute(f"LOAD {quote_literal(extension_path('delta'))}")
+    if lake.protocol == "s3":
+        con.execute(f"LOAD {quote_literal(extension_path('httpfs'))}")
+        con.execute(_secret_sql(lake, redact=False))
+    return con
+
+
+_CATALOGS: dict[tuple, _Catalog] = {}
 _CATALOGS_KEPT = 8  # lakes a process keeps open at once; the oldest is dropped (tests open hundreds)
 _catalogs_lock = threading.Lock()
 
@@ -176,60 +265,88 @@ os.register_at_fork(after_in_child=_forget_catalogs_after_fork)
 def _catalog_for(lake: Lake) -> _Catalog:
     key = (lake.uri, lake.s3)
     with _catalogs_lock:
-        catalog = _CATALOGS.pop(key, None)
-        if catalog is None or not catalog.current(lake):
-            # The old database is never closed here: LakeDBs still using it keep it
-            # alive (closing it would close their cursors), and it goes when they do.
-            catalog = _Catalog(lake)
+        catalog = _CATALOGS.pop(key, None) or _Catalog(lake)
         _CATALOGS[key] = catalog  # re-inserted: the dict's order is least recently used first
         while len(_CATALOGS) > _CATALOGS_KEPT:
             _CATALOGS.pop(next(iter(_CATALOGS)))
         return catalog
 
 
-def _create_views(con: duckdb.DuckDBPyConnection, lake: Lake) -> list[str]:
-    """Set ``con`` up for the lake (time zone, S3 access, views); returns the tables without files."""
-    con.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: cursors on the database inherit it
-    if lake.protocol == "s3":
-        con.execute(f"LOAD '{httpfs_extension_path()}'")
-        con.execute(_secret_sql(lake, redact=False))
-    statements, empty = _view_sql(lake)
-    for statement in statements:
-        con.execute(statement)
-    return empty
+def _references(node: Any, refs=None, functions=None, ctes=None) -> tuple[set, set, set]:
+    """(schema, name) of every table, the table functions and the CTE names in a parse tree."""
+    refs = set() if refs is None else refs
+    functions = set() if functions is None else functions
+    ctes = set() if ctes is None else ctes
+    if isinstance(node, dict):
+        if node.get("type") == "BASE_TABLE":
+            refs.add((node.get("schema_name") or "", node.get("table_name", "")))
+        elif node.get("type") == "TABLE_FUNCTION":
+            functions.add((node.get("function") or {}).get("function_name", "?"))
+        for entry in (node.get("cte_map") or {}).get("map", []):
+            ctes.add(entry.get("key"))
+        for value in node.values():
+            _references(value, refs, functions, ctes)
+    elif isinstance(node, list):
+        for value in node:
+            _references(value, refs, functions, ctes)
+    return refs, functions, ctes
 
 
-def _lock_down(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
-    con.execute("SET allowed_directories = $1", [[lake.prefix]])
-    con.execute("SET enable_external_access = false")
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("SET lock_configuration = true")
+def _explain_unreadable(lake: Lake, name: str, version: int | None, error: duckdb.Error) -> None:
+    """A table DuckDB cannot read: deltalake's reason when it has one (a damaged log, a
+    newer protocol, a missing version), else DuckDB's, always naming the table."""
+    from mining.tables import open_table
+
+    open_table(lake, name, version)  # raises LakeError saying what is wrong, if it sees it too
+    raise LakeError(f"table {name} cannot be read: {str(error).splitlines()[0]}") from None
+
+
+def _table_exists(lake: Lake, table: Table) -> bool:
+    from mining.tables import exists
+
+    if exists(lake, table):
+        return True
+    lake.check_layout()  # an old-layout table says what to run, rather than looking empty
+    return False
+
+
+def view_sql(lake: Lake, table: Table, *, exists: bool, version: int | None = None) -> list[str]:
+    """The statements that make ``table``'s view (and ``raw.<table>`` for history tables)."""
+    source = _scan_sql(lake, table, version) if exists else _empty_select(table)
+    if not table.latest_by:
+        return [f"CREATE OR REPLACE VIEW {table.name} AS {source}"]
+    key = ", ".join(table.key)
+    return [f"CREATE OR REPLACE VIEW raw.{table.name} AS {source}",
+            f"CREATE OR REPLACE VIEW {table.name} AS SELECT * FROM raw.{table.name} "
+            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {table.latest_by} DESC) = 1"]
 
 
 def view_statements(lake: Lake) -> str:
     """SQL that recreates the lake's views in any DuckDB client."""
-    lines = [f"-- edgemine lake {lake.uri}", "SET TimeZone = 'UTC';"]
+    from mining.tables import exists
+
+    lines = [f"-- edgemine lake {lake.uri}", "SET TimeZone = 'UTC';",
+             "-- the delta extension: `INSTALL delta;` where DuckDB can reach its extension server,",
+             f"-- or load the file from the duckdb-extension-delta package: LOAD '{extension_path('delta')}';",
+             "INSTALL delta;", "LOAD delta;"]
     if lake.protocol == "s3":
-        lines += [
-            "-- httpfs: `INSTALL httpfs;` where DuckDB can reach its extension server,",
-            f"-- or load the file from the duckdb-extension-httpfs package: LOAD '{httpfs_extension_path()}';",
-            "LOAD httpfs;",
-            _secret_sql(lake, redact=True) + ";",
-        ]
-    lines += [s + ";" for s in _view_sql(lake)[0]]
+        lines += ["-- httpfs, likewise (duckdb-extension-httpfs):", "INSTALL httpfs;", "LOAD httpfs;",
+                  _secret_sql(lake, redact=True) + ";"]
+    lines.append("CREATE SCHEMA IF NOT EXISTS raw;")
+    for table in TABLES.values():
+        lines += [s + ";" for s in view_sql(lake, table, exists=exists(lake, table))]
     return "\n".join(lines) + "\n"
 
 
-def httpfs_extension_path() -> str:
-    """The httpfs extension shipped by the duckdb-extension-httpfs package for this DuckDB.
-
-    Loaded by path so nothing is fetched from DuckDB's extension server."""
-    root = importlib.resources.files("duckdb_extension_httpfs") / "extensions" / f"v{duckdb.__version__}"
-    path = root / "httpfs.duckdb_extension"
+def extension_path(name: str) -> str:
+    """The DuckDB extension ``name`` (delta, httpfs) shipped by the duckdb-extension-NAME
+    package for this DuckDB, loaded by path so nothing is fetched from DuckDB's server."""
+    root = importlib.resources.files(f"duckdb_extension_{name}") / "extensions" / f"v{duckdb.__version__}"
+    path = root / f"{name}.duckdb_extension"
     if not path.is_file():
         raise RuntimeError(
-            f"httpfs extension for DuckDB {duckdb.__version__} not found at {path}; "
-            f"install the matching package: pip install duckdb-extension-httpfs=={duckdb.__version__}"
+            f"the {name} extension for DuckDB {duckdb.__version__} is not at {path}; "
+            f"install the matching package: pip install duckdb-extension-{name}=={duckdb.__version__}"
         )
     return str(path)
 
@@ -255,61 +372,22 @@ def _secret_sql(lake: Lake, *, redact: bool) -> str:
     return f"CREATE OR REPLACE SECRET edgemine_s3 ({', '.join(parts)})"
 
 
-def _view_sql(lake: Lake) -> tuple[list[str], list[str]]:
-    """The statements that create the views, and the tables that have no files yet."""
-    statements, empty = ["CREATE SCHEMA IF NOT EXISTS raw"], []
-    for table in TABLES.values():
-        if lake.has_files(table):
-            source = _source_sql(lake, table)
-        else:
-            source = _empty_select(table)
-            empty.append(table.name)
-        statements.append(f"CREATE OR REPLACE VIEW raw.{table.name} AS {source}")
-        statements.append(f"CREATE OR REPLACE VIEW {table.name} AS {_dedup_sql(table)}")
-    return statements, empty
+def _scan_sql(lake: Lake, table: Table, version: int | None) -> str:
+    from mining.tables import table_uri
 
-
-def _source_sql(lake: Lake, table: Table) -> str:
-    pattern = lake.url(lake.table_dir(table)) + "/**/*.parquet"
-    options = ["union_by_name = true"]
-    if table.partition:
-        options.append("hive_partitioning = true")
+    args = quote_literal(table_uri(lake, table)) + (f", version => {int(version)}" if version is not None else "")
     select = "*"
     if table.name == "embeddings":
-        # Parquet keeps the fixed size as metadata DuckDB does not read back: restore
-        # it so array_cosine_similarity and friends accept the column.
+        # Delta keeps the vector as a plain list: make it an array again so
+        # array_cosine_similarity and friends accept the column.
         select = f"* REPLACE (embedding::FLOAT[{EMBEDDING_DIM}] AS embedding)"
-    return f"SELECT {select} FROM read_parquet({quote_literal(pattern)}, {', '.join(options)})"
-
-
-def view_where(name: str, where: str) -> str:
-    """The view ``name`` restricted by ``where``, filtered *before* deduplication.
-
-    The same rows as ``SELECT * FROM name WHERE ...`` when ``where`` reads only
-    columns that are constant within a dedup key (``image_id`` of predictions,
-    thumbnails, embeddings), and far faster on a big lake: DuckDB cannot push a
-    filter below the view's window, which otherwise runs over the whole table.
-    """
-    return _dedup_sql(TABLES[name], where)
-
-
-def _dedup_sql(table: Table, where: str | None = None) -> str:
-    source = f"raw.{table.name}" + (f" WHERE ({where})" if where else "")
-    if table.latest_group:
-        group = ", ".join(table.latest_group)
-        return f"SELECT * FROM {source} QUALIFY created_at = max(created_at) OVER (PARTITION BY {group})"
-    if not table.dedup_key:
-        return f"SELECT * FROM {source}"
-    key = ", ".join(table.dedup_key)
-    return f"SELECT * FROM {source} QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {table.dedup_order}) = 1"
+    return f"SELECT {select} FROM delta_scan({args})"
 
 
 def _empty_select(table: Table) -> str:
     columns = [f"CAST(NULL AS {duckdb_type(f.type)}) AS {f.name}" for f in table.schema]
-    if table.partition:
-        columns.append(f"CAST(NULL AS DATE) AS {table.partition}")
     # Printed by --views too: say why the view is empty, and that it will not follow new files.
-    note = f"/* {table.name} has no files yet: recreate the views once it has */ "
+    note = f"/* {table.name} has no data yet: recreate the views once it has */ "
     return f"{note}SELECT {', '.join(columns)} WHERE false"
 
 

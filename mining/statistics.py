@@ -13,12 +13,17 @@ from mining.sql import LakeDB, quote_ident
 
 
 def table_rows(db: LakeDB) -> pa.Table:
-    """Rows per table: in the view (deduplicated) and stored (``raw.``)."""
+    """Per table: rows in its view, rows stored (every decision, for ``reviews``, whose
+    view keeps the latest) and its Delta version (NULL: no data yet)."""
+    from mining.tables import version
+
     counts = " UNION ALL ".join(
         f"SELECT '{name}' AS \"table\", (SELECT count(*) FROM {name}) AS rows, "
-        f"(SELECT count(*) FROM raw.{name}) AS stored_rows" for name in TABLES
+        f"(SELECT count(*) FROM {'raw.' if table.latest_by else ''}{name}) AS stored_rows" for name, table in TABLES.items()
     )
-    return db.query(counts)
+    rows = db.query(counts)
+    versions = pa.array([version(db.lake, name) for name in rows.column("table").to_pylist()], pa.int64())
+    return rows.append_column("version", versions)
 
 
 def headline(db: LakeDB) -> dict[str, int]:

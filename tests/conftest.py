@@ -4,8 +4,10 @@ images, embeddings, index and hidden truth) for the whole session."""
 
 from __future__ import annotations
 
-import logging
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -26,16 +28,28 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> str:
-    """moto's S3 server, a real HTTP endpoint, for the whole session."""
-    from moto.server import ThreadedMotoServer
+def s3_endpoint(tmp_path_factory) -> str:
+    """moto's S3 server, a real HTTP endpoint in a process of its own, for the whole session.
 
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    Its own process: delta-rs holds the GIL in some calls, so a server thread in the
+    test process could not answer them."""
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.poll() is None, f"moto's server exited: {log.read_text()}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            assert time.monotonic() < deadline, f"moto's server did not listen on {port} in 60 s: {log.read_text()}"
+            time.sleep(0.1)
     yield f"http://127.0.0.1:{port}"
-    server.stop()
+    server.terminate()
+    server.wait(timeout=30)
 
 
 @pytest.fixture

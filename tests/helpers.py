@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from mining import tables
 from mining.lake import Lake, open_url
 from mining.schema import EMBEDDING_DIM, EMBEDDINGS, make_rows
 from mining.sql import LakeDB
@@ -70,20 +71,6 @@ def jsonl(rows: list[dict | str]) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
 
 
-def kill_commit_after_moves(monkeypatch, lake: Lake, moves: int) -> None:
-    """Make the lake's ``fs.mv`` raise (as a kill would stop it) after ``moves``
-    successful moves: a commit cut half-way through publishing its files."""
-    real_mv, done = lake.fs.mv, []
-
-    def mv_then_die(*args, **kwargs):
-        if len(done) == moves:
-            raise KeyboardInterrupt("killed mid-commit")
-        done.append(args)
-        return real_mv(*args, **kwargs)
-
-    monkeypatch.setattr(lake.fs, "mv", mv_then_die)
-
-
 def rows(lake: Lake, sql: str, params=None) -> list[dict]:
     """The result of a read-only query on the lake, as dicts."""
     with LakeDB(lake) as db:
@@ -104,12 +91,12 @@ def image_ids(n: int, start: int = 0) -> list[str]:
 
 
 def write_embeddings(lake: Lake, ids: list[str], vectors: np.ndarray, part: str) -> None:
-    """Embeddings written straight into the lake, as the embed job would (weights random-seed0)."""
+    """Embeddings written straight into the lake, as the embed job would (weights random-seed0);
+    an id embedded before gets its new vector (as `embed --overwrite` does)."""
     embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), EMBEDDING_DIM)
-    writer = lake.shard_writer("embed", part)
-    writer.write(EMBEDDINGS, make_rows(EMBEDDINGS, len(ids), image_id=ids, backbone="resnet18", weights="random-seed0",
-                                       embedding=embedding, computed_at=datetime.now(UTC)))
-    writer.commit()
+    rows = make_rows(EMBEDDINGS, len(ids), image_id=ids, backbone="resnet18", weights="random-seed0",
+                     embedding=embedding, computed_at=datetime.now(UTC))
+    tables.upsert(lake, EMBEDDINGS, rows, tables.commit_info("embed", part=part))
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

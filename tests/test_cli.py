@@ -12,10 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import build_parser, main
+from mining.lake import Lake
 from tests.helpers import jsonl, prediction, put, put_images
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"
-COMMANDS = [["demo"], ["ingest", "images"], ["ingest", "predictions"], ["embed"], ["sql"], ["tables"]]
+COMMANDS = [["demo"], ["ingest", "images"], ["ingest", "predictions"], ["embed"], ["sql"], ["tables"], ["history"],
+            ["compact"], ["migrate"]]
 
 
 def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -39,7 +41,7 @@ def lake_dir(tmp_path: Path) -> Path:
 def test_entry_point_help_lists_every_command():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("demo", "ingest", "embed", "sql", "tables"):
+    for command in ("demo", "ingest", "embed", "sql", "tables", "history", "compact", "migrate"):
         assert command in result.stdout
 
 
@@ -176,3 +178,48 @@ def test_embed_on_a_lake_without_images_says_what_to_do_first(tmp_path: Path, ca
     captured = capsys.readouterr()
     assert json.loads(captured.out)["images_in_shard"] == 0
     assert "edgemine ingest images" in captured.err
+
+
+def test_history_lists_each_commit_with_its_job(lake_dir, capsys):
+    assert main(["history", "predictions", "--lake", str(lake_dir), "--json"]) == 0
+    commits = json.loads(capsys.readouterr().out)
+    assert [c["version"] for c in commits] == list(range(len(commits) - 1, -1, -1))
+    assert {c["job"] for c in commits} == {"ingest-predictions"} and commits[-1]["rows_added"] > 0
+    assert main(["history", "predictions", "--limit", "1", "--lake", str(lake_dir)]) == 0
+    assert "ingest-predictions" in capsys.readouterr().out
+    assert main(["history", "nope", "--lake", str(lake_dir)]) == 2
+    assert "unknown table 'nope'; tables: images" in capsys.readouterr().err
+
+
+def test_sql_as_of_reads_the_tables_as_they_were(lake_dir, tmp_path, capsys):
+    more = put_images(Lake(str(lake_dir)), str(tmp_path / "later"), 3, start=50)
+    assert main(["ingest", "images", str(tmp_path / "later"), "--lake", str(lake_dir), "--quiet"]) == 0
+    capsys.readouterr()
+    query = "SELECT count(*) AS n FROM images"
+    assert main(["sql", query, "--lake", str(lake_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 15}]
+    for as_of in ("0", "images@0"):
+        assert main(["sql", query, "--as-of", as_of, "--lake", str(lake_dir), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == [{"n": 12}]
+    assert main(["sql", query, "--as-of", "2001-01-01T00:00:00Z", "--lake", str(lake_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 0}]  # before the table existed
+    assert main(["sql", "SELECT * FROM images, predictions", "--as-of", "0", "--lake", str(lake_dir)]) == 2
+    assert "TABLE@VERSION for each" in capsys.readouterr().err
+    assert main(["sql", query, "--as-of", "images@99", "--lake", str(lake_dir)]) == 2
+    assert "images" in capsys.readouterr().err and more
+
+
+def test_compact_reports_files_and_times_before_and_after(lake_dir, capsys):
+    for k in range(3):  # three more commits: more small files
+        put(Lake(str(lake_dir)), str(lake_dir.parent / f"more-{k}.jsonl"), jsonl([prediction("x.jpg", k)]))
+        main(["ingest", "predictions", str(lake_dir.parent / f"more-{k}.jsonl"), "--lake", str(lake_dir), "--quiet"])
+    capsys.readouterr()
+    before = json.loads(run("sql", "SELECT count(*) n FROM predictions", "--lake", str(lake_dir), "--json").stdout)
+    assert main(["compact", "predictions", "errors", "--vacuum-hours", "0", "--lake", str(lake_dir), "--json"]) == 0
+    report = {t["table"]: t for t in json.loads(capsys.readouterr().out)["tables"]}
+    assert set(report) == {"predictions", "errors"}
+    assert report["errors"]["files_before"] > report["errors"]["files_after"] == 1 and report["errors"]["vacuumed"] > 0
+    assert report["predictions"]["files_after"] <= 3  # one per day
+    assert json.loads(run("sql", "SELECT count(*) n FROM predictions", "--lake", str(lake_dir), "--json").stdout) == before
+    assert main(["compact", "predictions", "errors", "--z-order", "label", "--lake", str(lake_dir)]) == 2
+    assert "--z-order clusters one table: name it" in capsys.readouterr().err

@@ -44,7 +44,7 @@ def test_demo_builds_a_consistent_lake(lake):
     assert again["generated"] is False and again["images"]["registered"] == 0
     assert again["predictions"]["skipped"] == 1
     assert again["embeddings"]["embedded"] == 0 and again["embeddings"]["already_embedded"] == 300
-    assert query(lake, "SELECT count(*) n FROM raw.predictions") == [{"n": 300}]
+    assert query(lake, "SELECT count(*) n FROM predictions") == [{"n": 300}]
 
 
 def test_demo_is_deterministic_whatever_the_workers(tmp_path):

@@ -21,8 +21,7 @@ def doc_columns(table: str) -> list[str]:
 @pytest.mark.parametrize("name", sorted(TABLES))
 def test_lake_doc_lists_each_tables_columns(name):
     table = TABLES[name]
-    expected = table.schema.names + ([table.partition] if table.partition else [])
-    assert doc_columns(name) == expected
+    assert doc_columns(name) == table.schema.names
 
 
 def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one():

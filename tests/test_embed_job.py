@@ -1,5 +1,5 @@
 """The embed job end to end, on a local folder and on S3: what it writes, bad
-images, only-new runs, shards, overwrite, and a part a kill left half-published."""
+images, only-new runs, shards, overwrite, and a part a kill cut between its commits."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ from PIL import Image
 from embed import reader
 from jobs.embed_images import JOB, Shard, embed_lake
 from jobs.ingest_images import ingest_images
+from mining import tables
 from mining.config import EmbedConfig
 from mining.errors import ConfigError
 from mining.lake import Lake, open_url
+from mining.schema import EMBEDDINGS
 from mining.sql import LakeDB
-from tests.helpers import jpeg_bytes, kill_commit_after_moves, put, put_images, source_uri
+from tests.helpers import jpeg_bytes, put, put_images, source_uri
 from tests.test_embed_preprocess import corrupt_jpeg, truncated_jpeg
 
 # Small parts and batches, so a few dozen images make several of each; one
@@ -100,7 +102,7 @@ def test_embeddings_thumbnails_and_errors(lake):
     put(lake, f"{source}/bad/deleted.jpg", jpeg_bytes(900))  # the file comes back
     retried = embed_lake(lake, CONFIG, retry_errors=True, show_progress=False)
     assert (retried.to_embed, retried.embedded, retried.errors) == (5, 1, 4)
-    assert query(lake, "SELECT count(*) n FROM raw.embeddings") == [{"n": 31}]
+    assert query(lake, "SELECT count(*) n FROM embeddings") == [{"n": 31}]
 
 
 def test_only_new_images_are_embedded_and_their_vectors_do_not_depend_on_the_run(lake, tmp_path):
@@ -110,8 +112,8 @@ def test_only_new_images_are_embedded_and_their_vectors_do_not_depend_on_the_run
     ingested(lake, 10, start=25)
     second = embed_lake(lake, replace(CONFIG, batch_size=5), show_progress=False)
     assert (second.already_embedded, second.to_embed, second.embedded) == (25, 10, 10)
-    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM raw.embeddings") == [{"n": 35, "ids": 35}]
-    assert query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 35}]
+    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM embeddings") == [{"n": 35, "ids": 35}]
+    assert query(lake, "SELECT count(*) n FROM thumbnails") == [{"n": 35}]
 
     # The same images in one go, in another lake, another batch size: same vectors.
     other = Lake(str(tmp_path / "other"))
@@ -129,7 +131,7 @@ def test_shards_split_the_images_without_overlap_and_match_one_run(lake, tmp_pat
     ingested(lake, 40)
     counts = [embed_lake(lake, CONFIG, shard=Shard(i, 3), show_progress=False).embedded for i in range(3)]
     assert sum(counts) == 40 and all(counts)
-    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM raw.embeddings") == [{"n": 40, "ids": 40}]
+    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM embeddings") == [{"n": 40, "ids": 40}]
     # Rerunning a finished shard does nothing.
     assert embed_lake(lake, CONFIG, shard=Shard(1, 3), show_progress=False).to_embed == 0
 
@@ -155,9 +157,9 @@ def test_overwrite_replaces_rather_than_adds(lake):
     before = query(lake, "SELECT max(computed_at) t FROM embeddings")[0]["t"]
     redo = embed_lake(lake, CONFIG, overwrite=True, show_progress=False)
     assert (redo.to_embed, redo.embedded, redo.thumbnails) == (12, 12, 12)
-    # Same images, same parts: the earlier files are replaced, not added to.
-    assert query(lake, "SELECT count(*) n FROM raw.embeddings") == [{"n": 12}]
-    assert query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 12}]
+    # Merged on their key: the earlier rows are replaced, not added to.
+    assert query(lake, "SELECT count(*) n FROM embeddings") == [{"n": 12}]
+    assert query(lake, "SELECT count(*) n FROM thumbnails") == [{"n": 12}]
     assert query(lake, "SELECT min(computed_at) t FROM embeddings")[0]["t"] > before
 
 
@@ -168,7 +170,7 @@ def test_other_weights_are_embedded_beside_and_thumbnails_are_not_repeated(lake)
     assert (second.weights, second.embedded, second.thumbnails) == ("random-seed1", 10, 0)
     rows = query(lake, "SELECT weights, count(*) n FROM embeddings GROUP BY weights ORDER BY weights")
     assert rows == [{"weights": "random-seed0", "n": 10}, {"weights": "random-seed1", "n": 10}]
-    assert query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 10}]
+    assert query(lake, "SELECT count(*) n FROM thumbnails") == [{"n": 10}]
 
 
 def test_decoding_on_the_device_gives_the_same_embeddings(lake, tmp_path):
@@ -186,21 +188,28 @@ def test_decoding_on_the_device_gives_the_same_embeddings(lake, tmp_path):
     assert query(lake, "SELECT count(*) n FROM thumbnails") == [{"n": 12}]
 
 
-def test_a_part_left_half_published_by_a_kill_is_undone_and_redone(lake, monkeypatch):
+def test_a_part_killed_between_its_commits_is_redone_and_nothing_doubles(lake, monkeypatch):
     ingested(lake, 30)
-    # Each part publishes two files (no errors here): the second part's commit dies
-    # after moving its embeddings in.
-    kill_commit_after_moves(monkeypatch, lake, 3)
+    # The second part dies after its thumbnails' commit, before its embeddings'.
+    real_append, calls = tables.append, []
+
+    def append_then_die(lake_, table, rows, info):
+        calls.append(table.name)
+        if table is EMBEDDINGS and calls.count("embeddings") == 2:
+            raise KeyboardInterrupt("killed between commits")
+        return real_append(lake_, table, rows, info)
+
+    monkeypatch.setattr(tables, "append", append_then_die)
     with pytest.raises(KeyboardInterrupt):
         embed_lake(lake, CONFIG, show_progress=False)
     monkeypatch.undo()
-    half = query(lake, "SELECT count(*) n FROM raw.embeddings")[0]["n"]
-    assert half == 30 and query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 20}]  # second part: embeddings in, thumbnails not
+    assert query(lake, "SELECT count(*) n FROM embeddings") == [{"n": 20}]
+    assert query(lake, "SELECT count(*) n FROM thumbnails") == [{"n": 30}]  # the second part's are in already
 
     rerun = embed_lake(lake, CONFIG, show_progress=False)
-    assert (rerun.undone_parts, rerun.to_embed, rerun.embedded) == (1, 10, 10)
-    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM raw.embeddings") == [{"n": 30, "ids": 30}]
-    assert query(lake, "SELECT count(*) n FROM raw.thumbnails") == [{"n": 30}]
+    assert (rerun.to_embed, rerun.embedded, rerun.thumbnails) == (10, 10, 0)
+    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM embeddings") == [{"n": 30, "ids": 30}]
+    assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM thumbnails") == [{"n": 30, "ids": 30}]
 
 
 def test_unknown_decode_mode_lists_the_allowed_ones(lake):
@@ -208,15 +217,12 @@ def test_unknown_decode_mode_lists_the_allowed_ones(lake):
         embed_lake(lake, replace(CONFIG, decode="gpu"), show_progress=False)
 
 
-def test_embedding_column_is_a_fixed_size_list_in_the_files(lake):
+def test_embedding_column_is_a_vector_of_512_floats(lake):
     ingested(lake, 3)
     embed_lake(lake, CONFIG, show_progress=False)
-    [path] = [p for p in lake.fs.find(lake.table_dir("embeddings")) if p.endswith(".parquet")]
-    import pyarrow.parquet as pq
-
-    with lake.fs.open(path, "rb") as f:
-        schema = pq.read_schema(f)
-    assert schema.field("embedding").type == pa.list_(pa.float32(), 512)
+    assert query(lake, "SELECT DISTINCT typeof(embedding) t FROM embeddings") == [{"t": "FLOAT[512]"}]
+    stored = tables.open_table(lake, EMBEDDINGS).schema().to_arrow()
+    assert pa.types.is_list(pa.schema(stored).field("embedding").type)  # Delta keeps a list; the view makes it an array
 
 
 def test_an_unexpected_decoder_failure_on_one_image_does_not_end_the_run(lake, monkeypatch):

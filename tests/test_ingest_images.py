@@ -24,8 +24,10 @@ def test_registers_images_with_size_and_content_id(lake, small_ingest):
 
     assert summary.found == 46 and summary.registered == 46 and summary.errors == 0
     assert summary.shards == 2  # 46 new images, 40 per shard
-    got = {r["uri"]: r for r in rows(lake, "SELECT * FROM raw.images")}
+    got = {r["uri"]: r for r in rows(lake, "SELECT * FROM images")}
     assert set(got) == set(uris) | {f"{folder}/sub/extra.png"}
+    files = rows(lake, "SELECT uri, image_id FROM image_files")
+    assert {f["uri"]: f["image_id"] for f in files} == {uri: r["image_id"] for uri, r in got.items()}
     first = got[uris[0]]
     assert (first["width"], first["height"], first["format"]) == (64, 48, "JPEG")
     assert first["sha256"] == hashlib.sha256(jpeg_bytes(0)).hexdigest()
@@ -38,8 +40,12 @@ def test_same_bytes_at_two_uris_is_one_image(lake, small_ingest):
     put(lake, f"{folder}/a.jpg", jpeg_bytes(7))
     put(lake, f"{folder}/copy/a-again.jpg", jpeg_bytes(7))
     ingest_images(lake, folder, small_ingest, show_progress=False)
-    assert rows(lake, "SELECT count(*) n FROM raw.images")[0]["n"] == 2
+    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM image_files")[0] == {"n": 2, "ids": 1}
     assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM images")[0] == {"n": 1, "ids": 1}
+    # Found again in a third place, later: still one image, now three files.
+    put(lake, f"{folder}/later/a-third.jpg", jpeg_bytes(7))
+    assert ingest_images(lake, folder, small_ingest, show_progress=False).registered == 1
+    assert rows(lake, "SELECT (SELECT count(*) FROM images) i, (SELECT count(*) FROM image_files) f")[0] == {"i": 1, "f": 3}
 
 
 def test_bad_files_become_errors_and_the_rest_goes_on(lake, small_ingest):
@@ -71,7 +77,7 @@ def test_rerun_registers_only_what_is_new(lake, small_ingest):
     put_images(lake, folder, 3, start=100)
     more = ingest_images(lake, folder, small_ingest, show_progress=False)
     assert (more.registered, more.already_known) == (3, 11)
-    assert rows(lake, "SELECT count(*) n FROM raw.images")[0]["n"] == 13
+    assert rows(lake, "SELECT count(*) n FROM images")[0]["n"] == 13
     assert rows(lake, "SELECT count(*) n FROM errors")[0]["n"] == 1
 
     retried = ingest_images(lake, folder, small_ingest, retry_errors=True, show_progress=False)

@@ -10,7 +10,7 @@ import pytest
 
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import IngestFileError, ingest_predictions
-from mining.lake import open_url
+from mining import tables
 from mining.sql import LakeDB
 from tests.helpers import jsonl, prediction, put, put_images, source_uri
 
@@ -57,7 +57,7 @@ def test_jsonl_rows_land_in_predictions_and_detections(lake, images, small_inges
     assert dets[0]["box"] == pytest.approx([1, 2, 30, 40])
     assert {d["prediction_id"] for d in dets} == {first["prediction_id"]}
     # Partitioned by the date of ts: one folder per day.
-    days = {p.split("date=")[1][:10] for p in lake.table_files("predictions")}
+    days = {str(d) for d in tables.files(lake, "predictions").column("partition.date").to_pylist()}
     assert days == {"2026-10-01", "2026-10-02", "2026-10-03"}
 
 
@@ -143,28 +143,30 @@ def test_overlapping_files_show_each_prediction_once(lake, images, small_ingest)
     a = put(lake, source_uri(lake, "in/a.jsonl"), jsonl(preds[:20]))
     b = put(lake, source_uri(lake, "in/b.jsonl"), jsonl(preds[10:]))
     ingest_predictions(lake, [a, b], small_ingest, show_progress=False)
-    assert rows(lake, "SELECT count(*) n FROM raw.predictions")[0]["n"] == 40
+    # Merged on the key as they are written: the table itself holds each prediction once.
     assert rows(lake, "SELECT count(*) n, count(DISTINCT prediction_id) ids FROM predictions")[0] == {"n": 30, "ids": 30}
+    assert rows(lake, "SELECT source, count(*) n FROM predictions GROUP BY ALL ORDER BY 1") == [
+        {"source": a, "n": 10}, {"source": b, "n": 20}]  # the later file's rows won the overlap
 
 
 def test_rerun_skips_unchanged_and_replaces_changed_files(lake, images, small_ingest):
     uri = put(lake, source_uri(lake, "in/p.jsonl"), jsonl([prediction(u, i) for i, u in enumerate(images)]))
     first = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
     assert first["ingested"] == 1
-    files_before = lake.table_files("predictions")
+    version_before = tables.version(lake, "predictions")
 
     again = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
     assert (again["ingested"], again["skipped"]) == (0, 1)
-    assert lake.table_files("predictions") == files_before
+    assert tables.version(lake, "predictions") == version_before  # not even a commit
 
     put(lake, uri, jsonl([prediction(u, i, model_version="v8") for i, u in enumerate(images[:7])]))
     changed = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
     assert changed["ingested"] == 1
-    assert rows(lake, "SELECT model_version, count(*) n FROM raw.predictions GROUP BY ALL") == [{"model_version": "v8", "n": 7}]
+    assert rows(lake, "SELECT model_version, count(*) n FROM predictions GROUP BY ALL") == [{"model_version": "v8", "n": 7}]
 
     forced = ingest_predictions(lake, [uri], small_ingest, force=True, show_progress=False).to_dict()
     assert forced["ingested"] == 1
-    assert rows(lake, "SELECT count(*) n FROM raw.predictions")[0]["n"] == 7
+    assert rows(lake, "SELECT count(*) n FROM predictions")[0]["n"] == 7
 
 
 @pytest.mark.parametrize(
@@ -182,10 +184,20 @@ def test_wrong_format_fails_clearly_and_writes_nothing(lake, images, small_inges
     summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False)
     [failed] = summary.failed
     assert message in failed.reason
-    assert lake.table_files("predictions") == [] and lake.table_files("errors") == []
-    assert lake.read_marker("ingest-predictions", "x") is None
-    fs, _ = open_url(lake.uri, lake.s3)
-    assert not fs.exists(lake.path("_staging", "ingest-predictions")) or fs.find(lake.path("_staging", "ingest-predictions")) == []
+    assert rows(lake, "SELECT (SELECT count(*) FROM predictions) p, (SELECT count(*) FROM errors) e") == [{"p": 0, "e": 0}]
+
+
+def test_a_file_that_breaks_part_way_leaves_nothing(lake, images, small_ingest):
+    """Gzip cut off after 120 of 400 lines: the first batches were committed, and are deleted again."""
+    whole = gzip.compress(jsonl([prediction(images[i % 120], i, model_version=f"v{i}") for i in range(400)]).encode())
+    uri = put(lake, source_uri(lake, "in/cut.jsonl.gz"), whole[: len(whole) // 3])
+    summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False)
+    [failed] = summary.failed
+    assert "could not read the file" in failed.reason and "Nothing of it was written" in failed.reason
+    assert tables.version(lake, "predictions") >= 1  # something was committed before the break ...
+    assert rows(lake, "SELECT (SELECT count(*) FROM predictions) p, (SELECT count(*) FROM errors) e") == [{"p": 0, "e": 0}]
+    put(lake, uri, whole)  # ... and the whole file, given again, lands whole
+    assert ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()["rows"]["predictions"] == 400
 
 
 def test_missing_input_and_empty_glob(lake, images, small_ingest):

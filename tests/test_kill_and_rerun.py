@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from jobs.ingest_images import ingest_images
+from mining import tables
 from mining.lake import Lake
 from mining.sql import LakeDB
 from tests.helpers import jsonl, prediction, put, put_images, source_uri
@@ -51,18 +52,19 @@ def start(args: list[str], config: Path, env: dict | None) -> subprocess.Popen:
     )
 
 
-def markers(lake: Lake, job: str) -> int:
-    """Shards of ``job`` published completely."""
+def markers(lake: Lake, job: str, status: str = "done") -> int:
+    """Input files of ``job`` whose marker has this status (done, or started and not finished)."""
     folder = lake.path("_jobs", job)
     if not lake.fs.exists(folder):
         return 0
     shards = [p.rsplit("/", 1)[1].removesuffix(".json") for p in lake.fs.ls(folder, detail=False)]
-    return sum((lake.read_marker(job, shard) or {}).get("status") == "done" for shard in shards)
+    return sum((lake.read_marker(job, shard) or {}).get("status") == status for shard in shards)
 
 
-def staged_files(lake: Lake, job: str) -> int:
-    folder = lake.path("_staging", job)
-    return len(lake.fs.find(folder)) if lake.fs.exists(folder) else 0
+def version(lake: Lake, table: str) -> int:
+    """The table's Delta version: how many commits it had, less one (-1: none)."""
+    found = tables.version(lake, table)
+    return -1 if found is None else found
 
 
 @pytest.fixture
@@ -84,20 +86,23 @@ def test_killed_predictions_ingest_reruns_to_exactly_once(lake, lake_env, small_
     inputs = [source_uri(lake, "in/p-*.jsonl")]
 
     job = start(["ingest", "predictions", *inputs], config, lake_env)
-    kill_when(job, lambda: markers(lake, "ingest-predictions") >= 2 and staged_files(lake, "ingest-predictions") > 0)
+    # Killed in the middle of a file: two files done (6 batches of 500 each, one commit per batch),
+    # the third started and some of its batches committed.
+    batches = per_file // 500
+    kill_when(job, lambda: markers(lake, "ingest-predictions") == 2 and version(lake, "predictions") >= 2 * batches)
 
     done_before = markers(lake, "ingest-predictions")
-    assert 2 <= done_before < files
+    assert 2 <= done_before < files and markers(lake, "ingest-predictions", "started") == 1
+    assert 2 * per_file < count(lake, "SELECT count(*) FROM predictions") < 3 * per_file  # part of the third is in
     rerun = subprocess.run([str(EDGEMINE), "ingest", "predictions", *inputs, "--config", str(config), "--quiet", "--json"],
                            capture_output=True, text=True, env=None if lake_env is None else os.environ | lake_env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert f'"skipped": {done_before}' in rerun.stdout
 
     total = files * per_file
-    assert count(lake, "SELECT count(*) FROM raw.predictions") == total
-    assert count(lake, "SELECT count(DISTINCT prediction_id) FROM raw.predictions") == total
     assert count(lake, "SELECT count(*) FROM predictions") == total
-    assert staged_files(lake, "ingest-predictions") == 0
+    assert count(lake, "SELECT count(DISTINCT prediction_id) FROM predictions") == total
+    assert markers(lake, "ingest-predictions") == files
 
 
 def test_killed_images_ingest_reruns_to_exactly_once(tmp_path):
@@ -109,15 +114,16 @@ def test_killed_images_ingest_reruns_to_exactly_once(tmp_path):
     config.write_text(f'lake = "{lake.uri}"\n[ingest]\nimage_shard = 20\nimage_batch = 5\n')
 
     job = start(["ingest", "images", folder], config, None)
-    kill_when(job, lambda: markers(lake, "ingest-images") >= 3)
-    assert count(lake, "SELECT count(*) FROM raw.images") < 400
+    kill_when(job, lambda: version(lake, "image_files") >= 2)  # three shards of 20 registered
+    assert count(lake, "SELECT count(*) FROM image_files") < 400
 
     rerun = subprocess.run([str(EDGEMINE), "ingest", "images", folder, "--config", str(config), "--quiet"],
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert count(lake, "SELECT count(*) FROM raw.images") == 400
-    assert count(lake, "SELECT count(DISTINCT uri) FROM raw.images") == 400
-    assert count(lake, "SELECT count(*) FROM raw.errors") == 1
+    assert count(lake, "SELECT count(*) FROM image_files") == 400
+    assert count(lake, "SELECT count(DISTINCT uri) FROM image_files") == 400
+    assert count(lake, "SELECT count(*) FROM images") == count(lake, "SELECT count(DISTINCT image_id) FROM images") == 400
+    assert count(lake, "SELECT count(*) FROM errors") == 1
 
 
 def test_killed_embed_reruns_to_exactly_once(lake, lake_env, tmp_path):
@@ -128,9 +134,8 @@ def test_killed_embed_reruns_to_exactly_once(lake, lake_env, tmp_path):
     config.write_text(f'lake = "{lake.uri}"\n[embed]\nweights = "random"\npart_size = 10\nbatch_size = 5\nworkers = 1\n')
 
     job = start(["embed"], config, lake_env)
-    kill_when(job, lambda: markers(lake, "embed") >= 2)
-    assert 2 <= markers(lake, "embed") < 6
-    assert count(lake, "SELECT count(*) FROM raw.embeddings") < 60
+    kill_when(job, lambda: version(lake, "embeddings") >= 1)  # two parts of 10 in
+    assert 20 <= count(lake, "SELECT count(*) FROM embeddings") < 60
 
     rerun = subprocess.run([str(EDGEMINE), "embed", "--config", str(config), "--quiet", "--json"],
                            capture_output=True, text=True, env=None if lake_env is None else os.environ | lake_env, timeout=300)
@@ -138,6 +143,5 @@ def test_killed_embed_reruns_to_exactly_once(lake, lake_env, tmp_path):
     summary = json.loads(rerun.stdout)
     assert summary["already_embedded"] + summary["embedded"] == 60 and summary["embedded"] > 0
     for table in ("embeddings", "thumbnails"):
-        assert count(lake, f"SELECT count(*) FROM raw.{table}") == 60
-        assert count(lake, f"SELECT count(DISTINCT image_id) FROM raw.{table}") == 60
-    assert markers(lake, "embed") == 6
+        assert count(lake, f"SELECT count(*) FROM {table}") == 60
+        assert count(lake, f"SELECT count(DISTINCT image_id) FROM {table}") == 60

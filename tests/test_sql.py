@@ -6,7 +6,6 @@ import multiprocessing
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
 
 import duckdb
 import numpy as np
@@ -15,11 +14,11 @@ import pytest
 
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
-from mining.schema import EMBEDDINGS, TABLES
 from mining import sql
 from mining.errors import QueryError, ReadOnlyError
-from mining.sql import LakeDB, httpfs_extension_path, view_statements
-from tests.helpers import jsonl, prediction, put, put_images, source_uri
+from mining.schema import TABLES
+from mining.sql import LakeDB, extension_path, view_statements
+from tests.helpers import jsonl, prediction, put, put_images, source_uri, write_embeddings
 
 
 @pytest.fixture
@@ -80,18 +79,56 @@ def test_read_only_cannot_read_outside_the_lake(filled, tmp_path):
         assert unlocked.query(f"SELECT * FROM read_csv('{beside}')").num_rows == 1
     with LakeDB(filled) as db:
         for outside in (beside, tmp_path / "local.csv", "/etc/passwd"):
-            with pytest.raises(QueryError, match="Refused by DuckDB's sandbox"):
+            with pytest.raises(ReadOnlyError, match="table functions are refused \\(read_csv\\)"):
                 db.query(f"SELECT * FROM read_csv('{outside}')")
+            with pytest.raises(ReadOnlyError, match="is not a view of this lake"):
+                db.query(f"SELECT * FROM '{outside}'")  # a file named as a table
         # Sandboxed, yet the lake itself still reads.
         assert db.query("SELECT count(*) AS n FROM predictions").column("n")[0].as_py() == 30
 
 
+def test_another_delta_table_leaks_neither_rows_nor_schema_nor_statistics(filled, tmp_path):
+    """A Delta table outside the lake: delta_scan is refused before DuckDB would read its log
+    (which DuckDB's own sandbox lets through: it refuses only the data files)."""
+    from deltalake import write_deltalake
+
+    from mining.tables import storage_options
+
+    outside = source_uri(filled, "secret_table")
+    write_deltalake(outside, pa.table({"salary": [1, 2, 3], "day": ["a", "a", "b"]}), partition_by=["day"],
+                    storage_options=storage_options(filled) or None)
+    with LakeDB(filled) as db:
+        for query in [f"SELECT * FROM delta_scan('{outside}')", f"DESCRIBE SELECT * FROM delta_scan('{outside}')",
+                      f"SELECT count(*) FROM delta_scan('{outside}') WHERE day = 'a'",
+                      f"SELECT * FROM predictions WHERE image_id IN (SELECT salary::VARCHAR FROM delta_scan('{outside}'))",
+                      f"SELECT * FROM parquet_metadata('{outside}/day=a')", "SELECT * FROM duckdb_settings()"]:
+            with pytest.raises(ReadOnlyError, match="table functions are refused"):
+                db.query(query)
+        assert db.query("SELECT count(*) n FROM range(3)").to_pylist() == [{"n": 3}]  # harmless ones still run
+        assert db.query("WITH p AS (SELECT * FROM predictions) SELECT count(*) n FROM p").to_pylist() == [{"n": 30}]
+
+
+def test_duckdbs_spill_folder_is_not_readable_from_the_console(filled, tmp_path, monkeypatch):
+    """DuckDB's default temporary folder (.tmp where it runs) counted as an allowed directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".tmp").mkdir()
+    (tmp_path / ".tmp" / "planted.csv").write_text("a\n1\n")
+    with LakeDB(filled) as db:
+        setting = db.query("SELECT current_setting('temp_directory') AS t").column("t")[0].as_py()
+        assert not setting.startswith(str(tmp_path)) and "edgemine-duckdb-" in setting
+        with pytest.raises(QueryError):
+            db.query(f"SELECT * FROM '{tmp_path}/.tmp/planted.csv'")
+
+
 def test_view_statements_work_in_a_plain_duckdb_client(filled):
     text = view_statements(filled)
-    con = duckdb.connect()
+    assert "INSTALL delta;\nLOAD delta;" in text and "delta_scan(" in text
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    # This machine cannot reach DuckDB's extension server: the packages' files instead.
+    text = text.replace("INSTALL delta;\nLOAD delta;", f"LOAD '{extension_path('delta')}';")
     if filled.protocol == "s3":
         s3 = filled.s3
-        text = text.replace("LOAD httpfs;", f"LOAD '{httpfs_extension_path()}';")
+        text = text.replace("INSTALL httpfs;\nLOAD httpfs;", f"LOAD '{extension_path('httpfs')}';")
         text = text.replace("<AWS_ACCESS_KEY_ID>", s3.key).replace("<AWS_SECRET_ACCESS_KEY>", s3.secret)
     con.execute(text)
     assert con.sql("SELECT count(*) FROM predictions").fetchone()[0] == 30
@@ -102,19 +139,7 @@ def test_embeddings_view_is_float512_for_similarity(lake):
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(4, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    rows = pa.table(
-        {
-            "image_id": [f"id{i}" for i in range(4)],
-            "backbone": ["resnet18"] * 4,
-            "weights": ["random"] * 4,
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 512),
-            "computed_at": pa.array([datetime(2026, 11, 1, tzinfo=UTC)] * 4, EMBEDDINGS.schema.field("computed_at").type),
-        },
-        schema=EMBEDDINGS.schema,
-    )
-    writer = lake.shard_writer("test", "emb")
-    writer.write(EMBEDDINGS, rows)
-    writer.commit()
+    write_embeddings(lake, [f"id{i}" for i in range(4)], vectors, "test")
     with LakeDB(lake) as db:
         assert db.query("SELECT typeof(embedding) AS t FROM embeddings LIMIT 1").column("t")[0].as_py() == "FLOAT[512]"
         sims = db.query(
@@ -124,31 +149,33 @@ def test_embeddings_view_is_float512_for_similarity(lake):
     assert sims == pytest.approx(vectors @ vectors[0], abs=1e-5)
 
 
-def test_view_where_filters_first_and_keeps_the_latest_row(filled, small_ingest):
-    """A prediction ingested again with another label: the filtered view still shows only
-    the newest row per prediction, exactly as the view with a WHERE does."""
-    from mining.sql import view_where
+def test_a_filter_on_the_partition_reads_only_that_day(filled):
+    """The views are the tables as they are (no window over them): DuckDB prunes the other days."""
+    with LakeDB(filled) as db:
+        plan = db.query("EXPLAIN ANALYZE SELECT count(*) FROM predictions WHERE date = DATE '2026-10-02'")
+        text = "\n".join(str(v) for v in plan.column(1).to_pylist())
+        assert db.query("SELECT count(*) n FROM predictions WHERE date = DATE '2026-10-02'").to_pylist() == [{"n": 10}]
+    assert "date=" in text or "Filters" in text  # the filter is pushed into delta_scan, not applied after a window
+    assert "WINDOW" not in text.upper()
 
+
+def test_reviews_keep_every_decision_and_show_the_latest(filled):
+    from mining.decisions import decide
+
+    image_id = _one(filled, "SELECT min(image_id) FROM images")
     with LakeDB(filled) as db:
-        first = db.query("SELECT image_uri, image_id FROM predictions ORDER BY image_id LIMIT 4").to_pylist()
-    again = [prediction(r["image_uri"], i, label="truck", ts="2026-10-01T00:00:00Z") for i, r in enumerate(first)]
-    uri = put(filled, source_uri(filled, "in/again.jsonl"), jsonl(again))
-    ingest_predictions(filled, [uri], small_ingest, show_progress=False)
-    ids = [r["image_id"] for r in first[:3]]
-    with LakeDB(filled) as db:
-        expected = db.query("SELECT * FROM predictions WHERE image_id IN (SELECT unnest($ids)) ORDER BY prediction_id",
-                            {"ids": ids}).to_pylist()
-        got = db.query(f"SELECT * FROM ({view_where('predictions', 'image_id IN (SELECT unnest($ids))')}) "
-                       "ORDER BY prediction_id", {"ids": ids}).to_pylist()
-        stored = db.query("SELECT count(*) AS n FROM raw.predictions WHERE image_id IN (SELECT unnest($ids))",
-                          {"ids": ids}).column("n")[0].as_py()
-    assert got == expected and len(got) < stored  # duplicates were there, and were dropped alike
+        decide(db, "r", [image_id], "accept", reviewer="ana")
+        decide(db, "r", [image_id], "reject", reviewer="bob")
+        assert db.query("SELECT decision, reviewer FROM reviews").to_pylist() == [{"decision": "reject", "reviewer": "bob"}]
+        assert db.query("SELECT count(*) n FROM raw.reviews").to_pylist() == [{"n": 2}]
+        with pytest.raises(ReadOnlyError, match="raw.predictions is not a view of this lake"):
+            db.query("SELECT * FROM raw.predictions")  # history is kept where it matters only
 
 
 def test_shared_views_see_what_this_process_and_others_publish(filled, small_ingest, monkeypatch):
-    """Read-only LakeDBs share one database per lake; files published after it was
-    built still show, by this process (more images) or another (the first review)."""
-    monkeypatch.setattr(sql, "RECHECK_EMPTY_S", 0.0)  # other processes' first files: looked for on every open
+    """Read-only LakeDBs share one database per lake; commits made after it was built
+    still show, by this process (more images) or another (the reviews table's first)."""
+    monkeypatch.setattr(sql, "RECHECK_MISSING_S", 0.0)  # other processes' new tables: looked for on every query
     image_id = _one(filled, "SELECT min(image_id) FROM images")
     with LakeDB(filled) as db:
         held = db.query("SELECT count(*) FROM images").column(0)[0].as_py()
@@ -161,14 +188,13 @@ def test_shared_views_see_what_this_process_and_others_publish(filled, small_ing
         )
         s3 = json.dumps(dataclasses.asdict(filled.s3))
         subprocess.run([sys.executable, "-c", other_process, filled.uri, s3, image_id], check=True, timeout=120)
-        assert _one(filled, "SELECT count(*) FROM reviews WHERE reviewer = 'bob'") == 1  # the table's first file
-        assert db.stale  # the held connection's views predate it
+        assert db.query("SELECT count(*) FROM reviews WHERE reviewer = 'bob'").column(0)[0].as_py() == 1  # held, yet sees it
 
         folder = source_uri(filled, "more")
         put_images(filled, folder, 10, start=30)
         ingest_images(filled, folder, small_ingest, show_progress=False)
         assert _one(filled, "SELECT count(*) FROM images") == 40
-        assert db.query("SELECT count(*) FROM images").column(0)[0].as_py() == 40  # globs list at query time
+        assert db.query("SELECT count(*) FROM images").column(0)[0].as_py() == 40  # the view reads the latest version
 
 
 def test_shared_views_serve_many_threads_at_once_in_utc(filled):

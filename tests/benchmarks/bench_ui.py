@@ -3,13 +3,13 @@ a drill step of a narrowing session, on a lake of 100,000 images, each against
 what a user would otherwise write, in the same run.
 
 The lake is synthetic and written directly with the project's own writer
-(``Lake.shard_writer``), so its layout is the real one, without running the
-demo (which renders and embeds every image: far too slow at this size):
+(``mining.tables``), so its layout is the real one (Delta tables), without
+running the demo (which renders and embeds every image: far too slow at this size):
 
-- ``images``, ``embeddings``, ``thumbnails``: one shard per part of ``--part``
-  images (10 parts of 10,000), one Parquet file per table per part;
+- ``images``, ``embeddings``, ``thumbnails``: one commit per part of ``--part``
+  images (10 parts of 10,000), as the embed job commits them;
 - ``predictions``: one per image (label, confidence, scores, a ``customer_flag``
-  extra column, model v1 or v2), timestamps spread over 30 days, one shard per
+  extra column, model v1 or v2), timestamps spread over 30 days, one commit per
   day as a daily ingest writes them (``date=YYYY-MM-DD`` partitions);
 - embeddings: 512-d, L2-normalised float32, a seeded Gaussian mixture of 50
   centres (clusters exist, so narrowing has something to find);
@@ -21,20 +21,20 @@ demo (which renders and embeds every image: far too slow at this size):
   other rows' ``uri`` name files that do not exist.
 
 The lake is kept in ``--lake`` and reused when complete (a marker written last).
-The index is then synced with ``jobs.index.index_lake`` (flat, exact, at 100k).
+The index is then synced with ``mining.index_sync.index_lake`` (flat, exact, at 100k).
 
 Measured (median of ``--repeats`` runs after one warm-up; min and max too):
 
 1. grid: a read-only ``LakeDB`` opened (a cursor on the process's shared
-   database; after a write, the views rebuilt), ``mining.search.browse`` (100 ids, lowest confidence first), and for those
+   database; in a fresh process, its views made), ``mining.search.browse`` (100 ids, lowest confidence first), and for those
    ids ``mining.media.thumbnails`` + ``mining.media.image_facts`` (what
    ``ui.widgets.image_grid`` reads), against the naive loop: each original
    opened with PIL, ``thumbnail((128, 128))``, encoded as JPEG (uris looked up
    beforehand, untimed);
-2. drill: ``jobs.narrow.start`` (pool of 1,000 nearest a seed, 8 clusters), then
-   ``jobs.narrow.pick`` of clusters 0 and 1 (re-cluster, write the step to the
-   lake, report through ``narrow.show``), ``narrow.show`` alone,
-   ``mining.narrow.cluster_pool`` alone and ``project_2d`` of the pool (the
+2. drill: ``mining.sessions.start`` (pool of 1,000 nearest a seed, 8 clusters), then
+   ``mining.sessions.pick`` of clusters 0 and 1 (re-cluster, write the step to the
+   lake, report through ``sessions.show``), ``sessions.show`` alone,
+   ``mining.clustering.cluster_pool`` alone and ``project_2d`` of the pool (the
    Narrow page's map), and the Narrow page's re-render after a pick as the
    library calls it (sessions list, show, the pool map, 8 cluster mosaics
    in one thumbnail read), against scikit-learn ``KMeans(8, n_init=1,
@@ -80,27 +80,22 @@ from PIL import Image, ImageDraw  # noqa: E402
 from PIL import __version__ as pillow_version  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 
-from jobs import narrow  # noqa: E402
-from jobs.index import index_lake  # noqa: E402
-from mining import media  # noqa: E402
+from mining import media, tables  # noqa: E402
+from mining import sessions as narrow  # noqa: E402
 from mining.backends import get_backend  # noqa: E402
+from mining.clustering import cluster_pool, project_2d  # noqa: E402
 from mining.config import IndexConfig, MiningConfig  # noqa: E402
+from mining.index_sync import index_lake  # noqa: E402
 from mining.lake import Lake  # noqa: E402
-from mining.narrow import cluster_pool  # noqa: E402
-from mining.schema import EMBEDDING_DIM, EMBEDDINGS, IMAGES, PREDICTIONS, THUMBNAILS, UTC_TS  # noqa: E402
+from mining.schema import EMBEDDING_DIM, EMBEDDINGS, IMAGE_FILES, IMAGES, PREDICTIONS, THUMBNAILS, UTC_TS  # noqa: E402
 from mining.search import browse  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
-try:  # added to the library while the UI is being built: measured where present
-    from mining.narrow import project_2d  # noqa: E402
-except ImportError:
-    project_2d = None
-
 JOB = "bench"
 MARKER = "bench_ui.json"  # written last: the lake is complete
 BUILDING = "bench_ui.building"  # written first: a folder holding it may be removed and rebuilt
-LAKE_VERSION = 1  # bump when the generated lake changes
+LAKE_VERSION = 2  # bump when the generated lake changes (2: Delta tables)
 CENTRES = 50
 DAYS = 30
 FIRST_DAY = datetime(2026, 1, 1, tzinfo=UTC)
@@ -222,8 +217,8 @@ def build_lake(root: Path, params: dict) -> dict:
             sizes[j] = len(data)
             original_bytes += len(data)
         vectors = mixture(m, first, seed)
-        writer = lake.shard_writer(JOB, f"part-{p:05d}")
-        writer.write(IMAGES, pa.table({
+        info = tables.commit_info(JOB, part=p)
+        tables.append(lake, IMAGES, pa.table({
             "image_id": pa.array(ids[rows], pa.string()),
             "uri": pa.array(uris[rows], pa.string()),
             "width": pa.array(np.full(m, ORIGINAL[0], np.int32)),
@@ -234,22 +229,25 @@ def build_lake(root: Path, params: dict) -> dict:
             "mode": pa.array(["RGB"] * m, pa.string()),
             "source": pa.array([str(originals_dir)] * m, pa.string()),
             "ingested_at": pa.array([now] * m, UTC_TS),
-        }, schema=IMAGES.schema))
-        writer.write(EMBEDDINGS, pa.table({
+        }, schema=IMAGES.schema), info)
+        tables.append(lake, IMAGE_FILES, pa.table({
+            "uri": pa.array(uris[rows], pa.string()), "image_id": pa.array(ids[rows], pa.string()),
+            "source": pa.array([str(originals_dir)] * m, pa.string()), "ingested_at": pa.array([now] * m, UTC_TS),
+        }, schema=IMAGE_FILES.schema), info)
+        tables.append(lake, EMBEDDINGS, pa.table({
             "image_id": pa.array(ids[rows], pa.string()),
             "backbone": pa.array([BACKBONE] * m, pa.string()),
             "weights": pa.array([WEIGHTS] * m, pa.string()),
             "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM),
             "computed_at": pa.array([now] * m, UTC_TS),
-        }, schema=EMBEDDINGS.schema))
-        writer.write(THUMBNAILS, pa.table({
+        }, schema=EMBEDDINGS.schema), info)
+        tables.append(lake, THUMBNAILS, pa.table({
             "image_id": pa.array(ids[rows], pa.string()),
             "jpeg": pa.array(thumbs, pa.binary()),
             "width": pa.array(np.full(m, THUMB[0], np.int32)),
             "height": pa.array(np.full(m, THUMB[1], np.int32)),
             "computed_at": pa.array([now] * m, UTC_TS),
-        }, schema=THUMBNAILS.schema))
-        writer.commit({"images": m})
+        }, schema=THUMBNAILS.schema), info)
         say(f"  part {p}: {rows.stop:,} / {n:,} images (images, embeddings, thumbnails)")
 
     # Predictions: one per image, a shard per day, as a daily ingest writes them.
@@ -273,15 +271,13 @@ def build_lake(root: Path, params: dict) -> dict:
         "source": pa.array(["bench-predictions.jsonl"] * n, pa.string()),
         "source_row": pa.array(np.arange(n, dtype=np.int64)),
         "ingested_at": pa.array([now] * n, UTC_TS),
+        "date": pa.array([t.date() for t in ts], pa.date32()),
         "customer_flag": pa.array(rng.random(n) < 0.01),
     })
     day = seconds // 86400
     for d in range(DAYS):
         rows = predictions.filter(pa.array(day == d)).sort_by("ts")
-        date = f"{FIRST_DAY + timedelta(days=d):%Y-%m-%d}"
-        writer = lake.shard_writer(JOB, f"predictions-{date}")
-        writer.write(PREDICTIONS, rows, partition_value=date)
-        writer.commit({"predictions": rows.num_rows})
+        tables.append(lake, PREDICTIONS, rows, tables.commit_info(JOB, day=d))
     say(f"  predictions: {n:,} rows in {DAYS} daily partitions")
     built = {"build_s": round(time.perf_counter() - started, 1), "thumbnail_mb": round(thumbnail_bytes / 2**20, 1),
              "originals_written": int(with_original.sum()), "original_mb": round(original_bytes / 2**20, 1)}
@@ -291,7 +287,7 @@ def build_lake(root: Path, params: dict) -> dict:
 
 
 def lake_sizes(root: Path) -> dict:
-    """Files and MB per table folder."""
+    """Files and MB per table folder (old versions' files included, as on disk)."""
     out = {}
     for table in ("images", "predictions", "embeddings", "thumbnails", "narrow_steps", "narrow_members"):
         files = list((root / table).rglob("*.parquet")) if (root / table).exists() else []
@@ -301,7 +297,7 @@ def lake_sizes(root: Path) -> dict:
 
 def forget_sessions(root: Path) -> None:
     """Remove the narrowing sessions earlier runs wrote, so each run starts alike."""
-    for folder in ("narrow_steps", "narrow_members", f"_jobs/{narrow.JOB}", f"_staging/{narrow.JOB}"):
+    for folder in ("narrow_steps", "narrow_members"):
         if (root / folder).exists():
             shutil.rmtree(root / folder)
 
@@ -389,27 +385,27 @@ def page_render(lake: Lake, index, session: str) -> dict[str, float]:
     map, the cluster mosaics from one thumbnail read (the first read after the pick's write
     rebuilds the views). Returns seconds per part."""
     seconds = {}
+    db = LakeDB(lake)  # the page's cursor
     started = time.perf_counter()
-    narrow.list_sessions(lake)
+    narrow.list_sessions(db)
     seconds["sessions"] = time.perf_counter() - started
     started = time.perf_counter()
-    report = narrow.show(lake, session)
+    report = narrow.show(db, session)
     seconds["show"] = time.perf_counter() - started
     started = time.perf_counter()
-    members = narrow.members_of(lake, session, report.step)
-    narrow.session_embedding_set(lake, session)
+    members = narrow.members_of(db, session, report.step)
+    narrow.session_embedding_set(db, session)
     positions = index.positions(members.column("image_id").to_numpy(zero_copy_only=False))
     seconds["pool_members"] = time.perf_counter() - started
     started = time.perf_counter()
-    if project_2d is not None:
-        project_2d(index.vectors[positions])
+    project_2d(index.vectors[positions])
     seconds["project_2d"] = time.perf_counter() - started
     started = time.perf_counter()
-    with LakeDB(lake) as db:  # one thumbnail read for every card, as ui/data.mosaics does
-        thumbs = media.thumbnails(db, [i for cluster in report.clusters for i in cluster.nearest])
-        for cluster in report.clusters:
-            media.to_jpeg(media.mosaic([thumbs[i] for i in cluster.nearest if i in thumbs]))
+    thumbs = media.thumbnails(db, [i for cluster in report.clusters for i in cluster.nearest])  # one read, as ui/data.mosaics
+    for cluster in report.clusters:
+        media.to_jpeg(media.mosaic([thumbs[i] for i in cluster.nearest if i in thumbs]))
     seconds["mosaics"] = time.perf_counter() - started
+    db.close()
     return seconds
 
 
@@ -422,21 +418,22 @@ def bench_drill(lake: Lake, index, seed_id: str, pool: int, clusters: int, repea
     start_s, pick_s, show_s, render_s, ui_s, parts = [], [], [], [], [], []
     picked_pool = []
     last = None
+    db = LakeDB(lake)  # the UI's per-session cursor
     for r in range(repeats + 1):  # the first is the warm-up
         session = f"bench-{run}-{r}"
         started = time.perf_counter()
-        narrow.start(lake, index, backend, config, seeds=[seed_id], seed_vectors=index.vectors[[position]],
+        narrow.start(db, index, backend, config, seeds=[seed_id], seed_vectors=index.vectors[[position]],
                      pool=pool, clusters=clusters, session=session)
         t_start = time.perf_counter() - started
         started = time.perf_counter()
         # What the UI's _pick does first: which index the session was started on.
-        narrow.session_embedding_set(lake, session)
+        narrow.session_embedding_set(db, session)
         t_lookup = time.perf_counter() - started
         started = time.perf_counter()
-        report = narrow.pick(lake, index, backend, config, session, [0, 1])
+        report = narrow.pick(db, index, backend, config, session, [0, 1])
         t_pick = time.perf_counter() - started
         started = time.perf_counter()
-        narrow.show(lake, session)
+        narrow.show(db, session)
         t_show = time.perf_counter() - started
         started = time.perf_counter()
         part = page_render(lake, index, session)
@@ -454,7 +451,7 @@ def bench_drill(lake: Lake, index, seed_id: str, pool: int, clusters: int, repea
 
     # The vectors the last pick clustered (the members of clusters 0 and 1 of step 0),
     # and the start's pool, for the clustering-only comparisons.
-    step0 = narrow.members_of(lake, session, 0)
+    step0 = narrow.members_of(db, session, 0)
     chosen = step0.filter(pc.is_in(step0.column("cluster"), pa.array([0, 1], pa.int32())))
     pick_positions = index.positions(chosen.column("image_id").to_numpy(zero_copy_only=False))
     pick_similarity = chosen.column("similarity").to_numpy()
@@ -476,11 +473,7 @@ def bench_drill(lake: Lake, index, seed_id: str, pool: int, clusters: int, repea
         "cluster_pool_over_sklearn": round(ours_stats["median_ms"] / sk_pick["median_ms"], 2),
         "ours_over_sklearn_start_pool": round(ours_pool["median_ms"] / sk_pool["median_ms"], 2),
     }
-    if project_2d is not None:
-        out["project_2d_pool"], _ = timed(lambda: project_2d(index.vectors[pool_positions]), repeats)
-    else:
-        out["project_2d_pool"] = None
-        say("  mining.narrow.project_2d is missing: the pool map is not measured")
+    out["project_2d_pool"], _ = timed(lambda: project_2d(index.vectors[pool_positions]), repeats)
     out["session"] = session
     return out
 
@@ -619,9 +612,10 @@ def main() -> None:
     lake = Lake(str(root))
 
     say("syncing the index (index_lake)")
-    index, summary = index_lake(lake, IndexConfig(), seed=0)
-    started = time.perf_counter()
-    index_lake(lake, IndexConfig(), seed=0)  # what the UI's first load costs once the index is saved
+    with LakeDB(lake) as db:
+        index, summary = index_lake(db, IndexConfig(), seed=0)
+        started = time.perf_counter()
+        index_lake(db, IndexConfig(), seed=0)  # what the UI's first load costs once the index is saved
     report["index"] = {"action": summary.action, "kind": summary.kind, "vectors": summary.vectors,
                        "seconds": round(summary.seconds, 2), "open_s": round(time.perf_counter() - started, 2)}
     say(f"  index {summary.action}: {summary.kind}, {summary.vectors:,} vectors, {summary.seconds:.1f} s")

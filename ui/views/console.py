@@ -29,7 +29,7 @@ THUMBNAIL_ROWS = 200  # thumbnails for the first rows only: one lookup, not one 
 def render() -> None:
     st.title("SQL")
     st.caption("Read-only DuckDB over the lake's views: "
-               + ", ".join(f"`{t}`" for t in TABLES) + ". `raw.<table>` has every stored row.")
+               + ", ".join(f"`{t}`" for t in TABLES) + ". `raw.reviews` has every decision (the view, the latest per image).")
     st.session_state.setdefault("sql", EXAMPLE)
     query = st.text_area("Query", key="sql", height=160)
     if st.button("Run", type="primary", key="sql_run"):
