@@ -26,6 +26,7 @@ did not exist when its view was made gets its real view once it does.
 
 from __future__ import annotations
 
+import atexit
 import importlib.resources
 import json
 import logging
@@ -173,7 +174,7 @@ class _Catalog:
         """The lake tables a SELECT reads; ReadOnlyError for anything else it names
         or calls (a file, another table, a table function)."""
         with self._lock:
-            tree = json.loads(self.con.execute("SELECT json_serialize_sql($1)", [sql]).fetchone()[0])
+            tree = json.loads(self.con.execute(f"SELECT json_serialize_sql({quote_literal(sql)})").fetchone()[0])
         if tree.get("error"):
             return set()  # DuckDB reports the syntax error itself when the query runs
         refs, functions, ctes = _references(tree)
@@ -215,8 +216,9 @@ class _Catalog:
         # Spill to a private folder, not DuckDB's default (.tmp beside the lake), which would
         # otherwise count as allowed for reading.
         self._spill = tempfile.mkdtemp(prefix="edgemine-duckdb-")
-        self.con.execute("SET temp_directory = $1", [self._spill])
-        self.con.execute("SET allowed_directories = $1", [[self.lake.prefix]])
+        # Literals, not parameters: binding any Python parameter makes DuckDB import pandas (a second).
+        self.con.execute(f"SET temp_directory = {quote_literal(self._spill)}")
+        self.con.execute(f"SET allowed_directories = [{quote_literal(self.lake.prefix)}]")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET autoinstall_known_extensions = false")
         self.con.execute("SET autoload_known_extensions = false")
@@ -260,6 +262,16 @@ def _forget_catalogs_after_fork() -> None:
 
 _INHERITED: list[dict] = []
 os.register_at_fork(after_in_child=_forget_catalogs_after_fork)
+
+
+@atexit.register
+def _close_catalogs() -> None:
+    """Close the shared databases before the interpreter tears itself down: left to the
+    garbage collector then, DuckDB's worker threads were sometimes destroyed unjoined
+    and the process aborted at exit ("terminate called without an active exception")."""
+    for catalog in _CATALOGS.values():
+        catalog.con.close()
+    _CATALOGS.clear()
 
 
 def _catalog_for(lake: Lake) -> _Catalog:
