@@ -82,7 +82,8 @@ def new_bucket(s3_config: S3Config) -> str:
 
 @pytest.fixture(params=["local", "s3"])
 def lake(request: pytest.FixtureRequest, tmp_path: Path) -> Lake:
-    """An empty lake, once on a local folder and once on S3."""
+    """An empty lake, once on a local folder and once on S3 (``@local_only`` for tests
+    whose subject does not depend on the storage: every S3 request costs moto ~20 ms)."""
     if request.param == "local":
         return Lake(str(tmp_path / "lake"))
     s3_config = request.getfixturevalue("s3_config")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from mining import tables
@@ -20,6 +21,11 @@ from mining.schema import EMBEDDING_DIM, EMBEDDINGS, make_rows
 from mining.sql import LakeDB
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"
+
+# Runs a test that takes the ``lake`` fixture (tests/conftest.py) on the local folder only:
+# for what does not depend on storage (parsing, formats, planning). Storage paths (writes,
+# commits, reads, kills and reruns) keep both, S3 included.
+local_only = pytest.mark.parametrize("lake", ["local"], indirect=True)
 
 
 def jpeg_bytes(seed: int, size: tuple[int, int] = (64, 48)) -> bytes:

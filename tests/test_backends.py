@@ -11,6 +11,7 @@ k-means."""
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 import pytest
 import torch
@@ -19,10 +20,10 @@ from sklearn.metrics import adjusted_rand_score
 
 import mining.backends.torch_backend as torch_backend
 from mining import devices
-from mining.errors import DeviceError
 from mining.backends import KMeansResult, get_backend
 from mining.backends.faiss_cpu import FaissCPU
 from mining.backends.torch_backend import TorchBackend
+from mining.errors import DeviceError
 
 SCORE_TOL = 1e-5
 

@@ -20,7 +20,7 @@ from mining.errors import ConfigError
 from mining.lake import Lake, open_url
 from mining.schema import EMBEDDINGS
 from mining.sql import LakeDB
-from tests.helpers import jpeg_bytes, put, put_images, source_uri
+from tests.helpers import jpeg_bytes, local_only, put, put_images, source_uri
 from tests.test_embed_preprocess import corrupt_jpeg, truncated_jpeg
 
 # Small parts and batches, so a few dozen images make several of each; one
@@ -105,6 +105,7 @@ def test_embeddings_thumbnails_and_errors(lake):
     assert query(lake, "SELECT count(*) n FROM embeddings") == [{"n": 31}]
 
 
+@local_only
 def test_only_new_images_are_embedded_and_their_vectors_do_not_depend_on_the_run(lake, tmp_path):
     source = ingested(lake, 25)
     first = embed_lake(lake, CONFIG, show_progress=False)
@@ -127,6 +128,7 @@ def test_only_new_images_are_embedded_and_their_vectors_do_not_depend_on_the_run
     assert source
 
 
+@local_only
 def test_shards_split_the_images_without_overlap_and_match_one_run(lake, tmp_path):
     ingested(lake, 40)
     counts = [embed_lake(lake, CONFIG, shard=Shard(i, 3), show_progress=False).embedded for i in range(3)]
@@ -163,6 +165,7 @@ def test_overwrite_replaces_rather_than_adds(lake):
     assert query(lake, "SELECT min(computed_at) t FROM embeddings")[0]["t"] > before
 
 
+@local_only
 def test_other_weights_are_embedded_beside_and_thumbnails_are_not_repeated(lake):
     ingested(lake, 10)
     embed_lake(lake, CONFIG, show_progress=False)
@@ -173,6 +176,7 @@ def test_other_weights_are_embedded_beside_and_thumbnails_are_not_repeated(lake)
     assert query(lake, "SELECT count(*) n FROM thumbnails") == [{"n": 10}]
 
 
+@local_only
 def test_decoding_on_the_device_gives_the_same_embeddings(lake, tmp_path):
     """The GPU decode path (batched torchvision decode_jpeg), run on the CPU here."""
     ingested(lake, 12)
@@ -212,11 +216,13 @@ def test_a_part_killed_between_its_commits_is_redone_and_nothing_doubles(lake, m
     assert query(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM thumbnails") == [{"n": 30, "ids": 30}]
 
 
+@local_only
 def test_unknown_decode_mode_lists_the_allowed_ones(lake):
     with pytest.raises(ConfigError, match="auto, workers, device"):
         embed_lake(lake, replace(CONFIG, decode="gpu"), show_progress=False)
 
 
+@local_only
 def test_embedding_column_is_a_vector_of_512_floats(lake):
     ingested(lake, 3)
     embed_lake(lake, CONFIG, show_progress=False)
@@ -225,6 +231,7 @@ def test_embedding_column_is_a_vector_of_512_floats(lake):
     assert pa.types.is_list(pa.schema(stored).field("embedding").type)  # Delta keeps a list; the view makes it an array
 
 
+@local_only
 def test_an_unexpected_decoder_failure_on_one_image_does_not_end_the_run(lake, monkeypatch):
     ingested(lake, 6)
     real_decode, calls = reader.decode, []

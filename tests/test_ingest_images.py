@@ -6,7 +6,7 @@ from jobs.embed_images import embed_lake
 from jobs.ingest_images import ingest_images
 from mining.config import EmbedConfig
 from mining.sql import LakeDB
-from tests.helpers import jpeg_bytes, png_bytes, put, put_images, source_uri
+from tests.helpers import jpeg_bytes, local_only, png_bytes, put, put_images, source_uri
 
 
 def rows(lake, sql):
@@ -35,6 +35,7 @@ def test_registers_images_with_size_and_content_id(lake, small_ingest):
     assert got[f"{folder}/sub/extra.png"]["width"] == 40
 
 
+@local_only
 def test_same_bytes_at_two_uris_is_one_image(lake, small_ingest):
     folder = source_uri(lake, "dupes")
     put(lake, f"{folder}/a.jpg", jpeg_bytes(7))
@@ -84,6 +85,7 @@ def test_rerun_registers_only_what_is_new(lake, small_ingest):
     assert (retried.registered, retried.errors) == (0, 1)
 
 
+@local_only
 def test_glob_filter(lake, small_ingest):
     folder = source_uri(lake, "globbed")
     put_images(lake, f"{folder}/day", 3)

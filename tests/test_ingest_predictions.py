@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +13,7 @@ from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import IngestFileError, ingest_predictions
 from mining import tables
 from mining.sql import LakeDB
-from tests.helpers import jsonl, prediction, put, put_images, source_uri
+from tests.helpers import jsonl, local_only, prediction, put, put_images, source_uri
 
 
 def rows(lake, sql):
@@ -24,7 +25,7 @@ def rows(lake, sql):
 def images(lake, small_ingest):
     folder = source_uri(lake, "images")
     uris = put_images(lake, folder, 120)
-    ingest_images(lake, folder, small_ingest, show_progress=False)
+    ingest_images(lake, folder, replace(small_ingest, image_shard=200), show_progress=False)  # one shard: 3 commits, not 9
     return uris
 
 
@@ -61,6 +62,7 @@ def test_jsonl_rows_land_in_predictions_and_detections(lake, images, small_inges
     assert days == {"2026-10-01", "2026-10-02", "2026-10-03"}
 
 
+@local_only
 def test_bad_rows_are_recorded_with_reasons_and_the_rest_lands(lake, images, small_ingest):
     good = [prediction(u, i) for i, u in enumerate(images[:10])]
     bad = [
@@ -99,6 +101,7 @@ def test_bad_rows_are_recorded_with_reasons_and_the_rest_lands(lake, images, sma
     assert float(json.loads(errors[6]["raw"])["confidence"]) == 1.5
 
 
+@local_only
 def test_csv_and_parquet_inputs(lake, images, small_ingest):
     header = "image_uri,model_version,ts,label,confidence,scores,detections,site\n"
     lines = [
@@ -179,6 +182,7 @@ def test_rerun_skips_unchanged_and_replaces_changed_files(lake, images, small_in
         ("empty.csv", "", "empty CSV file"),
     ],
 )
+@local_only
 def test_wrong_format_fails_clearly_and_writes_nothing(lake, images, small_ingest, name, content, message):
     uri = put(lake, source_uri(lake, f"in/{name}"), content)
     summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False)
@@ -200,6 +204,7 @@ def test_a_file_that_breaks_part_way_leaves_nothing(lake, images, small_ingest):
     assert ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()["rows"]["predictions"] == 400
 
 
+@local_only
 def test_missing_input_and_empty_glob(lake, images, small_ingest):
     summary = ingest_predictions(lake, [source_uri(lake, "in/nope.jsonl")], small_ingest, show_progress=False)
     assert "file not found" in summary.failed[0].reason
@@ -207,6 +212,7 @@ def test_missing_input_and_empty_glob(lake, images, small_ingest):
         ingest_predictions(lake, [source_uri(lake, "in/*.nothing")], small_ingest, show_progress=False)
 
 
+@local_only
 def test_a_folder_means_the_prediction_files_in_it(lake, images, small_ingest):
     put(lake, source_uri(lake, "feed/a.jsonl"), jsonl([prediction(u, i) for i, u in enumerate(images[:4])]))
     put(lake, source_uri(lake, "feed/2026/b.jsonl.gz"), gzip.compress(jsonl([prediction(images[9], 9)]).encode()))
@@ -215,6 +221,7 @@ def test_a_folder_means_the_prediction_files_in_it(lake, images, small_ingest):
     assert summary["ingested"] == 2 and summary["rows"]["predictions"] == 5
 
 
+@local_only
 def test_glob_of_inputs_and_reserved_names(lake, images, small_ingest):
     for k in range(3):
         rows_k = [prediction(u, i, source="camera-app", date="yesterday") for i, u in enumerate(images[k * 10 : k * 10 + 10])]
@@ -226,6 +233,7 @@ def test_glob_of_inputs_and_reserved_names(lake, images, small_ingest):
     assert got["source"].endswith(".jsonl")
 
 
+@local_only
 def test_compressed_input(lake, images, small_ingest):
     data = gzip.compress(jsonl([prediction(u, i) for i, u in enumerate(images[:25])]).encode())
     uri = put(lake, source_uri(lake, "in/p.jsonl.gz"), data)

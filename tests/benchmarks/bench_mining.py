@@ -36,12 +36,12 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from jobs.demo import run_demo  # noqa: E402
 from mining.backends import get_backend  # noqa: E402
+from mining.clustering import cluster_pool, take_pool  # noqa: E402
 from mining.config import Config, DemoConfig  # noqa: E402
 from mining.feedback import mean_direction  # noqa: E402
 from mining.index import VectorIndex  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.clustering import cluster_pool, take_pool  # noqa: E402
 from mining.index_sync import index_lake  # noqa: E402
+from mining.lake import Lake  # noqa: E402
 from mining.search import rank  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
