@@ -659,5 +659,6 @@ def list_batches(db: LakeDB) -> Any:
     """One row per export batch: name, format, target, images, tasks, who, when; newest first."""
     return db.query(
         "SELECT batch, any_value(name) AS name, any_value(format) AS format, any_value(target) AS target, "
-        "count(*) AS images, max(task) AS tasks, any_value(source) AS source, any_value(who) AS who, max(at) AS at "
-        "FROM exports GROUP BY batch ORDER BY at DESC")
+        # "at" quoted: a bare AT is DuckDB's time-travel keyword.
+        'count(*) AS images, max(task) AS tasks, any_value(source) AS source, any_value(who) AS who, max("at") AS "at" '
+        'FROM exports GROUP BY batch ORDER BY "at" DESC')

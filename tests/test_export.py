@@ -213,6 +213,11 @@ def test_a_batch_is_exported_once_reruns_change_nothing_and_sent_images_are_skip
     sent = rows(lake, "SELECT batch, count(*) AS n, max(task) AS tasks FROM exports GROUP BY batch ORDER BY n DESC")
     assert [(r["n"], r["tasks"]) for r in sent] == [(4, 2), (2, 1), (2, 1)]
     assert rows(lake, "SELECT count(*) AS n FROM exports WHERE image_id = $i", {"i": ids[0]}) == [{"n": 2}]  # sent, resent
+    from mining.export import list_batches
+
+    with LakeDB(lake) as db:
+        listed = list_batches(db).to_pylist()
+    assert sorted(r["images"] for r in listed) == [2, 2, 4] and {r["format"] for r in listed} == {"coco"}
     info = json.loads(read(lake, f"{first.folder}/batch.json"))
     assert info["batch"] == first.batch and info["images"] == 4
 

@@ -384,7 +384,7 @@ def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app,
         import_labels(db, str(tmp_path / "ls.json"), fmt="label-studio", config=Config(lake=demo_lake.uri),
                       allow_new_classes=True)
     open_page(app, "export")
-    assert any("vs labels bicycle" in c.value for c in app.caption)
+    assert any("vs labels bicycle" in c.value for c in app.caption), ([e.value for e in app.error], [s.value for s in app.subheader], [c.value for c in app.caption][-5:])
     app.text_input(key="export_target").input("http://127.0.0.1:9").run()
     app.button(key="export_run").click().run()
     assert not app.exception and "needs a project" in app.error[0].value
