@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 LAKE   ?= ./lake
 PORT   ?= 8501
 
-.PHONY: setup demo browser test bench lock clean
+.PHONY: setup demo browser labelstudio test bench lock clean
 
 # --no-cache-dir: torch and its CUDA libraries are about 5 GB installed; a cached copy of the wheels would double that on disk.
 $(STAMP): pyproject.toml constraints.txt
@@ -28,7 +28,14 @@ browser:  ## Debian's chromium for the browser test; where it cannot be installe
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "WARNING: chromium is not installed and could not be (needs apt, and root or password-less sudo: apt-get install chromium); the browser test will be SKIPPED"
 
-test: setup browser  ## run the whole test suite (S3 tests start their own moto server; the UI test drives chromium)
+# label-studio (about 1 GB, with its own Django and pins) stays out of .venv; the export tests start it from here.
+LABEL_STUDIO_VENV ?= .venv-labelstudio
+labelstudio:  ## label-studio 1.23.2 in its own virtualenv for the Label Studio tests; where it cannot be installed, they are SKIPPED, loudly
+	@test -x $(LABEL_STUDIO_VENV)/bin/label-studio || { $(PYTHON) -m venv $(LABEL_STUDIO_VENV) && \
+	  $(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-cache-dir label-studio==1.23.2; } || \
+	  echo "WARNING: label-studio could not be installed in $(LABEL_STUDIO_VENV); the Label Studio tests will be SKIPPED"
+
+test: setup browser labelstudio  ## run the whole test suite (S3 tests start their own moto server; the UI test drives chromium)
 	$(BIN)/python -m pytest
 
 bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
@@ -39,9 +46,10 @@ bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_ui.py --apptest
 	$(BIN)/python tests/benchmarks/bench_startup.py
 	$(BIN)/python tests/benchmarks/bench_lake.py
+	$(BIN)/python tests/benchmarks/bench_export.py
 
 lock: setup  ## re-pin constraints.txt from the current environment
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
-	rm -rf $(VENV) $(LAKE) .pytest_cache
+	rm -rf $(VENV) $(LABEL_STUDIO_VENV) $(LAKE) .pytest_cache

@@ -22,7 +22,8 @@ environment). Errors the user can fix raise subclasses of
 Modules, one concept each: ``lake`` (storage), ``schema`` (tables), ``sql``
 (views), ``index``/``index_store``/``index_sync`` (the vector index),
 ``search`` (similar images), ``clustering``/``sessions`` (narrowing),
-``sets``, ``decisions``, ``statistics``, ``media``. Tables and columns:
+``sets``, ``decisions``, ``statistics``, ``media``, ``export``/``label_studio``
+(batches for labelling), ``labels`` (labels back). Tables and columns:
 docs/LAKE.md.
 """
 
@@ -40,15 +41,17 @@ from mining.sql import LakeDB
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from mining.export import ExportSummary
     from mining.index import VectorIndex
     from mining.index_sync import IndexSummary
+    from mining.labels import LabelsSummary
     from mining.search import FileEmbedder, Hit
     from mining.sessions import StepReport
 
 __all__ = [
     "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "decide", "find_similar", "go_back", "list_sessions",
     "load_config", "open_index", "open_lake", "pick_clusters", "save_review", "save_set", "show_step",
-    "start_narrowing",
+    "start_narrowing", "export_batch", "import_labels",
 ]
 
 
@@ -289,6 +292,74 @@ def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, scores: Sequenc
     from mining.sets import save_set as write
 
     return write(db, name, image_ids, source=source, user=_config(db, config).mining.user, scores=scores)
+
+
+def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | None = None, task_size: int | None = None,
+                 predictions: bool = True, copy_images: bool = False, resend: bool = False, project: str | None = None,
+                 config: Config | None = None) -> ExportSummary:
+    """Send images for labelling as one batch (`edgemine export`, docs/EXPORT.md); exactly once.
+
+    Args:
+        source: ``set:NAME``, ``review:NAME`` (accepted images), ``session:NAME`` (current step) or ``sql:QUERY``.
+        fmt: ``label-studio``, ``coco``, ``cvat``, ``yolo``, ``prodigy`` or ``manifest``.
+        to: a folder or ``s3://`` URI (the batch goes in ``to/<batch>/``), or a Label Studio URL with ``project``.
+        batch: the batch's folder name (default: its id); task_size: images per task file.
+        predictions: the newest prediction as pre-annotations; copy_images: copy rather than refer.
+        resend: send again images already sent to ``to``.
+
+    Returns:
+        an ExportSummary: ``status`` (exported, unchanged, nothing-new), ``exported``, ``skipped``, ``folder``.
+
+    Raises:
+        ExportError: an unknown source or format, no images, a folder holding another batch, S3 or Label Studio
+            credentials missing (nothing committed).
+
+    Example:
+        >>> import tempfile
+        >>> db = open_lake(lake_uri)
+        >>> out = tempfile.mkdtemp()
+        >>> summary = export_batch(db, "sql:SELECT image_id FROM images ORDER BY image_id LIMIT 3", fmt="coco", to=out)
+        >>> summary.status, summary.exported
+        ('exported', 3)
+        >>> export_batch(db, "sql:SELECT image_id FROM images ORDER BY image_id LIMIT 3", fmt="coco", to=out).status
+        'unchanged'
+    """
+    from mining.export import export_images, resolve_source
+
+    return export_images(db, resolve_source(db, source), fmt=fmt, target=to, config=_config(db, config), name=batch,
+                         source=source, task_size=task_size, predictions=predictions, copy_images=copy_images,
+                         resend=resend, project=project)
+
+
+def import_labels(db: LakeDB, source: str, *, fmt: str, batch: str | None = None, annotator: str | None = None,
+                  project: str | None = None, allow_new_classes: bool = False,
+                  config: Config | None = None) -> LabelsSummary:
+    """Import annotators' labels into the ``labels`` table (`edgemine labels import`); the same file twice adds nothing.
+
+    Args:
+        source: a Label Studio JSON export, COCO JSON or CVAT XML file, a YOLO folder (local or ``s3://``),
+            or a Label Studio URL with ``project``.
+        fmt: ``label-studio``, ``coco``, ``cvat`` or ``yolo``.
+        annotator: who labelled (default: the file's own user).
+
+    Returns:
+        a LabelsSummary: ``imported``, ``already``, ``errors`` (bad annotations, each a row of ``errors``).
+
+    Raises:
+        LabelError: an unknown format, or a file that is not that format (nothing written).
+
+    Example:
+        >>> import tempfile
+        >>> db = open_lake(lake_uri)
+        >>> done = export_batch(db, "sql:SELECT image_id FROM images ORDER BY image_id LIMIT 5", fmt="coco", to=tempfile.mkdtemp())
+        >>> result = import_labels(db, done.folder + "/annotations.json", fmt="coco", annotator="doctest")
+        >>> result.errors, result.already
+        (0, 0)
+    """
+    from mining.labels import import_labels as read
+
+    return read(db, source, fmt=fmt, config=_config(db, config), batch=batch, annotator=annotator, project=project,
+                allow_new_classes=allow_new_classes)
 
 
 def _config(db: LakeDB, config: Config | None) -> Config:

@@ -104,6 +104,17 @@ class UIConfig:
 
 
 @dataclass(frozen=True)
+class ExportConfig:
+    task_size: int = 0  # images per task file of an export batch; 0: one task
+    url_expiry_s: int = 604_800  # presigned URLs for s3:// images stay valid this long (7 days, S3's most)
+    # Label Studio (`edgemine export --to http://HOST --project NAME`): the token, else $EDGEMINE_LABEL_STUDIO_TOKEN
+    label_studio_token: str = ""
+    # LOCAL_FILES_DOCUMENT_ROOT of the Label Studio server: local images under it are sent as
+    # /data/local-files/?d=<path below it>; "": local images are sent as their path.
+    local_files_root: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = DEFAULT_LAKE
     s3: S3Config = field(default_factory=S3Config)
@@ -114,6 +125,7 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
     compact: CompactConfig = field(default_factory=CompactConfig)
     ui: UIConfig = field(default_factory=UIConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def load_config(
@@ -145,7 +157,9 @@ def load_config(
     chosen_lake = lake or env.get("EDGEMINE_LAKE") or config.lake
     user = config.mining.user or env.get("EDGEMINE_USER") or _login_name()
     mining = dataclasses.replace(config.mining, user=user)
-    return dataclasses.replace(config, lake=chosen_lake, s3=s3, mining=mining)
+    export = dataclasses.replace(config.export,
+                                 label_studio_token=config.export.label_studio_token or env.get("EDGEMINE_LABEL_STUDIO_TOKEN", ""))
+    return dataclasses.replace(config, lake=chosen_lake, s3=s3, mining=mining, export=export)
 
 
 def _login_name() -> str:

@@ -15,6 +15,9 @@ escapes is a bug.
     │   └── SessionError   a narrowing session or step, or an action its state does not allow
     ├── SetError           a named set (no name, empty, unknown)
     ├── ReviewError        a review decision (bad decision, no reviewer, unknown image)
+    ├── ExportError        an export that cannot run as asked (empty source, unknown format, a target
+    │                      holding another batch, Label Studio unreachable or refusing the token)
+    └── LabelError         a label file that cannot be read as its format (nothing of it was written)
     └── ModelError         the model cannot run as asked
         ├── DeviceError    the device asked for is not there
         └── WeightsError   the weights cannot be loaded
@@ -73,3 +76,11 @@ class DeviceError(ModelError):
 
 class WeightsError(ModelError):
     """The weights could not be loaded; the message says how to get them."""
+
+
+class ExportError(EdgemineError, ValueError):
+    """An export that cannot run as asked; nothing of the batch was committed."""
+
+
+class LabelError(EdgemineError, ValueError):
+    """A label file (or Label Studio project) that cannot be read as its format; nothing of it was written."""

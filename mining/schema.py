@@ -274,10 +274,53 @@ REVIEWS = Table(
     ),
 )
 
+EXPORTS = Table(
+    name="exports",
+    doc="What was sent to whom: one row per image of an export batch (written when the batch's files are complete).",
+    key=("batch", "image_id"),
+    schema=pa.schema(
+        [
+            pa.field("batch", pa.string(), nullable=False),
+            pa.field("name", pa.string()),
+            pa.field("target", pa.string(), nullable=False),
+            pa.field("format", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("task", pa.int32()),
+            pa.field("file", pa.string()),
+            pa.field("ref", pa.string()),
+            pa.field("model_version", pa.string()),
+            pa.field("source", pa.string()),
+            pa.field("options", pa.string()),
+            pa.field("at", UTC_TS, nullable=False),
+            pa.field("who", pa.string()),
+        ]
+    ),
+)
+
+LABELS = Table(
+    name="labels",
+    doc="What annotators said is in an image: one row per label (and box) from an imported label file.",
+    key=("label_id",),
+    schema=pa.schema(
+        [
+            pa.field("label_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("label", pa.string(), nullable=False),
+            pa.field("box", pa.list_(pa.float32(), 4)),
+            pa.field("annotator", pa.string(), nullable=False),
+            pa.field("batch", pa.string(), nullable=False),
+            pa.field("format", pa.string(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("labelled_at", UTC_TS, nullable=False),
+            pa.field("imported_at", UTC_TS),
+        ]
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS,
-              NARROW_MEMBERS, SETS, REVIEWS)
+              NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS)
 }
 
 

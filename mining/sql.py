@@ -56,6 +56,30 @@ SAFE_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
 RECHECK_MISSING_S = 1.0  # how often a view over a missing table looks for it again (on S3, a request)
 
+# Views over other views, not tables: name -> (the tables they read, their SELECT).
+# User SQL may name them like a table's view; they are made once the views they read are.
+LABELLED_SQL = """
+WITH newest AS (
+    SELECT * FROM labels QUALIFY labelled_at = max(labelled_at) OVER (PARTITION BY image_id)
+), labelled AS (
+    SELECT image_id, mode(label ORDER BY label) AS label, list(DISTINCT label ORDER BY label) AS labels,
+           list(box ORDER BY label, box) FILTER (box IS NOT NULL) AS boxes, count(box)::INTEGER AS box_count,
+           min(annotator) AS annotator, min(batch) AS batch, max(labelled_at) AS labelled_at
+    FROM newest GROUP BY image_id
+), predicted AS (
+    SELECT image_id, model_version, arg_max(label, ts) AS predicted_label, arg_max(confidence, ts) AS confidence,
+           max(ts) AS predicted_at
+    FROM predictions GROUP BY image_id, model_version
+)
+SELECT l.image_id, l.label, l.labels, l.boxes, l.box_count, l.annotator, l.batch, l.labelled_at,
+       p.model_version, p.predicted_label, p.confidence, p.predicted_at,
+       p.predicted_label IS NOT NULL AND list_contains(l.labels, p.predicted_label) AS agrees
+FROM labelled l LEFT JOIN predicted p USING (image_id)
+"""
+DERIVED_VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
+    "labelled": (("labels", "predictions"), LABELLED_SQL),
+}
+
 
 class LakeDB:
     """A DuckDB connection with a view per lake table.
@@ -190,8 +214,11 @@ class _Catalog:
             if (unqualified and name in TABLES) or (schema == "raw" and name in TABLES and TABLES[name].latest_by):
                 tables.add(name)
                 continue
+            if unqualified and name in DERIVED_VIEWS:  # ensure() makes it once the views it reads are made
+                tables.update(DERIVED_VIEWS[name][0])
+                continue
             raise ReadOnlyError(f"{(schema + '.') if schema else ''}{name} is not a view of this lake: queries read "
-                                f"{', '.join(TABLES)} (and raw.reviews, every decision)")
+                                f"{', '.join([*TABLES, *DERIVED_VIEWS])} (and raw.reviews, every decision)")
         return tables
 
     def ensure(self, names: Iterable[str]) -> None:
@@ -211,6 +238,11 @@ class _Catalog:
                     except duckdb.Error as e:
                         _explain_unreadable(self.lake, name, self.as_of.get(name), e)
                 self.views[name] = _View(real, self.lake.generation, time.monotonic())
+            for name, (reads, select) in DERIVED_VIEWS.items():
+                # Over the views, not the tables: made once, it follows them as they are made again.
+                if name not in self.views and all(r in self.views for r in reads):
+                    self.con.execute(f"CREATE OR REPLACE VIEW {name} AS {select}")
+                    self.views[name] = _View(True, self.lake.generation, time.monotonic())
 
     def _lock_down(self) -> None:
         # Spill to a private folder, not DuckDB's default (.tmp beside the lake), which would
@@ -347,6 +379,8 @@ def view_statements(lake: Lake) -> str:
     lines.append("CREATE SCHEMA IF NOT EXISTS raw;")
     for table in TABLES.values():
         lines += [s + ";" for s in view_sql(lake, table, exists=exists(lake, table))]
+    for name, (_, select) in DERIVED_VIEWS.items():
+        lines.append(f"CREATE OR REPLACE VIEW {name} AS {select.strip()};")
     return "\n".join(lines) + "\n"
 
 

@@ -145,3 +145,36 @@ def test_killed_embed_reruns_to_exactly_once(lake, lake_env, tmp_path):
     for table in ("embeddings", "thumbnails"):
         assert count(lake, f"SELECT count(*) FROM {table}") == 60
         assert count(lake, f"SELECT count(DISTINCT image_id) FROM {table}") == 60
+
+
+def test_killed_export_reruns_to_every_image_exported_once(lake, lake_env, tmp_path):
+    from jobs.ingest_predictions import ingest_predictions
+
+    folder = source_uri(lake, "images")
+    uris = put_images(lake, folder, 200)
+    ingest_images(lake, folder, show_progress=False)
+    put(lake, source_uri(lake, "p.jsonl"), jsonl([prediction(u, i, detections=[{"box": [1, 1, 20, 20], "label": "car", "score": 0.8}])
+                                                  for i, u in enumerate(uris)]))
+    ingest_predictions(lake, [source_uri(lake, "p.jsonl")], show_progress=False)
+    config = tmp_path / "job.toml"
+    config.write_text(f'lake = "{lake.uri}"\n')
+    target = source_uri(lake, "out")
+    args = ["export", "sql:SELECT image_id FROM images", "--format", "yolo", "--to", target, "--batch", "killed",
+            "--task-size", "2"]
+
+    job = start(args, config, lake_env)  # YOLO copies each image: 100 tasks of 2 images and 2 label files
+    kill_when(job, lambda: lake.fs.exists(f"{lake.fs._strip_protocol(target)}/killed/task-0003/data.yaml"))
+    assert count(lake, "SELECT count(*) FROM exports") == 0  # killed before its commit: the batch does not exist
+
+    env = None if lake_env is None else os.environ | lake_env
+    rerun = subprocess.run([str(EDGEMINE), *args, "--config", str(config), "--quiet", "--json"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads(rerun.stdout)["exported"] == 200
+    assert count(lake, "SELECT count(*) FROM exports") == count(lake, "SELECT count(DISTINCT image_id) FROM exports") == 200
+    again = subprocess.run([str(EDGEMINE), *args, "--config", str(config), "--quiet", "--json"],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert json.loads(again.stdout)["status"] == "unchanged"
+    assert count(lake, "SELECT count(*) FROM exports") == 200
+    labels = lake.fs.glob(f"{lake.fs._strip_protocol(target)}/killed/task-*/labels/*.txt")
+    assert len(labels) == 200 and len({p.rsplit("/", 1)[1] for p in labels}) == 200  # each image in one task

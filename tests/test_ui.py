@@ -352,3 +352,39 @@ def test_an_empty_lake_says_what_to_run(tmp_path, monkeypatch):
         open_page(at, page)
         shown = " ".join(e.value for e in [*at.error, *at.info])
         assert expected in shown, (page, shown)
+
+
+def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app, demo_lake, tmp_path):
+    import json as json_
+
+    from mining.config import Config
+    from mining.labels import import_labels
+
+    ids = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM images ORDER BY image_id DESC LIMIT 6")]
+    with LakeDB(demo_lake) as db:
+        save_set(db, "ui-export", ids, source="test", user="t")
+    open_page(app, "export")
+    app.selectbox(key="export_set").select("ui-export").run()
+    assert len(app.image) >= 4 and "6 images from `set:ui-export`" in " ".join(c.value for c in app.caption)
+    app.selectbox(key="export_format").select("label-studio").run()
+    app.text_input(key="export_target").input(str(tmp_path / "out")).run()
+    app.button(key="export_run").click().run()
+    assert not app.exception, app.exception
+    assert "6 images as label-studio" in app.success[0].value
+    batch = sql(demo_lake, "SELECT DISTINCT batch FROM exports WHERE source = 'set:ui-export'")
+    assert len(batch) == 1 and sql(demo_lake, "SELECT count(*) n FROM exports WHERE batch = $b", {"b": batch[0]["batch"]})[0]["n"] == 6
+    app.button(key="export_run").click().run()
+    assert "nothing changed" in app.success[0].value
+
+    tasks = json_.loads((tmp_path / "out" / batch[0]["batch"] / "tasks.json").read_text())
+    for task in tasks:  # the annotator says every image is a bicycle: the model disagrees everywhere
+        task["annotations"] = [{"completed_by": 3, "result": [{"type": "choices", "value": {"choices": ["bicycle"]}}]}]
+    (tmp_path / "ls.json").write_text(json_.dumps(tasks))
+    with LakeDB(demo_lake) as db:
+        import_labels(db, str(tmp_path / "ls.json"), fmt="label-studio", config=Config(lake=demo_lake.uri),
+                      allow_new_classes=True)
+    open_page(app, "export")
+    assert any("vs labels bicycle" in c.value for c in app.caption), ([e.value for e in app.error], [s.value for s in app.subheader], [c.value for c in app.caption][-5:])
+    app.text_input(key="export_target").input("http://127.0.0.1:9").run()
+    app.button(key="export_run").click().run()
+    assert not app.exception and "needs a project" in app.error[0].value

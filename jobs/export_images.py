@@ -1,0 +1,36 @@
+"""`edgemine export SOURCE --format FORMAT --to URI`: a batch of images leaves for labelling.
+
+The work is mining.export's (sources, writers, the exactly-once batch); this job
+opens the lake, resolves the source, shows progress on stderr and returns the
+ExportSummary. Killed at any point and rerun, every image is exported once: the
+``exports`` rows are the batch's last commit.
+"""
+
+from __future__ import annotations
+
+from mining.config import Config
+from mining.errors import ExportError
+from mining.export import ExportSummary, export_images, resolve_source, where_source, writer_for
+from mining.lake import Lake
+from mining.sql import LakeDB
+
+from jobs.progress import Progress
+
+
+def run_export(config: Config, source: str | None, *, fmt: str, target: str, where: str | None = None,
+               name: str | None = None, task_size: int | None = None, predictions: bool = True,
+               copy_images: bool = False, resend: bool = False, project: str | None = None,
+               show_progress: bool = True) -> ExportSummary:
+    """Export SOURCE (set:NAME, review:NAME, session:NAME, sql:QUERY) or the ``where`` slice."""
+    if bool(source) == bool(where):
+        raise ExportError("give one source: set:NAME, review:NAME, session:NAME, sql:QUERY, or --where SQL")
+    writer_for(fmt)  # an unknown format is said before the source is read
+    source = source or where_source(where or "")
+    with LakeDB(Lake.from_config(config), config=config) as db:
+        ids = resolve_source(db, source)
+        progress = Progress(f"export {fmt}", total=len(ids), unit="images", enabled=show_progress)
+        summary = export_images(db, ids, fmt=fmt, target=target, config=config, name=name, source=source,
+                                task_size=task_size, predictions=predictions, copy_images=copy_images, resend=resend,
+                                project=project, progress=progress.update)
+        progress.close()
+    return summary
