@@ -15,6 +15,7 @@ escapes is a bug.
     │   └── SessionError   a narrowing session or step, or an action its state does not allow
     ├── SetError           a named set (no name, empty, unknown)
     ├── ReviewError        a review decision (bad decision, no reviewer, unknown image)
+    ├── QueueError         a review queue (unknown sampler or option, empty slice, missing scores)
     └── ModelError         the model cannot run as asked
         ├── DeviceError    the device asked for is not there
         └── WeightsError   the weights cannot be loaded
@@ -61,6 +62,11 @@ class SetError(EdgemineError, ValueError):
 
 class ReviewError(EdgemineError, ValueError):
     """A review decision that cannot be recorded."""
+
+
+class QueueError(EdgemineError, ValueError):
+    """A review queue that cannot be made or found: an unknown sampler or option, an empty
+    slice, a sampler's input missing (per-class scores, labels, feedback)."""
 
 
 class ModelError(EdgemineError):

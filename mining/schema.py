@@ -307,7 +307,7 @@ FEEDBACK = Table(
             pa.field("reporter", pa.string()),
             pa.field("comment", pa.string()),
             pa.field("severity", pa.int32(), nullable=False),
-            pa.field("at", UTC_TS),
+            pa.field("reported_at", UTC_TS),
             pa.field("source", pa.string()),
             pa.field("source_row", pa.int64()),
             pa.field("ingested_at", UTC_TS),
