@@ -20,6 +20,7 @@ import logging
 import time
 from datetime import UTC, datetime
 
+import duckdb
 import pyarrow as pa
 
 from jobs.ingest_predictions import FileResult, IngestFileError, IngestSummary, expand_inputs, shard_id
@@ -47,11 +48,14 @@ def ingest_feedback(lake: Lake, inputs: list[str], config: IngestConfig = Ingest
     started = time.monotonic()
     summary = IngestSummary(job=JOB)
     uris = expand_inputs(inputs, lake)
-    with LakeDB(lake, read_only=False) as db:
+    # The lake is only looked up (which images and predictions exist), through the shared
+    # read-only views; rows are parsed and checked in a DuckDB of the job's own.
+    with LakeDB(lake) as db, duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
         progress = Progress("ingest feedback", unit="rows", enabled=show_progress)
         for uri in uris:
             try:
-                result = _ingest_file(lake, db, uri, config, fmt=fmt, force=force, progress=progress)
+                result = _ingest_file(lake, db, con, uri, config, fmt=fmt, force=force, progress=progress)
                 summary.files.append(result)
                 summary.errors += result.errors
             except IngestFileError as e:
@@ -62,7 +66,7 @@ def ingest_feedback(lake: Lake, inputs: list[str], config: IngestConfig = Ingest
     return summary
 
 
-def _ingest_file(lake: Lake, db: LakeDB, uri: str, config: IngestConfig, *, fmt: str, force: bool,
+def _ingest_file(lake: Lake, db: LakeDB, con: duckdb.DuckDBPyConnection, uri: str, config: IngestConfig, *, fmt: str, force: bool,
                  progress: Progress) -> FileResult:
     fs, path = open_url(uri, lake.s3)
     try:
@@ -91,7 +95,7 @@ def _ingest_file(lake: Lake, db: LakeDB, uri: str, config: IngestConfig, *, fmt:
             for i, batch in enumerate(prefetch(read_batches(f, fmt, config.chunk_rows))):
                 if i == 0:
                     _check_columns(batch)
-                good, bad = _check(db, batch, uri, ingested_at)
+                good, bad = _check(db, con, batch, uri, ingested_at)
                 tables.upsert(lake, FEEDBACK, good, commit)
                 tables.append(lake, ERRORS, bad, commit)
                 rows += good.num_rows
@@ -129,7 +133,8 @@ def _check_columns(batch: Batch) -> None:
                                "needs the image (image_id, prediction_id or image_uri) and a severity (see docs/QUEUES.md)")
 
 
-def _check(db: LakeDB, batch: Batch, source: str, ingested_at: datetime) -> tuple[pa.Table, pa.Table]:
+def _check(db: LakeDB, con: duckdb.DuckDBPyConnection, batch: Batch, source: str,
+           ingested_at: datetime) -> tuple[pa.Table, pa.Table]:
     """The batch's good rows (feedback's schema) and its bad ones (errors' schema)."""
     table = batch.table.append_column(_ROW, batch.rows)
     present = set(table.column_names)
@@ -141,12 +146,9 @@ def _check(db: LakeDB, batch: Batch, source: str, ingested_at: datetime) -> tupl
     uri = column("image_uri")
     at = column("at")
     words = " ".join(f"WHEN {quote_literal(w)} THEN {n}" for w, n in SEVERITY_WORDS.items())
-    con = db.con
     con.register("batch", table)
     try:
-        con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE feedback_checked AS
-        WITH parsed AS (
+        parsed = con.execute(f"""
             SELECT {_ROW} AS __row, {column('image_id')} AS __given_id, {column('prediction_id')} AS __given_prediction,
                 CASE WHEN {uri} LIKE 'file://%' THEN substr({uri}, 8)
                      WHEN {uri} LIKE '%://%' OR {uri} LIKE '/%' THEN {uri}
@@ -156,17 +158,31 @@ def _check(db: LakeDB, batch: Batch, source: str, ingested_at: datetime) -> tupl
                 coalesce(TRY_CAST({at} AS TIMESTAMPTZ),
                          CASE WHEN TRY_CAST({at} AS DOUBLE) BETWEEN 0 AND 7258118400 THEN to_timestamp(TRY_CAST({at} AS DOUBLE)) END) AS __at,
                 to_json(batch)::VARCHAR AS __raw
-            FROM batch
-        ), known AS (
+            FROM batch""").to_arrow_table()
+    finally:
+        con.unregister("batch")
+    # What of it the lake knows: the batch's ids only, looked up with parameters.
+    given = lambda name: [v for v in parsed.column(name).to_pylist() if v is not None]  # noqa: E731
+    lookups = {
+        "known_images": db.query("SELECT image_id FROM images WHERE image_id IN (SELECT unnest($ids))",
+                                 {"ids": given("__given_id")}),
+        "known_predictions": db.query("SELECT prediction_id, image_id FROM predictions "
+                                      "WHERE prediction_id IN (SELECT unnest($ids))", {"ids": given("__given_prediction")}),
+        "known_uris": db.query("SELECT uri, image_id FROM image_files WHERE uri IN (SELECT unnest($uris))",
+                               {"uris": given("__uri")}),
+    }
+    for name, found in [("parsed", parsed), *lookups.items()]:
+        con.register(name, found)
+    try:
+        con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE feedback_checked AS
+        WITH known AS (
             SELECT parsed.*, ids.image_id AS __known_id, preds.image_id AS __prediction_image, uris.image_id AS __uri_image,
                 CASE __severity_text {words} ELSE TRY_CAST(__severity_text AS INTEGER) END AS __severity
             FROM parsed
-            LEFT JOIN (SELECT image_id FROM images WHERE image_id IN (SELECT __given_id FROM parsed)) ids
-                ON ids.image_id = parsed.__given_id
-            LEFT JOIN (SELECT prediction_id, image_id FROM predictions WHERE prediction_id IN (SELECT __given_prediction FROM parsed)) preds
-                ON preds.prediction_id = parsed.__given_prediction
-            LEFT JOIN (SELECT uri, image_id FROM image_files WHERE uri IN (SELECT __uri FROM parsed)) uris
-                ON uris.uri = parsed.__uri
+            LEFT JOIN known_images ids ON ids.image_id = parsed.__given_id
+            LEFT JOIN known_predictions preds ON preds.prediction_id = parsed.__given_prediction
+            LEFT JOIN known_uris uris ON uris.uri = parsed.__uri
         )
         SELECT known.*, coalesce(__known_id, __prediction_image, __uri_image) AS __image_id,
             CASE
@@ -188,7 +204,8 @@ def _check(db: LakeDB, batch: Batch, source: str, ingested_at: datetime) -> tupl
             END AS __reason
         FROM known""")
     finally:
-        con.unregister("batch")
+        for name in ("parsed", *lookups):
+            con.unregister(name)
     at = f"TIMESTAMPTZ '{ingested_at.isoformat()}'"
     good = con.execute(f"""
         SELECT * FROM (SELECT coalesce(__given_feedback, substr(sha256(__image_id || '|' || coalesce(__given_prediction, '') || '|' ||

@@ -19,7 +19,7 @@ from mining.errors import QueueError, QueryError
 from mining.index_sync import open_index
 from mining.lake import Lake
 from mining.queues import COMMON, SAMPLERS, list_queues, make_queue, queue_rows
-from mining.schema import DETECTIONS, IMAGES, PREDICTIONS, make_rows
+from mining.schema import DETECTIONS, IMAGE_FILES, IMAGES, PREDICTIONS, make_rows
 from mining.sql import LakeDB
 from tests.helpers import clustered, image_ids, rows, write_embeddings
 
@@ -36,6 +36,8 @@ def write_lake(lake: Lake, n: int = 40, *, seed: int = 0, per_image: int = 1, sc
     ids = image_ids(n)
     tables.append(lake, IMAGES, make_rows(IMAGES, n, image_id=ids, uri=[f"/nowhere/{i}.jpg" for i in ids], width=64,
                                           height=48, ingested_at=START), tables.commit_info("test"))
+    tables.append(lake, IMAGE_FILES, make_rows(IMAGE_FILES, n, uri=[f"/nowhere/{i}.jpg" for i in ids], image_id=ids),
+                  tables.commit_info("test"))
     m = n * per_image
     image = [ids[i % n] for i in range(m)]
     probs = rng.dirichlet(np.full(len(CLASSES), 0.7), size=m).astype(np.float32)
@@ -311,3 +313,91 @@ def test_every_sampler_is_listed_with_its_options():
     assert list(SAMPLERS) == ["random-time", "every-nth", "least-confidence", "margin", "entropy", "feedback",
                               "label-errors", "novelty", "diversity"]
     assert [o.flag for o in SAMPLERS["random-time"].options] == ["--per", "--k", "--by", "--seed"]
+
+
+# -- embeddings: novelty, diversity, --diverse ------------------------------------------------
+def test_novelty_ranks_what_is_far_from_everything_reviewed_first(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    rng = np.random.default_rng(2)
+    near = clustered(30, 1, centres=2)
+    far = rng.standard_normal((3, 512))
+    far = (far / np.linalg.norm(far, axis=1, keepdims=True)).astype(np.float32)
+    x = np.vstack([near, far])
+    truth = write_lake(lake, 33, embeddings=x)
+    ids = truth["ids"]
+    with pytest.raises(QueueError, match="nothing is yet: review some images first"):
+        queue(lake, "novelty")
+    with LakeDB(lake) as db:
+        decide(db, "seen", ids[:20], "accept", reviewer="ana")
+    made, picked = queue(lake, "novelty", limit=5)
+    assert {r["image_id"] for r in picked[:3]} == set(ids[30:])
+    expected = 1 - (x[30:] @ x[:20].T).max(1)
+    np.testing.assert_allclose(sorted(r["score"] for r in picked[:3]), sorted(expected), rtol=1e-5)
+    assert made.excluded == 20 and not {r["image_id"] for r in picked} & set(ids[:20])
+    _, mean3 = queue(lake, "novelty", "n3", limit=3, neighbours=3)
+    np.testing.assert_allclose(sorted(r["score"] for r in mean3),
+                               sorted(1 - np.sort(x[30:] @ x[:20].T, 1)[:, -3:].mean(1)), rtol=1e-5)
+
+
+def test_diversity_covers_the_clusters_and_diverse_composes_with_a_sampler(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    rng = np.random.default_rng(0)
+    cluster = np.repeat(np.arange(4), [40, 10, 5, 5])
+    x = rng.standard_normal((4, 512))[cluster] + 0.05 * rng.standard_normal((60, 512))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    truth = write_lake(lake, 60, embeddings=x)
+    where = {i: c for i, c in zip(truth["ids"], cluster)}
+    _, picked = queue(lake, "diversity", limit=4)
+    assert sorted(where[r["image_id"]] for r in picked) == [0, 1, 2, 3]
+    assert picked[0]["reason"].startswith("k-center pick 1 (seeded random start)")
+    # entropy's top 40 (several per cluster) -> 4 diverse ones, one per cluster, in entropy's order.
+    config = config_for(lake, diverse_pool=10)
+    made, diverse = queue(lake, "entropy", "div", limit=4, diverse=True, config=config)
+    _, top = queue(lake, "entropy", "top", limit=40)
+    pool_clusters = {where[r["image_id"]] for r in top}
+    assert {where[r["image_id"]] for r in diverse} == pool_clusters and len(diverse) == min(4, len(pool_clusters))
+    order = [r["image_id"] for r in top]
+    assert [r["image_id"] for r in diverse] == sorted((r["image_id"] for r in diverse), key=order.index)
+    assert made.diverse_from == 40 and diverse[0]["image_id"] == top[0]["image_id"]
+    # diversity over another queue's images
+    _, of_queue = queue(lake, "diversity", "dq", limit=2, queue="top")
+    assert {r["image_id"] for r in of_queue} <= set(order)
+    # Reviewed images are centres: the next diverse picks stay away from them.
+    with LakeDB(lake) as db:
+        decide(db, "seen", [i for i, c in where.items() if c == 0], "accept", reviewer="ana")
+    _, away = queue(lake, "diversity", "away", limit=3)
+    assert sorted(where[r["image_id"]] for r in away) == [1, 2, 3]
+
+
+# -- the command -------------------------------------------------------------------------------
+def test_cli_makes_lists_and_shows_queues_and_lists_allowed_options(small, capsys, monkeypatch):
+    from jobs.cli import main
+
+    lake, truth = small
+    monkeypatch.setenv("EDGEMINE_USER", "cli-user")
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    base = ["--lake", lake.uri, "--quiet"]
+    assert main(["queue", "margin", "--name", "cli", "--limit", "3", "--json", *base]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["queue"], report["version"], report["images"], report["sampler"]) == ("cli", 1, 3, "margin")
+    assert main(["queue", "random-time", "--name", "rt", "--per", "2h", "--k", "1", "--by", "camera", *base]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("queue 'rt' version 1:") and "random 1 of 1" in out
+    assert main(["queue", "list", "--json", *base]) == 0
+    listed = {r["queue"]: r for r in json.loads(capsys.readouterr().out)}
+    assert listed["cli"]["images"] == 3 and listed["cli"]["created_by"] == "cli-user"
+    assert main(["queue", "show", "cli", "--json", *base]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [r["rank"] for r in shown] == [1, 2, 3] and shown[0]["reason"].startswith("margin p1 - p2")
+    assert main(["queue", "entropy", "--name", "x", "--per", "1h", *base]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized option(s) --per 1h; options of queue entropy: --name, --where" in err and "--fallback" in err
+    assert main(["queue", "show", "nope", *base]) == 2
+    assert "queue 'nope' does not exist; queues: cli, rt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_code:
+        main(["queue", "bogus", "--name", "x", *base])
+    assert exit_code.value.code == 2 and "invalid choice: 'bogus' (choose from 'random-time'" in capsys.readouterr().err
+    assert main(["queue", "novelty", "--name", "n", *base]) == 2
+    assert "review some images first" in capsys.readouterr().err
+    assert main(["duplicates", "--threshold", "0.999999", "--json", *base]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 40
