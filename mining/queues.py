@@ -356,3 +356,23 @@ def list_queues(db: LakeDB) -> pa.Table:
         "SELECT queue, any_value(version) AS version, any_value(sampler) AS sampler, count(*) AS images, "
         "count(d.image_id) AS reviewed, max(created_at) AS created_at, any_value(created_by) AS created_by "
         "FROM latest LEFT JOIN decided d USING (image_id) GROUP BY queue ORDER BY created_at DESC, queue")
+
+
+def confidence_cut(db: LakeDB, name: str, version: int | None = None, bins: int = 20) -> tuple[pa.Table, float | None]:
+    """The confidence histogram of the lake's predictions beside the queue's, and the queue's cut.
+
+    Returns:
+        (a table with ``low`` (the bin's lower edge, width 1/bins), ``predictions`` (every
+        prediction) and ``in_queue`` (the queue's predictions), and the cut: the highest
+        confidence of a queued prediction, None when the queue names no predictions
+        (novelty, diversity, label-errors)).
+    """
+    rows = queue_rows(db, name, version)
+    ids = [p for p in rows.column("prediction_id").to_pylist() if p is not None]
+    histogram = db.query(
+        "SELECT round(least(floor(confidence::DOUBLE * $bins), $bins - 1) / $bins, 4) AS low, count(*) AS predictions, "
+        "count(*) FILTER (WHERE prediction_id IN (SELECT unnest($ids))) AS in_queue "
+        "FROM predictions GROUP BY ALL ORDER BY low", {"bins": bins, "ids": ids})
+    cut = db.query("SELECT max(confidence) AS cut FROM predictions WHERE prediction_id IN (SELECT unnest($ids))",
+                   {"ids": ids}).column("cut")[0].as_py() if ids else None
+    return histogram, cut

@@ -20,6 +20,7 @@ PAGES = {  # name (URL path): (file in views/, title, icon)
     "similar": ("find_similar.py", "Find similar", ":material/image_search:"),
     "narrow": ("narrow.py", "Narrow", ":material/filter_alt:"),
     "review": ("review.py", "Review", ":material/task_alt:"),
+    "queues": ("queues.py", "Queues", ":material/queue:"),
 }
 
 
