@@ -32,7 +32,13 @@ class UsageError(EdgemineError):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        allowed = getattr(args, "allowed_flags", None)
+        if allowed is None:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        print(f"edgemine: error: unrecognized option(s) {' '.join(unknown)}; {allowed}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if getattr(args, "quiet", False):
@@ -221,10 +227,52 @@ def build_parser() -> argparse.ArgumentParser:
     imported.add_argument("--annotator", help="who labelled (default: the file's own user, else unknown)")
     imported.add_argument("--allow-new-classes", action="store_true", help="take classes the lake has not seen (else they are refused)")
 
+    feedback = add(ingest_commands, "feedback", cmd_ingest_feedback, "ingest reports about images or predictions (JSONL, CSV; local or s3://)")
+    feedback.add_argument("files", nargs="+", metavar="FILE")
+    feedback.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv"], help="input format (default: from the file name)")
+    feedback.add_argument("--force", action="store_true", help="ingest again files already ingested and unchanged")
+    _add_queue_commands(commands, add)
+    duplicates = add(commands, "duplicates", cmd_duplicates, "group near-identical images (through the index) into the duplicates table")
+    duplicates.add_argument("--threshold", type=float, help="least cosine similarity to a group's first image (default: config queues.duplicate_threshold, 0.98)")
+    _add_index_choice(duplicates)
+
     ui = add(commands, "ui", cmd_ui, "start the review UI (Streamlit) on the lake")
     ui.add_argument("--port", type=int, help="port (default: config ui.port, 8501)")
     ui.add_argument("--address", default="localhost", help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)")
     return parser
+
+
+def _add_queue_commands(commands, add) -> None:
+    """`edgemine queue SAMPLER|list|show`: one subcommand per sampler, its flags from mining.queues.SAMPLERS."""
+    from mining.queues import COMMON, SAMPLERS
+
+    queue = commands.add_parser("queue", help="make a review queue with a sampler, or list and show queues (saved in the lake)")
+    kinds = queue.add_subparsers(title="sampler", metavar="SAMPLER")
+    for spec in SAMPLERS.values():
+        p = add(kinds, spec.name, cmd_queue, spec.help)
+        p.set_defaults(sampler=spec.name, allowed_flags=f"options of queue {spec.name}: " + ", ".join(
+            ["--name", *("--" + c.replace("_", "-") for c in COMMON), *(o.flag for o in spec.options)]))
+        p.add_argument("--name", required=True, help="the queue's name; made again, it becomes a new version (the old one is kept)")
+        p.add_argument("--where", help="SQL predicate over images i JOIN predictions p, e.g. \"p.camera = 'cam-07'\"")
+        p.add_argument("--model-version", help="only this model version's predictions")
+        limit = "queue size (default: config queues.limit, 100)" if spec.ranked else "at most this many (default: every pick)"
+        p.add_argument("--limit", type=int, help=limit)
+        p.add_argument("--diverse", action="store_true", help="keep a diverse subset (k-center greedy on the embeddings) "
+                       "of the sampler's best queues.diverse_pool x limit")
+        p.add_argument("--include-reviewed", action="store_true", help="keep images already reviewed or exported")
+        p.add_argument("--drop-duplicates", action="store_true", help="keep one image per near-duplicate group (edgemine duplicates)")
+        for option in spec.options:
+            if option.type is bool:
+                p.add_argument(option.flag, dest=f"opt_{option.name}", action="store_true", default=None, help=option.help)
+            else:
+                default = f" (default: {option.default})" if option.default is not None else ""
+                p.add_argument(option.flag, dest=f"opt_{option.name}", type=option.type, choices=option.choices,
+                               help=option.help + default)
+    add(kinds, "list", cmd_queue_list, "list the queues: sampler, version, images, how many are reviewed")
+    show = add(kinds, "show", cmd_queue_show, "show a queue's images in order, with score, reason and decision")
+    show.add_argument("queue")
+    show.add_argument("--version", type=int, help="an earlier version (default: the latest)")
+    show.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)")
 
 
 def _add_index_choice(parser: argparse.ArgumentParser) -> None:
@@ -594,6 +642,95 @@ def cmd_labels_import(args: argparse.Namespace, config: Config) -> int:
             print("  refused annotations are in the errors table: edgemine sql \"SELECT row, reason FROM errors WHERE "
                   "job = 'labels-import'\"", file=sys.stderr)
     return 1 if summary.errors else 0
+
+def cmd_ingest_feedback(args: argparse.Namespace, config: Config) -> int:
+    from jobs.ingest_feedback import ingest_feedback
+
+    summary = ingest_feedback(Lake.from_config(config), args.files, config.ingest, fmt=args.format, force=args.force,
+                              show_progress=not args.quiet)
+    report = summary.to_dict()
+    if args.json:
+        write_json(report, sys.stdout)
+    else:
+        print(f"{report['ingested']} file(s) ingested, {report['skipped']} unchanged, {report['failed']} failed: "
+              f"{report['rows'].get('feedback', 0)} reports, {report['errors']} bad rows")
+        if report["errors"]:
+            print("  bad rows are in the errors table: edgemine sql \"SELECT source, row, reason FROM errors WHERE job = 'ingest-feedback'\"")
+        for f in summary.failed:
+            print(f"  FAILED {f.reason}", file=sys.stderr)
+    if summary.failed and len(summary.failed) == len(summary.files):
+        return 2
+    return 1 if summary.failed else 0
+
+
+def cmd_queue(args: argparse.Namespace, config: Config) -> int:
+    from mining.index_sync import open_index
+    from mining.queues import SAMPLERS, make_queue, queue_rows
+    from mining.sql import LakeDB
+
+    options = {o.name: getattr(args, f"opt_{o.name}") for o in SAMPLERS[args.sampler].options}
+    with LakeDB(Lake.from_config(config), config=config) as db:
+        summary = make_queue(db, args.sampler, args.name, where=args.where, model_version=args.model_version,
+                             limit=args.limit, diverse=args.diverse, include_reviewed=args.include_reviewed,
+                             drop_duplicates=args.drop_duplicates, options=options, user=config.mining.user,
+                             config=config, index=lambda: open_index(db, config.index))
+        top = queue_rows(db, args.name, summary.version).select(["rank", "image_id", "score", "reason"]).slice(0, 10)
+    if args.json:
+        write_json(summary.to_dict(), sys.stdout)
+        return 0
+    print(f"queue {summary.queue!r} version {summary.version}: {summary.images} images by {summary.sampler} "
+          f"from {summary.candidates:,} candidates ({summary.excluded:,} already reviewed or exported left out"
+          f"{f', {summary.duplicates_dropped} near-duplicates dropped' if summary.duplicates_dropped else ''}), {summary.seconds:.1f}s")
+    for note in summary.notes:
+        print(f"  note: {note}")
+    write_rows(top, "table", sys.stdout, max_rows=10)
+    print(f"next: edgemine queue show {summary.queue} | review it in the UI (Review, images from: Queue)", file=sys.stderr)
+    return 0
+
+
+def cmd_queue_list(args: argparse.Namespace, config: Config) -> int:
+    from mining.queues import list_queues
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        write_rows(list_queues(db), "json" if args.json else "table", sys.stdout)
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace, config: Config) -> int:
+    from mining.queues import queue_rows
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        rows = queue_rows(db, args.queue, args.version)
+    shown = rows.select(["rank", "image_id", "score", "reason", "decision"])
+    write_rows(shown, "json" if args.json else args.format, sys.stdout, max_rows=rows.num_rows)
+    return 0
+
+
+def cmd_duplicates(args: argparse.Namespace, config: Config) -> int:
+    from jobs.progress import Progress
+    from mining.duplicates import find_duplicates
+    from mining.index_sync import open_index
+    from mining.sql import LakeDB
+
+    config = _index_config(args, config)
+    threshold = config.queues.duplicate_threshold if args.threshold is None else args.threshold
+    with LakeDB(Lake.from_config(config)) as db:
+        index = open_index(db, config.index, backbone=args.backbone, weights=args.weights)
+        progress = Progress("duplicates", total=len(index), unit="images", enabled=not args.quiet)
+        summary = find_duplicates(db, index, threshold=threshold, k=config.queues.duplicate_k, user=config.mining.user,
+                                  progress=progress.update)
+        progress.close()
+    if args.json:
+        write_json(summary.to_dict(), sys.stdout)
+    else:
+        print(f"{summary.images:,} images compared ({summary.backbone}/{summary.weights}): {summary.groups:,} groups of "
+              f"near-duplicates (cosine >= {summary.threshold}), {summary.duplicates:,} images beyond each group's first, "
+              f"{summary.seconds:.1f}s")
+        print("  see: edgemine sql \"SELECT group_id, count(*) n FROM duplicates GROUP BY ALL ORDER BY n DESC\"; "
+              "queues drop them with --drop-duplicates")
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace, config: Config) -> int:

@@ -24,6 +24,9 @@ Modules, one concept each: ``lake`` (storage), ``schema`` (tables), ``sql``
 ``search`` (similar images), ``clustering``/``sessions`` (narrowing),
 ``sets``, ``decisions``, ``statistics``, ``media``, ``export``/``label_studio``
 (batches for labelling), ``labels`` (labels back). Tables and columns:
+
+``sets``, ``decisions``, ``statistics``, ``media``, ``queues``/``samplers`` (review
+queues), ``coreset`` (diverse picks), ``label_errors``, ``duplicates``. Tables and columns:
 docs/LAKE.md.
 """
 
@@ -43,8 +46,11 @@ if TYPE_CHECKING:
 
     from mining.export import ExportSummary
     from mining.index import VectorIndex
+    from mining.duplicates import DuplicatesSummary
     from mining.index_sync import IndexSummary
     from mining.labels import LabelsSummary
+
+    from mining.queues import QueueSummary
     from mining.search import FileEmbedder, Hit
     from mining.sessions import StepReport
 
@@ -52,6 +58,8 @@ __all__ = [
     "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "decide", "find_similar", "go_back", "list_sessions",
     "load_config", "open_index", "open_lake", "pick_clusters", "save_review", "save_set", "show_step",
     "start_narrowing", "export_batch", "import_labels",
+
+    "start_narrowing", "make_queue", "show_queue", "list_queues", "find_duplicates", "diverse_picks",
 ]
 
 
@@ -360,6 +368,121 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, batch: str | None = None
 
     return read(db, source, fmt=fmt, config=_config(db, config), batch=batch, annotator=annotator, project=project,
                 allow_new_classes=allow_new_classes)
+
+def make_queue(db: LakeDB, sampler: str, name: str, *, where: str | None = None, model_version: str | None = None,
+               limit: int | None = None, diverse: bool = False, include_reviewed: bool = False,
+               drop_duplicates: bool = False, index: VectorIndex | None = None, config: Config | None = None,
+               **options) -> QueueSummary:
+    """Make a review queue: a sampler's picks, as a new version of queue ``name`` (`edgemine queue SAMPLER`).
+
+    Args:
+        sampler: ``random-time``, ``every-nth``, ``least-confidence``, ``margin``, ``entropy``,
+            ``feedback``, ``label-errors``, ``novelty`` or ``diversity`` (docs/QUEUES.md).
+        name: the queue's name; made again, it becomes a new version (the old ones stay).
+        where: SQL over ``images i JOIN predictions p``; model_version: only that model's predictions.
+        limit: the queue's size (default ``[queues] limit`` for ranked samplers; random-time and
+            every-nth keep all their picks).
+        diverse: a diverse subset (k-center greedy) of the sampler's best ``[queues] diverse_pool`` x limit.
+        include_reviewed: keep images already reviewed or exported (left out by default).
+        drop_duplicates: one image per near-duplicate group (``find_duplicates`` first).
+        options: the sampler's own, e.g. ``per="1d", k=3, by="camera"`` (random-time),
+            ``every=50``, ``pool="mean"``, ``boxes=True``, ``fallback=True``, ``min_severity=3``,
+            ``labels="review", review="glare"``, ``neighbours=5``, ``queue="other"``, ``seed=1``.
+
+    Returns:
+        QueueSummary: ``version``, ``images``, ``candidates``, ``excluded`` (already reviewed), ``notes``.
+
+    Raises:
+        QueueError: an unknown sampler or option (the message lists the allowed ones), an
+            empty slice, missing per-class scores (margin, entropy: pass ``fallback=True``),
+            no feedback, labels or embeddings (the message says what to run).
+
+    Example:
+        >>> db = open_lake(lake_uri)
+        >>> made = make_queue(db, "entropy", "doctest-entropy", limit=10)
+        >>> made.images, made.version
+        (10, 1)
+        >>> make_queue(db, "entropy", "doctest-entropy", limit=5).version   # the same name: a new version
+        2
+        >>> days = db.query("SELECT count(DISTINCT date) AS n FROM predictions").column("n")[0].as_py()
+        >>> make_queue(db, "random-time", "doctest-random", per="1d", k=1).images == days   # one a day
+        True
+    """
+    from mining.queues import make_queue as make
+
+    config = _config(db, config)
+    return make(db, sampler, name, where=where, model_version=model_version, limit=limit, diverse=diverse,
+                include_reviewed=include_reviewed, drop_duplicates=drop_duplicates, options=options,
+                user=config.mining.user, config=config, index=index or (lambda: open_index(db, config=config)))
+
+
+def show_queue(db: LakeDB, name: str, *, version: int | None = None) -> pa.Table:
+    """A queue's images in order (the latest version unless ``version``): rank, image_id,
+    prediction_id, score, reason, and the current review decision (`edgemine queue show`).
+
+    Raises:
+        QueueError: no such queue or version (the message lists the queues).
+
+    Example:
+        >>> db = open_lake(lake_uri)
+        >>> _ = make_queue(db, "least-confidence", "doctest-show", limit=3)
+        >>> show_queue(db, "doctest-show").column("rank").to_pylist()
+        [1, 2, 3]
+    """
+    from mining.queues import queue_rows
+
+    return queue_rows(db, name, version)
+
+
+def list_queues(db: LakeDB) -> pa.Table:
+    """One row per queue, its latest version: sampler, images, how many are reviewed (`edgemine queue list`).
+
+    Example:
+        >>> db = open_lake(lake_uri)
+        >>> _ = make_queue(db, "margin", "doctest-list", limit=4)
+        >>> [r["images"] for r in list_queues(db).to_pylist() if r["queue"] == "doctest-list"]
+        [4]
+    """
+    from mining.queues import list_queues as listed
+
+    return listed(db)
+
+
+def find_duplicates(db: LakeDB, *, threshold: float | None = None, index: VectorIndex | None = None,
+                    config: Config | None = None) -> DuplicatesSummary:
+    """Group near-identical images (cosine similarity to the group's first >= ``threshold``,
+    default ``[queues] duplicate_threshold``, 0.98) into the ``duplicates`` table, through the
+    index's kNN search (`edgemine duplicates`).
+
+    Example:
+        >>> found = find_duplicates(open_lake(lake_uri), threshold=1.0)
+        >>> found.images > 0 and found.groups >= 0
+        True
+    """
+    from mining.duplicates import find_duplicates as find
+
+    config = _config(db, config)
+    index = index or open_index(db, config=config)
+    return find(db, index, threshold=config.queues.duplicate_threshold if threshold is None else threshold,
+                k=config.queues.duplicate_k, user=config.mining.user)
+
+
+def diverse_picks(vectors, k: int, *, centers=None, first: int | None = None, device: str = "cpu"):
+    """``k`` rows of float32 (n, d) ``vectors`` that cover them: k-center greedy (a coreset),
+    each pick the row farthest from every earlier pick and from ``centers`` (m, d).
+
+    Returns:
+        CoresetPicks: ``order`` int64 (k,) rows in the order picked, ``distances`` float32 (k,).
+
+    Example:
+        >>> import numpy as np
+        >>> points = np.array([[0, 0], [0, 1], [10, 0], [0, 0.1]], np.float32)
+        >>> diverse_picks(points, 3).order.tolist()
+        [0, 2, 1]
+    """
+    from mining.coreset import k_center_greedy
+
+    return k_center_greedy(vectors, k, centers=centers, first=first, device=device)
 
 
 def _config(db: LakeDB, config: Config | None) -> Config:

@@ -115,6 +115,18 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class QueuesConfig:
+    limit: int = 100  # images per queue of the ranked samplers (least-confidence, margin, entropy, feedback, ...)
+    per: str = "1h"  # random-time: the window (30m, 1h, 1d, 1w)
+    k: int = 5  # random-time: predictions per window
+    every: int = 100  # every-nth: N
+    neighbours: int = 10  # label-errors (knn): labelled neighbours that vote
+    diverse_pool: int = 10  # --diverse: the diverse queue is chosen among this many times its size of the sampler's best
+    duplicate_threshold: float = 0.98  # `edgemine duplicates`: least cosine similarity to a group's first image
+    duplicate_k: int = 16  # `edgemine duplicates`: neighbours asked for first (doubled while all are above the threshold)
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = DEFAULT_LAKE
     s3: S3Config = field(default_factory=S3Config)
@@ -126,6 +138,7 @@ class Config:
     compact: CompactConfig = field(default_factory=CompactConfig)
     ui: UIConfig = field(default_factory=UIConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    queues: QueuesConfig = field(default_factory=QueuesConfig)
 
 
 def load_config(

@@ -17,7 +17,8 @@ escapes is a bug.
     ├── ReviewError        a review decision (bad decision, no reviewer, unknown image)
     ├── ExportError        an export that cannot run as asked (empty source, unknown format, a target
     │                      holding another batch, Label Studio unreachable or refusing the token)
-    └── LabelError         a label file that cannot be read as its format (nothing of it was written)
+    ├── LabelError         a label file that cannot be read as its format (nothing of it was written)
+    ├── QueueError         a review queue (unknown sampler or option, empty slice, missing scores)
     └── ModelError         the model cannot run as asked
         ├── DeviceError    the device asked for is not there
         └── WeightsError   the weights cannot be loaded
@@ -64,6 +65,11 @@ class SetError(EdgemineError, ValueError):
 
 class ReviewError(EdgemineError, ValueError):
     """A review decision that cannot be recorded."""
+
+
+class QueueError(EdgemineError, ValueError):
+    """A review queue that cannot be made or found: an unknown sampler or option, an empty
+    slice, a sampler's input missing (per-class scores, labels, feedback)."""
 
 
 class ModelError(EdgemineError):

@@ -297,6 +297,27 @@ EXPORTS = Table(
     ),
 )
 
+QUEUES = Table(
+    name="queues",
+    doc="Review queues: the images a sampler picked, ranked, with a score and a reason; a name made again is a new version.",
+    key=("queue", "version", "image_id"),
+    schema=pa.schema(
+        [
+            pa.field("queue", pa.string(), nullable=False),
+            pa.field("version", pa.int32(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("prediction_id", pa.string()),
+            pa.field("rank", pa.int32(), nullable=False),
+            pa.field("score", pa.float32()),
+            pa.field("reason", pa.string()),
+            pa.field("sampler", pa.string(), nullable=False),
+            pa.field("params", pa.string()),
+            pa.field("created_at", UTC_TS, nullable=False),
+            pa.field("created_by", pa.string()),
+        ]
+    ),
+)
+
 LABELS = Table(
     name="labels",
     doc="What annotators said is in an image: one row per label (and box) from an imported label file.",
@@ -317,10 +338,47 @@ LABELS = Table(
     ),
 )
 
+FEEDBACK = Table(
+    name="feedback",
+    doc="Reports about images or predictions from customers and colleagues (`edgemine ingest feedback`).",
+    key=("feedback_id",),
+    schema=pa.schema(
+        [
+            pa.field("feedback_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("prediction_id", pa.string()),
+            pa.field("reporter", pa.string()),
+            pa.field("comment", pa.string()),
+            pa.field("severity", pa.int32(), nullable=False),
+            pa.field("reported_at", UTC_TS),
+            pa.field("source", pa.string()),
+            pa.field("source_row", pa.int64()),
+            pa.field("ingested_at", UTC_TS),
+        ]
+    ),
+)
+
+DUPLICATES = Table(
+    name="duplicates",
+    doc="Groups of near-identical images (`edgemine duplicates`): each group's first image and the others like it.",
+    key=("image_id",),
+    schema=pa.schema(
+        [
+            pa.field("group_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("similarity", pa.float32(), nullable=False),
+            pa.field("threshold", pa.float32(), nullable=False),
+            pa.field("backbone", pa.string()),
+            pa.field("weights", pa.string()),
+            pa.field("computed_at", UTC_TS),
+        ]
+    ),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS,
-              NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS)
+              NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES)
 }
 
 

@@ -21,6 +21,8 @@ PAGES = {  # name (URL path): (file in views/, title, icon)
     "narrow": ("narrow.py", "Narrow", ":material/filter_alt:"),
     "review": ("review.py", "Review", ":material/task_alt:"),
     "export": ("export_labels.py", "Export", ":material/upload:"),
+
+    "queues": ("queues.py", "Queues", ":material/queue:"),
 }
 
 

@@ -8,6 +8,7 @@ through the library (mining.decisions) when the user clicks a decision.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -57,10 +58,10 @@ def current_reviewer() -> str:
 
 
 def image_grid(image_ids: list[str], *, key: str, scores: dict[str, float] | None = None,
-               decisions: dict[str, str] | None = None, columns: int = 8) -> list[str]:
+               decisions: dict[str, str] | None = None, columns: int = 8, notes: dict[str, str] | None = None) -> list[str]:
     """Thumbnails in rows of ``columns``, each captioned with its latest prediction (and
-    score, and decision, when given), a checkbox to select it and a button that opens
-    it full size. Returns the selected image ids, in grid order."""
+    score, and decision, when given, and a note: a queue's reason), a checkbox to select it
+    and a button that opens it full size. Returns the selected image ids, in grid order."""
     if not image_ids:
         return []
     uri = data.lake().uri
@@ -83,6 +84,8 @@ def image_grid(image_ids: list[str], *, key: str, scores: dict[str, float] | Non
                     show_image(image_id)
                 st.caption(caption(facts.get(image_id, {}), data.config().ui.caption_columns, (scores or {}).get(image_id),
                                    (decisions or {}).get(image_id)))
+                if notes and notes.get(image_id):
+                    st.caption(plain(notes[image_id]))
     return selected
 
 
@@ -92,6 +95,11 @@ def clear_selection(key: str) -> None:
     (not deleting) it is what the browser's checkbox follows."""
     for name in [k for k in st.session_state if isinstance(k, str) and k.startswith(f"{key}:sel:")]:
         st.session_state[name] = False
+
+
+def plain(text: str) -> str:
+    """``text`` (a reporter's comment, a queue's reason) shown as written, not as Markdown."""
+    return re.sub(r"([\\`*_{}\[\]<>()#+!|~:$-])", r"\\\1", text)
 
 
 def plural(n: int, word: str) -> str:

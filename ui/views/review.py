@@ -1,5 +1,6 @@
 """Review: accept or reject images (one, a selection, a page, a whole cluster) from
-a narrowing session, a named set or a SQL query. Decisions go to the lake with
+a narrowing session, a named set, a review queue (each image's reason and score under
+it) or a SQL query. Decisions go to the lake with
 the reviewer's name and time (mining.decisions, as `edgemine review`); the accepted
 images are published as the review's named set for export."""
 
@@ -7,20 +8,23 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mining import decisions, sessions
+from mining import decisions, queues, sessions
 from mining.errors import EdgemineError, SessionError
 from ui import data, widgets
 
-SOURCES = ("Narrowing session", "Named set", "SQL query")
+SOURCES = ("Narrowing session", "Named set", "SQL query", "Queue")
 
 
 def render() -> None:
     st.title("Review")
     source = st.session_state.pop("review_source", None)
-    if source:  # arriving from a cluster card: preselect it
+    if source and source.get("kind") == "queue":  # arriving from the Queues page: preselect the queue
+        st.session_state.update(review_kind=SOURCES[3], review_queue=source["queue"], review_name=source["queue"])
+    elif source:  # arriving from a cluster card: preselect it
         st.session_state.update(review_kind=SOURCES[0], review_session=source["session"],
                                 review_clusters=source["clusters"], review_name=source["session"])
     ids, origin = _choose_images()
+    notes = st.session_state.get("_review_notes", {}) if origin.startswith("queue:") else {}
     name = st.text_input("Review name (its accepted images become the set of this name)", key="review_name").strip()
     reviewer = widgets.current_reviewer()
     if not ids:
@@ -33,7 +37,9 @@ def render() -> None:
     shown = ids[(page - 1) * page_size: page * page_size]
     decided = decisions.decisions(data.db(), name, shown)
     _summary(name)
-    chosen = widgets.image_grid(shown, key="review", decisions=decided, columns=10)
+    chosen = widgets.image_grid(shown, key="review", decisions=decided, columns=10,
+                                scores={i: n[0] for i, n in notes.items() if n[0] is not None and n[0] == n[0]} or None,
+                                notes={i: n[1] for i, n in notes.items()} or None)
     _decision_buttons(name, reviewer, origin, chosen, shown)
 
 
@@ -65,6 +71,17 @@ def _choose_images() -> tuple[list[str], str]:
             name = st.selectbox("Set", names, key="review_set")
             ids = db.query("SELECT image_id FROM sets WHERE name = $n ORDER BY rank", {"n": name})
             return ids.column("image_id").to_pylist(), f"set:{name}"
+        if kind == SOURCES[3]:
+            names = queues.list_queues(db).column("queue").to_pylist()
+            if not names:
+                st.info("No queue yet: make one on **Queues**, or `edgemine queue least-confidence --name low`.")
+                return [], ""
+            name = st.selectbox("Queue (its latest version)", names, key="review_queue")
+            rows = queues.queue_rows(db, name).to_pylist()
+            # Each image's reason and score, shown under its thumbnail.
+            st.session_state["_review_notes"] = {r["image_id"]: (r["score"], r["reason"]) for r in rows}
+            st.session_state.setdefault("review_name", name)
+            return [r["image_id"] for r in rows], f"queue:{name}/{rows[0]['version']}"
         sql = st.text_area("A query returning image_id", key="review_sql",
                            placeholder="SELECT image_id FROM predictions WHERE customer_flag ORDER BY confidence LIMIT 200")
         if not sql.strip():
