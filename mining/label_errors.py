@@ -26,7 +26,6 @@ import numpy as np
 
 from mining import tables
 from mining.errors import QueueError
-from mining.schema import TABLES
 from mining.sql import LakeDB
 
 if TYPE_CHECKING:
@@ -142,8 +141,8 @@ def knn_disagreement(vectors: np.ndarray, labels: np.ndarray, *, k: int = 10, in
 
 # -- readers: labels and probabilities from the lake --------------------------------
 def has_labels_table(db: LakeDB) -> bool:
-    """Whether this lake knows a ``labels`` table (added by the export work) and it has rows."""
-    return LABELS_TABLE in TABLES and tables.exists(db.lake, LABELS_TABLE)
+    """Whether this lake has a ``labels`` table (`edgemine labels import` made it)."""
+    return tables.exists(db.lake, LABELS_TABLE)
 
 
 def read_labels(db: LakeDB, *, source: str = "auto", review: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -159,9 +158,11 @@ def read_labels(db: LakeDB, *, source: str = "auto", review: str | None = None) 
     if source == "table" or (source == "auto" and review is None and has_labels_table(db)):
         if not has_labels_table(db):
             raise QueueError("this lake has no labels table yet; take labels from a review: --labels review --review NAME")
+        # Image-level labels only: a box's label says what one object is, not the image
+        # (object-detection label issues are not ranked yet).
         rows = db.query(f"SELECT image_id, arg_max(label, labelled_at) AS label FROM {LABELS_TABLE} "
-                        "WHERE label IS NOT NULL GROUP BY image_id ORDER BY image_id")
-        origin = "labels table"
+                        "WHERE label IS NOT NULL AND box IS NULL GROUP BY image_id ORDER BY image_id")
+        origin = "labels table (image labels, not boxes)"
     else:
         if review is None:
             names = db.query("SELECT DISTINCT review FROM reviews ORDER BY review").column("review").to_pylist()

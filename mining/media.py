@@ -30,19 +30,23 @@ def thumbnails(db: LakeDB, image_ids: list[str]) -> dict[str, bytes]:
 
 
 def image_facts(db: LakeDB, image_ids: list[str], columns: Sequence[str] = ()) -> pa.Table:
-    """Per image, in the order given: its latest prediction's label and confidence, and
-    the value of each of ``columns`` (prediction columns such as ``customer_flag``,
-    from [ui] caption_columns) in that prediction; NULL where the lake has no such column."""
+    """Per image, in the order given: its latest prediction's label and confidence, the
+    value of each of ``columns`` (prediction columns such as ``customer_flag``, from
+    [ui] caption_columns) in that prediction, NULL where the lake has no such column, and
+    ``labels``: the distinct labels annotators gave it (the ``labels`` table), NULL if none."""
     present = set(db.query("DESCRIBE predictions").column("column_name").to_pylist())
     extra = "".join(
         f", arg_max(p.{quote_ident(c)}, p.ts) AS {quote_ident(c)}" if c in present else f", NULL AS {quote_ident(c)}"
         for c in columns
     )
     return db.query(
-        f"SELECT i.image_id, arg_max(p.label, p.ts) AS label, arg_max(p.confidence, p.ts) AS confidence{extra} "
+        "WITH l AS (SELECT image_id, list(DISTINCT label ORDER BY label) AS labels FROM labels "
+        "WHERE image_id IN (SELECT unnest($ids)) GROUP BY image_id) "
+        f"SELECT i.image_id, arg_max(p.label, p.ts) AS label, arg_max(p.confidence, p.ts) AS confidence{extra}, "
+        "any_value(l.labels) AS labels "
         "FROM (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS n) i "
-        "LEFT JOIN (SELECT * FROM predictions WHERE image_id IN (SELECT unnest($ids))) p "
-        "USING (image_id) GROUP BY i.image_id, i.n ORDER BY i.n",
+        "LEFT JOIN (SELECT * FROM predictions WHERE image_id IN (SELECT unnest($ids))) p USING (image_id) "
+        "LEFT JOIN l USING (image_id) GROUP BY i.image_id, i.n ORDER BY i.n",
         {"ids": list(image_ids)},
     )
 

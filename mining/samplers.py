@@ -16,8 +16,8 @@ put it there, a score and a reason. docs/QUEUES.md defines each measure:
 - ``novelty``: images far from everything reviewed or labelled, through the index.
 - ``diversity``: k-center greedy over the slice (or a queue), through the index's vectors.
 
-What was reviewed (any decision in ``reviews``) or exported (an ``exports`` table,
-when the lake has one) is left out, unless the slice includes it. Everything is read
+What was reviewed (any decision in ``reviews``) or sent for labelling (``exports``)
+is left out, unless the slice includes it. Everything is read
 with SQL over the lake's views; user values are parameters, the ``--where``
 predicate runs in the read-only sandbox like every user query.
 """
@@ -37,7 +37,6 @@ from mining import tables
 from mining.coreset import k_center_greedy
 from mining.errors import QueueError
 from mining.label_errors import confident_learning, has_labels_table, knn_disagreement, read_labels, read_pred_probs
-from mining.schema import TABLES
 from mining.sql import LakeDB, quote_ident
 
 if TYPE_CHECKING:
@@ -86,11 +85,8 @@ class Slice:
         """A query of the image ids to leave out, or None when nothing is."""
         if self.include_reviewed:
             return None
-        parts = ["SELECT image_id FROM reviews"]
-        exports = TABLES.get("exports")
-        if exports is not None and "image_id" in exports.schema.names and tables.exists(db.lake, exports):
-            parts.append("SELECT image_id FROM exports WHERE image_id IS NOT NULL")
-        return " UNION ".join(parts)
+        # A table not written yet reads as an empty view.
+        return "SELECT image_id FROM reviews UNION SELECT image_id FROM exports"
 
     def predictions_sql(self, db: LakeDB, *, exclude: bool = True) -> str:
         """The slice's predictions (every column of ``predictions``). Images are joined only

@@ -14,7 +14,7 @@ from mining.decisions import decide
 from mining.errors import QueueError
 from mining.label_errors import confident_learning, knn_disagreement
 from mining.lake import Lake
-from mining.schema import PREDICTIONS, TABLES, Table
+from mining.schema import LABELS, PREDICTIONS, make_rows
 from mining.sql import LakeDB
 from tests.helpers import clustered
 from tests.test_queues import CLASSES, queue, write_lake
@@ -68,13 +68,7 @@ def test_knn_vote_finds_planted_flips_in_clusters():
         knn_disagreement(x[:5], np.array(["a"] * 5))
 
 
-LABELS = Table(name="labels", key=("image_id", "labelled_at"), latest_by="labelled_at", schema=pa.schema([
-    ("image_id", pa.string()), ("label", pa.string()), ("annotator", pa.string()), ("batch", pa.string()),
-    ("labelled_at", pa.timestamp("us", tz="UTC"))]))
-
-
-def test_label_errors_queue_uses_the_labels_table_with_cleanlab(tmp_path, monkeypatch):
-    """The export work adds a ``labels`` table; here a stand-in with its announced columns."""
+def test_label_errors_queue_uses_the_labels_table_with_cleanlab(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     probs, given, planted = flipped(120, 8, seed=3)
     truth = write_lake(lake, 120)
@@ -85,14 +79,17 @@ def test_label_errors_queue_uses_the_labels_table_with_cleanlab(tmp_path, monkey
     tables.overwrite(lake, PREDICTIONS, kept, tables.commit_info("test"))
     with pytest.raises(QueueError, match="no labels table, so labels come from review decisions"):
         queue(lake, "label-errors")
-    monkeypatch.setitem(TABLES, "labels", LABELS)
     old = datetime(2026, 1, 1, tzinfo=UTC)
-    rows = pa.table({"image_id": truth["ids"] * 2, "label": ["dog"] * 120 + given.tolist(), "annotator": ["ann"] * 240,
-                     "batch": ["b1"] * 240, "labelled_at": [old] * 120 + [datetime.now(UTC)] * 120}, schema=LABELS.schema)
-    tables.append(lake, LABELS, rows, tables.commit_info("test"))  # the latest label per image counts
+    rows = make_rows(LABELS, 240, label_id=[f"l{i}" for i in range(240)], image_id=truth["ids"] * 2,
+                     label=["dog"] * 120 + given.tolist(), annotator="ann", batch="b1", format="coco",
+                     labelled_at=[old] * 120 + [datetime.now(UTC)] * 120)
+    # A box label is about one object, not the image: label-errors leaves it out.
+    boxed = make_rows(LABELS, 1, label_id=["box"], image_id=[truth["ids"][0]], label=["truck"], box=[[0, 0, 5, 5]],
+                      annotator="ann", batch="b1", format="coco", labelled_at=datetime.now(UTC))
+    tables.append(lake, LABELS, pa.concat_tables([rows, boxed]), tables.commit_info("test"))  # the latest label per image counts
     made, picked = queue(lake, "label-errors", limit=50)
     assert {r["image_id"] for r in picked} == {truth["ids"][i] for i in planted}
-    assert "cleanlab" in picked[0]["reason"] and made.notes[0] == "labels from the labels table: 120 images"
+    assert "cleanlab" in picked[0]["reason"] and made.notes[0] == "labels from the labels table (image labels, not boxes): 120 images"
     with pytest.raises(QueueError, match="cleanlab needs per-class scores"):
         tables.delete(lake, PREDICTIONS, "prediction_id = 'p00000'", tables.commit_info("test"))
         queue(lake, "label-errors", method="cleanlab")

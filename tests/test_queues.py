@@ -19,7 +19,7 @@ from mining.errors import QueueError, QueryError
 from mining.index_sync import open_index
 from mining.lake import Lake
 from mining.queues import COMMON, SAMPLERS, list_queues, make_queue, queue_rows
-from mining.schema import DETECTIONS, IMAGE_FILES, IMAGES, PREDICTIONS, make_rows
+from mining.schema import DETECTIONS, EXPORTS, IMAGE_FILES, IMAGES, PREDICTIONS, make_rows
 from mining.sql import LakeDB
 from tests.helpers import clustered, image_ids, rows, write_embeddings
 
@@ -250,18 +250,15 @@ def test_reviewed_images_are_left_out_unless_asked_and_names_make_versions(small
             queue_rows(db, "night", 9)
 
 
-def test_exports_are_left_out_when_the_lake_has_them(small, monkeypatch):
-    """The export work adds an ``exports`` table; until then it is skipped, and once there, used."""
-    from mining.schema import TABLES, Table
+def test_images_sent_for_labelling_are_left_out(small):
 
     lake, truth = small
     _, before = queue(lake, "entropy", "e", limit=3)
-    exports = Table(name="exports", key=("image_id",), schema=pa.schema([("export", pa.string()), ("image_id", pa.string())]))
-    monkeypatch.setitem(TABLES, "exports", exports)
-    _, still = queue(lake, "entropy", "e", limit=3)  # the table is known but not there yet
+    _, still = queue(lake, "entropy", "e", limit=3)  # no exports table yet: nothing left out
     assert still == [dict(r, version=2, created_at=s["created_at"]) for r, s in zip(before, still)]
-    tables.append(lake, exports, pa.table({"export": ["x"], "image_id": [before[0]["image_id"]]}, schema=exports.schema),
-                  tables.commit_info("test"))
+    sent = make_rows(EXPORTS, 1, batch="b", target="/out", format="coco", image_id=[before[0]["image_id"]],
+                     at=datetime.now(UTC))
+    tables.append(lake, EXPORTS, sent, tables.commit_info("test"))
     made, after = queue(lake, "entropy", "e", limit=3)
     assert made.excluded == 1 and before[0]["image_id"] not in [r["image_id"] for r in after]
 

@@ -377,12 +377,17 @@ def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app,
     assert "nothing changed" in app.success[0].value
 
     tasks = json_.loads((tmp_path / "out" / batch[0]["batch"] / "tasks.json").read_text())
-    for task in tasks:  # the annotator says every image is a bicycle: the model disagrees everywhere
+    for task in tasks:  # the annotator says every image is a bicycle: the model disagrees almost everywhere
         task["annotations"] = [{"completed_by": 3, "result": [{"type": "choices", "value": {"choices": ["bicycle"]}}]}]
     (tmp_path / "ls.json").write_text(json_.dumps(tasks))
     with LakeDB(demo_lake) as db:
         import_labels(db, str(tmp_path / "ls.json"), fmt="label-studio", config=Config(lake=demo_lake.uri),
                       allow_new_classes=True)
+    open_page(app, "review")  # every thumbnail shows its labels, red where the model disagrees
+    app.radio(key="review_kind").set_value("Named set").run()
+    app.selectbox(key="review_set").select("ui-export").run()
+    captions = [c.value for c in app.caption if "labelled" in c.value]
+    assert len(captions) == 6 and all((":red[labelled bicycle]" in c) == (not c.startswith("bicycle ")) for c in captions)
     open_page(app, "export")
     assert any("vs labels bicycle" in c.value for c in app.caption), ([e.value for e in app.error], [s.value for s in app.subheader], [c.value for c in app.caption][-5:])
     app.text_input(key="export_target").input("http://127.0.0.1:9").run()

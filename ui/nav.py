@@ -22,7 +22,7 @@ PAGES = {  # name (URL path): (file in views/, title, icon)
     "review": ("review.py", "Review", ":material/task_alt:"),
     "export": ("export_labels.py", "Export", ":material/upload:"),
 
-    "queues": ("queues.py", "Queues", ":material/queue:"),
+    "queues": ("review_queues.py", "Queues", ":material/queue:"),
 }
 
 

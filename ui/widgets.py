@@ -107,14 +107,18 @@ def plural(n: int, word: str) -> str:
 
 
 def caption(facts: dict, columns: tuple[str, ...], score: float | None, decision: str | None) -> str:
-    """A thumbnail's caption: score, latest label and confidence, the configured
-    columns ([ui] caption_columns: a true boolean shows its name, other values
-    name: value, NULL and false nothing), and the decision."""
+    """A thumbnail's caption: score, latest label and confidence, the annotators' labels
+    (red where the prediction is not among them), the configured columns ([ui]
+    caption_columns: a true boolean shows its name, other values name: value, NULL and
+    false nothing), and the decision."""
     parts = []
     if score is not None:
         parts.append(f"**{score:.3f}**")
     if facts.get("label") is not None:
         parts.append(f"{facts['label']} {facts['confidence']:.2f}")
+    if facts.get("labels"):
+        labelled = "labelled " + plain(", ".join(facts["labels"]))
+        parts.append(labelled if facts.get("label") in facts["labels"] else f":red[{labelled}]")
     for column in columns:
         value = facts.get(column)
         if value is True:

@@ -131,7 +131,7 @@ def write_synthetic(lake: Lake, rows: int, chunk: int = 1_000_000, seed: int = 0
     for first in range(0, rows, chunk):
         n = min(chunk, rows - first)
         probs = rng.dirichlet(np.full(len(CLASSES), 0.5), n).astype(np.float32)
-        keys = pa.array(np.tile(np.array(CLASSES), n))
+        keys = pa.array(CLASSES).take(pa.array(np.tile(np.arange(len(CLASSES)), n)))
         offsets = pa.array(np.arange(0, (n + 1) * len(CLASSES), len(CLASSES), dtype=np.int32))
         scores = pa.MapArray.from_arrays(offsets, keys, pa.array(probs.ravel()))
         seconds = rng.integers(0, 14 * 86400, n)
