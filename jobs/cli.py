@@ -31,7 +31,7 @@ class UsageError(EdgemineError):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(samplers="queue" in (sys.argv[1:] if argv is None else argv))
     args, unknown = parser.parse_known_args(argv)
     if unknown:
         allowed = getattr(args, "allowed_flags", None)
@@ -78,7 +78,7 @@ def user_message(error: BaseException) -> str | None:
     return None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgemine", description="Find the edge cases in a lake of model predictions.")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     feedback.add_argument("files", nargs="+", metavar="FILE")
     feedback.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv"], help="input format (default: from the file name)")
     feedback.add_argument("--force", action="store_true", help="ingest again files already ingested and unchanged")
-    _add_queue_commands(commands, add)
+    _add_queue_commands(commands, add, samplers)
     duplicates = add(commands, "duplicates", cmd_duplicates, "group near-identical images (through the index) into the duplicates table")
     duplicates.add_argument("--threshold", type=float, help="least cosine similarity to a group's first image (default: config queues.duplicate_threshold, 0.98)")
     _add_index_choice(duplicates)
@@ -242,11 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_queue_commands(commands, add) -> None:
-    """`edgemine queue SAMPLER|list|show`: one subcommand per sampler, its flags from mining.queues.SAMPLERS."""
+def _add_queue_commands(commands, add, samplers: bool) -> None:
+    """`edgemine queue SAMPLER|list|show`: one subcommand per sampler, its flags from
+    mining.queues.SAMPLERS, built only when the command line says queue (importing the
+    samplers is a tenth of a second of every other command's start-up)."""
+    queue = commands.add_parser("queue", help="make a review queue with a sampler, or list and show queues (saved in the lake)")
+    if not samplers:
+        return
     from mining.queues import COMMON, SAMPLERS
 
-    queue = commands.add_parser("queue", help="make a review queue with a sampler, or list and show queues (saved in the lake)")
     kinds = queue.add_subparsers(title="sampler", metavar="SAMPLER")
     for spec in SAMPLERS.values():
         p = add(kinds, spec.name, cmd_queue, spec.help)

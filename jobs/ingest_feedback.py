@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
-from jobs.ingest_predictions import FileResult, IngestFileError, IngestSummary, expand_inputs, shard_id
+from jobs.ingest_predictions import FileResult, IngestFileError, IngestSummary, expand_inputs, shard_id, whole_file_or_nothing
 from jobs.progress import Progress
 from jobs.readers import Batch, InputFormatError, detect_format, prefetch, read_batches
 from mining import tables
@@ -90,7 +90,7 @@ def _ingest_file(lake: Lake, db: LakeDB, con: duckdb.DuckDBPyConnection, uri: st
         _delete_rows_of(lake, uri, commit)
     lake.write_marker(JOB, shard, {"status": "started", "source": uri})
     rows = errors = 0
-    try:
+    with whole_file_or_nothing(uri, lambda: _delete_rows_of(lake, uri, commit)):
         with fs.open(path, "rb", compression="infer") as f:
             for i, batch in enumerate(prefetch(read_batches(f, fmt, config.chunk_rows))):
                 if i == 0:
@@ -101,12 +101,6 @@ def _ingest_file(lake: Lake, db: LakeDB, con: duckdb.DuckDBPyConnection, uri: st
                 rows += good.num_rows
                 errors += bad.num_rows
                 progress.update(batch.table.num_rows + len(batch.rejects))
-    except InputFormatError as e:
-        _delete_rows_of(lake, uri, commit)
-        raise IngestFileError(f"{uri}: {e}. Nothing of this file was written.") from None
-    except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as e:
-        _delete_rows_of(lake, uri, commit)
-        raise IngestFileError(f"{uri}: could not read the file ({type(e).__name__}: {e}). Nothing of it was written.") from None
     lake.write_marker(JOB, shard, {"status": "done", "source": uri, "identity": identity, "format": fmt,
                                    "rows": {"feedback": rows, "errors": errors}, "at": ingested_at.isoformat()})
     return FileResult(uri, "ingested", rows={k: v for k, v in (("feedback", rows), ("errors", errors)) if v}, errors=errors)

@@ -23,6 +23,8 @@ import logging
 from collections import Counter
 import posixpath
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +54,21 @@ _MAX_EPOCH_S = 7_258_118_400  # 2200-01-01: a larger number is not seconds since
 
 class IngestFileError(InputError):
     """One input file could not be ingested; nothing of it was published."""
+
+
+@contextmanager
+def whole_file_or_nothing(uri: str, undo: Callable[[], None]) -> Iterator[None]:
+    """Around the chunks of one input file: a file found unreadable midway (bad format,
+    truncated, not text) has its chunks' rows undone by ``undo`` and becomes one
+    IngestFileError, so a file lands whole or not at all."""
+    try:
+        yield
+    except InputFormatError as e:
+        undo()
+        raise IngestFileError(f"{uri}: {e}. Nothing of this file was written.") from None
+    except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as e:
+        undo()
+        raise IngestFileError(f"{uri}: could not read the file ({type(e).__name__}: {e}). Nothing of it was written.") from None
 
 
 @dataclass
@@ -193,7 +210,7 @@ def ingest_file(
     lake.write_marker(JOB, shard, {"status": "started", "source": uri})
     rows: dict[str, int] = {}
     errors = 0
-    try:
+    with whole_file_or_nothing(uri, lambda: _delete_rows_of(lake, uri, info)):
         with fs.open(path, "rb", compression="infer") as f:
             for i, batch in enumerate(prefetch(read_batches(f, fmt, config.chunk_rows))):
                 if i == 0:
@@ -208,12 +225,6 @@ def ingest_file(
                 errors += checked.errors.num_rows
                 if progress:
                     progress.update(batch.table.num_rows + len(batch.rejects))
-    except InputFormatError as e:
-        _delete_rows_of(lake, uri, info)
-        raise IngestFileError(f"{uri}: {e}. Nothing of this file was written.") from None
-    except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as e:
-        _delete_rows_of(lake, uri, info)
-        raise IngestFileError(f"{uri}: could not read the file ({type(e).__name__}: {e}). Nothing of it was written.") from None
     lake.write_marker(JOB, shard, {"status": "done", "source": uri, "identity": identity, "format": fmt,
                                    "rows": {k: v for k, v in rows.items() if v}, "at": ingested_at.isoformat()})
     return FileResult(uri, "ingested", rows={k: v for k, v in rows.items() if v}, errors=errors)

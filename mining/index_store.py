@@ -91,7 +91,8 @@ def load_index(lake: Lake, manifest: Manifest, backend: Backend | None = None) -
     started = time.monotonic()
     folder = posixpath.join(lake.index_dir(manifest.backbone, manifest.weights), manifest.version)
     with lake.fs.open(posixpath.join(folder, "ids.parquet"), "rb") as f:
-        ids = pq.read_table(f).column("image_id").to_numpy(zero_copy_only=False)
+        # ParquetFile, not read_table: read_table goes through pyarrow.dataset (and pandas), half a second of start-up.
+        ids = pq.ParquetFile(f).read(columns=["image_id"]).column("image_id").to_numpy(zero_copy_only=False)
     with lake.fs.open(posixpath.join(folder, "vectors.npy"), "rb") as f:
         vectors = np.load(io.BytesIO(f.read()) if lake.protocol != "file" else f)
     faiss_index = None

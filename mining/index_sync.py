@@ -22,8 +22,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from mining import tables
 from mining.backends import get_backend
@@ -134,6 +132,11 @@ def read_embeddings(lake: Lake, backbone: str, weights: str, files: list[str]) -
     writes each (image, backbone, weights) once, so there is one row per image."""
     if not files:
         return np.array([], dtype=str), np.zeros((0, EMBEDDING_DIM), np.float32)
+    # Here, not at the top: pyarrow.dataset costs half a second of start-up, and a
+    # search on an index that is up to date reads no embeddings.
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
     started = time.monotonic()
     folder = lake.table_dir(EMBEDDINGS)
     dataset = ds.dataset([f"{folder}/{f}" for f in files], format="parquet", filesystem=lake.fs)

@@ -24,15 +24,18 @@ import logging
 import os
 import posixpath
 from collections import Counter
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mining.config import Config, S3Config
 from mining.errors import LakeError
 from mining.schema import TABLES, Table, table_named
+
+if TYPE_CHECKING:
+    import fsspec
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,8 @@ def storage_options(uri: str, s3: S3Config) -> dict[str, Any]:
 
 def open_url(uri: str, s3: S3Config) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path for any input or output URI (lake or not)."""
+    import fsspec  # a tenth of a second: commands that touch no file (edgemine sql "SELECT 1") skip it
+
     return fsspec.core.url_to_fs(uri, **storage_options(uri, s3))
 
 
@@ -102,9 +107,15 @@ class Lake:
     def __init__(self, uri: str, s3: S3Config | None = None):
         self.s3 = s3 or S3Config()
         self.uri = uri.rstrip("/") or uri
-        self.fs, self.root = open_url(self.uri, self.s3)
-        self.root = self.root.rstrip("/")
         self.protocol = "s3" if is_s3(self.uri) else "file"
+        # As fsspec names it: bucket/prefix on S3, an absolute path here.
+        local = self.uri.removeprefix("file://")
+        self.root = (path_of(self.uri) if self.protocol == "s3" else os.path.abspath(os.path.expanduser(local))).rstrip("/") or "/"
+
+    @cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """The lake's filesystem, made on first use."""
+        return open_url(self.uri, self.s3)[0]
 
     @classmethod
     def from_config(cls, config: Config) -> Lake:

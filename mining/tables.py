@@ -43,6 +43,7 @@ from urllib.parse import urlparse
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from mining.errors import LakeError
@@ -176,6 +177,7 @@ def upsert(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None
         return append(lake, table, rows, info)
     keys = [*table.key, *([table.partition] if table.partition else [])]
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    rows = one_row_per_key(rows, keys, keep="last")
 
     def merge() -> int:
         delta = open_table(lake, table)
@@ -188,15 +190,34 @@ def upsert(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None
     return _retry(table, merge)
 
 
+def one_row_per_key(rows: pa.Table, keys: Sequence[str], *, keep: str) -> pa.Table:
+    """``rows`` with one row per key, the ``first`` or ``last`` of each in their order.
+
+    Why: a MERGE fails when two source rows match one target row, and inserts both when
+    none does; an input may repeat a row (a prediction sent twice), and then the later
+    one wins, as a later file's would."""
+    if rows.num_rows < 2:
+        return rows
+    numbered = rows.select(list(keys)).append_column("_row", pa.array(range(rows.num_rows), pa.int64()))
+    how = "max" if keep == "last" else "min"
+    kept = numbered.group_by(list(keys), use_threads=False).aggregate([("_row", how)]).column(f"_row_{how}")
+    if len(kept) == rows.num_rows:
+        return rows
+    log.info("%d of %d rows repeat a key of an earlier row; the %s of each is kept", rows.num_rows - len(kept),
+             rows.num_rows, keep)
+    return rows.take(np.sort(kept.to_numpy()))
+
+
 def insert_new(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int:
     """Add the rows whose key the table does not have yet (MERGE, insert only); returns how
     many were added. Two writers adding the same key at once: one adds it, the other finds it."""
     if rows.num_rows == 0:
         return 0
+    keys = [*table.key, *([table.partition] if table.partition else [])]
+    rows = one_row_per_key(rows, keys, keep="first")
     if not exists(lake, table):
         append(lake, table, rows, info)
         return rows.num_rows
-    keys = [*table.key, *([table.partition] if table.partition else [])]
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
 
     def merge() -> int:

@@ -18,7 +18,7 @@ from mining import tables
 from mining.errors import LakeError
 from mining.schema import ERRORS, PREDICTIONS, REVIEWS, SETS, error_rows, make_rows
 from mining.sql import LakeDB
-from tests.helpers import rows
+from tests.helpers import local_only, rows
 
 INFO = tables.commit_info("test", "tester", about="a test")
 
@@ -60,6 +60,23 @@ def test_upsert_keeps_one_row_per_key_and_replaces_it(lake):
     assert tables.insert_new(lake, PREDICTIONS, predictions([4, 5], label="bus"), INFO) == 1  # 4 is there: kept
     assert rows(lake, "SELECT label FROM predictions WHERE prediction_id IN ('p4', 'p5') ORDER BY 1") == [
         {"label": "bus"}, {"label": "truck"}]
+
+
+@local_only
+def test_a_key_repeated_within_the_rows_lands_once(lake):
+    """An input that sends a prediction twice: the later row wins (a MERGE would fail on a
+    key the table has, and insert both copies of a key it has not)."""
+    twice = pa.concat_tables([predictions([1, 2], label="car"), predictions([2, 3], label="truck")])
+    tables.upsert(lake, PREDICTIONS, predictions([9]), INFO)  # the table exists: the MERGE path
+    tables.upsert(lake, PREDICTIONS, twice, INFO)
+    tables.upsert(lake, PREDICTIONS, twice, INFO)  # now 1, 2 and 3 are in the table too
+    assert rows(lake, "SELECT prediction_id, label FROM predictions ORDER BY 1") == [
+        {"prediction_id": "p1", "label": "car"}, {"prediction_id": "p2", "label": "truck"},
+        {"prediction_id": "p3", "label": "truck"}, {"prediction_id": "p9", "label": "car"}]
+    # Insert-if-absent keeps the first of each key: 4 once, as a car.
+    again = pa.concat_tables([predictions([4], label="car"), predictions([4], label="bus")])
+    assert tables.insert_new(lake, PREDICTIONS, again, INFO) == 1
+    assert rows(lake, "SELECT label FROM predictions WHERE prediction_id = 'p4'") == [{"label": "car"}]
 
 
 def test_a_set_replaced_is_still_there_as_of_its_earlier_version(lake):

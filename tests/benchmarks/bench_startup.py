@@ -3,7 +3,7 @@
 On a demo lake (2,000 images by default, built if missing), each command runs in a
 fresh process as a user types it:
 
-- ``python -c pass``: the interpreter alone, the floor;
+- ``python -c pass``: the interpreter alone; then the libraries each command needs, imported alone;
 - ``edgemine sql "SELECT 1"`` and ``edgemine sql "SELECT count(*) FROM predictions"``;
 - ``edgemine similar ID -k 20``: the index synced and loaded, a search, a table printed;
 - ``edgemine similar FILE -k 20``: the same from an image file, which needs the model (torch).
@@ -77,7 +77,13 @@ def main() -> None:
         "edgemine similar ID -k 20": ["similar", seed, "-k", "20"],
         "edgemine similar FILE -k 20 (loads the model)": ["similar", uri, "-k", "20"],
     }
-    commands = {"python -c pass (the floor)": [sys.executable, "-c", "pass"]}
+    # The libraries' own start-up, the floor under each command: sql needs DuckDB and
+    # pyarrow; similar also FAISS, and pandas, which pyarrow imports the first time it
+    # converts Python values (pa.array of a list), so no command that makes a table escapes it.
+    commands = {"python -c pass (the floor)": [sys.executable, "-c", "pass"],
+                "python: import duckdb, pyarrow (floor of sql)": [sys.executable, "-c", "import duckdb, pyarrow"],
+                "python: import duckdb, pyarrow, pandas, faiss (floor of similar)":
+                    [sys.executable, "-c", "import duckdb, pyarrow, pandas, faiss"]}
     commands |= {name: [*CLI, *words, "--lake", lake.uri, "--quiet"] for name, words in typed.items()}
     results = []
     for name, command in commands.items():
