@@ -9,6 +9,7 @@ says so. Screenshots of each stage go to tmp_path, and to $EDGEMINE_SCREENSHOTS 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -84,6 +85,37 @@ def ui(request, tmp_path_factory, demo_lake):
             server.wait()
 
 
+def wait_settled(main) -> None:
+    """The rerun has finished: no element left over from the previous one."""
+    from playwright.sync_api import expect
+
+    expect(main.locator("[data-stale='true']")).to_have_count(0)
+
+
+def screenshot(page, main, path: Path) -> None:
+    """A picture of the finished page (the script run over, every image loaded) at ``path``,
+    and in $EDGEMINE_SCREENSHOTS when set."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    wait_settled(main)
+    page.wait_for_function("() => [...document.images].every(i => i.complete)")
+    # Streamlit scrolls inside its main block, so full_page alone stops at the window: grow the window.
+    page.set_viewport_size({**VIEWPORT, "height": max(VIEWPORT["height"], main.evaluate("e => e.scrollHeight"))})
+    page.screenshot(path=path, full_page=True)
+    page.set_viewport_size(VIEWPORT)
+    if os.environ.get("EDGEMINE_SCREENSHOTS"):
+        Path(os.environ["EDGEMINE_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, os.environ["EDGEMINE_SCREENSHOTS"])
+
+
+def choose(page, select, option: str | re.Pattern) -> None:
+    """Pick ``option`` in a Streamlit selectbox (a baseweb listbox opened by a click)."""
+    select.click()
+    page.get_by_role("option", name=option).first.click()
+
+
+
 @pytest.mark.slow
 def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp_path):
     from playwright.sync_api import expect, sync_playwright
@@ -94,22 +126,11 @@ def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp
     shots = []
 
     def shot(name: str) -> None:
-        # A picture of the finished page: the script run over, every image loaded.
-        expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
-        settled()
-        page.wait_for_function("() => [...document.images].every(i => i.complete)")
+        screenshot(page, main, tmp_path / f"{len(shots) + 1:02d}-{name}.png")
         shots.append(tmp_path / f"{len(shots) + 1:02d}-{name}.png")
-        # Streamlit scrolls inside its main block, so full_page alone stops at the window: grow the window.
-        page.set_viewport_size({**VIEWPORT, "height": max(VIEWPORT["height"], main.evaluate("e => e.scrollHeight"))})
-        page.screenshot(path=shots[-1], full_page=True)
-        page.set_viewport_size(VIEWPORT)
-        if os.environ.get("EDGEMINE_SCREENSHOTS"):
-            Path(os.environ["EDGEMINE_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shots[-1], os.environ["EDGEMINE_SCREENSHOTS"])
 
     def settled() -> None:
-        """The rerun has finished: no element left over from the previous one."""
-        expect(main.locator("[data-stale='true']")).to_have_count(0)
+        wait_settled(main)
 
     def card(cluster: int):
         """A cluster card: the innermost block holding its title and a Drill button."""
@@ -209,3 +230,68 @@ def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp
     assert [r["decision"] for r in rows] == ["accept"], rows
     assert rows[0]["image_id"].startswith(chosen) and rows[0]["source"] == f"narrow:{rows[0]['review']}/1#{first_cluster}"
     assert len(shots) == 6 and all(s.stat().st_size > 10_000 for s in shots)
+
+
+@pytest.mark.slow
+def test_a_queue_reviewed_and_its_accepted_images_exported_in_the_browser(ui, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, lake = ui
+    expect.set_options(timeout=WAIT_MS)
+    out = tmp_path / "out"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(WAIT_MS)
+            main = page.get_by_test_id("stMain")
+
+            # Queues: a least-confidence queue of 8, made from the form.
+            page.goto(f"{url}/queues")
+            expect(main.get_by_role("heading", name="Queues", exact=True).first).to_be_visible()
+            choose(page, main.get_by_test_id("stSelectbox").filter(has_text="Sampler"), re.compile(r"^least-confidence"))
+            wait_settled(main)
+            main.get_by_label("Queue name").fill("browser-low")
+            main.get_by_label("Queue name").press("Tab")
+            main.get_by_label(re.compile(r"^Size")).fill("8")
+            main.get_by_label(re.compile(r"^Size")).press("Tab")
+            wait_settled(main)
+            main.get_by_role("button", name="Make queue").click()
+            expect(main.get_by_text(re.compile(r"^version 1 · 8 images by least-confidence"))).to_be_visible()
+            screenshot(page, main, tmp_path / "01-queues.png")
+
+            # Review: the queue's 8 images, each with its reason; accept them all.
+            main.get_by_role("button", name="Open in Review").click()
+            expect(main.get_by_role("heading", name="Review", exact=True)).to_be_visible()
+            expect(main.get_by_test_id("stCheckbox")).to_have_count(8)
+            expect(main.get_by_test_id("stCaptionContainer").filter(has_text="1 - max p")).to_have_count(8)
+            expect(main.get_by_label(re.compile(r"^Review name"))).to_have_value("browser-low")
+            main.get_by_role("button", name="Accept all 8 shown").click()
+            accepted = main.get_by_test_id("stMetric").filter(has_text="Accepted").get_by_test_id("stMetricValue")
+            expect(accepted).to_have_text("8")
+            screenshot(page, main, tmp_path / "02-review-queue.png")
+
+            # Export: the review's accepted images to a folder, as Label Studio tasks.
+            page.goto(f"{url}/export")
+            expect(main.get_by_role("heading", name="Export for labelling")).to_be_visible()
+            main.get_by_text("Review (accepted images)", exact=True).click()
+            wait_settled(main)
+            choose(page, main.get_by_test_id("stSelectbox").filter(has_text="Review"), "browser-low")
+            target = main.get_by_label(re.compile(r"^To \("))
+            target.fill(str(out))
+            target.press("Tab")
+            wait_settled(main)
+            main.get_by_role("button", name="Export 8 images").click()
+            expect(main.get_by_text(re.compile(r"^Batch \w+: 8 images as label-studio"))).to_be_visible()
+            screenshot(page, main, tmp_path / "03-export.png")
+            errors = main.get_by_test_id("stException").or_(main.get_by_test_id("stAlertContentError"))
+            assert errors.count() == 0, errors.all_inner_texts()
+        finally:
+            browser.close()
+
+    with LakeDB(lake) as db:
+        queued = db.query("SELECT image_id FROM queues WHERE queue = 'browser-low' ORDER BY rank").column(0).to_pylist()
+        sent = db.query("SELECT batch, image_id FROM exports WHERE source = 'review:browser-low'").to_pylist()
+    assert len(queued) == 8 and sorted(r["image_id"] for r in sent) == sorted(queued)
+    tasks = json.loads((out / sent[0]["batch"] / "tasks.json").read_text())
+    assert sorted(t["data"]["edgemine_image_id"] for t in tasks) == sorted(queued)
