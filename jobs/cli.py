@@ -215,6 +215,8 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     export.add_argument("--no-predictions", dest="predictions", action="store_false", help="images only, no pre-annotations")
     export.add_argument("--copy-images", action="store_true", help="copy the images beside the files (default: by reference)")
     export.add_argument("--resend", action="store_true", help="send again images already sent to this target")
+    export.add_argument("--drop-duplicates", action="store_true",
+                        help="send one image per near-duplicate group (run edgemine duplicates first)")
 
     labels = commands.add_parser("labels", help="labels from annotators, into the lake's labels table")
     label_actions = labels.add_subparsers(title="action", metavar="ACTION")
@@ -614,7 +616,8 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 
     summary = run_export(config, args.source, fmt=args.export_format, target=args.target, where=args.where, name=args.batch,
                          task_size=args.task_size, predictions=args.predictions, copy_images=args.copy_images,
-                         resend=args.resend, project=args.project, show_progress=not args.quiet)
+                         resend=args.resend, project=args.project, drop_duplicates=args.drop_duplicates,
+                         show_progress=not args.quiet)
     if args.json:
         write_json(summary.to_dict(), sys.stdout)
     elif summary.status == "unchanged":
@@ -623,7 +626,8 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
         print(f"all {summary.skipped} images were sent to {summary.target} before: nothing exported (--resend sends them again)")
     else:
         print(f"batch {summary.batch}: {summary.exported} images exported as {summary.format} to {summary.folder} in "
-              f"{summary.tasks} task(s), {summary.skipped} skipped (sent to this target before), {summary.errors} refused")
+              f"{summary.tasks} task(s), {summary.skipped} skipped (sent to this target before), {summary.errors} refused"
+              + (f", {summary.duplicates_dropped} near-duplicates left out" if summary.duplicates_dropped else ""))
         for sample in summary.error_samples:
             print(f"  refused {sample['uri']}: {sample['reason']}")
         print(f"  what was sent: edgemine sql \"SELECT * FROM exports WHERE batch = '{summary.batch}'\"", file=sys.stderr)

@@ -20,7 +20,7 @@ from jobs.progress import Progress
 def run_export(config: Config, source: str | None, *, fmt: str, target: str, where: str | None = None,
                name: str | None = None, task_size: int | None = None, predictions: bool = True,
                copy_images: bool = False, resend: bool = False, project: str | None = None,
-               show_progress: bool = True) -> ExportSummary:
+               drop_duplicates: bool = False, show_progress: bool = True) -> ExportSummary:
     """Export SOURCE (set:NAME, review:NAME, session:NAME, sql:QUERY) or the ``where`` slice."""
     if bool(source) == bool(where):
         raise ExportError("give one source: set:NAME, review:NAME, session:NAME, sql:QUERY, or --where SQL")
@@ -31,6 +31,6 @@ def run_export(config: Config, source: str | None, *, fmt: str, target: str, whe
         progress = Progress(f"export {fmt}", total=len(ids), unit="images", enabled=show_progress)
         summary = export_images(db, ids, fmt=fmt, target=target, config=config, name=name, source=source,
                                 task_size=task_size, predictions=predictions, copy_images=copy_images, resend=resend,
-                                project=project, progress=progress.update)
+                                project=project, drop_duplicates=drop_duplicates, progress=progress.update)
         progress.close()
     return summary

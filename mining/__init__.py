@@ -304,7 +304,7 @@ def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, scores: Sequenc
 
 def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | None = None, task_size: int | None = None,
                  predictions: bool = True, copy_images: bool = False, resend: bool = False, project: str | None = None,
-                 config: Config | None = None) -> ExportSummary:
+                 drop_duplicates: bool = False, config: Config | None = None) -> ExportSummary:
     """Send images for labelling as one batch (`edgemine export`, docs/EXPORT.md); exactly once.
 
     Args:
@@ -314,9 +314,11 @@ def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | Non
         batch: the batch's folder name (default: its id); task_size: images per task file.
         predictions: the newest prediction as pre-annotations; copy_images: copy rather than refer.
         resend: send again images already sent to ``to``.
+        drop_duplicates: one image per near-duplicate group (``find_duplicates`` first).
 
     Returns:
-        an ExportSummary: ``status`` (exported, unchanged, nothing-new), ``exported``, ``skipped``, ``folder``.
+        an ExportSummary: ``status`` (exported, unchanged, nothing-new), ``exported``, ``skipped``,
+        ``duplicates_dropped``, ``folder``.
 
     Raises:
         ExportError: an unknown source or format, no images, a folder holding another batch, S3 or Label Studio
@@ -336,7 +338,7 @@ def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | Non
 
     return export_images(db, resolve_source(db, source), fmt=fmt, target=to, config=_config(db, config), name=batch,
                          source=source, task_size=task_size, predictions=predictions, copy_images=copy_images,
-                         resend=resend, project=project)
+                         resend=resend, project=project, drop_duplicates=drop_duplicates)
 
 
 def import_labels(db: LakeDB, source: str, *, fmt: str, batch: str | None = None, annotator: str | None = None,

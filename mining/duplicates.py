@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -138,3 +138,33 @@ def find_duplicates(db: LakeDB, index: VectorIndex, *, threshold: float = 0.98, 
     leaders = len(np.unique(groups.leaders))
     return DuplicatesSummary(images=len(index), groups=leaders, duplicates=n - leaders, threshold=threshold,
                              backbone=index.backbone, weights=index.weights, seconds=time.monotonic() - started)
+
+
+def first_of_each_group(db: LakeDB, image_ids: Sequence[str]) -> list[int] | None:
+    """Positions in ``image_ids`` to keep so that each near-duplicate group of the
+    ``duplicates`` table keeps only its first image in this order (images in no group
+    all stay); None when no groups were computed yet (`edgemine duplicates`)."""
+    if not tables.exists(db.lake, "duplicates"):
+        return None
+    found = db.query("SELECT image_id, group_id FROM duplicates WHERE image_id IN (SELECT unnest($ids))",
+                     {"ids": list(image_ids)})
+    groups = dict(zip(found.column("image_id").to_pylist(), found.column("group_id").to_pylist()))
+    seen: set[str] = set()
+    keep = []
+    for row, image_id in enumerate(image_ids):
+        group = groups.get(image_id)
+        if group is not None:
+            if group in seen:
+                continue
+            seen.add(group)
+        keep.append(row)
+    return keep
+
+
+def largest_groups(db: LakeDB, limit: int = 5) -> list[dict]:
+    """The ``limit`` largest near-duplicate groups: ``group_id``, ``images`` (how many),
+    ``image_ids`` (the first image, then the others most similar first), ``threshold``."""
+    return db.query(
+        "SELECT group_id, count(*)::INTEGER AS images, list(image_id ORDER BY similarity DESC, image_id) AS image_ids, "
+        f"any_value(threshold) AS threshold FROM duplicates GROUP BY group_id ORDER BY images DESC, group_id LIMIT {int(limit)}"
+    ).to_pylist()

@@ -310,7 +310,8 @@ class ExportSummary(Summary):
     """What an export did. ``status``: ``exported`` (a new batch), ``unchanged`` (this
     batch was exported before: nothing written), ``nothing-new`` (every image was sent
     to this target before: use resend). ``skipped``: images left out because they
-    were sent to the same target before. ``errors``: images refused (file gone, not in
+    were sent to the same target before; ``duplicates_dropped``: near-duplicates left
+    out (``drop_duplicates``). ``errors``: images refused (file gone, not in
     the lake, size unknown), each a row of ``errors``."""
 
     job: str = JOB
@@ -323,6 +324,7 @@ class ExportSummary(Summary):
     images: int = 0
     exported: int = 0
     skipped: int = 0
+    duplicates_dropped: int = 0
     tasks: int = 0
     files: list[str] = field(default_factory=list)
 
@@ -466,7 +468,7 @@ class References:
 def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str, config: Config,
                   name: str | None = None, source: str = "", task_size: int | None = None, predictions: bool = True,
                   copy_images: bool = False, resend: bool = False, project: str | None = None,
-                  progress: Progress | None = None) -> ExportSummary:
+                  drop_duplicates: bool = False, progress: Progress | None = None) -> ExportSummary:
     """Export ``image_ids`` as one batch of format ``fmt`` to ``target`` (a folder or
     ``s3://`` URI: files under ``<target>/<name>/``; or a Label Studio URL with
     ``project``); ``exports`` gets one row per image, in one transaction, last.
@@ -480,6 +482,7 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
         predictions: write the newest prediction as pre-annotations.
         copy_images: copy the images beside the files rather than refer to them.
         resend: send images already sent to this target again.
+        drop_duplicates: send one image per near-duplicate group (`edgemine duplicates`), the first in order.
         progress: called with the number of images written, as they are.
 
     Returns:
@@ -496,6 +499,14 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
     ids = list(dict.fromkeys(image_ids))
     if not ids:
         raise ExportError(f"the source {source or ''} has no images: nothing exported".replace("  ", " "))
+    dropped = 0
+    if drop_duplicates:
+        from mining.duplicates import first_of_each_group
+
+        keep = first_of_each_group(db, ids)
+        if keep is None:
+            raise ExportError("no near-duplicate groups yet: run `edgemine duplicates` first, or leave out --drop-duplicates")
+        dropped, ids = len(ids) - len(keep), [ids[k] for k in keep]
     label_studio = target.startswith(("http://", "https://"))
     if label_studio:
         if fmt != "label-studio":
@@ -510,7 +521,8 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
                "resend": resend}
     batch = batch_id(ids, target, options)
     name = name or batch
-    summary = ExportSummary(batch=batch, name=name, format=fmt, target=target, images=len(ids))
+    summary = ExportSummary(batch=batch, name=name, format=fmt, target=target, images=len(ids),
+                            duplicates_dropped=dropped)
     folder = "" if label_studio else posixpath.join(target, name)
     summary.folder = folder or target
 

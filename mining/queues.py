@@ -273,21 +273,12 @@ def _device(config: Config) -> str:
 
 def _drop_duplicates(db: LakeDB, table: pa.Table) -> tuple[pa.Table, int]:
     """Keep the first (best-ranked) image of each near-duplicate group; the table's order stays."""
-    if not tables.exists(db.lake, "duplicates"):
+    from mining.duplicates import first_of_each_group
+
+    keep = first_of_each_group(db, table.column("image_id").to_pylist())
+    if keep is None:
         raise QueueError("no near-duplicate groups yet: run `edgemine duplicates` first, or leave out --drop-duplicates")
-    ids = table.column("image_id").to_pylist()
-    found = db.query("SELECT image_id, group_id FROM duplicates WHERE image_id IN (SELECT unnest($ids))", {"ids": ids})
-    groups = dict(zip(found.column("image_id").to_pylist(), found.column("group_id").to_pylist()))
-    seen: set[str] = set()
-    keep = []
-    for row, image_id in enumerate(ids):
-        group = groups.get(image_id)
-        if group is not None:
-            if group in seen:
-                continue
-            seen.add(group)
-        keep.append(row)
-    return table.take(keep), len(ids) - len(keep)
+    return table.take(keep), table.num_rows - len(keep)
 
 
 def _diverse(table: pa.Table, size: int, index: VectorIndex, config: Config, notes: list[str]) -> pa.Table:

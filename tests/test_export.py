@@ -274,6 +274,28 @@ def test_images_whose_files_are_gone_become_errors_and_the_rest_is_exported(tmp_
     assert ids[1] not in {r["image_id"] for r in rows(lake, "SELECT image_id FROM exports")}
 
 
+def test_drop_duplicates_sends_one_image_per_group(tmp_path):
+    from datetime import UTC, datetime
+
+    from mining import tables
+    from mining.schema import DUPLICATES, make_rows
+
+    lake = Lake(str(tmp_path / "lake"))
+    ids = build(lake, 6)
+    with pytest.raises(ExportError, match="run `edgemine duplicates` first"):
+        export(lake, ids, "manifest", str(tmp_path / "out"), drop_duplicates=True)
+    # Two groups: ids[1] with ids[3] and ids[4]; ids[2] with ids[5]. ids[0] is in none.
+    groups = make_rows(DUPLICATES, 5, group_id=[ids[1], ids[1], ids[1], ids[2], ids[2]],
+                       image_id=[ids[1], ids[3], ids[4], ids[2], ids[5]], similarity=[1, 0.99, 0.99, 1, 0.99],
+                       threshold=0.98, computed_at=datetime.now(UTC))
+    tables.overwrite(lake, DUPLICATES, groups, tables.commit_info("test"))
+    order = [ids[4], ids[0], ids[1], ids[5], ids[3], ids[2]]  # the first of each group in this order is kept
+    summary = export(lake, order, "manifest", str(tmp_path / "out"), drop_duplicates=True)
+    assert (summary.exported, summary.duplicates_dropped) == (3, 3)
+    sent = [json.loads(line)["image_id"] for line in Path(summary.folder, "manifest.jsonl").read_text().splitlines()]
+    assert sent == [ids[4], ids[0], ids[5]]
+
+
 def test_s3_without_credentials_says_what_to_set(s3_config, new_bucket, monkeypatch, tmp_path):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)

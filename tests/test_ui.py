@@ -439,6 +439,18 @@ def test_make_a_queue_open_it_in_review_and_see_it_reviewed(app, demo_lake):
     assert len(again) == 12 and not {r["image_id"] for r in again} & set(shown[:2])
 
 
+def test_near_duplicate_groups_are_found_and_shown_on_the_queues_page(app, demo_lake):
+    open_page(app, "queues")
+    app.slider(key="dup_threshold").set_value(0.99).run()
+    app.button(key="find_duplicates").click().run()
+    assert not app.exception and not app.error
+    groups = sql(demo_lake, "SELECT group_id, count(*) AS n FROM duplicates GROUP BY group_id ORDER BY n DESC, group_id")
+    assert groups and app.success[0].value.startswith(f"{len(groups)} group")
+    shown = [c.value for c in app.caption if c.value.startswith("Group of")]
+    assert len(shown) == min(5, len(groups))
+    assert shown[0].startswith(f"Group of {groups[0]['n']} (first `{groups[0]['group_id'][:8]}`")
+
+
 def test_bad_queue_input_is_an_error_box_and_writes_nothing(app, demo_lake):
     open_page(app, "queues")
     app.selectbox(key="q_sampler").select("margin").run()

@@ -27,18 +27,20 @@ def render() -> None:
     target = middle.text_input("To (a folder, s3://..., or http(s)://HOST of Label Studio)", key="export_target",
                                value=st.session_state.get("export_target", "./exports"))
     project = right.text_input("Label Studio project", key="export_project", disabled=not target.startswith("http"))
-    a, b, c, d = st.columns(4)
+    a, b, c, d, e = st.columns(5)
     task_size = a.number_input("Images per task (0: one task)", 0, 1_000_000, data.config().export.task_size,
                                key="export_task_size")
     predictions = b.checkbox("Predictions as pre-annotations", True, key="export_predictions")
     copy_images = c.checkbox("Copy the images", False, key="export_copy", help="default: by reference (presigned URLs on S3)")
     resend = d.checkbox("Send again images sent before", False, key="export_resend")
+    drop = e.checkbox("Drop near-duplicates", False, key="export_drop_duplicates",
+                      help="one image per near-duplicate group (Queues page, or edgemine duplicates, finds them)")
     if ids:
         st.caption(f"{widgets.plural(len(ids), 'image')} from `{source}`; the first {min(PREVIEWED, len(ids))} "
                    "with the pre-annotations they will carry:")
         _preview(ids[:PREVIEWED], predictions)
         st.button(f"Export {widgets.plural(len(ids), 'image')}", type="primary", key="export_run", on_click=_export,
-                  args=(source, ids, fmt, target, project or None, int(task_size), predictions, copy_images, resend))
+                  args=(source, ids, fmt, target, project or None, int(task_size), predictions, copy_images, resend, drop))
     result = st.session_state.pop("export_result", None)
     if result:
         st.success(result)
@@ -96,7 +98,7 @@ def _preview(ids: list[str], predictions: bool) -> None:
 
 @widgets.action
 def _export(source: str, ids: list[str], fmt: str, target: str, project: str | None, task_size: int, predictions: bool,
-            copy_images: bool, resend: bool) -> None:
+            copy_images: bool, resend: bool, drop_duplicates: bool) -> None:
     config = data.config_for(widgets.current_reviewer())
     bar = st.progress(0.0, text="exporting")
     done = [0]
@@ -107,7 +109,8 @@ def _export(source: str, ids: list[str], fmt: str, target: str, project: str | N
 
     summary = export.export_images(data.db(), ids, fmt=fmt, target=target, config=config, source=source,
                                    task_size=task_size, predictions=predictions, copy_images=copy_images, resend=resend,
-                                   project=project, progress=progress)
+                                   drop_duplicates=drop_duplicates, project=project, progress=progress)
+    bar.empty()  # done: the message below says what happened
     data.lake_changed()
     if summary.status == "unchanged":
         text = f"Batch {summary.batch} was exported before ({summary.exported} images): nothing changed."
@@ -115,7 +118,8 @@ def _export(source: str, ids: list[str], fmt: str, target: str, project: str | N
         text = f"All {summary.skipped} images were sent to {summary.target} before: nothing exported."
     else:
         text = (f"Batch {summary.batch}: {summary.exported} images as {fmt} to {summary.folder}, {summary.skipped} skipped "
-                f"(sent before), {summary.errors} refused.")
+                f"(sent before), {summary.errors} refused"
+                + (f", {summary.duplicates_dropped} near-duplicates left out." if summary.duplicates_dropped else "."))
     st.session_state["export_result"] = text
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
-from mining import queues
+from mining import duplicates, queues
 from ui import data, nav, widgets
 
 
@@ -17,6 +17,8 @@ def render() -> None:
                "Making a queue under a name that exists adds a new version (the old one is kept).")
     with st.expander("Make a queue", expanded=True):
         _form()
+    with st.expander("Near-duplicate groups"):
+        _duplicates()
     listed = queues.list_queues(data.db())
     if not listed.num_rows:
         st.info("No queue yet: make one above, or `edgemine queue least-confidence --name low`.")
@@ -98,6 +100,40 @@ def _make(sampler: str) -> None:
     notes = "; ".join(made.notes)
     st.toast(f"Queue '{made.queue}' version {made.version}: {widgets.plural(made.images, 'image')}"
              + (f" ({notes})" if notes else ""))
+
+
+def _duplicates() -> None:
+    """Find near-duplicate groups (through the index) and look at the largest."""
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    threshold = left.slider("Least cosine similarity to a group's first image", 0.90, 1.0,
+                            float(data.config().queues.duplicate_threshold), 0.001, format="%.3f", key="dup_threshold")
+    right.button("Find near-duplicates", key="find_duplicates", on_click=_find_duplicates, args=(threshold,))
+    result = st.session_state.pop("duplicates_result", None)
+    if result:
+        st.success(result)
+    groups = duplicates.largest_groups(data.db(), limit=5)
+    if not groups:
+        st.caption("No groups found yet. Queues and exports can drop all but the first image of each group.")
+        return
+    for group in groups:
+        shown = group["image_ids"][:8]
+        st.caption(f"Group of {group['images']} (first `{group['group_id'][:8]}`, similarity at least "
+                   f"{group['threshold']:.3f})" + (f": the first {len(shown)}" if group["images"] > len(shown) else ""))
+        pictures = data.thumbnails(data.lake().uri, tuple(shown))
+        for col, image_id in zip(st.columns(8), shown):
+            if image_id in pictures:
+                col.image(pictures[image_id], caption=image_id[:8], width="stretch")
+
+
+@widgets.action
+def _find_duplicates(threshold: float) -> None:
+    config = data.config()
+    found = duplicates.find_duplicates(data.db(), data.index(data.lake().uri), threshold=threshold,
+                                       k=config.queues.duplicate_k, user=widgets.current_reviewer())
+    data.lake_changed()
+    st.session_state["duplicates_result"] = (
+        f"{widgets.plural(found.groups, 'group')} of near-duplicates among {found.images:,} images: dropping "
+        f"duplicates leaves out {widgets.plural(found.duplicates, 'image')}.")
 
 
 def _histogram(name: str) -> None:
