@@ -41,8 +41,9 @@ def render() -> None:
     about.caption(f"version {first['version']} · {rows.num_rows} images by **{first['sampler']}** · "
                   f"made by {first['created_by'] or '?'}")
     _histogram(name)
-    st.dataframe(rows.select(["rank", "image_id", "score", "reason", "decision"]).to_pandas(), hide_index=True,
-                 width="stretch")
+    shown = rows.select(["rank", "image_id", "score", "reason", "decision"]).to_pandas()
+    shown["decision"] = shown["decision"].fillna("")  # not reviewed yet: blank, not "None"
+    st.dataframe(shown, hide_index=True, width="stretch")
 
 
 def _form() -> None:
