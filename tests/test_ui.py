@@ -451,6 +451,23 @@ def test_near_duplicate_groups_are_found_and_shown_on_the_queues_page(app, demo_
     assert shown[0].startswith(f"Group of {groups[0]['n']} (first `{groups[0]['group_id'][:8]}`")
 
 
+def test_a_queue_picked_on_review_names_the_review_until_the_reviewer_types_one(app, demo_lake):
+    from mining import make_queue
+
+    with LakeDB(demo_lake) as db:
+        for name in ("ui-named-a", "ui-named-b"):
+            make_queue(db, "least-confidence", name, limit=3)
+    open_page(app, "review")
+    app.radio(key="review_kind").set_value("Queue").run()
+    app.selectbox(key="review_queue").select("ui-named-a").run()
+    assert app.text_input(key="review_name").value == "ui-named-a"
+    app.selectbox(key="review_queue").select("ui-named-b").run()  # the name follows the queue
+    assert app.text_input(key="review_name").value == "ui-named-b"
+    app.text_input(key="review_name").input("my-review").run()
+    app.selectbox(key="review_queue").select("ui-named-a").run()  # a typed name stays
+    assert app.text_input(key="review_name").value == "my-review"
+
+
 def test_bad_queue_input_is_an_error_box_and_writes_nothing(app, demo_lake):
     open_page(app, "queues")
     app.selectbox(key="q_sampler").select("margin").run()

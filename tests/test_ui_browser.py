@@ -92,6 +92,15 @@ def wait_settled(main) -> None:
     expect(main.locator("[data-stale='true']")).to_have_count(0)
 
 
+def wait_idle(page, main) -> None:
+    """No script run in progress (Streamlit's running indicator gone) and nothing stale:
+    a widget's new value has reached the server before the next click."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+    wait_settled(main)
+
+
 def screenshot(page, main, path: Path) -> None:
     """A picture of the finished page (the script run over, every image loaded) at ``path``,
     and in $EDGEMINE_SCREENSHOTS when set."""
@@ -250,22 +259,25 @@ def test_a_queue_reviewed_and_its_accepted_images_exported_in_the_browser(ui, tm
             page.goto(f"{url}/queues")
             expect(main.get_by_role("heading", name="Queues", exact=True).first).to_be_visible()
             choose(page, main.get_by_test_id("stSelectbox").filter(has_text="Sampler"), re.compile(r"^least-confidence"))
-            wait_settled(main)
+            wait_idle(page, main)
             main.get_by_label("Queue name").fill("browser-low")
             main.get_by_label("Queue name").press("Tab")
+            wait_idle(page, main)
             main.get_by_label(re.compile(r"^Size")).fill("8")
             main.get_by_label(re.compile(r"^Size")).press("Tab")
-            wait_settled(main)
+            wait_idle(page, main)
             main.get_by_role("button", name="Make queue").click()
             expect(main.get_by_text(re.compile(r"^version 1 · 8 images by least-confidence"))).to_be_visible()
             screenshot(page, main, tmp_path / "01-queues.png")
 
             # Review: the queue's 8 images, each with its reason; accept them all.
+            wait_idle(page, main)
             main.get_by_role("button", name="Open in Review").click()
             expect(main.get_by_role("heading", name="Review", exact=True)).to_be_visible()
             expect(main.get_by_test_id("stCheckbox")).to_have_count(8)
             expect(main.get_by_test_id("stCaptionContainer").filter(has_text="1 - max p")).to_have_count(8)
             expect(main.get_by_label(re.compile(r"^Review name"))).to_have_value("browser-low")
+            wait_idle(page, main)
             main.get_by_role("button", name="Accept all 8 shown").click()
             accepted = main.get_by_test_id("stMetric").filter(has_text="Accepted").get_by_test_id("stMetricValue")
             expect(accepted).to_have_text("8")
@@ -275,12 +287,12 @@ def test_a_queue_reviewed_and_its_accepted_images_exported_in_the_browser(ui, tm
             page.goto(f"{url}/export")
             expect(main.get_by_role("heading", name="Export for labelling")).to_be_visible()
             main.get_by_text("Review (accepted images)", exact=True).click()
-            wait_settled(main)
+            wait_idle(page, main)
             choose(page, main.get_by_test_id("stSelectbox").filter(has_text="Review"), "browser-low")
             target = main.get_by_label(re.compile(r"^To \("))
             target.fill(str(out))
             target.press("Tab")
-            wait_settled(main)
+            wait_idle(page, main)
             main.get_by_role("button", name="Export 8 images").click()
             expect(main.get_by_text(re.compile(r"^Batch \w+: 8 images as label-studio"))).to_be_visible()
             screenshot(page, main, tmp_path / "03-export.png")

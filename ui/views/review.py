@@ -57,7 +57,7 @@ def _choose_images() -> tuple[list[str], str]:
                 raise SessionError(f"no session {st.session_state.pop('review_session')!r} in the lake; choose one of the list")
             session = st.selectbox("Session", names, key="review_session")
             report = sessions.show(db, session)
-            st.session_state.setdefault("review_name", session)
+            _name_after(session)
             clusters = st.multiselect("Clusters (none: all of the current step)", [c.cluster for c in report.clusters],
                                       key="review_clusters")
             members = sessions.members_of(db, session, report.step).sort_by([("similarity", "descending")]).to_pylist()
@@ -80,7 +80,7 @@ def _choose_images() -> tuple[list[str], str]:
             rows = queues.queue_rows(db, name).to_pylist()
             # Each image's reason and score, shown under its thumbnail.
             st.session_state["_review_notes"] = {r["image_id"]: (r["score"], r["reason"]) for r in rows}
-            st.session_state.setdefault("review_name", name)
+            _name_after(name)
             return [r["image_id"] for r in rows], f"queue:{name}/{rows[0]['version']}"
         sql = st.text_area("A query returning image_id", key="review_sql",
                            placeholder="SELECT image_id FROM predictions WHERE customer_flag ORDER BY confidence LIMIT 200")
@@ -94,6 +94,15 @@ def _choose_images() -> tuple[list[str], str]:
     except EdgemineError as e:  # a bad query or session: said here, the rest of the page stays usable
         st.error(str(e))
         return [], ""
+
+
+def _name_after(source: str) -> None:
+    """Name the review after its source (session or queue) unless the reviewer typed a
+    name of their own; runs before the name's text box is drawn, so it may set it."""
+    current = st.session_state.get("review_name", "")
+    if not current or current == st.session_state.get("_review_name_auto"):
+        st.session_state["review_name"] = source
+        st.session_state["_review_name_auto"] = source
 
 
 def _summary(name: str) -> None:
