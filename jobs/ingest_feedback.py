@@ -23,12 +23,13 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
-from jobs.ingest_predictions import FileResult, IngestFileError, IngestSummary, expand_inputs, shard_id, whole_file_or_nothing
+from jobs.ingest_predictions import (UNCHANGED, FileResult, IngestFileError, IngestSummary, done_before, expand_inputs,
+                                     open_input, shard_id, whole_file_or_nothing)
 from jobs.progress import Progress
 from jobs.readers import Batch, InputFormatError, detect_format, prefetch, read_batches
 from mining import tables
 from mining.config import IngestConfig
-from mining.lake import Lake, open_url
+from mining.lake import Lake
 from mining.schema import ERRORS, FEEDBACK, error_rows
 from mining.sql import LakeDB, quote_ident, quote_literal
 
@@ -68,16 +69,11 @@ def ingest_feedback(lake: Lake, inputs: list[str], config: IngestConfig = Ingest
 
 def _ingest_file(lake: Lake, db: LakeDB, con: duckdb.DuckDBPyConnection, uri: str, config: IngestConfig, *, fmt: str, force: bool,
                  progress: Progress) -> FileResult:
-    fs, path = open_url(uri, lake.s3)
-    try:
-        info = fs.info(path)
-    except FileNotFoundError:
-        raise IngestFileError(f"{uri}: file not found; check the path (and for s3://, the bucket and credentials)") from None
-    identity = {"size": info.get("size"), "version": str(info.get("ETag") or info.get("mtime") or info.get("LastModified"))}
+    fs, path, identity = open_input(uri, lake)
     shard = "feedback-" + shard_id(uri).removeprefix("pred-")
     marker = lake.read_marker(JOB, shard)
-    if marker and marker.get("status") == "done" and marker.get("identity") == identity and not force:
-        return FileResult(uri, "skipped", reason="already ingested and unchanged (use --force to redo)")
+    if done_before(marker, identity) and not force:
+        return FileResult(uri, "skipped", reason=UNCHANGED)
     try:
         fmt = detect_format(path, fmt)
     except InputFormatError as e:

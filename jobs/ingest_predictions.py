@@ -189,15 +189,11 @@ def ingest_file(
     force: bool = False,
     progress: Progress | None = None,
 ) -> FileResult:
-    fs, path = open_url(uri, lake.s3)
-    try:
-        identity = _identity(fs.info(path))
-    except FileNotFoundError:
-        raise IngestFileError(f"{uri}: file not found; check the path (and for s3://, the bucket and credentials)") from None
+    fs, path, identity = open_input(uri, lake)
     shard = shard_id(uri)
     marker = lake.read_marker(JOB, shard)
-    if marker and marker.get("status") == "done" and marker.get("identity") == identity and not force:
-        return FileResult(uri, "skipped", reason="already ingested and unchanged (use --force to redo)")
+    if done_before(marker, identity) and not force:
+        return FileResult(uri, "skipped", reason=UNCHANGED)
 
     try:
         fmt = detect_format(path, fmt)
@@ -238,10 +234,24 @@ def _delete_rows_of(lake: Lake, uri: str, info) -> None:
     tables.delete(lake, ERRORS, f"job = '{JOB}' AND {source}", info)
 
 
-def _identity(info: dict[str, Any]) -> dict[str, Any]:
-    """What tells an input file changed: its size and its ETag or modification time."""
+UNCHANGED = "already ingested and unchanged (use --force to redo)"
+
+
+def open_input(uri: str, lake: Lake) -> tuple[Any, str, dict[str, Any]]:
+    """An input file's filesystem, path and identity: its size and its ETag or
+    modification time, what tells that it changed since a job's marker was written."""
+    fs, path = open_url(uri, lake.s3)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise IngestFileError(f"{uri}: file not found; check the path (and for s3://, the bucket and credentials)") from None
     changed = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-    return {"size": info.get("size"), "version": str(changed)}
+    return fs, path, {"size": info.get("size"), "version": str(changed)}
+
+
+def done_before(marker: dict[str, Any] | None, identity: dict[str, Any]) -> bool:
+    """Whether a job's marker says it finished this very file (same identity)."""
+    return bool(marker) and marker.get("status") == "done" and marker.get("identity") == identity
 
 
 def _base_dir(uri: str) -> str:
