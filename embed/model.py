@@ -159,7 +159,7 @@ def load_backbone(name: str = "resnet18", weights: str = "imagenet", *, seed: in
 
 
 def load_classifier(name: str, state: dict[str, torch.Tensor], classes: list[str], tag: str, *,
-                    device: str | torch.device = "cpu") -> Backbone:
+                    device: str | torch.device = "cpu", preprocessing: Preprocessing | None = None) -> Backbone:
     """A trained classifier (embed/train.py's state dict, head ``fc.*`` included) ready for
     inference: the backbone as ``load_backbone`` makes it, and the head beside it."""
     if name not in BACKBONES:
@@ -174,8 +174,8 @@ def load_classifier(name: str, state: dict[str, torch.Tensor], classes: list[str
     head = model.fc.eval().to(device)
     model.fc = nn.Identity()
     model = fuse(model.eval()).to(device=device, memory_format=torch.channels_last)
-    return Backbone(name=name, weights=tag, model=model, device=device, preprocessing=Preprocessing.of(imagenet),
-                    head=head, classes=tuple(classes))
+    return Backbone(name=name, weights=tag, model=model, device=device,
+                    preprocessing=preprocessing or Preprocessing.of(imagenet), head=head, classes=tuple(classes))
 
 
 def _imagenet_state_dict(name: str, weights_enum: torchvision.models.WeightsEnum) -> dict[str, torch.Tensor]:

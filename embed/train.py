@@ -30,7 +30,12 @@ import torch
 import torchvision.transforms.v2 as T
 from torch import nn
 
-from embed.model import BACKBONES, Preprocessing, _imagenet_state_dict, load_checkpoint_into
+from embed.model import (
+    BACKBONES,
+    Preprocessing,
+    _imagenet_state_dict,
+    load_checkpoint_into,
+)
 from mining.errors import ConfigError, TrainingError, WeightsError
 
 log = logging.getLogger(__name__)

@@ -31,14 +31,29 @@ import torch
 
 from embed.preprocess import ImageOptions
 from embed.reader import Item, ReaderSettings, read_all
-from embed.train import TrainSettings, build_network, check_base_is_classifier, fit, hardware
+from embed.train import (
+    TrainSettings,
+    build_network,
+    check_base_is_classifier,
+    fit,
+    hardware,
+)
 from jobs.progress import Progress
 from mining import tables
 from mining.devices import resolve_device
 from mining.errors import TrainingError, WeightsError
 from mining.lake import Lake
-from mining.models import (NAMED_BASES, check_version_name, checkpoint_path, model_row, named_images, publish_model,
-                           read_model, training_labels, validation_mask)
+from mining.models import (
+    NAMED_BASES,
+    check_version_name,
+    checkpoint_path,
+    model_row,
+    named_images,
+    publish_model,
+    read_model,
+    training_labels,
+    validation_mask,
+)
 from mining.schema import ERRORS, error_rows
 from mining.sql import LakeDB
 from mining.summary import Summary
@@ -79,10 +94,13 @@ class TrainRequest:
     user: str = ""
 
 
-def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings = TrainSettings(), *,
-                show_progress: bool = True) -> TrainSummary:
-    """Train ``request.version`` and publish it to the lake (see the module doc)."""
+def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | None = None, *,
+                backbone_given: bool = True, show_progress: bool = True) -> TrainSummary:
+    """Train ``request.version`` and publish it to the lake (see the module doc).
+
+    ``backbone_given``: ``settings.backbone`` was asked for (else a ``--from`` model's backbone is used)."""
     started = time.monotonic()
+    settings = settings or TrainSettings()
     settings.check()
     version = check_version_name(request.version)
     with LakeDB(lake, read_only=False) as db:
@@ -92,7 +110,7 @@ def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings = Tra
         labels = training_labels(db, request.labels_where).to_pylist()
         classes = _check_classes(labels, request.labels_where)
         in_val = _split(db, labels, request)
-        base_state, base_tag, settings = _resolve_base(db, lake, request.base, settings, classes)
+        base_state, base_tag, settings = _resolve_base(db, lake, request.base, settings, classes, backbone_given)
     settings = TrainSettings(**(asdict(settings) | {"device": resolve_device(settings.device)}))
     # Fails here, before any image is read, when --from does not fit the backbone.
     model = build_network(settings.backbone, base_state, len(classes), seed=settings.seed,
@@ -157,8 +175,8 @@ def _split(db: LakeDB, labels: list[dict[str, Any]], request: TrainRequest) -> n
     return validation_mask(ids, request.val_fraction)
 
 
-def _resolve_base(db: LakeDB, lake: Lake, base: str, settings: TrainSettings,
-                  classes: list[str]) -> tuple[str | dict[str, torch.Tensor], str, TrainSettings]:
+def _resolve_base(db: LakeDB, lake: Lake, base: str, settings: TrainSettings, classes: list[str],
+                  backbone_given: bool) -> tuple[str | dict[str, torch.Tensor], str, TrainSettings]:
     """What ``--from`` names: (imagenet/random/file path, or a lake model's state dict), its tag, and the
     settings (a lake model fixes the backbone)."""
     if base in NAMED_BASES:
@@ -170,7 +188,9 @@ def _resolve_base(db: LakeDB, lake: Lake, base: str, settings: TrainSettings,
                             f"nor a model version of the lake (see `edgemine models`)")
     record = read_model(db, base)
     if record["backbone"] != settings.backbone:
-        log.info("--from %s: its backbone %s is used", base, record["backbone"])
+        if backbone_given:
+            raise WeightsError(f"--from {base} is a {record['backbone']} model; it cannot continue as --backbone "
+                               f"{settings.backbone} (leave --backbone out, or start from imagenet)")
         settings = TrainSettings(**(asdict(settings) | {"backbone": record["backbone"]}))
     loaded = torch.load(io.BytesIO(lake.fs.cat_file(checkpoint_path(lake, base))), map_location="cpu", weights_only=True)
     state = check_base_is_classifier(loaded, f"model {base}")

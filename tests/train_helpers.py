@@ -17,8 +17,8 @@ from mining.schema import LABELS, make_rows
 from tests.helpers import put, rows, source_uri
 
 CLASSES = ("blue", "green", "red")
-# Small and quick: 48-px inputs, 2 epochs, random seeded weights (no download).
-FAST = TrainSettings(backbone="resnet18", epochs=2, batch_size=16, image_size=48, seed=0, device="cpu", patience=5)
+# Small and quick: 32-px inputs, 2 epochs, random seeded weights (no download).
+FAST = TrainSettings(backbone="resnet18", epochs=2, batch_size=16, image_size=32, seed=0, device="cpu", patience=5)
 
 
 def coloured_jpeg(i: int, size: tuple[int, int] = (64, 48)) -> bytes:
