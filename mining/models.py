@@ -64,7 +64,7 @@ def validation_mask(image_ids: list[str] | np.ndarray, fraction: float) -> np.nd
     """bool (n,): the images in validation for ``fraction``; the same ids always give the same answer.
 
     >>> validation_mask(["a", "b", "c", "d"], 0.5).tolist()
-    [False, False, True, True]
+    [False, True, True, True]
     """
     if not 0 < fraction < 1:
         raise TrainingError(f"--val-fraction must be between 0 and 1 (exclusive), got {fraction}")
