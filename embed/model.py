@@ -12,7 +12,7 @@ Weights:
 - ``random``: seeded initialisation, for tests and offline demos. Similarity
   between images is then weak, and the job says so.
 
-A classifier trained by `edgemine train` (embed/train.py) loads with
+A classifier trained by `edgemine train` (embed/finetune.py) loads with
 ``load_classifier``: the same backbone, plus its head, so one forward pass gives
 both the embedding and the class scores (`edgemine score`).
 """
@@ -160,7 +160,7 @@ def load_backbone(name: str = "resnet18", weights: str = "imagenet", *, seed: in
 
 def load_classifier(name: str, state: dict[str, torch.Tensor], classes: list[str], tag: str, *,
                     device: str | torch.device = "cpu", preprocessing: Preprocessing | None = None) -> Backbone:
-    """A trained classifier (embed/train.py's state dict, head ``fc.*`` included) ready for
+    """A trained classifier (embed/finetune.py's state dict, head ``fc.*`` included) ready for
     inference: the backbone as ``load_backbone`` makes it, and the head beside it."""
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")

@@ -801,6 +801,10 @@ def _add_model_commands(commands, add) -> None:
     train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
     train.add_argument("--workers", type=int, default=0, help="image decoding processes (default: 0 = up to 4)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run of this version from its last epoch checkpoint")
+    train.add_argument("--pseudo-labels", dest="pseudo_from", metavar="FROM_VERSION",
+                       help="also train on this model version's confident predictions on unlabelled images (marked pseudo)")
+    train.add_argument("--min-confidence", type=float, default=0.9, help="least confidence of a pseudo-label (default: 0.9)")
+    train.add_argument("--pseudo-weight", type=float, default=0.5, help="a pseudo-label's weight in the loss, a label's being 1 (default: 0.5)")
 
     score = add(commands, "score", cmd_score, "run a model version over the lake's images: predictions and embeddings, images not yet scored")
     score.add_argument("--model", required=True, metavar="VERSION", help="a model version of the lake (edgemine models)")
@@ -815,14 +819,15 @@ def _add_model_commands(commands, add) -> None:
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
-    from embed.train import TrainSettings
+    from embed.finetune import TrainSettings
     from jobs.train import TrainRequest, train_model
 
     settings = TrainSettings(backbone=args.backbone or "resnet18", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              patience=args.patience, image_size=args.image_size, seed=args.seed,
                              device=args.device or config.embed.device)
     request = TrainRequest(version=args.name, base=args.base, labels_where=args.labels_where, val_fraction=args.val_fraction,
-                           val_name=args.val_name, resume=args.resume, workers=args.workers, user=config.mining.user)
+                           val_name=args.val_name, resume=args.resume, workers=args.workers, user=config.mining.user,
+                           pseudo_from=args.pseudo_from, min_confidence=args.min_confidence, pseudo_weight=args.pseudo_weight)
     summary = train_model(Lake.from_config(config), request, settings, backbone_given=args.backbone is not None,
                           show_progress=not args.quiet)
     if args.json:

@@ -27,7 +27,7 @@ import pyarrow as pa
 import torch
 
 from embed.model import load_classifier
-from embed.train import TrainSettings
+from embed.finetune import TrainSettings
 from jobs.embed_images import EmbedSummary, Part, Plan, Shard, _slug, run_plan
 from mining import tables
 from mining.config import EmbedConfig

@@ -8,7 +8,7 @@
    read through the embed job's reader. Labelled images whose file is gone or
    unreadable become rows of ``errors`` (job ``train``) and training goes on
    without them, unless too few remain.
-3. Train (embed.train.fit); after each epoch a checkpoint goes to
+3. Train (embed.finetune.fit); after each epoch a checkpoint goes to
    ``_models/_staging/<version>/last.pt``: ``--resume`` continues from it.
 4. Publish (mining.models.publish_model): model.pt and model.json, then the
    ``models`` row, the commit point. A run killed before it leaves no visible model.
@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from embed.preprocess import ImageOptions
-from embed.reader import Item, ReaderSettings, read_all
-from embed.train import (
+from embed.finetune import (
     TrainSettings,
     build_network,
     check_base_is_classifier,
     fit,
     hardware,
 )
+from embed.preprocess import ImageOptions
+from embed.reader import Item, ReaderSettings, read_all
 from jobs.progress import Progress
 from mining import tables
 from mining.devices import resolve_device
@@ -92,6 +92,9 @@ class TrainRequest:
     resume: bool = False
     workers: int = 0
     user: str = ""
+    pseudo_from: str | None = None  # a model version whose confident predictions on unlabelled images are added
+    min_confidence: float = 0.9
+    pseudo_weight: float = 0.5  # a pseudo-label's share of the loss against a label's 1
 
 
 def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | None = None, *,
@@ -110,6 +113,7 @@ def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | Non
         labels = training_labels(db, request.labels_where).to_pylist()
         classes = _check_classes(labels, request.labels_where)
         in_val = _split(db, labels, request)
+        labels, in_val = _with_pseudo_labels(db, labels, in_val, classes, request)
         base_state, base_tag, settings = _resolve_base(db, lake, request.base, settings, classes, backbone_given)
     settings = TrainSettings(**(asdict(settings) | {"device": resolve_device(settings.device)}))
     # Fails here, before any image is read, when --from does not fit the backbone.
@@ -175,6 +179,36 @@ def _split(db: LakeDB, labels: list[dict[str, Any]], request: TrainRequest) -> n
     return validation_mask(ids, request.val_fraction)
 
 
+def _with_pseudo_labels(db: LakeDB, labels: list[dict[str, Any]], in_val: np.ndarray, classes: list[str],
+                        request: TrainRequest) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """``labels`` and the split, plus the ``--pseudo-labels`` model's predictions at or above
+    ``--min-confidence`` on images nobody labelled, marked ``pseudo`` (training only: an image
+    the split puts in validation is left out, validation is on human labels alone)."""
+    if not request.pseudo_from:
+        return labels, in_val
+    if model_row(db, request.pseudo_from) is None:
+        raise TrainingError(f"--pseudo-labels {request.pseudo_from!r} is not a model version of the lake (see `edgemine models`)")
+    if not 0 <= request.min_confidence <= 1:
+        raise TrainingError(f"--min-confidence must be in [0, 1], got {request.min_confidence}")
+    found = db.query(
+        """
+        SELECT p.image_id, i.uri, i.sha256, p.label, 'pseudo:' || p.model_version AS batch, 'pseudo' AS annotator
+        FROM predictions p JOIN images i USING (image_id)
+        WHERE p.model_version = $version AND p.confidence >= $confidence AND list_contains($classes, p.label)
+          AND p.image_id NOT IN (SELECT image_id FROM labels)
+        QUALIFY row_number() OVER (PARTITION BY p.image_id ORDER BY p.ts DESC) = 1
+        ORDER BY p.image_id
+        """,
+        {"version": request.pseudo_from, "confidence": request.min_confidence, "classes": classes},
+    ).to_pylist()
+    if request.val_name:
+        pseudo = found
+    else:
+        pseudo = [row for row, v in zip(found, validation_mask([r["image_id"] for r in found], request.val_fraction)) if not v]
+    log.info("%d pseudo-labels from %s (confidence >= %s)", len(pseudo), request.pseudo_from, request.min_confidence)
+    return labels + [row | {"pseudo": True} for row in pseudo], np.concatenate([in_val, np.zeros(len(pseudo), bool)])
+
+
 def _resolve_base(db: LakeDB, lake: Lake, base: str, settings: TrainSettings, classes: list[str],
                   backbone_given: bool) -> tuple[str | dict[str, torch.Tensor], str, TrainSettings]:
     """What ``--from`` names: (imagenet/random/file path, or a lake model's state dict), its tag, and the
@@ -217,6 +251,8 @@ def _read(lake: Lake, labels: list[dict[str, Any]], in_val: np.ndarray, classes:
     by_id = {row["image_id"]: (row, bool(v)) for row, v in zip(labels, in_val)}
     y = torch.tensor([classes.index(by_id[item.image_id][0]["label"]) for item in decoded], dtype=torch.int64)
     val = torch.tensor([by_id[item.image_id][1] for item in decoded], dtype=torch.bool)
+    pseudo = torch.tensor([bool(by_id[item.image_id][0].get("pseudo")) for item in decoded], dtype=torch.bool)
+    weights = torch.where(pseudo, request.pseudo_weight, 1.0).float()
     train_counts = Counter(classes[i] for i in y[~val].tolist())
     val_counts = Counter(classes[i] for i in y[val].tolist())
     missing = [c for c in classes if train_counts[c] < MIN_PER_CLASS]
@@ -232,7 +268,11 @@ def _read(lake: Lake, labels: list[dict[str, Any]], in_val: np.ndarray, classes:
         "label_batches": dict(sorted(Counter(row["batch"] for row in labels).items())),
         "val_image_ids": sorted(item.image_id for item, v in zip(decoded, val.tolist()) if v),
     }
-    return (pixels[~val], y[~val]), (pixels[val], y[val]), seen
+    if request.pseudo_from:
+        seen["pseudo_labels"] = {"from": request.pseudo_from, "min_confidence": request.min_confidence,
+                                 "weight": request.pseudo_weight, "images": int(pseudo.sum()),
+                                 "per_class": dict(sorted(Counter(classes[i] for i in y[pseudo].tolist()).items()))}
+    return (pixels[~val], y[~val], weights[~val]), (pixels[val], y[val]), seen
 
 
 def _signature(settings: TrainSettings, classes: list[str]) -> dict[str, Any]:

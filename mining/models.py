@@ -1,5 +1,5 @@
 """Classifiers trained on the lake's labels: their training data, their split, and
-their place in the lake (no torch here: embed/train.py trains, jobs/train.py and
+their place in the lake (no torch here: embed/finetune.py trains, jobs/train.py and
 jobs/score.py run the commands).
 
 The data a version trains on (``training_labels``):

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torchvision
 
-from embed.train import TrainSettings
+from embed.finetune import TrainSettings
 from jobs.embed_images import Shard
+from jobs.ingest_images import ingest_images
 from jobs.score import prediction_id, score_lake
 from jobs.train import TrainRequest, train_model
 from mining import tables
@@ -25,9 +26,9 @@ from mining.errors import TrainingError, WeightsError
 from mining.lake import Lake, open_url
 from mining.models import list_models, read_model, training_labels, validation_mask
 from mining.sql import LakeDB
-from tests.helpers import rows
+from tests.helpers import put, rows, source_uri
 from tests.test_kill_and_rerun import kill_when, start
-from tests.train_helpers import CLASSES, FAST, add_labels, labelled_lake
+from tests.train_helpers import CLASSES, FAST, add_labels, coloured_jpeg, labelled_lake
 
 SCORE = EmbedConfig(device="cpu", workers=1, batch_size=8, part_size=12)
 
@@ -214,3 +215,21 @@ def test_a_killed_training_leaves_no_model_and_resumes(trained, tmp_path):
     with LakeDB(lake) as db:
         assert read_model(db, "v2")["curves"]["epoch"] == [1, 2]
     assert not lake.fs.exists(lake.model_staging_dir("v2"))
+
+
+def test_pseudo_labels_add_a_models_confident_predictions_on_unlabelled_images(trained, tmp_path):
+    lake = copy_of(trained, tmp_path)
+    source = source_uri(lake, "images")
+    for i in range(100, 109):
+        put(lake, f"{source}/new-{i}.jpg", coloured_jpeg(i))
+    ingest_images(lake, source, show_progress=False)
+    score_lake(lake, "v1", SCORE, where="uri LIKE '%new-%'", show_progress=False)
+    with pytest.raises(TrainingError, match="not a model version"):
+        train(lake, "p", pseudo_from="v0")
+    train(lake, "p", replace(FAST, epochs=1), pseudo_from="v1", min_confidence=0.0)
+    with LakeDB(lake) as db:
+        data = read_model(db, "p")["data"]
+    new_ids = [r["image_id"] for r in rows(lake, "SELECT image_id FROM images WHERE uri LIKE '%new-%'")]
+    outside_val = int((~validation_mask(new_ids, 0.1)).sum())
+    assert data["pseudo_labels"]["images"] == outside_val and data["label_batches"]["pseudo:v1"] == outside_val
+    assert not set(new_ids) & set(data["val_image_ids"])  # validation is on human labels only

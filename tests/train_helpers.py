@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from PIL import Image
 
-from embed.train import TrainSettings
+from embed.finetune import TrainSettings
 from jobs.ingest_images import ingest_images
 from mining import tables
 from mining.lake import Lake

@@ -35,24 +35,24 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-import torch  # noqa: E402
-import torchvision  # noqa: E402
-import torchvision.transforms.v2 as T  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+import torch
+import torchvision
+import torchvision.transforms.v2 as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
-from embed.train import MEAN, STD, TrainSettings  # noqa: E402
-from jobs.demo_data import draw_scene, encode_jpeg, sample_scene, scene_rng  # noqa: E402
-from jobs.ingest_images import ingest_images  # noqa: E402
-from jobs.score import score_lake  # noqa: E402
-from jobs.train import TrainRequest, train_model  # noqa: E402
-from mining import tables  # noqa: E402
-from mining.config import EmbedConfig  # noqa: E402
-from mining.devices import resolve_device  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.schema import LABELS, image_id_from_bytes, make_rows  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
-from tests.benchmarks.machine import describe  # noqa: E402
+from embed.finetune import MEAN, STD, TrainSettings
+from jobs.demo_data import draw_scene, encode_jpeg, sample_scene, scene_rng
+from jobs.ingest_images import ingest_images
+from jobs.score import score_lake
+from jobs.train import TrainRequest, train_model
+from mining import tables
+from mining.config import EmbedConfig
+from mining.devices import resolve_device
+from mining.lake import Lake
+from mining.schema import LABELS, image_id_from_bytes, make_rows
+from mining.sql import LakeDB
+from tests.benchmarks.machine import describe
 
 SEED = 0
 

@@ -152,7 +152,9 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         progress: Callable[[int], None] | None = None) -> FitResult:
     """Train ``model`` in place; return the best epoch's weights.
 
-    train, val: (pixels uint8 (n, 3, s, s), labels int64 (n,)) on the CPU.
+    train: (pixels uint8 (n, 3, s, s), labels int64 (n,)[, weights float32 (n,)]) on the CPU; a
+        weight scales an image's loss (pseudo-labels count less than labels; default 1).
+    val: (pixels, labels) as train, unweighted.
     resume: a checkpoint ``on_epoch`` was given (continue after its epoch).
     on_epoch: called after each epoch with a checkpoint (plain dict of tensors, torch.save-able).
     progress: called with the number of images trained on each batch."""
@@ -160,7 +162,7 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, settings))
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
     curves, best_state, best_epoch, best_accuracy, start = Curves(), None, 0, -1.0, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -201,7 +203,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
 def _train_epoch(model: nn.Module, optimizer, loss_fn, augment, train, settings: TrainSettings, epoch: int,
                  device: torch.device, progress) -> float:
     """One pass over the shuffled training images; returns the mean loss."""
-    pixels, labels = train
+    pixels, labels = train[0], train[1]
+    weights = train[2] if len(train) > 2 else torch.ones(len(labels))
     model.train()
     total, count = 0.0, 0
     # The epoch's randomness from (seed, epoch) only: reproducible, and the same after a resume.
@@ -213,9 +216,9 @@ def _train_epoch(model: nn.Module, optimizer, loss_fn, augment, train, settings:
             if len(index) < 2:  # batch norm cannot train on one image
                 continue
             x = torch.stack([augment(image) for image in pixels[index]]).to(device)
-            y = labels[index].to(device)
+            y, w = labels[index].to(device), weights[index].to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
+            loss = (loss_fn(model(x), y) * w).sum() / w.sum()
             loss.backward()
             optimizer.step()
             total += loss.item() * len(index)
