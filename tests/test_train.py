@@ -233,3 +233,15 @@ def test_pseudo_labels_add_a_models_confident_predictions_on_unlabelled_images(t
     outside_val = int((~validation_mask(new_ids, 0.1)).sum())
     assert data["pseudo_labels"]["images"] == outside_val and data["label_batches"]["pseudo:v1"] == outside_val
     assert not set(new_ids) & set(data["val_image_ids"])  # validation is on human labels only
+
+
+def test_the_commands_print_one_line_for_bad_input_and_list_models(trained, capsys):
+    from jobs.cli import main
+
+    assert main(["train", "--name", "v9", "--from", "v0", "--lake", trained.uri, "--quiet"]) == 2
+    assert main(["score", "--model", "v0", "--lake", trained.uri, "--quiet"]) == 2
+    assert main(["train", "--name", "bad name", "--lake", trained.uri, "--quiet"]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and "nor a model version" in errors[0] and "no model 'v0'" in errors[1] and "not a valid name" in errors[2]
+    assert main(["models", "--lake", trained.uri, "--json", "--quiet"]) == 0
+    assert [json.loads(line)["version"] for line in capsys.readouterr().out.splitlines()] == ["v1"]
