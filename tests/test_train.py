@@ -244,4 +244,4 @@ def test_the_commands_print_one_line_for_bad_input_and_list_models(trained, caps
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and "nor a model version" in errors[0] and "no model 'v0'" in errors[1] and "not a valid name" in errors[2]
     assert main(["models", "--lake", trained.uri, "--json", "--quiet"]) == 0
-    assert [json.loads(line)["version"] for line in capsys.readouterr().out.splitlines()] == ["v1"]
+    assert [row["version"] for row in json.loads(capsys.readouterr().out)] == ["v1"]
