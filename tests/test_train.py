@@ -30,6 +30,7 @@ from tests.helpers import put, rows, source_uri
 from tests.test_kill_and_rerun import kill_when, start
 from tests.train_helpers import CLASSES, FAST, add_labels, coloured_jpeg, labelled_lake
 
+IMAGES, READABLE = 33, 30  # the fixture's labelled images, and those whose files are still there
 SCORE = EmbedConfig(device="cpu", workers=1, batch_size=8, part_size=12)
 
 
@@ -52,9 +53,9 @@ def nothing_written(lake: Lake) -> bool:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Lake:
-    """45 labelled images, 3 of whose files are then deleted, and model v1 trained on them."""
+    """33 labelled images, 3 of whose files are then deleted, and model v1 trained on them."""
     lake = Lake(str(tmp_path_factory.mktemp("train") / "lake"))
-    images = labelled_lake(lake, 45)
+    images = labelled_lake(lake, IMAGES)
     fs, _ = open_url(images[0]["uri"], lake.s3)
     for row in images[:3]:
         fs.rm(row["uri"])
@@ -70,14 +71,14 @@ def copy_of(lake: Lake, tmp_path) -> Lake:
 def test_a_version_is_its_files_and_its_models_row(trained):
     [row] = rows(trained, "SELECT * FROM models")
     assert row["version"] == "v1" and row["classes"] == list(CLASSES) and row["created_by"] == "tester"
-    assert row["train_images"] + row["val_images"] == 42 and row["epochs"] == 2
+    assert row["train_images"] + row["val_images"] == READABLE and row["epochs"] == 2
     with LakeDB(trained) as db:
         record = read_model(db, "v1")
         assert list_models(db).column("version").to_pylist() == ["v1"]
     assert record["base"] == "random" and record["backbone"] == "resnet18" and record["image_size"] == 32
     assert set(record["curves"]) >= {"train_loss", "val_loss", "val_accuracy", "lr"} and record["curves"]["epoch"] == [1, 2]
     data = record["data"]
-    assert data["unreadable"] == 3 and data["label_batches"] == {"b1": 45}
+    assert data["unreadable"] == 3 and data["label_batches"] == {"b1": IMAGES}
     assert sum(data["train_per_class"].values()) == data["train_images"] and set(data["train_per_class"]) == set(CLASSES)
     assert record["hardware"]["device"] == "cpu" and record["timings"]["seconds"] > 0
     assert record["config"]["epochs"] == 2 and record["config"]["seed"] == 0 and record["checkpoint_sha256"] == row["checkpoint_sha256"]
@@ -162,17 +163,17 @@ def test_score_writes_one_prediction_and_embedding_per_image_once(trained, tmp_p
     subset = score_lake(lake, "v1", SCORE, where="uri LIKE '%img-000%'", show_progress=False)
     rest = score_lake(lake, "v1", SCORE, show_progress=False)
     again = score_lake(lake, "v1", SCORE, show_progress=False)
-    assert shard.embedded + subset.embedded + rest.embedded == 42 and rest.errors == 0  # 3 files are gone
+    assert shard.embedded + subset.embedded + rest.embedded == READABLE and rest.errors == 0  # 3 files are gone
     assert shard.errors + subset.errors + rest.errors == 3 and again.to_embed == 0
     predictions = rows(lake, "SELECT * FROM predictions")
-    assert len(predictions) == len({p["image_id"] for p in predictions}) == 42
+    assert len(predictions) == len({p["image_id"] for p in predictions}) == READABLE
     for p in predictions:
         scores = dict(p["scores"])
         assert set(scores) == set(CLASSES) and abs(sum(scores.values()) - 1) < 1e-4
         assert p["label"] == max(scores, key=scores.get) and p["confidence"] == pytest.approx(max(scores.values()))
         assert p["prediction_id"] == prediction_id(p["image_id"], "v1") and p["model_version"] == "v1"
     [emb] = rows(lake, "SELECT backbone, weights, count(*) n, count(DISTINCT image_id) ids FROM embeddings GROUP BY ALL")
-    assert emb == {"backbone": "resnet18", "weights": "model:v1", "n": 42, "ids": 42}
+    assert emb == {"backbone": "resnet18", "weights": "model:v1", "n": READABLE, "ids": READABLE}
     # The model learnt the colours: most predictions are the true class.
     truth = {r["image_id"]: r["label"] for r in rows(lake, "SELECT image_id, label FROM labels")}
     assert np.mean([truth[p["image_id"]] == p["label"] for p in predictions]) > 0.5
@@ -188,13 +189,13 @@ def test_a_killed_score_reruns_to_every_image_scored_once(trained, tmp_path):
     process = start(["score", "--model", "v1"], config, None)
     kill_when(process, lambda: tables.version(lake, "predictions") is not None)
     first = rows(lake, "SELECT count(*) n FROM predictions")[0]["n"]
-    assert 0 < first < 42
+    assert 0 < first < READABLE
     rerun = start(["score", "--model", "v1", "--json"], config, None)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 1, err  # 1: the three missing files are errors
     assert json.loads(out)["already_embedded"] == first
-    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM predictions") == [{"n": 42, "ids": 42}]
-    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM embeddings") == [{"n": 42, "ids": 42}]
+    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM predictions") == [{"n": READABLE, "ids": READABLE}]
+    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM embeddings") == [{"n": READABLE, "ids": READABLE}]
 
 
 @pytest.mark.slow
