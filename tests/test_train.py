@@ -125,6 +125,18 @@ def test_an_image_labelled_again_keeps_its_latest_import(tmp_path):
     assert len(got) == 6 and only == 2
     assert got[images[0]["image_id"]] == ("red", "fix") and got[images[1]["image_id"]] == ("red", "fix")
     assert got[images[2]["image_id"]] == (images[2]["label"], "b1")
+    # --val NAME: a named set's images are the validation images.
+    from jobs.train import _split
+    from mining.sets import save_set
+
+    with LakeDB(lake) as db:
+        save_set(db, "holdout", [images[1]["image_id"]], source="test", user="tester")
+    with LakeDB(lake) as db:
+        labels = training_labels(db).to_pylist()
+        chosen = _split(db, labels, request("x", val_name="holdout"))
+        assert [row["image_id"] for row, v in zip(labels, chosen) if v] == [images[1]["image_id"]]
+        with pytest.raises(TrainingError, match="neither a named set nor a queue"):
+            _split(db, labels, request("x", val_name="nope"))
 
 
 @pytest.mark.parametrize("case", ["no labels", "one class", "unknown base", "other architecture", "taken name"])
