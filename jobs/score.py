@@ -26,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from embed.model import load_classifier
 from embed.finetune import TrainSettings
+from embed.model import load_classifier
 from jobs.embed_images import EmbedSummary, Part, Plan, Shard, _slug, run_plan
 from mining import tables
 from mining.config import EmbedConfig
