@@ -21,16 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from embed.preprocess import (
-    ImageError,
-    ImageOptions,
-    Thumbnail,
-    check_bytes,
-    decode,
-    is_jpeg,
-    make_thumbnails,
-    open_image,
-)
+from embed.preprocess import ImageError, ImageOptions, Thumbnail, check_bytes, decode, is_jpeg, make_thumbnails, open_image
 from mining.config import S3Config
 from mining.lake import open_url, path_of, read_many
 

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgemine: interrupted; rerun the same command to finish (finished shards are kept)", file=sys.stderr)
         return 130
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - every error the user can fix is one line; anything else is a bug
         message = user_message(e)
         if message is None:
             raise
@@ -65,12 +65,7 @@ def user_message(error: BaseException) -> str | None:
     if isinstance(error, EdgemineError | FileNotFoundError | PermissionError):
         return str(error)
     if "botocore" in sys.modules:  # S3 was used: its errors say what to set
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-        )
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
         if isinstance(error, NoCredentialsError):
             return ("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "

@@ -37,27 +37,14 @@ import pyarrow as pa
 import torch
 
 from embed.model import Backbone, load_backbone
-from embed.preprocess import (
-    ImageError,
-    ImageOptions,
-    Thumbnail,
-    decode_jpegs_on,
-    make_thumbnails,
-)
+from embed.preprocess import ImageError, ImageOptions, Thumbnail, decode_jpegs_on, make_thumbnails
 from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
 from jobs.progress import Progress
 from mining import tables
 from mining.config import EmbedConfig
 from mining.errors import ConfigError
 from mining.lake import Lake
-from mining.schema import (
-    EMBEDDING_DIM,
-    EMBEDDINGS,
-    ERRORS,
-    THUMBNAILS,
-    error_rows,
-    make_rows,
-)
+from mining.schema import EMBEDDING_DIM, EMBEDDINGS, ERRORS, THUMBNAILS, error_rows, make_rows
 from mining.sql import LakeDB
 from mining.summary import Summary
 
