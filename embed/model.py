@@ -1,4 +1,4 @@
-"""The backbone: torchvision's ResNet18 up to its global average pool (512-d).
+"""The backbone: torchvision's ResNet18 (or ResNet34) up to its global average pool (512-d).
 
 ``load_backbone`` builds it once with the chosen weights on the chosen device;
 ``Backbone.embed`` turns a batch of preprocessed uint8 pixels into L2-normalised
@@ -11,10 +11,15 @@ Weights:
   ``model``), e.g. one this project fine-tuned; the classifier head is dropped.
 - ``random``: seeded initialisation, for tests and offline demos. Similarity
   between images is then weak, and the job says so.
+
+A classifier trained by `edgemine train` (embed/finetune.py) loads with
+``load_classifier``: the same backbone, plus its head, so one forward pass gives
+both the embedding and the class scores (`edgemine score`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 # name -> (constructor, torchvision weights enum member used for "imagenet")
 BACKBONES = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
+    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
 }
 NAMED_WEIGHTS = ("imagenet", "random")
 
@@ -71,6 +77,8 @@ class Backbone:
     model: nn.Module
     device: torch.device
     preprocessing: Preprocessing
+    head: nn.Module | None = None  # a trained classifier's last layer (load_classifier)
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         shape = (1, 3, 1, 1)
@@ -87,17 +95,23 @@ class Backbone:
 
         pixels: uint8 tensor (n, 3, crop, crop), RGB, on any device.
         Returns float32 array (n, 512), each row with unit L2 norm."""
+        return self.embed_and_classify(pixels)[0]
+
+    @torch.inference_mode()
+    def embed_and_classify(self, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """One forward pass: the embeddings (as ``embed``) and, with a head, the class
+        probabilities, float32 (n, len(classes)) rows summing to 1; else None."""
         if pixels.shape[0] == 0:
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
+            empty = np.zeros((0, len(self.classes)), np.float32) if self.head is not None else None
+            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32), empty
         x = pixels.to(self.device, non_blocking=True).float()
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
-        if self.uses_cuda:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                features = self.model(x)
-        else:
+        with torch.autocast("cuda", dtype=torch.bfloat16) if self.uses_cuda else contextlib.nullcontext():
             features = self.model(x)
-        features = nn.functional.normalize(features.float(), dim=1)
-        return features.cpu().numpy()
+            logits = self.head(features) if self.head is not None else None
+        vectors = nn.functional.normalize(features.float(), dim=1).cpu().numpy()
+        scores = None if logits is None else torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return vectors, scores
 
 
 def load_backbone(name: str = "resnet18", weights: str = "imagenet", *, seed: int = 0, device: str | torch.device = "cpu") -> Backbone:
@@ -144,6 +158,26 @@ def load_backbone(name: str = "resnet18", weights: str = "imagenet", *, seed: in
     return Backbone(name=name, weights=tag, model=model, device=device, preprocessing=Preprocessing.of(imagenet))
 
 
+def load_classifier(name: str, state: dict[str, torch.Tensor], classes: list[str], tag: str, *,
+                    device: str | torch.device = "cpu", preprocessing: Preprocessing | None = None) -> Backbone:
+    """A trained classifier (embed/finetune.py's state dict, head ``fc.*`` included) ready for
+    inference: the backbone as ``load_backbone`` makes it, and the head beside it."""
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
+    constructor, imagenet = BACKBONES[name]
+    device = device if isinstance(device, torch.device) else torch.device(resolve_device(device))
+    model = constructor(weights=None, num_classes=len(classes))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"the checkpoint does not fit {name} with {len(classes)} classes: {str(e)[:300]}") from None
+    head = model.fc.eval().to(device)
+    model.fc = nn.Identity()
+    model = fuse(model.eval()).to(device=device, memory_format=torch.channels_last)
+    return Backbone(name=name, weights=tag, model=model, device=device,
+                    preprocessing=preprocessing or Preprocessing.of(imagenet), head=head, classes=tuple(classes))
+
+
 def _imagenet_state_dict(name: str, weights_enum: torchvision.models.WeightsEnum) -> dict[str, torch.Tensor]:
     cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights_enum.url)
     try:
@@ -155,6 +189,12 @@ def _imagenet_state_dict(name: str, weights_enum: torchvision.models.WeightsEnum
             f"without it, copy {weights_enum.url} to that path (or set TORCH_HOME), "
             "pass --weights PATH to a checkpoint, or --weights random for a smoke test."
         ) from e
+
+
+def load_checkpoint_into(model: nn.Module, path: Path) -> None:
+    """Load a checkpoint file's backbone weights into ``model`` (its head is left as it is);
+    WeightsError when the file is no state dict or not of this architecture."""
+    _load_checkpoint(model, path)
 
 
 def _load_checkpoint(model: nn.Module, path: Path) -> None:
@@ -171,7 +211,10 @@ def _load_checkpoint(model: nn.Module, path: Path) -> None:
         raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
     # Checkpoints saved from DataParallel/DDP prefix every key with "module.".
     state = {key.removeprefix("module."): value for key, value in loaded.items()}
-    missing, unexpected = model.load_state_dict(_without_head(state), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(_without_head(state), strict=False)
+    except RuntimeError as e:  # same names, other shapes: another architecture
+        raise WeightsError(f"checkpoint {path} does not fit {type(model).__name__}: {str(e)[:300]}") from None
     if missing or unexpected:
         raise WeightsError(
             f"checkpoint {path} does not fit {type(model).__name__}: "

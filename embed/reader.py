@@ -140,3 +140,23 @@ def make_loader(requests: Iterable[Request], settings: ReaderSettings, *, worker
 
 def _identity(batch: LoadedBatch) -> LoadedBatch:
     return batch
+
+
+def read_all(items: list[Item], settings: ReaderSettings, *, workers: int, batch_size: int = 32,
+             progress=None) -> tuple[list[Item], torch.Tensor, list[tuple[Item, str]]]:
+    """Read and decode ``items`` whole (training holds them in memory): the items decoded,
+    their pixels uint8 (n, 3, crop, crop) in that order, and (item, reason) for the others.
+    Decoding on the CPU workers only (``settings.decode_on_device`` is ignored)."""
+    settings = ReaderSettings(settings.s3, settings.options, decode_on_device=False)
+    requests = [Request(part="all", last_in_part=start + batch_size >= len(items), items=tuple(items[start : start + batch_size]))
+                for start in range(0, len(items), batch_size)]
+    decoded, pixels, errors = [], [], []
+    for batch in make_loader(requests, settings, workers=workers, pin_memory=False):
+        decoded += batch.decoded
+        if batch.pixels is not None:
+            pixels.append(batch.pixels)
+        errors += batch.errors
+        if progress is not None:
+            progress(len(batch.request.items))
+    crop = settings.options.preprocessing.crop
+    return decoded, torch.cat(pixels) if pixels else torch.zeros((0, 3, crop, crop), dtype=torch.uint8), errors

@@ -111,7 +111,7 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
 
     embed = add(commands, "embed", cmd_embed, "compute ResNet18 embeddings and thumbnails for the lake's images that need them")
     embed.add_argument("--weights", help="imagenet, random, or a checkpoint file (default: config embed.weights, imagenet)")
-    embed.add_argument("--backbone", help="model (default: config embed.backbone, resnet18)")
+    embed.add_argument("--backbone", help="resnet18 or resnet34 (default: config embed.backbone, resnet18)")
     embed.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
     embed.add_argument("--decode", choices=["auto", "workers", "device"], help="where JPEGs are decoded (default: auto: on the GPU when there is one)")
     embed.add_argument("--batch-size", type=int, help="images per model call (default: config embed.batch_size; 0 = 32 on CPU, 256 on CUDA)")
@@ -237,6 +237,7 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     duplicates = add(commands, "duplicates", cmd_duplicates, "group near-identical images (through the index) into the duplicates table")
     duplicates.add_argument("--threshold", type=float, help="least cosine similarity to a group's first image (default: config queues.duplicate_threshold, 0.98)")
     _add_index_choice(duplicates)
+    _add_model_commands(commands, add)
 
     ui = add(commands, "ui", cmd_ui, "start the review UI (Streamlit) on the lake")
     ui.add_argument("--port", type=int, help="port (default: config ui.port, 8501)")
@@ -773,6 +774,98 @@ def _write_parquet_output(result: Any, output: str, config: Config) -> None:
     fs, path = open_url(output, config.s3)
     with fs.open(path, "wb") as f:
         pq.write_table(result, f)
+
+
+# -- train and score (issue 17; docs/TRAINING.md) --------------------------------------------
+def _add_model_commands(commands, add) -> None:
+    train = add(commands, "train", cmd_train, "fine-tune a classifier on the lake's image-level labels; store it as a model version")
+    train.add_argument("--name", required=True, metavar="VERSION", help="the new model version (letters, digits, _ . -)")
+    train.add_argument("--from", dest="base", default="imagenet", metavar="BASE",
+                       help="start from: imagenet, random, a checkpoint file, or a model version of the lake (default: imagenet)")
+    train.add_argument("--labels", dest="labels_where", metavar="WHERE", help="SQL predicate over the labels table, e.g. \"batch = 'b7'\"")
+    split = train.add_mutually_exclusive_group()
+    split.add_argument("--val-fraction", type=float, default=0.1, help="share of labelled images for validation, by image_id hash (default: 0.1)")
+    split.add_argument("--val", dest="val_name", metavar="SET_OR_QUEUE", help="validate on this named set's (or queue's) labelled images")
+    train.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default: 10; early stopping may end sooner)")
+    train.add_argument("--backbone", default=None, help="resnet18 or resnet34 (default: resnet18, or the --from model's)")
+    train.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
+    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default: 0.001)")
+    train.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation accuracy (default: 3)")
+    train.add_argument("--image-size", type=int, default=224, help="model input side in pixels (default: 224)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the head, shuffling and augmentations (default: 0)")
+    train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
+    train.add_argument("--workers", type=int, default=0, help="image decoding processes (default: 0 = up to 4)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run of this version from its last epoch checkpoint")
+    train.add_argument("--pseudo-labels", dest="pseudo_from", metavar="FROM_VERSION",
+                       help="also train on this model version's confident predictions on unlabelled images (marked pseudo)")
+    train.add_argument("--min-confidence", type=float, default=0.9, help="least confidence of a pseudo-label (default: 0.9)")
+    train.add_argument("--pseudo-weight", type=float, default=0.5, help="a pseudo-label's weight in the loss, a label's being 1 (default: 0.5)")
+
+    score = add(commands, "score", cmd_score, "run a model version over the lake's images: predictions and embeddings, images not yet scored")
+    score.add_argument("--model", required=True, metavar="VERSION", help="a model version of the lake (edgemine models)")
+    score.add_argument("--where", help="SQL predicate over the images table, e.g. \"uri LIKE '%%cam-07%%'\"")
+    score.add_argument("--shard", default="0/1", help="score only shard I of N (e.g. 2/8), by image id")
+    score.add_argument("--batch-size", type=int, help="images per model call (default: config embed.batch_size)")
+    score.add_argument("--workers", type=int, help="image decoding processes (default: config embed.workers)")
+    score.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
+    score.add_argument("--retry-errors", action="store_true", help="try again images that failed before for this model")
+
+    add(commands, "models", cmd_models, "list the model versions in the lake")
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    from embed.finetune import TrainSettings
+    from jobs.train import TrainRequest, train_model
+
+    settings = TrainSettings(backbone=args.backbone or "resnet18", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             patience=args.patience, image_size=args.image_size, seed=args.seed,
+                             device=args.device or config.embed.device)
+    request = TrainRequest(version=args.name, base=args.base, labels_where=args.labels_where, val_fraction=args.val_fraction,
+                           val_name=args.val_name, resume=args.resume, workers=args.workers, user=config.mining.user,
+                           pseudo_from=args.pseudo_from, min_confidence=args.min_confidence, pseudo_weight=args.pseudo_weight)
+    summary = train_model(Lake.from_config(config), request, settings, backbone_given=args.backbone is not None,
+                          show_progress=not args.quiet)
+    if args.json:
+        write_json(summary.to_dict(), sys.stdout)
+    else:
+        print(f"model {summary.version} ({summary.backbone} from {summary.base}): {summary.train_images} training and "
+              f"{summary.val_images} validation images, classes {', '.join(summary.classes)}; {summary.epochs} epochs, "
+              f"best validation accuracy {summary.best_val_accuracy:.3f} at epoch {summary.best_epoch} "
+              f"({summary.seconds:.0f}s)")
+        if summary.errors:
+            print("  unreadable images are in the errors table: edgemine sql \"SELECT uri, reason FROM errors WHERE job = 'train'\"")
+        print(f"  next: edgemine score --model {summary.version}", file=sys.stderr)
+    return 1 if summary.errors else 0
+
+
+def cmd_score(args: argparse.Namespace, config: Config) -> int:
+    from jobs.embed_images import Shard
+    from jobs.score import score_lake
+
+    flags = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers}
+    embed = dataclasses.replace(config.embed, **{k: v for k, v in flags.items() if v is not None})
+    if embed.batch_size < 0 or embed.workers < 0:
+        raise UsageError("--batch-size and --workers must be at least 0 (0: automatic)")
+    summary = score_lake(Lake.from_config(config), args.model, embed, shard=Shard.parse(args.shard), where=args.where,
+                         retry_errors=args.retry_errors, show_progress=not args.quiet)
+    if args.json:
+        write_json(summary.to_dict(), sys.stdout)
+    else:
+        print(f"model {summary.model_version} on {summary.device}, shard {summary.shard}: {summary.embedded} scored, "
+              f"{summary.errors} failed, {summary.already_embedded} scored before, {summary.failed_before} failed before "
+              f"({summary.images_per_second:.1f} images/s)")
+        if summary.errors:
+            print("  failures are in the errors table: edgemine sql \"SELECT uri, reason FROM errors WHERE job = 'score'\"")
+    return 1 if summary.errors else 0
+
+
+def cmd_models(args: argparse.Namespace, config: Config) -> int:
+    from mining.models import list_models
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        write_rows(list_models(db), "json" if args.json else "table", sys.stdout)
+    return 0
 
 
 if __name__ == "__main__":

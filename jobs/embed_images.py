@@ -26,9 +26,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -125,31 +125,39 @@ def embed_lake(
     prefix = f"{_slug(backbone.name + '-' + backbone.weights)}-s{shard.index}of{shard.count}-"
 
     with Plan(lake, backbone, shard, overwrite=overwrite, retry_errors=retry_errors) as plan:
-        summary.images_in_shard, summary.already_embedded, summary.failed_before, summary.to_embed = plan.counts()
-        if not summary.to_embed:
-            summary.seconds = time.monotonic() - started
-            return summary
-        settings = ReaderSettings(
-            s3=lake.s3,
-            options=ImageOptions(backbone.preprocessing, config.max_pixels, config.thumbnail_size, config.thumbnail_quality),
-            decode_on_device=on_device,
-        )
-        batch_size = config.batch_size or DEFAULT_BATCH[backbone.device.type]
-        requests = plan.requests(prefix, config.part_size, batch_size)
-        workers = config.workers or os.cpu_count() or 1
-        loader = make_loader(requests, settings, workers=workers, pin_memory=backbone.uses_cuda)
-        progress = Progress("embed", total=summary.to_embed, unit="images", enabled=show_progress)
-        try:
-            _run(lake, backbone, loader, settings.options, summary, progress, shard, overwrite)
-        finally:
-            progress.close()
+        marker = {"backbone": backbone.name, "weights": backbone.weights, "shard": str(shard)}
+        run_plan(lake, plan, backbone, config, summary, prefix, lambda part: part.publish(lake, marker, overwrite),
+                 on_device=on_device, show_progress=show_progress)
     summary.seconds = time.monotonic() - started
     summary.images_per_second = (summary.embedded + summary.errors) / summary.seconds if summary.seconds else 0.0
     return summary
 
 
-def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary: EmbedSummary, progress: Progress,
-         shard: Shard, overwrite: bool) -> None:
+def run_plan(lake: Lake, plan: Plan, backbone: Backbone, config: EmbedConfig, summary: EmbedSummary, prefix: str,
+             publish: Callable[[Part], None], *, on_device: bool, show_progress: bool, label: str = "embed") -> None:
+    """The pipeline both `edgemine embed` and `edgemine score` run: the plan's images read in
+    workers, through the model, published part by part with ``publish``. Fills the summary's counts."""
+    summary.images_in_shard, summary.already_embedded, summary.failed_before, summary.to_embed = plan.counts()
+    if not summary.to_embed:
+        return
+    settings = ReaderSettings(
+        s3=lake.s3,
+        options=ImageOptions(backbone.preprocessing, config.max_pixels, config.thumbnail_size, config.thumbnail_quality),
+        decode_on_device=on_device,
+    )
+    batch_size = config.batch_size or DEFAULT_BATCH[backbone.device.type]
+    requests = plan.requests(prefix, config.part_size, batch_size)
+    workers = config.workers or os.cpu_count() or 1
+    loader = make_loader(requests, settings, workers=workers, pin_memory=backbone.uses_cuda)
+    progress = Progress(label, total=summary.to_embed, unit="images", enabled=show_progress)
+    try:
+        _run(backbone, loader, settings.options, summary, progress, publish)
+    finally:
+        progress.close()
+
+
+def _run(backbone: Backbone, loader, options: ImageOptions, summary: EmbedSummary, progress: Progress,
+         publish: Callable[[Part], None]) -> None:
     """The loop: batches in, parts out. Publishing a part runs in a background
     thread (one at a time) so the model keeps going."""
     part: Part | None = None
@@ -163,8 +171,7 @@ def _run(lake: Lake, backbone: Backbone, loader, options: ImageOptions, summary:
             if batch.request.last_in_part:
                 if pending is not None:
                     pending.result()  # at most one part in memory waiting to be written
-                marker = {"backbone": backbone.name, "weights": backbone.weights, "shard": str(shard)}
-                pending = publisher.submit(part.publish, lake, marker, overwrite)
+                pending = publisher.submit(publish, part)
                 summary.embedded += len(part.ids)
                 summary.thumbnails += len(part.thumbnails)
                 summary.add_errors(part.errors)
@@ -182,12 +189,15 @@ class Embedded:
     vectors: np.ndarray  # float32 (len(items), 512), unit rows
     thumbnails: list[Thumbnail]
     errors: list[tuple[Item, str]]
+    scores: list[np.ndarray] = field(default_factory=list)  # a classifier's: float32 (len(items), classes)
 
 
 def _embed_batch(backbone: Backbone, batch: LoadedBatch, options: ImageOptions) -> Embedded:
     """Embed the images the workers decoded, and those they left for the device to decode."""
     out = Embedded(list(batch.decoded), np.zeros((0, EMBEDDING_DIM), np.float32), list(batch.thumbnails), list(batch.errors))
-    vectors = [backbone.embed(batch.pixels)] if batch.pixels is not None else []
+    vectors = []
+    if batch.pixels is not None:
+        _add(out, vectors, backbone.embed_and_classify(batch.pixels))
     decoded, prepared = [], []
     for item, result in zip(batch.jpeg_items, decode_jpegs_on(backbone.device, batch.jpegs, options)):
         if isinstance(result, ImageError):
@@ -196,12 +206,18 @@ def _embed_batch(backbone: Backbone, batch: LoadedBatch, options: ImageOptions) 
             decoded.append(item)
             prepared.append(result)
     if prepared:
-        vectors.append(backbone.embed(torch.stack([p.pixels for p in prepared])))
+        _add(out, vectors, backbone.embed_and_classify(torch.stack([p.pixels for p in prepared])))
         out.thumbnails += make_thumbnails(decoded, prepared, options.thumbnail_quality)
         out.items += decoded
     if vectors:
         out.vectors = np.concatenate(vectors)
     return out
+
+
+def _add(out: Embedded, vectors: list[np.ndarray], result: tuple[np.ndarray, np.ndarray | None]) -> None:
+    vectors.append(result[0])
+    if result[1] is not None:
+        out.scores.append(result[1])
 
 
 class Part:
@@ -210,13 +226,17 @@ class Part:
     def __init__(self, name: str):
         self.name = name
         self.ids: list[str] = []
+        self.uris: list[str] = []
         self.vectors: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []
         self.thumbnails: list[Thumbnail] = []
         self.errors: list[dict[str, Any]] = []
 
     def add(self, embedded: Embedded) -> None:
         self.ids += [item.image_id for item in embedded.items]
+        self.uris += [item.uri for item in embedded.items]
         self.vectors.append(embedded.vectors)
+        self.scores += embedded.scores
         self.thumbnails += embedded.thumbnails
         for item, reason in embedded.errors:
             self.errors.append({"uri": item.uri, "reason": reason, "raw": json.dumps({"image_id": item.image_id})})
@@ -225,32 +245,51 @@ class Part:
         """Errors, thumbnails, then embeddings: the last commit is what marks these images done."""
         now = datetime.now(UTC)
         info = tables.commit_info(JOB, part=self.name, **marker)
-        model = f"{marker['backbone']}/{marker['weights']}"
-        tables.append(lake, ERRORS, error_rows(JOB, [{"source": model, **e} for e in self.errors], now), info)
+        self.publish_errors_and_thumbnails(lake, JOB, f"{marker['backbone']}/{marker['weights']}", info, overwrite, now)
+        write = tables.upsert if overwrite else tables.append
+        write(lake, EMBEDDINGS, self.embedding_rows(marker["backbone"], marker["weights"], now), info)
+
+    def publish_errors_and_thumbnails(self, lake: Lake, job: str, source: str, info: dict[str, str], overwrite: bool,
+                                      now: datetime) -> None:
+        tables.append(lake, ERRORS, error_rows(job, [{"source": source, **e} for e in self.errors], now), info)
         write = tables.upsert if overwrite else tables.append
         rows = [{**t.__dict__, "computed_at": now} for t in self.thumbnails]
         write(lake, THUMBNAILS, pa.Table.from_pylist(rows, schema=THUMBNAILS.schema), info)
+
+    def embedding_rows(self, backbone: str, weights: str, now: datetime) -> pa.Table:
         vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM)
-        write(lake, EMBEDDINGS, make_rows(EMBEDDINGS, len(self.ids), image_id=self.ids, backbone=marker["backbone"],
-                                          weights=marker["weights"], embedding=embedding, computed_at=now), info)
+        return make_rows(EMBEDDINGS, len(self.ids), image_id=self.ids, backbone=backbone, weights=weights,
+                         embedding=embedding, computed_at=now)
 
 
 class Plan:
     """Which images this run embeds, from one query over the lake."""
 
-    def __init__(self, lake: Lake, backbone: Backbone, shard: Shard, *, overwrite: bool, retry_errors: bool):
+    def __init__(self, lake: Lake, backbone: Backbone, shard: Shard, *, overwrite: bool, retry_errors: bool,
+                 done: str | None = None, job: str = JOB, source: str | None = None, selected: pa.Table | None = None):
+        """``done``: SQL saying an image needs no work (default: it has an embedding of this
+        backbone and weights); ``job``, ``source``: whose errors mean "failed before";
+        ``selected``: an Arrow table of the only image_ids to consider (``--where``)."""
         self.db = LakeDB(lake, read_only=False)
-        self.params = {"backbone": backbone.name, "weights": backbone.weights, "model": f"{backbone.name}/{backbone.weights}"}
+        source = source or f"{backbone.name}/{backbone.weights}"
+        self.params = {"model": source, "job": job}
         self.shard, self.overwrite, self.retry_errors = shard, overwrite, retry_errors
+        if done is None:
+            done = "image_id IN (SELECT image_id FROM embeddings WHERE backbone = $backbone AND weights = $weights)"
+            self.params |= {"backbone": backbone.name, "weights": backbone.weights}
+        only = ""
+        if selected is not None:
+            self.db.con.register("selected_ids", selected)
+            only = "AND image_id IN (SELECT image_id FROM selected_ids)"
         self.db.con.execute(
             f"""
             CREATE TEMP TABLE shard_images AS
             SELECT image_id, uri, sha256,
-                   image_id IN (SELECT image_id FROM embeddings WHERE backbone = $backbone AND weights = $weights) AS embedded,
-                   uri IN (SELECT uri FROM errors WHERE job = '{JOB}' AND source = $model) AS failed,
+                   {done} AS embedded,
+                   uri IN (SELECT uri FROM errors WHERE job = $job AND source = $model) AS failed,
                    image_id IN (SELECT image_id FROM thumbnails) AS has_thumbnail
-            FROM images WHERE {shard.sql()}
+            FROM images WHERE {shard.sql()} {only}
             """,
             self.params,
         )

@@ -60,6 +60,8 @@ __all__ = [
     "start_narrowing", "export_batch", "import_labels",
 
     "start_narrowing", "make_queue", "show_queue", "list_queues", "find_duplicates", "diverse_picks",
+
+    "list_models", "read_model",
 ]
 
 
@@ -485,6 +487,37 @@ def diverse_picks(vectors, k: int, *, centers=None, first: int | None = None, de
     from mining.coreset import k_center_greedy
 
     return k_center_greedy(vectors, k, centers=centers, first=first, device=device)
+
+
+# -- models (issue 17: edgemine train / score; docs/TRAINING.md) --------------------------------
+def list_models(db: LakeDB) -> pa.Table:
+    """The model versions trained into the lake (`edgemine models`), newest first: backbone,
+    base, classes, image counts, epochs, validation accuracy, who and when.
+
+    Example:
+        >>> list_models(open_lake(lake_uri)).column_names[:3]
+        ['version', 'backbone', 'base']
+    """
+    from mining.models import list_models as models
+
+    return models(db)
+
+
+def read_model(db: LakeDB, version: str) -> dict:
+    """A model version's record (its model.json): classes, config, the data it saw (counts per
+    class, label batches, validation ids), curves per epoch, hardware, timings, and ``path``.
+
+    Raises:
+        TrainingError: the lake has no such version (the message lists those it has).
+
+    Example:
+        >>> read_model(open_lake(lake_uri), "no-such-version")
+        Traceback (most recent call last):
+        mining.errors.TrainingError: the lake has no model 'no-such-version'; models: ...
+    """
+    from mining.models import read_model as read
+
+    return read(db, version)
 
 
 def _config(db: LakeDB, config: Config | None) -> Config:

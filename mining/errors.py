@@ -90,3 +90,8 @@ class ExportError(EdgemineError, ValueError):
 
 class LabelError(EdgemineError, ValueError):
     """A label file (or Label Studio project) that cannot be read as its format; nothing of it was written."""
+
+
+class TrainingError(EdgemineError, ValueError):
+    """A model that cannot be trained or found as asked (no labels, one class, an unknown or
+    taken version); nothing of it was made visible."""

@@ -11,6 +11,8 @@ Layout (relative to the lake root)::
     _jobs/<job>/<shard>.json what a job finished with one input (an input file's size and ETag, say),
                              so a rerun skips what is done; written after the shard's commits
     _index/<backbone>/<weights>/  the vector index: current.json -> <version>/ files (mining.index_store)
+    _models/<version>/       a trained classifier: model.pt, model.json (mining.models; the models row makes it visible)
+    _models/_staging/<version>/  a training run's per-epoch checkpoints, until the model is published
     sources/                 raw inputs the demo generates
 
 A lake written before tables were Delta tables (Parquet folders without a
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 
 JOBS_DIR = "_jobs"
 INDEX_DIR = "_index"
+MODELS_DIR = "_models"  # not models/: that folder is the models Delta table
 SOURCES_DIR = "sources"
 DELTA_LOG = "_delta_log"
 
@@ -176,6 +179,14 @@ class Lake:
     def index_dir(self, backbone: str, weights: str) -> str:
         """Where the vector index over one (backbone, weights) embedding set lives."""
         return self.path(INDEX_DIR, backbone, weights)
+
+    def model_dir(self, version: str) -> str:
+        """Where a published model's files live (mining.models)."""
+        return self.path(MODELS_DIR, version)
+
+    def model_staging_dir(self, version: str) -> str:
+        """Where a training run keeps its epoch checkpoints until it publishes the model."""
+        return self.path(MODELS_DIR, "_staging", version)
 
     def marker_path(self, job: str, shard: str) -> str:
         return self.path(JOBS_DIR, job, f"{shard}.json")

@@ -375,10 +375,37 @@ DUPLICATES = Table(
     ),
 )
 
+# -- models (issue 17: edgemine train / score) -------------------------------------------
+MODELS = Table(
+    name="models",
+    doc="Classifiers trained on the lake's labels (`edgemine train`): one row per version, written last (its commit point).",
+    key=("version",),
+    schema=pa.schema(
+        [
+            pa.field("version", pa.string(), nullable=False),
+            pa.field("backbone", pa.string(), nullable=False),
+            pa.field("base", pa.string()),
+            pa.field("classes", pa.list_(pa.string()), nullable=False),
+            pa.field("train_images", pa.int64()),
+            pa.field("val_images", pa.int64()),
+            pa.field("epochs", pa.int32()),
+            pa.field("best_epoch", pa.int32()),
+            pa.field("val_accuracy", pa.float32()),
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("checkpoint_sha256", pa.string()),
+            pa.field("record", pa.string()),
+            pa.field("created_by", pa.string()),
+            pa.field("created_at", UTC_TS, nullable=False),
+        ]
+    ),
+)
+
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS,
-              NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES)
+              NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES,
+              MODELS)
 }
 
 

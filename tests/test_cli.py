@@ -17,7 +17,7 @@ from tests.helpers import jsonl, prediction, put, put_images
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"
 COMMANDS = [["demo"], ["ingest", "images"], ["ingest", "predictions"], ["embed"], ["sql"], ["tables"], ["history"],
-            ["compact"], ["migrate"]]
+            ["compact"], ["migrate"], ["train"], ["score"], ["models"]]
 
 
 def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

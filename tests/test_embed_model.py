@@ -151,3 +151,28 @@ def test_public_api_as_the_package_docstring_shows():
     prepared = embed.decode(jpeg_bytes(3, (300, 200)), embed.ImageOptions(backbone.preprocessing))
     vectors = backbone.embed(prepared.pixels[None])
     assert vectors.shape == (1, 512) and abs(float(vectors[0] @ vectors[0]) - 1) < 1e-6
+
+
+def test_resnet34_is_a_second_backbone_with_512_d_vectors():
+    backbone = load_backbone("resnet34", "random", seed=1, device="cpu")
+    vectors = backbone.embed(random_pixels(2)[:, :, :64, :64])
+    assert backbone.name == "resnet34" and vectors.shape == (2, 512)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=TOLERANCE)
+
+
+def test_a_classifier_gives_its_embedding_and_class_probabilities_in_one_pass():
+    from embed.model import load_classifier
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=3)
+    classifier = load_classifier("resnet18", model.state_dict(), ["a", "b", "c"], "model:x", device="cpu")
+    pixels = random_pixels(2)[:, :, :64, :64]
+    vectors, scores = classifier.embed_and_classify(pixels)
+    assert vectors.shape == (2, 512) and scores.shape == (2, 3) and np.allclose(scores.sum(1), 1, atol=1e-5)
+    # The same as the plain model's softmax (fused batch norm: float rounding only).
+    x = TF.normalize(pixels.float() / 255, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(x), 1).numpy()
+    assert np.allclose(scores, expected, atol=1e-4)
+    with pytest.raises(WeightsError, match="does not fit"):
+        load_classifier("resnet34", model.state_dict(), ["a", "b", "c"], "model:x")

@@ -30,6 +30,7 @@ def modules_after(args: list[str]) -> tuple[int, dict]:
     ["tables"],
     ["narrow", "list"],
     ["review", "list"],
+    ["models"],
 ])
 def test_read_commands_do_not_import_torch(demo_lake, args):
     rc, report = modules_after([*args, "--lake", demo_lake.uri])
