@@ -52,7 +52,7 @@ class LoopSettings:
     the doubt added to the classifier's score, times its skill on the marks so far
     when ``prior_adaptive`` (see _doubt_skill)."""
 
-    prior_first: float = 2.0
+    prior_first: float = 0.0
     prior_feature: float = 0.0
     prior_score: float = 8.0
     prior_adaptive: bool = True

@@ -134,8 +134,9 @@ def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None
     (mining.feedback), computed exactly over every candidate.
 
     ``uncertainty``: float32 (n, f) per index position, the production model's doubt
-    (``model_uncertainty``): it joins the score as the reviewer loop's prior
-    (mining.feedback.loop_scores, docs/MINING.md). ``positive_positions`` /
+    (``model_uncertainty``): with negatives, it joins the classifier's score as the
+    reviewer loop's prior (mining.feedback.loop_scores, docs/MINING.md); scores are
+    then z-scores, not similarities. ``positive_positions`` /
     ``negative_positions``: index positions of the first rows of ``positives`` /
     ``negatives`` (the rest, files from outside, count as average doubt)."""
     scores, positions = rank_positions(index, positives, negatives, k, subset=subset, exclude=exclude, seed=seed,
@@ -153,7 +154,7 @@ def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndar
     if len(positives) == 0:
         raise SearchError("give at least one positive: an image id or an image file")
     negatives = np.zeros((0, index.dim), np.float32) if negatives is None else np.atleast_2d(np.asarray(negatives, np.float32))
-    if uncertainty is not None:
+    if uncertainty is not None and negatives.size:
         return _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, uncertainty,
                                 positive_positions, negative_positions)
     if negatives.size == 0:
