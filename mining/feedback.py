@@ -54,7 +54,7 @@ class LoopSettings:
 
     prior_first: float = 0.0
     prior_feature: float = 0.0
-    prior_score: float = 8.0
+    prior_score: float = 32.0
     prior_adaptive: bool = True
     blend: float = 0.0
     blend_half: int = 20
