@@ -140,7 +140,7 @@ def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] =
         embed_files: ``embed.files.file_embedder(config)``, to embed file seeds with the index's model.
 
     Returns:
-        Hits (rank, image_id, score: cosine similarity, or with negatives a z-score), best first;
+        Hits (rank, image_id, score: cosine similarity, or with negatives a sum of weighted z-scores), best first;
         never a seed or a negative.
 
     Raises:

@@ -7,6 +7,11 @@ unmarked images joins the negatives with a small weight: edge cases are rare, so
 most of the lake is a fair guess of "not this", and it keeps the classifier from
 keying on whatever the few marked images happen to share. On the demo lake this
 cut the images viewed per edge case found from 1.50 to 1.33 (BENCHMARKS.md).
+
+``loop_scores`` is the reviewer loop (`edgemine similar ... --not ...` when the lake
+has predictions): the classifier's score plus the production model's doubt, weighted
+by how well the doubt told the marks apart so far. Over the benchmark's five kinds of
+edge case it cut the mean views per edge image from 19.96 to 8.61 (docs/MINING.md).
 """
 
 from __future__ import annotations

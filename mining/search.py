@@ -136,7 +136,7 @@ def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None
     ``uncertainty``: float32 (n, f) per index position, the production model's doubt
     (``model_uncertainty``): with negatives, it joins the classifier's score as the
     reviewer loop's prior (mining.feedback.loop_scores, docs/MINING.md); scores are
-    then z-scores, not similarities. ``positive_positions`` /
+    then sums of weighted z-scores, not similarities. ``positive_positions`` /
     ``negative_positions``: index positions of the first rows of ``positives`` /
     ``negatives`` (the rest, files from outside, count as average doubt)."""
     scores, positions = rank_positions(index, positives, negatives, k, subset=subset, exclude=exclude, seed=seed,
