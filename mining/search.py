@@ -114,7 +114,7 @@ def find_similar(db: LakeDB, index: VectorIndex, config: Config, seeds: Sequence
     query = resolve_query(db, index, seeds, negatives=negatives, where=where, embed_files=embed_files)
     hits = rank(index, query.positive.vectors, None if query.negative is None else query.negative.vectors,
                 k or config.mining.k, subset=query.subset, exclude=query.exclude, seed=config.mining.seed,
-                uncertainty=model_uncertainty(db, index),
+                uncertainty=None if query.negative is None else model_uncertainty(db, index),  # used with negatives
                 positive_positions=query.positive.positions,
                 negative_positions=None if query.negative is None else query.negative.positions)
     if save:
