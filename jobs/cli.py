@@ -97,6 +97,9 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     demo = add(commands, "demo", cmd_demo, "generate a synthetic lake (images, predictions, ground truth) and ingest it")
     demo.add_argument("--images", type=int, help="number of images (default: config demo.images, 2000)")
     demo.add_argument("--seed", type=int, help="random seed (default: config demo.seed, 0)")
+    # issue 15: which edge case the demo lake hides
+    demo.add_argument("--kind", help="the hidden edge case: glare, unseen_class, new_camera, snow, small_occluded "
+                      "(default: config demo.kind, glare)")
 
     ingest = commands.add_parser("ingest", help="load images or predictions into the lake")
     ingest_commands = ingest.add_subparsers(title="what", metavar="WHAT")
@@ -296,6 +299,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         config.demo,
         images=args.images if args.images is not None else config.demo.images,
         seed=args.seed if args.seed is not None else config.demo.seed,
+        kind=args.kind or config.demo.kind,
     )
     if demo.images < 1:
         raise UsageError("--images must be at least 1")

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from jobs import demo_data
@@ -35,6 +36,7 @@ from jobs.ingest_predictions import IngestSummary, ingest_predictions
 from jobs.progress import Progress
 from mining import tables
 from mining.config import Config, DemoConfig, S3Config
+from mining.errors import ConfigError
 from mining.index_sync import IndexSummary, index_lake
 from mining.lake import SOURCES_DIR, Lake, as_uri, open_url
 from mining.schema import DEMO_TRUTH, image_id_from_bytes
@@ -86,10 +88,14 @@ def run_demo(config: Config, *, show_progress: bool = True) -> DemoSummary:
 
 def generate_source(lake: Lake, demo: DemoConfig, *, show_progress: bool = True) -> dict[str, Any]:
     """Write the demo inputs under <lake>/sources/demo, unless already there for the same settings."""
+    if demo.kind not in demo_data.EDGE_KINDS:
+        raise ConfigError(f"unknown demo kind {demo.kind!r}; choose one of: {', '.join(demo_data.EDGE_KINDS)}")
     root = lake.path(SOURCES_DIR, "demo")
     uri = lake.url(root)
     success = posixpath.join(root, "_SUCCESS.json")
     params = asdict(demo) | {"workers": None}
+    if demo.kind == "glare":  # the kind the demo always had: a source written before kinds existed is the same
+        del params["kind"]
     if lake.fs.exists(success):
         with lake.fs.open(success, "r") as f:
             if json.load(f).get("params") == params:
@@ -125,6 +131,9 @@ def generate_source(lake: Lake, demo: DemoConfig, *, show_progress: bool = True)
 def write_truth(lake: Lake, source: dict[str, Any]) -> int:
     with lake.fs.open(posixpath.join(source["root"], "truth.parquet"), "rb") as f:
         truth = pq.read_table(f)
+    if "edge_kind" not in truth.column_names:  # written before kinds existed: every edge case is glare
+        kind = pc.if_else(truth.column("is_edge_case"), pa.scalar("glare"), pa.scalar(None, pa.string()))
+        truth = truth.append_column("edge_kind", kind)
     at = pa.array([datetime.now(UTC)] * truth.num_rows, DEMO_TRUTH.schema.field("ingested_at").type)
     truth = truth.append_column("ingested_at", at).select(DEMO_TRUTH.schema.names).cast(DEMO_TRUTH.schema)
     tables.overwrite(lake, DEMO_TRUTH, truth, tables.commit_info(JOB, source=source["uri"]))
@@ -148,7 +157,7 @@ def _render_range(lake_uri: str, s3: S3Config, root: str, demo: DemoConfig, boun
     out = []
     for index in range(*bounds):
         rng = demo_data.scene_rng(demo.seed, index)
-        scene = demo_data.sample_scene(rng, index, demo.width, demo.height, demo.edge_case_rate)
+        scene = demo_data.sample_scene(rng, index, demo.width, demo.height, demo.edge_case_rate, demo.kind)
         data = demo_data.encode_jpeg(demo_data.draw_scene(scene, rng, demo.width, demo.height))
         name = f"images/{index:06d}.jpg"
         with fs.open(posixpath.join(root, name), "wb") as f:
@@ -166,6 +175,7 @@ def _render_range(lake_uri: str, s3: S3Config, root: str, demo: DemoConfig, boun
             "glare": scene.glare,
             "camera": scene.camera,
             "is_edge_case": scene.is_edge_case,
+            "edge_kind": scene.edge_kind,
         }
         out.append({"truth": truth, "prediction": prediction})
     return out

@@ -133,14 +133,16 @@ def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] =
     Args:
         seeds: image ids of the lake (or image files, with ``embed_files``).
         negatives: image ids (or files) the results should not look like; a
-            classifier then ranks every image.
+            classifier then ranks every image, with the production model's doubt
+            (its confidence, margin and entropy) as a prior weighted by how well it
+            told these marks apart (docs/MINING.md, the reviewer loop).
         k: how many results (default ``[mining] k``, 20).
         where: a SQL predicate over ``images i LEFT JOIN predictions p``, e.g. ``"p.confidence < 0.6"``.
         save: also save the results as this named set.
         embed_files: ``embed.files.file_embedder(config)``, to embed file seeds with the index's model.
 
     Returns:
-        Hits (rank, image_id, score: cosine similarity or the classifier's score), best first;
+        Hits (rank, image_id, score: cosine similarity, or with negatives a sum of weighted z-scores), best first;
         never a seed or a negative.
 
     Raises:

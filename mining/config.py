@@ -87,6 +87,9 @@ class DemoConfig:
     # The demo runs offline, so it embeds with seeded random weights unless told
     # otherwise; "imagenet" gives real similarity on a connected machine.
     weights: str = "random"
+    # Which edge case the lake hides (jobs.demo_data.EDGE_KINDS): glare, unseen_class,
+    # new_camera, snow or small_occluded; the benchmark builds one lake per kind.
+    kind: str = "glare"
 
 
 @dataclass(frozen=True)

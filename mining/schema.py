@@ -194,6 +194,7 @@ DEMO_TRUTH = Table(
             pa.field("camera", pa.string()),
             pa.field("is_edge_case", pa.bool_()),
             pa.field("ingested_at", UTC_TS),
+            pa.field("edge_kind", pa.string()),  # which edge case (demo.kind), null on the other images
         ]
     ),
 )

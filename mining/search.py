@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from mining.config import Config
 from mining.errors import SearchError
-from mining.feedback import classifier_query, mean_direction
+from mining.feedback import classifier_query, loop_scores, mean_direction
 from mining.index import VectorIndex
 from mining.lake import is_s3
 from mining.sets import save_set
@@ -113,7 +113,10 @@ def find_similar(db: LakeDB, index: VectorIndex, config: Config, seeds: Sequence
     Raises SearchError (unknown seed, empty slice, bad k) or QueryError (bad SQL)."""
     query = resolve_query(db, index, seeds, negatives=negatives, where=where, embed_files=embed_files)
     hits = rank(index, query.positive.vectors, None if query.negative is None else query.negative.vectors,
-                k or config.mining.k, subset=query.subset, exclude=query.exclude, seed=config.mining.seed)
+                k or config.mining.k, subset=query.subset, exclude=query.exclude, seed=config.mining.seed,
+                uncertainty=None if query.negative is None else model_uncertainty(db, index),  # used with negatives
+                positive_positions=query.positive.positions,
+                negative_positions=None if query.negative is None else query.negative.positions)
     if save:
         save_set(db, save, [h.image_id for h in hits], source=f"similar:{' '.join(seeds)}", user=config.mining.user,
                  scores=[h.score for h in hits])
@@ -121,24 +124,39 @@ def find_similar(db: LakeDB, index: VectorIndex, config: Config, seeds: Sequence
 
 
 def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
-         subset: np.ndarray | None = None, exclude: np.ndarray | None = None, seed: int = 0) -> list[Hit]:
+         subset: np.ndarray | None = None, exclude: np.ndarray | None = None, seed: int = 0,
+         uncertainty: np.ndarray | None = None, positive_positions: np.ndarray | None = None,
+         negative_positions: np.ndarray | None = None) -> list[Hit]:
     """The ``k`` images most like ``positives`` (float32 (p, d) vectors) and unlike
     ``negatives`` (float32 (m, d)), among ``subset`` positions (None: all), never
     one of ``exclude``. Positives only: cosine similarity to their mean direction
     (the index's own search). With negatives: a linear classifier's score
-    (mining.feedback), computed exactly over every candidate."""
-    scores, positions = rank_positions(index, positives, negatives, k, subset=subset, exclude=exclude, seed=seed)
+    (mining.feedback), computed exactly over every candidate.
+
+    ``uncertainty``: float32 (n, f) per index position, the production model's doubt
+    (``model_uncertainty``): with negatives, it joins the classifier's score as the
+    reviewer loop's prior (mining.feedback.loop_scores, docs/MINING.md); scores are
+    then sums of weighted z-scores, not similarities. ``positive_positions`` /
+    ``negative_positions``: index positions of the first rows of ``positives`` /
+    ``negatives`` (the rest, files from outside, count as average doubt)."""
+    scores, positions = rank_positions(index, positives, negatives, k, subset=subset, exclude=exclude, seed=seed,
+                                       uncertainty=uncertainty, positive_positions=positive_positions,
+                                       negative_positions=negative_positions)
     return [Hit(rank=r + 1, image_id=str(index.ids[p]), score=float(s)) for r, (s, p) in enumerate(zip(scores, positions))]
 
 
 def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
-                   subset: np.ndarray | None = None, exclude: np.ndarray | None = None,
-                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                   subset: np.ndarray | None = None, exclude: np.ndarray | None = None, seed: int = 0,
+                   uncertainty: np.ndarray | None = None, positive_positions: np.ndarray | None = None,
+                   negative_positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``rank`` as arrays: float32 scores and int64 index positions (k',), best first."""
     positives = np.atleast_2d(np.asarray(positives, np.float32))
     if len(positives) == 0:
         raise SearchError("give at least one positive: an image id or an image file")
     negatives = np.zeros((0, index.dim), np.float32) if negatives is None else np.atleast_2d(np.asarray(negatives, np.float32))
+    if uncertainty is not None and negatives.size:
+        return _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, uncertainty,
+                                positive_positions, negative_positions)
     if negatives.size == 0:
         query, exact = mean_direction(positives), False
     else:
@@ -146,6 +164,60 @@ def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndar
     scores, positions = index.search(query[None], k, subset=subset, exclude=exclude, exact=exact)
     found = positions[0] >= 0  # an IVF search can come back short
     return scores[0][found], positions[0][found]
+
+
+def _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, uncertainty, positive_positions,
+                     negative_positions) -> tuple[np.ndarray, np.ndarray]:
+    """Every candidate scored exactly by mining.feedback.loop_scores, the top ``k``."""
+    def marks_prior(rows: int, positions: np.ndarray | None) -> np.ndarray:
+        known = uncertainty[np.asarray(positions if positions is not None else [], np.int64)[:rows]]
+        return np.concatenate([known, np.tile(uncertainty.mean(0), (rows - len(known), 1))]).astype(np.float32)
+
+    scores = loop_scores(index, positives, negatives, prior=uncertainty,
+                         positive_prior=marks_prior(len(positives), positive_positions),
+                         negative_prior=marks_prior(len(negatives), negative_positions), exclude=exclude, seed=seed)
+    candidates = np.arange(len(index)) if subset is None else np.asarray(subset, np.int64)
+    if exclude is not None and len(exclude):
+        candidates = candidates[~np.isin(candidates, exclude)]
+    k = min(k, len(candidates))
+    if k <= 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    top = candidates[np.argpartition(-scores[candidates], k - 1)[:k]]
+    top = top[np.lexsort((top, -scores[top]))]  # best first, ties by position
+    return scores[top], top.astype(np.int64)
+
+
+# The production model's doubt per image, from its predictions (the least sure one
+# when there are several): 1 - confidence, 1 - margin (top score minus the next), and
+# the entropy of the class scores over log(classes). Images without predictions: 0.
+UNCERTAINTY_SQL = """
+WITH per_prediction AS (
+    SELECT image_id, confidence,
+           list_sort(map_values(scores), 'DESC') AS s
+    FROM predictions
+)
+SELECT image_id,
+       1 - min(confidence) AS doubt,
+       1 - min(coalesce(s[1] - coalesce(s[2], 0), confidence)) AS low_margin,
+       max(coalesce(list_sum(list_transform(s, x -> CASE WHEN x > 0 THEN -x * ln(x) ELSE 0 END))
+                    / nullif(ln(len(s)), 0), 1 - confidence)) AS entropy
+FROM per_prediction GROUP BY image_id
+"""
+
+
+def model_uncertainty(db: LakeDB, index: VectorIndex) -> np.ndarray:
+    """float32 (n, 3) per index position: the production model's doubt (1 - confidence),
+    low margin (1 - (top score - next)), and normalised entropy of its scores, each in
+    [0, 1]; zeros for an image without predictions. The reviewer loop's prior."""
+    rows = db.query(UNCERTAINTY_SQL)
+    out = np.zeros((len(index), 3), np.float32)
+    if rows.num_rows:
+        positions = index.positions(rows.column("image_id").to_numpy(zero_copy_only=False), skip_missing=True)
+        known = np.isin(rows.column("image_id").to_numpy(zero_copy_only=False), index.ids)
+        for j, name in enumerate(("doubt", "low_margin", "entropy")):
+            values = rows.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
+            out[positions, j] = np.nan_to_num(values[known], nan=0.0)
+    return np.clip(out, 0, 1)
 
 
 def slice_positions(db: LakeDB, index: VectorIndex, where: str) -> np.ndarray:

@@ -231,7 +231,8 @@ def insert_new(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int:
 
 def overwrite(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int:
     """Make ``rows`` the whole table (the demo's ground truth, a migrated table); returns the new version."""
-    return _retry(table, lambda: _write(lake, table, rows, info, mode="overwrite"))
+    # schema_mode="overwrite": the whole table is replaced, so is its schema (a column added since).
+    return _retry(table, lambda: _write(lake, table, rows, info, mode="overwrite", schema_mode="overwrite"))
 
 
 def delete(lake: Lake, table: Table, where: str, info: Commit) -> int | None:
@@ -350,7 +351,7 @@ def _write(lake: Lake, table: Table, rows: pa.Table, info: Commit, **how: Any) -
     if created and lake.in_old_layout(table):  # never start a Delta table among the old layout's files
         lake.check_layout()
     write_deltalake(table_uri(lake, table), rows, partition_by=[table.partition] if table.partition else None,
-                    schema_mode="merge" if table.extra_columns else None, storage_options=storage_options(lake),
+                    schema_mode=how.pop("schema_mode", "merge" if table.extra_columns else None), storage_options=storage_options(lake),
                     commit_properties=_properties(info), **how)
     if created:
         lake.mark_changed()  # a new table: views made before it existed must be made again

@@ -102,3 +102,79 @@ def test_tiny_demo(tmp_path, images):
     lake = Lake(str(tmp_path / "lake"))
     summary = run_demo(demo_config(lake, images), show_progress=False).to_dict()
     assert summary["predictions"]["rows"]["predictions"] == images
+
+
+# -- issue 15: more kinds of edge case -------------------------------------------------
+OTHER_KINDS = [k for k in demo_data.EDGE_KINDS if k != "glare"]
+
+
+def sample_kind(kind: str, n: int, rate: float, seed: int = 2):
+    scenes = []
+    for index in range(n):
+        rng = demo_data.scene_rng(seed, index)
+        scene = demo_data.sample_scene(rng, index, 64, 48, edge_case_rate=rate, kind=kind)
+        scenes.append((scene, demo_data.simulate_prediction(scene, rng)))
+    return scenes
+
+
+@pytest.mark.parametrize("kind", demo_data.EDGE_KINDS)
+def test_each_kind_hides_its_edge_case_at_the_configured_rate(kind):
+    for rate in (0.01, 0.05):
+        scenes = sample_kind(kind, 1500, rate)
+        edge = [s for s, _ in scenes if s.is_edge_case]
+        assert abs(len(edge) / len(scenes) - rate) < 0.4 * rate + 0.004
+        assert {s.edge_kind for s in edge} == {kind}
+        assert all(s.edge_kind is None for s, _ in scenes if not s.is_edge_case)
+    what = {  # what makes each kind that kind
+        "glare": lambda s: s.glare,
+        "unseen_class": lambda s: s.true_label == demo_data.UNSEEN_CLASS,
+        "new_camera": lambda s: s.camera == demo_data.NEW_CAMERA,
+        "snow": lambda s: s.weather == "snow",
+        "small_occluded": lambda s: s.size == "tiny" and s.occluded,
+    }[kind]
+    assert all(what(s) for s in edge) and not any(what(s) for s, _ in scenes if not s.is_edge_case)
+    # The simulated model never answers with a class it does not have, and it is worse on the edge case.
+    assert all(p["label"] in demo_data.CLASSES for _, p in scenes)
+    right = np.mean([p["label"] == s.true_label for s, p in scenes if not s.is_edge_case])
+    assert np.mean([p["label"] == s.true_label for s, p in scenes if s.is_edge_case]) < right - 0.1
+
+
+@pytest.mark.parametrize("kind", OTHER_KINDS)
+def test_each_kind_is_deterministic_and_leaves_the_other_images_as_glare_lakes_have_them(kind):
+    a, b = sample_kind(kind, 300, 0.05), sample_kind(kind, 300, 0.05)
+    assert [(s.true_label, s.camera, p["confidence"]) for s, p in a] == [(s.true_label, s.camera, p["confidence"]) for s, p in b]
+    glare = sample_kind("glare", 300, 0.05)
+    for (s, p), (g, q) in zip(a, glare):
+        assert s.is_edge_case == g.is_edge_case  # the same images are the edge case, whatever the kind
+        if not s.is_edge_case:
+            assert p == q
+
+
+@pytest.mark.parametrize("kind", OTHER_KINDS)
+def test_each_kind_is_visible_in_the_pixels(kind):
+    """The edge case must change the image, or no embedding can find it."""
+    changed = []
+    for index in range(12):
+        plain = demo_data.sample_scene(demo_data.scene_rng(4, index), index, 96, 72, edge_case_rate=0.0)
+        rng = demo_data.scene_rng(4, index)
+        edge = demo_data.sample_scene(rng, index, 96, 72, edge_case_rate=1.0, kind=kind)
+        a = np.asarray(demo_data.draw_scene(plain, demo_data.scene_rng(9, index), 96, 72), np.float32)
+        b = np.asarray(demo_data.draw_scene(edge, demo_data.scene_rng(9, index), 96, 72), np.float32)
+        changed.append(np.abs(a - b).mean())
+    assert np.mean(changed) > 8
+
+
+def test_demo_kind_is_selectable_and_written_to_the_truth(tmp_path):
+    from mining.errors import ConfigError
+    from mining.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    config = demo_config(lake, 40)
+    config = replace(config, demo=replace(config.demo, kind="snow", edge_case_rate=0.2))
+    run_demo(config, show_progress=False)
+    rows = query(lake, "SELECT is_edge_case, edge_kind, weather, count(*) n FROM demo_truth GROUP BY ALL")
+    edge = [r for r in rows if r["is_edge_case"]]
+    assert edge and all(r["edge_kind"] == "snow" and r["weather"] == "snow" for r in edge)
+    assert all(r["edge_kind"] is None and r["weather"] != "snow" for r in rows if not r["is_edge_case"])
+    with pytest.raises(ConfigError, match="unknown demo kind 'rain'.*small_occluded"):
+        run_demo(replace(config, demo=replace(config.demo, kind="rain")), show_progress=False)

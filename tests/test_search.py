@@ -114,3 +114,69 @@ def test_cli_similar_where_save_and_outside_file(demo_lake):
     bad_sql = run_cli("similar", seed, "--where", "p.nope = 1", "--lake", demo_lake.uri, check=False)
     assert bad_sql.returncode == 2 and bad_sql.stderr.count("\n") == 1 and "nope" in bad_sql.stderr
 
+
+
+# -- issue 15: the reviewer loop's prior, on vectors with a planted edge case --------
+def _loop_views(index, edge: np.ndarray, uncertainty: np.ndarray | None, seed: int = 0) -> int:
+    """Images viewed, pages of 20 ranked by mining.search.rank, until 90% of ``edge``."""
+    target = math.ceil(0.9 * edge.sum())
+    positives, negatives, seen, viewed = [int(np.flatnonzero(edge)[seed])], [], [], 0
+    seen = list(positives)
+    while len(positives) < target:
+        hits = rank(index, index.vectors[positives], index.vectors[negatives] if negatives else None, 20,
+                    exclude=np.array(seen), uncertainty=uncertainty, positive_positions=np.array(positives),
+                    negative_positions=np.array(negatives, np.int64))
+        for position in index.positions([h.image_id for h in hits]):
+            viewed += 1
+            seen.append(position)
+            (positives if edge[position] else negatives).append(position)
+    return viewed
+
+
+def _planted(n: int = 1200, d: int = 24, planted: int = 30, spread: float = 0.6, seed: int = 0):
+    """Unit vectors: noise, and ``planted`` of them near one direction (the edge case)."""
+    from mining.index import IndexSpec, VectorIndex
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d))
+    edge = np.zeros(n, bool)
+    edge[rng.choice(n, planted, replace=False)] = True
+    x[edge] = rng.normal(size=d) * 1.0 / spread + rng.normal(size=(planted, d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return VectorIndex(np.array(image_ids(n)), x.astype(np.float32), IndexSpec("flat")), edge
+
+
+def test_loop_finds_a_planted_cluster_in_far_fewer_views_than_random():
+    index, edge = _planted()
+    views = _loop_views(index, edge, None)
+    random_views = np.mean([np.searchsorted(np.cumsum(edge[np.random.default_rng(r).permutation(len(edge))]),
+                                            math.ceil(0.9 * edge.sum())) + 1 for r in range(10)])
+    assert views * 5 < random_views, (views, random_views)
+    # The prior changes nothing when the model's doubt is the same everywhere.
+    flat = np.full((len(index), 3), 0.2, np.float32)
+    assert abs(_loop_views(index, edge, flat) - views) <= 20
+
+
+def test_model_doubt_helps_where_the_embedding_barely_separates_the_edge_case():
+    """Embeddings that barely tell the edge case apart, a model that is unsure on it
+    (as on an unseen class): with the doubt as a prior the loop needs fewer views."""
+    index, edge = _planted(spread=4.0, seed=3)
+    rng = np.random.default_rng(0)
+    doubt = np.clip(rng.normal(0.2, 0.12, len(edge)) + 0.25 * edge, 0, 1)
+    uncertainty = np.stack([doubt, doubt, doubt], 1).astype(np.float32)
+    without = np.mean([_loop_views(index, edge, None, seed=s) for s in range(2)])
+    with_prior = np.mean([_loop_views(index, edge, uncertainty, seed=s) for s in range(2)])
+    assert with_prior < 0.7 * without, (with_prior, without)
+
+
+def test_model_uncertainty_reads_the_predictions(demo_lake):
+    from mining.search import model_uncertainty
+
+    with LakeDB(demo_lake) as db:
+        index = open_index(db, IndexConfig())
+        doubt = model_uncertainty(db, index)
+    confidence = {r["image_id"]: r["c"] for r in rows(demo_lake, "SELECT image_id, min(confidence) c FROM predictions GROUP BY ALL")}
+    assert doubt.shape == (len(index), 3) and doubt.dtype == np.float32 and 0 <= doubt.min() and doubt.max() <= 1
+    expected = np.array([1 - confidence.get(i, 1.0) for i in index.ids])
+    np.testing.assert_allclose(doubt[:, 0], expected, atol=1e-5)
+    assert np.corrcoef(doubt[:, 0], doubt[:, 2])[0, 1] > 0.5  # entropy goes with doubt

@@ -481,3 +481,38 @@ def test_bad_queue_input_is_an_error_box_and_writes_nothing(app, demo_lake):
     app.button(key="make_queue").click().run()
     assert "no predictions in where p.camera = 'no-such-camera'" in app.error[0].value
     assert sql(demo_lake, "SELECT count(*) n FROM queues WHERE queue = 'ui-bad'") == [{"n": 0}]
+
+
+def test_find_similar_review_loop_marks_pages_counts_and_resumes(app, demo_lake):
+    """Mark a page (selected: edge case, the rest: not), the next page leaves out every
+    mark, the counter counts, the marks are review decisions, and a new session resumes."""
+    open_page(app, "similar")
+    edge = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM demo_truth WHERE is_edge_case ORDER BY image_id")]
+    app.text_input(key="seed_ids").input(edge[0])
+    app.button(key="seed_ids_add").click().run()
+    app.number_input(key="k").set_value(20).run()
+    app.text_input(key="loop_review").input("ui-loop").run()
+    page = grid_ids(app, "results")
+    found = [i for i in page if i in edge]
+    select(app, "results", found)
+    app.button(key="mark_page").click().run()
+    assert not app.exception
+    assert app.session_state["positives"] == [edge[0], *found]
+    assert sorted(app.session_state["negatives"]) == sorted(i for i in page if i not in found)
+    assert not set(grid_ids(app, "results")) & set(page)  # the next page: nothing marked again
+    assert [m.value for m in app.metric] == [f"{1 + len(page)} / {1 + len(found)}"]
+    saved = sql(demo_lake, "SELECT image_id, decision, reviewer FROM reviews WHERE review = 'ui-loop'")
+    assert {r["image_id"]: r["decision"] for r in saved} == {i: "accept" if i in found else "reject" for i in page}
+    assert {r["reviewer"] for r in saved} == {"alice"}
+
+    # Another session resumes from the decisions.
+    again = AppTest.from_file(APP, default_timeout=120)
+    again.run()
+    open_page(again, "similar")
+    again.text_input(key="seed_ids").input(edge[0])
+    again.button(key="seed_ids_add").click().run()
+    again.text_input(key="loop_review").input("ui-loop").run()
+    again.button(key="resume_loop").click().run()
+    assert not again.exception
+    assert set(again.session_state["positives"]) == {edge[0], *found}
+    assert set(again.session_state["negatives"]) == set(page) - set(found)

@@ -1,22 +1,23 @@
-"""Benchmark: mining quality on the demo lake, whose ground truth (``demo_truth``)
-says which images are the edge case (sun glare).
+"""Benchmark: mining quality over every kind of edge case the demo generator
+hides (jobs.demo_data.EDGE_KINDS: glare, an unseen class, a new camera, snow,
+small half-hidden objects), one demo lake per kind, whose ground truth
+(``demo_truth``) says which images are the edge case.
 
-One edge-case image is flagged (each of ``--seeds`` of them in turn), then:
+Per kind, each of ``--seeds`` edge-case images is flagged in turn, then a
+simulated reviewer looks at the next 20 images offered, marks the edge cases
+positive and the rest negative, and the next 20 are ranked with everything marked
+so far by mining.search.rank (what `edgemine similar SEEDS --not NEGATIVES` runs).
+The number: images viewed (the flagged one not counted) per edge image collected,
+until 90% of the edge cases are collected; against, in the same run, reviewing
+predictions by lowest confidence and in random order. The headline is the mean
+over the kinds. Optionally (``--narrowing``) also top-k search quality and a
+simulated narrowing session per kind.
 
-1. search: recall and precision of the edge case in the top-k similar images;
-2. narrowing: a pool of the nearest images is clustered; a simulated person
-   looks at each cluster's mosaic (the 8 images nearest its centre, as
-   `narrow show` prints them) and picks the clusters where most of the mosaic
-   is the edge case (or the best one); re-clustered until few images are left.
-   Precision and recall after each step;
-3. review: a simulated reviewer looks at the next 20 images offered, marks the
-   edge cases positive and the rest negative, and the next 20 are ranked with
-   everything marked so far (mining.search.rank: kNN first, then the
-   classifier). Images viewed until 90% of the edge cases are collected,
-   against, in the same run, reviewing predictions by lowest confidence and at
-   random.
+Lakes are built once under ``--cache`` (one per kind, size, seed and weights) and
+reused, so a second run only ranks.
 
-    python tests/benchmarks/bench_mining.py [--lake DIR] [--images 3000] [--seeds 10] [--json]
+    python tests/benchmarks/bench_mining.py [--images 1500] [--seeds 5] [--kinds glare snow]
+        [--weights random|imagenet|PATH] [--cache /tmp/bench-mining] [--json]
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from jobs.demo import run_demo  # noqa: E402
+from jobs.demo_data import EDGE_KINDS  # noqa: E402
 from mining.backends import get_backend  # noqa: E402
 from mining.clustering import cluster_pool, take_pool  # noqa: E402
 from mining.config import Config, DemoConfig  # noqa: E402
@@ -42,7 +44,7 @@ from mining.feedback import mean_direction  # noqa: E402
 from mining.index import VectorIndex  # noqa: E402
 from mining.index_sync import index_lake  # noqa: E402
 from mining.lake import Lake  # noqa: E402
-from mining.search import rank  # noqa: E402
+from mining.search import model_uncertainty, rank  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
@@ -62,6 +64,21 @@ def load_truth(lake: Lake, index: VectorIndex) -> tuple[np.ndarray, np.ndarray]:
     edge = np.array([truth[i]["is_edge_case"] for i in index.ids])
     confidence = np.array([truth[i]["confidence"] if truth[i]["confidence"] is not None else 1.0 for i in index.ids])
     return edge, confidence
+
+
+def build_lake(cache: Path, kind: str, images: int, weights: str, data_seed: int) -> tuple[VectorIndex, dict]:
+    """The demo lake of one kind (built once under ``cache``), its index, truth and the
+    model's uncertainty per index position."""
+    tag = weights if weights in ("random", "imagenet") else Path(weights).stem
+    config = Config(lake=str(cache / f"{kind}-{images}-s{data_seed}-{tag}"),
+                    demo=replace(DemoConfig(), images=images, kind=kind, weights=weights, seed=data_seed))
+    lake = Lake.from_config(config)
+    run_demo(config, show_progress=False)
+    with LakeDB(lake) as db:
+        index, _ = index_lake(db, config.index)
+        uncertainty = model_uncertainty(db, index)
+    edge, confidence = load_truth(lake, index)
+    return index, {"edge": edge, "confidence": confidence, "uncertainty": uncertainty}
 
 
 def search_quality(index: VectorIndex, edge: np.ndarray, seed: int, ks: list[int]) -> dict[int, tuple[float, float]]:
@@ -95,14 +112,16 @@ def narrowing(index: VectorIndex, edge: np.ndarray, seed: int, pool: int, cluste
     return steps
 
 
-def review(index: VectorIndex, edge: np.ndarray, seed: int) -> int:
+def review(index: VectorIndex, edge: np.ndarray, seed: int, uncertainty: np.ndarray | None = None) -> int:
     """Images viewed (the flagged seed not counted) until TARGET of the edge cases are collected."""
     target = math.ceil(TARGET * edge.sum())
     positives, negatives, seen = [seed], [], [seed]
     viewed = 0
     while len(positives) < target:
+        # What `edgemine similar POSITIVES --not NEGATIVES` ranks (mining.search.find_similar).
         hits = rank(index, index.vectors[positives], index.vectors[negatives] if negatives else None, PAGE,
-                    exclude=np.array(seen), seed=len(seen))
+                    exclude=np.array(seen), seed=len(seen), uncertainty=uncertainty,
+                    positive_positions=np.array(positives), negative_positions=np.array(negatives, np.int64))
         for position in index.positions([h.image_id for h in hits]):
             viewed += 1
             seen.append(position)
@@ -121,77 +140,90 @@ def machine() -> str:
     return describe({"faiss": faiss.__version__, "numpy": np.__version__})
 
 
+def measure_kind(kind: str, index: VectorIndex, truth: dict, args: argparse.Namespace, backend) -> dict:
+    edge = truth["edge"]
+    rng = np.random.default_rng(0)
+    seeds = rng.choice(np.flatnonzero(edge), min(args.seeds, int(edge.sum())), replace=False)
+    target = math.ceil(TARGET * edge.sum())
+    reviewed = [review(index, edge, s, truth["uncertainty"]) for s in seeds]
+    lowest_confidence = views_in_order(np.argsort(truth["confidence"], kind="stable"), edge)
+    at_random = float(np.mean([views_in_order(np.random.default_rng(r).permutation(len(edge)), edge) for r in range(20)]))
+    result = {
+        "kind": kind,
+        "images": len(index),
+        "edge_cases": int(edge.sum()),
+        "base_rate": float(edge.mean()),
+        "seeds": len(seeds),
+        "target": target,
+        "edgemine_views": float(np.mean(reviewed)),
+        "edgemine_views_min_max": [int(min(reviewed)), int(max(reviewed))],
+        "edgemine_per_edge": float(np.mean(reviewed)) / target,
+        "lowest_confidence_per_edge": lowest_confidence / target,
+        "random_per_edge": at_random / target,
+    }
+    if args.narrowing:
+        ks = [10, 20, 50, 100]
+        search = [search_quality(index, edge, s, ks) for s in seeds]
+        result["search"] = {k: {"recall": float(np.mean([s[k][0] for s in search])),
+                                "precision": float(np.mean([s[k][1] for s in search]))} for k in ks}
+        result["narrowing"] = [narrowing(index, edge, s, args.pool, args.clusters, backend) for s in seeds]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--lake", default="/tmp/edgemine-bench-mining", help="demo lake folder (built if missing)")
-    parser.add_argument("--images", type=int, default=3000)
-    parser.add_argument("--seeds", type=int, default=10, help="edge-case images flagged in turn")
+    parser.add_argument("--cache", default="/tmp/bench-mining", help="folder of the demo lakes (one per kind, built if missing)")
+    parser.add_argument("--kinds", nargs="+", default=list(EDGE_KINDS), choices=EDGE_KINDS)
+    parser.add_argument("--images", type=int, default=1500, help="images per lake")
+    parser.add_argument("--data-seed", type=int, default=0, help="the demo generator's seed")
+    parser.add_argument("--seeds", type=int, default=5, help="edge-case images flagged in turn, per kind")
+    parser.add_argument("--weights", default="random",
+                        help="embedding weights: random (seeded, offline), imagenet, or a checkpoint file")
+    parser.add_argument("--narrowing", action="store_true", help="also top-k search quality and narrowing per kind")
     parser.add_argument("--pool", type=int, default=300)
     parser.add_argument("--clusters", type=int, default=8)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    config = Config(lake=args.lake, demo=replace(DemoConfig(), images=args.images))
-    lake = Lake.from_config(config)
     started = time.monotonic()
-    run_demo(config, show_progress=True)
-    with LakeDB(lake) as db:
-        index, _ = index_lake(db, config.index)
     backend = get_backend("cpu")
-    edge, confidence = load_truth(lake, index)
-    rng = np.random.default_rng(0)
-    seeds = rng.choice(np.flatnonzero(edge), min(args.seeds, int(edge.sum())), replace=False)
-    target = math.ceil(TARGET * edge.sum())
-
-    ks = [10, 20, 50, 100]
-    search = [search_quality(index, edge, s, ks) for s in seeds]
-    narrow = [narrowing(index, edge, s, args.pool, args.clusters, backend) for s in seeds]
-    reviewed = [review(index, edge, s) for s in seeds]
-    lowest_confidence = views_in_order(np.argsort(confidence, kind="stable"), edge)
-    at_random = float(np.mean([views_in_order(np.random.default_rng(r).permutation(len(edge)), edge) for r in range(20)]))
-
-    result = {
-        "machine": machine(),
-        "images": len(index),
-        "edge_cases": int(edge.sum()),
-        "base_rate": float(edge.mean()),
-        "seeds": len(seeds),
-        "search": {k: {"recall": float(np.mean([s[k][0] for s in search])), "precision": float(np.mean([s[k][1] for s in search]))} for k in ks},
-        "narrowing": narrow,
-        "review": {
-            "target": target,
-            "edgemine_views": float(np.mean(reviewed)),
-            "edgemine_views_min_max": [int(min(reviewed)), int(max(reviewed))],
-            "edgemine_views_per_edge_case": float(np.mean(reviewed)) / target,
-            "lowest_confidence_views": lowest_confidence,
-            "random_views": at_random,
-        },
-        "seconds": round(time.monotonic() - started, 1),
-    }
+    kinds = []
+    for kind in args.kinds:
+        index, truth = build_lake(Path(args.cache), kind, args.images, args.weights, args.data_seed)
+        kinds.append(measure_kind(kind, index, truth, args, backend))
+    mean = {key: float(np.mean([k[key] for k in kinds]))
+            for key in ("edgemine_per_edge", "lowest_confidence_per_edge", "random_per_edge")}
+    result = {"machine": machine(), "weights": args.weights, "kinds": kinds, "mean": mean,
+              "seconds": round(time.monotonic() - started, 1)}
     if args.json:
         print(json.dumps(result, indent=2, default=float))
         return
-    r = result["review"]
-    print(f"\n{result['images']} demo images, {result['edge_cases']} edge cases ({100 * result['base_rate']:.1f}%), "
-          f"{len(seeds)} flagged seeds; {result['machine']}\n")
-    print("| top-k similar | recall | precision |\n|---:|---:|---:|")
-    for k, v in result["search"].items():
-        print(f"| {k} | {v['recall']:.2f} | {v['precision']:.2f} |")
-    print(f"\nnarrowing (pool {args.pool}, {args.clusters} clusters), mean over seeds:\n")
-    print("| step | images | precision | recall |\n|---|---:|---:|---:|")
-    depth = max(len(n) for n in narrow)
-    for i in range(depth):
-        at = [n[min(i, len(n) - 1)] for n in narrow]
-        name = "pool" if i == 0 else f"after pick {i}"
-        print(f"| {name} | {np.mean([a['images'] for a in at]):.0f} | {np.mean([a['precision'] for a in at]):.2f} | "
-              f"{np.mean([a['recall'] for a in at]):.2f} |")
-    print(f"\nreview until {TARGET:.0%} of the edge cases ({target}) are collected:\n")
-    print("| strategy | images viewed | per edge case | vs edgemine |\n|---|---:|---:|---:|")
-    mine = r["edgemine_views"]
-    for name, views in [("edgemine (similar, then classifier on marks)", mine),
-                        ("lowest confidence first", r["lowest_confidence_views"]), ("random order", r["random_views"])]:
-        print(f"| {name} | {views:.0f} | {views / target:.2f} | {views / mine:.1f}x |")
-    print(f"\n(edgemine per seed: {r['edgemine_views_min_max'][0]}..{r['edgemine_views_min_max'][1]} views; {result['seconds']}s)")
+    print(f"\n{args.images} demo images per kind, {args.seeds} flagged seeds per kind, weights {args.weights}; "
+          f"{result['machine']}\n")
+    print("views per edge image collected, to 90% of them:\n")
+    print("| kind | edge cases | edgemine | lowest confidence | random | vs lowest conf. | vs random |\n"
+          "|---|---:|---:|---:|---:|---:|---:|")
+    for k in kinds:
+        mine = k["edgemine_per_edge"]
+        print(f"| {k['kind']} | {k['edge_cases']} ({100 * k['base_rate']:.1f}%) | {mine:.2f} "
+              f"({k['edgemine_views_min_max'][0]}..{k['edgemine_views_min_max'][1]} views) | "
+              f"{k['lowest_confidence_per_edge']:.2f} | {k['random_per_edge']:.2f} | "
+              f"{k['lowest_confidence_per_edge'] / mine:.1f}x | {k['random_per_edge'] / mine:.1f}x |")
+    m = mean
+    print(f"| **mean** | | **{m['edgemine_per_edge']:.2f}** | {m['lowest_confidence_per_edge']:.2f} | "
+          f"{m['random_per_edge']:.2f} | | |")
+    for k in kinds if args.narrowing else []:
+        print(f"\n{k['kind']}: top-k similar to one flagged image\n\n| top-k | recall | precision |\n|---:|---:|---:|")
+        for top, v in k["search"].items():
+            print(f"| {top} | {v['recall']:.2f} | {v['precision']:.2f} |")
+        print(f"\nnarrowing (pool {args.pool}, {args.clusters} clusters), mean over seeds:\n")
+        print("| step | images | precision | recall |\n|---|---:|---:|---:|")
+        narrow = k["narrowing"]
+        for i in range(max(len(n) for n in narrow)):
+            at = [n[min(i, len(n) - 1)] for n in narrow]
+            print(f"| {'pool' if i == 0 else f'after pick {i}'} | {np.mean([a['images'] for a in at]):.0f} | "
+                  f"{np.mean([a['precision'] for a in at]):.2f} | {np.mean([a['recall'] for a in at]):.2f} |")
+    print(f"\n({result['seconds']}s)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Find similar: choose seeds (from a grid, by id, or an uploaded image), see the
-nearest images with scores, refine with positives and negatives, then start
-narrowing. Calls the same functions as `edgemine similar` and `narrow start`."""
+nearest images with scores, refine with positives and negatives (or mark whole pages
+in the review loop, saved as review decisions), then start narrowing. Calls the same functions as `edgemine similar` and `narrow start`."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import streamlit as st
 
-from mining import sessions
-from mining.errors import EdgemineError
-from mining.search import BROWSE_ORDERS, browse
+from mining import decisions, sessions
+from mining.errors import EdgemineError, ReviewError
+from mining.search import BROWSE_ORDERS, IMAGE_ID, browse
 from ui import data, nav, widgets
 
 BROWSE_SHOWN = 24
@@ -93,6 +93,7 @@ def _results() -> None:
                 on_click=_add, args=("positives", chosen, "results"))
     minus.button("Add selected as negatives", icon=":material/remove:", key="less_like", disabled=not chosen,
                  on_click=_add, args=("negatives", chosen, "results"))
+    _review_loop([h[0] for h in hits], chosen)
 
     st.subheader("Narrow down")
     pool_col, k_col, name_col = st.columns(3)
@@ -115,6 +116,47 @@ def _results() -> None:
         data.lake_changed()
         st.session_state["session"] = report.session
         nav.go("narrow")
+
+
+def _review_loop(shown: list[str], chosen: list[str]) -> None:
+    """The reviewer loop: mark the page shown (selected: the edge case; the rest: not),
+    and the next page is ranked by every mark so far (the doubt of the production model
+    joins once there is a negative: docs/MINING.md). Marks are the decisions of a named
+    review, so the loop resumes from them, here or in `edgemine review`."""
+    st.subheader("Review loop")
+    st.session_state.setdefault("loop_review", "find-similar")
+    name_col, count_col = st.columns([2, 2])
+    review = name_col.text_input("Review (the marks are its decisions)", key="loop_review").strip()
+    positives, negatives = st.session_state["positives"], st.session_state["negatives"]
+    count_col.metric("Marked / found", f"{len(positives) + len(negatives)} / {len(positives)}")
+    ids = [i for i in shown if IMAGE_ID.match(i)]
+    mark, resume, _ = st.columns([2, 1, 1])
+    mark.button(f"Mark page: {len(chosen)} selected are the edge case, {len(ids) - len(chosen)} not",
+                key="mark_page", type="primary", disabled=not ids, icon=":material/done_all:",
+                on_click=_mark_page, args=(review, ids, chosen, widgets.current_reviewer()))
+    resume.button("Resume from the review", key="resume_loop", disabled=not review, on_click=_resume, args=(review,))
+
+
+@widgets.action
+def _mark_page(review: str, shown: list[str], chosen: list[str], reviewer: str) -> None:
+    """A button's callback: the page's marks saved as decisions, then used as seeds and negatives."""
+    rest = [i for i in shown if i not in chosen]
+    for ids, decision in ((chosen, "accept"), (rest, "reject")):
+        if ids:
+            decisions.decide(data.db(), review, ids, decision, reviewer=reviewer, source="find-similar")
+    _add("positives", chosen)
+    _add("negatives", rest, "results")
+    data.lake_changed()
+
+
+@widgets.action
+def _resume(review: str) -> None:
+    """A button's callback: the review's decisions so far become the seeds and negatives."""
+    marks = decisions.decisions(data.db(), review)
+    if not marks:
+        raise ReviewError(f"review {review!r} has no decisions yet: mark a page first")
+    _add("positives", [i for i, d in marks.items() if d == "accept"])
+    _add("negatives", [i for i, d in marks.items() if d == "reject"])
 
 
 def _add(which: str, ids: list[str], clear: str | None = None) -> None:
