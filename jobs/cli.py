@@ -238,6 +238,26 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     duplicates.add_argument("--threshold", type=float, help="least cosine similarity to a group's first image (default: config queues.duplicate_threshold, 0.98)")
     _add_index_choice(duplicates)
 
+    # -- issue 16: slices, metrics, regression alarms, drift, model cards ----------------------
+    slice_ = commands.add_parser("slice", help="named slices of the lake (SQL predicates) that metrics are computed on")
+    slice_actions = slice_.add_subparsers(title="action", metavar="ACTION")
+    slice_add = add(slice_actions, "add", cmd_slice_add, "save a slice: a SQL predicate over predictions p, images i, truth t")
+    slice_add.add_argument("name")
+    slice_add.add_argument("sql", metavar="SQL", help="e.g. \"hour(p.ts) >= 20\", \"t.box_area < 0.01\", \"p.camera = 'cam-7'\"")
+    slice_list = add(slice_actions, "list", cmd_slice_list, "list every slice: automatic, the config's, saved, sets, queues")
+    slice_list.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    slice_show = add(slice_actions, "show", cmd_slice_show, "a slice's size, share of the lake and label balance")
+    slice_show.add_argument("name")
+
+    metrics = add(commands, "metrics", cmd_metrics, "metrics per model version and slice against the labels "
+                  "(into the metrics table), and regression alarms against the previous version")
+    metrics.add_argument("--model-version", dest="versions", nargs="+", metavar="V", help="versions (default: all)")
+    metrics.add_argument("--slice", dest="slices", nargs="+", metavar="S", help="slices (default: all; see slice list)")
+    metrics.add_argument("--baseline", metavar="V", help="compare the newest version with this one "
+                         "(default: the version whose predictions appeared before it)")
+    metrics.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; csv: every metric row)")
+    metrics.add_argument("--fail-on-regression", action="store_true", help="exit with 3 when a regression alarm is raised")
+
     ui = add(commands, "ui", cmd_ui, "start the review UI (Streamlit) on the lake")
     ui.add_argument("--port", type=int, help="port (default: config ui.port, 8501)")
     ui.add_argument("--address", default="localhost", help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)")
@@ -773,6 +793,75 @@ def _write_parquet_output(result: Any, output: str, config: Config) -> None:
     fs, path = open_url(output, config.s3)
     with fs.open(path, "wb") as f:
         pq.write_table(result, f)
+
+
+# -- issue 16: slices, metrics, regression alarms, drift, model cards --------------------------
+EXIT_REGRESSION = 3  # `metrics --fail-on-regression`: a regression alarm was raised (a rollout should stop)
+
+
+def cmd_slice_add(args: argparse.Namespace, config: Config) -> int:
+    from mining.slices import add_slice
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        n = add_slice(db, args.name, args.sql, user=config.mining.user)
+    if args.json:
+        write_json({"name": args.name, "sql": args.sql, "rows": n}, sys.stdout)
+    else:
+        print(f"slice {args.name}: {n:,} predictions (newest per image and model version)")
+    return 0
+
+
+def cmd_slice_list(args: argparse.Namespace, config: Config) -> int:
+    from mining.slices import all_slices, slice_table
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        found = all_slices(db, config.slices, max_values=config.metrics.auto_max_values)
+    write_rows(slice_table(found), "json" if args.json else args.format, sys.stdout, max_rows=len(found))
+    return 0
+
+
+def cmd_slice_show(args: argparse.Namespace, config: Config) -> int:
+    from mining.slices import all_slices, find_slices, show_slice
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        one = find_slices(all_slices(db, config.slices, max_values=config.metrics.auto_max_values), [args.name])[0]
+        shown = show_slice(db, one)
+    if args.json:
+        write_json(shown, sys.stdout)
+        return 0
+    print(f"slice {shown['name']} ({shown['kind']}): {shown['sql']}")
+    print(f"  {shown['images']:,} images ({shown['share']:.1%} of the lake), {shown['predictions']:,} predictions, "
+          f"{shown['labelled']:,} labelled")
+    for row in shown["labels"]:
+        print(f"  {row['label']:<20} {row['images']:>8,}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace, config: Config) -> int:
+    from mining.metrics import run_metrics, summary_table
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        rows, report = run_metrics(db, config, versions=args.versions, slices=args.slices, baseline=args.baseline)
+    if args.json:
+        write_json({"metrics": rows.to_pylist(), "regressions": report.to_dict()}, sys.stdout)
+    elif args.format == "csv":
+        write_rows(rows, "csv", sys.stdout)
+    else:
+        write_rows(summary_table(rows), "table", sys.stdout, max_rows=1000)
+        if report.baseline is None:
+            print("regressions: one model version only, nothing to compare with")
+        else:
+            print(f"regressions of {report.model_version} against {report.baseline}: {len(report.alarms)} "
+                  f"({report.checked} slice and class comparisons)")
+        for a in report.alarms:
+            print(f"  REGRESSION {a['slice']} {a['metric']}{'[' + a['label'] + ']' if a['label'] else ''}: "
+                  f"{a['baseline_value']:.3f} -> {a['value']:.3f} (n={a['n']}, interval of the change "
+                  f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}])")
+    return EXIT_REGRESSION if args.fail_on_regression and report.alarms else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,196 @@
+"""Slices, metrics per slice and model version, regression alarms (mining/slices.py,
+mining/metrics.py, `edgemine slice|metrics`): checked against scikit-learn on the same rows."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from jobs.cli import main
+from mining import tables
+from mining.config import MetricsConfig
+from mining.errors import SliceError
+from mining.lake import Lake
+from mining.metrics import check_regressions, compute_metrics, model_versions
+from mining.schema import IMAGES, LABELS, PREDICTIONS, make_rows
+from mining.slices import add_slice, all_slices, find_slices, frame_ctes
+from mining.sql import LakeDB
+from tests.helpers import image_ids
+
+CLASSES = ["car", "person", "truck"]
+CAMERAS = ["cam-0", "cam-1", "cam-2", "cam-3"]
+START = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def write_images(lake: Lake, ids: list[str]) -> None:
+    rows = make_rows(IMAGES, len(ids), image_id=ids, uri=[f"mem://{i}.jpg" for i in ids], width=640, height=480,
+                     ingested_at=START)
+    tables.append(lake, IMAGES, rows, tables.commit_info("test"))
+
+
+def write_predictions(lake: Lake, ids: list[str], version: str, labels: list[str], confidence: np.ndarray,
+                      cameras: list[str], ingested_at: datetime) -> None:
+    ts = [START + timedelta(hours=i % 72) for i in range(len(ids))]
+    rows = make_rows(PREDICTIONS, len(ids), prediction_id=[f"{version}-{i}" for i in ids], image_id=ids,
+                     model_version=version, ts=ts, label=labels, confidence=confidence.astype(np.float32),
+                     ingested_at=ingested_at, date=[t.date() for t in ts])
+    rows = rows.append_column("camera", pa.array(cameras))
+    tables.append(lake, PREDICTIONS, rows, tables.commit_info("test"))
+
+
+def write_labels(lake: Lake, ids: list[str], labels: list[str], *, annotator: str = "ana", batch: str = "b1",
+                 at: datetime = START, boxes: list | None = None) -> None:
+    rows = make_rows(LABELS, len(ids), label_id=[f"{annotator}-{batch}-{i}-{k}" for k, i in enumerate(ids)],
+                     image_id=ids, label=labels, box=boxes, annotator=annotator, batch=batch, format="coco",
+                     labelled_at=at)
+    tables.append(lake, LABELS, rows, tables.commit_info("test"))
+
+
+@pytest.fixture
+def two_versions(tmp_path) -> dict:
+    """2,000 labelled images, v1 then v2: v2 equals v1 except on cam-3 (15% of images), where
+    30% of the images v1 had right are wrong in v2 (an injected regression on one slice)."""
+    rng = np.random.default_rng(3)
+    n = 2000
+    lake = Lake(str(tmp_path / "lake"))
+    ids = image_ids(n)
+    truth = [CLASSES[i] for i in rng.integers(0, 3, n)]
+    cameras = [CAMERAS[i] for i in rng.choice(4, n, p=[0.3, 0.3, 0.25, 0.15])]
+    wrong = lambda label: CLASSES[(CLASSES.index(label) + 1) % 3]  # noqa: E731
+    v1 = [t if rng.random() < 0.8 else wrong(t) for t in truth]
+    v2 = [wrong(t) if c == "cam-3" and p == t and rng.random() < 0.3 else p for t, p, c in zip(truth, v1, cameras)]
+    conf1, conf2 = rng.uniform(0.3, 1, n), rng.uniform(0.3, 1, n)
+    write_images(lake, ids)
+    write_predictions(lake, ids, "v1", v1, conf1, cameras, START)
+    write_predictions(lake, ids, "v2", v2, conf2, cameras, START + timedelta(days=5))
+    write_labels(lake, ids, truth)
+    return {"lake": lake, "ids": ids, "truth": truth, "cameras": cameras, "v1": v1, "v2": v2,
+            "conf": {"v1": conf1.astype(np.float32), "v2": conf2.astype(np.float32)}}
+
+
+def metric(rows: pa.Table, version: str, slice_: str, name: str, label: str | None = None) -> tuple:
+    found = [(r["value"], r["n"]) for r in rows.to_pylist() if (r["model_version"], r["slice"], r["metric"], r["label"])
+             == (version, slice_, name, label)]
+    assert len(found) == 1, (version, slice_, name, label)
+    return found[0]
+
+
+def test_metrics_per_slice_match_scikit_learn(two_versions):
+    d = two_versions
+    with LakeDB(d["lake"]) as db:
+        assert model_versions(db) == ["v1", "v2"]
+        slices = find_slices(all_slices(db), ["all", "camera=cam-3", "camera=cam-0"])
+        rows = compute_metrics(db, slices)
+    for version in ("v1", "v2"):
+        for name, keep in (("all", lambda c: True), ("camera=cam-3", lambda c: c == "cam-3"),
+                           ("camera=cam-0", lambda c: c == "cam-0")):
+            m = [keep(c) for c in d["cameras"]]
+            y = np.array(d["truth"])[m]
+            yhat = np.array(d[version])[m]
+            assert metric(rows, version, name, "accuracy") == pytest.approx((accuracy_score(y, yhat), len(y)), abs=1e-6)
+            p, r, f, support = precision_recall_fscore_support(y, yhat, labels=CLASSES, zero_division=np.nan)
+            for k, c in enumerate(CLASSES):
+                assert metric(rows, version, name, "precision", c)[0] == pytest.approx(p[k], abs=1e-6)
+                assert metric(rows, version, name, "recall", c) == pytest.approx((r[k], support[k]), abs=1e-6)
+                assert metric(rows, version, name, "f1", c)[0] == pytest.approx(f[k], abs=1e-6)
+            macro = precision_recall_fscore_support(y, yhat, average="macro", zero_division=np.nan)
+            for k, what in enumerate(("precision", "recall", "f1")):
+                assert metric(rows, version, name, what, "macro")[0] == pytest.approx(macro[k], abs=1e-6)
+            cm = confusion_matrix(y, yhat, labels=CLASSES)
+            for i, a in enumerate(CLASSES):
+                for j, b in enumerate(CLASSES):
+                    if cm[i, j]:
+                        assert metric(rows, version, name, "confusion", f"{a}->{b}")[0] == cm[i, j]
+            conf = d["conf"][version][m].astype(np.float64)
+            bins = np.minimum(np.floor(conf * 15), 14).astype(int)
+            correct = y == yhat
+            ece = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum()
+                      for b in range(15) if (bins == b).any()) / len(y)
+            assert metric(rows, version, name, "ece")[0] == pytest.approx(ece, abs=1e-6)
+
+
+def test_an_injected_regression_on_one_slice_raises_exactly_that_alarm(two_versions):
+    with LakeDB(two_versions["lake"]) as db:
+        slices = all_slices(db)
+        report = check_regressions(db, slices, config=MetricsConfig(margin=0.05))
+        assert (report.model_version, report.baseline) == ("v2", "v1")
+        assert report.checked > 10
+        assert {a["slice"] for a in report.alarms} == {"camera=cam-3"}
+        accuracy = [a for a in report.alarms if a["metric"] == "accuracy"]
+        assert len(accuracy) == 1 and accuracy[0]["drop"] > 0.15 and accuracy[0]["ci_high"] < 0
+        recorded = db.query("SELECT DISTINCT slice FROM alarms").column("slice").to_pylist()
+        assert recorded == ["camera=cam-3"]
+        # v1 against itself, and v2 with a margin above the drop: nothing
+        assert check_regressions(db, slices, "v1", "v1", record=False).alarms == []
+        assert check_regressions(db, slices, config=MetricsConfig(margin=0.5), record=False).alarms == []
+
+
+def test_truth_is_the_newest_labelling_rounds_majority(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    ids = image_ids(3)
+    write_images(lake, ids)
+    write_predictions(lake, ids, "v1", ["car"] * 3, np.full(3, 0.9), ["cam-0"] * 3, START)
+    # image 0: round 1 says car (2 of 3), a later round says truck: truck
+    write_labels(lake, [ids[0]] * 3, ["car", "car", "person"], annotator="r1")
+    write_labels(lake, [ids[0]], ["truck"], annotator="r2", batch="b2", at=START + timedelta(days=1))
+    # image 1: three annotators at once, person twice: person; image 2: a tie goes to the first alphabetically
+    for k, label in enumerate(["person", "car", "person"]):
+        write_labels(lake, [ids[1]], [label], annotator=f"a{k}")
+    write_labels(lake, [ids[2], ids[2]], ["person", "car"], annotator="tie")
+    with LakeDB(lake) as db:
+        truth = {r["image_id"]: r["true_label"]
+                 for r in db.query(f"WITH {frame_ctes()} SELECT image_id, true_label FROM truth").to_pylist()}
+        assert truth == {ids[0]: "truck", ids[1]: "person", ids[2]: "car"}
+        names = [s.name for s in all_slices(db)]
+        assert "batch=b1" in names and "batch=b2" in names  # each labelled addition is a slice
+        rows = compute_metrics(db, find_slices(all_slices(db), ["all", "batch=b2"]))
+    assert metric(rows, "v1", "all", "accuracy") == (pytest.approx(1 / 3), 3)  # only image 2 is a car
+    assert metric(rows, "v1", "batch=b2", "accuracy") == (0.0, 1)
+
+
+def test_bad_input_says_what_to_do(two_versions, tmp_path):
+    with LakeDB(two_versions["lake"]) as db:
+        slices = all_slices(db)
+        with pytest.raises(SliceError, match="v9 have no predictions in the lake; versions: v1, v2"):
+            compute_metrics(db, slices, ["v9"])
+        with pytest.raises(SliceError, match=r"slice 'oops': invalid SQL `p.nope > 1`"):
+            add_slice(db, "oops", "p.nope > 1", user="t")
+        assert add_slice(db, "empty", "p.camera = 'cam-9'", user="t") == 0
+        rows = compute_metrics(db, find_slices(all_slices(db), ["empty"]))
+        assert metric(rows, "v1", "empty", "accuracy") == (None, 0)  # n=0: NULL, not NaN
+        assert not any(isinstance(v, float) and np.isnan(v) for v in rows.column("value").to_pylist())
+    empty = Lake(str(tmp_path / "nolabels"))
+    write_images(empty, image_ids(2))
+    write_predictions(empty, image_ids(2), "v1", ["car", "car"], np.full(2, 0.5), ["cam-0"] * 2, START)
+    with LakeDB(empty) as db, pytest.raises(SliceError, match="no labels.*labels import"):
+        compute_metrics(db, all_slices(db))
+
+
+def test_cli_slices_metrics_and_fail_on_regression(two_versions, capsys, tmp_path):
+    lake = two_versions["lake"].uri
+    config = tmp_path / "config.toml"
+    config.write_text('[slices]\nmorning = "hour(p.ts) < 12"\n[metrics]\nmargin = 0.05\n')
+    common = ["--lake", lake, "--config", str(config), "--quiet"]
+    assert main(["slice", "add", "cam3", "p.camera = 'cam-3'", *common]) == 0
+    assert main(["slice", "add", "bad", "nope(", *common]) == 2
+    assert "slice 'bad': invalid SQL" in capsys.readouterr().err
+    assert main(["slice", "list", "--json", *common]) == 0
+    listed = {r["name"]: r["kind"] for r in json.loads(capsys.readouterr().out)}
+    assert listed["cam3"] == "saved" and listed["morning"] == "config" and listed["camera=cam-3"] == "auto"
+    assert main(["slice", "show", "cam3", "--json", *common]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["images"] == two_versions["cameras"].count("cam-3") and sum(r["images"] for r in shown["labels"]) == shown["images"]
+    assert main(["metrics", "--slice", "all", "cam3", "--json", *common]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["slice"] for r in out["metrics"]} == {"all", "cam3"} and out["regressions"]["alarms"]
+    assert main(["metrics", "--slice", "all", "cam3", "--fail-on-regression", *common]) == 3
+    assert "REGRESSION" in capsys.readouterr().out
+    assert main(["metrics", "--slice", "all", "--fail-on-regression", *common]) == 0
+    with LakeDB(two_versions["lake"]) as db:
+        runs = db.query("SELECT count(DISTINCT computed_at) AS n FROM raw.metrics").column("n")[0].as_py()
+    assert runs == 3
