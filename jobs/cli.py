@@ -258,6 +258,14 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     metrics.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; csv: every metric row)")
     metrics.add_argument("--fail-on-regression", action="store_true", help="exit with 3 when a regression alarm is raised")
 
+    drift = add(commands, "drift", cmd_drift, "drift of each time window against a reference: embeddings, "
+                "predicted labels, confidence, metadata columns (into the drift table)")
+    drift.add_argument("--window", help="window length: 1h, 6h, 1d, 1w (default: config drift.window, 1d)")
+    drift.add_argument("--reference", metavar="DATE..DATE", help="the reference days, both included "
+                       "(default: the first config drift.reference_windows windows)")
+    drift.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="skip the embedding check")
+    drift.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+
     ui = add(commands, "ui", cmd_ui, "start the review UI (Streamlit) on the lake")
     ui.add_argument("--port", type=int, help="port (default: config ui.port, 8501)")
     ui.add_argument("--address", default="localhost", help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)")
@@ -862,6 +870,29 @@ def cmd_metrics(args: argparse.Namespace, config: Config) -> int:
                   f"{a['baseline_value']:.3f} -> {a['value']:.3f} (n={a['n']}, interval of the change "
                   f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}])")
     return EXIT_REGRESSION if args.fail_on_regression and report.alarms else 0
+
+
+def cmd_drift(args: argparse.Namespace, config: Config) -> int:
+    from mining.drift import detect_drift, record_drift
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        rows = detect_drift(db, config.drift, window=args.window, reference=args.reference, embeddings=args.embeddings)
+        record_drift(db, rows, user=config.mining.user)
+    flagged = rows.filter(rows.column("flagged"))
+    windows = len(set(rows.column("window_start").to_pylist()))
+    if args.json:
+        write_json({"windows": windows, "flagged": flagged.num_rows, "reference": rows.column("reference")[0].as_py(),
+                    "rows": rows.to_pylist()}, sys.stdout)
+        return 0
+    if args.format != "table":
+        write_rows(rows, args.format, sys.stdout)
+        return 0
+    print(f"{windows} windows against the reference {rows.column('reference')[0].as_py()}: "
+          f"{flagged.num_rows} flagged checks")
+    shown = flagged.select(["window_start", "check", "statistic", "score", "p_value", "detail"])
+    write_rows(shown, "table", sys.stdout, max_rows=200)
+    return 0
 
 
 if __name__ == "__main__":

@@ -140,6 +140,7 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class DriftConfig:
     window: str = "1d"  # 1h, 6h, 1d, 1w
+    reference_windows: int = 7  # the reference, unless given: the first this many windows
     sample: int = 1000  # embeddings per window (and reference) for the classifier two-sample test
     alpha: float = 0.05  # false-alarm rate per check over all windows (Bonferroni: alpha / windows per test)
     auc_threshold: float = 0.55  # embeddings: ROC AUC of the domain classifier above this (Evidently's default)

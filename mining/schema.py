@@ -435,14 +435,14 @@ ALARMS = Table(
 
 DRIFT = Table(
     name="drift",
-    doc="Drift of each time window against a reference (`edgemine drift`): one row per window and check, with a flag.",
-    key=("window_start", "check"),
+    doc="Drift of each time window against a reference (`edgemine drift`): one row per window and feature checked, with a flag.",
+    key=("window_start", "feature"),
     latest_by="computed_at",
     schema=pa.schema(
         [
             pa.field("window_start", UTC_TS, nullable=False),
             pa.field("window_end", UTC_TS, nullable=False),
-            pa.field("check", pa.string(), nullable=False),
+            pa.field("feature", pa.string(), nullable=False),
             pa.field("statistic", pa.string(), nullable=False),
             pa.field("score", pa.float64()),
             pa.field("p_value", pa.float64()),
