@@ -266,6 +266,11 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     drift.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="skip the embedding check")
     drift.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
 
+    card = add(commands, "card", cmd_card, "write a model version's model card (Markdown or HTML), stored in the lake")
+    card.add_argument("model_version", metavar="MODEL_VERSION")
+    card.add_argument("--output", metavar="FILE", help="also write it to FILE.md or FILE.html (local or s3://); "
+                      "default: print the Markdown")
+
     ui = add(commands, "ui", cmd_ui, "start the review UI (Streamlit) on the lake")
     ui.add_argument("--port", type=int, help="port (default: config ui.port, 8501)")
     ui.add_argument("--address", default="localhost", help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)")
@@ -892,6 +897,23 @@ def cmd_drift(args: argparse.Namespace, config: Config) -> int:
           f"{flagged.num_rows} flagged checks")
     shown = flagged.select(["window_start", "check", "statistic", "score", "p_value", "detail"])
     write_rows(shown, "table", sys.stdout, max_rows=200)
+    return 0
+
+
+def cmd_card(args: argparse.Namespace, config: Config) -> int:
+    from mining.cards import card_path, write_card
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        text = write_card(db, args.model_version, config, args.output)
+        stored = db.lake.url(card_path(db, args.model_version))
+    if args.json:
+        write_json({"model_version": args.model_version, "stored": stored, "output": args.output, "markdown": text},
+                   sys.stdout)
+    elif args.output:
+        print(f"model card of {args.model_version}: {args.output} (stored in the lake: {stored})")
+    else:
+        sys.stdout.write(text)
     return 0
 
 

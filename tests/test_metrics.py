@@ -194,3 +194,34 @@ def test_cli_slices_metrics_and_fail_on_regression(two_versions, capsys, tmp_pat
     with LakeDB(two_versions["lake"]) as db:
         runs = db.query("SELECT count(DISTINCT computed_at) AS n FROM raw.metrics").column("n")[0].as_py()
     assert runs == 3
+
+
+def test_model_card_has_the_papers_sections_and_the_previous_version_beside(two_versions, tmp_path, capsys):
+    lake = two_versions["lake"].uri
+    common = ["--lake", lake, "--quiet"]
+    assert main(["metrics", "--slice", "all", "camera=cam-3", *common, "--config", str(margin(tmp_path))]) == 0
+    out = tmp_path / "card" / "v2.html"
+    assert main(["card", "v2", "--output", str(out), *common]) == 0
+    page = out.read_text()
+    for title in ("Model details", "Intended use", "Factors", "Metrics", "Training data",
+                  "Evaluation data and quantitative analyses", "Known regressions", "Drift at release",
+                  "Ethical considerations", "Caveats and recommendations"):
+        assert f"<h2>{title}</h2>" in page
+    capsys.readouterr()
+    assert main(["card", "v2", *common]) == 0
+    text = capsys.readouterr().out
+    evaluation = text.split("## Evaluation data", 1)[1].split("## Known regressions", 1)[0]
+    assert "| camera=cam-3 | accuracy |" in evaluation and "previous` is v1" in evaluation
+    regressions = text.split("## Known regressions", 1)[1].split("## Drift", 1)[0]
+    assert "camera=cam-3" in regressions and "| all |" not in regressions
+    with LakeDB(two_versions["lake"]) as db:
+        from mining.cards import read_card
+
+        assert read_card(db, "v2") == text
+    assert main(["card", "v9", *common]) == 2
+
+
+def margin(tmp_path):
+    path = tmp_path / "margin.toml"
+    path.write_text("[metrics]\nmargin = 0.05\n")
+    return path
