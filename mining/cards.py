@@ -55,7 +55,7 @@ def build_card(db: LakeDB, version: str, config: Config) -> list[Section]:
         Section("Metrics", ["Accuracy, per-class and macro precision/recall/F1, confusion counts and expected calibration "
                             "error (15 equal-width bins), against each image's newest labels (their most frequent class). "
                             "Regressions: a drop beyond the margin whose paired bootstrap interval lies below 0."]),
-        training_data(db, facts["first"]),
+        training_data(db, facts["ingested"] or facts["first"]),
         evaluation(db, version, baseline, config),
         known_regressions(db, version),
         drift_at_release(db, facts["first"]),
@@ -86,9 +86,9 @@ def training_data(db: LakeDB, before: datetime) -> Section:
                        {"t": before})
     classes = db.query("SELECT label, count(DISTINCT image_id) AS images FROM labels WHERE labelled_at < $t "
                        "GROUP BY label ORDER BY images DESC, label", {"t": before})
-    text = ("The label batches labelled before this version's first prediction (those a training run could have "
+    text = ("The label batches labelled before this version's predictions first came into the lake (those a training run could have "
             "used; the `models` table, where recorded, names the batches it did use), and their classes.")
-    return Section("Training data", [text] if batches.num_rows else ["No labels before this version's first prediction."],
+    return Section("Training data", [text] if batches.num_rows else ["No labels before this version's predictions came into the lake."],
                    [t for t in (batches, classes) if t.num_rows])
 
 

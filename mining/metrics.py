@@ -172,10 +172,12 @@ class RegressionReport:
 def check_regressions(db: LakeDB, slices: Sequence[Slice], version: str | None = None, baseline: str | None = None, *,
                       config: MetricsConfig = MetricsConfig(), user: str = "", record: bool = True) -> RegressionReport:
     """Compare ``version`` (default: the newest) with ``baseline`` (default: the one before it) on
-    every slice: accuracy, and recall per class, on the labelled images both versions predicted.
-    An alarm is a drop of more than ``config.margin`` whose paired bootstrap interval of the
-    difference (at ``config.confidence``) lies below 0; slices and classes under ``min_n`` images
-    are not checked. Alarms are written to ``alarms`` (``record``) and returned."""
+    every slice: accuracy, and recall per class. Where both versions predicted at least
+    ``min_n`` of the slice's labelled images, on those images (paired); else on each version's
+    own labelled images of the slice (unpaired, as when a new version serves new traffic).
+    An alarm is a drop of more than ``config.margin`` whose bootstrap interval of the change
+    (at ``config.confidence``) lies below 0; slices and classes under ``min_n`` images are not
+    checked. Alarms are written to ``alarms`` (``record``) and returned."""
     require_labels(db)
     order = check_versions(db, [v for v in (version, baseline) if v])
     version = version or order[-1]
@@ -183,60 +185,81 @@ def check_regressions(db: LakeDB, slices: Sequence[Slice], version: str | None =
     report = RegressionReport(version, baseline)
     if baseline is None or baseline == version:
         return report
-    pairs = paired_correctness(db, version, baseline, slices)
-    cols = {name: pairs.column(name).to_numpy(zero_copy_only=False) for name in pairs.column_names}
-    now = datetime.now(UTC)
+    got = correctness(db, version, baseline, slices)
+    cols = {name: got.column(name).to_numpy(zero_copy_only=False) for name in got.column_names}
     for k, one in enumerate(slices):
         inside = cols[f"s{k}"].astype(bool)
         tests = [("accuracy", None, inside)]
         tests += [("recall", c, inside & (cols["y"] == c)) for c in sorted(set(cols["y"][inside]))]
         for metric, label, m in tests:
-            if m.sum() < config.min_n:
+            a, b, paired = split_versions(cols["image_id"][m], cols["is_b"][m], cols["correct"][m].astype(np.float64),
+                                          config.min_n)
+            if a is None:
                 continue
             report.checked += 1
-            alarm = compare(cols["a"][m].astype(np.float64), cols["b"][m].astype(np.float64), config)
+            alarm = compare(a, b, config, paired=paired)
             if alarm:
                 report.alarms.append({"model_version": version, "baseline": baseline, "slice": one.name,
                                       "metric": metric, "label": label, **alarm, "margin": config.margin})
     if record and report.alarms:
+        now = datetime.now(UTC)
         rows = pa.Table.from_pylist([a | {"raised_at": now} for a in report.alarms], schema=ALARMS.schema)
         tables.append(db.lake, ALARMS, rows, tables.commit_info(JOB, user, version=version, baseline=baseline))
     return report
 
 
-def paired_correctness(db: LakeDB, version: str, baseline: str, slices: Sequence[Slice]) -> pa.Table:
-    """One row per labelled image both versions predicted: ``y`` its true label, ``a``/``b`` whether
-    the baseline/version was right (0/1), ``s0``..``sK`` its slices."""
-    flags = ", ".join(f"bool_or(coalesce(({s.sql}), FALSE)) AS s{k}" for k, s in enumerate(slices))
+def correctness(db: LakeDB, version: str, baseline: str, slices: Sequence[Slice]) -> pa.Table:
+    """One row per labelled image and version (of the two): ``image_id``, ``y`` its true label,
+    ``is_b`` (the version, not the baseline), ``correct`` 0/1, ``s0``..``sK`` its slices."""
+    flags = ", ".join(f"coalesce(({s.sql}), FALSE) AS s{k}" for k, s in enumerate(slices))
     a, b = quote_literal(baseline), quote_literal(version)
     return db.query(
-        f"WITH {frame_ctes()} SELECT p.image_id, any_value(t.true_label) AS y, "
-        f"max((p.label IS NOT DISTINCT FROM t.true_label)::INTEGER) FILTER (p.model_version = {a}) AS a, "
-        f"max((p.label IS NOT DISTINCT FROM t.true_label)::INTEGER) FILTER (p.model_version = {b}) AS b, {flags} "
-        f"FROM {FRAME_FROM} WHERE t.true_label IS NOT NULL AND p.model_version IN ({a}, {b}) "
-        f"GROUP BY p.image_id HAVING count(DISTINCT p.model_version) = 2"
+        f"WITH {frame_ctes()} SELECT p.image_id, t.true_label AS y, p.model_version = {b} AS is_b, "
+        f"(p.label IS NOT DISTINCT FROM t.true_label)::INTEGER AS correct, {flags} "
+        f"FROM {FRAME_FROM} WHERE t.true_label IS NOT NULL AND p.model_version IN ({a}, {b}) ORDER BY p.image_id"
     )
 
 
-def compare(a: np.ndarray, b: np.ndarray, config: MetricsConfig) -> dict | None:
+def split_versions(image_id: np.ndarray, is_b: np.ndarray, correct: np.ndarray,
+                   min_n: int) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+    """The baseline's and the version's 0/1 correctness to compare: paired (aligned by image, rows
+    sorted by image id) where at least ``min_n`` images have both, else each version's own;
+    and whether they are paired. (None, None, False) when either side has fewer than ``min_n``."""
+    both = np.intersect1d(image_id[is_b], image_id[~is_b])
+    if both.size >= min_n:
+        keep = np.isin(image_id, both)
+        return correct[keep & ~is_b], correct[keep & is_b], True
+    a, b = correct[~is_b], correct[is_b]
+    if a.size < min_n or b.size < min_n:
+        return None, None, False
+    return a, b, False
+
+
+def compare(a: np.ndarray, b: np.ndarray, config: MetricsConfig, *, paired: bool) -> dict | None:
     """An alarm (values, drop, interval) if ``b`` (0/1 per image) is worse than ``a`` by more than
-    the margin and significantly (a paired bootstrap interval of mean(b - a) below 0), else None."""
+    the margin and significantly: the bootstrap interval of mean(b) - mean(a) lies below 0
+    (scipy.stats.bootstrap, paired when ``a`` and ``b`` are the same images), else None."""
     from scipy.stats import bootstrap
 
     value, base = float(b.mean()), float(a.mean())
     if base - value <= config.margin:
         return None
-    n = int(a.size)
+    n = int(b.size)
     rng = np.random.default_rng(config.seed)
-    if a.size > BOOTSTRAP_MAX:
+    if paired and a.size > BOOTSTRAP_MAX:
         keep = rng.choice(a.size, BOOTSTRAP_MAX, replace=False)
         a, b = a[keep], b[keep]
-    result = bootstrap((b - a,), np.mean, n_resamples=config.bootstrap, confidence_level=config.confidence,
+    elif not paired:
+        a = a if a.size <= BOOTSTRAP_MAX else rng.choice(a, BOOTSTRAP_MAX, replace=False)
+        b = b if b.size <= BOOTSTRAP_MAX else rng.choice(b, BOOTSTRAP_MAX, replace=False)
+    change = lambda x, y, axis=-1: y.mean(axis=axis) - x.mean(axis=axis)  # noqa: E731
+    result = bootstrap((a, b), change, paired=paired, n_resamples=config.bootstrap, confidence_level=config.confidence,
                        method="percentile", rng=rng, vectorized=True)
     low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
     if high >= 0:
         return None
-    return {"value": value, "baseline_value": base, "drop": base - value, "ci_low": low, "ci_high": high, "n": n}
+    return {"value": value, "baseline_value": base, "drop": base - value, "ci_low": low, "ci_high": high, "n": n,
+            "paired": paired}
 
 
 # -- what `edgemine metrics` and the library run --------------------------------------------

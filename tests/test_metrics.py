@@ -225,3 +225,24 @@ def margin(tmp_path):
     path = tmp_path / "margin.toml"
     path.write_text("[metrics]\nmargin = 0.05\n")
     return path
+
+
+def test_versions_on_different_images_are_compared_unpaired(tmp_path):
+    """A new version serving new traffic: v2 predicts other images than v1; its drop on cam-1 is found."""
+    rng = np.random.default_rng(8)
+    lake = Lake(str(tmp_path / "lake"))
+    ids = image_ids(1600)
+    truth = [CLASSES[i] for i in rng.integers(0, 3, 1600)]
+    cameras = [CAMERAS[i % 2] for i in range(1600)]
+    right = lambda k, p: truth[k] if rng.random() < p else CLASSES[(CLASSES.index(truth[k]) + 1) % 3]  # noqa: E731
+    write_images(lake, ids)
+    write_labels(lake, ids, truth)
+    write_predictions(lake, ids[:800], "v1", [right(k, 0.85) for k in range(800)], rng.uniform(0.3, 1, 800),
+                      cameras[:800], START)
+    write_predictions(lake, ids[800:], "v2", [right(k, 0.85 if cameras[k] == "cam-0" else 0.6) for k in range(800, 1600)],
+                      rng.uniform(0.3, 1, 800), cameras[800:], START + timedelta(days=1))
+    with LakeDB(lake) as db:
+        report = check_regressions(db, find_slices(all_slices(db), ["camera=cam-0", "camera=cam-1"]),
+                                   config=MetricsConfig(margin=0.1), record=False)
+    assert {(a["slice"], a["metric"]) for a in report.alarms} >= {("camera=cam-1", "accuracy")}
+    assert {a["slice"] for a in report.alarms} == {"camera=cam-1"} and not any(a["paired"] for a in report.alarms)
