@@ -265,7 +265,7 @@ def compare(a: np.ndarray, b: np.ndarray, config: MetricsConfig, *, paired: bool
 # -- what `edgemine metrics` and the library run --------------------------------------------
 def run_metrics(db: LakeDB, config: Config, *, versions: Sequence[str] | None = None,
                 slices: Sequence[str] | None = None, baseline: str | None = None,
-                record: bool = True) -> tuple[pa.Table, RegressionReport]:
+                record: bool = True, regressions: bool = True) -> tuple[pa.Table, RegressionReport | None]:
     """Metrics of ``versions`` (default: all) on ``slices`` (names; default: all), appended to
     ``metrics``, then the regressions of the newest of them against ``baseline`` (default: the
     version before it), appended to ``alarms``."""
@@ -275,6 +275,8 @@ def run_metrics(db: LakeDB, config: Config, *, versions: Sequence[str] | None = 
     rows = compute_metrics(db, chosen, versions, config=config.metrics)
     if record:
         record_metrics(db, rows, user=config.mining.user)
+    if not regressions:
+        return rows, None
     order = model_versions(db)
     newest = max(versions, key=order.index) if versions else order[-1]
     report = check_regressions(db, chosen, newest, baseline, config=config.metrics, user=config.mining.user,

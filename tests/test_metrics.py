@@ -53,11 +53,15 @@ def write_labels(lake: Lake, ids: list[str], labels: list[str], *, annotator: st
 
 @pytest.fixture
 def two_versions(tmp_path) -> dict:
+    return build_two_versions(tmp_path / "lake")
+
+
+def build_two_versions(path) -> dict:
     """2,000 labelled images, v1 then v2: v2 equals v1 except on cam-3 (15% of images), where
     30% of the images v1 had right are wrong in v2 (an injected regression on one slice)."""
     rng = np.random.default_rng(3)
     n = 2000
-    lake = Lake(str(tmp_path / "lake"))
+    lake = Lake(str(path))
     ids = image_ids(n)
     truth = [CLASSES[i] for i in rng.integers(0, 3, n)]
     cameras = [CAMERAS[i] for i in rng.choice(4, n, p=[0.3, 0.3, 0.25, 0.15])]
