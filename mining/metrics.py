@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from mining import tables
 from mining.config import Config, MetricsConfig
+from mining.detection import detection_rows, has_boxes
 from mining.errors import SliceError
 from mining.schema import ALARMS, METRICS
 from mining.slices import FRAME_FROM, Slice, frame_ctes, require_labels
@@ -34,7 +35,6 @@ from mining.sql import LakeDB, quote_literal
 
 JOB = "metrics"
 NO_LABEL = "<none>"  # a prediction without a label: counted, and always wrong
-SUMMARY_METRICS = ("accuracy", "f1", "precision", "recall", "ece")
 
 
 def model_versions(db: LakeDB) -> list[str]:
@@ -142,6 +142,8 @@ def compute_metrics(db: LakeDB, slices: Sequence[Slice], versions: Sequence[str]
                     columns["y"][m], columns["yhat"][m], columns["n"][m].astype(np.int64), columns["conf"][m],
                     columns["bin"][m].astype(np.int64), config.ece_bins):
                 rows.append((v, one.name, metric, label, value, n))
+    if has_boxes(db):  # detection models: COCO mAP through pycocotools
+        rows += detection_rows(db, versions, slices)
     names = ("model_version", "slice", "metric", "label", "value", "n")
     data = {name: [r[i] for r in rows] for i, name in enumerate(names)}
     return pa.Table.from_pydict(data | {"computed_at": [datetime.now(UTC)] * len(rows)}, schema=METRICS.schema)

@@ -250,3 +250,80 @@ def test_versions_on_different_images_are_compared_unpaired(tmp_path):
                                    config=MetricsConfig(margin=0.1), record=False)
     assert {(a["slice"], a["metric"]) for a in report.alarms} >= {("camera=cam-1", "accuracy")}
     assert {a["slice"] for a in report.alarms} == {"camera=cam-1"} and not any(a["paired"] for a in report.alarms)
+
+
+def test_detection_map_matches_pycocotools_run_directly(tmp_path):
+    """COCO mAP per slice: the lake's boxes (newest labels, newest prediction's detections) through
+    mining, against COCOeval run here on the same boxes."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from mining.schema import DETECTIONS
+
+    rng = np.random.default_rng(21)
+    lake = Lake(str(tmp_path / "lake"))
+    n = 80
+    ids = image_ids(n)
+    cameras = [CAMERAS[i % 2] for i in range(n)]
+    write_images(lake, ids)
+    write_predictions(lake, ids, "v1", ["car"] * n, np.full(n, 0.9), cameras, START)
+    truth, found = [], []
+    for k, image_id in enumerate(ids):
+        for _ in range(rng.integers(1, 4)):
+            x, y = rng.uniform(0, 500, 2)
+            w, h = rng.uniform(8, 140, 2)  # small, medium and large boxes
+            label = CLASSES[rng.integers(0, 3)]
+            truth.append((k, label, [x, y, x + w, y + h]))
+            if rng.random() < 0.8:  # found, a little off
+                jitter = rng.normal(0, 0.08 * min(w, h), 4)
+                found.append((k, label if rng.random() < 0.9 else CLASSES[0], list(np.array([x, y, x + w, y + h]) + jitter),
+                              float(rng.uniform(0.3, 1))))
+        if rng.random() < 0.3:  # a false alarm
+            found.append((k, CLASSES[rng.integers(0, 3)], [10.0, 10.0, 60.0, 50.0], float(rng.uniform(0, 0.6))))
+    labels = make_rows(LABELS, len(truth), label_id=[f"g{i}" for i in range(len(truth))], image_id=[ids[k] for k, _, _ in truth],
+                       label=[lab for _, lab, _ in truth], box=[b for _, _, b in truth], annotator="ana", batch="b1",
+                       format="coco", labelled_at=START)
+    tables.append(lake, LABELS, labels, tables.commit_info("test"))
+    ts = [START + timedelta(hours=k % 72) for k, _, _, _ in found]
+    detections = make_rows(DETECTIONS, len(found), detection_id=[f"d{i}" for i in range(len(found))],
+                           prediction_id=[f"v1-{ids[k]}" for k, _, _, _ in found], image_id=[ids[k] for k, _, _, _ in found],
+                           model_version="v1", ts=ts, box=[b for _, _, b, _ in found], label=[lab for _, lab, _, _ in found],
+                           score=[s for _, _, _, s in found], date=[t.date() for t in ts])
+    tables.append(lake, DETECTIONS, detections, tables.commit_info("test"))
+
+    def direct(keep) -> tuple[list[float], dict]:
+        f32 = lambda b: [float(np.float32(v)) for v in b]  # noqa: E731 - the lake stores float32
+        x = lambda b: [b[0], b[1], b[2] - b[0], b[3] - b[1]]  # noqa: E731
+        gt = COCO()
+        gt.dataset = {"images": [{"id": k} for k in range(n) if keep(k)],
+                      "categories": [{"id": c + 1, "name": name} for c, name in enumerate(CLASSES)],
+                      "annotations": [{"id": i + 1, "image_id": k, "category_id": CLASSES.index(lab) + 1,
+                                       "bbox": x(f32(b)), "area": x(f32(b))[2] * x(f32(b))[3], "iscrowd": 0}
+                                      for i, (k, lab, b) in enumerate(truth) if keep(k)]}
+        with contextlib.redirect_stdout(io.StringIO()):
+            gt.createIndex()
+            dt = gt.loadRes([{"image_id": k, "category_id": CLASSES.index(lab) + 1, "bbox": x(f32(b)),
+                              "score": float(np.float32(s))} for k, lab, b, s in found if keep(k)])
+            e = COCOeval(gt, dt, "bbox")
+            e.evaluate()
+            e.accumulate()
+            e.summarize()
+        per_class = {}
+        for c, name in enumerate(CLASSES):
+            p = e.eval["precision"][:, :, c, 0, -1]
+            per_class[name] = float(p[p > -1].mean())
+        return list(e.stats), per_class
+
+    with LakeDB(lake) as db:
+        rows = compute_metrics(db, find_slices(all_slices(db), ["all", "camera=cam-1", "size=small"]))
+    for name, keep in (("all", lambda k: True), ("camera=cam-1", lambda k: cameras[k] == "cam-1")):
+        stats, per_class = direct(keep)
+        for position, metric_name in ((0, "map"), (1, "map50"), (3, "map_small"), (5, "map_large"), (8, "ar100")):
+            assert metric(rows, "v1", name, metric_name)[0] == pytest.approx(stats[position], abs=1e-6)
+        for c in CLASSES:
+            assert metric(rows, "v1", name, "map", c)[0] == pytest.approx(per_class[c], abs=1e-6)
+    assert metric(rows, "v1", "all", "map")[1] == len(truth)
+    assert 0 < metric(rows, "v1", "size=small", "map")[1] < len(truth)  # images with a small box
