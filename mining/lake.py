@@ -12,6 +12,7 @@ Layout (relative to the lake root)::
                              so a rerun skips what is done; written after the shard's commits
     _index/<backbone>/<weights>/  the vector index: current.json -> <version>/ files (mining.index_store)
     sources/                 raw inputs the demo generates
+    _cards/<version>.md      model cards (mining.cards), beside the metrics table
 
 A lake written before tables were Delta tables (Parquet folders without a
 ``_delta_log``) is refused with what to run: `edgemine migrate`.
