@@ -198,8 +198,8 @@ def embedding_checks(db: LakeDB, ref: Period, current: list[Period], config: Dri
         f"QUALIFY row_number() OVER (PARTITION BY w ORDER BY hash(image_id, {int(config.seed)})) <= {int(config.sample)}")
     ids = picked.column("image_id").to_pylist()
     vectors = db.query(
-        f"SELECT image_id, embedding FROM embeddings WHERE backbone = $b AND weights = $w AND image_id IN "
-        f"(SELECT unnest($ids))", {"b": sets[0]["backbone"], "w": sets[0]["weights"], "ids": ids})
+        "SELECT image_id, embedding FROM embeddings WHERE backbone = $b AND weights = $w AND image_id IN "
+        "(SELECT unnest($ids))", {"b": sets[0]["backbone"], "w": sets[0]["weights"], "ids": ids})
     position = {i: k for k, i in enumerate(vectors.column("image_id").to_pylist())}
     matrix = np.asarray(vectors.column("embedding").combine_chunks().flatten().to_numpy(), np.float32).reshape(
         len(position), -1) if len(position) else np.zeros((0, 0), np.float32)

@@ -39,7 +39,7 @@ from mining.drift import detect_drift  # noqa: E402
 from mining.lake import Lake  # noqa: E402
 from mining.metrics import check_regressions, compute_metrics  # noqa: E402
 from mining.schema import EMBEDDING_DIM, EMBEDDINGS, LABELS, PREDICTIONS, make_rows  # noqa: E402
-from mining.slices import Slice, all_slices, find_slices  # noqa: E402
+from mining.slices import all_slices, find_slices  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
