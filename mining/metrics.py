@@ -225,13 +225,13 @@ def correctness(db: LakeDB, version: str, baseline: str, slices: Sequence[Slice]
 
 def split_versions(image_id: np.ndarray, is_b: np.ndarray, correct: np.ndarray,
                    min_n: int) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
-    """The baseline's and the version's 0/1 correctness to compare: paired (aligned by image, rows
-    sorted by image id) where at least ``min_n`` images have both, else each version's own;
-    and whether they are paired. (None, None, False) when either side has fewer than ``min_n``."""
-    both = np.intersect1d(image_id[is_b], image_id[~is_b])
-    if both.size >= min_n:
-        keep = np.isin(image_id, both)
-        return correct[keep & ~is_b], correct[keep & is_b], True
+    """The baseline's and the version's 0/1 correctness to compare: paired (aligned by image: rows
+    come sorted by ``image_id``, a number per image) where at least ``min_n`` images have both,
+    else each version's own; and whether they are paired. (None, None, False) when either side
+    has fewer than ``min_n``."""
+    both = np.bincount(image_id)[image_id] == 2 if image_id.size else np.zeros(0, bool)
+    if both.sum() // 2 >= min_n:
+        return correct[both & ~is_b], correct[both & is_b], True
     a, b = correct[~is_b], correct[is_b]
     if a.size < min_n or b.size < min_n:
         return None, None, False
