@@ -539,8 +539,10 @@ def compute_metrics(db: LakeDB, versions: Sequence[str] | None = None, slices: S
         ...                     to=tempfile.mkdtemp())
         >>> _ = import_labels(db, sent.folder + "/annotations.json", fmt="coco", annotator="doctest-metrics")
         >>> rows = compute_metrics(db, slices=["all"], record=False)
-        >>> sorted(set(rows.column("metric").to_pylist()))
-        ['accuracy', 'confusion', 'ece', 'f1', 'precision', 'recall']
+        >>> {"accuracy", "f1", "ece", "confusion"} <= set(rows.column("metric").to_pylist())
+        True
+        >>> "map" in rows.column("metric").to_pylist()   # the demo's COCO labels have boxes: detection mAP too
+        True
     """
     from mining.metrics import run_metrics
 
