@@ -29,7 +29,7 @@ LAKE = "'{{ var.value.edgemine_lake }}'"
 INBOX = "'{{ var.value.edgemine_inbox }}'"
 PREDICTIONS = "'{{ var.value.edgemine_predictions }}'"  # a glob, expanded by edgemine (local or s3://), not by bash
 FEEDBACK = "'{{ var.value.edgemine_feedback }}'"
-VERSION = "v{{ ds_nodash }}"
+VERSION = "v{{ds_nodash}}"  # no spaces inside: one word for bash
 
 # (task id, command): each runs after the one before it.
 HOURLY = [

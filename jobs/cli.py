@@ -242,6 +242,39 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     _add_index_choice(duplicates)
     _add_model_commands(commands, add)
 
+    # -- issue 16: slices, metrics, regression alarms, drift, model cards ----------------------
+    slice_ = commands.add_parser("slice", help="named slices of the lake (SQL predicates) that metrics are computed on")
+    slice_actions = slice_.add_subparsers(title="action", metavar="ACTION")
+    slice_add = add(slice_actions, "add", cmd_slice_add, "save a slice: a SQL predicate over predictions p, images i, truth t")
+    slice_add.add_argument("name")
+    slice_add.add_argument("sql", metavar="SQL", help="e.g. \"hour(p.ts) >= 20\", \"t.box_area < 0.01\", \"p.camera = 'cam-7'\"")
+    slice_list = add(slice_actions, "list", cmd_slice_list, "list every slice: automatic, the config's, saved, sets, queues")
+    slice_list.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    slice_show = add(slice_actions, "show", cmd_slice_show, "a slice's size, share of the lake and label balance")
+    slice_show.add_argument("name")
+
+    metrics = add(commands, "metrics", cmd_metrics, "metrics per model version and slice against the labels "
+                  "(into the metrics table), and regression alarms against the previous version")
+    metrics.add_argument("--model-version", dest="versions", nargs="+", metavar="V", help="versions (default: all)")
+    metrics.add_argument("--slice", dest="slices", nargs="+", metavar="S", help="slices (default: all; see slice list)")
+    metrics.add_argument("--baseline", metavar="V", help="compare the newest version with this one "
+                         "(default: the version whose predictions appeared before it)")
+    metrics.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; csv: every metric row)")
+    metrics.add_argument("--fail-on-regression", action="store_true", help="exit with 3 when a regression alarm is raised")
+
+    drift = add(commands, "drift", cmd_drift, "drift of each time window against a reference: embeddings, "
+                "predicted labels, confidence, metadata columns (into the drift table)")
+    drift.add_argument("--window", help="window length: 1h, 6h, 1d, 1w (default: config drift.window, 1d)")
+    drift.add_argument("--reference", metavar="DATE..DATE", help="the reference days, both included "
+                       "(default: the first config drift.reference_windows windows)")
+    drift.add_argument("--no-embeddings", dest="embeddings", action="store_false", help="skip the embedding check")
+    drift.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+
+    card = add(commands, "card", cmd_card, "write a model version's model card (Markdown or HTML), stored in the lake")
+    card.add_argument("model_version", metavar="MODEL_VERSION")
+    card.add_argument("--output", metavar="FILE", help="also write it to FILE.md or FILE.html (local or s3://); "
+                      "default: print the Markdown")
+
     ui = add(commands, "ui", cmd_ui, "start the review UI (Streamlit) on the lake")
     ui.add_argument("--port", type=int, help="port (default: config ui.port, 8501)")
     ui.add_argument("--address", default="localhost", help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)")
@@ -783,27 +816,7 @@ def _write_parquet_output(result: Any, output: str, config: Config) -> None:
 # -- train and score (issue 17; docs/TRAINING.md) --------------------------------------------
 def _add_model_commands(commands, add) -> None:
     train = add(commands, "train", cmd_train, "fine-tune a classifier on the lake's image-level labels; store it as a model version")
-    train.add_argument("--name", required=True, metavar="VERSION", help="the new model version (letters, digits, _ . -)")
-    train.add_argument("--from", dest="base", default="imagenet", metavar="BASE",
-                       help="start from: imagenet, random, a checkpoint file, or a model version of the lake (default: imagenet)")
-    train.add_argument("--labels", dest="labels_where", metavar="WHERE", help="SQL predicate over the labels table, e.g. \"batch = 'b7'\"")
-    split = train.add_mutually_exclusive_group()
-    split.add_argument("--val-fraction", type=float, default=0.1, help="share of labelled images for validation, by image_id hash (default: 0.1)")
-    split.add_argument("--val", dest="val_name", metavar="SET_OR_QUEUE", help="validate on this named set's (or queue's) labelled images")
-    train.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default: 10; early stopping may end sooner)")
-    train.add_argument("--backbone", default=None, help="resnet18 or resnet34 (default: resnet18, or the --from model's)")
-    train.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
-    train.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default: 0.001)")
-    train.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation accuracy (default: 3)")
-    train.add_argument("--image-size", type=int, default=224, help="model input side in pixels (default: 224)")
-    train.add_argument("--seed", type=int, default=0, help="seed of the head, shuffling and augmentations (default: 0)")
-    train.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
-    train.add_argument("--workers", type=int, default=0, help="image decoding processes (default: 0 = up to 4)")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run of this version from its last epoch checkpoint")
-    train.add_argument("--pseudo-labels", dest="pseudo_from", metavar="FROM_VERSION",
-                       help="also train on this model version's confident predictions on unlabelled images (marked pseudo)")
-    train.add_argument("--min-confidence", type=float, default=0.9, help="least confidence of a pseudo-label (default: 0.9)")
-    train.add_argument("--pseudo-weight", type=float, default=0.5, help="a pseudo-label's weight in the loss, a label's being 1 (default: 0.5)")
+    _add_train_arguments(train, base_default="imagenet")
 
     score = add(commands, "score", cmd_score, "run a model version over the lake's images: predictions and embeddings, images not yet scored")
     score.add_argument("--model", required=True, metavar="VERSION", help="a model version of the lake (edgemine models)")
@@ -814,19 +827,60 @@ def _add_model_commands(commands, add) -> None:
     score.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
     score.add_argument("--retry-errors", action="store_true", help="try again images that failed before for this model")
 
+    loop = add(commands, "loop", cmd_loop, "the retrain loop for a scheduler: train, score, metrics against the previous "
+               "version (exit 3 on a regression), model card; a rerun finishes a loop that stopped")
+    _add_train_arguments(loop, base_default="latest")
+    loop.add_argument("--baseline", metavar="VERSION", help="compare with this version (default: the one before, by first prediction)")
+
     add(commands, "models", cmd_models, "list the model versions in the lake")
 
 
-def cmd_train(args: argparse.Namespace, config: Config) -> int:
+def _add_train_arguments(parser: argparse.ArgumentParser, base_default: str) -> None:
+    """The flags of `train`, shared by `loop`."""
+    parser.add_argument("--name", required=True, metavar="VERSION", help="the new model version (letters, digits, _ . -)")
+    latest = ", latest (the lake's newest model; imagenet when it has none)" if base_default == "latest" else ""
+    parser.add_argument("--from", dest="base", default=base_default, metavar="BASE",
+                        help=f"start from: imagenet, random, a checkpoint file, a model version of the lake{latest} (default: {base_default})")
+    parser.add_argument("--labels", dest="labels_where", metavar="WHERE", help="SQL predicate over the labels table, e.g. \"batch = 'b7'\"")
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument("--val-fraction", type=float, default=0.1, help="share of labelled images for validation, by image_id hash (default: 0.1)")
+    split.add_argument("--val", dest="val_name", metavar="SET_OR_QUEUE", help="validate on this named set's (or queue's) labelled images")
+    parser.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default: 10; early stopping may end sooner)")
+    parser.add_argument("--backbone", default=None, help="resnet18 or resnet34 (default: resnet18, or the --from model's)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default: 0.001)")
+    parser.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation accuracy (default: 3)")
+    parser.add_argument("--image-size", type=int, default=224, help="model input side in pixels (default: 224)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the head, shuffling and augmentations (default: 0)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
+    parser.add_argument("--workers", type=int, default=0, help="image decoding processes (default: 0 = up to 4)")
+    if base_default != "latest":  # the loop resumes an interrupted training by itself
+        parser.add_argument("--resume", action="store_true", help="continue an interrupted run of this version from its last epoch checkpoint")
+    parser.add_argument("--pseudo-labels", dest="pseudo_from", metavar="FROM_VERSION",
+                       help="also train on this model version's confident predictions on unlabelled images (marked pseudo)")
+    parser.add_argument("--min-confidence", type=float, default=0.9, help="least confidence of a pseudo-label (default: 0.9)")
+    parser.add_argument("--pseudo-weight", type=float, default=0.5, help="a pseudo-label's weight in the loss, a label's being 1 (default: 0.5)")
+
+
+def _train_inputs(args: argparse.Namespace, config: Config):
+    """`train`'s (and `loop`'s) flags as the job's TrainRequest and TrainSettings."""
     from embed.finetune import TrainSettings
-    from jobs.train import TrainRequest, train_model
+    from jobs.train import TrainRequest
 
     settings = TrainSettings(backbone=args.backbone or "resnet18", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              patience=args.patience, image_size=args.image_size, seed=args.seed,
                              device=args.device or config.embed.device)
     request = TrainRequest(version=args.name, base=args.base, labels_where=args.labels_where, val_fraction=args.val_fraction,
-                           val_name=args.val_name, resume=args.resume, workers=args.workers, user=config.mining.user,
-                           pseudo_from=args.pseudo_from, min_confidence=args.min_confidence, pseudo_weight=args.pseudo_weight)
+                           val_name=args.val_name, resume=getattr(args, "resume", False), workers=args.workers,
+                           user=config.mining.user, pseudo_from=args.pseudo_from, min_confidence=args.min_confidence,
+                           pseudo_weight=args.pseudo_weight)
+    return request, settings
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    from jobs.train import train_model
+
+    request, settings = _train_inputs(args, config)
     summary = train_model(Lake.from_config(config), request, settings, backbone_given=args.backbone is not None,
                           show_progress=not args.quiet)
     if args.json:
@@ -863,12 +917,147 @@ def cmd_score(args: argparse.Namespace, config: Config) -> int:
     return 1 if summary.errors else 0
 
 
+def cmd_loop(args: argparse.Namespace, config: Config) -> int:
+    from jobs.loop import run_loop
+
+    request, settings = _train_inputs(args, config)
+    summary = run_loop(Lake.from_config(config), config, request, settings, backbone_given=args.backbone is not None,
+                       baseline=args.baseline, show_progress=not args.quiet)
+    if args.json:
+        write_json(summary.to_dict(), sys.stdout)
+    else:
+        trained = (f"trained from {summary.base}: best validation accuracy {summary.train['best_val_accuracy']:.3f}"
+                   if summary.trained else "trained by an earlier run")
+        print(f"loop {summary.model_version}: {trained}; {summary.score['embedded']} images scored now; "
+              f"{summary.metrics} metrics; compared with {summary.baseline or 'no earlier version'}: "
+              f"{len(summary.alarms)} regressions in {summary.comparisons} comparisons; card {summary.card} "
+              f"({summary.seconds:.0f}s)")
+        for a in summary.alarms:
+            print(f"  REGRESSION {a['slice']} {a['metric']}{'[' + a['label'] + ']' if a['label'] else ''}: "
+                  f"{a['baseline_value']:.3f} -> {a['value']:.3f} (n={a['n']})")
+        if summary.errors:
+            print("  unreadable images are in the errors table: edgemine sql \"SELECT job, uri, reason FROM errors "
+                  "WHERE job IN ('train', 'score')\"")
+    if summary.regressed:
+        return EXIT_REGRESSION
+    return 1 if summary.errors else 0
+
+
 def cmd_models(args: argparse.Namespace, config: Config) -> int:
     from mining.models import list_models
     from mining.sql import LakeDB
 
     with LakeDB(Lake.from_config(config)) as db:
         write_rows(list_models(db), "json" if args.json else "table", sys.stdout)
+    return 0
+
+
+# -- issue 16: slices, metrics, regression alarms, drift, model cards --------------------------
+EXIT_REGRESSION = 3  # `metrics --fail-on-regression`: a regression alarm was raised (a rollout should stop)
+
+
+def cmd_slice_add(args: argparse.Namespace, config: Config) -> int:
+    from mining.slices import add_slice
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        n = add_slice(db, args.name, args.sql, user=config.mining.user)
+    if args.json:
+        write_json({"name": args.name, "sql": args.sql, "rows": n}, sys.stdout)
+    else:
+        print(f"slice {args.name}: {n:,} predictions (newest per image and model version)")
+    return 0
+
+
+def cmd_slice_list(args: argparse.Namespace, config: Config) -> int:
+    from mining.slices import all_slices, slice_table
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        found = all_slices(db, config.slices, max_values=config.metrics.auto_max_values)
+    write_rows(slice_table(found), "json" if args.json else args.format, sys.stdout, max_rows=len(found))
+    return 0
+
+
+def cmd_slice_show(args: argparse.Namespace, config: Config) -> int:
+    from mining.slices import all_slices, find_slices, show_slice
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        one = find_slices(all_slices(db, config.slices, max_values=config.metrics.auto_max_values), [args.name])[0]
+        shown = show_slice(db, one)
+    if args.json:
+        write_json(shown, sys.stdout)
+        return 0
+    print(f"slice {shown['name']} ({shown['kind']}): {shown['sql']}")
+    print(f"  {shown['images']:,} images ({shown['share']:.1%} of the lake), {shown['predictions']:,} predictions, "
+          f"{shown['labelled']:,} labelled")
+    for row in shown["labels"]:
+        print(f"  {row['label']:<20} {row['images']:>8,}")
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace, config: Config) -> int:
+    from mining.metrics import run_metrics, summary_table
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        rows, report = run_metrics(db, config, versions=args.versions, slices=args.slices, baseline=args.baseline)
+    if args.json:
+        write_json({"metrics": rows.to_pylist(), "regressions": report.to_dict()}, sys.stdout)
+    elif args.format == "csv":
+        write_rows(rows, "csv", sys.stdout)
+    else:
+        write_rows(summary_table(rows), "table", sys.stdout, max_rows=1000)
+        if report.baseline is None:
+            print("regressions: one model version only, nothing to compare with")
+        else:
+            print(f"regressions of {report.model_version} against {report.baseline}: {len(report.alarms)} "
+                  f"({report.checked} slice and class comparisons)")
+        for a in report.alarms:
+            print(f"  REGRESSION {a['slice']} {a['metric']}{'[' + a['label'] + ']' if a['label'] else ''}: "
+                  f"{a['baseline_value']:.3f} -> {a['value']:.3f} (n={a['n']}, interval of the change "
+                  f"[{a['ci_low']:.3f}, {a['ci_high']:.3f}])")
+    return EXIT_REGRESSION if args.fail_on_regression and report.alarms else 0
+
+
+def cmd_drift(args: argparse.Namespace, config: Config) -> int:
+    from mining.drift import detect_drift, record_drift
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        rows = detect_drift(db, config.drift, window=args.window, reference=args.reference, embeddings=args.embeddings)
+        record_drift(db, rows, user=config.mining.user)
+    flagged = rows.filter(rows.column("flagged"))
+    windows = len(set(rows.column("window_start").to_pylist()))
+    if args.json:
+        write_json({"windows": windows, "flagged": flagged.num_rows, "reference": rows.column("reference")[0].as_py(),
+                    "rows": rows.to_pylist()}, sys.stdout)
+        return 0
+    if args.format != "table":
+        write_rows(rows, args.format, sys.stdout)
+        return 0
+    print(f"{windows} windows against the reference {rows.column('reference')[0].as_py()}: "
+          f"{flagged.num_rows} flagged checks")
+    shown = flagged.select(["window_start", "check", "statistic", "score", "p_value", "detail"])
+    write_rows(shown, "table", sys.stdout, max_rows=200)
+    return 0
+
+
+def cmd_card(args: argparse.Namespace, config: Config) -> int:
+    from mining.cards import card_path, write_card
+    from mining.sql import LakeDB
+
+    with LakeDB(Lake.from_config(config)) as db:
+        text = write_card(db, args.model_version, config, args.output)
+        stored = db.lake.url(card_path(db, args.model_version))
+    if args.json:
+        write_json({"model_version": args.model_version, "stored": stored, "output": args.output, "markdown": text},
+                   sys.stdout)
+    elif args.output:
+        print(f"model card of {args.model_version}: {args.output} (stored in the lake: {stored})")
+    else:
+        sys.stdout.write(text)
     return 0
 
 

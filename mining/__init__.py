@@ -21,12 +21,12 @@ environment). Errors the user can fix raise subclasses of
 
 Modules, one concept each: ``lake`` (storage), ``schema`` (tables), ``sql``
 (views), ``index``/``index_store``/``index_sync`` (the vector index),
-``search`` (similar images), ``clustering``/``sessions`` (narrowing),
-``sets``, ``decisions``, ``statistics``, ``media``, ``export``/``label_studio``
-(batches for labelling), ``labels`` (labels back). Tables and columns:
-
-``sets``, ``decisions``, ``statistics``, ``media``, ``queues``/``samplers`` (review
-queues), ``coreset`` (diverse picks), ``label_errors``, ``duplicates``. Tables and columns:
+``search``/``feedback`` (similar images, the reviewer loop), ``clustering``/``sessions``
+(narrowing), ``sets``, ``decisions``, ``statistics``, ``media``, ``export``/``label_studio``
+(batches for labelling), ``labels`` (labels back), ``queues``/``samplers`` (review queues),
+``coreset`` (diverse picks), ``label_errors``, ``duplicates``, ``models`` (trained model
+versions), ``slices``/``metrics``/``detection`` (metrics per slice and model version,
+regression alarms), ``drift``, ``cards`` (model cards). Tables and columns:
 docs/LAKE.md.
 """
 
@@ -62,6 +62,7 @@ __all__ = [
     "start_narrowing", "make_queue", "show_queue", "list_queues", "find_duplicates", "diverse_picks",
 
     "list_models", "read_model",
+    "add_slice", "list_slices", "compute_metrics", "check_regressions", "detect_drift", "write_card",
 ]
 
 
@@ -498,7 +499,7 @@ def list_models(db: LakeDB) -> pa.Table:
 
     Example:
         >>> list_models(open_lake(lake_uri)).column_names[:3]
-        ['version', 'backbone', 'base']
+        ['model_version', 'backbone', 'base']
     """
     from mining.models import list_models as models
 
@@ -520,6 +521,135 @@ def read_model(db: LakeDB, version: str) -> dict:
     from mining.models import read_model as read
 
     return read(db, version)
+
+
+# -- issue 16: slices, metrics per slice and model version, regressions, drift, model cards ------
+def add_slice(db: LakeDB, name: str, sql: str, *, config: Config | None = None) -> int:
+    """Save a named slice: a SQL predicate over ``p`` (the newest prediction per image and model
+    version, with its metadata columns), ``i`` (the image) and ``t`` (its truth: ``true_label``,
+    ``box_area``, ``batches``) (`edgemine slice add`, docs/METRICS.md). Returns its rows.
+
+    Raises:
+        SliceError: invalid SQL (the message names the slice and its SQL), a name with ``=`` or ``:``.
+
+    Example:
+        >>> add_slice(open_lake(lake_uri), "doctest-night", "hour(p.ts) >= 20") >= 0
+        True
+    """
+    from mining.slices import add_slice as add
+
+    return add(db, name, sql, user=_config(db, config).mining.user)
+
+
+def list_slices(db: LakeDB, *, config: Config | None = None) -> pa.Table:
+    """Every slice: ``all``, automatic ones (per metadata value, object size, label batch), the
+    config's ``[slices]``, saved ones, sets and queues: name, kind, sql (`edgemine slice list`).
+
+    Example:
+        >>> names = list_slices(open_lake(lake_uri)).column("name").to_pylist()
+        >>> names[0], "camera=cam-01" in names
+        ('all', True)
+    """
+    from mining.slices import all_slices, slice_table
+
+    config = _config(db, config)
+    return slice_table(all_slices(db, config.slices, max_values=config.metrics.auto_max_values))
+
+
+def compute_metrics(db: LakeDB, versions: Sequence[str] | None = None, slices: Sequence[str] | None = None, *,
+                    record: bool = True, config: Config | None = None) -> pa.Table:
+    """Metrics of each model version (default: all) on each slice (default: all) against the labels:
+    accuracy, precision/recall/F1 per class and macro, confusion counts, ECE; rows of the
+    ``metrics`` table (model_version, slice, metric, label, value, n, computed_at), appended
+    to it unless ``record=False``. Undefined values are None with their ``n``, never NaN.
+
+    Raises:
+        SliceError: no labels or no predictions (it says what to import), an unknown version or slice.
+
+    Example:
+        >>> import tempfile
+        >>> db = open_lake(lake_uri)
+        >>> sent = export_batch(db, "sql:SELECT image_id FROM images ORDER BY image_id DESC LIMIT 30", fmt="coco",
+        ...                     to=tempfile.mkdtemp())
+        >>> _ = import_labels(db, sent.folder + "/annotations.json", fmt="coco", annotator="doctest-metrics")
+        >>> rows = compute_metrics(db, slices=["all"], record=False)
+        >>> {"accuracy", "f1", "ece", "confusion"} <= set(rows.column("metric").to_pylist())
+        True
+        >>> "map" in rows.column("metric").to_pylist()   # the demo's COCO labels have boxes: detection mAP too
+        True
+    """
+    from mining.metrics import run_metrics
+
+    return run_metrics(db, _config(db, config), versions=versions, slices=slices, record=record, regressions=False)[0]
+
+
+def check_regressions(db: LakeDB, version: str | None = None, *, baseline: str | None = None,
+                      slices: Sequence[str] | None = None, record: bool = True, config: Config | None = None):
+    """Regression alarms of ``version`` (default: the newest) against ``baseline`` (default: the
+    version whose predictions came into the lake before it) on every slice: accuracy and recall
+    per class dropping more than ``[metrics] margin`` with a bootstrap interval of the change below 0.
+
+    Returns:
+        RegressionReport: ``model_version``, ``baseline`` (None for the first version), ``checked``,
+        ``alarms`` (dicts: slice, metric, label, value, baseline_value, drop, ci_low, ci_high, n), also
+        appended to the ``alarms`` table unless ``record=False``.
+
+    Example:
+        >>> import tempfile
+        >>> db = open_lake(lake_uri)
+        >>> sent = export_batch(db, "sql:SELECT image_id FROM images ORDER BY image_id DESC LIMIT 30", fmt="coco",
+        ...                     to=tempfile.mkdtemp())
+        >>> _ = import_labels(db, sent.folder + "/annotations.json", fmt="coco", annotator="doctest-metrics")
+        >>> report = check_regressions(db, "v2", record=False)
+        >>> report.model_version, report.baseline
+        ('v2', 'v1')
+    """
+    from mining.metrics import check_regressions as check
+    from mining.slices import all_slices, find_slices
+
+    config = _config(db, config)
+    chosen = find_slices(all_slices(db, config.slices, max_values=config.metrics.auto_max_values), list(slices or []))
+    return check(db, chosen, version, baseline, config=config.metrics, user=config.mining.user, record=record)
+
+
+def detect_drift(db: LakeDB, *, window: str | None = None, reference: str | None = None, embeddings: bool = True,
+                 record: bool = True, config: Config | None = None) -> pa.Table:
+    """Drift of each time window against a reference (`edgemine drift`, docs/METRICS.md): embeddings
+    (classifier two-sample test), predicted labels and metadata columns (Jensen-Shannon distance,
+    chi-square, new values), confidence (KS); rows of the ``drift`` table with a ``flagged`` column.
+
+    Args:
+        window: ``1h``, ``6h``, ``1d``, ``1w`` (default ``[drift] window``).
+        reference: ``DATE..DATE`` (default: the first ``[drift] reference_windows`` windows).
+
+    Example:
+        >>> rows = detect_drift(open_lake(lake_uri), window="1d", record=False)   # the first week is the reference
+        >>> sorted(set(rows.column("feature").to_pylist()))[:3]
+        ['column:camera', 'column:customer_flag', 'column:region']
+    """
+    from mining.drift import detect_drift as detect
+    from mining.drift import record_drift
+
+    config = _config(db, config)
+    rows = detect(db, config.drift, window=window, reference=reference, embeddings=embeddings)
+    if record:
+        record_drift(db, rows, user=config.mining.user)
+    return rows
+
+
+def write_card(db: LakeDB, version: str, path: str | None = None, *, config: Config | None = None) -> str:
+    """Write a model version's model card (Mitchell et al. 2019's sections: details, training data,
+    evaluation per slice beside the previous version, known regressions, drift at release) to the
+    lake (``_cards/<version>.md``) and to ``path`` (``.md`` or ``.html``) if given; returns the Markdown.
+
+    Example:
+        >>> card = write_card(open_lake(lake_uri), "v2")
+        >>> card.splitlines()[0], "## Known regressions" in card
+        ('# Model card: v2', True)
+    """
+    from mining.cards import write_card as write
+
+    return write(db, version, _config(db, config), path)
 
 
 def _config(db: LakeDB, config: Config | None) -> Config:

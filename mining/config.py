@@ -130,6 +130,29 @@ class QueuesConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    margin: float = 0.02  # a regression: a metric this much (absolute) below the baseline version's ...
+    confidence: float = 0.95  # ... and the bootstrap interval of the difference at this level entirely below 0
+    bootstrap: int = 1000  # paired bootstrap resamples (scipy.stats.bootstrap)
+    min_n: int = 30  # slices (and classes) with fewer labelled images are not checked for regressions
+    ece_bins: int = 15  # equal-width confidence bins of the ECE (Guo et al. 2017)
+    auto_max_values: int = 50  # automatic slices per metadata column value only for columns with at most this many values
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    window: str = "1d"  # 1h, 6h, 1d, 1w
+    reference_windows: int = 7  # the reference, unless given: the first this many windows
+    sample: int = 1000  # embeddings per window (and reference) for the classifier two-sample test
+    alpha: float = 0.05  # false-alarm rate per check over all windows (Bonferroni: alpha / windows per test)
+    auc_threshold: float = 0.55  # embeddings: ROC AUC of the domain classifier above this (Evidently's default)
+    distance_threshold: float = 0.1  # labels, metadata: Jensen-Shannon distance; confidence: KS statistic (Evidently's)
+    new_value_share: float = 0.01  # a metadata value unseen in the reference holding this share of a window is flagged
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = DEFAULT_LAKE
     s3: S3Config = field(default_factory=S3Config)
@@ -142,6 +165,9 @@ class Config:
     ui: UIConfig = field(default_factory=UIConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    slices: dict = field(default_factory=dict)  # name -> SQL predicate (docs/METRICS.md)
 
 
 def load_config(

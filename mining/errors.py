@@ -19,6 +19,7 @@ escapes is a bug.
     │                      holding another batch, Label Studio unreachable or refusing the token)
     ├── LabelError         a label file that cannot be read as its format (nothing of it was written)
     ├── QueueError         a review queue (unknown sampler or option, empty slice, missing scores)
+    ├── SliceError         a slice (invalid SQL, unknown name) or metrics/drift/card input (no labels, no predictions)
     └── ModelError         the model cannot run as asked
         ├── DeviceError    the device asked for is not there
         └── WeightsError   the weights cannot be loaded
@@ -95,3 +96,6 @@ class LabelError(EdgemineError, ValueError):
 class TrainingError(EdgemineError, ValueError):
     """A model that cannot be trained or found as asked (no labels, one class, an unknown or
     taken version); nothing of it was made visible."""
+
+class SliceError(EdgemineError, ValueError):
+    """A slice, metrics, drift or model card request that cannot run as asked."""

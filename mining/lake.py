@@ -14,6 +14,7 @@ Layout (relative to the lake root)::
     _models/<version>/       a trained classifier: model.pt, model.json (mining.models; the models row makes it visible)
     _models/_staging/<version>/  a training run's per-epoch checkpoints, until the model is published
     sources/                 raw inputs the demo generates
+    _cards/<version>.md      model cards (mining.cards), beside the metrics table
 
 A lake written before tables were Delta tables (Parquet folders without a
 ``_delta_log``) is refused with what to run: `edgemine migrate`.

@@ -103,13 +103,13 @@ def named_images(db: LakeDB, name: str) -> set[str]:
 
 def list_models(db: LakeDB) -> pa.Table:
     """One row per published model version, newest first (without the full record)."""
-    return db.query("SELECT version, backbone, base, classes, train_images, val_images, epochs, best_epoch, "
-                    "val_accuracy, created_by, created_at FROM models ORDER BY created_at DESC, version")
+    return db.query("SELECT model_version, backbone, base, classes, train_images, val_images, epochs, best_epoch, "
+                    "val_accuracy, created_by, created_at FROM models ORDER BY created_at DESC, model_version")
 
 
 def model_row(db: LakeDB, version: str) -> dict[str, Any] | None:
     """The models row of ``version`` (None when there is none)."""
-    found = db.query(f"SELECT * FROM models WHERE version = {quote_literal(version)}").to_pylist()
+    found = db.query(f"SELECT * FROM models WHERE model_version = {quote_literal(version)}").to_pylist()
     return found[0] if found else None
 
 
@@ -119,7 +119,7 @@ def read_model(db: LakeDB, version: str) -> dict[str, Any]:
     Raises TrainingError for a version the lake does not have, listing the ones it has."""
     row = model_row(db, version)
     if row is None:
-        known = list_models(db).column("version").to_pylist()
+        known = list_models(db).column("model_version").to_pylist()
         raise TrainingError(f"the lake has no model {version!r}; models: {', '.join(known) or 'none yet (edgemine train)'}")
     return json.loads(row["record"]) | {"path": row["path"]}
 
@@ -139,7 +139,7 @@ def publish_model(lake: Lake, record: dict[str, Any], checkpoint: bytes, *, user
     text = json.dumps(record | {"checkpoint_sha256": sha}, indent=1, sort_keys=True, default=str)
     lake.fs.pipe_file(f"{folder}/model.json", text.encode())
     data = record["data"]
-    row = make_rows(MODELS, 1, version=version, backbone=record["backbone"], base=record["base"],
+    row = make_rows(MODELS, 1, model_version=version, backbone=record["backbone"], base=record["base"],
                     classes=[record["classes"]], train_images=data["train_images"], val_images=data["val_images"],
                     epochs=len(record["curves"]["epoch"]), best_epoch=record["best_epoch"],
                     val_accuracy=record["best_val_accuracy"], path=lake.url(folder), checkpoint_sha256=sha,

@@ -380,10 +380,10 @@ DUPLICATES = Table(
 MODELS = Table(
     name="models",
     doc="Classifiers trained on the lake's labels (`edgemine train`): one row per version, written last (its commit point).",
-    key=("version",),
+    key=("model_version",),
     schema=pa.schema(
         [
-            pa.field("version", pa.string(), nullable=False),
+            pa.field("model_version", pa.string(), nullable=False),
             pa.field("backbone", pa.string(), nullable=False),
             pa.field("base", pa.string()),
             pa.field("classes", pa.list_(pa.string()), nullable=False),
@@ -401,12 +401,93 @@ MODELS = Table(
     ),
 )
 
+# -- issue 16: slices, metrics per slice and model version, regression alarms, drift ----------
+SLICES = Table(
+    name="slices",
+    doc="Named SQL predicates over predictions p, images i and truth t (`edgemine slice add`); the latest per name counts.",
+    key=("name",),
+    latest_by="created_at",
+    schema=pa.schema(
+        [
+            pa.field("name", pa.string(), nullable=False),
+            pa.field("sql", pa.string(), nullable=False),
+            pa.field("created_by", pa.string()),
+            pa.field("created_at", UTC_TS, nullable=False),
+        ]
+    ),
+)
+
+METRICS = Table(
+    name="metrics",
+    doc="Each model version's metrics on each slice against the labels (`edgemine metrics`); the view keeps the latest run.",
+    key=("model_version", "slice", "metric", "label"),
+    latest_by="computed_at",
+    schema=pa.schema(
+        [
+            pa.field("model_version", pa.string(), nullable=False),
+            pa.field("slice", pa.string(), nullable=False),
+            pa.field("metric", pa.string(), nullable=False),
+            pa.field("label", pa.string()),
+            pa.field("value", pa.float64()),
+            pa.field("n", pa.int64(), nullable=False),
+            pa.field("computed_at", UTC_TS, nullable=False),
+        ]
+    ),
+)
+
+ALARMS = Table(
+    name="alarms",
+    doc="Regressions: a metric of a model version on a slice that dropped below its baseline version's beyond the margin.",
+    key=("model_version", "baseline", "slice", "metric", "label"),
+    latest_by="raised_at",
+    schema=pa.schema(
+        [
+            pa.field("model_version", pa.string(), nullable=False),
+            pa.field("baseline", pa.string(), nullable=False),
+            pa.field("slice", pa.string(), nullable=False),
+            pa.field("metric", pa.string(), nullable=False),
+            pa.field("label", pa.string()),
+            pa.field("value", pa.float64()),
+            pa.field("baseline_value", pa.float64()),
+            pa.field("drop", pa.float64()),
+            pa.field("ci_low", pa.float64()),
+            pa.field("ci_high", pa.float64()),
+            pa.field("n", pa.int64()),
+            pa.field("margin", pa.float64()),
+            pa.field("raised_at", UTC_TS, nullable=False),
+        ]
+    ),
+)
+
+DRIFT = Table(
+    name="drift",
+    doc="Drift of each time window against a reference (`edgemine drift`): one row per window and feature checked, with a flag.",
+    key=("window_start", "feature"),
+    latest_by="computed_at",
+    schema=pa.schema(
+        [
+            pa.field("window_start", UTC_TS, nullable=False),
+            pa.field("window_end", UTC_TS, nullable=False),
+            pa.field("feature", pa.string(), nullable=False),
+            pa.field("statistic", pa.string(), nullable=False),
+            pa.field("score", pa.float64()),
+            pa.field("p_value", pa.float64()),
+            pa.field("threshold", pa.float64()),
+            pa.field("flagged", pa.bool_(), nullable=False),
+            pa.field("n", pa.int64()),
+            pa.field("n_reference", pa.int64()),
+            pa.field("detail", pa.string()),
+            pa.field("reference", pa.string()),
+            pa.field("computed_at", UTC_TS, nullable=False),
+        ]
+    ),
+)
 
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS,
               NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES,
-              MODELS)
+              MODELS, SLICES, METRICS, ALARMS, DRIFT)
 }
 
 

@@ -70,11 +70,11 @@ def copy_of(lake: Lake, tmp_path) -> Lake:
 
 def test_a_version_is_its_files_and_its_models_row(trained):
     [row] = rows(trained, "SELECT * FROM models")
-    assert row["version"] == "v1" and row["classes"] == list(CLASSES) and row["created_by"] == "tester"
+    assert row["model_version"] == "v1" and row["classes"] == list(CLASSES) and row["created_by"] == "tester"
     assert row["train_images"] + row["val_images"] == READABLE and row["epochs"] == 2
     with LakeDB(trained) as db:
         record = read_model(db, "v1")
-        assert list_models(db).column("version").to_pylist() == ["v1"]
+        assert list_models(db).column("model_version").to_pylist() == ["v1"]
     assert record["base"] == "random" and record["backbone"] == "resnet18" and record["image_size"] == 32
     assert set(record["curves"]) >= {"train_loss", "val_loss", "val_accuracy", "lr"} and record["curves"]["epoch"] == [1, 2]
     data = record["data"]
@@ -219,7 +219,7 @@ def test_a_killed_training_leaves_no_model_and_resumes(trained, tmp_path):
             "--patience", "5", "--device", "cpu", "--workers", "1"]
     process = start(args, config, None)
     kill_when(process, lambda: lake.fs.exists(f"{lake.model_staging_dir('v2')}/last.pt"), timeout=300)
-    assert rows(lake, "SELECT version FROM models") == [{"version": "v1"}]  # v2 is not visible
+    assert rows(lake, "SELECT model_version FROM models") == [{"model_version": "v1"}]  # v2 is not visible
     assert not lake.fs.exists(f"{lake.model_dir('v2')}/model.json")
     rerun = start([*args, "--resume", "--json"], config, None)
     out, err = rerun.communicate(timeout=300)
@@ -257,4 +257,4 @@ def test_the_commands_print_one_line_for_bad_input_and_list_models(trained, caps
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and "nor a model version" in errors[0] and "no model 'v0'" in errors[1] and "not a valid name" in errors[2]
     assert main(["models", "--lake", trained.uri, "--json", "--quiet"]) == 0
-    assert [row["version"] for row in json.loads(capsys.readouterr().out)] == ["v1"]
+    assert [row["model_version"] for row in json.loads(capsys.readouterr().out)] == ["v1"]

@@ -516,3 +516,31 @@ def test_find_similar_review_loop_marks_pages_counts_and_resumes(app, demo_lake)
     assert not again.exception
     assert set(again.session_state["positives"]) == {edge[0], *found}
     assert set(again.session_state["negatives"]) == set(page) - set(found)
+# -- Metrics (issue 16) -----------------------------------------------------------------------
+def test_metrics_page_shows_regressions_drift_and_cards(tmp_path, monkeypatch):
+    """A small lake of its own (two versions, a regression on cam-3): the page computes metrics
+    and drift, marks the regression, writes a card, and opens a flagged window as a queue."""
+    from tests.test_metrics import build_two_versions
+
+    lake = build_two_versions(tmp_path / "lake")["lake"]
+    config = tmp_path / "config.toml"
+    config.write_text("[metrics]\nmargin = 0.05\n[drift]\nreference_windows = 1\ndistance_threshold = 0.0\nalpha = 1.0\n")
+    monkeypatch.setenv("EDGEMINE_LAKE", lake.uri)
+    monkeypatch.setenv("EDGEMINE_CONFIG", str(config))
+    monkeypatch.setenv("EDGEMINE_USER", "alice")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    open_page(at, "metrics")
+    assert [i.value for i in at.info][:1] == ["No metrics yet: press the button above, or run `edgemine metrics` "
+                                              "(labels first: `edgemine labels import`)."]
+    at.button(key="metrics_run").click().run()
+    assert not at.exception
+    assert "Regressions (in red): v2 on camera=cam-3" in [e.value for e in at.error]
+    table = at.dataframe[0].value
+    assert set(table.columns) >= {"v1", "v2", "n"} and table.loc["camera=cam-3", "v2"] < table.loc["camera=cam-3", "v1"]
+    assert sql(lake, "SELECT count(*) n FROM drift WHERE flagged")[0]["n"] > 0  # threshold 0, alpha 1: every change flags
+    at.button(key="card_write").click().run()
+    assert any("# Model card: v2" in m.value for m in at.markdown)
+    at.button(key="drift_open").click().run()
+    assert not at.exception
+    assert sql(lake, "SELECT count(DISTINCT queue) n FROM queues WHERE queue LIKE 'drift-%'")[0]["n"] == 1

@@ -23,6 +23,8 @@ PAGES = {  # name (URL path): (file in views/, title, icon)
     "export": ("export_labels.py", "Export", ":material/upload:"),
 
     "queues": ("review_queues.py", "Queues", ":material/queue:"),
+    # issue 16
+    "metrics": ("model_metrics.py", "Metrics", ":material/monitoring:"),
 }
 
 
