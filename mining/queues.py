@@ -97,6 +97,10 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
                choices=("auto", "cleanlab", "knn")),
         Option("neighbours", int, "labelled neighbours that vote (knn)", config_key="neighbours"),
     ), embeddings=True),
+    Sampler("forgotten", "labelled images the --model-version (default: the newest) gets wrong that --baseline "
+            "(default: the version before it) got right: what a retrain forgot, most confidently wrong first", (
+        Option("baseline", str, "the model version to compare with (default: the one before, by first prediction)"),
+    )),
     Sampler("novelty", "images farthest from everything reviewed or labelled (kNN distance through the index)", (
         Option("neighbours", int, "mean distance to this many nearest reviewed images", 1),
     ), embeddings=True),
@@ -254,6 +258,8 @@ def _run_sampler(db: LakeDB, spec: Sampler, s: samplers.Slice, values: dict[str,
     if name == "label-errors":
         return samplers.label_suspects(db, s, index, labels=values["labels"], review=values["review"],
                                        method=values["method"], neighbours=values["neighbours"], limit=want)
+    if name == "forgotten":
+        return samplers.forgotten(db, s, baseline=values["baseline"], limit=want)
     if name == "novelty":
         return samplers.novelty(db, s, index, neighbours=values["neighbours"], limit=want)
     if name == "diversity":

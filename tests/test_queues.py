@@ -308,7 +308,7 @@ def test_no_embeddings_says_to_run_embed(tmp_path):
 
 def test_every_sampler_is_listed_with_its_options():
     assert list(SAMPLERS) == ["random-time", "every-nth", "least-confidence", "margin", "entropy", "feedback",
-                              "label-errors", "novelty", "diversity"]
+                              "label-errors", "forgotten", "novelty", "diversity"]
     assert [o.flag for o in SAMPLERS["random-time"].options] == ["--per", "--k", "--by", "--seed"]
 
 
@@ -398,3 +398,46 @@ def test_cli_makes_lists_and_shows_queues_and_lists_allowed_options(small, capsy
     assert "review some images first" in capsys.readouterr().err
     assert main(["duplicates", "--threshold", "0.999999", "--json", *base]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 40
+
+
+# -- forgotten: what a retrain broke -------------------------------------------------------------
+def test_forgotten_lists_what_the_new_version_gets_wrong_and_the_old_got_right(tmp_path):
+    from mining.schema import LABELS
+
+    lake = Lake(str(tmp_path / "lake"))
+    made = write_lake(lake, 40)
+    rng = np.random.default_rng(5)
+    predicted = {}
+    for version, hour in (("old", 20), ("new", 30)):  # two versions predicting every image
+        labels, confidence = rng.integers(0, 4, 40), rng.uniform(0.3, 1.0, 40).astype(np.float32)
+        when = START + timedelta(hours=hour)
+        tables.append(lake, PREDICTIONS, make_rows(
+            PREDICTIONS, 40, prediction_id=[f"{version}-{i}" for i in made["ids"]], image_id=made["ids"],
+            model_version=version, ts=when, label=[CLASSES[k] for k in labels], confidence=confidence,
+            date=when.date()), tables.commit_info("test"))
+        predicted |= {(i, version): (CLASSES[k], float(c)) for i, k, c in zip(made["ids"], labels, confidence, strict=True)}
+    truth = {i: (predicted[i, "old"][0] if rng.random() < 0.6 else CLASSES[int(rng.integers(4))]) for i in made["ids"]}
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    tables.append(lake, LABELS, make_rows(LABELS, 40, label_id=[f"l-{i}" for i in truth], image_id=list(truth),
+                                          label=list(truth.values()), annotator="a", batch="b", format="coco",
+                                          labelled_at=at), tables.commit_info("test"))
+    expected = {i for i in made["ids"] if predicted[i, "new"][0] != truth[i] and predicted[i, "old"][0] == truth[i]}
+    assert expected  # the seeded data has some
+    summary, picked = queue(lake, "forgotten", model_version="new", baseline="old", include_reviewed=True)
+    assert {r["image_id"] for r in picked} == expected
+    confidences = [predicted[r["image_id"], "new"][1] for r in picked]
+    assert confidences == sorted(confidences, reverse=True)  # the most confidently wrong first
+    assert "old said" in picked[0]["reason"] and f"labelled {truth[picked[0]['image_id']]}" in picked[0]["reason"]
+    # reversed, the other way round; and a version that does not exist is refused with the list
+    _, back = queue(lake, "forgotten", name="back", model_version="old", baseline="new", include_reviewed=True)
+    assert {r["image_id"] for r in back} == {i for i in made["ids"] if predicted[i, "old"][0] != truth[i] and predicted[i, "new"][0] == truth[i]}
+    _, default = queue(lake, "forgotten", name="default", include_reviewed=True)  # the newest against the one before
+    assert {r["image_id"] for r in default} == expected
+    with pytest.raises(QueueError, match="versions: .*old, new"):
+        queue(lake, "forgotten", name="bad", model_version="new", baseline="v9")
+
+
+def test_forgotten_without_labels_says_to_import_them(small):
+    lake, _ = small
+    with pytest.raises(QueueError, match="labels import"):
+        queue(lake, "forgotten", model_version="v2", baseline="v1")

@@ -544,3 +544,33 @@ def test_metrics_page_shows_regressions_drift_and_cards(tmp_path, monkeypatch):
     at.button(key="drift_open").click().run()
     assert not at.exception
     assert sql(lake, "SELECT count(DISTINCT queue) n FROM queues WHERE queue LIKE 'drift-%'")[0]["n"] == 1
+
+
+def test_metrics_page_opens_what_a_retrain_forgot_and_shows_models(tmp_path, monkeypatch):
+    """v2 against v1 (the version before it) as a `forgotten` queue in Review; a trained model's curves."""
+    from mining.models import publish_model
+    from tests.test_metrics import build_two_versions
+
+    lake = build_two_versions(tmp_path / "lake")["lake"]
+    record = {"version": "v2", "backbone": "resnet18", "base": "model:v1", "classes": ["a", "b"], "image_size": 64,
+              "data": {"train_images": 10, "val_images": 2}, "best_epoch": 2, "best_val_accuracy": 0.5,
+              "curves": {"epoch": [1, 2], "train_loss": [1.0, 0.7], "val_loss": [1.1, 0.9], "val_accuracy": [0.4, 0.5],
+                         "lr": [1e-3, 5e-4], "seconds": [1.0, 1.0]}}
+    publish_model(lake, record, b"not a real checkpoint", user="alice")
+    monkeypatch.setenv("EDGEMINE_LAKE", lake.uri)
+    monkeypatch.setenv("EDGEMINE_USER", "alice")
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    open_page(at, "metrics")
+    assert at.selectbox(key="forgotten_new").value == "v2" and at.selectbox(key="forgotten_old").value == "v1"
+    assert at.selectbox(key="model_curves").value == "v2"
+    charts = at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
+    assert len(charts) == 2  # loss, and validation accuracy, per epoch (no metrics computed yet: no other chart)
+    at.button(key="forgotten_open").click().run()
+    assert not at.exception
+    expected = sql(lake, """WITH t AS (SELECT image_id, label FROM labels),
+        p AS (SELECT image_id, model_version, label FROM predictions)
+        SELECT count(*) n FROM t JOIN p a ON a.image_id = t.image_id AND a.model_version = 'v2'
+        JOIN p b ON b.image_id = t.image_id AND b.model_version = 'v1' WHERE a.label <> t.label AND b.label = t.label""")[0]["n"]
+    got = sql(lake, "SELECT count(*) n FROM queues WHERE queue = 'forgotten-v2-vs-v1'")[0]["n"]
+    assert got == expected > 0

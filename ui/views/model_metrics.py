@@ -1,13 +1,14 @@
-"""Metrics: per-slice metrics per model version (regressions in red), drift over time with
-its flagged windows (each opens as a review queue), and model cards (mining.metrics,
-mining.drift, mining.cards; as `edgemine metrics|drift|card`)."""
+"""Metrics: per-slice metrics per model version (regressions in red), what a retrain forgot
+(opens as a review queue), the trained models and their curves, drift over time with its
+flagged windows (each opens as a review queue), and model cards (mining.metrics,
+mining.models, mining.drift, mining.cards; as `edgemine metrics|models|drift|card`)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from mining import cards, drift, metrics, queues
+from mining import cards, drift, metrics, models, queues
 from mining.errors import EdgemineError
 from ui import data, nav, widgets
 
@@ -21,6 +22,8 @@ def render() -> None:
                "frequent class); a regression is a drop beyond the margin below the previous version's. docs/METRICS.md")
     st.button("Compute metrics and drift now", key="metrics_run", icon=":material/calculate:", on_click=_compute)
     _metrics()
+    _forgotten()
+    _models()
     _drift()
     _cards()
 
@@ -67,6 +70,39 @@ def _metrics() -> None:
             st.dataframe(all_alarms, hide_index=True, width="stretch")
 
 
+def _forgotten() -> None:
+    versions = metrics.model_versions(data.db())
+    if len(versions) < 2:
+        return
+    st.subheader("What a retrain forgot")
+    left, right = st.columns(2)
+    new = left.selectbox("Model version", versions, index=len(versions) - 1, key="forgotten_new")
+    others = [v for v in versions if v != new]
+    default = metrics.previous_version(data.db(), new)  # as `edgemine metrics` compares
+    old = right.selectbox("Compared with", others, index=others.index(default) if default in others else 0,
+                          key="forgotten_old")
+    if st.button(f"Open in Review: labelled images {new} gets wrong that {old} got right", key="forgotten_open",
+                 icon=":material/history:"):
+        try:
+            _open_queue("forgotten", f"forgotten-{new}-vs-{old}", model_version=new, options={"baseline": old})
+        except EdgemineError as e:
+            st.error(str(e))
+
+
+def _models() -> None:
+    st.subheader("Trained models")
+    trained = models.list_models(data.db())
+    if not trained.num_rows:
+        st.caption("No model trained in the lake yet (`edgemine train`, or `edgemine loop` for the whole retrain loop).")
+        return
+    st.dataframe(trained.to_pandas(), hide_index=True, width="stretch")
+    version = st.selectbox("Curves of", trained.column("model_version").to_pylist(), key="model_curves")
+    curves = pd.DataFrame(models.read_model(data.db(), version)["curves"]).set_index("epoch")
+    left, right = st.columns(2)
+    left.line_chart(curves[["train_loss", "val_loss"]], height=240, x_label="epoch", y_label="loss")
+    right.line_chart(curves[["val_accuracy"]], height=240, x_label="epoch", y_label="validation accuracy")
+
+
 def _drift() -> None:
     st.subheader("Drift over time")
     rows = data.db().query("SELECT * FROM drift ORDER BY window_start").to_pandas()
@@ -95,12 +131,17 @@ def _drift() -> None:
 
 def _open_window(start, end) -> None:
     """The window's least confident predictions as a review queue, opened on the Review page."""
-    name = f"drift-{start:%Y%m%d-%H%M}"
     where = drift.Period(start.to_pydatetime(), end.to_pydatetime()).sql("p.ts")
-    config = data.config()
-    made = queues.make_queue(data.db(), "least-confidence", name, where=where, model_version=None, limit=None,
-                             diverse=False, include_reviewed=True, drop_duplicates=False, options={},
-                             user=widgets.current_reviewer(), config=config, index=lambda: data.index(data.lake().uri))
+    _open_queue("least-confidence", f"drift-{start:%Y%m%d-%H%M}", where=where)
+
+
+def _open_queue(sampler: str, name: str, *, where: str | None = None, model_version: str | None = None,
+                options: dict | None = None) -> None:
+    """Make the queue (a new version of it when it exists) and open it on the Review page."""
+    made = queues.make_queue(data.db(), sampler, name, where=where, model_version=model_version, limit=None,
+                             diverse=False, include_reviewed=True, drop_duplicates=False, options=options or {},
+                             user=widgets.current_reviewer(), config=data.config(),
+                             index=lambda: data.index(data.lake().uri))
     data.lake_changed()
     st.session_state["review_source"] = {"kind": "queue", "queue": made.queue}
     nav.go("review")
