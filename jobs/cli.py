@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jobs.output import FORMATS, write_json, write_rows
-from mining.config import Config, load_config
+from mining.config import Config, EmbedConfig, load_config
 from mining.errors import EdgemineError
 from mining.lake import Lake
 
@@ -390,14 +390,19 @@ def cmd_ingest_predictions(args: argparse.Namespace, config: Config) -> int:
     return 1 if summary.failed else 0
 
 
-def cmd_embed(args: argparse.Namespace, config: Config) -> int:
-    from jobs.embed_images import Shard, embed_lake
-
-    flags = {"weights": args.weights, "backbone": args.backbone, "device": args.device, "decode": args.decode,
-             "batch_size": args.batch_size, "workers": args.workers, "seed": args.seed}
+def _embed_config(config: Config, **flags) -> EmbedConfig:
+    """The config's [embed] with the flags given on the command line (None: not given); `embed` and `score`."""
     embed = dataclasses.replace(config.embed, **{k: v for k, v in flags.items() if v is not None})
     if embed.batch_size < 0 or embed.workers < 0:
         raise UsageError("--batch-size and --workers must be at least 0 (0: automatic)")
+    return embed
+
+
+def cmd_embed(args: argparse.Namespace, config: Config) -> int:
+    from jobs.embed_images import Shard, embed_lake
+
+    embed = _embed_config(config, weights=args.weights, backbone=args.backbone, device=args.device, decode=args.decode,
+                          batch_size=args.batch_size, workers=args.workers, seed=args.seed)
     summary = embed_lake(Lake.from_config(config), embed, shard=Shard.parse(args.shard), overwrite=args.overwrite,
                          retry_errors=args.retry_errors, show_progress=not args.quiet)
     if args.json:
@@ -900,10 +905,7 @@ def cmd_score(args: argparse.Namespace, config: Config) -> int:
     from jobs.embed_images import Shard
     from jobs.score import score_lake
 
-    flags = {"device": args.device, "batch_size": args.batch_size, "workers": args.workers}
-    embed = dataclasses.replace(config.embed, **{k: v for k, v in flags.items() if v is not None})
-    if embed.batch_size < 0 or embed.workers < 0:
-        raise UsageError("--batch-size and --workers must be at least 0 (0: automatic)")
+    embed = _embed_config(config, device=args.device, batch_size=args.batch_size, workers=args.workers)
     summary = score_lake(Lake.from_config(config), args.model, embed, shard=Shard.parse(args.shard), where=args.where,
                          retry_errors=args.retry_errors, show_progress=not args.quiet)
     if args.json:

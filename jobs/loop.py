@@ -28,7 +28,7 @@ from mining.cards import card_path, write_card
 from mining.config import Config
 from mining.lake import Lake
 from mining.metrics import previous_version, run_metrics
-from mining.models import list_models, model_row
+from mining.models import list_models, version_exists
 from mining.sql import LakeDB
 from mining.summary import Summary
 
@@ -75,9 +75,7 @@ def run_loop(lake: Lake, config: Config, request: TrainRequest, settings: TrainS
     started = time.monotonic()
     version = request.version
     summary = LoopSummary(model_version=version)
-    with LakeDB(lake, read_only=False) as db:
-        published = model_row(db, version) is not None
-    if published:
+    if version_exists(lake, version):
         log.info("loop: %s is already trained; scoring what is left, then metrics and card", version)
         summary.base = "(trained before)"
     else:

@@ -45,10 +45,11 @@ def build_card(db: LakeDB, version: str, config: Config) -> list[Section]:
     """The card's sections for ``version`` (SliceError if it has no predictions)."""
     check_versions(db, [version])
     baseline = previous_version(db, version)
+    trained = model_row(db, version)  # None unless `edgemine train` made the version
     facts = db.query("SELECT min(ts) AS first, max(ts) AS last, count(*) AS predictions, count(DISTINCT image_id) AS images, "
                      "min(ingested_at) AS ingested FROM predictions WHERE model_version = $v", {"v": version}).to_pylist()[0]
     return [
-        model_details(db, version, baseline, facts, config),
+        model_details(version, baseline, facts, trained, config),
         Section("Intended use", ["_To be filled in by the owner: the task, the cameras and conditions it is meant for, "
                                  "and uses it is not meant for._"]),
         Section("Factors", ["Slices evaluated (docs/METRICS.md): the whole lake (`all`), each value of each metadata "
@@ -56,7 +57,7 @@ def build_card(db: LakeDB, version: str, config: Config) -> list[Section]:
         Section("Metrics", ["Accuracy, per-class and macro precision/recall/F1, confusion counts and expected calibration "
                             "error (15 equal-width bins), against each image's newest labels (their most frequent class). "
                             "Regressions: a drop beyond the margin whose paired bootstrap interval lies below 0."]),
-        training_data(db, version, facts["ingested"] or facts["first"]),
+        training_data(db, trained, facts["ingested"] or facts["first"]),
         evaluation(db, version, baseline, config),
         known_regressions(db, version),
         drift_at_release(db, facts["first"]),
@@ -67,12 +68,11 @@ def build_card(db: LakeDB, version: str, config: Config) -> list[Section]:
     ]
 
 
-def model_details(db: LakeDB, version: str, baseline: str | None, facts: dict, config: Config) -> Section:
+def model_details(version: str, baseline: str | None, facts: dict, row: dict | None, config: Config) -> Section:
     lines = [f"Model version **{version}**; previous version: {baseline or 'none (the first in the lake)'}.",
              f"Predictions from {facts['first']} to {facts['last']}: {facts['predictions']:,} on {facts['images']:,} images; "
              f"first ingested {facts['ingested']}.",
              f"Card written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by {config.mining.user or 'unknown'}."]
-    row = model_row(db, version)
     if row is None:
         lines.append("Backbone and training run: not recorded in this lake (the version was not trained with `edgemine train`).")
     else:
@@ -86,10 +86,10 @@ def model_details(db: LakeDB, version: str, baseline: str | None, facts: dict, c
     return Section("Model details", lines)
 
 
-def training_data(db: LakeDB, version: str, before: datetime) -> Section:
-    """What the version was trained on: from its `edgemine train` record (label batches, images per
-    class) where there is one; else the label batches made before its first prediction."""
-    row = model_row(db, version)
+def training_data(db: LakeDB, row: dict | None, before: datetime) -> Section:
+    """What the version was trained on: from its `edgemine train` record (``row``, the models row:
+    label batches, images per class) where there is one; else the label batches made before its
+    first prediction."""
     if row is not None:
         data = json.loads(row["record"])["data"]
         batches = pa.table({"batch": list(data["label_batches"]), "labels": list(data["label_batches"].values())})
