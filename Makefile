@@ -48,6 +48,9 @@ bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_lake.py
 	$(BIN)/python tests/benchmarks/bench_export.py
 	$(BIN)/python tests/benchmarks/bench_queues.py
+	$(BIN)/python tests/benchmarks/bench_train.py
+	$(BIN)/python tests/benchmarks/bench_metrics.py
+	$(BIN)/python tests/benchmarks/bench_loop.py
 
 lock: setup  ## re-pin constraints.txt from the current environment
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new && mv constraints.new constraints.txt
