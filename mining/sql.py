@@ -350,7 +350,10 @@ def _table_exists(lake: Lake, table: Table) -> bool:
 
     if exists(lake, table):
         return True
-    lake.check_layout()  # an old-layout table says what to run, rather than looking empty
+    # Only this table's folder is looked at (one request on S3): checking every table for
+    # each missing one cost seconds per query on object storage.
+    if lake.in_old_layout(table):
+        lake.check_layout()  # an old-layout table says what to run, rather than looking empty
     return False
 
 
