@@ -38,3 +38,31 @@ def test_markers_record_what_a_job_finished(lake):
     lake.write_marker("job", "s1", {"status": "done", "rows": 3})
     lake.write_marker("job", "s1", {"status": "done", "rows": 4})
     assert lake.read_marker("job", "s1") == {"status": "done", "rows": 4}
+
+
+def test_read_many_reads_each_object_in_one_request_and_tells_empty_from_missing(lake, monkeypatch):
+    from mining.lake import read_many
+
+    lake.fs.makedirs(lake.path("src"), exist_ok=True)
+    for name, data in (("a.jpg", b"abc" * 1000), ("empty.jpg", b"")):
+        lake.fs.pipe_file(lake.path("src", name), data)
+    # A size request (HEAD) per object would double the requests of every image read on S3.
+    asked = []
+    for method in ("_info", "info"):
+        original = getattr(type(lake.fs), method, None)
+        if original is not None:
+            monkeypatch.setattr(type(lake.fs), method, lambda self, path, *a, _o=original, **k: asked.append(path) or _o(self, path, *a, **k))
+    got = read_many(lake.fs, [lake.path("src", n) for n in ("a.jpg", "empty.jpg", "gone.jpg")])
+    assert got[:2] == [b"abc" * 1000, b""]
+    assert isinstance(got[2], FileNotFoundError)
+    assert asked == []
+
+
+def test_a_query_on_a_lake_with_missing_tables_does_not_scan_every_table(lake, monkeypatch):
+    from mining.sql import LakeDB
+
+    # Each missing table looks at its own folder only: scanning all tables for each one
+    # cost thousands of requests per command on S3.
+    monkeypatch.setattr(Lake, "old_layout_tables", lambda self: pytest.fail("scanned every table"))
+    with LakeDB(lake) as db:
+        assert db.query("SELECT count(*) AS n FROM predictions JOIN images USING (image_id)").to_pylist() == [{"n": 0}]
