@@ -1,16 +1,20 @@
 """The library's public API (mining/__init__.py) works as its docstrings show: their
-examples (each on its own, since doctest runs them in name order) run here on the
-session's demo lake."""
+examples (each on its own, since doctest runs them in name order) run here on a
+copy of the session's demo lake (they label images and save sets: other tests read
+the shared one)."""
 
 from __future__ import annotations
 
 import doctest
+import shutil
 
 import mining
+from mining.lake import Lake
 from tests.helpers import rows
 
 
-def test_the_documented_examples_run(demo_lake, monkeypatch):
+def test_the_documented_examples_run(demo_lake, monkeypatch, tmp_path):
+    demo_lake = Lake(str(shutil.copytree(demo_lake.root, tmp_path / "lake")))
     monkeypatch.setenv("EDGEMINE_USER", "doctest")
     monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
     seed = rows(demo_lake, "SELECT image_id FROM demo_truth WHERE is_edge_case ORDER BY image_id LIMIT 1")[0]["image_id"]
