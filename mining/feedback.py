@@ -13,7 +13,7 @@ has predictions): the classifier's score plus the production model's doubt, weig
 by how well the doubt told the marks apart so far. Over the benchmark's five kinds of
 edge case it cut the mean views per edge image from 19.96 to 8.61 (docs/MINING.md).
 The classifier is fitted on PCA-whitened embeddings (``whitening``): 8.61 to 8.34;
-the production model's predicted class (one-hot) joins its features: 8.33 to 8.11
+the production model's predicted class (one-hot) joins its features: 8.33 to 8.01
 over 15 seeds per kind.
 """
 
