@@ -115,6 +115,7 @@ def find_similar(db: LakeDB, index: VectorIndex, config: Config, seeds: Sequence
     hits = rank(index, query.positive.vectors, None if query.negative is None else query.negative.vectors,
                 k or config.mining.k, subset=query.subset, exclude=query.exclude, seed=config.mining.seed,
                 uncertainty=None if query.negative is None else model_uncertainty(db, index),  # used with negatives
+                predicted=None if query.negative is None else predicted_classes(db, index),
                 positive_positions=query.positive.positions,
                 negative_positions=None if query.negative is None else query.negative.positions)
     if save:
@@ -126,7 +127,7 @@ def find_similar(db: LakeDB, index: VectorIndex, config: Config, seeds: Sequence
 def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
          subset: np.ndarray | None = None, exclude: np.ndarray | None = None, seed: int = 0,
          uncertainty: np.ndarray | None = None, positive_positions: np.ndarray | None = None,
-         negative_positions: np.ndarray | None = None) -> list[Hit]:
+         negative_positions: np.ndarray | None = None, predicted: np.ndarray | None = None) -> list[Hit]:
     """The ``k`` images most like ``positives`` (float32 (p, d) vectors) and unlike
     ``negatives`` (float32 (m, d)), among ``subset`` positions (None: all), never
     one of ``exclude``. Positives only: cosine similarity to their mean direction
@@ -138,25 +139,29 @@ def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None
     reviewer loop's prior (mining.feedback.loop_scores, docs/MINING.md); scores are
     then sums of weighted z-scores, not similarities. ``positive_positions`` /
     ``negative_positions``: index positions of the first rows of ``positives`` /
-    ``negatives`` (the rest, files from outside, count as average doubt)."""
+    ``negatives`` (the rest, files from outside, count as average doubt).
+    ``predicted``: float32 (n, c) per index position, the one-hot of the production
+    model's predicted class (``predicted_classes``): with negatives, it joins the
+    classifier's features (docs/MINING.md)."""
     scores, positions = rank_positions(index, positives, negatives, k, subset=subset, exclude=exclude, seed=seed,
                                        uncertainty=uncertainty, positive_positions=positive_positions,
-                                       negative_positions=negative_positions)
+                                       negative_positions=negative_positions, predicted=predicted)
     return [Hit(rank=r + 1, image_id=str(index.ids[p]), score=float(s)) for r, (s, p) in enumerate(zip(scores, positions))]
 
 
 def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
                    subset: np.ndarray | None = None, exclude: np.ndarray | None = None, seed: int = 0,
                    uncertainty: np.ndarray | None = None, positive_positions: np.ndarray | None = None,
-                   negative_positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   negative_positions: np.ndarray | None = None,
+                   predicted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``rank`` as arrays: float32 scores and int64 index positions (k',), best first."""
     positives = np.atleast_2d(np.asarray(positives, np.float32))
     if len(positives) == 0:
         raise SearchError("give at least one positive: an image id or an image file")
     negatives = np.zeros((0, index.dim), np.float32) if negatives is None else np.atleast_2d(np.asarray(negatives, np.float32))
-    if uncertainty is not None and negatives.size:
+    if (uncertainty is not None or predicted is not None) and negatives.size:
         return _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, uncertainty,
-                                positive_positions, negative_positions)
+                                positive_positions, negative_positions, predicted)
     if negatives.size == 0:
         query, exact = mean_direction(positives), False
     else:
@@ -167,15 +172,21 @@ def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndar
 
 
 def _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, uncertainty, positive_positions,
-                     negative_positions) -> tuple[np.ndarray, np.ndarray]:
+                     negative_positions, predicted=None) -> tuple[np.ndarray, np.ndarray]:
     """Every candidate scored exactly by mining.feedback.loop_scores, the top ``k``."""
-    def marks_prior(rows: int, positions: np.ndarray | None) -> np.ndarray:
-        known = uncertainty[np.asarray(positions if positions is not None else [], np.int64)[:rows]]
-        return np.concatenate([known, np.tile(uncertainty.mean(0), (rows - len(known), 1))]).astype(np.float32)
+    def marks_rows(values: np.ndarray | None, rows: int, positions: np.ndarray | None) -> np.ndarray | None:
+        """The marks' rows of a per-position array; rows past ``positions`` (files) get its mean."""
+        if values is None:
+            return None
+        known = values[np.asarray(positions if positions is not None else [], np.int64)[:rows]]
+        return np.concatenate([known, np.tile(values.mean(0), (rows - len(known), 1))]).astype(np.float32)
 
     scores = loop_scores(index, positives, negatives, prior=uncertainty,
-                         positive_prior=marks_prior(len(positives), positive_positions),
-                         negative_prior=marks_prior(len(negatives), negative_positions), exclude=exclude, seed=seed)
+                         positive_prior=marks_rows(uncertainty, len(positives), positive_positions),
+                         negative_prior=marks_rows(uncertainty, len(negatives), negative_positions), exclude=exclude,
+                         seed=seed, predicted=predicted,
+                         positive_predicted=marks_rows(predicted, len(positives), positive_positions),
+                         negative_predicted=marks_rows(predicted, len(negatives), negative_positions))
     candidates = np.arange(len(index)) if subset is None else np.asarray(subset, np.int64)
     if exclude is not None and len(exclude):
         candidates = candidates[~np.isin(candidates, exclude)]
@@ -218,6 +229,30 @@ def model_uncertainty(db: LakeDB, index: VectorIndex) -> np.ndarray:
             values = rows.column(name).to_numpy(zero_copy_only=False).astype(np.float32)
             out[positions, j] = np.nan_to_num(values[known], nan=0.0)
     return np.clip(out, 0, 1)
+
+
+# The production model's predicted class per image, from the same prediction as the
+# doubt above (its least sure one; ties by label, so the choice is stable).
+PREDICTED_SQL = """
+SELECT image_id, label FROM predictions
+QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY confidence ASC NULLS LAST, label) = 1
+"""
+
+
+def predicted_classes(db: LakeDB, index: VectorIndex) -> np.ndarray:
+    """float32 (n, c) per index position: the one-hot of the production model's
+    predicted class (its least sure prediction; c: the labels the predictions use, in
+    sorted order); a zero row for an image without predictions. The reviewer loop's
+    classifier features beside the embedding (mining.feedback.loop_scores)."""
+    rows = db.query(PREDICTED_SQL)
+    ids = rows.column("image_id").to_numpy(zero_copy_only=False)
+    labels = np.asarray(rows.column("label").to_pylist(), dtype=object)
+    labels = np.where(labels == None, "", labels).astype(str)  # noqa: E711 (an unlabelled prediction is a class too)
+    classes, column = np.unique(labels, return_inverse=True)
+    out = np.zeros((len(index), len(classes)), np.float32)
+    known = np.isin(ids, index.ids)
+    out[index.positions(ids[known]), column[known]] = 1
+    return out
 
 
 def slice_positions(db: LakeDB, index: VectorIndex, where: str) -> np.ndarray:

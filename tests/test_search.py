@@ -229,3 +229,55 @@ def test_whitening_finds_an_edge_case_hidden_under_loud_directions_in_fewer_view
         plain.append(_loop_views_with(x, edge, replace(LOOP, whiten=0)))
         whitened.append(_loop_views_with(x, edge, LOOP))
     assert LOOP.whiten and np.mean(whitened) < 0.8 * np.mean(plain), (whitened, plain)
+
+
+# -- issue 15: the model's predicted class as the loop's classifier features ---------
+def test_predicted_classes_reads_the_least_sure_prediction(demo_lake):
+    from mining.search import predicted_classes
+
+    with LakeDB(demo_lake) as db:
+        index = open_index(db, IndexConfig())
+        onehot = predicted_classes(db, index)
+    least_sure = {r["image_id"]: r["label"] for r in rows(
+        demo_lake, "SELECT image_id, arg_min(label, confidence) AS label FROM predictions GROUP BY ALL")}
+    classes = sorted({label for label in least_sure.values()})
+    assert onehot.shape == (len(index), len(classes)) and onehot.dtype == np.float32
+    assert set(np.unique(onehot)) <= {0.0, 1.0} and (onehot.sum(1) <= 1).all()
+    for position, image_id in enumerate(index.ids[:50]):
+        if image_id in least_sure:
+            assert classes[int(np.argmax(onehot[position]))] == least_sure[image_id]
+        else:
+            assert onehot[position].sum() == 0
+
+
+def test_the_predicted_class_helps_where_the_embedding_barely_separates_the_edge_case():
+    """Embeddings that barely tell the edge case apart, a model that calls it one
+    class more often than the rest: with the predicted class as classifier features
+    the loop needs fewer views; files from outside (no prediction) still rank."""
+    index, edge = _planted(spread=4.0, seed=3)
+    rng = np.random.default_rng(0)
+    label = np.where(edge & (rng.random(len(edge)) < 0.7), 0, rng.integers(0, 6, len(edge)))
+    predicted = np.eye(6, dtype=np.float32)[label]
+    doubt = np.full((len(index), 3), 0.2, np.float32)
+
+    def views(with_classes: bool, seed: int) -> int:
+        target, positives, negatives = math.ceil(0.9 * edge.sum()), [int(np.flatnonzero(edge)[seed])], []
+        seen, viewed = list(positives), 0
+        while len(positives) < target:
+            hits = rank(index, index.vectors[positives], index.vectors[negatives] if negatives else None, 20,
+                        exclude=np.array(seen), uncertainty=doubt, predicted=predicted if with_classes else None,
+                        positive_positions=np.array(positives), negative_positions=np.array(negatives, np.int64))
+            for position in index.positions([h.image_id for h in hits]):
+                viewed += 1
+                seen.append(position)
+                (positives if edge[position] else negatives).append(position)
+        return viewed
+
+    without = np.mean([views(False, s) for s in range(2)])
+    with_classes = np.mean([views(True, s) for s in range(2)])
+    assert with_classes < 0.8 * without, (with_classes, without)
+    # a file from outside as a negative (no position): its predicted class is the lake's mean
+    outside = np.random.default_rng(1).normal(size=(1, index.dim)).astype(np.float32)
+    hits = rank(index, index.vectors[np.flatnonzero(edge)[:2]], outside, 5, uncertainty=doubt, predicted=predicted,
+                positive_positions=np.flatnonzero(edge)[:2], negative_positions=np.zeros(0, np.int64))
+    assert len(hits) == 5

@@ -15,8 +15,8 @@ simulated narrowing session per kind.
 
 Lakes are built once under ``--cache`` (one per kind, size, seed and weights) and
 reused; for the default settings the arrays ranking needs (vectors, truth, the
-model's confidence and doubt) are saved beside them as ``<kind>.npz``, so a second
-run only ranks, without opening the lakes.
+model's confidence, doubt and predicted class) are saved beside them as
+``<kind>.npz``, so a second run only ranks, without opening the lakes.
 
     python tests/benchmarks/bench_mining.py [--images 1500] [--seeds 5] [--kinds glare snow]
         [--weights random|imagenet|PATH] [--cache /tmp/bench-mining] [--json]
@@ -46,7 +46,7 @@ from mining.feedback import mean_direction  # noqa: E402
 from mining.index import IndexSpec, VectorIndex  # noqa: E402
 from mining.index_sync import index_lake  # noqa: E402
 from mining.lake import Lake  # noqa: E402
-from mining.search import model_uncertainty, rank  # noqa: E402
+from mining.search import model_uncertainty, predicted_classes, rank  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
@@ -70,25 +70,33 @@ def load_truth(lake: Lake, index: VectorIndex) -> tuple[np.ndarray, np.ndarray]:
 
 def build_lake(cache: Path, kind: str, images: int, weights: str, data_seed: int) -> tuple[VectorIndex, dict]:
     """The demo lake of one kind (built once under ``cache``), its index, truth and the
-    model's uncertainty per index position."""
+    model's uncertainty and predicted class per index position."""
     tag = weights if weights in ("random", "imagenet") else Path(weights).stem
     arrays = cache / f"{kind}.npz"  # what ranking needs, saved once the lake is built (data seed 0, 1,500 images, random weights)
-    if arrays.exists() and (images, data_seed, tag) == (1500, 0, "random"):
-        saved = np.load(arrays)
-        ids = np.array([f"{i:020x}" for i in range(len(saved["vectors"]))])
-        index = VectorIndex(ids, saved["vectors"], IndexSpec("flat"))
-        return index, {key: saved[key] for key in ("edge", "confidence", "uncertainty")}
+    keys = ("edge", "confidence", "uncertainty", "predicted")
     config = Config(lake=str(cache / f"{kind}-{images}-s{data_seed}-{tag}"),
                     demo=replace(DemoConfig(), images=images, kind=kind, weights=weights, seed=data_seed))
     lake = Lake.from_config(config)
+    if arrays.exists() and (images, data_seed, tag) == (1500, 0, "random"):
+        saved = dict(np.load(arrays))
+        if "predicted" not in saved:  # saved before the predicted class was used: read it from the built lake
+            with LakeDB(lake) as db:
+                index, _ = index_lake(db, config.index)
+                assert np.array_equal(index.vectors, saved["vectors"]), f"{arrays} is not {lake.uri}'s index: delete it"
+                saved["predicted"] = predicted_classes(db, index)
+            np.savez(arrays, **saved)
+        ids = np.array([f"{i:020x}" for i in range(len(saved["vectors"]))])
+        index = VectorIndex(ids, saved["vectors"], IndexSpec("flat"))
+        return index, {key: saved[key] for key in keys}
     run_demo(config, show_progress=False)
     with LakeDB(lake) as db:
         index, _ = index_lake(db, config.index)
-        uncertainty = model_uncertainty(db, index)
+        uncertainty, predicted = model_uncertainty(db, index), predicted_classes(db, index)
     edge, confidence = load_truth(lake, index)
     if (images, data_seed, tag) == (1500, 0, "random"):
-        np.savez(arrays, vectors=index.vectors, edge=edge, confidence=confidence, uncertainty=uncertainty)
-    return index, {"edge": edge, "confidence": confidence, "uncertainty": uncertainty}
+        np.savez(arrays, vectors=index.vectors, edge=edge, confidence=confidence, uncertainty=uncertainty,
+                 predicted=predicted)
+    return index, {"edge": edge, "confidence": confidence, "uncertainty": uncertainty, "predicted": predicted}
 
 
 def search_quality(index: VectorIndex, edge: np.ndarray, seed: int, ks: list[int]) -> dict[int, tuple[float, float]]:
@@ -122,7 +130,8 @@ def narrowing(index: VectorIndex, edge: np.ndarray, seed: int, pool: int, cluste
     return steps
 
 
-def review(index: VectorIndex, edge: np.ndarray, seed: int, uncertainty: np.ndarray | None = None) -> int:
+def review(index: VectorIndex, edge: np.ndarray, seed: int, uncertainty: np.ndarray | None = None,
+           predicted: np.ndarray | None = None) -> int:
     """Images viewed (the flagged seed not counted) until TARGET of the edge cases are collected."""
     target = math.ceil(TARGET * edge.sum())
     positives, negatives, seen = [seed], [], [seed]
@@ -130,7 +139,7 @@ def review(index: VectorIndex, edge: np.ndarray, seed: int, uncertainty: np.ndar
     while len(positives) < target:
         # What `edgemine similar POSITIVES --not NEGATIVES` ranks (mining.search.find_similar).
         hits = rank(index, index.vectors[positives], index.vectors[negatives] if negatives else None, PAGE,
-                    exclude=np.array(seen), seed=len(seen), uncertainty=uncertainty,
+                    exclude=np.array(seen), seed=len(seen), uncertainty=uncertainty, predicted=predicted,
                     positive_positions=np.array(positives), negative_positions=np.array(negatives, np.int64))
         for position in index.positions([h.image_id for h in hits]):
             viewed += 1
@@ -155,7 +164,7 @@ def measure_kind(kind: str, index: VectorIndex, truth: dict, args: argparse.Name
     rng = np.random.default_rng(0)
     seeds = rng.choice(np.flatnonzero(edge), min(args.seeds, int(edge.sum())), replace=False)
     target = math.ceil(TARGET * edge.sum())
-    reviewed = [review(index, edge, s, truth["uncertainty"]) for s in seeds]
+    reviewed = [review(index, edge, s, truth["uncertainty"], truth["predicted"]) for s in seeds]
     lowest_confidence = views_in_order(np.argsort(truth["confidence"], kind="stable"), edge)
     at_random = float(np.mean([views_in_order(np.random.default_rng(r).permutation(len(edge)), edge) for r in range(20)]))
     result = {
