@@ -47,6 +47,7 @@ bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_startup.py
 	$(BIN)/python tests/benchmarks/bench_lake.py
 	$(BIN)/python tests/benchmarks/bench_export.py
+	$(BIN)/python tests/benchmarks/bench_s3.py
 	$(BIN)/python tests/benchmarks/bench_queues.py
 	$(BIN)/python tests/benchmarks/bench_train.py
 	$(BIN)/python tests/benchmarks/bench_metrics.py
