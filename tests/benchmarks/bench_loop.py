@@ -3,7 +3,7 @@ loop found fix them, and break nothing else?
 
 On a glare demo lake (hidden truth in ``demo_truth``) with ``--edge-rate`` glare images
 (10% by default, so the held-out set has enough of them to measure; built once under
-``--cache``), for each of ``--seeds`` (everything below is drawn from the seed):
+``--cache``):
 
 1. a held-out evaluation set: the images whose id hash falls in the top ``--eval``
    share (mining.models.validation_fraction_of; disjoint from every training split),
@@ -11,20 +11,24 @@ On a glare demo lake (hidden truth in ``demo_truth``) with ``--edge-rate`` glare
 2. a first labelling round: a random ``--base`` share of the other images, in which glare
    is kept at ``--base-glare`` of the round (3%, the demo's natural rate: the round a team
    labelled before anyone looked for glare), batch ``base``; model **before** =
-   `edgemine loop` semantics on it (train from random weights, as nothing can be
-   downloaded here; score; metrics; card);
-3. the reviewer loop (what `edgemine similar POSITIVES --not NEGATIVES` ranks, as in
-   bench_mining): one flagged glare image outside the evaluation set, ``--pages`` pages of
-   20; every image marked an edge case is labelled with its true class, batch ``glare``;
-4. model **after** = `edgemine loop`: train from *before* on base + glare
-   (``--after-epochs``), score, metrics of both versions on every slice, the regression
-   check (mining.metrics: 0.02 below with a bootstrap interval below 0), the card.
+   `edgemine loop` on it (train from random weights, as nothing can be downloaded here;
+   score; metrics; card), once, seeded by ``--before-seed`` (the lake with it is kept under
+   ``--cache`` and reused by a later run with the same settings);
+3. for each of ``--seeds``: the reviewer loop (what `edgemine similar POSITIVES --not
+   NEGATIVES` ranks, as in bench_mining) from one flagged glare image outside the evaluation
+   set (drawn from the seed), ``--pages`` pages of 20; every image marked an edge case is
+   labelled with its true class, batch ``glare``;
+4. and model **after** = `edgemine loop` from *before* on base + glare (``--after-epochs``,
+   ``--after-lr``, ``--glare-weight`` as `--batch-weight glare=W`; training seeded by the
+   seed), score, metrics of both versions on every slice, the regression check
+   (mining.metrics: 0.02 below with a bootstrap interval below 0), the card.
 
 Reported per seed, and as mean and spread over the seeds: accuracy of before and after on
 the held-out glare images and on the held-out other images, and the regression alarms.
 
     python tests/benchmarks/bench_loop.py [--images 2000] [--edge-rate 0.1] [--seeds 0 1 2]
-        [--base 0.6] [--pages 5] [--epochs 10] [--after-epochs 5] [--image-size 64] [--json]
+        [--base 0.6] [--pages 5] [--epochs 8] [--after-epochs 4] [--image-size 48]
+        [--after-lr 0.001] [--glare-weight 1] [--json]
 """
 
 from __future__ import annotations
