@@ -20,7 +20,7 @@ from typing import Any
 
 from jobs.output import FORMATS, write_json, write_rows
 from mining.config import Config, EmbedConfig, load_config
-from mining.errors import EdgemineError
+from mining.errors import ConfigError, EdgemineError
 from mining.lake import Lake
 
 log = logging.getLogger("edgemine")
@@ -865,6 +865,8 @@ def _add_train_arguments(parser: argparse.ArgumentParser, base_default: str) -> 
                        help="also train on this model version's confident predictions on unlabelled images (marked pseudo)")
     parser.add_argument("--min-confidence", type=float, default=0.9, help="least confidence of a pseudo-label (default: 0.9)")
     parser.add_argument("--pseudo-weight", type=float, default=0.5, help="a pseudo-label's weight in the loss, a label's being 1 (default: 0.5)")
+    parser.add_argument("--batch-weight", action="append", default=[], metavar="BATCH=WEIGHT",
+                        help="weight in the loss of the images of a label batch, others 1 (repeatable), e.g. glare=3")
 
 
 def _train_inputs(args: argparse.Namespace, config: Config):
@@ -878,8 +880,22 @@ def _train_inputs(args: argparse.Namespace, config: Config):
     request = TrainRequest(version=args.name, base=args.base, labels_where=args.labels_where, val_fraction=args.val_fraction,
                            val_name=args.val_name, resume=getattr(args, "resume", False), workers=args.workers,
                            user=config.mining.user, pseudo_from=args.pseudo_from, min_confidence=args.min_confidence,
-                           pseudo_weight=args.pseudo_weight)
+                           pseudo_weight=args.pseudo_weight, batch_weights=_batch_weights(args.batch_weight))
     return request, settings
+
+
+def _batch_weights(given: list[str]) -> dict[str, float]:
+    """``--batch-weight BATCH=WEIGHT`` flags as {batch: weight}."""
+    weights = {}
+    for text in given:
+        batch, _, weight = text.rpartition("=")
+        try:
+            weights[batch] = float(weight)
+        except ValueError:
+            raise ConfigError(f"--batch-weight {text!r}: write BATCH=WEIGHT, e.g. glare=3") from None
+        if not batch:
+            raise ConfigError(f"--batch-weight {text!r}: write BATCH=WEIGHT, e.g. glare=3")
+    return weights
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> int:

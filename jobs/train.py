@@ -95,6 +95,9 @@ class TrainRequest:
     pseudo_from: str | None = None  # a model version whose confident predictions on unlabelled images are added
     min_confidence: float = 0.9
     pseudo_weight: float = 0.5  # a pseudo-label's share of the loss against a label's 1
+    # label batch -> weight of its images in the loss (others 1): a small batch of rare cases
+    # (the edge cases a review found) counts more beside a large first round.
+    batch_weights: dict[str, float] = field(default_factory=dict)
 
 
 def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | None = None, *,
@@ -112,6 +115,7 @@ def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | Non
     with LakeDB(lake) as db:
         labels = training_labels(db, request.labels_where).to_pylist()
         classes = _check_classes(labels, request.labels_where)
+        _check_batch_weights(labels, request)
         in_val = _split(db, labels, request)
         labels, in_val = _with_pseudo_labels(db, labels, in_val, classes, request)
         base_state, base_tag, settings = _resolve_base(db, lake, request.base, settings, classes, backbone_given)
@@ -141,7 +145,8 @@ def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | Non
     record = {
         "version": version, "backbone": settings.backbone, "base": base_tag, "classes": classes,
         "image_size": settings.image_size, "config": asdict(settings) | {"labels_where": request.labels_where,
-        "val_fraction": None if request.val_name else request.val_fraction, "val": request.val_name},
+        "val_fraction": None if request.val_name else request.val_fraction, "val": request.val_name,
+        "batch_weights": dict(request.batch_weights)},
         "data": seen, "curves": asdict(result.curves), "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy, "stopped_early": result.stopped_early,
         "hardware": hardware(settings.device), "created_at": datetime.now(UTC).isoformat(),
@@ -169,6 +174,16 @@ def _check_classes(labels: list[dict[str, Any]], where: str | None) -> list[str]
         raise TrainingError(f"the labels{scope} name one class only ({classes[0]!r}, {len(labels)} images); "
                             "a classifier needs at least two")
     return classes
+
+
+def _check_batch_weights(labels: list[dict[str, Any]], request: TrainRequest) -> None:
+    batches = {row["batch"] for row in labels}
+    for batch, weight in request.batch_weights.items():
+        if batch not in batches:
+            raise TrainingError(f"--batch-weight {batch}={weight}: no label to train on is in batch {batch!r} "
+                                f"(batches: {', '.join(sorted(map(str, batches)))}); check the name or --labels")
+        if not weight > 0:
+            raise TrainingError(f"--batch-weight {batch}={weight}: a weight must be above 0 (leave a batch out with --labels)")
 
 
 def _split(db: LakeDB, labels: list[dict[str, Any]], request: TrainRequest) -> np.ndarray:
@@ -253,6 +268,8 @@ def _read(lake: Lake, labels: list[dict[str, Any]], in_val: np.ndarray, classes:
     val = torch.tensor([by_id[item.image_id][1] for item in decoded], dtype=torch.bool)
     pseudo = torch.tensor([bool(by_id[item.image_id][0].get("pseudo")) for item in decoded], dtype=torch.bool)
     weights = torch.where(pseudo, request.pseudo_weight, 1.0).float()
+    if request.batch_weights:
+        weights *= torch.tensor([request.batch_weights.get(by_id[item.image_id][0]["batch"], 1.0) for item in decoded])
     train_counts = Counter(classes[i] for i in y[~val].tolist())
     val_counts = Counter(classes[i] for i in y[val].tolist())
     missing = [c for c in classes if train_counts[c] < MIN_PER_CLASS]

@@ -248,6 +248,34 @@ def test_pseudo_labels_add_a_models_confident_predictions_on_unlabelled_images(t
     assert not set(new_ids) & set(data["val_image_ids"])  # validation is on human labels only
 
 
+def test_a_batch_weight_scales_its_images_loss_and_is_recorded(trained, tmp_path):
+    from jobs.cli import _batch_weights
+    from mining.errors import ConfigError
+
+    lake = copy_of(trained, tmp_path)
+    images = rows(lake, "SELECT image_id, uri FROM images ORDER BY uri")[:9]
+    for i, row in enumerate(images):
+        row["label"] = CLASSES[i % 3]  # the same labels again, now as batch b2 (the newest import wins)
+    add_labels(lake, images, batch="b2", at=datetime(2026, 11, 2, tzinfo=UTC))
+    one_epoch = replace(FAST, epochs=1)
+    for version, weights in (("plain", {}), ("ones", {"b2": 1.0}), ("heavy", {"b2": 4.0})):
+        train(lake, version, one_epoch, batch_weights=weights)
+    plain, ones, heavy = (state_dict(lake, v) for v in ("plain", "ones", "heavy"))
+    assert all(torch.equal(plain[k], ones[k]) for k in plain)  # weight 1 is no weight
+    assert not all(torch.equal(plain[k], heavy[k]) for k in plain)
+    with LakeDB(lake) as db:
+        record = read_model(db, "heavy")
+    assert record["config"]["batch_weights"] == {"b2": 4.0} and record["data"]["label_batches"]["b2"] == 9
+    for weights, message in (({"b3": 2.0}, "no label to train on is in batch 'b3'"), ({"b2": 0.0}, "above 0")):
+        with pytest.raises(TrainingError, match=message):
+            train(lake, "bad", one_epoch, batch_weights=weights)
+    assert not rows(lake, "SELECT * FROM models WHERE model_version = 'bad'")
+    assert _batch_weights(["glare=3", "a=b=0.5"]) == {"glare": 3.0, "a=b": 0.5}
+    for text in ("glare", "glare=x", "=2"):
+        with pytest.raises(ConfigError, match="BATCH=WEIGHT"):
+            _batch_weights([text])
+
+
 def test_the_commands_print_one_line_for_bad_input_and_list_models(trained, capsys):
     from jobs.cli import main
 
