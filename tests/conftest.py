@@ -32,11 +32,13 @@ def s3_endpoint(tmp_path_factory) -> str:
     """moto's S3 server, a real HTTP endpoint in a process of its own, for the whole session.
 
     Its own process: delta-rs holds the GIL in some calls, so a server thread in the
-    test process could not answer them."""
+    test process could not answer them. Started through tests/moto_server.py, which
+    makes conditional PUTs atomic as S3's are (moto's are not: concurrent Delta
+    commits could both win the same log version)."""
     port = _free_port()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("moto_server.py")), "-H", "127.0.0.1", "-p", str(port)],
                                   stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
