@@ -20,7 +20,7 @@ from typing import Any
 
 from jobs.output import FORMATS, write_json, write_rows
 from mining.config import Config, EmbedConfig, load_config
-from mining.errors import ConfigError, EdgemineError
+from mining.errors import EdgemineError
 from mining.lake import Lake
 
 log = logging.getLogger("edgemine")
@@ -892,9 +892,9 @@ def _batch_weights(given: list[str]) -> dict[str, float]:
         try:
             weights[batch] = float(weight)
         except ValueError:
-            raise ConfigError(f"--batch-weight {text!r}: write BATCH=WEIGHT, e.g. glare=3") from None
+            raise UsageError(f"--batch-weight {text!r}: write BATCH=WEIGHT, e.g. glare=3") from None
         if not batch:
-            raise ConfigError(f"--batch-weight {text!r}: write BATCH=WEIGHT, e.g. glare=3")
+            raise UsageError(f"--batch-weight {text!r}: write BATCH=WEIGHT, e.g. glare=3")
     return weights
 
 

@@ -202,12 +202,7 @@ def _doubt_skill(prior: np.ndarray, positive_prior: np.ndarray | None, negative_
 def _marks_prior(prior, doubt, positive_prior, p, negative_prior, m) -> np.ndarray:
     """The scaled doubt columns of the marks, as ``doubt`` has them for the lake."""
     scale = doubt.std(0) / np.where(prior.std(0) > 0, prior.std(0), 1)
-    mean = prior.mean(0)
-    rows = []
-    for given, count in ((positive_prior, p), (negative_prior, m)):
-        given = np.tile(mean, (count, 1)) if given is None else np.asarray(given, np.float32)
-        rows.append((given - mean) * scale)
-    return np.concatenate(rows).astype(np.float32)
+    return ((_marks_rows(prior, (positive_prior, p), (negative_prior, m)) - prior.mean(0)) * scale).astype(np.float32)
 
 
 def _marks_rows(values: np.ndarray, *given_counts: tuple[np.ndarray | None, int]) -> np.ndarray:

@@ -4,10 +4,6 @@ images, embeddings, index and hidden truth) for the whole session."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -17,39 +13,18 @@ import s3fs
 
 from mining.config import Config, DemoConfig, EmbedConfig, IngestConfig, S3Config
 from mining.lake import Lake
+from tests.moto_server import start as start_moto
 
 S3_KEY, S3_SECRET = "testing-key", "testing-secret"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> str:
-    """moto's S3 server, a real HTTP endpoint in a process of its own, for the whole session.
-
-    Its own process: delta-rs holds the GIL in some calls, so a server thread in the
-    test process could not answer them. Started through tests/moto_server.py, which
-    makes conditional PUTs atomic as S3's are (moto's are not: concurrent Delta
-    commits could both win the same log version)."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("moto_server.py")), "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        assert server.poll() is None, f"moto's server exited: {log.read_text()}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            assert time.monotonic() < deadline, f"moto's server did not listen on {port} in 60 s: {log.read_text()}"
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
+    """moto's S3 server, a real HTTP endpoint in a process of its own, for the whole session,
+    started by tests/moto_server.py, which makes conditional PUTs atomic as S3's are (moto's
+    are not: concurrent Delta commits could both win the same log version)."""
+    server, endpoint = start_moto(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield endpoint
     server.terminate()
     server.wait(timeout=30)
 

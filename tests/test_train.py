@@ -249,8 +249,7 @@ def test_pseudo_labels_add_a_models_confident_predictions_on_unlabelled_images(t
 
 
 def test_a_batch_weight_scales_its_images_loss_and_is_recorded(trained, tmp_path):
-    from jobs.cli import _batch_weights
-    from mining.errors import ConfigError
+    from jobs.cli import UsageError, _batch_weights
 
     lake = copy_of(trained, tmp_path)
     images = rows(lake, "SELECT image_id, uri FROM images ORDER BY uri")[:9]
@@ -272,7 +271,7 @@ def test_a_batch_weight_scales_its_images_loss_and_is_recorded(trained, tmp_path
     assert not rows(lake, "SELECT * FROM models WHERE model_version = 'bad'")
     assert _batch_weights(["glare=3", "a=b=0.5"]) == {"glare": 3.0, "a=b": 0.5}
     for text in ("glare", "glare=x", "=2"):
-        with pytest.raises(ConfigError, match="BATCH=WEIGHT"):
+        with pytest.raises(UsageError, match="BATCH=WEIGHT"):
             _batch_weights([text])
 
 

@@ -20,8 +20,6 @@ import argparse
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,27 +34,10 @@ from mining.config import S3Config  # noqa: E402
 from mining.lake import Lake, read_many  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
+from tests.moto_server import start as start_moto  # noqa: E402
 
 KEY, SECRET = "bench-key", "bench-secret"
 REQUEST = re.compile(r'(GET|HEAD|PUT|POST|DELETE) /')  # moto colours some lines
-
-
-def start_moto(log: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with open(log, "wb") as out:
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return server, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError(f"moto's server did not start: {log.read_text()}") from None
-            time.sleep(0.1)
 
 
 def requests_during(log: Path, work) -> tuple[Counter, float]:
