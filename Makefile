@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 LAKE   ?= ./lake
 PORT   ?= 8501
 
-.PHONY: setup demo browser labelstudio test bench lock clean
+.PHONY: setup demo browser labelstudio test test-fast lint bench lock clean
 
 # --no-cache-dir: torch and its CUDA libraries are about 5 GB installed; a cached copy of the wheels would double that on disk.
 $(STAMP): pyproject.toml constraints.txt
@@ -35,8 +35,19 @@ labelstudio:  ## label-studio 1.23.2 in its own virtualenv for the Label Studio 
 	  $(LABEL_STUDIO_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-cache-dir label-studio==1.23.2; } || \
 	  echo "WARNING: label-studio could not be installed in $(LABEL_STUDIO_VENV); the Label Studio tests will be SKIPPED"
 
+# Both cores: xdist workers, each test module on one worker (its module fixtures built once).
+JOBS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(JOBS) --dist loadscope
+
 test: setup browser labelstudio  ## run the whole test suite (S3 tests start their own moto server; the UI test drives chromium)
-	$(BIN)/python -m pytest
+	$(PYTEST)
+
+# The developer's loop: no S3 server, no extra processes, no browser or Label Studio, no end-to-end jobs.
+test-fast: setup  ## the fast tier (under 5 minutes): what `make test` runs, less the costly kinds (pyproject.toml's markers)
+	$(PYTEST) -m "not (s3 or processes or browser or label_studio or slow)"
+
+lint: setup  ## ruff's checks (the configuration in pyproject.toml; tests/test_lint.py runs the same)
+	$(BIN)/ruff check .
 
 bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_ingest.py

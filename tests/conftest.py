@@ -1,21 +1,81 @@
 """Shared fixtures: a real S3 server (moto) on a loopback port, lakes on both a
 local folder and S3 so the same test runs against each, and one demo lake (real
-images, embeddings, index and hidden truth) for the whole session."""
+images, embeddings, index and hidden truth) for the whole session.
+
+Tiers: every test carries the markers of what it needs (pyproject.toml lists them;
+``s3`` is added here to each test that reaches the S3 server), so ``make test-fast``
+leaves the costly kinds out and ``make test`` runs them all, on both cores (xdist).
+"""
 
 from __future__ import annotations
 
+import inspect
+import os
+import re
+import shutil
+import subprocess
 import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import s3fs
+from filelock import FileLock
 
 from mining.config import Config, DemoConfig, EmbedConfig, IngestConfig, S3Config
 from mining.lake import Lake
 from tests.moto_server import start as start_moto
 
 S3_KEY, S3_SECRET = "testing-key", "testing-secret"
+REPO = Path(__file__).resolve().parents[1]
+
+
+# A test whose own code calls one of these starts a process of its own.
+STARTS_PROCESSES = re.compile(r"\b(run_cli|subprocess\.|Popen|multiprocessing|ProcessPoolExecutor|os\.fork)\b")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers read from what a test uses: ``s3`` for every test that reaches the S3 server
+    (an S3 fixture, or the ``s3`` leg of the ``lake`` fixture, which asks for the server only
+    when it runs); ``processes`` for every test whose code starts one. The other markers
+    are set by hand where a module or test is of that kind."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        on_s3_leg = callspec is not None and callspec.params.get("lake") == "s3"
+        if on_s3_leg or "s3_endpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.s3)
+        function = getattr(item, "function", None)
+        if function is not None and STARTS_PROCESSES.search(inspect.getsource(function)):
+            item.add_marker(pytest.mark.processes)
+
+
+def _untracked() -> set[str]:
+    """Files in the checkout that git neither tracks nor ignores (a test's stray output)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return {line[3:] for line in out.splitlines() if line.startswith("?? ")}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_UNTRACKED] = _untracked()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Tests write under tmp_path, never into the checkout: a file that appeared there
+    during the run fails the run (checked once, by the controlling process)."""
+    if hasattr(session.config, "workerinput"):
+        return
+    stray = sorted(_untracked() - session.config.stash.get(_UNTRACKED, set()))
+    if stray:
+        session.config.get_terminal_writer().line(
+            f"FAILED: tests wrote into the checkout (write under tmp_path instead): {stray[:10]}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_UNTRACKED = pytest.StashKey[set]()
 
 
 @pytest.fixture(scope="session")
@@ -80,17 +140,24 @@ def config_for(lake: Lake, **ingest) -> Config:
 
 @pytest.fixture(scope="session")
 def demo_lake(tmp_path_factory) -> Lake:
-    """The demo lake, built once: 600 synthetic scenes (18 sun-glare edge cases), their
-    predictions, embeddings (seeded random weights) and index. Tests that write to it
-    (sessions, reviews, sets) use names of their own."""
+    """The demo lake: 600 synthetic scenes (18 sun-glare edge cases), their predictions,
+    embeddings (seeded random weights) and index. Built once per run (the first xdist
+    worker to ask builds it under a lock), and each worker gets a copy of its own. Tests
+    that write to it (sessions, reviews, sets) use names of their own."""
     from jobs.demo import run_demo
 
-    lake = Lake(str(tmp_path_factory.mktemp("demo") / "lake"))
-    config = Config(lake=lake.uri, demo=replace(DemoConfig(), images=DEMO_IMAGES, seed=5),
-                    embed=replace(EmbedConfig(), workers=1))
-    summary = run_demo(config, show_progress=False)
-    assert summary.index.vectors == DEMO_IMAGES  # the demo builds the index
-    return lake
+    under_xdist = "PYTEST_XDIST_WORKER" in os.environ  # the workers' temp folders share a parent
+    shared = tmp_path_factory.getbasetemp().parent if under_xdist else tmp_path_factory.getbasetemp()
+    built = shared / "demo-built" / "lake"
+    with FileLock(str(shared / "demo-built.lock")):
+        if not (built.parent / "done").exists():
+            shutil.rmtree(built.parent, ignore_errors=True)
+            config = Config(lake=str(built), demo=replace(DemoConfig(), images=DEMO_IMAGES, seed=5),
+                            embed=replace(EmbedConfig(), workers=1))
+            summary = run_demo(config, show_progress=False)
+            assert summary.index.vectors == DEMO_IMAGES  # the demo builds the index
+            (built.parent / "done").touch()
+    return Lake(str(shutil.copytree(built, tmp_path_factory.mktemp("demo") / "lake")))
 
 
 DEMO_IMAGES = 600

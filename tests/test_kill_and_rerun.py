@@ -20,7 +20,7 @@ from mining.sql import LakeDB
 from tests.helpers import jsonl, prediction, put, put_images, source_uri
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.processes]
 
 
 def count(lake: Lake, sql: str) -> int:

@@ -37,7 +37,7 @@ VENV = Path(os.environ.get("EDGEMINE_LABEL_STUDIO_VENV", REPO / ".venv-labelstud
 BIN = VENV / "bin" / "label-studio"
 TEMPLATE = VENV / "template-data"
 USER, PASSWORD, TOKEN = "edgemine@example.com", "edgemine-test-pw", "edgemine-test-token"
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.label_studio]
 
 
 def _free_port() -> int:

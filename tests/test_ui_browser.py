@@ -33,6 +33,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--
 WAIT_MS = 60_000  # Streamlit reruns asynchronously and CI has slow cores: expect() retries this long
 VIEWPORT = {"width": 1600, "height": 1000}
 TITLE = r"^Cluster (\d+) · (\d+) images"  # a cluster card's title on the Narrow page
+pytestmark = [pytest.mark.browser, pytest.mark.processes]
 
 
 def _skip_without_browser(request) -> None:
@@ -63,7 +64,7 @@ def ui(request, tmp_path_factory, demo_lake):
     log = folder / "ui.log"
     with open(log, "wb") as out:  # its own process group: jobs.cli runs streamlit as a child
         server = subprocess.Popen([sys.executable, "-m", "jobs.cli", "ui", "--lake", lake.uri, "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
     try:
         deadline = time.monotonic() + 120
         while True:
