@@ -283,12 +283,13 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
 
 def _add_queue_commands(commands, add, samplers: bool) -> None:
     """`edgemine queue SAMPLER|list|show`: one subcommand per sampler, its flags from
-    mining.queues.SAMPLERS, built only when the command line says queue (importing the
+    mining.samplers.SAMPLERS (the registry), built only when the command line says queue (importing the
     samplers is a tenth of a second of every other command's start-up)."""
     queue = commands.add_parser("queue", help="make a review queue with a sampler, or list and show queues (saved in the lake)")
     if not samplers:
         return
-    from mining.queues import COMMON, SAMPLERS
+    from mining.queues import COMMON
+    from mining.samplers import SAMPLERS
 
     kinds = queue.add_subparsers(title="sampler", metavar="SAMPLER")
     for spec in SAMPLERS.values():
@@ -716,7 +717,8 @@ def cmd_ingest_feedback(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_queue(args: argparse.Namespace, config: Config) -> int:
     from mining.index_sync import open_index
-    from mining.queues import SAMPLERS, make_queue, queue_rows
+    from mining.queues import make_queue, queue_rows
+    from mining.samplers import SAMPLERS
     from mining.sql import LakeDB
 
     options = {o.name: getattr(args, f"opt_{o.name}") for o in SAMPLERS[args.sampler].options}

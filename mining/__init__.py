@@ -23,7 +23,8 @@ Modules, one concept each: ``lake`` (storage), ``schema`` (tables), ``sql``
 (views), ``index``/``index_store``/``index_sync`` (the vector index),
 ``search``/``feedback`` (similar images, the reviewer loop), ``clustering``/``sessions``
 (narrowing), ``sets``, ``decisions``, ``statistics``, ``media``, ``export``/``label_studio``
-(batches for labelling), ``labels`` (labels back), ``queues``/``samplers`` (review queues),
+(batches for labelling), ``labels`` (labels back), ``formats`` (a package: one module per export
+format), ``queues`` and the ``samplers`` package (review queues, one module per sampler family),
 ``coreset`` (diverse picks), ``label_errors``, ``duplicates``, ``models`` (trained model
 versions), ``slices``/``metrics``/``detection`` (metrics per slice and model version,
 regression alarms), ``drift``, ``cards`` (model cards). Tables and columns:

@@ -2,7 +2,7 @@
 
 ``export_images`` takes image ids (a named set, a review's accepted images, a
 narrowing session's current step, a SQL query: ``resolve_source``) and writes one
-*batch*: the files of one format (one writer class per format, below) under
+*batch*: the files of one format (mining.formats: one module per format) under
 ``<target>/<batch name>/``, split into tasks of ``task_size`` images, and one row
 per image in ``exports``. Images travel by reference (a presigned HTTPS URL for
 ``s3://`` images, the path for local ones), copied only when asked.
@@ -16,19 +16,17 @@ writes again and commits; a rerun after it finds the batch and changes nothing.
 Images already sent to the same target are left out unless ``resend``.
 
 Label Studio servers (``--to http(s)://HOST --project NAME``) are written by
-mining.label_studio with the same task JSON.
+mining.label_studio with the same task JSON (mining.formats.label_studio_json).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import posixpath
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,9 +34,10 @@ from typing import Any
 
 import fsspec
 
-from mining import tables
+from mining import formats, tables
 from mining.config import Config, S3Config
 from mining.errors import EdgemineError, ExportError
+from mining.formats import Item, LabelFormat, LabelStudio, writer_for
 from mining.lake import as_uri, is_s3, open_url, path_of, read_many
 from mining.schema import ERRORS, EXPORTS, error_rows, make_rows
 from mining.sql import LakeDB, quote_literal
@@ -50,258 +49,7 @@ JOB = "export"
 BATCH_FILE = "batch.json"  # in every batch folder: which batch it holds (a second batch is refused there)
 SOURCE_KINDS = ("set", "review", "session", "sql")
 Progress = Callable[[int], None]
-
-
-@dataclass
-class Item:
-    """One image as the writers see it. ``boxes``: the newest prediction's detections,
-    each ``{"box": [x1, y1, x2, y2] (pixels), "label", "score"}``."""
-
-    image_id: str
-    uri: str
-    width: int
-    height: int
-    sha256: str | None = None
-    ref: str = ""  # how the written files name the image: a URL, a path, or images/<id>.<ext> when copied
-    prediction_id: str | None = None
-    model_version: str | None = None
-    label: str | None = None
-    confidence: float | None = None
-    boxes: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def suffix(self) -> str:
-        name = posixpath.basename(path_of(self.uri).split("?", 1)[0])
-        ext = posixpath.splitext(name)[1].lower()
-        return ext if ext and len(ext) <= 5 else ".jpg"
-
-
-# -- writers: one per format ---------------------------------------------------
-class Writer:
-    """Writes the files of one task (a list of Items) into a folder.
-
-    Subclasses set ``name`` and ``main_file`` and implement ``files``: the task's files
-    as {relative path: bytes}. ``copies_images``: the format pairs each image with a
-    file of the same name, so the images are copied (YOLO)."""
-
-    name = ""
-    main_file = ""
-    copies_images = False
-
-    def __init__(self, classes: Sequence[str], *, batch: str, predictions: bool = True):
-        self.classes = list(classes)
-        self.class_ids = {c: k for k, c in enumerate(self.classes)}
-        self.batch = batch
-        self.predictions = predictions
-
-    def files(self, items: list[Item]) -> dict[str, bytes]:
-        raise NotImplementedError
-
-
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def _result_id(image_id: str, n: int) -> str:
-    """A result id unique within the task (Label Studio's own are 10 characters)."""
-    return hashlib.sha1(f"{image_id}:{n}".encode()).hexdigest()[:10]
-
-
-class LabelStudio(Writer):
-    """Label Studio tasks JSON: ``data.image`` (the reference), our image id and batch in
-    ``data`` (the key imports and pushes find tasks by), the newest prediction as
-    pre-annotations (``choices`` for its label, ``rectanglelabels`` in percent of
-    ``original_width``/``original_height`` for its boxes), and the labelling config."""
-
-    name = "label-studio"
-    main_file = "tasks.json"
-
-    def task(self, item: Item) -> dict[str, Any]:
-        task: dict[str, Any] = {"data": {"image": item.ref, "edgemine_image_id": item.image_id, "edgemine_batch": self.batch}}
-        if self.predictions and item.model_version is not None:
-            result = []
-            if item.label is not None:
-                result.append({"id": _result_id(item.image_id, 0), "from_name": "class", "to_name": "image",
-                               "type": "choices", "value": {"choices": [item.label]}})
-            for n, b in enumerate(item.boxes, start=1):
-                x1, y1, x2, y2 = b["box"]
-                result.append({
-                    "id": _result_id(item.image_id, n), "from_name": "label", "to_name": "image", "type": "rectanglelabels",
-                    "original_width": item.width, "original_height": item.height, "image_rotation": 0,
-                    "value": {"x": 100 * x1 / item.width, "y": 100 * y1 / item.height, "width": 100 * (x2 - x1) / item.width,
-                              "height": 100 * (y2 - y1) / item.height, "rotation": 0, "rectanglelabels": [b["label"]]},
-                    "score": b["score"]})
-            task["predictions"] = [{"model_version": item.model_version, "score": item.confidence, "result": result}]
-        return task
-
-    def files(self, items: list[Item]) -> dict[str, bytes]:
-        return {self.main_file: _json([self.task(i) for i in items]), "config.xml": self.config_xml().encode()}
-
-    def config_xml(self) -> str:
-        """The labelling config: the image, a single choice of class, and boxes of any class."""
-        view = ET.Element("View")
-        ET.SubElement(view, "Image", name="image", value="$image")
-        choices = ET.SubElement(view, "Choices", name="class", toName="image", choice="single", showInline="true")
-        for c in self.classes:
-            ET.SubElement(choices, "Choice", value=c)
-        rectangles = ET.SubElement(view, "RectangleLabels", name="label", toName="image")
-        for c in self.classes:
-            ET.SubElement(rectangles, "Label", value=c)
-        ET.indent(view)
-        return ET.tostring(view, encoding="unicode") + "\n"
-
-
-class Coco(Writer):
-    """COCO: images (``file_name`` the reference, our id in ``edgemine_image_id``),
-    categories (ids from 1), the newest prediction's boxes as pseudo-label annotations
-    (``bbox`` [x, y, w, h], ``area``, ``iscrowd`` 0), and their scores as a COCO
-    results file (``results.json``)."""
-
-    name = "coco"
-    main_file = "annotations.json"
-
-    def files(self, items: list[Item]) -> dict[str, bytes]:
-        images, annotations, results = [], [], []
-        for n, item in enumerate(items, start=1):
-            images.append({"id": n, "file_name": item.ref, "width": item.width, "height": item.height,
-                           "edgemine_image_id": item.image_id})
-            if not self.predictions:
-                continue
-            for b in item.boxes:
-                x1, y1, x2, y2 = b["box"]
-                bbox = [x1, y1, x2 - x1, y2 - y1]
-                category = self.class_ids[b["label"]] + 1  # COCO reserves 0
-                annotations.append({"id": len(annotations) + 1, "image_id": n, "category_id": category, "bbox": bbox,
-                                    "area": bbox[2] * bbox[3], "iscrowd": 0, "edgemine_score": b["score"]})
-                results.append({"image_id": n, "category_id": category, "bbox": bbox, "score": b["score"]})
-        dataset = {
-            "info": {"description": f"edgemine export batch {self.batch}", "version": "1.0",
-                     "date_created": datetime.now(UTC).isoformat(), "edgemine_batch": self.batch},
-            "licenses": [], "images": images, "annotations": annotations,
-            "categories": [{"id": k + 1, "name": c, "supercategory": "object"} for k, c in enumerate(self.classes)],
-        }
-        written = {self.main_file: _json(dataset)}
-        if self.predictions:
-            written["results.json"] = _json(results)
-        return written
-
-
-class Cvat(Writer):
-    """CVAT for images 1.1 XML: the labels in ``meta``, one ``image`` (name: the
-    reference) per item with the newest prediction's boxes and its label as a tag."""
-
-    name = "cvat"
-    main_file = "annotations.xml"
-
-    def files(self, items: list[Item]) -> dict[str, bytes]:
-        root = ET.Element("annotations")
-        ET.SubElement(root, "version").text = "1.1"
-        task = ET.SubElement(ET.SubElement(root, "meta"), "task")
-        for tag, text in (("id", "0"), ("name", f"edgemine {self.batch}"), ("size", str(len(items))),
-                          ("mode", "annotation"), ("overlap", "0"), ("start_frame", "0"),
-                          ("stop_frame", str(max(0, len(items) - 1)))):
-            ET.SubElement(task, tag).text = text
-        labels = ET.SubElement(task, "labels")
-        for c in self.classes:
-            label = ET.SubElement(labels, "label")
-            ET.SubElement(label, "name").text = c
-            ET.SubElement(label, "type").text = "any"
-            ET.SubElement(label, "attributes")
-        for n, item in enumerate(items):
-            image = ET.SubElement(root, "image", id=str(n), name=item.ref, width=str(item.width), height=str(item.height))
-            if not self.predictions:
-                continue
-            if item.label is not None:
-                ET.SubElement(image, "tag", label=item.label, source="auto")
-            for b in item.boxes:
-                x1, y1, x2, y2 = b["box"]
-                ET.SubElement(image, "box", label=b["label"], source="auto", occluded="0", z_order="0",
-                              xtl=f"{x1:.2f}", ytl=f"{y1:.2f}", xbr=f"{x2:.2f}", ybr=f"{y2:.2f}")
-        ET.indent(root)
-        out = io.BytesIO()
-        ET.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
-        return {self.main_file: out.getvalue()}
-
-
-class Yolo(Writer):
-    """YOLO: ``images/<id>.<ext>`` (copied: YOLO readers pair each image with the label
-    file of the same name), ``labels/<id>.txt`` (``class cx cy w h``, normalised to
-    0-1), and ``data.yaml`` with the class names."""
-
-    name = "yolo"
-    main_file = "data.yaml"
-    copies_images = True
-
-    def files(self, items: list[Item]) -> dict[str, bytes]:
-        written = {}
-        for item in items:
-            lines = []
-            for b in item.boxes if self.predictions else ():
-                x1, y1, x2, y2 = b["box"]
-                cx, cy = (x1 + x2) / 2 / item.width, (y1 + y2) / 2 / item.height
-                w, h = (x2 - x1) / item.width, (y2 - y1) / item.height
-                lines.append(f"{self.class_ids[b['label']]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-            written[f"labels/{item.image_id}.txt"] = "".join(lines).encode()
-        names = "".join(f"  {k}: {json.dumps(c)}\n" for k, c in enumerate(self.classes))
-        written[self.main_file] = (f"path: .\ntrain: images\nval: images\nedgemine_batch: {self.batch}\n"
-                                   f"nc: {len(self.classes)}\nnames:\n{names}").encode()
-        return written
-
-
-class Prodigy(Writer):
-    """Prodigy JSONL, as its image recipes read it: ``image``, ``width``, ``height``,
-    the boxes as ``spans`` with ``points`` (pixels, four corners), the label as
-    ``label``, our id and batch in ``meta``."""
-
-    name = "prodigy"
-    main_file = "tasks.jsonl"
-
-    def files(self, items: list[Item]) -> dict[str, bytes]:
-        lines = []
-        for item in items:
-            task: dict[str, Any] = {"image": item.ref, "width": item.width, "height": item.height,
-                                    "meta": {"image_id": item.image_id, "batch": self.batch}}
-            if self.predictions and item.model_version is not None:
-                task["meta"] |= {"model_version": item.model_version, "score": item.confidence}
-                if item.label is not None:
-                    task["label"] = item.label
-                task["spans"] = [{"label": b["label"], "score": b["score"],
-                                  "points": [[b["box"][0], b["box"][1]], [b["box"][0], b["box"][3]],
-                                             [b["box"][2], b["box"][3]], [b["box"][2], b["box"][1]]]}
-                                 for b in item.boxes]
-            lines.append(_json(task))
-        return {self.main_file: b"\n".join(lines) + b"\n"}
-
-
-class Manifest(Writer):
-    """JSONL, one line per image: ``image_id``, ``url`` the vendor fetches, ``width``,
-    ``height``, ``sha256`` and the newest ``prediction`` (label, confidence, boxes)."""
-
-    name = "manifest"
-    main_file = "manifest.jsonl"
-
-    def files(self, items: list[Item]) -> dict[str, bytes]:
-        lines = []
-        for item in items:
-            prediction = None
-            if self.predictions and item.model_version is not None:
-                prediction = {"model_version": item.model_version, "label": item.label, "confidence": item.confidence,
-                              "boxes": item.boxes}
-            lines.append(_json({"image_id": item.image_id, "url": item.ref, "width": item.width, "height": item.height,
-                                "sha256": item.sha256, "prediction": prediction}))
-        return {self.main_file: b"\n".join(lines) + b"\n"}
-
-
-WRITERS: dict[str, type[Writer]] = {w.name: w for w in (LabelStudio, Coco, Cvat, Yolo, Prodigy, Manifest)}
-FORMATS = tuple(WRITERS)
-
-
-def writer_for(fmt: str) -> type[Writer]:
-    """The writer class of ``fmt``; ExportError listing the formats for another name."""
-    try:
-        return WRITERS[fmt]
-    except KeyError:
-        raise ExportError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}") from None
+FORMATS = tuple(formats.FORMATS)  # the names of the export formats
 
 
 # -- what a batch holds ---------------------------------------------------------
@@ -475,7 +223,7 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
 
     Args:
         image_ids: the images, in the order the tasks list them (``resolve_source``).
-        fmt: a key of WRITERS (label-studio, coco, cvat, yolo, prodigy, manifest).
+        fmt: a key of mining.formats.FORMATS (label-studio, coco, cvat, yolo, prodigy, manifest).
         name: the batch's folder name (default: its id).
         source: what the images are (``set:glare``), recorded with each row.
         task_size: images per task (default ``[export] task_size``; 0: one task).
@@ -509,7 +257,7 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
         dropped, ids = len(ids) - len(keep), [ids[k] for k in keep]
     label_studio = target.startswith(("http://", "https://"))
     if label_studio:
-        if fmt != "label-studio":
+        if not issubclass(writer_cls, LabelStudio):
             raise ExportError(f"an http(s) target is a Label Studio server: use --format label-studio, not {fmt}")
         if not project:
             raise ExportError("a Label Studio target needs a project: --project NAME (created when missing)")
@@ -606,7 +354,7 @@ def _claim_folder(fs: fsspec.AbstractFileSystem, folder: str, target: str, batch
                               "(other images or options); export to another --to folder or --batch name")
 
 
-def _write_tasks(db: LakeDB, fs: fsspec.AbstractFileSystem, root: str, writer: Writer, tasks: list[list[Item]],
+def _write_tasks(db: LakeDB, fs: fsspec.AbstractFileSystem, root: str, writer: LabelFormat, tasks: list[list[Item]],
                  copy_images: bool, config: Config, files_of: dict[str, str], progress: Progress | None) -> list[str]:
     refs = References(db.lake.s3, config.export.url_expiry_s, config.export.local_files_root)
     written = []
@@ -621,9 +369,8 @@ def _write_tasks(db: LakeDB, fs: fsspec.AbstractFileSystem, root: str, writer: W
             _put(fs, posixpath.join(root, prefix + relative), data)
             if not relative.startswith(("labels/", "images/")):  # the summary names the task's files, not each image's
                 written.append(prefix + relative)
-        main = prefix + writer.main_file
         for item in items:
-            files_of[item.image_id] = f"{prefix}labels/{item.image_id}.txt" if isinstance(writer, Yolo) else main
+            files_of[item.image_id] = prefix + writer.file_of(item)
         if progress:
             progress(len(items))
     return written

@@ -1,7 +1,7 @@
 """A running Label Studio server, over its REST API: projects, tasks in, annotations out.
 
 ``push_tasks`` creates the project when missing (with the labelling config of
-mining.export.LabelStudio), then imports only the tasks whose image is not in the
+mining.formats.label_studio_json), then imports only the tasks whose image is not in the
 project yet: our image id travels in each task's ``data.edgemine_image_id``, and
 the project's tasks are read first, so a rerun (or a run killed after the import
 and before the lake's commit) never adds a task twice. ``pull_annotations``
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mining.errors import ExportError
 
 if TYPE_CHECKING:
-    from mining.export import Item, LabelStudio
+    from mining.formats import Item, LabelStudio
 
 log = logging.getLogger(__name__)
 

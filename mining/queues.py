@@ -8,8 +8,9 @@ exported (unless asked), optionally drops near-duplicates and keeps a diverse su
 near-copies), and writes the result as a new version of the queue: a name made again
 keeps its earlier versions, and ``queue_rows`` reads the latest.
 
-``SAMPLERS`` describes every sampler and its options once: the CLI's flags, the UI's
-form and the checks of ``make_queue`` are all made from it.
+The samplers are plug-ins: ``mining.samplers.SAMPLERS`` (name -> spec) describes each
+and its options once, and ``make_queue`` checks the options and runs the spec; this
+module knows no sampler by name.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from mining import samplers, tables
+from mining import tables
 from mining.config import Config
 from mining.coreset import k_center_greedy
 from mining.errors import QueueError
+from mining.samplers import SAMPLERS as SAMPLERS  # the registry, read here by the UI's form
+from mining.samplers import Request, Sampler, Slice, sampler_for
 from mining.schema import QUEUES, make_rows
 from mining.sql import LakeDB
 from mining.summary import Summary
@@ -39,76 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 JOB = "queue"
-
-
-@dataclass(frozen=True)
-class Option:
-    """One option of a sampler: ``--name`` on the command line (underscores as dashes).
-    ``default`` None: from the config's [queues] section (``config_key``), else unset."""
-
-    name: str
-    type: type
-    help: str
-    default: Any = None
-    choices: tuple[str, ...] | None = None
-    config_key: str | None = None
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-
-@dataclass(frozen=True)
-class Sampler:
-    name: str
-    help: str
-    options: tuple[Option, ...] = ()
-    ranked: bool = True  # a ranked sampler takes --limit (default [queues] limit); the others pick by their own options
-    embeddings: bool = False  # needs the vector index
-
-
-_POOL = Option("pool", str, "an image's uncertainty over its predictions or boxes: max (its most uncertain) or mean",
-               "max", choices=samplers.POOLS)
-_BOXES = Option("boxes", bool, "measure the detection boxes of the predictions, not the predictions", False)
-_FALLBACK = Option("fallback", bool, "take predictions without per-class scores as [confidence, 1 - confidence] "
-                   "rather than refuse", False)
-
-SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
-    Sampler("random-time", "k predictions per time window, stratified by a column, seeded: random checking by time", (
-        Option("per", str, "the window: 30m, 1h, 1d, 1w", config_key="per"),
-        Option("k", int, "predictions per window (and per value of --by)", config_key="k"),
-        Option("by", str, "also per value of this predictions column, e.g. camera"),
-        Option("seed", int, "the random seed (default: config mining.seed)"),
-    ), ranked=False),
-    Sampler("every-nth", "every N-th prediction in ts order, per model version: random checking by count", (
-        Option("every", int, "N", config_key="every"),
-    ), ranked=False),
-    Sampler("least-confidence", "lowest top-class probability first: 1 - max p", (_POOL, _BOXES)),
-    Sampler("margin", "smallest gap between the two most likely classes first: p1 - p2", (_POOL, _BOXES, _FALLBACK)),
-    Sampler("entropy", "highest entropy of the class probabilities first: -sum p ln p", (_POOL, _BOXES, _FALLBACK)),
-    Sampler("feedback", "images people reported (edgemine ingest feedback), worst severity then newest first", (
-        Option("min_severity", int, "only reports of at least this severity", 0),
-    )),
-    Sampler("label-errors", "labels that disagree with a confident prediction (cleanlab) or with the nearest labelled images", (
-        Option("labels", str, "where labels come from: the labels table, a review's decisions, or auto", "auto",
-               choices=("auto", "table", "review")),
-        Option("review", str, "the review whose decisions are the labels (when there is no labels table)"),
-        Option("method", str, "cleanlab (needs per-class scores), knn (embeddings), or auto", "auto",
-               choices=("auto", "cleanlab", "knn")),
-        Option("neighbours", int, "labelled neighbours that vote (knn)", config_key="neighbours"),
-    ), embeddings=True),
-    Sampler("forgotten", "labelled images the --model-version (default: the newest) gets wrong that --baseline "
-            "(default: the version before it) got right: what a retrain forgot, most confidently wrong first", (
-        Option("baseline", str, "the model version to compare with (default: the one before, by first prediction)"),
-    )),
-    Sampler("novelty", "images farthest from everything reviewed or labelled (kNN distance through the index)", (
-        Option("neighbours", int, "mean distance to this many nearest reviewed images", 1),
-    ), embeddings=True),
-    Sampler("diversity", "images that cover the slice (or another queue): k-center greedy on the embeddings", (
-        Option("queue", str, "pick among this queue's images (its latest version) rather than the slice"),
-        Option("seed", int, "the random first pick when nothing is reviewed (default: config mining.seed)"),
-    ), embeddings=True),
-)}
+# The options of every sampler (make_queue's own), beside each sampler's.
 COMMON = ("where", "model_version", "limit", "diverse", "include_reviewed", "drop_duplicates")
 
 
@@ -131,9 +66,7 @@ def check_options(sampler: str, options: Mapping[str, Any]) -> Sampler:
     """The Sampler named ``sampler``, having checked ``options`` are its own.
 
     Raises QueueError listing the samplers, or the sampler's options."""
-    spec = SAMPLERS.get(sampler)
-    if spec is None:
-        raise QueueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+    spec = sampler_for(sampler)
     allowed = {o.name: o for o in spec.options}
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -215,10 +148,10 @@ def make_queue(db: LakeDB, sampler: str, name: str, *, where: str | None = None,
                 opened.append(open_index(db, config.index))
         return opened[0]
 
-    where_slice = samplers.Slice(where=where or None, model_version=model_version or None, include_reviewed=include_reviewed)
+    where_slice = Slice(where=where or None, model_version=model_version or None, include_reviewed=include_reviewed)
     ask = want
     while True:
-        picked = _run_sampler(db, spec, where_slice, values, ask, get_index, config)
+        picked = spec.run(db, where_slice, Request(values, ask, get_index, config, partial(queue_image_ids, db)))
         table, dropped = _drop_duplicates(db, picked.table) if drop_duplicates else (picked.table, 0)
         # Duplicates dropped from a full answer: ask for more, so the queue still has its size.
         if not dropped or want is None or table.num_rows >= want or picked.table.num_rows < ask:
@@ -241,34 +174,6 @@ def make_queue(db: LakeDB, sampler: str, name: str, *, where: str | None = None,
     summary.images = table.num_rows
     summary.seconds = time.monotonic() - started
     return summary
-
-
-def _run_sampler(db: LakeDB, spec: Sampler, s: samplers.Slice, values: dict[str, Any], want: int | None,
-                 index: Callable[[], VectorIndex], config: Config) -> samplers.Picked:
-    name = spec.name
-    if name == "random-time":
-        return samplers.random_time(db, s, per=values["per"], k=values["k"], by=values["by"], seed=values["seed"], limit=want)
-    if name == "every-nth":
-        return samplers.every_nth(db, s, every=values["every"], limit=want)
-    if name in samplers.MEASURES:
-        return samplers.uncertainty(db, s, measure=name, pool=values["pool"], boxes=values["boxes"],
-                                    fallback=values.get("fallback", False), limit=want)
-    if name == "feedback":
-        return samplers.from_feedback(db, s, min_severity=values["min_severity"], limit=want)
-    if name == "label-errors":
-        return samplers.label_suspects(db, s, index, labels=values["labels"], review=values["review"],
-                                       method=values["method"], neighbours=values["neighbours"], limit=want)
-    if name == "forgotten":
-        return samplers.forgotten(db, s, baseline=values["baseline"], limit=want)
-    if name == "novelty":
-        return samplers.novelty(db, s, index, neighbours=values["neighbours"], limit=want)
-    if name == "diversity":
-        members = None
-        if values["queue"]:
-            members = queue_rows(db, values["queue"]).column("image_id").to_pylist()
-        return samplers.diversity(db, s, index, queue_images=members, seed=values["seed"],
-                                  device=_device(config), limit=want)
-    raise QueueError(f"unknown sampler {name!r}; samplers: {', '.join(SAMPLERS)}")
 
 
 def _device(config: Config) -> str:
@@ -342,6 +247,11 @@ def queue_rows(db: LakeDB, name: str, version: int | None = None) -> pa.Table:
         what = f"queue {name!r}" + (f" has no version {version}" if names and name in names else " does not exist")
         raise QueueError(f"{what}; queues: {', '.join(names) if names else 'none yet (edgemine queue SAMPLER --name Q)'}")
     return rows
+
+
+def queue_image_ids(db: LakeDB, name: str) -> list[str]:
+    """The image ids of queue ``name``'s latest version, by rank (QueueError: no such queue)."""
+    return queue_rows(db, name).column("image_id").to_pylist()
 
 
 def list_queues(db: LakeDB) -> pa.Table:

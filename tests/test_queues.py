@@ -312,6 +312,39 @@ def test_every_sampler_is_listed_with_its_options():
     assert [o.flag for o in SAMPLERS["random-time"].options] == ["--per", "--k", "--by", "--seed"]
 
 
+
+def test_a_new_sampler_is_one_spec_in_the_registry(small, monkeypatch, capsys):
+    """A sampler registered in mining.samplers.SAMPLERS is a queue, an option and a CLI command, with no other edit."""
+    from jobs.cli import main
+    from mining.samplers import SAMPLERS as REGISTRY
+    from mining.samplers import Option, Picked, Sampler
+    from mining.samplers.sampler_base import make_picks
+
+    def descending_ids(db, s, request):
+        ids = s.query(db, f"SELECT image_id FROM ({s.images_sql(db)}) ORDER BY image_id DESC").column(0).to_pylist()
+        ids = ids[::request.options["step"]][:request.limit]
+        return Picked(make_picks(ids, [None] * len(ids), range(len(ids)), ["by name"] * len(ids)), candidates=len(ids))
+
+    toy = Sampler("by-name", "images by descending id", (Option("step", int, "take every step-th", 1),), run=descending_ids)
+    monkeypatch.setitem(REGISTRY, toy.name, toy)
+    lake, truth = small
+    made, picked = queue(lake, "by-name", step=2, limit=3)
+    expected = sorted(truth["ids"], reverse=True)[::2][:3]
+    assert (made.sampler, made.params["step"]) == ("by-name", 2) and [r["image_id"] for r in picked] == expected
+    with pytest.raises(QueueError, match="by-name has no option --pool; its options: --step"):
+        queue(lake, "by-name", pool="max")
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    assert main(["queue", "by-name", "--name", "cli-toy", "--step", "3", "--json", "--lake", lake.uri, "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == len(truth["ids"][::3])
+
+
+def test_two_samplers_cannot_share_a_name():
+    from mining.samplers import SAMPLERS as REGISTRY
+    from mining.samplers import _by_name
+
+    with pytest.raises(ValueError, match="two samplers are named margin"):
+        _by_name(REGISTRY["margin"], REGISTRY["entropy"], REGISTRY["margin"])
+
 # -- embeddings: novelty, diversity, --diverse ------------------------------------------------
 def test_novelty_ranks_what_is_far_from_everything_reviewed_first(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
