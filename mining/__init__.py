@@ -22,7 +22,8 @@ environment). Errors the user can fix raise subclasses of
 Modules, one concept each: ``lake`` (storage), ``schema`` (tables), ``sql``
 (views), ``index``/``index_store``/``index_sync`` (the vector index),
 ``search``/``feedback`` (similar images, the reviewer loop), ``clustering``/``sessions``
-(narrowing), ``sets``, ``decisions``, ``statistics``, ``media``, ``export``/``label_studio``
+(narrowing), ``sets``, ``decisions``, ``sources`` (the images a source spec names),
+``statistics``, ``media``, ``export``/``label_studio``
 (batches for labelling), ``labels`` (labels back), ``formats`` (a package: one module per export
 format), ``queues`` and the ``samplers`` package (review queues, one module per sampler family),
 ``coreset`` (diverse picks), ``label_errors``, ``duplicates``, ``models`` (trained model
@@ -33,7 +34,7 @@ docs/LAKE.md.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from mining.config import Config, load_config
@@ -64,6 +65,7 @@ __all__ = [
 
     "list_models", "read_model",
     "add_slice", "list_slices", "compute_metrics", "check_regressions", "detect_drift", "write_card",
+    "resolve_images", "source_names", "mark_page",
 ]
 
 
@@ -277,6 +279,28 @@ def decide(db: LakeDB, review: str, image_ids: Sequence[str], decision: str, *, 
     return record(db, review, image_ids, decision, reviewer=reviewer or _config(db, config).mining.user, source=source)
 
 
+def mark_page(db: LakeDB, review: str, shown: Sequence[str], selected: Sequence[str], *, reviewer: str | None = None,
+              source: str | None = None, config: Config | None = None) -> tuple[int, int]:
+    """Mark a page of the reviewer loop in one commit: the ``selected`` images are the edge case
+    (accepted in ``review``), the rest of ``shown`` are not (rejected); the next search ranks by them.
+
+    Returns:
+        (accepted, rejected).
+
+    Raises:
+        ReviewError: no review name or reviewer, no images, an image id not in the lake (nothing recorded).
+
+    Example:
+        >>> db = open_lake(lake_uri)
+        >>> page = db.query("SELECT image_id FROM images ORDER BY image_id LIMIT 4").column("image_id").to_pylist()
+        >>> mark_page(db, "doctest-page", page, page[:1], reviewer="ana")
+        (1, 3)
+    """
+    from mining.decisions import mark_page as record
+
+    return record(db, review, shown, selected, reviewer=reviewer or _config(db, config).mining.user, source=source)
+
+
 def save_review(db: LakeDB, review: str, *, name: str | None = None, config: Config | None = None) -> int:
     """Publish a review's accepted images as a named set (default: the review's name), for export.
 
@@ -306,6 +330,46 @@ def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, scores: Sequenc
     from mining.sets import save_set as write
 
     return write(db, name, image_ids, source=source, user=_config(db, config).mining.user, scores=scores)
+
+
+def resolve_images(db: LakeDB, source: str, *, clusters: Sequence[int] = ()) -> list[str]:
+    """The image ids a source names, in its order (what `edgemine export SOURCE` and the Review page take).
+
+    Args:
+        source: ``set:NAME`` (by rank), ``review:NAME`` (accepted, earliest first), ``session:NAME[/STEP]``
+            (a narrowing step's pool, most similar first; ``clusters``: only those), ``queue:NAME[/VERSION]``
+            (by rank) or ``sql:QUERY`` (a read-only query returning ``image_id``).
+
+    Raises:
+        SourceError: another form, a set or review naming no images, a query without ``image_id``.
+        SessionError, QueueError, QueryError: no such session or queue, SQL that DuckDB refuses.
+
+    Example:
+        >>> db = open_lake(lake_uri)
+        >>> _ = save_set(db, "doctest-source", [seed])
+        >>> resolve_images(db, "set:doctest-source") == [seed]
+        True
+        >>> len(resolve_images(db, "sql:SELECT image_id FROM images LIMIT 3"))
+        3
+    """
+    from mining.sources import resolve
+
+    return resolve(db, source, clusters=clusters).ids
+
+
+def source_names(db: LakeDB, kind: str) -> list[str]:
+    """The names a source of ``kind`` can take: ``set``, ``review`` (those with accepted images),
+    ``session`` or ``queue`` (newest first).
+
+    Example:
+        >>> db = open_lake(lake_uri)
+        >>> _ = save_set(db, "doctest-names", [seed])
+        >>> "doctest-names" in source_names(db, "set")
+        True
+    """
+    from mining.sources import names
+
+    return names(db, kind)
 
 
 def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | None = None, task_size: int | None = None,
@@ -379,8 +443,8 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, batch: str | None = None
 
 def make_queue(db: LakeDB, sampler: str, name: str, *, where: str | None = None, model_version: str | None = None,
                limit: int | None = None, diverse: bool = False, include_reviewed: bool = False,
-               drop_duplicates: bool = False, index: VectorIndex | None = None, config: Config | None = None,
-               **options) -> QueueSummary:
+               drop_duplicates: bool = False, index: VectorIndex | Callable[[], VectorIndex] | None = None,
+               config: Config | None = None, **options) -> QueueSummary:
     """Make a review queue: a sampler's picks, as a new version of queue ``name`` (`edgemine queue SAMPLER`).
 
     Args:
@@ -393,6 +457,8 @@ def make_queue(db: LakeDB, sampler: str, name: str, *, where: str | None = None,
         diverse: a diverse subset (k-center greedy) of the sampler's best ``[queues] diverse_pool`` x limit.
         include_reviewed: keep images already reviewed or exported (left out by default).
         drop_duplicates: one image per near-duplicate group (``find_duplicates`` first).
+        index: the vector index, or a function that opens it (called only by samplers that need it;
+            default: ``open_index``).
         options: the sampler's own, e.g. ``per="1d", k=3, by="camera"`` (random-time),
             ``every=50``, ``pool="mean"``, ``boxes=True``, ``fallback=True``, ``min_severity=3``,
             ``labels="review", review="glare"``, ``neighbours=5``, ``queue="other"``, ``seed=1``.
@@ -628,14 +694,10 @@ def detect_drift(db: LakeDB, *, window: str | None = None, reference: str | None
         >>> sorted(set(rows.column("feature").to_pylist()))[:3]
         ['column:camera', 'column:customer_flag', 'column:region']
     """
-    from mining.drift import detect_drift as detect
-    from mining.drift import record_drift
+    from mining.drift import run_drift
 
-    config = _config(db, config)
-    rows = detect(db, config.drift, window=window, reference=reference, embeddings=embeddings)
-    if record:
-        record_drift(db, rows, user=config.mining.user)
-    return rows
+    return run_drift(db, _config(db, config), window=window, reference=reference, embeddings=embeddings,
+                     record=record)
 
 
 def write_card(db: LakeDB, version: str, path: str | None = None, *, config: Config | None = None) -> str:

@@ -4,7 +4,8 @@ A review is a name (say ``glare``). Each decision (accept or reject some images)
 is appended with the reviewer and the time, never rewritten: blind appends, so
 many reviewers saving at once lose nothing. The ``reviews`` view keeps the latest
 decision per review and image; ``raw.reviews`` has every one. ``save`` publishes a review's accepted images as
-the named set of the same name, which export takes as input.
+the named set of the same name, which export takes as input. ``mark_page`` records a page of the
+reviewer loop (Find similar: the selected accepted, the rest rejected) in one commit.
 """
 
 from __future__ import annotations
@@ -33,20 +34,40 @@ def decide(db: LakeDB, review: str, image_ids: Sequence[str], decision: str, *, 
     reviewer, no images, or an image id the lake does not have."""
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, got {decision!r}")
+    image_ids = list(dict.fromkeys(image_ids))
+    _record(db, review, {decision: image_ids}, reviewer=reviewer, source=source, decision=decision)
+    return len(image_ids)
+
+
+def mark_page(db: LakeDB, review: str, shown: Sequence[str], selected: Sequence[str], *, reviewer: str,
+              source: str | None = None) -> tuple[int, int]:
+    """Record a page of marks in ``review`` in one commit: the ``selected`` images accepted
+    (the edge case), the rest of ``shown`` rejected. Returns (accepted, rejected).
+
+    Raises ReviewError (nothing recorded) as ``decide`` does."""
+    accepted = list(dict.fromkeys(selected))
+    rejected = [i for i in dict.fromkeys(shown) if i not in set(accepted)]
+    _record(db, review, {"accept": accepted, "reject": rejected}, reviewer=reviewer, source=source,
+            accepted=len(accepted), rejected=len(rejected))
+    return len(accepted), len(rejected)
+
+
+def _record(db: LakeDB, review: str, marks: dict[str, list[str]], *, reviewer: str, source: str | None,
+            **detail: object) -> None:
+    """Append one row per image of ``marks`` (decision -> image ids) in one transaction."""
     if not review:
         raise ReviewError("a review needs a name (its accepted images become the set of that name)")
     if not reviewer:
         raise ReviewError("a decision needs a reviewer: set [mining] user, $EDGEMINE_USER, or the UI's reviewer field")
-    image_ids = list(dict.fromkeys(image_ids))
+    image_ids = [i for ids in marks.values() for i in ids]
     if not image_ids:
         raise ReviewError("no images to decide on: select some first")
     _check_known(db, image_ids)
-    now = datetime.now(UTC)
     n = len(image_ids)
-    rows = make_rows(REVIEWS, n, review=review, image_id=image_ids, decision=decision, reviewer=reviewer, source=source,
-                     decided_at=now)
-    tables.append(db.lake, REVIEWS, rows, tables.commit_info(JOB, reviewer, review=review, decision=decision, images=n))
-    return n
+    decided = [decision for decision, ids in marks.items() for _ in ids]
+    rows = make_rows(REVIEWS, n, review=review, image_id=image_ids, decision=decided, reviewer=reviewer, source=source,
+                     decided_at=datetime.now(UTC))
+    tables.append(db.lake, REVIEWS, rows, tables.commit_info(JOB, reviewer, review=review, images=n, **detail))
 
 
 def decisions(db: LakeDB, review: str, image_ids: Sequence[str] | None = None) -> dict[str, str]:

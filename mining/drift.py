@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from mining import tables
-from mining.config import DriftConfig
+from mining.config import Config, DriftConfig
 from mining.errors import SliceError
 from mining.schema import DRIFT
 from mining.sql import LakeDB, quote_ident, quote_literal
@@ -113,6 +113,34 @@ def detect_drift(db: LakeDB, config: DriftConfig = DriftConfig(), *, window: str
 def record_drift(db: LakeDB, rows: pa.Table, *, user: str) -> None:
     if rows.num_rows:
         tables.append(db.lake, DRIFT, rows, tables.commit_info(JOB, user, rows=rows.num_rows))
+
+
+def run_drift(db: LakeDB, config: Config, *, window: str | None = None, reference: str | None = None,
+              embeddings: bool = True, record: bool = True) -> pa.Table:
+    """Detect drift with ``config.drift`` (``detect_drift``) and, unless ``record=False``,
+    append the rows to ``drift`` as ``config.mining.user``; returns the rows."""
+    rows = detect_drift(db, config.drift, window=window, reference=reference, embeddings=embeddings)
+    if record:
+        record_drift(db, rows, user=config.mining.user)
+    return rows
+
+
+def stored_drift(db: LakeDB) -> pa.Table:
+    """The ``drift`` table's rows (each window and feature's latest run), by window then feature."""
+    return db.query("SELECT * FROM drift ORDER BY window_start, feature")
+
+
+def window_slice(start: datetime, end: datetime) -> str:
+    """The ``where`` slice (over images i JOIN predictions p) of a window's predictions."""
+    return Period(start, end).sql("p.ts")
+
+
+def flagged_windows(rows: pa.Table) -> list[tuple[datetime, datetime, list[str]]]:
+    """(start, end, the features flagged) of each window of ``rows`` with a flag, oldest first."""
+    found: dict[tuple[datetime, datetime], list[str]] = {}
+    for r in rows.filter(rows.column("flagged")).select(["window_start", "window_end", "feature"]).to_pylist():
+        found.setdefault((r["window_start"], r["window_end"]), []).append(r["feature"])
+    return [(start, end, sorted(set(features))) for (start, end), features in sorted(found.items())]
 
 
 def _bucket(ref: Period, current: list[Period]) -> str:

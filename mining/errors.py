@@ -14,6 +14,7 @@ escapes is a bug.
     ├── SearchError        a search or index request (unknown image, empty slice, no embeddings)
     │   └── SessionError   a narrowing session or step, or an action its state does not allow
     ├── SetError           a named set (no name, empty, unknown)
+    ├── SourceError        an image source (set:, review:, session:, queue:, sql:) that names no images
     ├── ReviewError        a review decision (bad decision, no reviewer, unknown image)
     ├── ExportError        an export that cannot run as asked (empty source, unknown format, a target
     │                      holding another batch, Label Studio unreachable or refusing the token)
@@ -62,6 +63,11 @@ class SessionError(SearchError):
 
 class SetError(EdgemineError, ValueError):
     """A named set that cannot be saved or found."""
+
+
+class SourceError(EdgemineError, ValueError):
+    """An image source spec that cannot be resolved: an unknown kind, a set or review that names
+    no images, a query without an ``image_id`` column."""
 
 
 class ReviewError(EdgemineError, ValueError):

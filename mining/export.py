@@ -34,9 +34,9 @@ from typing import Any
 
 import fsspec
 
-from mining import formats, tables
+from mining import formats, sources, tables
 from mining.config import Config, S3Config
-from mining.errors import EdgemineError, ExportError
+from mining.errors import EdgemineError, ExportError, SourceError
 from mining.formats import Item, LabelFormat, LabelStudio, writer_for
 from mining.lake import as_uri, is_s3, open_url, path_of, read_many
 from mining.schema import ERRORS, EXPORTS, error_rows, make_rows
@@ -81,7 +81,7 @@ class ExportSummary(Summary):
 
 
 def resolve_source(db: LakeDB, source: str) -> list[str]:
-    """The image ids of an export source, in its order:
+    """The image ids of an export source, in its order (mining.sources, the kinds below):
 
     - ``set:NAME``: a named set, by rank;
     - ``review:NAME``: a review's accepted images, earliest accepted first;
@@ -89,35 +89,15 @@ def resolve_source(db: LakeDB, source: str) -> list[str]:
     - ``sql:QUERY``: a read-only query returning an ``image_id`` column.
 
     Raises ExportError for another form, an unknown name, or a query without image_id."""
-    kind, _, value = source.partition(":")
-    if kind not in SOURCE_KINDS or not value:
-        raise ExportError(f"source {source!r}: give set:NAME, review:NAME, session:NAME or sql:QUERY (or --where SQL)")
-    if kind == "set":
-        ids = db.query("SELECT image_id FROM sets WHERE name = $n ORDER BY rank, image_id", {"n": value})
-        if not ids.num_rows:
-            raise ExportError(f"no set named {value!r} (or it is empty); list them: edgemine sql \"SELECT DISTINCT name FROM sets\"")
-        return ids.column("image_id").to_pylist()
-    if kind == "review":
-        ids = db.query("SELECT image_id FROM reviews WHERE review = $r AND decision = 'accept' ORDER BY decided_at, image_id",
-                       {"r": value})
-        if not ids.num_rows:
-            raise ExportError(f"review {value!r} has no accepted images; see edgemine review list")
-        return ids.column("image_id").to_pylist()
-    if kind == "session":
-        from mining.sessions import members_of, show
-
-        step = show(db, value).step
-        members = members_of(db, value, step).sort_by([("similarity", "descending"), ("image_id", "ascending")])
-        return members.column("image_id").to_pylist()
-    result = db.query(value)
-    if "image_id" not in result.column_names:
-        raise ExportError(f"the query must return an image_id column; it returned {', '.join(result.column_names)}")
-    return list(dict.fromkeys(result.column("image_id").to_pylist()))
+    try:
+        return sources.resolve(db, source, kinds=SOURCE_KINDS).ids
+    except SourceError as e:
+        raise ExportError(str(e)) from None
 
 
 def where_source(where: str) -> str:
     """The ``sql:`` source of a --where predicate over images i LEFT JOIN predictions p."""
-    return f"sql:SELECT DISTINCT i.image_id FROM images i LEFT JOIN predictions p USING (image_id) WHERE ({where}) ORDER BY 1"
+    return sources.where_spec(where)
 
 
 def lake_classes(db: LakeDB) -> list[str]:

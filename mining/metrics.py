@@ -155,6 +155,49 @@ def record_metrics(db: LakeDB, rows: pa.Table, *, user: str) -> None:
         tables.append(db.lake, METRICS, rows, tables.commit_info(JOB, user, rows=rows.num_rows))
 
 
+# -- what is stored: the Metrics page's reads ---------------------------------------------------
+def stored_metrics(db: LakeDB, metric: str | None = None, label: str | None = None) -> pa.Table:
+    """The ``metrics`` table's rows (each key's latest run), by slice and model version; only
+    ``metric``'s when given, with ``label`` then matched exactly (None: an image-level metric such
+    as accuracy; a class, or ``macro``)."""
+    if metric is None:
+        return db.query("SELECT * FROM metrics ORDER BY slice, model_version, metric, label")
+    return db.query("SELECT * FROM metrics WHERE metric = $m AND label IS NOT DISTINCT FROM $l "
+                    "ORDER BY slice, model_version", {"m": metric, "l": label})
+
+
+def stored_alarms(db: LakeDB, metric: str | None = None, label: str | None = None) -> pa.Table:
+    """The regression alarms stored (every column but the margin), the largest drop first; only
+    ``metric``'s when given, with ``label`` matched exactly as in ``stored_metrics``."""
+    if metric is None:
+        return db.query("SELECT * EXCLUDE (margin) FROM alarms ORDER BY drop DESC, model_version, slice")
+    return db.query("SELECT * EXCLUDE (margin) FROM alarms WHERE metric = $m AND label IS NOT DISTINCT FROM $l "
+                    "ORDER BY drop DESC, model_version, slice", {"m": metric, "l": label})
+
+
+def by_version(rows: pa.Table, versions: Sequence[str]) -> pa.Table:
+    """One metric's rows (``stored_metrics``) as a table: a row per slice with a value (by name),
+    a column per version of ``versions`` with a value (in that order; None where the slice has
+    none), and ``n``, the most images a value of the slice stands on."""
+    listed = rows.to_pylist()
+    cells = {(r["slice"], r["model_version"]): r["value"] for r in listed if r["value"] is not None}
+    slices = sorted({s for s, _ in cells})
+    shown = [v for v in versions if any(version == v for _, version in cells)]
+    n: dict[str, int] = {}
+    for r in listed:
+        n[r["slice"]] = max(n.get(r["slice"], 0), r["n"])
+    columns = {"slice": pa.array(slices, pa.string())}
+    columns |= {v: pa.array([cells.get((s, v)) for s in slices], pa.float64()) for v in shown}
+    return pa.table(columns | {"n": pa.array([n[s] for s in slices], pa.int64())})
+
+
+def disagreements(db: LakeDB, limit: int = 200) -> pa.Table:
+    """Labelled images whose newest labels disagree with the model's prediction, the most
+    confident first: image_id, model_version, predicted_label, confidence, labels, annotator, batch."""
+    return db.query("SELECT image_id, model_version, predicted_label, confidence, labels, annotator, batch "
+                    "FROM labelled WHERE NOT agrees ORDER BY confidence DESC LIMIT $limit", {"limit": limit})
+
+
 # -- regressions ------------------------------------------------------------------------------
 BOOTSTRAP_MAX = 5_000  # images a side resampled at most; above, the normal interval (see compare)
 

@@ -55,6 +55,12 @@ READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
 SAFE_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
 RECHECK_MISSING_S = 1.0  # how often a view over a missing table looks for it again (on S3, a request)
+# A first query over the views: the UI's SQL page starts with it.
+EXAMPLE_QUERY = """SELECT image_id, label, confidence, camera
+FROM predictions
+WHERE confidence < 0.5
+ORDER BY confidence
+LIMIT 100"""
 
 # Views over other views, not tables: name -> (the tables they read, their SELECT).
 # User SQL may name them like a table's view; they are made once the views they read are.

@@ -12,11 +12,12 @@ import pytest
 
 from jobs.cli import main
 from mining import tables
-from mining.config import DriftConfig
-from mining.drift import classifier_two_sample, detect_drift, window_length
+from mining.config import Config, DriftConfig, MiningConfig
+from mining.drift import (classifier_two_sample, detect_drift, flagged_windows, run_drift, stored_drift, window_length,
+                          window_slice)
 from mining.errors import SliceError
 from mining.lake import Lake
-from mining.schema import PREDICTIONS, make_rows
+from mining.schema import DRIFT, PREDICTIONS, make_rows
 from mining.sql import LakeDB
 from tests.helpers import image_ids, write_embeddings
 
@@ -105,3 +106,33 @@ def test_cli_drift_writes_the_drift_table(tmp_path, capsys):
     with LakeDB(lake) as db:
         flagged = db.query("SELECT DISTINCT window_start FROM drift WHERE flagged AND feature = 'column:camera'")
     assert flagged.num_rows == 4  # every week after the first has the new camera
+
+
+def test_run_drift_records_what_it_detects_and_the_stored_rows_read_back(tmp_path):
+    """What `edgemine drift`, the facade and the Metrics page run: detect, then record (or not)."""
+    lake = drift_lake(tmp_path / "lake", drift=True)
+    config = Config(lake=lake.uri, drift=DriftConfig(sample=150), mining=MiningConfig(user="ana"))
+    week = {"window": "1w", "reference": "2026-10-01..2026-10-07", "embeddings": False}
+    with LakeDB(lake) as db:
+        unrecorded = run_drift(db, config, **week, record=False)
+        assert tables.version(lake, DRIFT) is None and stored_drift(db).num_rows == 0
+        rows = run_drift(db, config, **week)
+        assert [(c["job"], c["user"]) for c in tables.history(lake, DRIFT)] == [("drift", "ana")]  # one commit
+        stored = stored_drift(db)
+    keys = ["window_start", "feature", "score", "flagged"]
+    assert stored.select(keys).to_pylist() == rows.sort_by([("window_start", "ascending"), ("feature", "ascending")]
+                                                           ).select(keys).to_pylist()
+    assert unrecorded.select(keys).to_pylist() == rows.select(keys).to_pylist()  # seeded: the same answer
+    windows = flagged_windows(stored)
+    assert [start for start, _, _ in windows] == [START + timedelta(weeks=w) for w in (1, 2, 3, 4)]
+    assert all("column:camera" in features for _, _, features in windows)  # the new camera, every week
+    assert windows[-1][2] == sorted(set(windows[-1][2]))
+
+
+def test_a_windows_slice_holds_its_predictions_only(tmp_path):
+    lake = drift_lake(tmp_path / "lake", drift=False)
+    start = START + timedelta(days=3)
+    with LakeDB(lake) as db:
+        within = db.query(f"SELECT min(ts) AS a, max(ts) AS b, count(*) AS n FROM predictions p "
+                          f"WHERE {window_slice(start, start + timedelta(days=1))}").to_pylist()[0]
+    assert within["n"] == PER_DAY and start <= within["a"] and within["b"] < start + timedelta(days=1)

@@ -1,10 +1,12 @@
 """The layers keep their rule (docs/ARCHITECTURE.md): ui imports mining and embed,
 never jobs; the packages import each other without a cycle; no module name is
-used in two packages. Read from the source, so a lazy import counts too."""
+used in two packages; the UI's pages hold no SQL (the library reads the lake for
+them). Read from the source, so a lazy import counts too."""
 
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -108,3 +110,40 @@ def test_no_module_name_in_two_packages():
     twice = {name: where for name, where in names.items() if len(where) > 1}
     named_like_a_package = {name: where for name, where in names.items() if name in PACKAGES}
     assert twice == {} and named_like_a_package == {}
+
+
+# SQL that a page would run: a statement's first word at the start of a string, or a call
+# that runs SQL. A ``placeholder=`` (the grey hint of an empty box) is never run, so it may show SQL.
+SQL_START = re.compile(r"\s*(SELECT|WITH|FROM|INSERT|UPDATE|DELETE|CREATE|DROP|COPY|ATTACH|PRAGMA)\b")
+RUNS_SQL = {"query", "sql", "execute", "executemany"}
+
+
+def sql_in(source: str) -> list[str]:
+    """Where ``source`` writes or runs SQL: ``line N: ...`` for each place."""
+    tree = ast.parse(source)
+    hints = {id(part) for node in ast.walk(tree) if isinstance(node, ast.Call)
+             for k in node.keywords if k.arg == "placeholder" for part in ast.walk(k.value)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in RUNS_SQL:
+            found.append(f"line {node.lineno}: .{node.func.attr}(...)")
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_START.match(node.value)
+              and id(node) not in hints):
+            found.append(f"line {node.lineno}: {node.value[:40]!r}")
+    return found
+
+
+def test_no_sql_in_the_uis_pages():
+    found = {p.name: sql_in(p.read_text()) for p in sorted((REPO / "ui" / "views").glob("*.py"))}
+    assert {name: places for name, places in found.items() if places} == {}
+
+
+@pytest.mark.parametrize("source, expected", [
+    ('rows = db.query("SELECT * FROM metrics")', ["line 1: .query(...)", "line 1: 'SELECT * FROM metrics'"]),
+    ('q = f"WITH t AS (SELECT {x}) SELECT 1"', ["line 1: 'WITH t AS (SELECT '"]),
+    ('con.sql(text)', ["line 1: .sql(...)"]),
+    ('st.text_area("Query", placeholder="SELECT image_id FROM images")', []),
+    ('st.caption("Select a set; its images FROM the lake")', []),
+])
+def test_the_sql_check_finds_sql(source, expected):
+    assert sql_in(source) == expected

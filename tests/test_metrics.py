@@ -13,10 +13,11 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from jobs.cli import main
 from mining import tables
-from mining.config import MetricsConfig
+from mining.config import Config, MetricsConfig, MiningConfig
 from mining.errors import SliceError
 from mining.lake import Lake
-from mining.metrics import check_regressions, compute_metrics, model_versions
+from mining.metrics import (by_version, check_regressions, compute_metrics, disagreements, model_versions, run_metrics,
+                            stored_alarms, stored_metrics)
 from mining.schema import IMAGES, LABELS, PREDICTIONS, make_rows
 from mining.slices import add_slice, all_slices, find_slices, frame_ctes
 from mining.sql import LakeDB
@@ -327,3 +328,44 @@ def test_detection_map_matches_pycocotools_run_directly(tmp_path):
             assert metric(rows, "v1", name, "map", c)[0] == pytest.approx(per_class[c], abs=1e-6)
     assert metric(rows, "v1", "all", "map")[1] == len(truth)
     assert 0 < metric(rows, "v1", "size=small", "map")[1] < len(truth)  # images with a small box
+
+
+def test_the_stored_metrics_alarms_and_disagreements_read_back_as_the_metrics_page_shows_them(two_versions):
+    d = two_versions
+    config = Config(lake=d["lake"].uri, metrics=MetricsConfig(margin=0.05), mining=MiningConfig(user="t"))
+    chosen = ["all", "camera=cam-0", "camera=cam-3"]
+    with LakeDB(d["lake"]) as db:
+        assert stored_metrics(db).num_rows == 0 and stored_alarms(db).num_rows == 0
+        computed, report = run_metrics(db, config, slices=chosen)
+        accuracy = stored_metrics(db, "accuracy")
+        macro = stored_metrics(db, "recall", "macro")
+        table = by_version(accuracy, model_versions(db))
+        alarms, every_alarm = stored_alarms(db, "accuracy"), stored_alarms(db)
+        wrong = disagreements(db, limit=10_000)
+        assert disagreements(db, limit=7).num_rows == 7
+    assert accuracy.num_rows == 2 * len(chosen)
+    assert set(accuracy.column("label").to_pylist()) == {None} and set(macro.column("label").to_pylist()) == {"macro"}
+    assert table.column_names == ["slice", "v1", "v2", "n"] and table.column("slice").to_pylist() == chosen
+    for line in table.to_pylist():
+        for version in ("v1", "v2"):
+            assert (line[version], line["n"]) == metric(computed, version, line["slice"], "accuracy")
+    assert [(a["slice"], a["model_version"]) for a in alarms.to_pylist()] == [("camera=cam-3", "v2")]
+    assert "margin" not in every_alarm.column_names and every_alarm.num_rows == len(report.alarms) > 1
+    assert every_alarm.column("drop").to_pylist() == sorted(every_alarm.column("drop").to_pylist(), reverse=True)
+    expected = sum(p != t for version in ("v1", "v2") for p, t in zip(d[version], d["truth"]))
+    confidences = wrong.column("confidence").to_pylist()
+    assert wrong.num_rows == expected and confidences == sorted(confidences, reverse=True)
+
+
+def test_by_version_keeps_the_slices_and_versions_with_a_value():
+    rows = pa.Table.from_pylist([
+        {"slice": "b", "model_version": "v1", "value": 0.5, "n": 10},
+        {"slice": "b", "model_version": "v2", "value": None, "n": 0},
+        {"slice": "a", "model_version": "v2", "value": 0.25, "n": 4},
+        {"slice": "a", "model_version": "v1", "value": None, "n": 30},
+        {"slice": "c", "model_version": "v1", "value": None, "n": 0},  # no value anywhere: not shown
+        {"slice": "c", "model_version": "v3", "value": None, "n": 0},  # v3 has no value: no column
+    ])
+    table = by_version(rows, ["v3", "v2", "v1"])
+    assert table.to_pylist() == [{"slice": "a", "v2": 0.25, "v1": None, "n": 30},
+                                 {"slice": "b", "v2": None, "v1": 0.5, "n": 10}]

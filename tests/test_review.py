@@ -1,5 +1,6 @@
 """Review decisions (mining.decisions): append-only, the latest wins, concurrent
-reviewers lose nothing, bad input records nothing; and the `edgemine review` CLI."""
+reviewers lose nothing, bad input records nothing, a marked page is one commit; and
+the `edgemine review` CLI."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import threading
 import pytest
 
 from jobs.cli import main
-from mining.decisions import decide, save_review
+from mining import tables
+from mining.decisions import decide, mark_page, save_review
 from mining.errors import ReviewError
+from mining.lake import Lake
+from mining.schema import IMAGES, REVIEWS, make_rows
 from mining.sql import LakeDB
-from tests.helpers import rows
+from tests.helpers import image_ids, rows
 
 
 def test_two_reviewers_deciding_at_once_lose_nothing(demo_lake):
@@ -70,3 +74,33 @@ def test_review_cli_accepts_rejects_lists_and_saves(demo_lake, monkeypatch, caps
     assert sorted(r["image_id"] for r in rows(demo_lake, "SELECT image_id FROM sets WHERE name = 'cli-set'")) == sorted(ids[1:])
     assert main(["review", "accept", "cli", "nothex", "--lake", demo_lake.uri]) == 2
     assert "not in the lake" in capsys.readouterr().err
+
+
+def test_a_marked_page_is_one_commit_with_the_rows_two_decisions_wrote(tmp_path):
+    """The reviewer loop's page (selected: the edge case, the rest: not) as one Delta commit,
+    holding the rows that deciding the selected and then the rest wrote before."""
+    lake = Lake(str(tmp_path / "lake"))
+    ids = image_ids(6)
+    tables.append(lake, IMAGES, make_rows(IMAGES, len(ids), image_id=ids, uri=[f"mem://{i}.jpg" for i in ids]),
+                  tables.commit_info("test"))
+    page, selected = ids[:5], [ids[3], ids[1]]
+    with LakeDB(lake) as db:
+        decide(db, "before", selected, "accept", reviewer="ana", source="find-similar")
+        decide(db, "before", [i for i in page if i not in selected], "reject", reviewer="ana", source="find-similar")
+        commits = len(tables.history(lake, REVIEWS))
+        assert mark_page(db, "page", page + [ids[1]], selected, reviewer="ana", source="find-similar") == (2, 3)
+        assert len(tables.history(lake, REVIEWS)) == commits + 1
+        assert mark_page(db, "all-of-it", page, page, reviewer="ana") == (5, 0)  # every image the edge case
+        refused = ((dict(review=""), "needs a name"), (dict(reviewer=""), "reviewer"),
+                   (dict(shown=[], selected=[]), "no images"), (dict(selected=["f" * 20]), "not in the lake"))
+        for bad, message in refused:
+            args = {"review": "bad", "shown": page, "selected": selected, "reviewer": "ana"} | bad
+            with pytest.raises(ReviewError, match=message):
+                mark_page(db, args.pop("review"), args.pop("shown"), args.pop("selected"), **args)
+    assert len(tables.history(lake, REVIEWS)) == commits + 2  # the refused marks wrote nothing
+
+    def saved(review: str) -> list[tuple]:
+        return sorted((r["image_id"], r["decision"], r["reviewer"], r["source"]) for r in
+                      rows(lake, "SELECT * FROM raw.reviews WHERE review = $r", {"r": review}))
+
+    assert saved("page") == saved("before") and len(saved("page")) == 5

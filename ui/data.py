@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import pyarrow as pa
 import streamlit as st
 
 import embed.files
@@ -49,6 +50,12 @@ def db() -> LakeDB:
             held.close()  # only its cursor: the shared database stays for the others
         held = st.session_state["_lakedb"] = LakeDB(lake())
     return held
+
+
+def user_query(sql: str) -> pa.Table:
+    """A user's own query (the SQL page) on this session's read-only connection, not cached;
+    QueryError (ReadOnlyError for a write) when DuckDB or the sandbox refuses it."""
+    return db().query(sql)
 
 
 def lake_changed() -> None:

@@ -15,13 +15,9 @@ import streamlit as st
 from mining.errors import QueryError, ReadOnlyError
 from mining.schema import TABLES
 from mining.serialize import csv_bytes, parquet_bytes
+from mining.sql import EXAMPLE_QUERY
 from ui import data
 
-EXAMPLE = """SELECT image_id, label, confidence, camera
-FROM predictions
-WHERE confidence < 0.5
-ORDER BY confidence
-LIMIT 100"""
 SHOWN_ROWS = 1000
 THUMBNAIL_ROWS = 200  # thumbnails for the first rows only: one lookup, not one per row of a huge result
 
@@ -30,7 +26,7 @@ def render() -> None:
     st.title("SQL")
     st.caption("Read-only DuckDB over the lake's views: "
                + ", ".join(f"`{t}`" for t in TABLES) + ". `raw.reviews` has every decision (the view, the latest per image).")
-    st.session_state.setdefault("sql", EXAMPLE)
+    st.session_state.setdefault("sql", EXAMPLE_QUERY)
     query = st.text_area("Query", key="sql", height=160)
     if st.button("Run", type="primary", key="sql_run"):
         st.session_state["sql_result"] = _run(query)
@@ -46,7 +42,7 @@ def _run(query: str) -> pa.Table | str:
     if not query.strip():
         return "Write a query first, e.g. SELECT * FROM predictions LIMIT 10."
     try:
-        return data.db().query(query)
+        return data.user_query(query)
     except ReadOnlyError as e:
         return f"Refused: {e}"
     except QueryError as e:  # DuckDB's message: a syntax error, an unknown column, the sandbox's refusal

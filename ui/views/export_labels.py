@@ -10,7 +10,7 @@ import tempfile
 
 import streamlit as st
 
-from mining import export, labels, media, sessions
+from mining import export, labels, media, metrics, sources
 from mining.errors import EdgemineError
 from ui import data, widgets
 
@@ -54,13 +54,13 @@ def _choose_source() -> str:
     db = data.db()
     try:
         if kind == SOURCES[0]:
-            names = db.query("SELECT DISTINCT name FROM sets ORDER BY name").column("name").to_pylist()
+            names = sources.names(db, "set")
             return f"set:{st.selectbox('Set', names, key='export_set')}" if names else ""
         if kind == SOURCES[1]:
-            names = db.query("SELECT DISTINCT review FROM reviews WHERE decision = 'accept' ORDER BY review").column(0).to_pylist()
+            names = sources.names(db, "review")
             return f"review:{st.selectbox('Review', names, key='export_review')}" if names else ""
         if kind == SOURCES[2]:
-            names = sessions.list_sessions(db).column("session").to_pylist()
+            names = sources.names(db, "session")
             return f"session:{st.selectbox('Session (its current step)', names, key='export_session')}" if names else ""
     except EdgemineError as e:
         st.error(str(e))
@@ -170,8 +170,7 @@ def _import_labels(content: bytes | None, name: str, fmt: str, annotator: str | 
 
 def _disagreements() -> None:
     st.subheader("Where the newest labels disagree with the model")
-    rows = data.db().query("SELECT image_id, model_version, predicted_label, confidence, labels, annotator, batch "
-                           "FROM labelled WHERE NOT agrees ORDER BY confidence DESC LIMIT 200")
+    rows = metrics.disagreements(data.db(), limit=200)
     if not rows.num_rows:
         st.caption("No disagreement (or no labels yet).")
         return

@@ -139,11 +139,9 @@ def _review_loop(shown: list[str], chosen: list[str]) -> None:
 
 @widgets.action
 def _mark_page(review: str, shown: list[str], chosen: list[str], reviewer: str) -> None:
-    """A button's callback: the page's marks saved as decisions, then used as seeds and negatives."""
+    """A button's callback: the page's marks saved as decisions (one commit), then used as seeds and negatives."""
+    decisions.mark_page(data.db(), review, shown, chosen, reviewer=reviewer, source="find-similar")
     rest = [i for i in shown if i not in chosen]
-    for ids, decision in ((chosen, "accept"), (rest, "reject")):
-        if ids:
-            decisions.decide(data.db(), review, ids, decision, reviewer=reviewer, source="find-similar")
     _add("positives", chosen)
     _add("negatives", rest, "results")
     data.lake_changed()

@@ -5,10 +5,13 @@ mining.models, mining.drift, mining.cards; as `edgemine metrics|models|drift|car
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pandas as pd
 import streamlit as st
 
-from mining import cards, drift, metrics, models, queues
+import mining
+from mining import cards, drift, metrics, models
 from mining.errors import EdgemineError
 from ui import data, nav, widgets
 
@@ -32,8 +35,7 @@ def render() -> None:
 def _compute() -> None:
     config = data.config_for(widgets.current_reviewer())
     _, report = metrics.run_metrics(data.db(), config)
-    rows = drift.detect_drift(data.db(), config.drift)
-    drift.record_drift(data.db(), rows, user=config.mining.user)
+    rows = mining.detect_drift(data.db(), config=config)
     data.lake_changed()
     st.toast(f"Metrics computed; {len(report.alarms)} regression alarm(s); "
              f"{sum(rows.column('flagged').to_pylist())} drift flag(s)")
@@ -41,20 +43,16 @@ def _compute() -> None:
 
 def _metrics() -> None:
     st.subheader("Per slice and model version")
-    stored = data.db().query("SELECT * FROM metrics").to_pandas()
-    if stored.empty:
+    db = data.db()
+    if not metrics.stored_metrics(db).num_rows:
         st.info("No metrics yet: press the button above, or run `edgemine metrics` (labels first: `edgemine labels import`).")
         return
     chosen = st.selectbox("Metric", list(HEADLINES), key="metrics_metric")
     name, label = HEADLINES[chosen]
-    rows = stored[(stored["metric"] == name) & ((stored["label"] == label) if label else stored["label"].isna())]
-    table = rows.pivot_table(index="slice", columns="model_version", values="value", aggfunc="first")
-    versions = [v for v in metrics.model_versions(data.db()) if v in table.columns]
-    table = table[versions]
-    table["n"] = rows.groupby("slice")["n"].max()
-    alarms = data.db().query("SELECT model_version, slice, metric, label FROM alarms").to_pandas()
-    red = alarms[(alarms["metric"] == name) & ((alarms["label"] == label) if label else alarms["label"].isna())]
-    flagged = set(zip(red["slice"], red["model_version"]))
+    rows = metrics.stored_metrics(db, name, label)
+    table = metrics.by_version(rows, metrics.model_versions(db)).to_pandas().set_index("slice")
+    versions = list(table.columns.drop("n"))
+    flagged = {(a["slice"], a["model_version"]) for a in metrics.stored_alarms(db, name, label).to_pylist()}
 
     def colour(column: pd.Series) -> list[str]:
         return ["background-color: #f8d0d0; color: #a00000" if (s, column.name) in flagged else "" for s in column.index]
@@ -62,12 +60,12 @@ def _metrics() -> None:
     st.dataframe(table.style.apply(colour, axis=0).format("{:.4f}", subset=versions, na_rep="n=0"), width="stretch")
     if flagged:
         st.error(f"Regressions (in red): {', '.join(f'{v} on {s}' for s, v in sorted(flagged))}")
-    long = rows[["slice", "model_version", "value"]].dropna()
+    long = rows.select(["slice", "model_version", "value"]).filter(rows.column("value").is_valid()).to_pandas()
     st.bar_chart(long, x="slice", y="value", color="model_version", stack=False, height=300, y_label=chosen)
-    all_alarms = data.db().query("SELECT * EXCLUDE (margin) FROM alarms ORDER BY drop DESC").to_pandas()
-    if not all_alarms.empty:
-        with st.expander(f"Every regression alarm ({len(all_alarms)})"):
-            st.dataframe(all_alarms, hide_index=True, width="stretch")
+    all_alarms = metrics.stored_alarms(db)
+    if all_alarms.num_rows:
+        with st.expander(f"Every regression alarm ({all_alarms.num_rows})"):
+            st.dataframe(all_alarms.to_pandas(), hide_index=True, width="stretch")
 
 
 def _forgotten() -> None:
@@ -105,43 +103,41 @@ def _models() -> None:
 
 def _drift() -> None:
     st.subheader("Drift over time")
-    rows = data.db().query("SELECT * FROM drift ORDER BY window_start").to_pandas()
-    if rows.empty:
+    rows = drift.stored_drift(data.db())
+    if not rows.num_rows:
         st.info("No drift computed yet: press the button above, or run `edgemine drift`.")
         return
-    st.caption(f"Each window against the reference {rows['reference'].iloc[-1]}; a flag needs the score above its "
-               "threshold and a p-value below alpha / windows.")
-    chart = rows.pivot_table(index="window_start", columns="feature", values="score", aggfunc="first")
+    st.caption(f"Each window against the reference {rows.column('reference')[-1].as_py()}; a flag needs the score "
+               "above its threshold and a p-value below alpha / windows.")
+    frame = rows.to_pandas()
+    chart = frame.pivot_table(index="window_start", columns="feature", values="score", aggfunc="first")
     st.line_chart(chart, height=300, y_label="score (AUC, JS distance, KS)")
-    flagged = rows[rows["flagged"]]
-    if flagged.empty:
+    windows = drift.flagged_windows(rows)
+    if not windows:
         st.success("No window flagged.")
         return
-    st.dataframe(flagged[["window_start", "window_end", "feature", "statistic", "score", "p_value", "detail"]],
-                 hide_index=True, width="stretch")
-    windows = sorted(set(zip(flagged["window_start"], flagged["window_end"])))
+    st.dataframe(frame[frame["flagged"]][["window_start", "window_end", "feature", "statistic", "score", "p_value",
+                                          "detail"]], hide_index=True, width="stretch")
     pick = st.selectbox("Flagged window", range(len(windows)), key="drift_window",
-                        format_func=lambda k: f"{windows[k][0]:%Y-%m-%d %H:%M} ({', '.join(sorted(set(flagged[flagged['window_start'] == windows[k][0]]['feature'])))})")
+                        format_func=lambda k: f"{windows[k][0]:%Y-%m-%d %H:%M} ({', '.join(windows[k][2])})")
     if st.button("Open its images in Review", key="drift_open", icon=":material/task_alt:"):
         try:
-            _open_window(*windows[pick])
+            _open_window(*windows[pick][:2])
         except EdgemineError as e:
             st.error(str(e))
 
 
-def _open_window(start, end) -> None:
+def _open_window(start: datetime, end: datetime) -> None:
     """The window's least confident predictions as a review queue, opened on the Review page."""
-    where = drift.Period(start.to_pydatetime(), end.to_pydatetime()).sql("p.ts")
-    _open_queue("least-confidence", f"drift-{start:%Y%m%d-%H%M}", where=where)
+    _open_queue("least-confidence", f"drift-{start:%Y%m%d-%H%M}", where=drift.window_slice(start, end))
 
 
 def _open_queue(sampler: str, name: str, *, where: str | None = None, model_version: str | None = None,
                 options: dict | None = None) -> None:
-    """Make the queue (a new version of it when it exists) and open it on the Review page."""
-    made = queues.make_queue(data.db(), sampler, name, where=where, model_version=model_version, limit=None,
-                             diverse=False, include_reviewed=True, drop_duplicates=False, options=options or {},
-                             user=widgets.current_reviewer(), config=data.config(),
-                             index=lambda: data.index(data.lake().uri))
+    """Make the queue (a new version of it when it exists, reviewed images kept) and open it on the Review page."""
+    made = mining.make_queue(data.db(), sampler, name, where=where, model_version=model_version, include_reviewed=True,
+                             index=lambda: data.index(data.lake().uri),
+                             config=data.config_for(widgets.current_reviewer()), **(options or {}))
     data.lake_changed()
     st.session_state["review_source"] = {"kind": "queue", "queue": made.queue}
     nav.go("review")

@@ -1,15 +1,16 @@
 """Review: accept or reject images (one, a selection, a page, a whole cluster) from
 a narrowing session, a named set, a review queue (each image's reason and score under
-it) or a SQL query. Decisions go to the lake with
-the reviewer's name and time (mining.decisions, as `edgemine review`); the accepted
+it) or a SQL query (mining.sources, as `edgemine export` resolves them). Decisions go to the
+lake with the reviewer's name and time (mining.decisions, as `edgemine review`); the accepted
 images are published as the review's named set for export."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from mining import decisions, queues, sessions
+from mining import decisions, sessions, sources
 from mining.errors import EdgemineError, SessionError
+from mining.sql import LakeDB
 from ui import data, widgets
 
 SOURCES = ("Narrowing session", "Named set", "SQL query", "Queue")
@@ -23,8 +24,8 @@ def render() -> None:
     elif source:  # arriving from a cluster card: preselect it
         st.session_state.update(review_kind=SOURCES[0], review_session=source["session"],
                                 review_clusters=source["clusters"], review_name=source["session"])
-    ids, origin = _choose_images()
-    notes = st.session_state.get("_review_notes", {}) if origin.startswith("queue:") else {}
+    images = _choose_images() or sources.Images([], "")
+    ids, origin = images.ids, images.origin
     name = st.text_input("Review name (its accepted images become the set of this name)", key="review_name").strip()
     reviewer = widgets.current_reviewer()
     if not ids:
@@ -37,63 +38,55 @@ def render() -> None:
     shown = ids[(page - 1) * page_size: page * page_size]
     decided = decisions.decisions(data.db(), name, shown)
     _summary(name)
-    chosen = widgets.image_grid(shown, key="review", decisions=decided, columns=10,
-                                scores={i: n[0] for i, n in notes.items() if n[0] is not None and n[0] == n[0]} or None,
-                                notes={i: n[1] for i, n in notes.items()} or None)
+    chosen = widgets.image_grid(shown, key="review", decisions=decided, columns=10, scores=images.scores or None,
+                                notes=images.reasons or None)  # a queue's: each image's score and reason
     _decision_buttons(name, reviewer, origin, chosen, shown)
 
 
-def _choose_images() -> tuple[list[str], str]:
-    """The image ids to review, in the order to show them, and where they came from."""
+def _choose_images() -> sources.Images | None:
+    """The images to review, in the order to show them, and where they came from."""
     kind = st.radio("Images from", SOURCES, horizontal=True, key="review_kind")
     db = data.db()
     try:
         if kind == SOURCES[0]:
-            names = sessions.list_sessions(db).column("session").to_pylist()
-            if not names:
-                st.info("No narrowing session yet: start one on **Find similar**.")
-                return [], ""
-            if st.session_state.get("review_session") not in (None, *names):
-                raise SessionError(f"no session {st.session_state.pop('review_session')!r} in the lake; choose one of the list")
-            session = st.selectbox("Session", names, key="review_session")
-            report = sessions.show(db, session)
-            _name_after(session)
-            clusters = st.multiselect("Clusters (none: all of the current step)", [c.cluster for c in report.clusters],
-                                      key="review_clusters")
-            members = sessions.members_of(db, session, report.step).sort_by([("similarity", "descending")]).to_pylist()
-            ids = [m["image_id"] for m in members if not clusters or m["cluster"] in clusters]
-            return ids, f"narrow:{session}/{report.step}" + (f"#{','.join(map(str, clusters))}" if clusters else "")
+            return _session_images(db)
         if kind == SOURCES[1]:
-            names = db.query("SELECT DISTINCT name FROM sets ORDER BY name").column("name").to_pylist()
+            names = sources.names(db, "set")
             if not names:
                 st.info("No named set yet: save one from **Narrow**, or `edgemine similar ... --save NAME`.")
-                return [], ""
-            name = st.selectbox("Set", names, key="review_set")
-            ids = db.query("SELECT image_id FROM sets WHERE name = $n ORDER BY rank", {"n": name})
-            return ids.column("image_id").to_pylist(), f"set:{name}"
+                return None
+            return sources.resolve(db, f"set:{st.selectbox('Set', names, key='review_set')}")
         if kind == SOURCES[3]:
-            names = queues.list_queues(db).column("queue").to_pylist()
+            names = sources.names(db, "queue")
             if not names:
                 st.info("No queue yet: make one on **Queues**, or `edgemine queue least-confidence --name low`.")
-                return [], ""
+                return None
             name = st.selectbox("Queue (its latest version)", names, key="review_queue")
-            rows = queues.queue_rows(db, name).to_pylist()
-            # Each image's reason and score, shown under its thumbnail.
-            st.session_state["_review_notes"] = {r["image_id"]: (r["score"], r["reason"]) for r in rows}
             _name_after(name)
-            return [r["image_id"] for r in rows], f"queue:{name}/{rows[0]['version']}"
-        sql = st.text_area("A query returning image_id", key="review_sql",
-                           placeholder="SELECT image_id FROM predictions WHERE customer_flag ORDER BY confidence LIMIT 200")
-        if not sql.strip():
-            return [], ""
-        result = db.query(sql)
-        if "image_id" not in result.column_names:
-            st.error(f"the query must return an image_id column; it returned {', '.join(result.column_names)}")
-            return [], ""
-        return list(dict.fromkeys(result.column("image_id").to_pylist())), "sql"
+            return sources.resolve(db, f"queue:{name}")
+        query = st.text_area("A query returning image_id", key="review_sql",
+                             placeholder="SELECT image_id FROM predictions WHERE customer_flag ORDER BY confidence "
+                                         "LIMIT 200")
+        return sources.resolve(db, f"sql:{query}") if query.strip() else None
     except EdgemineError as e:  # a bad query or session: said here, the rest of the page stays usable
         st.error(str(e))
-        return [], ""
+        return None
+
+
+def _session_images(db: LakeDB) -> sources.Images | None:
+    """A narrowing session's current step, or some of its clusters."""
+    names = sources.names(db, "session")
+    if not names:
+        st.info("No narrowing session yet: start one on **Find similar**.")
+        return None
+    if st.session_state.get("review_session") not in (None, *names):
+        raise SessionError(f"no session {st.session_state.pop('review_session')!r} in the lake; choose one of the list")
+    session = st.selectbox("Session", names, key="review_session")
+    report = sessions.show(db, session)
+    _name_after(session)
+    clusters = st.multiselect("Clusters (none: all of the current step)", [c.cluster for c in report.clusters],
+                              key="review_clusters")
+    return sources.resolve(db, f"session:{session}", clusters=clusters)
 
 
 def _name_after(source: str) -> None:
