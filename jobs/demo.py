@@ -31,8 +31,10 @@ import pyarrow.parquet as pq
 
 from jobs import demo_data
 from jobs.embed_images import EmbedSummary, embed_lake
+from jobs.ingest_files import IngestSummary
 from jobs.ingest_images import ImagesSummary, ingest_images
-from jobs.ingest_predictions import IngestSummary, ingest_predictions
+from jobs.ingest_predictions import JOB as INGEST_PREDICTIONS
+from jobs.ingest_predictions import ingest_predictions
 from jobs.progress import Progress
 from mining import tables
 from mining.config import Config, DemoConfig, S3Config
@@ -60,7 +62,7 @@ class DemoSummary(Summary):
     source: str = ""
     generated: bool = False
     images: ImagesSummary = field(default_factory=ImagesSummary)
-    predictions: IngestSummary = field(default_factory=IngestSummary)
+    predictions: IngestSummary = field(default_factory=lambda: IngestSummary(job=INGEST_PREDICTIONS))
     demo_truth: int = 0
     embeddings: EmbedSummary = field(default_factory=EmbedSummary)
     index: IndexSummary = field(default_factory=IndexSummary)

@@ -5,41 +5,38 @@ confidence, and optional prediction_id, label, scores ({label: score}) and
 detections ([{box: [x1, y1, x2, y2], label, score}]). Every other field is kept
 as a column of ``predictions``.
 
-One input file is one shard: its rows are checked batch by batch in DuckDB
-(``RowChecker``); good rows are merged into ``predictions`` and ``detections`` on
-their keys (one Delta transaction per table and batch, so memory stays bounded
-whatever the file's size), bad rows go to ``errors`` with the reason. Merging on
-the key makes a rerun, a killed run rerun, or two files carrying the same
-prediction leave one row per prediction. A file already ingested and unchanged
-is skipped; a changed one (or ``--force``) first has its earlier rows deleted,
-so it replaces what it wrote before. A file that turns out unreadable part-way
-has what it wrote deleted again: nothing of it stays.
+The per-file loop is jobs/ingest_files.py's (one file one shard, bounded batches,
+bad rows to ``errors``, exactly once, a file whole or not at all); this module holds
+what is particular to predictions: ``RowChecker`` checks and shapes each batch in
+DuckDB (image ids resolved, timestamps, scores and detections parsed, each bad row
+given its reason), and good rows are merged into ``predictions`` and ``detections``
+on their keys, so a rerun, a killed run rerun, or two files carrying the same
+prediction leave one row per prediction. Day partitions that the ingest crowded
+with small files are compacted after it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import Counter
 import posixpath
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import pyarrow as pa
 
-from jobs.progress import Progress
-from jobs.readers import Batch, InputFormatError, detect_format, has_known_suffix, prefetch, read_batches
+from jobs.ingest_files import Convert, Converted, FileKind, IngestFileError, IngestSummary, ingest_files
+from jobs.readers import Batch, InputFormatError
 from mining import tables
 from mining.config import IngestConfig
-from mining.errors import InputError
-from mining.lake import Lake, as_uri, open_url
-from mining.schema import DETECTIONS, ERRORS, PREDICTIONS, Table, error_rows
+from mining.lake import Lake
+from mining.schema import DETECTIONS, PREDICTIONS, Table
 from mining.sql import LakeDB, quote_ident, quote_literal
-from mining.summary import Summary
+
+# IngestFileError and IngestSummary are what callers of ingest_predictions catch and get.
+__all__ = ["IngestFileError", "IngestSummary", "PREDICTION_FILES", "RowChecker", "ingest_predictions", "shard_id"]
 
 log = logging.getLogger(__name__)
 
@@ -50,62 +47,6 @@ RESERVED = {"source", "source_row", "ingested_at", "date"}
 _ROW = "__row"
 _DETECTION_TYPE = "STRUCT(box DOUBLE[], label VARCHAR, score DOUBLE)[]"
 _MAX_EPOCH_S = 7_258_118_400  # 2200-01-01: a larger number is not seconds since 1970
-
-
-class IngestFileError(InputError):
-    """One input file could not be ingested; nothing of it was published."""
-
-
-@contextmanager
-def whole_file_or_nothing(uri: str, undo: Callable[[], None]) -> Iterator[None]:
-    """Around the chunks of one input file: a file found unreadable midway (bad format,
-    truncated, not text) has its chunks' rows undone by ``undo`` and becomes one
-    IngestFileError, so a file lands whole or not at all."""
-    try:
-        yield
-    except InputFormatError as e:
-        undo()
-        raise IngestFileError(f"{uri}: {e}. Nothing of this file was written.") from None
-    except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as e:
-        undo()
-        raise IngestFileError(f"{uri}: could not read the file ({type(e).__name__}: {e}). Nothing of it was written.") from None
-
-
-@dataclass
-class FileResult:
-    source: str
-    status: str  # ingested | skipped | failed
-    rows: dict[str, int] = field(default_factory=dict)
-    errors: int = 0
-    reason: str | None = None
-
-
-@dataclass
-class IngestSummary(Summary):
-    """``errors`` counts bad rows (each in the errors table); a file that could not be
-    read at all is ``failed``, with its reason."""
-
-    job: str = JOB
-    files: list[FileResult] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[FileResult]:
-        return [f for f in self.files if f.status == "failed"]
-
-    def totals(self) -> dict[str, int]:
-        totals: dict[str, int] = {}
-        for f in self.files:
-            for table, n in f.rows.items():
-                totals[table] = totals.get(table, 0) + n
-        return totals
-
-    def extra(self) -> dict[str, Any]:
-        return {
-            "ingested": sum(f.status == "ingested" for f in self.files),
-            "skipped": sum(f.status == "skipped" for f in self.files),
-            "failed": len(self.failed),
-            "rows": self.totals(),
-        }
 
 
 def ingest_predictions(
@@ -119,21 +60,7 @@ def ingest_predictions(
 ) -> IngestSummary:
     """Ingest each input (a file URI, or a glob of them) as one shard."""
     started = time.monotonic()
-    summary = IngestSummary()
-    uris = expand_inputs(inputs, lake)
-    with LakeDB(lake, read_only=False) as db:
-        checker = RowChecker(db)
-        progress = Progress("ingest predictions", unit="rows", enabled=show_progress)
-        for number, uri in enumerate(uris, start=1):
-            progress.what = f"ingest predictions, file {number}/{len(uris)}"
-            try:
-                result = ingest_file(lake, uri, checker, config, fmt=fmt, force=force, progress=progress)
-                summary.files.append(result)
-                summary.errors += result.errors
-            except IngestFileError as e:
-                log.error("%s", e)
-                summary.files.append(FileResult(uri, "failed", reason=str(e)))
-        progress.close()
+    summary = ingest_files(lake, inputs, PREDICTION_FILES, config, fmt=fmt, force=force, show_progress=show_progress)
     if config.compact_after_files and summary.extra()["ingested"]:
         for table in (PREDICTIONS, DETECTIONS):
             compact_crowded_partitions(lake, table, config.compact_after_files)
@@ -156,115 +83,7 @@ def compact_crowded_partitions(lake: Lake, table: Table, most_files: int) -> lis
     return crowded
 
 
-def expand_inputs(inputs: list[str], lake: Lake) -> list[str]:
-    """File URIs from the command line's: files as given, globs and folders expanded
-    (a folder to the files in it with a known suffix)."""
-    uris: list[str] = []
-    for item in inputs:
-        fs, path = open_url(item, lake.s3)
-        if any(c in path for c in "*?["):
-            matches = sorted(fs.glob(path))
-        elif fs.isdir(path):
-            matches = sorted(p for p in fs.find(path) if has_known_suffix(p))
-        else:
-            uris.append(as_uri(path, like=item))
-            continue
-        if not matches:
-            raise IngestFileError(f"{item}: no prediction file (.jsonl, .csv, .parquet, ...) there")
-        uris += [as_uri(m, like=item) for m in matches]
-    return uris
-
-
-def shard_id(uri: str) -> str:
-    return "pred-" + hashlib.sha1(uri.encode()).hexdigest()[:16]
-
-
-def ingest_file(
-    lake: Lake,
-    uri: str,
-    checker: RowChecker,
-    config: IngestConfig,
-    *,
-    fmt: str = "auto",
-    force: bool = False,
-    progress: Progress | None = None,
-) -> FileResult:
-    fs, path, identity = open_input(uri, lake)
-    shard = shard_id(uri)
-    marker = lake.read_marker(JOB, shard)
-    if done_before(marker, identity) and not force:
-        return FileResult(uri, "skipped", reason=UNCHANGED)
-
-    try:
-        fmt = detect_format(path, fmt)
-    except InputFormatError as e:
-        raise IngestFileError(f"{uri}: {e}") from None
-    ingested_at = datetime.now(UTC)
-    info = tables.commit_info(JOB, source=uri)
-    if marker is not None:  # an earlier run (finished or killed) wrote rows of this file: they go first
-        _delete_rows_of(lake, uri, info)
-    lake.write_marker(JOB, shard, {"status": "started", "source": uri})
-    rows: dict[str, int] = {}
-    errors = 0
-    with whole_file_or_nothing(uri, lambda: _delete_rows_of(lake, uri, info)):
-        with fs.open(path, "rb", compression="infer") as f:
-            for i, batch in enumerate(prefetch(read_batches(f, fmt, config.chunk_rows))):
-                if i == 0:
-                    _check_first_batch(batch, fmt)
-                checked = checker.check(batch, source=uri, base_dir=_base_dir(uri), ingested_at=ingested_at)
-                tables.upsert(lake, PREDICTIONS, checked.predictions, info)
-                tables.upsert(lake, DETECTIONS, checked.detections, info)
-                tables.append(lake, ERRORS, checked.errors, info)
-                for table, n in (("predictions", checked.predictions.num_rows), ("detections", checked.detections.num_rows),
-                                 ("errors", checked.errors.num_rows)):
-                    rows[table] = rows.get(table, 0) + n
-                errors += checked.errors.num_rows
-                if progress:
-                    progress.update(batch.table.num_rows + len(batch.rejects))
-    lake.write_marker(JOB, shard, {"status": "done", "source": uri, "identity": identity, "format": fmt,
-                                   "rows": {k: v for k, v in rows.items() if v}, "at": ingested_at.isoformat()})
-    return FileResult(uri, "ingested", rows={k: v for k, v in rows.items() if v}, errors=errors)
-
-
-def _delete_rows_of(lake: Lake, uri: str, info) -> None:
-    """Remove what an input file wrote: its predictions, detections and error rows."""
-    source = f"source = {quote_literal(uri)}"
-    tables.delete(lake, PREDICTIONS, source, info)
-    tables.delete(lake, DETECTIONS, source, info)
-    tables.delete(lake, ERRORS, f"job = '{JOB}' AND {source}", info)
-
-
-UNCHANGED = "already ingested and unchanged (use --force to redo)"
-
-
-def open_input(uri: str, lake: Lake) -> tuple[Any, str, dict[str, Any]]:
-    """An input file's filesystem, path and identity: its size and its ETag or
-    modification time, what tells that it changed since a job's marker was written."""
-    fs, path = open_url(uri, lake.s3)
-    try:
-        info = fs.info(path)
-    except FileNotFoundError:
-        raise IngestFileError(f"{uri}: file not found; check the path (and for s3://, the bucket and credentials)") from None
-    changed = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-    return fs, path, {"size": info.get("size"), "version": str(changed)}
-
-
-def done_before(marker: dict[str, Any] | None, identity: dict[str, Any]) -> bool:
-    """Whether a job's marker says it finished this very file (same identity)."""
-    return bool(marker) and marker.get("status") == "done" and marker.get("identity") == identity
-
-
-def _base_dir(uri: str) -> str:
-    return posixpath.dirname(uri)
-
-
-def _check_first_batch(batch: Batch, fmt: str) -> None:
-    if batch.table.num_rows == 0 and batch.rejects:
-        raise InputFormatError(
-            f"no row of the first {len(batch.rejects)} could be read as {fmt} "
-            f"(line {batch.rejects[0].row}: {batch.rejects[0].reason}); is this the right format?"
-        )
-    columns = set(batch.table.column_names)
+def _check_columns(columns: set[str]) -> None:
     missing = [c for c in REQUIRED if c not in columns]
     if "image_uri" not in columns and "image_id" not in columns:
         missing.insert(0, "image_uri (or image_id)")
@@ -275,11 +94,20 @@ def _check_first_batch(batch: Batch, fmt: str) -> None:
         )
 
 
-@dataclass
-class Checked:
-    predictions: pa.Table
-    detections: pa.Table
-    errors: pa.Table
+@contextmanager
+def _open_checker(lake: Lake) -> Iterator[Convert]:
+    """A run's converter: a RowChecker on the lake's writable DuckDB."""
+    with LakeDB(lake, read_only=False) as db:
+        yield RowChecker(db).check
+
+
+PREDICTION_FILES = FileKind(job=JOB, noun="prediction", shard_prefix="pred-", tables=(PREDICTIONS, DETECTIONS),
+                            check_columns=_check_columns, converter=_open_checker)
+
+
+def shard_id(uri: str) -> str:
+    """The name of a prediction file's marker."""
+    return PREDICTION_FILES.shard(uri)
 
 
 class RowChecker:
@@ -292,24 +120,24 @@ class RowChecker:
         self.con.execute("CREATE OR REPLACE TEMP TABLE image_by_uri AS SELECT uri, image_id FROM image_files")
         self.con.execute("CREATE OR REPLACE TEMP TABLE image_ids AS SELECT image_id FROM images")
 
-    def check(self, batch: Batch, *, source: str, base_dir: str, ingested_at: datetime) -> Checked:
+    def check(self, batch: Batch, source: str, ingested_at: datetime) -> Converted:
+        """The batch's good rows (predictions, detections) and its bad ones, each with its reason."""
         table = batch.table.append_column(_ROW, batch.rows)
         types = {name: table.schema.field(name).type for name in table.column_names}
         extras = [n for n in table.column_names if n not in KNOWN and n != _ROW]
         self.con.register("batch", table)
         try:
-            self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS {_check_sql(types, base_dir)}")
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS {_check_sql(types, posixpath.dirname(source))}")
         finally:
             self.con.unregister("batch")
         at = f"TIMESTAMPTZ '{ingested_at.isoformat()}'"
         params = [source]
-        predictions = self.con.execute(_predictions_sql(extras, at), params).to_arrow_table()
-        detections = self.con.execute(_detections_sql(at), params).to_arrow_table()
-        errors = self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table()
-        return Checked(
-            predictions=_conform(predictions, PREDICTIONS, extra=True),
-            detections=_conform(detections, DETECTIONS),
-            errors=pa.concat_tables([_conform(errors, ERRORS), _reject_rows(batch, source, ingested_at)]),
+        return Converted(
+            rows={
+                PREDICTIONS.name: self.con.execute(_predictions_sql(extras, at), params).to_arrow_table(),
+                DETECTIONS.name: self.con.execute(_detections_sql(at), params).to_arrow_table(),
+            },
+            errors=self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table(),
         )
 
 
@@ -347,7 +175,8 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
     )
     SELECT typed.* EXCLUDE (__scores_json, __detections_json, __confidence_text),
         coalesce(__given_prediction_id,
-                 substr(sha256(__image_id || '|' || __model_version || '|' || epoch_us(__ts)::VARCHAR), 1, 24)) AS __prediction_id,
+                 substr(sha256(__image_id || '|' || __model_version || '|' || epoch_us(__ts)::VARCHAR), 1, 24))
+            AS __prediction_id,
         strftime(__ts, '%Y-%m-%d')::DATE AS __date,
         CASE
         WHEN __uri IS NULL AND __given_id IS NULL THEN 'missing image_uri (or image_id)'
@@ -358,13 +187,14 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
         WHEN __model_version IS NULL OR __model_version = '' THEN 'missing model_version'
         WHEN __ts IS NULL THEN 'bad or missing ts ' || coalesce('''' || {column("ts", "VARCHAR")} || '''', '(none)')
             || ': use ISO 8601 (2026-11-21T08:30:00Z) or epoch seconds'
-        WHEN __confidence IS NULL THEN 'confidence ' || coalesce('''' || __confidence_text || '''', '(none)') || ' is not a number'
+        WHEN __confidence IS NULL
+            THEN 'confidence ' || coalesce('''' || __confidence_text || '''', '(none)') || ' is not a number'
         WHEN isnan(__confidence) THEN 'confidence is NaN'
         WHEN __confidence < 0 OR __confidence > 1
             THEN 'confidence ' || __confidence_text || ' outside [0, 1]'
         WHEN __scores_json IS NOT NULL AND __scores IS NULL THEN 'scores is not an object of label: score'
-        WHEN __detections_json IS NOT NULL AND (__detections IS NULL OR NOT coalesce(list_bool_and(list_transform(__detections,
-                d -> len(d.box) = 4 AND d.box[3] >= d.box[1] AND d.box[4] >= d.box[2]
+        WHEN __detections_json IS NOT NULL AND (__detections IS NULL OR NOT coalesce(list_bool_and(list_transform(
+                __detections, d -> len(d.box) = 4 AND d.box[3] >= d.box[1] AND d.box[4] >= d.box[2]
                      AND (d.score IS NULL OR (d.score >= 0 AND d.score <= 1)))), true))
             THEN 'bad detections: each needs box [x1, y1, x2, y2] with x2 >= x1, y2 >= y1, and score in [0, 1]'
     END AS __reason
@@ -406,11 +236,6 @@ def _errors_sql(columns: list[str], at: str) -> str:
     """
 
 
-def _reject_rows(batch: Batch, source: str, at: datetime) -> pa.Table:
-    """Lines the reader could not parse, as error rows."""
-    return error_rows(JOB, [{"source": source, "row": r.row, "reason": r.reason, "raw": r.raw} for r in batch.rejects], at)
-
-
 def _ts_expr(t: pa.DataType | None) -> str:
     if t is None or pa.types.is_null(t):
         return "NULL::TIMESTAMPTZ"
@@ -430,14 +255,3 @@ def _json_expr(name: str, t: pa.DataType | None) -> str:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return f"TRY_CAST(nullif({quote_ident(name)}, '') AS JSON)"
     return f"to_json({quote_ident(name)})"
-
-
-def _conform(rows: pa.Table, table: Table, *, extra: bool = False) -> pa.Table:
-    """Cast to the table's schema (in its column order); extra columns, where allowed, follow."""
-    columns = [rows.column(f.name).cast(f.type) for f in table.schema]
-    fields = list(table.schema)
-    for name in rows.column_names:
-        if table.schema.get_field_index(name) == -1 and extra:
-            columns.append(rows.column(name))
-            fields.append(rows.schema.field(name))
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields))

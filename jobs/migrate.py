@@ -23,12 +23,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-
 from jobs.progress import Progress
 from mining import tables
 from mining.lake import Lake
-from mining.schema import DETECTIONS, IMAGE_FILES, IMAGES, PREDICTIONS, TABLES, Table
+from mining.schema import DETECTIONS, IMAGE_FILES, IMAGES, PREDICTIONS, TABLES, Table, conform
 from mining.sql import connect, quote_literal
 from mining.summary import Summary
 
@@ -106,7 +104,7 @@ def _needs_migration(lake: Lake, name: str) -> bool:
 
 def _write(con, lake: Lake, table: Table, files: list[str], info) -> int:
     rows = con.execute(_select(lake, table, files)).to_arrow_table()
-    rows = _conform(rows, table)
+    rows = conform(rows, table, fill_missing=True)  # columns added since the old rows were written: null
     tables.overwrite(lake, table, rows, info)
     return rows.num_rows
 
@@ -124,19 +122,6 @@ def _select(lake: Lake, table: Table, files: list[str]) -> str:
     if table.name == "sets":  # a set saved again replaced the old one
         return f"SELECT * FROM {source} QUALIFY created_at = max(created_at) OVER (PARTITION BY name)"
     return f"SELECT * FROM {source}"  # errors, reviews: every row
-
-
-def _conform(rows: pa.Table, table: Table) -> pa.Table:
-    """The old rows in the table's schema: missing columns null, extra input columns kept where allowed."""
-    columns, fields = [], list(table.schema)
-    for f in table.schema:
-        columns.append(rows.column(f.name).cast(f.type) if f.name in rows.column_names else pa.nulls(rows.num_rows, f.type))
-    if table.extra_columns:
-        for name in rows.column_names:
-            if table.schema.get_field_index(name) == -1:
-                columns.append(rows.column(name))
-                fields.append(rows.schema.field(name))
-    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def _list(files: list[str]) -> str:

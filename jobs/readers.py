@@ -1,11 +1,12 @@
-"""Readers of prediction input files: JSONL, CSV and Parquet, local or on S3.
+"""Readers of the ingest jobs' input files (predictions, feedback): JSONL, CSV and
+Parquet, local or on S3.
 
 Each reader streams a file as ``Batch``es of at most ``chunk_rows`` rows, so
 memory stays bounded whatever the file's size. A row that cannot be parsed at
 all (broken JSON, a CSV line with the wrong number of fields) comes back as a
 ``Reject`` with its line number; whether a parsed row makes sense is checked
-later (jobs.ingest_predictions). A file that cannot be read as the format at
-all raises ``InputFormatError``.
+later, by the job's row converter (jobs/ingest_files.py). A file that cannot be
+read as the format at all raises ``InputFormatError``.
 """
 
 from __future__ import annotations

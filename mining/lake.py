@@ -63,11 +63,11 @@ def path_of(uri: str) -> str:
     return uri.removeprefix("s3://").removeprefix("s3a://")
 
 
-def storage_options(uri: str, s3: S3Config) -> dict[str, Any]:
-    """fsspec options for ``uri``. Only what is set is passed, so s3fs/botocore
-    still find credentials the standard way. The region stays out of
-    ``client_kwargs``: botocore takes it from the environment, and S3-compatible
-    servers refuse bucket creation with a location constraint they do not expect."""
+def fsspec_options(uri: str, s3: S3Config) -> dict[str, Any]:
+    """fsspec's (s3fs's) options for ``uri``; delta-rs takes its own, ``tables.delta_storage_options``.
+    Only what is set is passed, so s3fs/botocore still find credentials the standard way.
+    The region stays out of ``client_kwargs``: botocore takes it from the environment, and
+    S3-compatible servers refuse bucket creation with a location constraint they do not expect."""
     if not is_s3(uri):
         return {}
     # Other processes write the same lake: a cached listing would hide their files.
@@ -87,7 +87,7 @@ def open_url(uri: str, s3: S3Config) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path for any input or output URI (lake or not)."""
     import fsspec  # a tenth of a second: commands that touch no file (edgemine sql "SELECT 1") skip it
 
-    return fsspec.core.url_to_fs(uri, **storage_options(uri, s3))
+    return fsspec.core.url_to_fs(uri, **fsspec_options(uri, s3))
 
 
 def read_many(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | BaseException]:

@@ -531,6 +531,26 @@ def make_rows(table: Table, n: int, **columns: Any) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=table.schema)
 
 
+def conform(rows: pa.Table, table: Table, *, fill_missing: bool = False) -> pa.Table:
+    """``rows`` cast to ``table``'s schema, in its column order; columns beyond the schema
+    follow where the table allows them (``extra_columns``) and are dropped where not.
+
+    A schema column ``rows`` lacks is an error, unless ``fill_missing`` (old rows written
+    before the column existed): then it is null."""
+    missing = [f.name for f in table.schema if f.name not in rows.column_names]
+    if missing and not fill_missing:
+        raise ValueError(f"rows for table {table.name} lack column(s) {missing}; columns: {rows.column_names}")
+    columns = [rows.column(f.name).cast(f.type) if f.name not in missing else pa.nulls(rows.num_rows, f.type)
+               for f in table.schema]
+    fields = list(table.schema)
+    if table.extra_columns:
+        for name in rows.column_names:
+            if table.schema.get_field_index(name) == -1:
+                columns.append(rows.column(name))
+                fields.append(rows.schema.field(name))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
 def error_rows(job: str, errors: Sequence[Mapping[str, Any]], at: datetime) -> pa.Table:
     """Rows of the ``errors`` table, one per refused item: each a mapping with the
     ``reason`` and any of ``source``, ``row``, ``uri``, ``raw`` (cut to 2,000 characters)."""

@@ -63,8 +63,9 @@ CONFLICT_RETRIES = 5  # a conflicting concurrent commit: redo the write this man
 TARGET_FILE_BYTES = 128 * 2**20  # what compaction aims for: large enough to read fast, small enough to prune
 
 
-def storage_options(lake: Lake) -> dict[str, str]:
-    """delta-rs's options for the lake: only what is set, so the standard AWS variables
+def delta_storage_options(lake: Lake) -> dict[str, str]:
+    """delta-rs's ``storage_options`` for the lake (fsspec takes its own, ``lake.fsspec_options``):
+    only what is set, so the standard AWS variables
     and files still supply the rest. S3-compatible stores get path-style URLs, plain
     HTTP when the endpoint says so, and ETag-conditional commits."""
     if lake.protocol != "s3":
@@ -106,7 +107,7 @@ def open_table(lake: Lake, table: Table | str, version: int | None = None) -> De
 
     name = table_named(table).name
     try:
-        return DeltaTable(table_uri(lake, name), version=version, storage_options=storage_options(lake))
+        return DeltaTable(table_uri(lake, name), version=version, storage_options=delta_storage_options(lake))
     except TableNotFoundError:
         raise LakeError(f"table {name} has no data yet in {lake.uri}") from None
     except (DeltaProtocolError, DeltaError) as e:
@@ -351,8 +352,8 @@ def _write(lake: Lake, table: Table, rows: pa.Table, info: Commit, **how: Any) -
     if created and lake.in_old_layout(table):  # never start a Delta table among the old layout's files
         lake.check_layout()
     write_deltalake(table_uri(lake, table), rows, partition_by=[table.partition] if table.partition else None,
-                    schema_mode=how.pop("schema_mode", "merge" if table.extra_columns else None), storage_options=storage_options(lake),
-                    commit_properties=_properties(info), **how)
+                    schema_mode=how.pop("schema_mode", "merge" if table.extra_columns else None),
+                    storage_options=delta_storage_options(lake), commit_properties=_properties(info), **how)
     if created:
         lake.mark_changed()  # a new table: views made before it existed must be made again
     return version(lake, table)

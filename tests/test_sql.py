@@ -92,11 +92,11 @@ def test_another_delta_table_leaks_neither_rows_nor_schema_nor_statistics(filled
     (which DuckDB's own sandbox lets through: it refuses only the data files)."""
     from deltalake import write_deltalake
 
-    from mining.tables import storage_options
+    from mining.tables import delta_storage_options
 
     outside = source_uri(filled, "secret_table")
     write_deltalake(outside, pa.table({"salary": [1, 2, 3], "day": ["a", "a", "b"]}), partition_by=["day"],
-                    storage_options=storage_options(filled) or None)
+                    storage_options=delta_storage_options(filled) or None)
     with LakeDB(filled) as db:
         for query in [f"SELECT * FROM delta_scan('{outside}')", f"DESCRIBE SELECT * FROM delta_scan('{outside}')",
                       f"SELECT count(*) FROM delta_scan('{outside}') WHERE day = 'a'",

@@ -213,5 +213,6 @@ def test_other_engines_read_the_same_tables(lake):
     """Polars (through delta-rs) reads a table edgemine wrote, with the same rows."""
     polars = pytest.importorskip("polars")
     tables.upsert(lake, PREDICTIONS, predictions([1, 2, 3]), INFO)
-    frame = polars.read_delta(tables.table_uri(lake, PREDICTIONS), storage_options=tables.storage_options(lake) or None)
+    frame = polars.read_delta(tables.table_uri(lake, PREDICTIONS),
+                              storage_options=tables.delta_storage_options(lake) or None)
     assert sorted(frame["prediction_id"].to_list()) == ["p1", "p2", "p3"]

@@ -1,0 +1,273 @@
+"""The per-file loop every ingest job of row files shares (predictions, feedback).
+
+A job describes its kind of file once, as a ``FileKind``: its name, the tables its
+good rows go to, the columns a file must have, and how to open its row converter
+(what turns a batch of input rows into table rows and refused rows). ``ingest_files``
+does the rest, the same for every kind:
+
+- each input (a file, a glob or a folder) expands to file URIs (``expand_inputs``);
+- one input file is one shard: a file already ingested and unchanged (same size and
+  ETag or modification time, as its marker in ``_jobs/<job>/`` recorded) is skipped;
+  a changed one (or ``force``) first has the rows it wrote before deleted;
+- the file is read in bounded batches (jobs/readers.py); each batch's good rows are
+  merged into the kind's tables on their keys and its bad rows (with the lines the
+  reader could not parse) appended to ``errors``: one Delta transaction per table and
+  batch, so memory stays bounded whatever the file's size;
+- the marker is written ``started`` before the first commit and ``done`` after the
+  last, so a killed run's rerun deletes what the file wrote and redoes it: each row
+  lands exactly once;
+- a file found unreadable part-way has what it wrote deleted again and is reported
+  ``failed``: nothing of it stays, and the other files go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+
+from jobs.progress import Progress
+from jobs.readers import FORMATS, Batch, InputFormatError, detect_format, has_known_suffix, prefetch, read_batches
+from mining import tables
+from mining.config import IngestConfig
+from mining.errors import InputError
+from mining.lake import Lake, as_uri, open_url
+from mining.schema import ERRORS, Table, conform, error_rows
+from mining.sql import quote_literal
+from mining.summary import Summary
+
+log = logging.getLogger(__name__)
+
+UNCHANGED = "already ingested and unchanged (use --force to redo)"
+
+
+class IngestFileError(InputError):
+    """One input file could not be ingested; nothing of it was published."""
+
+
+@dataclass
+class Converted:
+    """One batch of input rows as table rows: ``rows`` holds the good rows of each of the
+    kind's tables (by table name), ``errors`` the rows refused, each with its reason.
+    Columns are named as the tables' are; ``ingest_files`` casts them to the schemas."""
+
+    rows: dict[str, pa.Table]
+    errors: pa.Table
+
+
+# A row converter: (batch, the file's URI, the run's ingest time) -> the batch converted.
+Convert = Callable[[Batch, str, datetime], Converted]
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """One kind of input file, what ``ingest_files`` needs to know of it.
+
+    ``job`` names the job in markers, commits and error rows (``ingest-predictions``);
+    ``noun`` names the files in messages; a file's marker is ``shard_prefix`` + a hash of
+    its URI. Good rows are merged into ``tables``, in that order. ``check_columns`` gets
+    the first batch's column names and raises ``InputFormatError`` when a required one
+    is missing. ``converter`` opens the job's row converter for a run on a lake (its
+    DuckDB, its lookups) and closes it after. ``formats``: the input formats allowed."""
+
+    job: str
+    noun: str
+    shard_prefix: str
+    tables: tuple[Table, ...]
+    check_columns: Callable[[set[str]], None]
+    converter: Callable[[Lake], AbstractContextManager[Convert]]
+    formats: tuple[str, ...] = FORMATS
+
+    def shard(self, uri: str) -> str:
+        """The name of ``uri``'s marker."""
+        return self.shard_prefix + hashlib.sha1(uri.encode()).hexdigest()[:16]
+
+
+@dataclass
+class FileResult:
+    source: str
+    status: str  # ingested | skipped | failed
+    rows: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    reason: str | None = None
+
+
+@dataclass
+class IngestSummary(Summary):
+    """``errors`` counts bad rows (each in the errors table); a file that could not be
+    read at all is ``failed``, with its reason."""
+
+    files: list[FileResult] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[FileResult]:
+        return [f for f in self.files if f.status == "failed"]
+
+    def totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for f in self.files:
+            for table, n in f.rows.items():
+                totals[table] = totals.get(table, 0) + n
+        return totals
+
+    def extra(self) -> dict[str, Any]:
+        return {
+            "ingested": sum(f.status == "ingested" for f in self.files),
+            "skipped": sum(f.status == "skipped" for f in self.files),
+            "failed": len(self.failed),
+            "rows": self.totals(),
+        }
+
+
+def ingest_files(lake: Lake, inputs: list[str], kind: FileKind, config: IngestConfig = IngestConfig(), *,
+                 fmt: str = "auto", force: bool = False, show_progress: bool = True) -> IngestSummary:
+    """Ingest each input (a file URI, a glob of them, or a folder) as ``kind``, one shard per
+    file; a file that fails is reported in the summary and the others go on."""
+    started = time.monotonic()
+    summary = IngestSummary(job=kind.job)
+    uris = expand_inputs(inputs, lake, kind)
+    what = kind.job.replace("-", " ")
+    with kind.converter(lake) as convert:
+        progress = Progress(what, unit="rows", enabled=show_progress)
+        for number, uri in enumerate(uris, start=1):
+            progress.what = f"{what}, file {number}/{len(uris)}"
+            try:
+                result = ingest_file(lake, uri, kind, convert, config, fmt=fmt, force=force, progress=progress)
+            except IngestFileError as e:
+                log.error("%s", e)
+                result = FileResult(uri, "failed", reason=str(e))
+            summary.files.append(result)
+            summary.errors += result.errors
+        progress.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def expand_inputs(inputs: list[str], lake: Lake, kind: FileKind) -> list[str]:
+    """File URIs from the command line's: files as given, globs and folders expanded
+    (a folder to the files in it with a known suffix)."""
+    uris: list[str] = []
+    for item in inputs:
+        fs, path = open_url(item, lake.s3)
+        if any(c in path for c in "*?["):
+            matches = sorted(fs.glob(path))
+        elif fs.isdir(path):
+            matches = sorted(p for p in fs.find(path) if has_known_suffix(p))
+        else:
+            uris.append(as_uri(path, like=item))
+            continue
+        if not matches:
+            raise IngestFileError(f"{item}: no {kind.noun} file (.jsonl, .csv, .parquet, ...) there")
+        uris += [as_uri(m, like=item) for m in matches]
+    return uris
+
+
+def ingest_file(lake: Lake, uri: str, kind: FileKind, convert: Convert, config: IngestConfig, *,
+                fmt: str = "auto", force: bool = False, progress: Progress | None = None) -> FileResult:
+    """One input file, whole or not at all (IngestFileError); skipped when done before and unchanged."""
+    fs, path, identity = open_input(uri, lake)
+    shard = kind.shard(uri)
+    marker = lake.read_marker(kind.job, shard)
+    if done_before(marker, identity) and not force:
+        return FileResult(uri, "skipped", reason=UNCHANGED)
+    try:
+        fmt = detect_format(path, fmt)
+    except InputFormatError as e:
+        raise IngestFileError(f"{uri}: {e}") from None
+    if fmt not in kind.formats:
+        raise IngestFileError(f"{uri}: {kind.noun} is read from {' or '.join(kind.formats)} files, not {fmt}")
+    ingested_at = datetime.now(UTC)
+    commit = tables.commit_info(kind.job, source=uri)
+    if marker is not None:  # an earlier run (finished or killed) wrote rows of this file: they go first
+        _delete_rows_of(lake, kind, uri, commit)
+    lake.write_marker(kind.job, shard, {"status": "started", "source": uri})
+    rows = dict.fromkeys([*(t.name for t in kind.tables), ERRORS.name], 0)
+    with whole_file_or_nothing(uri, lambda: _delete_rows_of(lake, kind, uri, commit)):
+        with fs.open(path, "rb", compression="infer") as f:
+            for i, batch in enumerate(prefetch(read_batches(f, fmt, config.chunk_rows))):
+                if i == 0:
+                    _check_first_batch(batch, fmt, kind)
+                converted = convert(batch, uri, ingested_at)
+                for name, n in _write_batch(lake, kind, converted, batch, uri, ingested_at, commit).items():
+                    rows[name] += n
+                if progress:
+                    progress.update(batch.table.num_rows + len(batch.rejects))
+    rows = {name: n for name, n in rows.items() if n}
+    lake.write_marker(kind.job, shard, {"status": "done", "source": uri, "identity": identity, "format": fmt,
+                                        "rows": rows, "at": ingested_at.isoformat()})
+    return FileResult(uri, "ingested", rows=rows, errors=rows.get(ERRORS.name, 0))
+
+
+def _write_batch(lake: Lake, kind: FileKind, converted: Converted, batch: Batch, uri: str, ingested_at: datetime,
+                 commit: tables.Commit) -> dict[str, int]:
+    """Merge a batch's good rows into the kind's tables and append its bad ones (and the lines
+    the reader could not parse) to ``errors``; returns the rows written per table."""
+    written = {}
+    for table in kind.tables:
+        good = conform(converted.rows[table.name], table)
+        tables.upsert(lake, table, good, commit)
+        written[table.name] = good.num_rows
+    rejects = [{"source": uri, "row": r.row, "reason": r.reason, "raw": r.raw} for r in batch.rejects]
+    bad = pa.concat_tables([conform(converted.errors, ERRORS), error_rows(kind.job, rejects, ingested_at)])
+    tables.append(lake, ERRORS, bad, commit)
+    written[ERRORS.name] = bad.num_rows
+    return written
+
+
+def _delete_rows_of(lake: Lake, kind: FileKind, uri: str, commit: tables.Commit) -> None:
+    """Remove what an input file wrote: its rows of the kind's tables and its error rows."""
+    source = f"source = {quote_literal(uri)}"
+    for table in kind.tables:
+        tables.delete(lake, table, source, commit)
+    tables.delete(lake, ERRORS, f"job = {quote_literal(kind.job)} AND {source}", commit)
+
+
+@contextmanager
+def whole_file_or_nothing(uri: str, undo: Callable[[], None]) -> Iterator[None]:
+    """Around the chunks of one input file: a file found unreadable midway (bad format,
+    truncated, not text) has its chunks' rows undone by ``undo`` and becomes one
+    IngestFileError, so a file lands whole or not at all."""
+    try:
+        yield
+    except InputFormatError as e:
+        undo()
+        raise IngestFileError(f"{uri}: {e}. Nothing of this file was written.") from None
+    except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as e:
+        undo()
+        raise IngestFileError(f"{uri}: could not read the file ({type(e).__name__}: {e}). "
+                              "Nothing of it was written.") from None
+
+
+def open_input(uri: str, lake: Lake) -> tuple[Any, str, dict[str, Any]]:
+    """An input file's filesystem, path and identity: its size and its ETag or
+    modification time, what tells that it changed since a job's marker was written."""
+    fs, path = open_url(uri, lake.s3)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        raise IngestFileError(f"{uri}: file not found; check the path (and for s3://, the bucket "
+                              "and credentials)") from None
+    changed = info.get("ETag") or info.get("mtime") or info.get("LastModified")
+    return fs, path, {"size": info.get("size"), "version": str(changed)}
+
+
+def done_before(marker: dict[str, Any] | None, identity: dict[str, Any]) -> bool:
+    """Whether a job's marker says it finished this very file (same identity)."""
+    return bool(marker) and marker.get("status") == "done" and marker.get("identity") == identity
+
+
+def _check_first_batch(batch: Batch, fmt: str, kind: FileKind) -> None:
+    """A first batch of which no row parsed means the wrong format; then the kind's required columns."""
+    if batch.table.num_rows == 0 and batch.rejects:
+        raise InputFormatError(
+            f"no row of the first {len(batch.rejects)} could be read as {fmt} "
+            f"(line {batch.rejects[0].row}: {batch.rejects[0].reason}); is this the right format?"
+        )
+    kind.check_columns(set(batch.table.column_names))
