@@ -44,13 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         print(f"edgemine: error: unrecognized option(s) {' '.join(unknown)}; {allowed}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    if getattr(args, "quiet", False):
-        logging.getLogger().setLevel(logging.WARNING)  # which SIMD build loaded: noise to a user
-    if not hasattr(args, "run"):
+    if not hasattr(args, "run"):  # no command, or a group (narrow, queue...) without its action
         parser.print_help()
         return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)  # which SIMD build loaded: noise to a user
     try:
         config = load_config(args.config, lake=args.lake)
         return args.run(args, config)

@@ -125,7 +125,7 @@ def cmd_drift(args: argparse.Namespace, config: Config) -> int:
 
 def _drift_text(found: dict, flagged) -> None:
     print(f"{found['windows']} windows against the reference {found['reference']}: {found['flagged']} flagged checks")
-    shown = flagged.select(["window_start", "check", "statistic", "score", "p_value", "detail"])
+    shown = flagged.select(["window_start", "feature", "statistic", "score", "p_value", "detail"])
     write_rows(shown, "table", sys.stdout, max_rows=200)
 
 
