@@ -149,6 +149,7 @@ def cmd_card(args: argparse.Namespace, config: Config) -> int:
 
 def _card_text(written: dict) -> None:
     if written["output"]:
-        print(f"model card of {written['model_version']}: {written['output']} (stored in the lake: {written['stored']})")
+        print(f"model card of {written['model_version']}: {written['output']} "
+              f"(stored in the lake: {written['stored']})")
     else:
         sys.stdout.write(written["markdown"])

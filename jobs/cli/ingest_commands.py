@@ -114,8 +114,8 @@ def cmd_embed(args: argparse.Namespace, config: Config) -> int:
                          retry_errors=args.retry_errors, show_progress=not args.quiet)
     print_result(args, summary, _embed_text)
     if summary.images_in_shard == 0:
-        print("edgemine: the lake has no images (in this shard) yet: register some with `edgemine ingest images SOURCE`",
-              file=sys.stderr)
+        print("edgemine: the lake has no images (in this shard) yet: "
+              "register some with `edgemine ingest images SOURCE`", file=sys.stderr)
     return 1 if summary.errors else 0
 
 

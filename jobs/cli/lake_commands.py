@@ -194,7 +194,8 @@ def add_index(commands, add) -> None:
 def cmd_index(args: argparse.Namespace, config: Config) -> int:
     config = index_config(args, config)
     with open_db(config) as db:
-        summary = mining.sync_index(db, backbone=args.backbone, weights=args.weights, rebuild=args.rebuild, config=config)
+        summary = mining.sync_index(db, backbone=args.backbone, weights=args.weights, rebuild=args.rebuild,
+                                    config=config)
     print_result(args, summary, _index_text)
     return 0
 

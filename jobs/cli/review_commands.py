@@ -35,7 +35,8 @@ def cmd_review_decide(args: argparse.Namespace, config: Config) -> int:
 
 
 def _decided_text(decided: dict) -> None:
-    print(f"{decided['decision']}ed {decided['images']} images in review {decided['review']!r} as {decided['reviewer']}")
+    print(f"{decided['decision']}ed {decided['images']} images in review {decided['review']!r} "
+          f"as {decided['reviewer']}")
 
 
 def cmd_review_list(args: argparse.Namespace, config: Config) -> int:
