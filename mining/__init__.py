@@ -57,12 +57,10 @@ if TYPE_CHECKING:
     from mining.sessions import StepReport
 
 __all__ = [
-    "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "decide", "find_similar", "go_back", "list_sessions",
-    "load_config", "open_index", "open_lake", "pick_clusters", "save_review", "save_set", "show_step",
-    "start_narrowing", "export_batch", "import_labels",
-
-    "start_narrowing", "make_queue", "show_queue", "list_queues", "find_duplicates", "diverse_picks",
-
+    "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "load_config", "open_lake", "open_index", "sync_index",
+    "find_similar", "start_narrowing", "pick_clusters", "go_back", "show_step", "list_sessions",
+    "decide", "save_review", "save_set", "export_batch", "import_labels",
+    "make_queue", "show_queue", "list_queues", "find_duplicates", "diverse_picks",
     "list_models", "read_model",
     "add_slice", "list_slices", "compute_metrics", "check_regressions", "detect_drift", "write_card",
     "resolve_images", "source_names", "mark_page",
@@ -523,10 +521,11 @@ def list_queues(db: LakeDB) -> pa.Table:
 
 
 def find_duplicates(db: LakeDB, *, threshold: float | None = None, index: VectorIndex | None = None,
-                    config: Config | None = None) -> DuplicatesSummary:
+                    progress: Callable[[int], None] | None = None, config: Config | None = None) -> DuplicatesSummary:
     """Group near-identical images (cosine similarity to the group's first >= ``threshold``,
     default ``[queues] duplicate_threshold``, 0.98) into the ``duplicates`` table, through the
-    index's kNN search (`edgemine duplicates`).
+    index's kNN search (`edgemine duplicates`). ``progress``: called with the number of images
+    searched after each block.
 
     Example:
         >>> found = find_duplicates(open_lake(lake_uri), threshold=1.0)
@@ -538,7 +537,7 @@ def find_duplicates(db: LakeDB, *, threshold: float | None = None, index: Vector
     config = _config(db, config)
     index = index or open_index(db, config=config)
     return find(db, index, threshold=config.queues.duplicate_threshold if threshold is None else threshold,
-                k=config.queues.duplicate_k, user=config.mining.user)
+                k=config.queues.duplicate_k, user=config.mining.user, progress=progress)
 
 
 def diverse_picks(vectors, k: int, *, centers=None, first: int | None = None, device: str = "cpu"):

@@ -27,6 +27,12 @@ def test_the_documented_examples_run(demo_lake, monkeypatch, tmp_path):
                                                  "ORDER BY step")] == ["start", "pick", "back"]
 
 
+def test_all_names_each_public_function_once():
+    public = {name for name, value in vars(mining).items() if callable(value) and not name.startswith("_")
+              and getattr(value, "__module__", None) == "mining"}
+    assert len(mining.__all__) == len(set(mining.__all__)) and public <= set(mining.__all__)
+
+
 def test_every_public_name_is_documented():
     undocumented = [name for name in mining.__all__ if not (getattr(mining, name).__doc__ or "").strip()]
     assert undocumented == []

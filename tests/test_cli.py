@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -43,6 +44,26 @@ def test_entry_point_help_lists_every_command():
     assert result.returncode == 0
     for command in ("demo", "ingest", "embed", "sql", "tables", "history", "compact", "migrate"):
         assert command in result.stdout
+
+
+def test_help_lists_the_commands_in_their_order():
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(subparsers.choices) == [
+        "demo", "ingest", "embed", "sql", "tables", "history", "compact", "migrate", "index", "similar", "narrow",
+        "review", "export", "labels", "queue", "duplicates", "train", "score", "loop", "models", "slice", "metrics",
+        "drift", "card", "ui"]
+
+
+@pytest.mark.parametrize("args", [[], ["narrow"], ["queue"]], ids=lambda a: " ".join(a) or "nothing")
+def test_no_command_or_a_group_without_its_action_prints_the_help(args, capsys):
+    assert main(args) == 2
+    assert capsys.readouterr().out.startswith("usage: edgemine")
+
+
+def test_python_m_jobs_cli_is_the_command():
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "tables", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("usage: edgemine tables")
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

@@ -106,6 +106,9 @@ def test_cli_drift_writes_the_drift_table(tmp_path, capsys):
     with LakeDB(lake) as db:
         flagged = db.query("SELECT DISTINCT window_start FROM drift WHERE flagged AND feature = 'column:camera'")
     assert flagged.num_rows == 4  # every week after the first has the new camera
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("4 windows against the reference ") and "column:camera" in text  # a table of the flags
 
 
 def test_run_drift_records_what_it_detects_and_the_stored_rows_read_back(tmp_path):

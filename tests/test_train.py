@@ -249,7 +249,8 @@ def test_pseudo_labels_add_a_models_confident_predictions_on_unlabelled_images(t
 
 
 def test_a_batch_weight_scales_its_images_loss_and_is_recorded(trained, tmp_path):
-    from jobs.cli import UsageError, _batch_weights
+    from jobs.cli import UsageError
+    from jobs.cli.model_commands import _batch_weights
 
     lake = copy_of(trained, tmp_path)
     images = rows(lake, "SELECT image_id, uri FROM images ORDER BY uri")[:9]

@@ -1,0 +1,131 @@
+"""The `edgemine` command. Subcommand names and flags are a public contract.
+
+Each subcommand parses its flags, builds the Config once, calls one library
+function (the facade, ``mining/__init__.py``, where it has one) with paths and
+plain values, and prints the result (``--json`` for machines). Progress goes to
+stderr, results to stdout. Modules are imported by the command that needs them:
+`edgemine sql` starts without torch, faiss or boto.
+
+The commands live by topic, each module holding its commands' flags (``add_*``)
+and what they run (``cmd_*``): ``lake_commands`` (demo, sql, tables, history,
+compact, migrate, index, ui), ``ingest_commands`` (ingest, embed),
+``search_commands`` (similar, narrow, duplicates), ``review_commands`` (review,
+queue), ``labelling_commands`` (export, labels), ``model_commands`` (train, score,
+loop, models), ``evaluation_commands`` (slice, metrics, drift, card); ``common``
+opens the lake and prints results for all of them.
+
+Exit codes: 0 done; 1 done, but some inputs failed (see the summary);
+2 nothing done: bad usage, configuration or input (one line on stderr says what to do);
+3 a regression alarm (`metrics --fail-on-regression`, `loop`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from jobs.cli import (evaluation_commands, ingest_commands, labelling_commands, lake_commands, model_commands,
+                      review_commands, search_commands)
+from jobs.cli.common import EXIT_REGRESSION, UsageError
+from mining.config import Config, load_config
+from mining.errors import EdgemineError
+
+__all__ = ["EXIT_REGRESSION", "UsageError", "build_parser", "main", "user_message"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser(samplers="queue" in (sys.argv[1:] if argv is None else argv))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        allowed = getattr(args, "allowed_flags", None)
+        if allowed is None:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        print(f"edgemine: error: unrecognized option(s) {' '.join(unknown)}; {allowed}", file=sys.stderr)
+        return 2
+    if not hasattr(args, "run"):  # no command, or a group (narrow, queue...) without its action
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if args.quiet:
+        logging.getLogger().setLevel(logging.WARNING)  # which SIMD build loaded: noise to a user
+    try:
+        config = load_config(args.config, lake=args.lake)
+        return args.run(args, config)
+    except KeyboardInterrupt:
+        print("edgemine: interrupted; rerun the same command to finish (finished shards are kept)", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every error the user can fix is one line; anything else is a bug
+        message = user_message(e)
+        if message is None:
+            raise
+        print(f"edgemine: error: {message}", file=sys.stderr)
+        return 2
+
+
+def user_message(error: BaseException) -> str | None:
+    """The one line to print for an error the user can fix, or None for a bug."""
+    if isinstance(error, EdgemineError | FileNotFoundError | PermissionError):
+        return str(error)
+    if "botocore" in sys.modules:  # S3 was used: its errors say what to set
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+        if isinstance(error, NoCredentialsError):
+            return ("no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                    "(or [s3] key and secret in the config file)")
+        if isinstance(error, EndpointConnectionError):
+            return (f"cannot reach S3: {error}. Check AWS_ENDPOINT_URL or [s3] endpoint_url in the config, "
+                    "and that the server is up")
+        if isinstance(error, BotoCoreError | ClientError):
+            return f"S3 refused the request: {error}"
+    return None
+
+
+def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. ``samplers``: build `queue`'s subcommands (one per sampler), which
+    imports the samplers; `main` asks for them only when the command line says queue."""
+    parser = argparse.ArgumentParser(prog="edgemine", description="Find the edge cases in a lake of model predictions.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--lake", help="lake URI: a folder or s3://bucket/prefix (default: $EDGEMINE_LAKE, the config's lake, ./lake)")
+    common.add_argument("--config", help="TOML config file (default: $EDGEMINE_CONFIG; options in configs/default.toml)")
+    common.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    def add(parent, name: str, run: Callable[[argparse.Namespace, Config], int], help: str) -> argparse.ArgumentParser:
+        """A command (or an action of a command group) that runs ``run``, with the common flags."""
+        p = parent.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(run=run)
+        return p
+
+    # In the order `edgemine --help` lists them.
+    lake_commands.add_demo(commands, add)
+    ingest_commands.add_ingest(commands, add)
+    ingest_commands.add_embed(commands, add)
+    lake_commands.add_sql(commands, add)
+    lake_commands.add_tables(commands, add)
+    lake_commands.add_history(commands, add)
+    lake_commands.add_compact(commands, add)
+    lake_commands.add_migrate(commands, add)
+    lake_commands.add_index(commands, add)
+    search_commands.add_similar(commands, add)
+    search_commands.add_narrow(commands, add)
+    review_commands.add_review(commands, add)
+    labelling_commands.add_export(commands, add)
+    labelling_commands.add_labels(commands, add)
+    review_commands.add_queue(commands, add, samplers)
+    search_commands.add_duplicates(commands, add)
+    model_commands.add_train(commands, add)
+    model_commands.add_score(commands, add)
+    model_commands.add_loop(commands, add)
+    model_commands.add_models(commands, add)
+    evaluation_commands.add_slice(commands, add)
+    evaluation_commands.add_metrics(commands, add)
+    evaluation_commands.add_drift(commands, add)
+    evaluation_commands.add_card(commands, add)
+    lake_commands.add_ui(commands, add)
+    return parser
