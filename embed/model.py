@@ -33,13 +33,14 @@ import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from embed.backbones import NAMED_WEIGHTS, BackboneSpec, Preprocessing, get_backbone
+from embed.backbones import NAMED_WEIGHTS, BackboneSpec, Preprocessing, get_backbone, one_line
 from mining.devices import resolve_device
 from mining.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backbone", "Preprocessing", "load_backbone", "load_checkpoint_into", "load_classifier", "network_with_weights"]
+__all__ = ["Backbone", "Preprocessing", "load_backbone", "load_checkpoint_into", "load_classifier",
+           "network_with_weights"]
 
 
 @dataclass
@@ -123,7 +124,8 @@ def network_with_weights(spec: BackboneSpec, weights: str, *, seed: int = 0) -> 
         return network, f"random-seed{seed}"
     path = Path(weights)
     if not path.is_file():
-        raise WeightsError(f"weights {weights!r} is neither one of {list(NAMED_WEIGHTS)} nor an existing checkpoint file")
+        raise WeightsError(f"weights {weights!r} is neither one of {list(NAMED_WEIGHTS)} "
+                           "nor an existing checkpoint file")
     _load_checkpoint(network, path, spec)
     return network, f"{path.stem}@{_sha256(path)[:12]}"
 
@@ -139,7 +141,7 @@ def load_classifier(name: str, state: dict[str, torch.Tensor], classes: list[str
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
-        raise WeightsError(f"the checkpoint does not fit {name} with {len(classes)} classes: {_first_line(e)}") from None
+        raise WeightsError(f"the checkpoint does not fit {name} with {len(classes)} classes: {one_line(e)}") from None
     head = getattr(network, spec.head).eval().to(device)
     setattr(network, spec.head, nn.Identity())
     return Backbone(name=name, weights=tag, model=_for_inference(network, spec, device), device=device,
@@ -171,21 +173,22 @@ def _load_checkpoint(model: nn.Module, path: Path, spec: BackboneSpec) -> None:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"checkpoint {path} could not be read as a torch state dict: {_first_line(e)}") from None
+        raise WeightsError(f"checkpoint {path} could not be read as a torch state dict: {one_line(e)}") from None
     if isinstance(loaded, dict):
         for key in ("state_dict", "model"):
             if isinstance(loaded.get(key), dict):
                 loaded = loaded[key]
                 break
     if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-        raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__} that is not a state dict (names to tensors)")
+        raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__} that is not a state dict "
+                           "(names to tensors)")
     # Checkpoints saved from DataParallel/DDP prefix every key with "module.".
     state = spec.adapt({str(key).removeprefix("module."): value for key, value in loaded.items()})
     body = spec.without_head(state)
     try:
         missing, unexpected = model.load_state_dict(body, strict=False)
     except RuntimeError as e:  # same names, other shapes: another architecture
-        raise WeightsError(f"checkpoint {path} does not fit {spec.name}: {_first_line(e)}") from None
+        raise WeightsError(f"checkpoint {path} does not fit {spec.name}: {one_line(e)}") from None
     missing = [key for key in missing if not spec.is_head_key(key)]
     if missing or unexpected:
         raise WeightsError(
@@ -199,12 +202,7 @@ def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) ->
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise WeightsError(f"{what} do not fit the network: {_first_line(e)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    """An error's text on one line, cut to 300 characters: what the CLI prints."""
-    return " ".join(str(error).split())[:300]
+        raise WeightsError(f"{what} do not fit the network: {one_line(e)}") from None
 
 
 def _sha256(path: Path) -> str:

@@ -83,7 +83,7 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
                 reason = "new files re-embed indexed images"
             elif grown_kind != index.spec.kind:
                 reason = f"the lake grew past {config.flat_max} vectors: {index.spec.kind} -> {grown_kind}"
-            else:
+            elif len(ids):  # none: the new files hold other embedding sets only
                 index = index.extended(ids, vectors)
                 added, action = len(ids), "extended"
         if reason is None and manifest.embeddings_version != version:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from PIL import Image
 
@@ -101,6 +102,17 @@ def write_embeddings(lake: Lake, ids: list[str], vectors: np.ndarray, part: str,
     an id embedded before gets its new vector (as `embed --overwrite` does)."""
     rows = embedding_rows(ids, backbone, weights, vectors, datetime.now(UTC), width=vectors.shape[1])
     tables.upsert(lake, EMBEDDINGS, rows, tables.commit_info("embed", part=part))
+
+
+def write_fixed_size_embeddings(lake: Lake, ids: list[str], vectors: np.ndarray) -> None:
+    """Embeddings as lakes written before widths varied hold them: fixed-size lists of 512 floats
+    in the data files (resnet18, random-seed0), appended as the embed job then did."""
+    old = EMBEDDINGS.schema.set(EMBEDDINGS.schema.get_field_index("embedding"),
+                                pa.field("embedding", pa.list_(pa.float32(), 512), nullable=False))
+    rows = pa.table({"image_id": ids, "backbone": ["resnet18"] * len(ids), "weights": ["random-seed0"] * len(ids),
+                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), 512),
+                     "computed_at": [datetime.now(UTC)] * len(ids)}, schema=old)
+    tables.append(lake, EMBEDDINGS, rows, tables.commit_info("embed", part="old"))
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
