@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)  ## create .venv with the exact versions in constraints.txt
 
 demo: setup  ## build the demo lake in ./lake from synthetic data, then serve the review UI
-	$(BIN)/edgemine demo --lake $(LAKE)
+	$(BIN)/edgemine demo --lake $(LAKE) --config configs/demo.toml
 	$(BIN)/edgemine tables --lake $(LAKE)
 	@echo "edgemine: review UI at http://localhost:$(PORT) on lake $(LAKE) (Ctrl-C stops it)"
 	$(BIN)/edgemine ui --lake $(LAKE) --port $(PORT) --config configs/demo.toml

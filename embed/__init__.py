@@ -4,7 +4,10 @@
 
     backbone = load_backbone("resnet18", "imagenet", device="auto")   # or a checkpoint path, or "random"
     prepared = decode(open("frame.jpg", "rb").read(), ImageOptions(backbone.preprocessing))
-    vectors = backbone.embed(prepared.pixels[None])                   # float32 (1, 512), unit norm
+    vectors = backbone.embed(prepared.pixels[None])                   # float32 (1, backbone.width), unit norm
+
+The backbones (resnet18, resnet34, efficientnet-lite0), their weights, inputs and widths
+are the registry in embed.backbones.
 
 The job that embeds a whole lake (workers, parts, shards, resume) is jobs.embed_images
 (`edgemine embed`); docs/EMBED.md describes it. Devices and errors are the library's

@@ -16,7 +16,6 @@ import numpy as np
 from mining.config import Config, EmbedConfig, S3Config
 from mining.errors import WeightsError
 from mining.lake import open_url
-from mining.schema import EMBEDDING_DIM
 
 if TYPE_CHECKING:
     from embed.model import Backbone
@@ -24,14 +23,19 @@ if TYPE_CHECKING:
 
 def backbone_for_tag(backbone: str, tag: str, config: EmbedConfig, *, device: str = "cpu") -> Backbone:
     """Load the backbone whose weights carry ``tag`` (the ``weights`` column of the
-    embeddings): ``imagenet1k_v1``, ``random-seedN``, or a checkpoint's
-    ``<stem>@<sha>``, which must be the file ``config.weights`` names."""
+    embeddings): the backbone's ImageNet tag (``imagenet1k_v1``, ``imagenet1k_tf``),
+    ``random-seedN``, or a checkpoint's ``<stem>@<sha>``, which must be the file
+    ``config.weights`` names."""
     from embed.model import load_backbone  # torch: only once a file is to be embedded
 
     if tag.startswith("random-seed"):
         return load_backbone(backbone, "random", seed=int(tag.removeprefix("random-seed")), device=device)
     if tag.startswith("imagenet"):
-        return load_backbone(backbone, "imagenet", device=device)
+        loaded = load_backbone(backbone, "imagenet", device=device)
+        if loaded.weights != tag:
+            raise WeightsError(f"the index was built from {backbone}'s {tag} weights, but its ImageNet weights here "
+                               f"are {loaded.weights}: embed the lake again (edgemine embed) to search with files")
+        return loaded
     if config.weights in ("imagenet", "random"):
         raise WeightsError(f"the index was built from checkpoint weights {tag!r}: pass --weights PATH to that checkpoint "
                            "(or set [embed] weights) to embed files the same way")
@@ -43,7 +47,7 @@ def backbone_for_tag(backbone: str, tag: str, config: EmbedConfig, *, device: st
 
 
 def embed_files(uris: list[str], backbone: Backbone, config: EmbedConfig, s3: S3Config) -> np.ndarray:
-    """float32 (n, 512) unit vectors of the image files at ``uris``; a file that is
+    """float32 (n, backbone width) unit vectors of the image files at ``uris``; a file that is
     missing or not a usable image raises ImageError (or FileNotFoundError) naming it."""
     import torch
 
@@ -60,12 +64,12 @@ def embed_files(uris: list[str], backbone: Backbone, config: EmbedConfig, s3: S3
         except ImageError as e:
             raise ImageError(f"{uri}: {e.reason}") from None
     if not pixels:
-        return np.zeros((0, EMBEDDING_DIM), np.float32)
+        return np.zeros((0, backbone.width), np.float32)
     return backbone.embed(torch.stack(pixels))
 
 
 def file_embedder(config: Config) -> Callable[[Sequence[str], str, str], np.ndarray]:
-    """``embed(uris, backbone, weights_tag)``: float32 (n, 512) vectors of image files,
+    """``embed(uris, backbone, weights_tag)``: float32 (n, width) vectors of image files,
     made by the model that carries that tag (loaded once per tag), on ``config.index.device``.
     Building it is cheap: torch and the model load on its first call."""
     loaded: dict[tuple[str, str], Backbone] = {}

@@ -7,6 +7,11 @@ are read once per run, not once per epoch. ``fit`` is plain PyTorch: AdamW, a
 learning rate warmed up linearly then decayed on a cosine per epoch, early stopping
 on the validation accuracy with the best epoch's weights kept.
 
+Any backbone of the registry (embed.backbones), normalised as its weights expect.
+``finetune`` chooses what is trained: ``head`` (the classifier layer only: minutes on
+a CPU), ``last`` (the backbone's last blocks and the head) or ``all``; the frozen rest
+keeps its weights and its batch-norm statistics.
+
 Determinism: every epoch's randomness (shuffle, augmentations) comes from
 ``seed`` and the epoch number alone, so the same data and seed give the same
 weights and curves on the CPU, and a run resumed from an epoch checkpoint goes on
@@ -30,18 +35,15 @@ import torch
 import torchvision.transforms.v2 as T
 from torch import nn
 
-from embed.model import (
-    BACKBONES,
-    Preprocessing,
-    _imagenet_state_dict,
-    load_checkpoint_into,
-)
+from embed.backbones import BACKBONES, FINETUNE_CHOICES, IMAGENET_STATISTICS, Preprocessing, get_backbone, one_line
+from embed.model import load_checkpoint_into
 from mining.errors import ConfigError, TrainingError, WeightsError
 
 log = logging.getLogger(__name__)
 
-MEAN = Preprocessing().mean
-STD = Preprocessing().std
+# torchvision's ImageNet statistics (the ResNets'); each backbone's own are in its registry entry.
+MEAN = IMAGENET_STATISTICS.mean
+STD = IMAGENET_STATISTICS.std
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,17 @@ class TrainSettings:
     image_size: int = 224  # the model's input side; images are resized to 8/7 of it, then cropped
     seed: int = 0
     device: str = "cpu"
+    finetune: str = "all"  # what is trained: the classifier head, the last blocks and the head, or all
 
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(resize=round(self.image_size * 8 / 7), crop=self.image_size, mean=MEAN, std=STD)
+        """The backbone's normalisation at ``image_size`` (resized to 8/7 of it, then cropped)."""
+        return get_backbone(self.backbone).preprocessing.at(self.image_size)
 
     def check(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ConfigError(f"unknown backbone {self.backbone!r}; allowed: {', '.join(sorted(BACKBONES))}")
+            raise ConfigError(f"unknown backbone {self.backbone!r}; allowed: {', '.join(BACKBONES)}")
+        if self.finetune not in FINETUNE_CHOICES:
+            raise ConfigError(f"unknown --finetune {self.finetune!r}; allowed: {', '.join(FINETUNE_CHOICES)}")
         if self.epochs < 1 or self.batch_size < 2 or self.image_size < 32 or self.patience < 1:
             raise ConfigError("--epochs and --patience must be at least 1, --batch-size at least 2, --image-size at least 32")
 
@@ -91,51 +97,68 @@ class FitResult:
     train_images_per_second: float
 
 
-def build_network(backbone: str, base: str | dict[str, torch.Tensor], num_classes: int, *, seed: int = 0,
-                  head_fits: bool = False) -> nn.Module:
-    """A torchvision ResNet with a ``num_classes`` head, from ``base``: ``imagenet``,
-    ``random`` (seeded), a checkpoint file path, or a state dict (a lake model's).
-
-    ``head_fits``: the state dict's head has these classes, keep it (else a new seeded head)."""
-    constructor, imagenet = BACKBONES[backbone]
+def build_network(backbone: str, base: str | dict[str, torch.Tensor], num_classes: int, *, seed: int = 0) -> nn.Module:
+    """The registry's ``backbone`` with a ``num_classes`` head, from ``base``: ``imagenet``,
+    ``random`` (seeded), a checkpoint file path, or a state dict (a lake model's: its head is
+    kept when the dict has one, which then must have these classes; else a new seeded head)."""
+    spec = get_backbone(backbone)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = constructor(weights=None)
-        head = nn.Linear(model.fc.in_features, num_classes)
-    model.fc = nn.Identity()
+        model = spec.build()
+        head = nn.Linear(spec.width, num_classes)
+    setattr(model, spec.head, nn.Identity())
     if base == "imagenet":
-        model.load_state_dict({k: v for k, v in _imagenet_state_dict(backbone, imagenet).items() if not k.startswith("fc.")})
+        model.load_state_dict(spec.without_head(spec.imagenet()))
     elif isinstance(base, dict):
-        body = {k: v for k, v in base.items() if not k.startswith("fc.")}
         try:
-            model.load_state_dict(body)
+            model.load_state_dict(spec.without_head(base))
+            if f"{spec.head}.weight" in base:
+                head.load_state_dict({"weight": base[f"{spec.head}.weight"], "bias": base[f"{spec.head}.bias"]})
         except RuntimeError as e:
-            raise WeightsError(f"the base model's weights do not fit {backbone}: {str(e)[:300]}") from None
-        if head_fits:
-            head.load_state_dict({"weight": base["fc.weight"], "bias": base["fc.bias"]})
+            raise WeightsError(f"the base model's weights do not fit {backbone}: {one_line(e)}") from None
     elif base != "random":
         path = Path(base)
         if not path.is_file():
-            raise WeightsError(f"--from {base!r} is neither imagenet, random, a model version of the lake nor a checkpoint file")
-        load_checkpoint_into(model, path)
-    model.fc = head
+            raise WeightsError(f"--from {base!r} is neither imagenet, random, a model version of the lake "
+                               "nor a checkpoint file")
+        load_checkpoint_into(model, path, spec)
+    setattr(model, spec.head, head)
     return model
 
 
-def augmentations(size: int) -> T.Compose:
+def trainable_parts(model: nn.Module, settings: TrainSettings) -> list[nn.Module]:
+    """What ``settings.finetune`` trains: the head; the backbone's last blocks and the head; or all.
+    The rest is frozen: no gradient, and batch norm keeps its running statistics (eval mode)."""
+    spec = get_backbone(settings.backbone)
+    head = getattr(model, spec.head)
+    parts = {"all": [model], "last": [*spec.last_blocks(model), head], "head": [head]}[settings.finetune]
+    model.requires_grad_(settings.finetune == "all")
+    for part in parts:
+        part.requires_grad_(True)
+    return parts
+
+
+def train_mode(model: nn.Module, parts: list[nn.Module]) -> None:
+    """Training mode for the trained ``parts`` only: a frozen batch norm must not move its statistics."""
+    model.eval()
+    for part in parts:
+        part.train()
+
+
+def augmentations(size: int, preprocessing: Preprocessing = IMAGENET_STATISTICS) -> T.Compose:
     """uint8 (3, s, s) -> float32 (3, size, size), normalised: the training-time variation."""
     return T.Compose([
         T.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
         T.RandomHorizontalFlip(),
         T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
         T.ToDtype(torch.float32, scale=True),
-        T.Normalize(MEAN, STD),
+        T.Normalize(preprocessing.mean, preprocessing.std),
     ])
 
 
-def normalise(pixels: torch.Tensor) -> torch.Tensor:
+def normalise(pixels: torch.Tensor, preprocessing: Preprocessing = IMAGENET_STATISTICS) -> torch.Tensor:
     """uint8 (n, 3, s, s) -> float32, as the augmentations end (no randomness: validation)."""
-    return T.Normalize(MEAN, STD)(pixels.float() / 255)
+    return T.Normalize(preprocessing.mean, preprocessing.std)(pixels.float() / 255)
 
 
 def lr_factor(epoch: int, settings: TrainSettings) -> float:
@@ -160,7 +183,9 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
     progress: called with the number of images trained on each batch."""
     device = torch.device(settings.device)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    parts = trainable_parts(model, settings)
+    trained_parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained_parameters, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, settings))
     loss_fn = nn.CrossEntropyLoss(reduction="none")
     curves, best_state, best_epoch, best_accuracy, start = Curves(), None, 0, -1.0, 0
@@ -170,7 +195,8 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         scheduler.load_state_dict(resume["scheduler"])
         curves = Curves(**resume["curves"])
         best_state, best_epoch, best_accuracy, start = resume["best_state"], resume["best_epoch"], resume["best_accuracy"], resume["epoch"]
-    augment = augmentations(settings.image_size)
+    preprocessing = settings.preprocessing()
+    augment = augmentations(settings.image_size, preprocessing)
     trained, train_seconds, stopped_early = 0, 0.0, False
     for epoch in range(start, settings.epochs):
         if epoch - best_epoch >= settings.patience and best_epoch > 0:
@@ -178,9 +204,9 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
             break
         started = time.monotonic()
         lr = optimizer.param_groups[0]["lr"]
-        loss = _train_epoch(model, optimizer, loss_fn, augment, train, settings, epoch, device, progress)
+        loss = _train_epoch(model, parts, optimizer, loss_fn, augment, train, settings, epoch, device, progress)
         scheduler.step()
-        val_loss, accuracy = evaluate(model, val, settings.batch_size, device)
+        val_loss, accuracy = evaluate(model, val, settings.batch_size, device, preprocessing)
         seconds = time.monotonic() - started
         trained += len(train[1])
         train_seconds += seconds
@@ -200,12 +226,12 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
                      stopped_early=stopped_early, train_images_per_second=trained / train_seconds if train_seconds else 0.0)
 
 
-def _train_epoch(model: nn.Module, optimizer, loss_fn, augment, train, settings: TrainSettings, epoch: int,
-                 device: torch.device, progress) -> float:
+def _train_epoch(model: nn.Module, parts: list[nn.Module], optimizer, loss_fn, augment, train,
+                 settings: TrainSettings, epoch: int, device: torch.device, progress) -> float:
     """One pass over the shuffled training images; returns the mean loss."""
     pixels, labels = train[0], train[1]
     weights = train[2] if len(train) > 2 else torch.ones(len(labels))
-    model.train()
+    train_mode(model, parts)
     total, count = 0.0, 0
     # The epoch's randomness from (seed, epoch) only: reproducible, and the same after a resume.
     with torch.random.fork_rng(devices=[]):
@@ -229,13 +255,15 @@ def _train_epoch(model: nn.Module, optimizer, loss_fn, augment, train, settings:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_size: int, device: torch.device) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on ``data`` (pixels uint8 (n, 3, s, s), labels int64 (n,))."""
+def evaluate(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_size: int, device: torch.device,
+             preprocessing: Preprocessing = IMAGENET_STATISTICS) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) on ``data`` (pixels uint8 (n, 3, s, s), labels int64 (n,)),
+    normalised as ``preprocessing`` says (the backbone's)."""
     pixels, labels = data
     model.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
-        x = normalise(pixels[start : start + batch_size]).to(device)
+        x = normalise(pixels[start : start + batch_size], preprocessing).to(device)
         y = labels[start : start + batch_size].to(device)
         logits = model(x)
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))

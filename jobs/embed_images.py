@@ -44,7 +44,7 @@ from mining import tables
 from mining.config import EmbedConfig
 from mining.errors import ConfigError
 from mining.lake import Lake
-from mining.schema import EMBEDDING_DIM, EMBEDDINGS, ERRORS, THUMBNAILS, error_rows, make_rows
+from mining.schema import EMBEDDINGS, ERRORS, THUMBNAILS, embedding_rows, error_rows
 from mining.sql import LakeDB
 from mining.summary import Summary
 
@@ -114,6 +114,8 @@ def embed_lake(
     if config.decode not in DECODE_MODES:
         raise ConfigError(f"unknown decode mode {config.decode!r}; allowed: {', '.join(DECODE_MODES)}")
     backbone = backbone or load_backbone(config.backbone, config.weights, seed=config.seed, device=config.device)
+    log.info("embedding with %s, weights %s: %d-d vectors, %dx%d input, on %s", backbone.name, backbone.weights,
+             backbone.width, backbone.preprocessing.crop, backbone.preprocessing.crop, backbone.device)
     on_device = config.decode == "device" or (config.decode == "auto" and backbone.uses_cuda)
     summary = EmbedSummary(
         backbone=backbone.name,
@@ -165,7 +167,7 @@ def _run(backbone: Backbone, loader, options: ImageOptions, summary: EmbedSummar
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") as publisher:
         for batch in loader:
             if part is None:
-                part = Part(batch.request.part)
+                part = Part(batch.request.part, backbone.width)
             part.add(_embed_batch(backbone, batch, options))
             progress.update(len(batch.request.items))
             if batch.request.last_in_part:
@@ -186,7 +188,7 @@ class Embedded:
     """One batch's results, in the order the Part gathers them."""
 
     items: list[Item]
-    vectors: np.ndarray  # float32 (len(items), 512), unit rows
+    vectors: np.ndarray  # float32 (len(items), the backbone's width), unit rows
     thumbnails: list[Thumbnail]
     errors: list[tuple[Item, str]]
     scores: list[np.ndarray] = field(default_factory=list)  # a classifier's: float32 (len(items), classes)
@@ -194,7 +196,8 @@ class Embedded:
 
 def _embed_batch(backbone: Backbone, batch: LoadedBatch, options: ImageOptions) -> Embedded:
     """Embed the images the workers decoded, and those they left for the device to decode."""
-    out = Embedded(list(batch.decoded), np.zeros((0, EMBEDDING_DIM), np.float32), list(batch.thumbnails), list(batch.errors))
+    out = Embedded(list(batch.decoded), np.zeros((0, backbone.width), np.float32), list(batch.thumbnails),
+                   list(batch.errors))
     vectors = []
     if batch.pixels is not None:
         _add(out, vectors, backbone.embed_and_classify(batch.pixels))
@@ -221,10 +224,12 @@ def _add(out: Embedded, vectors: list[np.ndarray], result: tuple[np.ndarray, np.
 
 
 class Part:
-    """The rows of one part, gathered until its last batch, then published whole."""
+    """The rows of one part, gathered until its last batch, then published whole; ``width``:
+    the backbone's, the width every vector of the part must have."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, width: int):
         self.name = name
+        self.width = width
         self.ids: list[str] = []
         self.uris: list[str] = []
         self.vectors: list[np.ndarray] = []
@@ -257,10 +262,8 @@ class Part:
         write(lake, THUMBNAILS, pa.Table.from_pylist(rows, schema=THUMBNAILS.schema), info)
 
     def embedding_rows(self, backbone: str, weights: str, now: datetime) -> pa.Table:
-        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, EMBEDDING_DIM), np.float32)
-        embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM)
-        return make_rows(EMBEDDINGS, len(self.ids), image_id=self.ids, backbone=backbone, weights=weights,
-                         embedding=embedding, computed_at=now)
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.width), np.float32)
+        return embedding_rows(self.ids, backbone, weights, vectors, now, width=self.width)
 
 
 class Plan:

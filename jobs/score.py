@@ -62,7 +62,7 @@ def score_lake(lake: Lake, version: str, config: EmbedConfig = EmbedConfig(), *,
         record = read_model(db, version)  # TrainingError for an unknown version
         selected = db.query(f"SELECT image_id FROM images WHERE {where}") if where else None
     loaded = torch.load(io.BytesIO(lake.fs.cat_file(checkpoint_path(lake, version))), map_location="cpu", weights_only=True)
-    preprocessing = TrainSettings(image_size=record["image_size"]).preprocessing()
+    preprocessing = TrainSettings(backbone=record["backbone"], image_size=record["image_size"]).preprocessing()
     model = load_classifier(record["backbone"], loaded["state_dict"], record["classes"], f"model:{version}",
                             device=config.device, preprocessing=preprocessing)
     on_device = config.decode == "device" or (config.decode == "auto" and model.uses_cuda)

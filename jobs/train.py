@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embed.backbones import get_backbone
 from embed.finetune import (
     TrainSettings,
     build_network,
@@ -121,8 +122,9 @@ def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | Non
         base_state, base_tag, settings = _resolve_base(db, lake, request.base, settings, classes, backbone_given)
     settings = TrainSettings(**(asdict(settings) | {"device": resolve_device(settings.device)}))
     # Fails here, before any image is read, when --from does not fit the backbone.
-    model = build_network(settings.backbone, base_state, len(classes), seed=settings.seed,
-                          head_fits=isinstance(base_state, dict) and "fc.weight" in base_state)
+    model = build_network(settings.backbone, base_state, len(classes), seed=settings.seed)
+    log.info("training %s (%s, fine-tuning %s) from %s on %s", version, settings.backbone, settings.finetune,
+             base_tag, settings.device)
     summary = TrainSummary(version=version, backbone=settings.backbone, base=base_tag, classes=classes)
 
     train, val, seen = _read(lake, labels, in_val, classes, settings, request, summary, show_progress)
@@ -144,7 +146,7 @@ def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | Non
 
     record = {
         "version": version, "backbone": settings.backbone, "base": base_tag, "classes": classes,
-        "image_size": settings.image_size, "config": asdict(settings) | {"labels_where": request.labels_where,
+        "image_size": settings.image_size, "finetune": settings.finetune, "config": asdict(settings) | {"labels_where": request.labels_where,
         "val_fraction": None if request.val_name else request.val_fraction, "val": request.val_name,
         "batch_weights": dict(request.batch_weights)},
         "data": seen, "curves": asdict(result.curves), "best_epoch": result.best_epoch,
@@ -244,7 +246,7 @@ def _resolve_base(db: LakeDB, lake: Lake, base: str, settings: TrainSettings, cl
     loaded = torch.load(io.BytesIO(lake.fs.cat_file(checkpoint_path(lake, base))), map_location="cpu", weights_only=True)
     state = check_base_is_classifier(loaded, f"model {base}")
     if list(loaded.get("classes", [])) != classes:
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # other classes: a new head
+        state = get_backbone(settings.backbone).without_head(state)  # other classes: a new head
     return state, f"model:{base}", settings
 
 

@@ -68,6 +68,10 @@ def build_card(db: LakeDB, version: str, config: Config) -> list[Section]:
     ]
 
 
+# `edgemine train --finetune`: what each choice trained, in the card's words.
+FINETUNED = {"head": "the classifier head only", "last": "the last blocks and the head", "all": "all layers"}
+
+
 def model_details(version: str, baseline: str | None, facts: dict, row: dict | None, config: Config) -> Section:
     lines = [f"Model version **{version}**; previous version: {baseline or 'none (the first in the lake)'}.",
              f"Predictions from {facts['first']} to {facts['last']}: {facts['predictions']:,} on {facts['images']:,} images; "
@@ -77,12 +81,14 @@ def model_details(version: str, baseline: str | None, facts: dict, row: dict | N
         lines.append("Backbone and training run: not recorded in this lake (the version was not trained with `edgemine train`).")
     else:
         record = json.loads(row["record"])
-        lines += [f"Trained by `edgemine train`: {row['backbone']} from {row['base']}, classes {', '.join(row['classes'])}; "
+        finetune = record.get("finetune", "all")  # versions trained before the choice existed trained all
+        finetuned = FINETUNED.get(finetune, finetune)
+        lines += [f"Trained by `edgemine train`: {row['backbone']} from {row['base']}, fine-tuning {finetuned}, "
+                  f"classes {', '.join(row['classes'])}; "
                   f"{row['epochs']} epochs, best epoch {row['best_epoch']} (validation accuracy {row['val_accuracy']:.3f}), "
                   f"image size {record.get('image_size')}; by {row['created_by'] or 'unknown'} at {row['created_at']:%Y-%m-%d %H:%M} UTC.",
                   f"Stored at {row['path']} (checkpoint sha256 {row['checkpoint_sha256'][:12]}...); "
                   f"hardware: {record.get('hardware')}."]
-    return Section("Model details", lines)
     return Section("Model details", lines)
 
 

@@ -41,9 +41,10 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    backbone: str = "resnet18"
-    # "imagenet" (torchvision's weights: downloaded once, or already in torch's cache),
-    # a checkpoint file path, or "random" (seeded; for tests, similarity is weak).
+    backbone: str = "resnet18"  # a name of embed.backbones: resnet18, resnet34, efficientnet-lite0
+    # "imagenet" (the backbone's ImageNet weights: torchvision's from torch's cache for the
+    # ResNets, the weights package's for efficientnet-lite0), a checkpoint file path, or
+    # "random" (seeded; for tests, similarity is weak).
     weights: str = "imagenet"
     seed: int = 0  # for weights = "random"
     device: str = "auto"  # auto (CUDA when there is one), cpu, cuda, cuda:N
@@ -62,7 +63,7 @@ class IndexConfig:
     flat_max: int = 200_000  # auto: exact (flat) up to this many vectors, IVF above
     nlist: int = 0  # IVF lists; 0: about sqrt(n), a power of two
     nprobe: int = 0  # IVF lists searched per query; 0: chosen with nlist (see docs/MINING.md)
-    pq_m: int = 64  # ivfpq: bytes per vector (512 dims / pq_m sub-vectors)
+    pq_m: int = 64  # ivfpq: bytes per vector; the width (512, 1280) must be a multiple of it
     device: str = "auto"  # where kNN and k-means run: auto, cpu, cuda, cuda:N
 
 
@@ -84,8 +85,9 @@ class DemoConfig:
     height: int = 192
     edge_case_rate: float = 0.03
     workers: int = 0  # 0: one per CPU core
-    # The demo runs offline, so it embeds with seeded random weights unless told
-    # otherwise; "imagenet" gives real similarity on a connected machine.
+    # The weights the demo embeds with (the backbone is [embed]'s): seeded random by default,
+    # fast for tests; configs/demo.toml (make demo) chooses efficientnet-lite0 with "imagenet",
+    # real similarity offline.
     weights: str = "random"
     # Which edge case the lake hides (jobs.demo_data.EDGE_KINDS): glare, unseen_class,
     # new_camera, snow or small_occluded; the benchmark builds one lake per kind.

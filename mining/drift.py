@@ -33,7 +33,7 @@ import pyarrow as pa
 from mining import tables
 from mining.config import Config, DriftConfig
 from mining.errors import SliceError
-from mining.schema import DRIFT
+from mining.schema import DRIFT, embedding_matrix
 from mining.sql import LakeDB, quote_ident, quote_literal
 from mining.statistics import metadata_columns
 
@@ -229,8 +229,7 @@ def embedding_checks(db: LakeDB, ref: Period, current: list[Period], config: Dri
         "SELECT image_id, embedding FROM embeddings WHERE backbone = $b AND weights = $w AND image_id IN "
         "(SELECT unnest($ids))", {"b": sets[0]["backbone"], "w": sets[0]["weights"], "ids": ids})
     position = {i: k for k, i in enumerate(vectors.column("image_id").to_pylist())}
-    matrix = np.asarray(vectors.column("embedding").combine_chunks().flatten().to_numpy(), np.float32).reshape(
-        len(position), -1) if len(position) else np.zeros((0, 0), np.float32)
+    matrix = embedding_matrix(vectors.column("embedding"))
     w_of = dict(zip(ids, picked.column("w").to_pylist(), strict=True))
     rows_of = {}
     for image_id, k in position.items():

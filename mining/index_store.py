@@ -5,7 +5,7 @@ Layout under ``_index/<backbone>/<weights>/``::
     current.json                 {"version": ...}: the version readers load
     <version>/manifest.json      kind, counts, the embeddings table's version and data files covered
     <version>/ids.parquet        image_id per position
-    <version>/vectors.npy        float32 (n, 512): the embedding snapshot
+    <version>/vectors.npy        float32 (n, width): the embedding snapshot
     <version>/ivf.faiss          the trained FAISS index (IVF kinds only)
 
 A save writes a new version folder, then swaps ``current.json`` (one atomic

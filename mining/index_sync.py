@@ -26,11 +26,11 @@ import pyarrow as pa
 from mining import tables
 from mining.backends import get_backend
 from mining.config import IndexConfig
-from mining.errors import SearchError
+from mining.errors import LakeError, SearchError
 from mining.index import VectorIndex, choose_spec
 from mining.index_store import Manifest, load_index, load_manifest, save_index
 from mining.lake import Lake
-from mining.schema import EMBEDDING_DIM, EMBEDDINGS
+from mining.schema import EMBEDDINGS, embedding_matrix
 from mining.sql import LakeDB
 from mining.summary import Summary
 
@@ -76,11 +76,14 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
         if new_files:
             ids, vectors = read_embeddings(lake, backbone, weights, new_files)
             grown_kind = choose_spec(len(index) + len(ids), config).kind
+            if len(ids) and vectors.shape[1] != index.dim:
+                raise LakeError(f"new embeddings of {backbone}/{weights} are {vectors.shape[1]}-d, the index's "
+                                f"{index.dim}-d: one backbone and weights, one width; rewrite them with embed --overwrite")
             if np.isin(ids, index.ids).any():
                 reason = "new files re-embed indexed images"
             elif grown_kind != index.spec.kind:
                 reason = f"the lake grew past {config.flat_max} vectors: {index.spec.kind} -> {grown_kind}"
-            else:
+            elif len(ids):  # none: the new files hold other embedding sets only
                 index = index.extended(ids, vectors)
                 added, action = len(ids), "extended"
         if reason is None and manifest.embeddings_version != version:
@@ -104,10 +107,13 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
 
 
 def open_index(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None) -> VectorIndex:
-    """The index for searching, synced with the lake first (see the module docstring)."""
+    """The index for searching, synced with the lake first (see the module docstring). It names
+    the embedding set it covers (``index.backbone``, ``index.weights``); so does the log."""
     index, summary = index_lake(db, config, backbone=backbone, weights=weights)
     if summary.action != "up to date":
         log.info("index %s: %d vectors (%s)", summary.action, summary.vectors, summary.reason or "new embeddings")
+    log.info("searching %s/%s: %d vectors of %d floats (%s)", index.backbone, index.weights, len(index), index.dim,
+             summary.kind)
     return index
 
 
@@ -127,11 +133,12 @@ def choose_embedding_set(db: LakeDB, backbone: str | None, weights: str | None) 
 
 
 def read_embeddings(lake: Lake, backbone: str, weights: str, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(image ids, float32 (n, 512) vectors) of one embedding set in ``files`` (data files
+    """(image ids, float32 (n, width) vectors) of one embedding set in ``files`` (data files
     of the embeddings table, relative to its folder), in image_id order. The embed job
-    writes each (image, backbone, weights) once, so there is one row per image."""
+    writes each (image, backbone, weights) once, so there is one row per image; the width
+    is the set's (the backbone's)."""
     if not files:
-        return np.array([], dtype=str), np.zeros((0, EMBEDDING_DIM), np.float32)
+        return np.array([], dtype=str), np.zeros((0, 0), np.float32)
     # Here, not at the top: pyarrow.dataset costs half a second of start-up, and a
     # search on an index that is up to date reads no embeddings.
     import pyarrow.compute as pc
@@ -139,15 +146,19 @@ def read_embeddings(lake: Lake, backbone: str, weights: str, files: list[str]) -
 
     started = time.monotonic()
     folder = lake.table_dir(EMBEDDINGS)
-    dataset = ds.dataset([f"{folder}/{f}" for f in files], format="parquet", filesystem=lake.fs)
+    paths = [f"{folder}/{f}" for f in files]
+    # The schema is the first file's, but files written before widths varied hold fixed-size
+    # lists of 512, later ones lists of any width: read every file's vectors as plain lists.
+    schema = ds.dataset(paths[:1], format="parquet", filesystem=lake.fs).schema
+    schema = schema.set(schema.get_field_index("embedding"), pa.field("embedding", pa.list_(pa.float32())))
+    dataset = ds.dataset(paths, schema=schema, format="parquet", filesystem=lake.fs)
     table = dataset.to_table(columns=["image_id", "backbone", "weights", "embedding"])
     # delta-rs writes strings as string_view, which pyarrow's filters do not compare yet: plain strings first.
     text = {name: table.column(name).cast(pa.string()) for name in ("image_id", "backbone", "weights")}
     wanted = pc.and_(pc.equal(text["backbone"], backbone), pc.equal(text["weights"], weights))
     table = pa.table({"image_id": text["image_id"], "embedding": table.column("embedding")}).filter(wanted).sort_by("image_id")
     ids = table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
-    column = table.column("embedding").combine_chunks() if table.num_rows else pa.array([], pa.list_(pa.float32()))
-    vectors = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, EMBEDDING_DIM).astype(np.float32, copy=False)
+    vectors = embedding_matrix(table.column("embedding"))
     log.info("read %d embeddings from %d file(s) in %.1fs", len(ids), len(files), time.monotonic() - started)
     return ids, vectors
 

@@ -24,7 +24,6 @@ import pyarrow as pa
 
 from mining.errors import LakeError
 
-EMBEDDING_DIM = 512
 IMAGE_ID_HEX = 20
 
 UTC_TS = pa.timestamp("us", tz="UTC")
@@ -134,14 +133,18 @@ DETECTIONS = Table(
 
 EMBEDDINGS = Table(
     name="embeddings",
-    doc="One L2-normalised 512-d vector per image, backbone and weights (written by `edgemine embed`).",
+    doc="One L2-normalised vector per image, backbone and weights (written by `edgemine embed`); "
+        "its width is the backbone's (512 for the ResNets, 1280 for EfficientNet-Lite0), the same for every "
+        "row of one backbone and weights.",
     key=("image_id", "backbone", "weights"),
     schema=pa.schema(
         [
             pa.field("image_id", pa.string(), nullable=False),
             pa.field("backbone", pa.string(), nullable=False),
             pa.field("weights", pa.string(), nullable=False),
-            pa.field("embedding", pa.list_(pa.float32(), EMBEDDING_DIM), nullable=False),
+            # A list of any length, as Delta stores it (array<float>); lakes written before widths
+            # varied hold fixed-size lists of 512 in their files, which read back the same.
+            pa.field("embedding", pa.list_(pa.float32()), nullable=False),
             pa.field("computed_at", UTC_TS),
         ]
     ),
@@ -549,6 +552,40 @@ def conform(rows: pa.Table, table: Table, *, fill_missing: bool = False) -> pa.T
                 columns.append(rows.column(name))
                 fields.append(rows.schema.field(name))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+def embedding_rows(image_ids: Sequence[str], backbone: str, weights: str, vectors: np.ndarray, computed_at: datetime,
+                   *, width: int) -> pa.Table:
+    """Rows of ``embeddings``: image ``image_ids[i]`` has the vector ``vectors[i]``, float32 (n, width).
+    ``width``: the backbone's; vectors of another width are refused (LakeError, nothing is written),
+    so every row of one backbone and weights has the same width."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.size == 0:
+        vectors = vectors.reshape(len(image_ids), width)
+    if vectors.ndim != 2 or len(vectors) != len(image_ids) or vectors.shape[1] != width:
+        raise LakeError(f"embeddings of {backbone}/{weights}: {len(image_ids)} images need {width}-d vectors "
+                        f"({backbone}'s width), got an array of shape {vectors.shape}")
+    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), width).cast(pa.list_(pa.float32()))
+    return make_rows(EMBEDDINGS, len(image_ids), image_id=list(image_ids), backbone=backbone, weights=weights,
+                     embedding=embedding, computed_at=computed_at)
+
+
+def embedding_matrix(column: pa.Array | pa.ChunkedArray, *, width: int | None = None) -> np.ndarray:
+    """float32 (n, width) of an ``embedding`` column as read back (lists, or the fixed-size lists
+    of older lakes). The rows must all have one width (``width`` when given; it also shapes an
+    empty column); LakeError names the widths found otherwise."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], pa.list_(pa.float32()))
+    if len(column) == 0:
+        return np.zeros((0, width or 0), np.float32)
+    import pyarrow.compute as pc  # here: most callers of this module never read vectors
+
+    lengths = pc.list_value_length(column)
+    low, high = pc.min(lengths).as_py(), pc.max(lengths).as_py()
+    if low != high or (width is not None and low != width):
+        raise LakeError(f"embedding vectors of {low} to {high} floats where one width"
+                        f"{f' ({width})' if width else ''} was expected: one backbone and weights, one width")
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(column), low)
 
 
 def error_rows(job: str, errors: Sequence[Mapping[str, Any]], at: datetime) -> pa.Table:

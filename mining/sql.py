@@ -47,7 +47,7 @@ import pyarrow as pa
 from mining.config import Config
 from mining.errors import LakeError, QueryError, ReadOnlyError
 from mining.lake import Lake
-from mining.schema import EMBEDDING_DIM, TABLES, Table
+from mining.schema import TABLES, Table
 
 log = logging.getLogger(__name__)
 
@@ -431,12 +431,9 @@ def _scan_sql(lake: Lake, table: Table, version: int | None) -> str:
     from mining.tables import table_uri
 
     args = quote_literal(table_uri(lake, table)) + (f", version => {int(version)}" if version is not None else "")
-    select = "*"
-    if table.name == "embeddings":
-        # Delta keeps the vector as a plain list: make it an array again so
-        # array_cosine_similarity and friends accept the column.
-        select = f"* REPLACE (embedding::FLOAT[{EMBEDDING_DIM}] AS embedding)"
-    return f"SELECT {select} FROM delta_scan({args})"
+    # The embeddings view keeps the vector a list (FLOAT[]) as Delta stores it: backbones differ
+    # in width, so no one array type fits every row; list_cosine_similarity and friends take it.
+    return f"SELECT * FROM delta_scan({args})"
 
 
 def _empty_select(table: Table) -> str:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from mining import tables
 from mining.lake import Lake, open_url
-from mining.schema import EMBEDDING_DIM, EMBEDDINGS, make_rows
+from mining.schema import EMBEDDINGS, embedding_rows
 from mining.sql import LakeDB
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"
@@ -83,11 +83,11 @@ def rows(lake: Lake, sql: str, params=None) -> list[dict]:
         return db.query(sql, params).to_pylist()
 
 
-def clustered(n: int, seed: int, centres: int = 6) -> np.ndarray:
-    """float32 (n, 512) unit vectors around a few centres, so neighbours mean something."""
+def clustered(n: int, seed: int, centres: int = 6, width: int = 512) -> np.ndarray:
+    """float32 (n, width) unit vectors around a few centres, so neighbours mean something."""
     rng = np.random.default_rng(seed)
-    middle = rng.standard_normal((centres, EMBEDDING_DIM))
-    x = middle[rng.integers(centres, size=n)] + 0.3 * rng.standard_normal((n, EMBEDDING_DIM))
+    middle = rng.standard_normal((centres, width))
+    x = middle[rng.integers(centres, size=n)] + 0.3 * rng.standard_normal((n, width))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -96,13 +96,23 @@ def image_ids(n: int, start: int = 0) -> list[str]:
     return [f"{i:020x}" for i in range(start, start + n)]
 
 
-def write_embeddings(lake: Lake, ids: list[str], vectors: np.ndarray, part: str) -> None:
-    """Embeddings written straight into the lake, as the embed job would (weights random-seed0);
+def write_embeddings(lake: Lake, ids: list[str], vectors: np.ndarray, part: str, *, backbone: str = "resnet18",
+                     weights: str = "random-seed0") -> None:
+    """Embeddings written straight into the lake, as the embed job would (vectors float32 (n, width));
     an id embedded before gets its new vector (as `embed --overwrite` does)."""
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), EMBEDDING_DIM)
-    rows = make_rows(EMBEDDINGS, len(ids), image_id=ids, backbone="resnet18", weights="random-seed0",
-                     embedding=embedding, computed_at=datetime.now(UTC))
+    rows = embedding_rows(ids, backbone, weights, vectors, datetime.now(UTC), width=vectors.shape[1])
     tables.upsert(lake, EMBEDDINGS, rows, tables.commit_info("embed", part=part))
+
+
+def write_fixed_size_embeddings(lake: Lake, ids: list[str], vectors: np.ndarray) -> None:
+    """Embeddings as lakes written before widths varied hold them: fixed-size lists of 512 floats
+    in the data files (resnet18, random-seed0), appended as the embed job then did."""
+    old = EMBEDDINGS.schema.set(EMBEDDINGS.schema.get_field_index("embedding"),
+                                pa.field("embedding", pa.list_(pa.float32(), 512), nullable=False))
+    rows = pa.table({"image_id": ids, "backbone": ["resnet18"] * len(ids), "weights": ["random-seed0"] * len(ids),
+                     "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), 512),
+                     "computed_at": [datetime.now(UTC)] * len(ids)}, schema=old)
+    tables.append(lake, EMBEDDINGS, rows, tables.commit_info("embed", part="old"))
 
 
 def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

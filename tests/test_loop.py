@@ -51,7 +51,7 @@ def test_loop_trains_scores_compares_and_writes_the_card(looped):
     assert [m["model_version"] for m in metrics] == ["v1", "v2"]
     card = lake.fs.cat_file(lake.path("_cards", "v2.md")).decode()
     assert "v2" in card and "previous version: v1" in card
-    assert "Trained by `edgemine train`" in card and "resnet18 from model:v1" in card  # the models record, in the card
+    assert "Trained by `edgemine train`" in card and "resnet18 from model:v1, fine-tuning all layers" in card  # the record
     assert second.card.endswith("_cards/v2.md")
 
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import re
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -18,7 +20,16 @@ from mining import sql
 from mining.errors import QueryError, ReadOnlyError
 from mining.schema import TABLES
 from mining.sql import LakeDB, extension_path, view_statements
-from tests.helpers import jsonl, prediction, put, put_images, source_uri, write_embeddings
+from tests.helpers import (
+    clustered,
+    jsonl,
+    prediction,
+    put,
+    put_images,
+    source_uri,
+    write_embeddings,
+    write_fixed_size_embeddings,
+)
 
 
 @pytest.fixture
@@ -135,18 +146,42 @@ def test_view_statements_work_in_a_plain_duckdb_client(filled):
     assert con.sql("SELECT count(*) FROM images").fetchone()[0] == 30
 
 
-def test_embeddings_view_is_float512_for_similarity(lake):
+def test_embeddings_view_is_a_float_list_for_similarity(lake):
+    """Backbones differ in width (512, 1280): the view keeps Delta's list, which list_* functions take."""
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(4, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     write_embeddings(lake, [f"id{i}" for i in range(4)], vectors, "test")
     with LakeDB(lake) as db:
-        assert db.query("SELECT typeof(embedding) AS t FROM embeddings LIMIT 1").column("t")[0].as_py() == "FLOAT[512]"
+        [kind] = db.query("SELECT DISTINCT typeof(embedding) AS t, len(embedding) AS n FROM embeddings").to_pylist()
+        assert kind == {"t": "FLOAT[]", "n": 512}
         sims = db.query(
-            "SELECT b.image_id, array_cosine_similarity(a.embedding, b.embedding) AS s FROM embeddings a, embeddings b "
+            "SELECT b.image_id, list_cosine_similarity(a.embedding, b.embedding) AS s FROM embeddings a, embeddings b "
             "WHERE a.image_id = 'id0' ORDER BY b.image_id"
         ).column("s").to_numpy()
     assert sims == pytest.approx(vectors @ vectors[0], abs=1e-5)
+
+
+def test_readmes_nearest_neighbours_sql_runs_on_a_lake_of_two_widths_old_files_included(lake):
+    """The README's example, verbatim, where an older lake's fixed-size 512-d files sit beside
+    EfficientNet-Lite0's 1280-d lists: it compares each vector with those of its own set only."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r'edgemine sql "(WITH q AS .*?)"\s+# nearest neighbours', readme, flags=re.S)
+    assert example, "README's nearest-neighbour example moved: keep this test on it"
+    old = clustered(6, seed=1)
+    write_fixed_size_embeddings(lake, [f"r{i}" for i in range(6)], old)
+    write_embeddings(lake, [f"e{i}" for i in range(4)], clustered(4, seed=2, width=1280), "lite0",
+                     backbone="efficientnet-lite0", weights="imagenet1k_tf")
+    with LakeDB(lake) as db:
+        widths = db.query("SELECT backbone, min(len(embedding)) lo, max(len(embedding)) hi FROM embeddings "
+                          "GROUP BY ALL ORDER BY ALL").to_pylist()
+        assert widths == [{"backbone": "efficientnet-lite0", "lo": 1280, "hi": 1280},
+                          {"backbone": "resnet18", "lo": 512, "hi": 512}]
+        found = db.query(example[1]).to_pylist()
+    # The query image first (itself: similarity 1), then only images of its own embedding set.
+    own_set = {row["image_id"][0] for row in found}
+    assert found[0]["sim"] == pytest.approx(1.0, abs=1e-5) and len(own_set) == 1
+    assert len(found) == {"r": 5, "e": 4}[own_set.pop()]
 
 
 def test_a_filter_on_the_partition_reads_only_that_day(filled):

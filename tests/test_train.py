@@ -15,16 +15,16 @@ import pytest
 import torch
 import torchvision
 
-from embed.finetune import TrainSettings
+from embed.finetune import TrainSettings, build_network
 from jobs.embed_images import Shard
 from jobs.ingest_images import ingest_images
 from jobs.score import prediction_id, score_lake
 from jobs.train import TrainRequest, train_model
-from mining import tables
-from mining.config import EmbedConfig
-from mining.errors import TrainingError, WeightsError
+from mining import cards, tables
+from mining.config import Config, EmbedConfig
+from mining.errors import ConfigError, TrainingError, WeightsError
 from mining.lake import Lake, open_url
-from mining.models import list_models, read_model, training_labels, validation_mask
+from mining.models import list_models, model_row, read_model, training_labels, validation_mask
 from mining.sql import LakeDB
 from tests.helpers import put, rows, source_uri
 from tests.test_kill_and_rerun import kill_when, start
@@ -274,6 +274,27 @@ def test_a_batch_weight_scales_its_images_loss_and_is_recorded(trained, tmp_path
     for text in ("glare", "glare=x", "=2"):
         with pytest.raises(UsageError, match="BATCH=WEIGHT"):
             _batch_weights([text])
+
+
+@pytest.mark.parametrize("finetune, trained_prefixes", [("head", ("fc.",)), ("last", ("fc.", "layer4."))])
+def test_finetune_trains_only_its_part_and_the_card_says_which(trained, tmp_path, finetune, trained_prefixes):
+    lake = copy_of(trained, tmp_path)
+    train(lake, finetune, replace(FAST, epochs=1, finetune=finetune))
+    before = build_network("resnet18", "random", len(CLASSES), seed=FAST.seed).state_dict()
+    after = state_dict(lake, finetune)
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    # What was trained moved (weights, and batch-norm statistics in layer4); the rest is the same to the bit,
+    # running means and variances included (a frozen batch norm stays in eval mode).
+    assert changed and all(key.startswith(trained_prefixes) for key in changed), sorted(changed)[:5]
+    assert {key.split(".")[0] + "." for key in changed} == set(trained_prefixes)
+    with LakeDB(lake) as db:
+        record, row = read_model(db, finetune), model_row(db, finetune)
+    assert record["finetune"] == finetune and record["config"]["finetune"] == finetune
+    facts = {"first": None, "last": None, "predictions": 0, "images": 0, "ingested": None}
+    details = cards.model_details(finetune, None, facts, row, Config()).paragraphs[3]
+    assert f"resnet18 from random, fine-tuning {cards.FINETUNED[finetune]}, classes" in details
+    with pytest.raises(ConfigError, match="unknown --finetune 'most'; allowed: head, last, all"):
+        replace(FAST, finetune="most").check()
 
 
 def test_the_commands_print_one_line_for_bad_input_and_list_models(trained, capsys):

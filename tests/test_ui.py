@@ -90,6 +90,8 @@ def test_sql_console_shows_thumbnails_and_refuses_writes_and_outside_files(app, 
 # -- Find similar -> Narrow -> Review --------------------------------------------------
 def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
     open_page(app, "similar")
+    assert any(c.value.startswith("Searching the embeddings of resnet18 (random-seed0): 600 images, 512 floats")
+               for c in app.caption)  # the page names the embedding set it searches
     browse = grid_ids(app, "browse")
     lowest = sql(demo_lake, "SELECT image_id FROM images LEFT JOIN predictions USING (image_id) "
                             "GROUP BY image_id ORDER BY min(confidence), image_id LIMIT 3")

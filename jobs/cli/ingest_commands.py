@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from embed.backbones import BACKBONES
 from jobs.cli.common import embed_config, print_result
 from mining.config import Config
 from mining.lake import Lake
@@ -92,9 +93,10 @@ def _files_exit_code(summary) -> int:
 
 
 def add_embed(commands, add) -> None:
-    embed = add(commands, "embed", cmd_embed, "compute ResNet18 embeddings and thumbnails for the lake's images that need them")
+    embed = add(commands, "embed", cmd_embed, "compute embeddings and thumbnails for the lake's images that need them")
     embed.add_argument("--weights", help="imagenet, random, or a checkpoint file (default: config embed.weights, imagenet)")
-    embed.add_argument("--backbone", help="resnet18 or resnet34 (default: config embed.backbone, resnet18)")
+    embed.add_argument("--backbone", help=f"{', '.join(BACKBONES)} (default: config embed.backbone, resnet18; "
+                       "efficientnet-lite0 has ImageNet weights offline)")
     embed.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
     embed.add_argument("--decode", choices=["auto", "workers", "device"], help="where JPEGs are decoded (default: auto: on the GPU when there is one)")
     embed.add_argument("--batch-size", type=int, help="images per model call (default: config embed.batch_size; 0 = 32 on CPU, 256 on CUDA)")

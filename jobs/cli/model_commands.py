@@ -6,6 +6,7 @@ import argparse
 import sys
 
 import mining
+from embed.backbones import BACKBONES, FINETUNE_CHOICES
 from jobs.cli.common import EXIT_REGRESSION, UsageError, embed_config, open_db, print_result
 from mining.config import Config
 from mining.lake import Lake
@@ -49,7 +50,11 @@ def _add_train_arguments(parser: argparse.ArgumentParser, base_default: str) -> 
     split.add_argument("--val-fraction", type=float, default=0.1, help="share of labelled images for validation, by image_id hash (default: 0.1)")
     split.add_argument("--val", dest="val_name", metavar="SET_OR_QUEUE", help="validate on this named set's (or queue's) labelled images")
     parser.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default: 10; early stopping may end sooner)")
-    parser.add_argument("--backbone", default=None, help="resnet18 or resnet34 (default: resnet18, or the --from model's)")
+    parser.add_argument("--backbone", default=None,
+                        help=f"{', '.join(BACKBONES)} (default: resnet18, or the --from model's)")
+    parser.add_argument("--finetune", choices=FINETUNE_CHOICES, default="all",
+                        help="what to train: the classifier head only (fast on a CPU), the last blocks and the head, "
+                             "or all layers (default: all)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default: 0.001)")
     parser.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation accuracy (default: 3)")
@@ -74,7 +79,7 @@ def _train_inputs(args: argparse.Namespace, config: Config):
 
     settings = TrainSettings(backbone=args.backbone or "resnet18", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              patience=args.patience, image_size=args.image_size, seed=args.seed,
-                             device=args.device or config.embed.device)
+                             device=args.device or config.embed.device, finetune=args.finetune)
     request = TrainRequest(version=args.name, base=args.base, labels_where=args.labels_where, val_fraction=args.val_fraction,
                            val_name=args.val_name, resume=getattr(args, "resume", False), workers=args.workers,
                            user=config.mining.user, pseudo_from=args.pseudo_from, min_confidence=args.min_confidence,

@@ -86,7 +86,7 @@ def naive(paths: list[Path], device: torch.device, out: Path) -> tuple[float, di
             vectors.append(torch.nn.functional.normalize(model(x), dim=1).cpu().numpy()[0])
             names.append(path.name)
     matrix = np.stack(vectors).astype(np.float32)
-    pq.write_table(pa.table({"file": names, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), 512)}), out)
+    pq.write_table(pa.table({"file": names, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])}), out)
     seconds = time.perf_counter() - started
     return len(paths) / seconds, dict(zip(names, matrix))
 

@@ -38,7 +38,7 @@ from mining.config import DriftConfig, MetricsConfig  # noqa: E402
 from mining.drift import detect_drift  # noqa: E402
 from mining.lake import Lake  # noqa: E402
 from mining.metrics import check_regressions, compute_metrics  # noqa: E402
-from mining.schema import EMBEDDING_DIM, EMBEDDINGS, LABELS, PREDICTIONS, make_rows  # noqa: E402
+from mining.schema import EMBEDDINGS, LABELS, PREDICTIONS, embedding_rows, make_rows  # noqa: E402
 from mining.slices import all_slices, find_slices  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
@@ -46,6 +46,7 @@ from tests.benchmarks.machine import describe  # noqa: E402
 CLASSES = np.array(["car", "truck", "person", "bicycle", "dog", "plane"])
 START = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 30
+EMBEDDING_WIDTH = 512  # a ResNet's, as the drift check reads them
 # The 10 configured slices, and the same condition for pandas (a DataFrame with ts, confidence, label).
 CONFIG_SLICES = {
     "night": ("hour(p.ts) >= 20 OR hour(p.ts) < 6", lambda d: (d.ts.dt.hour >= 20) | (d.ts.dt.hour < 6)),
@@ -102,12 +103,10 @@ def write_lake(lake: Lake, rows: int, embedded_per_day: int, chunk: int = 1_000_
     # Embeddings for the first ``embedded_per_day`` images of each day (what drift samples from).
     day = seconds // 86400
     chosen = np.concatenate([np.flatnonzero(day == d)[:embedded_per_day] for d in range(DAYS)])
-    vectors = rng.standard_normal((chosen.size, EMBEDDING_DIM)).astype(np.float32)
+    vectors = rng.standard_normal((chosen.size, EMBEDDING_WIDTH)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), EMBEDDING_DIM)
-    tables.append(lake, EMBEDDINGS, make_rows(EMBEDDINGS, chosen.size, image_id=[f"{i:020x}" for i in chosen],
-                                              backbone="resnet18", weights="bench", embedding=embedding),
-                  tables.commit_info("bench"))
+    rows = embedding_rows([f"{i:020x}" for i in chosen], "resnet18", "bench", vectors, None, width=EMBEDDING_WIDTH)
+    tables.append(lake, EMBEDDINGS, rows, tables.commit_info("bench"))
     return time.monotonic() - started
 
 

@@ -87,7 +87,7 @@ from mining.clustering import cluster_pool, project_2d  # noqa: E402
 from mining.config import IndexConfig, MiningConfig  # noqa: E402
 from mining.index_sync import index_lake  # noqa: E402
 from mining.lake import Lake  # noqa: E402
-from mining.schema import EMBEDDING_DIM, EMBEDDINGS, IMAGE_FILES, IMAGES, PREDICTIONS, THUMBNAILS, UTC_TS  # noqa: E402
+from mining.schema import EMBEDDINGS, IMAGE_FILES, IMAGES, PREDICTIONS, THUMBNAILS, UTC_TS  # noqa: E402
 from mining.search import browse  # noqa: E402
 from mining.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
@@ -97,6 +97,7 @@ MARKER = "bench_ui.json"  # written last: the lake is complete
 BUILDING = "bench_ui.building"  # written first: a folder holding it may be removed and rebuilt
 LAKE_VERSION = 2  # bump when the generated lake changes (2: Delta tables)
 CENTRES = 50
+EMBEDDING_WIDTH = 512  # a ResNet's
 DAYS = 30
 FIRST_DAY = datetime(2026, 1, 1, tzinfo=UTC)
 LABELS = ("car", "truck", "person", "bicycle", "dog", "plane")
@@ -152,13 +153,13 @@ def distinct_jpeg(bases: list[np.ndarray], rng: np.random.Generator, quality: in
 
 def mixture(n: int, start: int, seed: int) -> np.ndarray:
     """Rows ``start..start+n`` of the embedding mixture: float32 (n, 512), unit rows."""
-    centres = np.random.default_rng([seed, 2]).standard_normal((CENTRES, EMBEDDING_DIM)).astype(np.float32)
+    centres = np.random.default_rng([seed, 2]).standard_normal((CENTRES, EMBEDDING_WIDTH)).astype(np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     weights = (np.arange(CENTRES) + 1.0) ** -0.5
     rng = np.random.default_rng([seed, 3, start])
     labels = rng.choice(CENTRES, n, p=weights / weights.sum())
     spread = rng.uniform(0.7, 1.0, n).astype(np.float32)[:, None]  # noise norm, about
-    x = centres[labels] + rng.standard_normal((n, EMBEDDING_DIM), dtype=np.float32) * spread / np.sqrt(EMBEDDING_DIM)
+    x = centres[labels] + rng.standard_normal((n, EMBEDDING_WIDTH), dtype=np.float32) * spread / np.sqrt(EMBEDDING_WIDTH)
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -238,7 +239,8 @@ def build_lake(root: Path, params: dict) -> dict:
             "image_id": pa.array(ids[rows], pa.string()),
             "backbone": pa.array([BACKBONE] * m, pa.string()),
             "weights": pa.array([WEIGHTS] * m, pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), EMBEDDING_DIM),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()),
+                                                   EMBEDDING_WIDTH).cast(pa.list_(pa.float32())),
             "computed_at": pa.array([now] * m, UTC_TS),
         }, schema=EMBEDDINGS.schema), info)
         tables.append(lake, THUMBNAILS, pa.table({

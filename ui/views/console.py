@@ -69,7 +69,7 @@ def _show(result: pa.Table) -> None:
 
 
 def _without_vectors(table: pa.Table) -> pa.Table:
-    """Embedding and blob columns shown as their size: 512 floats per cell help nobody."""
+    """Embedding and blob columns shown as their size: 512 or 1280 floats per cell help nobody."""
     for name in table.column_names:
         t = table.schema.field(name).type
         if pa.types.is_binary(t) or ((pa.types.is_list(t) or pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)):

@@ -23,6 +23,8 @@ def render() -> None:
     st.session_state.setdefault("positives", [])
     st.session_state.setdefault("negatives", [])
     index = data.index(data.lake().uri)  # no embeddings yet, or several sets: app.py says so
+    st.caption(f"Searching the embeddings of {index.backbone} ({index.weights}): {len(index):,} images, "
+               f"{index.dim} floats each.")
     _seed_pickers(index)
     _current_seeds()
     if st.session_state["positives"]:
