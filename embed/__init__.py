@@ -11,7 +11,7 @@ are the registry in embed.backbones.
 
 The job that embeds a whole lake (workers, parts, shards, resume) is jobs.embed_images
 (`edgemine embed`); docs/EMBED.md describes it. Devices and errors are the library's
-(mining.devices, mining.errors): load_backbone raises DeviceError and WeightsError.
+(mining.core.devices, mining.core.errors): load_backbone raises DeviceError and WeightsError.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mining.errors import ConfigError, WeightsError
+from mining.core.errors import ConfigError, WeightsError
 
 if TYPE_CHECKING:
     import torch

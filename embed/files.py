@@ -2,7 +2,7 @@
 
 What `edgemine similar FILE` uses: the file is read (local or s3://), decoded and
 embedded exactly as the embed job does, so its vector is comparable with the lake's.
-``file_embedder(config)`` is what the callers of mining.search hand it for such
+``file_embedder(config)`` is what the callers of mining.search.similar hand it for such
 seeds (mining sits below embed, so it is given the model, never imports it).
 """
 
@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mining.config import Config, EmbedConfig, S3Config
-from mining.errors import WeightsError
-from mining.lake import open_url
+from mining.core.config import Config, EmbedConfig, S3Config
+from mining.core.errors import WeightsError
+from mining.core.lake import open_url
 
 if TYPE_CHECKING:
     from embed.model import Backbone

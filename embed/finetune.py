@@ -37,7 +37,7 @@ from torch import nn
 
 from embed.backbones import BACKBONES, FINETUNE_CHOICES, IMAGENET_STATISTICS, Preprocessing, get_backbone, one_line
 from embed.model import load_checkpoint_into
-from mining.errors import ConfigError, TrainingError, WeightsError
+from mining.core.errors import ConfigError, TrainingError, WeightsError
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``load_backbone`` builds a network of the registry (embed.backbones: ResNet18/34, 512-d;
 EfficientNet-Lite0, 1280-d) once with the chosen weights on the chosen device;
 ``Backbone.embed`` turns a batch of preprocessed uint8 pixels into L2-normalised float32
-vectors. The device comes from mining.devices, the product's one device policy.
+vectors. The device comes from mining.core.devices, the product's one device policy.
 
 Weights:
 - ``imagenet``: what the registry's entry says: torchvision's weights for the ResNets
@@ -34,8 +34,8 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from embed.backbones import NAMED_WEIGHTS, BackboneSpec, Preprocessing, get_backbone, one_line
-from mining.devices import resolve_device
-from mining.errors import WeightsError
+from mining.core.devices import resolve_device
+from mining.core.errors import WeightsError
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from embed.backbones import Preprocessing
-from mining.errors import InputError
+from mining.core.errors import InputError
 
 
 class ImageError(InputError):
@@ -57,7 +57,7 @@ class Prepared:
 
 
 def check_bytes(data: bytes | BaseException, sha256: str | None) -> bytes:
-    """The bytes as read from storage (mining.lake.read_many), refused if missing,
+    """The bytes as read from storage (mining.core.lake.read_many), refused if missing,
     empty, or no longer the content the images table registered (its image_id
     would be wrong)."""
     if isinstance(data, FileNotFoundError):

@@ -21,9 +21,18 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from embed.preprocess import ImageError, ImageOptions, Thumbnail, check_bytes, decode, is_jpeg, make_thumbnails, open_image
-from mining.config import S3Config
-from mining.lake import open_url, path_of, read_many
+from embed.preprocess import (
+    ImageError,
+    ImageOptions,
+    Thumbnail,
+    check_bytes,
+    decode,
+    is_jpeg,
+    make_thumbnails,
+    open_image,
+)
+from mining.core.config import S3Config
+from mining.core.lake import open_url, path_of, read_many
 
 log = logging.getLogger(__name__)
 

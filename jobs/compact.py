@@ -2,7 +2,7 @@
 
 Hourly ingests and per-part embedding commits leave many small files; every query
 opens each. Per table: Delta's optimize bin-packs them into files of about
-128 MB (mining.tables.TARGET_FILE_BYTES), optionally clustered by ``--z-order``
+128 MB (mining.core.tables.TARGET_FILE_BYTES), optionally clustered by ``--z-order``
 columns, then vacuum deletes the files no version younger than
 ``--vacuum-hours`` needs. Reported per table: files and megabytes before and
 after, and the time of ``SELECT count(*)`` over it before and after.
@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from jobs.progress import Progress
-from mining import tables
-from mining.lake import Lake
-from mining.schema import TABLES, table_named
-from mining.sql import LakeDB
-from mining.summary import Summary
+from mining.core import tables
+from mining.core.lake import Lake
+from mining.core.schema import TABLES, table_named
+from mining.core.sql import LakeDB
+from mining.core.summary import Summary
 
 JOB = "compact"
 

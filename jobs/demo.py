@@ -8,7 +8,7 @@
 4. Embed the images (jobs.embed_images) with ``[embed] backbone`` and ``demo.weights``:
    seeded random ResNet18 by default (fast: the tests); configs/demo.toml (`make demo`)
    chooses EfficientNet-Lite0 with its ImageNet weights, real similarity offline.
-5. Build the vector index (mining.index_sync), so `similar` and `narrow` answer at once.
+5. Build the vector index (mining.search.index_sync), so `similar` and `narrow` answer at once.
 
 Every step is idempotent, so running the demo again is quick and changes nothing.
 """
@@ -37,14 +37,14 @@ from jobs.ingest_images import ImagesSummary, ingest_images
 from jobs.ingest_predictions import JOB as INGEST_PREDICTIONS
 from jobs.ingest_predictions import ingest_predictions
 from jobs.progress import Progress
-from mining import tables
-from mining.config import Config, DemoConfig, S3Config
-from mining.errors import ConfigError
-from mining.index_sync import IndexSummary, index_lake
-from mining.lake import SOURCES_DIR, Lake, as_uri, open_url
-from mining.schema import DEMO_TRUTH, image_id_from_bytes
-from mining.sql import LakeDB
-from mining.summary import Summary
+from mining.core import tables
+from mining.core.config import Config, DemoConfig, S3Config
+from mining.core.errors import ConfigError
+from mining.core.lake import SOURCES_DIR, Lake, as_uri, open_url
+from mining.core.schema import DEMO_TRUTH, image_id_from_bytes
+from mining.core.sql import LakeDB
+from mining.core.summary import Summary
+from mining.search.index_sync import IndexSummary, index_lake
 
 JOB = "demo"
 ROWS_PER_FILE = 10_000

@@ -7,7 +7,7 @@
    (embed.model).
 3. Publish per part of ``part_size`` images, while the next part is computed:
    its errors, then its thumbnails (for images that have none yet), then its
-   embeddings, each one Delta transaction (mining.tables).
+   embeddings, each one Delta transaction (mining.core.tables).
 
 What is already embedded is what the lake says, so the same plan serves an
 hourly run on a growing lake, a rerun after a kill, and N machines splitting
@@ -40,13 +40,13 @@ from embed.model import Backbone, load_backbone
 from embed.preprocess import ImageError, ImageOptions, Thumbnail, decode_jpegs_on, make_thumbnails
 from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
 from jobs.progress import Progress
-from mining import tables
-from mining.config import EmbedConfig
-from mining.errors import ConfigError
-from mining.lake import Lake
-from mining.schema import EMBEDDINGS, ERRORS, THUMBNAILS, embedding_rows, error_rows
-from mining.sql import LakeDB
-from mining.summary import Summary
+from mining.core import tables
+from mining.core.config import EmbedConfig
+from mining.core.errors import ConfigError
+from mining.core.lake import Lake
+from mining.core.schema import EMBEDDINGS, ERRORS, THUMBNAILS, embedding_rows, error_rows
+from mining.core.sql import LakeDB
+from mining.core.summary import Summary
 
 log = logging.getLogger(__name__)
 

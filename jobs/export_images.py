@@ -1,6 +1,6 @@
 """`edgemine export SOURCE --format FORMAT --to URI`: a batch of images leaves for labelling.
 
-The work is mining.export's (sources, writers, the exactly-once batch); this job
+The work is mining.labelling.export's (sources, writers, the exactly-once batch); this job
 opens the lake, resolves the source, shows progress on stderr and returns the
 ExportSummary. Killed at any point and rerun, every image is exported once: the
 ``exports`` rows are the batch's last commit.
@@ -8,13 +8,12 @@ ExportSummary. Killed at any point and rerun, every image is exported once: the
 
 from __future__ import annotations
 
-from mining.config import Config
-from mining.errors import ExportError
-from mining.export import ExportSummary, export_images, resolve_source, where_source, writer_for
-from mining.lake import Lake
-from mining.sql import LakeDB
-
 from jobs.progress import Progress
+from mining.core.config import Config
+from mining.core.errors import ExportError
+from mining.core.lake import Lake
+from mining.core.sql import LakeDB
+from mining.labelling.export import ExportSummary, export_images, resolve_source, where_source, writer_for
 
 
 def run_export(config: Config, source: str | None, *, fmt: str, target: str, where: str | None = None,

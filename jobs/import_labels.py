@@ -1,17 +1,16 @@
 """`edgemine labels import FILE --format FORMAT`: labels from annotators into the lake.
 
-The work is mining.labels's (parsers, image lookup, checks, the exactly-once
+The work is mining.labelling.labels's (parsers, image lookup, checks, the exactly-once
 write); this job opens the lake and returns the LabelsSummary.
 """
 
 from __future__ import annotations
 
-from mining.config import Config
-from mining.labels import LabelsSummary, import_labels
-from mining.lake import Lake
-from mining.sql import LakeDB
-
 from jobs.progress import Progress
+from mining.core.config import Config
+from mining.core.lake import Lake
+from mining.core.sql import LakeDB
+from mining.labelling.labels import LabelsSummary, import_labels
 
 
 def run_import(config: Config, source: str, *, fmt: str, batch: str | None = None, annotator: str | None = None,

@@ -26,10 +26,10 @@ import pyarrow as pa
 
 from jobs.ingest_files import Convert, Converted, FileKind, IngestSummary, ingest_files
 from jobs.readers import Batch, InputFormatError
-from mining.config import IngestConfig
-from mining.lake import Lake
-from mining.schema import FEEDBACK
-from mining.sql import LakeDB, quote_ident, quote_literal
+from mining.core.config import IngestConfig
+from mining.core.lake import Lake
+from mining.core.schema import FEEDBACK
+from mining.core.sql import LakeDB, quote_ident, quote_literal
 
 JOB = "ingest-feedback"
 REFERENCES = ("image_id", "prediction_id", "image_uri")

@@ -35,13 +35,13 @@ import pyarrow as pa
 
 from jobs.progress import Progress
 from jobs.readers import FORMATS, Batch, InputFormatError, detect_format, has_known_suffix, prefetch, read_batches
-from mining import tables
-from mining.config import IngestConfig
-from mining.errors import InputError
-from mining.lake import Lake, as_uri, open_url
-from mining.schema import ERRORS, Table, conform, error_rows
-from mining.sql import quote_literal
-from mining.summary import Summary
+from mining.core import tables
+from mining.core.config import IngestConfig
+from mining.core.errors import InputError
+from mining.core.lake import Lake, as_uri, open_url
+from mining.core.schema import ERRORS, Table, conform, error_rows
+from mining.core.sql import quote_literal
+from mining.core.summary import Summary
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """`edgemine ingest images SOURCE`: register image files in ``images`` and ``image_files``.
 
-Each file is read once: its bytes give the content id (mining.schema) and its
+Each file is read once: its bytes give the content id (mining.core.schema) and its
 header the format and size; pixels are not decoded. Files that are not images
 go to ``errors``. The job is incremental: a file already registered, or already
 refused, is skipped, so rerunning it (after a kill, or every hour on a growing
@@ -25,12 +25,12 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from jobs.progress import Progress
-from mining import tables
-from mining.config import IngestConfig
-from mining.lake import Lake, as_uri, open_url, path_of, read_many
-from mining.schema import ERRORS, IMAGE_FILES, IMAGES, error_rows, image_id_from_sha256, make_rows
-from mining.sql import LakeDB
-from mining.summary import Summary
+from mining.core import tables
+from mining.core.config import IngestConfig
+from mining.core.lake import Lake, as_uri, open_url, path_of, read_many
+from mining.core.schema import ERRORS, IMAGE_FILES, IMAGES, error_rows, image_id_from_sha256, make_rows
+from mining.core.sql import LakeDB
+from mining.core.summary import Summary
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def list_images(lake: Lake, source: str, pattern: str | None = None) -> list[str
 
 def probe_image(uri: str, data: bytes | BaseException, source: str, at: datetime) -> tuple[dict | None, str | None]:
     """A row for the images table, or the reason there is none; ``data`` is what
-    mining.lake.read_many returned for the file."""
+    mining.core.lake.read_many returned for the file."""
     if isinstance(data, FileNotFoundError):
         return None, "file vanished while listing"
     if isinstance(data, BaseException):

@@ -29,11 +29,11 @@ import pyarrow as pa
 
 from jobs.ingest_files import Convert, Converted, FileKind, IngestFileError, IngestSummary, ingest_files
 from jobs.readers import Batch, InputFormatError
-from mining import tables
-from mining.config import IngestConfig
-from mining.lake import Lake
-from mining.schema import DETECTIONS, PREDICTIONS, Table
-from mining.sql import LakeDB, quote_ident, quote_literal
+from mining.core import tables
+from mining.core.config import IngestConfig
+from mining.core.lake import Lake
+from mining.core.schema import DETECTIONS, PREDICTIONS, Table
+from mining.core.sql import LakeDB, quote_ident, quote_literal
 
 # IngestFileError and IngestSummary are what callers of ingest_predictions catch and get.
 __all__ = ["IngestFileError", "IngestSummary", "PREDICTION_FILES", "RowChecker", "ingest_predictions", "shard_id"]

@@ -4,8 +4,8 @@
    ``latest`` is the newest model of the lake (imagenet when there is none yet);
 2. **score** the lake's images with it: predictions and embeddings (jobs.score);
 3. **metrics** of the new version and the one before it on every slice, and the
-   regression check between them (mining.metrics): the forgetting check;
-4. **card**: the new version's model card, stored in the lake (mining.cards).
+   regression check between them (mining.evaluation.metrics): the forgetting check;
+4. **card**: the new version's model card, stored in the lake (mining.evaluation.cards).
 
 Every step is safe to rerun, so a scheduler's retry of a failed or killed loop
 finishes the work: a version already published is not trained again (an
@@ -24,13 +24,13 @@ from dataclasses import dataclass, field, replace
 from embed.finetune import TrainSettings
 from jobs.score import score_lake
 from jobs.train import TrainRequest, train_model
-from mining.cards import card_path, write_card
-from mining.config import Config
-from mining.lake import Lake
-from mining.metrics import previous_version, run_metrics
-from mining.models import list_models, version_exists
-from mining.sql import LakeDB
-from mining.summary import Summary
+from mining.core.config import Config
+from mining.core.lake import Lake
+from mining.core.sql import LakeDB
+from mining.core.summary import Summary
+from mining.evaluation.cards import card_path, write_card
+from mining.evaluation.metrics import previous_version, run_metrics
+from mining.evaluation.models import list_models, version_exists
 
 log = logging.getLogger(__name__)
 

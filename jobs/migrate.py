@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobs.progress import Progress
-from mining import tables
-from mining.lake import Lake
-from mining.schema import DETECTIONS, IMAGE_FILES, IMAGES, PREDICTIONS, TABLES, Table, conform
-from mining.sql import connect, quote_literal
-from mining.summary import Summary
+from mining.core import tables
+from mining.core.lake import Lake
+from mining.core.schema import DETECTIONS, IMAGE_FILES, IMAGES, PREDICTIONS, TABLES, Table, conform
+from mining.core.sql import connect, quote_literal
+from mining.core.summary import Summary
 
 JOB = "migrate"
 MIGRATED = "_migrated"

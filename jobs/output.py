@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 import pyarrow as pa
 
-from mining.serialize import csv_bytes, jsonable
+from mining.core.serialize import csv_bytes, jsonable
 
 FORMATS = ("table", "csv", "json")
 

@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from mining.errors import InputError
+from mining.core.errors import InputError
 
 T = TypeVar("T")
 _DONE = object()

@@ -29,12 +29,12 @@ import torch
 from embed.finetune import TrainSettings
 from embed.model import load_classifier
 from jobs.embed_images import EmbedSummary, Part, Plan, Shard, _slug, run_plan
-from mining import tables
-from mining.config import EmbedConfig
-from mining.lake import Lake
-from mining.models import checkpoint_path, read_model
-from mining.schema import EMBEDDINGS, PREDICTIONS, make_rows
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.config import EmbedConfig
+from mining.core.lake import Lake
+from mining.core.schema import EMBEDDINGS, PREDICTIONS, make_rows
+from mining.core.sql import LakeDB
+from mining.evaluation.models import checkpoint_path, read_model
 
 JOB = "score"
 SOURCE = "edgemine score"

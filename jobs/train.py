@@ -3,14 +3,14 @@
 1. Check everything that can be wrong before any work: the version name is free,
    there are image-level labels of at least two classes, ``--from`` names something
    that loads into the chosen backbone (nothing is written when one of these fails).
-2. The data: one label per image (mining.models.training_labels), split into
+2. The data: one label per image (mining.evaluation.models.training_labels), split into
    training and validation by the image_id hash (or ``--val NAME``); the images
    read through the embed job's reader. Labelled images whose file is gone or
    unreadable become rows of ``errors`` (job ``train``) and training goes on
    without them, unless too few remain.
 3. Train (embed.finetune.fit); after each epoch a checkpoint goes to
    ``_models/_staging/<version>/last.pt``: ``--resume`` continues from it.
-4. Publish (mining.models.publish_model): model.pt and model.json, then the
+4. Publish (mining.evaluation.models.publish_model): model.pt and model.json, then the
    ``models`` row, the commit point. A run killed before it leaves no visible model.
 """
 
@@ -40,11 +40,14 @@ from embed.finetune import (
 from embed.preprocess import ImageOptions
 from embed.reader import Item, ReaderSettings, read_all
 from jobs.progress import Progress
-from mining import tables
-from mining.devices import resolve_device
-from mining.errors import TrainingError, WeightsError
-from mining.lake import Lake
-from mining.models import (
+from mining.core import tables
+from mining.core.devices import resolve_device
+from mining.core.errors import TrainingError, WeightsError
+from mining.core.lake import Lake
+from mining.core.schema import ERRORS, error_rows
+from mining.core.sql import LakeDB
+from mining.core.summary import Summary
+from mining.evaluation.models import (
     NAMED_BASES,
     check_version_name,
     checkpoint_path,
@@ -55,9 +58,6 @@ from mining.models import (
     training_labels,
     validation_mask,
 )
-from mining.schema import ERRORS, error_rows
-from mining.sql import LakeDB
-from mining.summary import Summary
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ Every function takes the LakeDB first (it reads through that connection and
 writes to its lake) and, where it needs settings, a ``config`` (default: the
 one ``open_lake`` read: configs/default.toml's values, $EDGEMINE_CONFIG, the
 environment). Errors the user can fix raise subclasses of
-``mining.errors.EdgemineError`` whose message says what to do.
+``mining.core.errors.EdgemineError`` whose message says what to do.
 
 Modules, one concept each: ``lake`` (storage), ``schema`` (tables), ``sql``
 (views), ``index``/``index_store``/``index_sync`` (the vector index),
@@ -37,24 +37,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from mining.config import Config, load_config
-from mining.errors import EdgemineError
-from mining.lake import Lake
-from mining.schema import TABLES
-from mining.sql import LakeDB
+from mining.core.config import Config, load_config
+from mining.core.errors import EdgemineError
+from mining.core.lake import Lake
+from mining.core.schema import TABLES
+from mining.core.sql import LakeDB
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from mining.export import ExportSummary
-    from mining.index import VectorIndex
-    from mining.duplicates import DuplicatesSummary
-    from mining.index_sync import IndexSummary
-    from mining.labels import LabelsSummary
-
-    from mining.queues import QueueSummary
-    from mining.search import FileEmbedder, Hit
-    from mining.sessions import StepReport
+    from mining.labelling.export import ExportSummary
+    from mining.labelling.labels import LabelsSummary
+    from mining.review.queues import QueueSummary
+    from mining.search.duplicates import DuplicatesSummary
+    from mining.search.index import VectorIndex
+    from mining.search.index_sync import IndexSummary
+    from mining.search.sessions import StepReport
+    from mining.search.similar import FileEmbedder, Hit
 
 __all__ = [
     "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "load_config", "open_lake", "open_index", "sync_index",
@@ -109,7 +108,7 @@ def open_index(db: LakeDB, *, backbone: str | None = None, weights: str | None =
         >>> len(index) > 0 and index.vectors.shape[1]
         512
     """
-    from mining.index_sync import open_index as sync_and_open
+    from mining.search.index_sync import open_index as sync_and_open
 
     return sync_and_open(db, _config(db, config).index, backbone=backbone, weights=weights)
 
@@ -121,7 +120,7 @@ def sync_index(db: LakeDB, *, backbone: str | None = None, weights: str | None =
     Returns:
         what was done: ``action`` (built, rebuilt, extended, up to date), ``vectors``, ``kind``.
     """
-    from mining.index_sync import index_lake
+    from mining.search.index_sync import index_lake
 
     config = _config(db, config)
     return index_lake(db, config.index, backbone=backbone, weights=weights, rebuild=rebuild, seed=config.mining.seed)[1]
@@ -156,7 +155,7 @@ def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] =
         >>> [h.rank for h in hits], seed in [h.image_id for h in hits]
         ([1, 2, 3, 4, 5], False)
     """
-    from mining.search import find_similar as search
+    from mining.search.similar import find_similar as search
 
     config = _config(db, config)
     index = index or open_index(db, config=config)
@@ -186,8 +185,8 @@ def start_narrowing(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str
         >>> step.step, step.pool_size, sum(c.size for c in step.clusters)
         (0, 60, 60)
     """
-    from mining.backends import get_backend
-    from mining.sessions import start_query
+    from mining.search.backends import get_backend
+    from mining.search.sessions import start_query
 
     config = _config(db, config)
     index = index or open_index(db, config=config)
@@ -212,8 +211,8 @@ def pick_clusters(db: LakeDB, session: str, clusters: Sequence[int], *, k: int |
         >>> pick_clusters(db, "doctest-pick", [0, 1]).path
         [0, 1]
     """
-    from mining.backends import get_backend
-    from mining.sessions import pick, session_embedding_set
+    from mining.search.backends import get_backend
+    from mining.search.sessions import pick, session_embedding_set
 
     config = _config(db, config)
     if index is None:
@@ -233,21 +232,21 @@ def go_back(db: LakeDB, session: str, *, config: Config | None = None) -> StepRe
         >>> go_back(db, "doctest-back").path
         [0]
     """
-    from mining.sessions import back
+    from mining.search.sessions import back
 
     return back(db, session, _config(db, config).mining.user)
 
 
 def show_step(db: LakeDB, session: str, step: int | None = None) -> StepReport:
     """A step's clusters (default: the current step) (`edgemine narrow show`)."""
-    from mining.sessions import show
+    from mining.search.sessions import show
 
     return show(db, session, step)
 
 
 def list_sessions(db: LakeDB) -> pa.Table:
     """One row per narrowing session: who, when, steps, seeds (`edgemine narrow list`)."""
-    from mining.sessions import list_sessions as sessions
+    from mining.search.sessions import list_sessions as sessions
 
     return sessions(db)
 
@@ -272,7 +271,7 @@ def decide(db: LakeDB, review: str, image_ids: Sequence[str], decision: str, *, 
         >>> decide(open_lake(lake_uri), "doctest-review", [seed], "accept", reviewer="ana")
         1
     """
-    from mining.decisions import decide as record
+    from mining.review.decisions import decide as record
 
     return record(db, review, image_ids, decision, reviewer=reviewer or _config(db, config).mining.user, source=source)
 
@@ -294,7 +293,7 @@ def mark_page(db: LakeDB, review: str, shown: Sequence[str], selected: Sequence[
         >>> mark_page(db, "doctest-page", page, page[:1], reviewer="ana")
         (1, 3)
     """
-    from mining.decisions import mark_page as record
+    from mining.review.decisions import mark_page as record
 
     return record(db, review, shown, selected, reviewer=reviewer or _config(db, config).mining.user, source=source)
 
@@ -309,7 +308,7 @@ def save_review(db: LakeDB, review: str, *, name: str | None = None, config: Con
         >>> save_review(db, "doctest-saved")
         1
     """
-    from mining.decisions import save_review as publish
+    from mining.review.decisions import save_review as publish
 
     return publish(db, review, user=_config(db, config).mining.user, name=name)
 
@@ -325,7 +324,7 @@ def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, scores: Sequenc
         >>> save_set(open_lake(lake_uri), "doctest-set", [seed])
         1
     """
-    from mining.sets import save_set as write
+    from mining.core.sets import save_set as write
 
     return write(db, name, image_ids, source=source, user=_config(db, config).mining.user, scores=scores)
 
@@ -350,7 +349,7 @@ def resolve_images(db: LakeDB, source: str, *, clusters: Sequence[int] = ()) -> 
         >>> len(resolve_images(db, "sql:SELECT image_id FROM images LIMIT 3"))
         3
     """
-    from mining.sources import resolve
+    from mining.review.sources import resolve
 
     return resolve(db, source, clusters=clusters).ids
 
@@ -365,7 +364,7 @@ def source_names(db: LakeDB, kind: str) -> list[str]:
         >>> "doctest-names" in source_names(db, "set")
         True
     """
-    from mining.sources import names
+    from mining.review.sources import names
 
     return names(db, kind)
 
@@ -402,7 +401,7 @@ def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | Non
         >>> export_batch(db, "sql:SELECT image_id FROM images ORDER BY image_id LIMIT 3", fmt="coco", to=out).status
         'unchanged'
     """
-    from mining.export import export_images, resolve_source
+    from mining.labelling.export import export_images, resolve_source
 
     return export_images(db, resolve_source(db, source), fmt=fmt, target=to, config=_config(db, config), name=batch,
                          source=source, task_size=task_size, predictions=predictions, copy_images=copy_images,
@@ -434,7 +433,7 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, batch: str | None = None
         >>> result.errors, result.already
         (0, 0)
     """
-    from mining.labels import import_labels as read
+    from mining.labelling.labels import import_labels as read
 
     return read(db, source, fmt=fmt, config=_config(db, config), batch=batch, annotator=annotator, project=project,
                 allow_new_classes=allow_new_classes)
@@ -480,7 +479,7 @@ def make_queue(db: LakeDB, sampler: str, name: str, *, where: str | None = None,
         >>> make_queue(db, "random-time", "doctest-random", per="1d", k=1).images == days   # one a day
         True
     """
-    from mining.queues import make_queue as make
+    from mining.review.queues import make_queue as make
 
     config = _config(db, config)
     return make(db, sampler, name, where=where, model_version=model_version, limit=limit, diverse=diverse,
@@ -501,7 +500,7 @@ def show_queue(db: LakeDB, name: str, *, version: int | None = None) -> pa.Table
         >>> show_queue(db, "doctest-show").column("rank").to_pylist()
         [1, 2, 3]
     """
-    from mining.queues import queue_rows
+    from mining.review.queues import queue_rows
 
     return queue_rows(db, name, version)
 
@@ -515,7 +514,7 @@ def list_queues(db: LakeDB) -> pa.Table:
         >>> [r["images"] for r in list_queues(db).to_pylist() if r["queue"] == "doctest-list"]
         [4]
     """
-    from mining.queues import list_queues as listed
+    from mining.review.queues import list_queues as listed
 
     return listed(db)
 
@@ -532,7 +531,7 @@ def find_duplicates(db: LakeDB, *, threshold: float | None = None, index: Vector
         >>> found.images > 0 and found.groups >= 0
         True
     """
-    from mining.duplicates import find_duplicates as find
+    from mining.search.duplicates import find_duplicates as find
 
     config = _config(db, config)
     index = index or open_index(db, config=config)
@@ -553,7 +552,7 @@ def diverse_picks(vectors, k: int, *, centers=None, first: int | None = None, de
         >>> diverse_picks(points, 3).order.tolist()
         [0, 2, 1]
     """
-    from mining.coreset import k_center_greedy
+    from mining.search.coreset import k_center_greedy
 
     return k_center_greedy(vectors, k, centers=centers, first=first, device=device)
 
@@ -567,7 +566,7 @@ def list_models(db: LakeDB) -> pa.Table:
         >>> list_models(open_lake(lake_uri)).column_names[:3]
         ['model_version', 'backbone', 'base']
     """
-    from mining.models import list_models as models
+    from mining.evaluation.models import list_models as models
 
     return models(db)
 
@@ -582,9 +581,9 @@ def read_model(db: LakeDB, version: str) -> dict:
     Example:
         >>> read_model(open_lake(lake_uri), "no-such-version")
         Traceback (most recent call last):
-        mining.errors.TrainingError: the lake has no model 'no-such-version'; models: ...
+        mining.core.errors.TrainingError: the lake has no model 'no-such-version'; models: ...
     """
-    from mining.models import read_model as read
+    from mining.evaluation.models import read_model as read
 
     return read(db, version)
 
@@ -602,7 +601,7 @@ def add_slice(db: LakeDB, name: str, sql: str, *, config: Config | None = None) 
         >>> add_slice(open_lake(lake_uri), "doctest-night", "hour(p.ts) >= 20") >= 0
         True
     """
-    from mining.slices import add_slice as add
+    from mining.evaluation.slices import add_slice as add
 
     return add(db, name, sql, user=_config(db, config).mining.user)
 
@@ -616,7 +615,7 @@ def list_slices(db: LakeDB, *, config: Config | None = None) -> pa.Table:
         >>> names[0], "camera=cam-01" in names
         ('all', True)
     """
-    from mining.slices import all_slices, slice_table
+    from mining.evaluation.slices import all_slices, slice_table
 
     config = _config(db, config)
     return slice_table(all_slices(db, config.slices, max_values=config.metrics.auto_max_values))
@@ -644,7 +643,7 @@ def compute_metrics(db: LakeDB, versions: Sequence[str] | None = None, slices: S
         >>> "map" in rows.column("metric").to_pylist()   # the demo's COCO labels have boxes: detection mAP too
         True
     """
-    from mining.metrics import run_metrics
+    from mining.evaluation.metrics import run_metrics
 
     return run_metrics(db, _config(db, config), versions=versions, slices=slices, record=record, regressions=False)[0]
 
@@ -670,8 +669,8 @@ def check_regressions(db: LakeDB, version: str | None = None, *, baseline: str |
         >>> report.model_version, report.baseline
         ('v2', 'v1')
     """
-    from mining.metrics import check_regressions as check
-    from mining.slices import all_slices, find_slices
+    from mining.evaluation.metrics import check_regressions as check
+    from mining.evaluation.slices import all_slices, find_slices
 
     config = _config(db, config)
     chosen = find_slices(all_slices(db, config.slices, max_values=config.metrics.auto_max_values), list(slices or []))
@@ -693,7 +692,7 @@ def detect_drift(db: LakeDB, *, window: str | None = None, reference: str | None
         >>> sorted(set(rows.column("feature").to_pylist()))[:3]
         ['column:camera', 'column:customer_flag', 'column:region']
     """
-    from mining.drift import run_drift
+    from mining.evaluation.drift import run_drift
 
     return run_drift(db, _config(db, config), window=window, reference=reference, embeddings=embeddings,
                      record=record)
@@ -709,7 +708,7 @@ def write_card(db: LakeDB, version: str, path: str | None = None, *, config: Con
         >>> card.splitlines()[0], "## Known regressions" in card
         ('# Model card: v2', True)
     """
-    from mining.cards import write_card as write
+    from mining.evaluation.cards import write_card as write
 
     return write(db, version, _config(db, config), path)
 

@@ -22,8 +22,8 @@ import pytest
 import s3fs
 from filelock import FileLock
 
-from mining.config import Config, DemoConfig, EmbedConfig, IngestConfig, S3Config
-from mining.lake import Lake
+from mining.core.config import Config, DemoConfig, EmbedConfig, IngestConfig, S3Config
+from mining.core.lake import Lake
 from tests.moto_server import start as start_moto
 
 S3_KEY, S3_SECRET = "testing-key", "testing-secret"

@@ -15,10 +15,10 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from mining import tables
-from mining.lake import Lake, open_url
-from mining.schema import EMBEDDINGS, embedding_rows
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.lake import Lake, open_url
+from mining.core.schema import EMBEDDINGS, embedding_rows
+from mining.core.sql import LakeDB
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"
 

@@ -9,7 +9,7 @@ import doctest
 import shutil
 
 import mining
-from mining.lake import Lake
+from mining.core.lake import Lake
 from tests.helpers import rows
 
 

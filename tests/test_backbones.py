@@ -25,8 +25,8 @@ from embed.model import load_backbone, load_classifier
 from embed.preprocess import ImageOptions, decode
 from jobs.cli import main
 from jobs.ingest_images import ingest_images
-from mining.config import load_config
-from mining.lake import Lake
+from mining.core.config import load_config
+from mining.core.lake import Lake
 from tests.helpers import jpeg_bytes, put, rows, run_cli, source_uri
 from tests.train_helpers import labelled_lake
 

@@ -18,12 +18,12 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-import mining.backends.torch_backend as torch_backend
-from mining import devices
-from mining.backends import KMeansResult, get_backend
-from mining.backends.faiss_cpu import FaissCPU
-from mining.backends.torch_backend import TorchBackend
-from mining.errors import DeviceError
+import mining.search.backends.torch_backend as torch_backend
+from mining.core import devices
+from mining.core.errors import DeviceError
+from mining.search.backends import KMeansResult, get_backend
+from mining.search.backends.faiss_cpu import FaissCPU
+from mining.search.backends.torch_backend import TorchBackend
 
 SCORE_TOL = 1e-5
 
@@ -350,7 +350,7 @@ def test_get_backend_cuda_without_gpu_raises(monkeypatch, device):
 @pytest.mark.parametrize("device", ["cuda", "auto"])
 def test_get_backend_gpu_without_faiss_gpu_is_torch(monkeypatch, device):
     """A GPU that faiss cannot use: torch on it (only built here, nothing runs on it)."""
-    from mining.backends import faiss_gpu
+    from mining.search.backends import faiss_gpu
 
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 1)
     monkeypatch.setattr(faiss_gpu, "available", lambda: False)

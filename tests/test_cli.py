@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.cli import build_parser, main
-from mining.lake import Lake
+from mining.core.lake import Lake
 from tests.helpers import jsonl, prediction, put, put_images
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"
@@ -28,7 +28,7 @@ def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subproc
 @pytest.fixture
 def lake_dir(tmp_path: Path) -> Path:
     """A small local lake made through the CLI itself."""
-    from mining.lake import Lake
+    from mining.core.lake import Lake
 
     lake = Lake(str(tmp_path / "lake"))
     uris = put_images(lake, str(tmp_path / "src"), 12)
@@ -77,7 +77,7 @@ def test_every_command_has_help_with_the_common_flags(command, capsys):
 
 
 def test_ingest_summaries_as_json(tmp_path, capsys):
-    from mining.lake import Lake
+    from mining.core.lake import Lake
 
     lake = Lake(str(tmp_path / "lake"))
     uris = put_images(lake, str(tmp_path / "src"), 5)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from mining.config import Config, ConfigError, load_config
+from mining.core.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

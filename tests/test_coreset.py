@@ -1,16 +1,16 @@
-"""Diverse picks (mining.coreset) against a brute-force k-center greedy, and
-near-duplicate groups (mining.duplicates) found exactly for planted near-copies."""
+"""Diverse picks (mining.search.coreset) against a brute-force k-center greedy, and
+near-duplicate groups (mining.search.duplicates) found exactly for planted near-copies."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mining.coreset import k_center_brute_force, k_center_greedy
-from mining.duplicates import find_duplicates, group_duplicates
-from mining.errors import QueueError
-from mining.index import IndexSpec, VectorIndex
-from mining.sql import LakeDB
+from mining.core.errors import QueueError
+from mining.core.sql import LakeDB
+from mining.search.coreset import k_center_brute_force, k_center_greedy
+from mining.search.duplicates import find_duplicates, group_duplicates
+from mining.search.index import IndexSpec, VectorIndex
 from tests.helpers import clustered, image_ids, rows
 
 TOLERANCE = 1e-4  # float32 passes against the float64 reference: distances agree to this

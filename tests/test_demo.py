@@ -7,8 +7,8 @@ import pytest
 
 from jobs import demo_data
 from jobs.demo import run_demo
-from mining.config import Config, DemoConfig, EmbedConfig
-from mining.sql import LakeDB
+from mining.core.config import Config, DemoConfig, EmbedConfig
+from mining.core.sql import LakeDB
 
 
 def demo_config(lake, images: int, seed: int = 3, workers: int = 1) -> Config:
@@ -48,7 +48,7 @@ def test_demo_builds_a_consistent_lake(lake):
 
 
 def test_demo_is_deterministic_whatever_the_workers(tmp_path):
-    from mining.lake import Lake
+    from mining.core.lake import Lake
 
     one = Lake(str(tmp_path / "one"))
     two = Lake(str(tmp_path / "two"))
@@ -97,7 +97,7 @@ def test_glare_images_look_different():
 
 @pytest.mark.parametrize("images", [1, 7])
 def test_tiny_demo(tmp_path, images):
-    from mining.lake import Lake
+    from mining.core.lake import Lake
 
     lake = Lake(str(tmp_path / "lake"))
     summary = run_demo(demo_config(lake, images), show_progress=False).to_dict()
@@ -165,8 +165,8 @@ def test_each_kind_is_visible_in_the_pixels(kind):
 
 
 def test_demo_kind_is_selectable_and_written_to_the_truth(tmp_path):
-    from mining.errors import ConfigError
-    from mining.lake import Lake
+    from mining.core.errors import ConfigError
+    from mining.core.lake import Lake
 
     lake = Lake(str(tmp_path / "lake"))
     config = demo_config(lake, 40)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mining.schema import TABLES
+from mining.core.schema import TABLES
 
 REPO = Path(__file__).resolve().parents[1]
 

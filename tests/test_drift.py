@@ -1,4 +1,4 @@
-"""Drift over time (mining/drift.py, `edgemine drift`): injected drift flags those windows and
+"""Drift over time (mining/evaluation/drift.py, `edgemine drift`): injected drift flags those windows and
 no others; a seeded lake without drift flags none."""
 
 from __future__ import annotations
@@ -11,14 +11,21 @@ import pyarrow as pa
 import pytest
 
 from jobs.cli import main
-from mining import tables
-from mining.config import Config, DriftConfig, MiningConfig
-from mining.drift import (classifier_two_sample, detect_drift, flagged_windows, run_drift, stored_drift, window_length,
-                          window_slice)
-from mining.errors import SliceError
-from mining.lake import Lake
-from mining.schema import DRIFT, PREDICTIONS, make_rows
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.config import Config, DriftConfig, MiningConfig
+from mining.core.errors import SliceError
+from mining.core.lake import Lake
+from mining.core.schema import DRIFT, PREDICTIONS, make_rows
+from mining.core.sql import LakeDB
+from mining.evaluation.drift import (
+    classifier_two_sample,
+    detect_drift,
+    flagged_windows,
+    run_drift,
+    stored_drift,
+    window_length,
+    window_slice,
+)
 from tests.helpers import image_ids, write_embeddings
 
 DAYS, PER_DAY = 30, 150

@@ -14,12 +14,12 @@ from PIL import Image
 from embed import reader
 from jobs.embed_images import JOB, Shard, embed_lake
 from jobs.ingest_images import ingest_images
-from mining import tables
-from mining.config import EmbedConfig
-from mining.errors import ConfigError
-from mining.lake import Lake, open_url
-from mining.schema import EMBEDDINGS
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.config import EmbedConfig
+from mining.core.errors import ConfigError
+from mining.core.lake import Lake, open_url
+from mining.core.schema import EMBEDDINGS
+from mining.core.sql import LakeDB
 from tests.helpers import jpeg_bytes, local_only, put, put_images, source_uri
 from tests.test_embed_preprocess import corrupt_jpeg, truncated_jpeg
 

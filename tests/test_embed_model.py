@@ -13,7 +13,7 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 
 from embed.model import load_backbone
-from mining.errors import ConfigError, WeightsError
+from mining.core.errors import ConfigError, WeightsError
 
 # Same vectors whatever the batching or graph rewrites: float32 rounding only.
 TOLERANCE = 1e-5

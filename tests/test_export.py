@@ -1,4 +1,4 @@
-"""Export (mining.export) and labels back (mining.labels): every format read by a
+"""Export (mining.labelling.export) and labels back (mining.labelling.labels): every format read by a
 reader other than ours, batches exactly once, bad input to errors, round trips."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pytest
 from jobs.cli import main
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
-from mining.config import Config, ExportConfig, S3Config
-from mining.errors import ExportError, LabelError, QueryError
-from mining.export import FORMATS, export_images, resolve_source
-from mining.labels import import_labels
-from mining.lake import Lake, open_url
-from mining.sets import save_set
-from mining.sql import LakeDB
+from mining.core.config import Config, ExportConfig, S3Config
+from mining.core.errors import ExportError, LabelError, QueryError
+from mining.core.lake import Lake, open_url
+from mining.core.sets import save_set
+from mining.core.sql import LakeDB
+from mining.labelling.export import FORMATS, export_images, resolve_source
+from mining.labelling.labels import import_labels
 from tests.helpers import jsonl, prediction, put, put_images, rows, source_uri
 
 N = 10
@@ -213,7 +213,7 @@ def test_a_batch_is_exported_once_reruns_change_nothing_and_sent_images_are_skip
     sent = rows(lake, "SELECT batch, count(*) AS n, max(task) AS tasks FROM exports GROUP BY batch ORDER BY n DESC")
     assert [(r["n"], r["tasks"]) for r in sent] == [(4, 2), (2, 1), (2, 1)]
     assert rows(lake, "SELECT count(*) AS n FROM exports WHERE image_id = $i", {"i": ids[0]}) == [{"n": 2}]  # sent, resent
-    from mining.export import list_batches
+    from mining.labelling.export import list_batches
 
     with LakeDB(lake) as db:
         listed = list_batches(db).to_pylist()
@@ -226,7 +226,7 @@ def test_sources_set_review_session_and_sql(demo_lake):
     with LakeDB(demo_lake) as db:
         some = db.query("SELECT image_id FROM images ORDER BY image_id LIMIT 5").column("image_id").to_pylist()
         save_set(db, "export-test", some[::-1], source="t", user="a")
-        from mining.decisions import decide
+        from mining.review.decisions import decide
 
         decide(db, "export-test-review", some[:2], "accept", reviewer="a")
         decide(db, "export-test-review", some[2:3], "reject", reviewer="a")
@@ -277,8 +277,8 @@ def test_images_whose_files_are_gone_become_errors_and_the_rest_is_exported(tmp_
 def test_drop_duplicates_sends_one_image_per_group(tmp_path):
     from datetime import UTC, datetime
 
-    from mining import tables
-    from mining.schema import DUPLICATES, make_rows
+    from mining.core import tables
+    from mining.core.schema import DUPLICATES, make_rows
 
     lake = Lake(str(tmp_path / "lake"))
     ids = build(lake, 6)

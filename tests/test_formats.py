@@ -1,4 +1,4 @@
-"""The export formats as plug-ins (mining.formats): a format registered in FORMATS is
+"""The export formats as plug-ins (mining.labelling.formats): a format registered in FORMATS is
 written by `export` and read back by `labels import` with no other edit; the registry
 refuses unknown and twice-used names. Each real format's files and parser are
 tested in tests/test_export.py."""
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from mining.errors import ExportError, LabelError
-from mining.export import export_images
-from mining.formats import FORMATS, Annotation, LabelFormat, _by_name, reader_for, writer_for
-from mining.labels import import_labels
-from mining.lake import Lake
-from mining.sql import LakeDB
+from mining.core.errors import ExportError, LabelError
+from mining.core.lake import Lake
+from mining.core.sql import LakeDB
+from mining.labelling.export import export_images
+from mining.labelling.formats import FORMATS, Annotation, LabelFormat, _by_name, reader_for, writer_for
+from mining.labelling.labels import import_labels
 from tests.helpers import rows
 from tests.test_export import build, config_of
 

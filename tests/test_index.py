@@ -1,5 +1,5 @@
-"""The vector index (mining/index.py) and its storage on the lake
-(mining/index_store.py), against numpy brute force.
+"""The vector index (mining/search/index.py) and its storage on the lake
+(mining/search/index_store.py), against numpy brute force.
 
 Data: unit vectors from a Gaussian mixture (40 clusters), since uniform random
 vectors have no neighbours to find. Tolerances: scores within 1e-5 of the exact
@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mining.backends.faiss_cpu import FaissCPU
-from mining.backends.torch_backend import TorchBackend
-from mining.config import IndexConfig
-from mining.index import IndexSpec, SearchError, VectorIndex, choose_spec
-from mining.index_store import Manifest, list_indexes, load_index, load_manifest, save_index
-from mining.lake import Lake
+from mining.core.config import IndexConfig
+from mining.core.lake import Lake
+from mining.search.backends.faiss_cpu import FaissCPU
+from mining.search.backends.torch_backend import TorchBackend
+from mining.search.index import IndexSpec, SearchError, VectorIndex, choose_spec
+from mining.search.index_store import Manifest, list_indexes, load_index, load_manifest, save_index
 
 REPO = Path(__file__).resolve().parents[1]
 SCORE_TOL = 1e-5
@@ -482,8 +482,8 @@ def test_list_indexes_lists_every_embedding_set(lake, data):
 CHILD = """
 import json, sys
 import numpy as np
-from mining.index_store import load_index, load_manifest
-from mining.lake import Lake
+from mining.search.index_store import load_index, load_manifest
+from mining.core.lake import Lake
 lake = Lake(sys.argv[1])
 index = load_index(lake, load_manifest(lake, "resnet18", "imagenet1k_v1"))
 scores, positions = index.search(np.load(sys.argv[2]), 5)

@@ -1,4 +1,4 @@
-"""The index kept in step with the lake's embeddings (mining.index_sync), on a folder and on S3."""
+"""The index kept in step with the lake's embeddings (mining.search.index_sync), on a folder and on S3."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mining.config import IndexConfig
-from mining.errors import LakeError, SearchError
-from mining.index_sync import choose_embedding_set, index_lake
-from mining.schema import embedding_matrix, embedding_rows
-from mining.sql import LakeDB
+from mining.core.config import IndexConfig
+from mining.core.errors import LakeError, SearchError
+from mining.core.schema import embedding_matrix, embedding_rows
+from mining.core.sql import LakeDB
+from mining.search.index_sync import choose_embedding_set, index_lake
 from tests.helpers import clustered, image_ids, write_embeddings, write_fixed_size_embeddings
 
 

@@ -68,7 +68,7 @@ def test_feedback_lands_once_bad_rows_go_to_errors_and_the_queue_orders_by_sever
 
 def test_a_file_without_the_required_columns_is_refused_whole(tmp_path):
     from jobs.ingest_predictions import IngestFileError  # noqa: F401 (the failure is reported, not raised)
-    from mining.lake import Lake
+    from mining.core.lake import Lake
 
     lake = Lake(str(tmp_path / "lake"))
     write_lake(lake, 2)

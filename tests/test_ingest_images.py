@@ -4,8 +4,8 @@ import hashlib
 
 from jobs.embed_images import embed_lake
 from jobs.ingest_images import ingest_images
-from mining.config import EmbedConfig
-from mining.sql import LakeDB
+from mining.core.config import EmbedConfig
+from mining.core.sql import LakeDB
 from tests.helpers import jpeg_bytes, local_only, png_bytes, put, put_images, source_uri
 
 

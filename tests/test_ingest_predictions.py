@@ -11,8 +11,8 @@ import pytest
 
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import IngestFileError, ingest_predictions
-from mining import tables
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.sql import LakeDB
 from tests.helpers import jsonl, local_only, prediction, put, put_images, source_uri
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from jobs.ingest_images import ingest_images
-from mining import tables
-from mining.lake import Lake
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.lake import Lake
+from mining.core.sql import LakeDB
 from tests.helpers import jsonl, prediction, put, put_images, source_uri
 
 EDGEMINE = Path(sys.executable).parent / "edgemine"

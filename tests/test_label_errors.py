@@ -1,4 +1,4 @@
-"""Suspected label errors (mining.label_errors, the label-errors queue): cleanlab and the
+"""Suspected label errors (mining.review.label_errors, the label-errors queue): cleanlab and the
 kNN vote find planted label flips; labels from a labels table or from a review."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mining import tables
-from mining.decisions import decide
-from mining.errors import QueueError
-from mining.label_errors import confident_learning, knn_disagreement
-from mining.lake import Lake
-from mining.schema import LABELS, PREDICTIONS, make_rows
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.errors import QueueError
+from mining.core.lake import Lake
+from mining.core.schema import LABELS, PREDICTIONS, make_rows
+from mining.core.sql import LakeDB
+from mining.review.decisions import decide
+from mining.review.label_errors import confident_learning, knn_disagreement
 from tests.helpers import clustered
 from tests.test_queues import CLASSES, queue, write_lake
 

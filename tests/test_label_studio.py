@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 
 from jobs.cli import main
-from mining.errors import ExportError
-from mining.export import export_images
-from mining.label_studio import Client, push_tasks
-from mining.labels import import_labels
-from mining.sql import LakeDB
+from mining.core.errors import ExportError
+from mining.core.sql import LakeDB
+from mining.labelling.export import export_images
+from mining.labelling.label_studio import Client, push_tasks
+from mining.labelling.labels import import_labels
 from tests.helpers import rows
 from tests.test_export import build, config_of
 
@@ -104,7 +104,7 @@ def label_studio(request, tmp_path_factory) -> str:
 
 @pytest.fixture
 def ls_lake(tmp_path):
-    from mining.lake import Lake
+    from mining.core.lake import Lake
 
     lake = Lake(str(tmp_path / "lake"))
     return lake, build(lake, 4)
@@ -135,7 +135,7 @@ def test_export_creates_the_project_imports_tasks_with_predictions_and_never_dup
 
     assert push(lake, ids[:3], label_studio, "edgemine-push").status == "unchanged"
     # A run killed after its import and before the lake's commit: its tasks are there, the batch is not.
-    from mining.export import LabelStudio, load_items
+    from mining.labelling.export import LabelStudio, load_items
 
     with LakeDB(lake) as db:
         items, _ = load_items(db, ids[3:])

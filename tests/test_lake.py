@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from mining.errors import LakeError
-from mining.lake import Lake
-from mining.schema import ERRORS, error_rows
+from mining.core.errors import LakeError
+from mining.core.lake import Lake
+from mining.core.schema import ERRORS, error_rows
 
 
 def test_paths_and_urls(tmp_path):
@@ -41,7 +41,7 @@ def test_markers_record_what_a_job_finished(lake):
 
 
 def test_read_many_reads_each_object_in_one_request_and_tells_empty_from_missing(lake, monkeypatch):
-    from mining.lake import read_many
+    from mining.core.lake import read_many
 
     lake.fs.makedirs(lake.path("src"), exist_ok=True)
     for name, data in (("a.jpg", b"abc" * 1000), ("empty.jpg", b"")):
@@ -59,7 +59,7 @@ def test_read_many_reads_each_object_in_one_request_and_tells_empty_from_missing
 
 
 def test_a_query_on_a_lake_with_missing_tables_does_not_scan_every_table(lake, monkeypatch):
-    from mining.sql import LakeDB
+    from mining.core.sql import LakeDB
 
     # Each missing table looks at its own folder only: scanning all tables for each one
     # cost thousands of requests per command on S3.

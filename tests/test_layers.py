@@ -77,7 +77,7 @@ def module_name(path: Path) -> str:
 def test_no_import_cycle_between_modules_of_the_library():
     """mining's modules import each other without a cycle (a lazy import counts), so a
     plug-in (a format, a sampler) never imports what uses it. A package's own modules
-    may read the names its __init__ shares (mining/backends/)."""
+    may read the names its __init__ shares (mining/search/backends/)."""
     paths = {module_name(p): p for p in modules()["mining"]}
     graph = defaultdict(set)
     for name, path in paths.items():
@@ -147,3 +147,41 @@ def test_no_sql_in_the_uis_pages():
 ])
 def test_the_sql_check_finds_sql(source, expected):
     assert sql_in(source) == expected
+
+
+# mining/'s rooms (docs/ARCHITECTURE.md), each importing only those below it.
+ROOMS = {
+    "core": set(),
+    "search": {"core"},
+    "evaluation": {"core"},
+    "review": {"core", "search", "evaluation"},
+    "labelling": {"core", "search", "review"},
+}
+
+
+def rooms_imported_by(path: Path) -> set[str]:
+    """The rooms of mining/ that the module imports, anywhere in it (the facade counts as one)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "mining":
+                found.add(parts[1] if len(parts) > 1 else "the facade")
+    return found
+
+
+def test_mining_is_in_rooms_and_each_imports_only_the_rooms_below_it():
+    loose = [p.name for p in (REPO / "mining").glob("*.py") if p.name != "__init__.py"]
+    assert loose == [], "every module of mining/ lives in a room"
+    assert {p.name for p in (REPO / "mining").iterdir() if p.is_dir() and p.name != "__pycache__"} == set(ROOMS)
+    wrong = []
+    for room, allowed in ROOMS.items():
+        for path in sorted((REPO / "mining" / room).rglob("*.py")):
+            for imported in rooms_imported_by(path) - allowed - {room}:
+                wrong.append(f"{path.relative_to(REPO)} imports {imported}")
+    assert wrong == []

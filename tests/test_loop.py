@@ -12,10 +12,10 @@ import pytest
 from jobs.cli import EXIT_REGRESSION, main
 from jobs.loop import FIRST_BASE, resolve_base, run_loop
 from jobs.train import TrainRequest
-from mining import tables
-from mining.config import Config, EmbedConfig
-from mining.lake import Lake
-from mining.schema import PREDICTIONS, make_rows
+from mining.core import tables
+from mining.core.config import Config, EmbedConfig
+from mining.core.lake import Lake
+from mining.core.schema import PREDICTIONS, make_rows
 from tests.helpers import rows
 from tests.train_helpers import FAST, labelled_lake
 

@@ -1,4 +1,4 @@
-"""Pictures for people (mining.media) and the lake's statistics (mining.statistics)."""
+"""Pictures for people (mining.core.media) and the lake's statistics (mining.core.statistics)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import io
 import numpy as np
 from PIL import Image
 
-from mining.media import draw_boxes, image_facts, mosaic
-from mining.sql import LakeDB
-from mining.statistics import confidence_histogram
+from mining.core.media import draw_boxes, image_facts, mosaic
+from mining.core.sql import LakeDB
+from mining.core.statistics import confidence_histogram
 from tests.helpers import rows
 
 

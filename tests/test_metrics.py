@@ -1,5 +1,5 @@
-"""Slices, metrics per slice and model version, regression alarms (mining/slices.py,
-mining/metrics.py, `edgemine slice|metrics`): checked against scikit-learn on the same rows."""
+"""Slices, metrics per slice and model version, regression alarms (mining/evaluation/slices.py,
+mining/evaluation/metrics.py, `edgemine slice|metrics`): checked against scikit-learn on the same rows."""
 
 from __future__ import annotations
 
@@ -12,15 +12,23 @@ import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from jobs.cli import main
-from mining import tables
-from mining.config import Config, MetricsConfig, MiningConfig
-from mining.errors import SliceError
-from mining.lake import Lake
-from mining.metrics import (by_version, check_regressions, compute_metrics, disagreements, model_versions, run_metrics,
-                            stored_alarms, stored_metrics)
-from mining.schema import IMAGES, LABELS, PREDICTIONS, make_rows
-from mining.slices import add_slice, all_slices, find_slices, frame_ctes
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.config import Config, MetricsConfig, MiningConfig
+from mining.core.errors import SliceError
+from mining.core.lake import Lake
+from mining.core.schema import IMAGES, LABELS, PREDICTIONS, make_rows
+from mining.core.sql import LakeDB
+from mining.evaluation.metrics import (
+    by_version,
+    check_regressions,
+    compute_metrics,
+    disagreements,
+    model_versions,
+    run_metrics,
+    stored_alarms,
+    stored_metrics,
+)
+from mining.evaluation.slices import add_slice, all_slices, find_slices, frame_ctes
 from tests.helpers import image_ids
 
 CLASSES = ["car", "person", "truck"]
@@ -220,7 +228,7 @@ def test_model_card_has_the_papers_sections_and_the_previous_version_beside(two_
     regressions = text.split("## Known regressions", 1)[1].split("## Drift", 1)[0]
     assert "camera=cam-3" in regressions and "| all |" not in regressions
     with LakeDB(two_versions["lake"]) as db:
-        from mining.cards import read_card
+        from mining.evaluation.cards import read_card
 
         assert read_card(db, "v2") == text
     assert main(["card", "v9", *common]) == 2
@@ -262,7 +270,7 @@ def test_detection_map_matches_pycocotools_run_directly(tmp_path):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from mining.schema import DETECTIONS
+    from mining.core.schema import DETECTIONS
 
     rng = np.random.default_rng(21)
     lake = Lake(str(tmp_path / "lake"))

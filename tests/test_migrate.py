@@ -12,9 +12,9 @@ import pytest
 
 from jobs.cli import main
 from jobs.migrate import migrate_lake
-from mining import tables
-from mining.errors import LakeError
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.errors import LakeError
+from mining.core.sql import LakeDB
 from tests.helpers import rows
 
 T0 = datetime(2026, 10, 1, 8, tzinfo=UTC)

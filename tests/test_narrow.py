@@ -1,4 +1,4 @@
-"""Narrowing sessions (mining.sessions over mining.clustering): saved in the lake,
+"""Narrowing sessions (mining.search.sessions over mining.search.clustering): saved in the lake,
 resumed in another process, audited row by row; on a folder and on S3."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pytest
 
-from mining import sessions
-from mining.backends import get_backend
-from mining.clustering import project_2d
-from mining.config import IndexConfig, MiningConfig
-from mining.errors import SearchError, SessionError
-from mining.index_sync import open_index
-from mining.sql import LakeDB
+from mining.core.config import IndexConfig, MiningConfig
+from mining.core.errors import SearchError, SessionError
+from mining.core.sql import LakeDB
+from mining.search import sessions
+from mining.search.backends import get_backend
+from mining.search.clustering import project_2d
+from mining.search.index_sync import open_index
 from tests.helpers import clustered, image_ids, rows, run_cli, write_embeddings
 
 MINING = MiningConfig(pool=60, clusters=4, user="tester")

@@ -1,4 +1,4 @@
-"""Review queues (mining.queues, mining.samplers): each sampler on small seeded lakes
+"""Review queues (mining.review.queues, mining.review.samplers): each sampler on small seeded lakes
 whose right answer is computed here independently (numpy, pandas), the queue table's
 versions, what is left out, and bad input."""
 
@@ -12,15 +12,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mining import tables
-from mining.config import Config, IndexConfig, QueuesConfig
-from mining.decisions import decide
-from mining.errors import QueueError, QueryError
-from mining.index_sync import open_index
-from mining.lake import Lake
-from mining.queues import COMMON, SAMPLERS, list_queues, make_queue, queue_rows
-from mining.schema import DETECTIONS, EXPORTS, IMAGE_FILES, IMAGES, PREDICTIONS, make_rows
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.config import Config, IndexConfig, QueuesConfig
+from mining.core.errors import QueryError, QueueError
+from mining.core.lake import Lake
+from mining.core.schema import DETECTIONS, EXPORTS, IMAGE_FILES, IMAGES, PREDICTIONS, make_rows
+from mining.core.sql import LakeDB
+from mining.review.decisions import decide
+from mining.review.queues import COMMON, SAMPLERS, list_queues, make_queue, queue_rows
+from mining.search.index_sync import open_index
 from tests.helpers import clustered, image_ids, rows, write_embeddings
 
 CLASSES = ["car", "truck", "person", "dog"]
@@ -314,11 +314,11 @@ def test_every_sampler_is_listed_with_its_options():
 
 
 def test_a_new_sampler_is_one_spec_in_the_registry(small, monkeypatch, capsys):
-    """A sampler registered in mining.samplers.SAMPLERS is a queue, an option and a CLI command, with no other edit."""
+    """A sampler registered in mining.review.samplers.SAMPLERS is a queue, an option and a CLI command, with no other edit."""
     from jobs.cli import main
-    from mining.samplers import SAMPLERS as REGISTRY
-    from mining.samplers import Option, Picked, Sampler
-    from mining.samplers.sampler_base import make_picks
+    from mining.review.samplers import SAMPLERS as REGISTRY
+    from mining.review.samplers import Option, Picked, Sampler
+    from mining.review.samplers.sampler_base import make_picks
 
     def descending_ids(db, s, request):
         ids = s.query(db, f"SELECT image_id FROM ({s.images_sql(db)}) ORDER BY image_id DESC").column(0).to_pylist()
@@ -339,8 +339,8 @@ def test_a_new_sampler_is_one_spec_in_the_registry(small, monkeypatch, capsys):
 
 
 def test_two_samplers_cannot_share_a_name():
-    from mining.samplers import SAMPLERS as REGISTRY
-    from mining.samplers import _by_name
+    from mining.review.samplers import SAMPLERS as REGISTRY
+    from mining.review.samplers import _by_name
 
     with pytest.raises(ValueError, match="two samplers are named margin"):
         _by_name(REGISTRY["margin"], REGISTRY["entropy"], REGISTRY["margin"])
@@ -435,7 +435,7 @@ def test_cli_makes_lists_and_shows_queues_and_lists_allowed_options(small, capsy
 
 # -- forgotten: what a retrain broke -------------------------------------------------------------
 def test_forgotten_lists_what_the_new_version_gets_wrong_and_the_old_got_right(tmp_path):
-    from mining.schema import LABELS
+    from mining.core.schema import LABELS
 
     lake = Lake(str(tmp_path / "lake"))
     made = write_lake(lake, 40)

@@ -1,4 +1,4 @@
-"""Review decisions (mining.decisions): append-only, the latest wins, concurrent
+"""Review decisions (mining.review.decisions): append-only, the latest wins, concurrent
 reviewers lose nothing, bad input records nothing, a marked page is one commit; and
 the `edgemine review` CLI."""
 
@@ -10,12 +10,12 @@ import threading
 import pytest
 
 from jobs.cli import main
-from mining import tables
-from mining.decisions import decide, mark_page, save_review
-from mining.errors import ReviewError
-from mining.lake import Lake
-from mining.schema import IMAGES, REVIEWS, make_rows
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.errors import ReviewError
+from mining.core.lake import Lake
+from mining.core.schema import IMAGES, REVIEWS, make_rows
+from mining.core.sql import LakeDB
+from mining.review.decisions import decide, mark_page, save_review
 from tests.helpers import image_ids, rows
 
 

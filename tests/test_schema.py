@@ -1,4 +1,4 @@
-"""mining.schema's ``conform``: rows from DuckDB or old files into a table's schema, the one
+"""mining.core.schema's ``conform``: rows from DuckDB or old files into a table's schema, the one
 cast both the ingest jobs and `edgemine migrate` use."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from mining.schema import ERRORS, PREDICTIONS, conform
+from mining.core.schema import ERRORS, PREDICTIONS, conform
 
 
 def prediction_rows(**extra: list) -> pa.Table:

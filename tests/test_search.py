@@ -1,4 +1,4 @@
-"""Similarity search (mining.search): brute force agrees, exclusions hold, bad input
+"""Similarity search (mining.search.similar): brute force agrees, exclusions hold, bad input
 is refused clearly; and on the demo lake, the reviewer's loop finds the edge case."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from mining.config import Config, IndexConfig, MiningConfig
-from mining.errors import QueryError, SearchError
-from mining.index_sync import open_index
-from mining.search import find_similar, rank
-from mining.sql import LakeDB
+from mining.core.config import Config, IndexConfig, MiningConfig
+from mining.core.errors import QueryError, SearchError
+from mining.core.sql import LakeDB
+from mining.search.index_sync import open_index
+from mining.search.similar import find_similar, rank
 from tests.helpers import clustered, image_ids, rows, run_cli, write_embeddings
 
 MINING = MiningConfig(pool=60, clusters=4, user="tester")
@@ -118,7 +118,7 @@ def test_cli_similar_where_save_and_outside_file(demo_lake):
 
 # -- issue 15: the reviewer loop's prior, on vectors with a planted edge case --------
 def _loop_views(index, edge: np.ndarray, uncertainty: np.ndarray | None, seed: int = 0) -> int:
-    """Images viewed, pages of 20 ranked by mining.search.rank, until 90% of ``edge``."""
+    """Images viewed, pages of 20 ranked by mining.search.similar.rank, until 90% of ``edge``."""
     target = math.ceil(0.9 * edge.sum())
     positives, negatives, seen, viewed = [int(np.flatnonzero(edge)[seed])], [], [], 0
     seen = list(positives)
@@ -135,7 +135,7 @@ def _loop_views(index, edge: np.ndarray, uncertainty: np.ndarray | None, seed: i
 
 def _planted(n: int = 1200, d: int = 24, planted: int = 30, spread: float = 0.6, seed: int = 0):
     """Unit vectors: noise, and ``planted`` of them near one direction (the edge case)."""
-    from mining.index import IndexSpec, VectorIndex
+    from mining.search.index import IndexSpec, VectorIndex
 
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, d))
@@ -170,7 +170,7 @@ def test_model_doubt_helps_where_the_embedding_barely_separates_the_edge_case():
 
 
 def test_model_uncertainty_reads_the_predictions(demo_lake):
-    from mining.search import model_uncertainty
+    from mining.search.similar import model_uncertainty
 
     with LakeDB(demo_lake) as db:
         index = open_index(db, IndexConfig())
@@ -184,10 +184,10 @@ def test_model_uncertainty_reads_the_predictions(demo_lake):
 
 # -- issue 15: PCA whitening before the loop's classifier ----------------------------
 def _loop_views_with(vectors: np.ndarray, edge: np.ndarray, settings, seed: int = 0) -> int:
-    """Images viewed, pages of 20 scored by mining.feedback.loop_scores with
+    """Images viewed, pages of 20 scored by mining.search.feedback.loop_scores with
     ``settings`` (the first page: nearest to the flagged one), until 90% of ``edge``."""
-    from mining.feedback import loop_scores
-    from mining.index import IndexSpec, VectorIndex
+    from mining.search.feedback import loop_scores
+    from mining.search.index import IndexSpec, VectorIndex
 
     index = VectorIndex(np.array(image_ids(len(vectors))), vectors, IndexSpec("flat"))
     target = math.ceil(0.9 * edge.sum())
@@ -214,7 +214,7 @@ def test_whitening_finds_an_edge_case_hidden_under_loud_directions_in_fewer_view
     fewer views than on the standardised ones (whiten=0)."""
     from dataclasses import replace
 
-    from mining.feedback import LOOP
+    from mining.search.feedback import LOOP
 
     plain, whitened = [], []
     for seed in range(2):
@@ -233,7 +233,7 @@ def test_whitening_finds_an_edge_case_hidden_under_loud_directions_in_fewer_view
 
 # -- issue 15: the model's predicted class as the loop's classifier features ---------
 def test_predicted_classes_reads_the_least_sure_prediction(demo_lake):
-    from mining.search import predicted_classes
+    from mining.search.similar import predicted_classes
 
     with LakeDB(demo_lake) as db:
         index = open_index(db, IndexConfig())

@@ -1,13 +1,13 @@
-"""Named sets (mining.sets): saved, replaced, refused when they make no sense."""
+"""Named sets (mining.core.sets): saved, replaced, refused when they make no sense."""
 
 from __future__ import annotations
 
 import pytest
 
-from mining import tables
-from mining.errors import SetError
-from mining.sets import save_set
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.errors import SetError
+from mining.core.sets import save_set
+from mining.core.sql import LakeDB
 from tests.helpers import image_ids, rows
 
 

@@ -1,4 +1,4 @@
-"""Image sources (mining/sources.py): each kind's images in its one order, ties broken by
+"""Image sources (mining/review/sources.py): each kind's images in its one order, ties broken by
 image id, the names the UI's pickers offer, and what each bad spec says; on a small lake
 of the tests' own."""
 
@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from mining import tables
-from mining.decisions import decide
-from mining.errors import ExportError, QueryError, QueueError, SessionError, SourceError
-from mining.export import resolve_source
-from mining.lake import Lake
-from mining.queues import write_queue
-from mining.schema import IMAGES, NARROW_MEMBERS, NARROW_STEPS, PREDICTIONS, make_rows
-from mining.sets import save_set
-from mining.sources import names, resolve, where_spec
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.errors import ExportError, QueryError, QueueError, SessionError, SourceError
+from mining.core.lake import Lake
+from mining.core.schema import IMAGES, NARROW_MEMBERS, NARROW_STEPS, PREDICTIONS, make_rows
+from mining.core.sets import save_set
+from mining.core.sql import LakeDB
+from mining.labelling.export import resolve_source
+from mining.review.decisions import decide
+from mining.review.queues import write_queue
+from mining.review.sources import names, resolve, where_spec
 from tests.helpers import image_ids
 
 START = datetime(2026, 10, 1, tzinfo=UTC)

@@ -16,10 +16,10 @@ import pytest
 
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
-from mining import sql
-from mining.errors import QueryError, ReadOnlyError
-from mining.schema import TABLES
-from mining.sql import LakeDB, extension_path, view_statements
+from mining.core import sql
+from mining.core.errors import QueryError, ReadOnlyError
+from mining.core.schema import TABLES
+from mining.core.sql import LakeDB, extension_path, view_statements
 from tests.helpers import (
     clustered,
     jsonl,
@@ -103,7 +103,7 @@ def test_another_delta_table_leaks_neither_rows_nor_schema_nor_statistics(filled
     (which DuckDB's own sandbox lets through: it refuses only the data files)."""
     from deltalake import write_deltalake
 
-    from mining.tables import delta_storage_options
+    from mining.core.tables import delta_storage_options
 
     outside = source_uri(filled, "secret_table")
     write_deltalake(outside, pa.table({"salary": [1, 2, 3], "day": ["a", "a", "b"]}), partition_by=["day"],
@@ -195,7 +195,7 @@ def test_a_filter_on_the_partition_reads_only_that_day(filled):
 
 
 def test_reviews_keep_every_decision_and_show_the_latest(filled):
-    from mining.decisions import decide
+    from mining.review.decisions import decide
 
     image_id = _one(filled, "SELECT min(image_id) FROM images")
     with LakeDB(filled) as db:
@@ -217,8 +217,8 @@ def test_shared_views_see_what_this_process_and_others_publish(filled, small_ing
         assert _one(filled, "SELECT count(*) FROM reviews") == 0 and held == 30
 
         other_process = (
-            "import json, sys; from mining.decisions import decide; from mining.config import S3Config; "
-            "from mining.lake import Lake; from mining.sql import LakeDB; "
+            "import json, sys; from mining.review.decisions import decide; from mining.core.config import S3Config; "
+            "from mining.core.lake import Lake; from mining.core.sql import LakeDB; "
             "decide(LakeDB(Lake(sys.argv[1], S3Config(**json.loads(sys.argv[2])))), 'r1', [sys.argv[3]], 'accept', reviewer='bob')"
         )
         s3 = json.dumps(dataclasses.asdict(filled.s3))

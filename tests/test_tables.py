@@ -1,4 +1,4 @@
-"""The lake's Delta tables (mining.tables), on a folder and on S3 (moto): each write one
+"""The lake's Delta tables (mining.core.tables), on a folder and on S3 (moto): each write one
 transaction, keys kept once, concurrent writers (threads and processes) losing nothing,
 history and time travel, compaction, and the tables that cannot be read said clearly."""
 
@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from mining import tables
-from mining.errors import LakeError
-from mining.schema import ERRORS, PREDICTIONS, REVIEWS, SETS, error_rows, make_rows
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.errors import LakeError
+from mining.core.schema import ERRORS, PREDICTIONS, REVIEWS, SETS, error_rows, make_rows
+from mining.core.sql import LakeDB
 from tests.helpers import local_only, rows
 
 INFO = tables.commit_info("test", "tester", about="a test")
@@ -122,10 +122,10 @@ def test_blind_appends_from_many_threads_all_land(lake):
 APPEND_FROM_A_PROCESS = """
 import json, sys
 from datetime import UTC, datetime
-from mining import tables
-from mining.config import S3Config
-from mining.lake import Lake
-from mining.schema import REVIEWS, make_rows
+from mining.core import tables
+from mining.core.config import S3Config
+from mining.core.lake import Lake
+from mining.core.schema import REVIEWS, make_rows
 lake = Lake(sys.argv[1], S3Config(**json.loads(sys.argv[2])))
 for k in range(3):
     rows = make_rows(REVIEWS, 5, review="p", image_id=[f"{sys.argv[3]}-{k}-{i}" for i in range(5)], decision="reject",

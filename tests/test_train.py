@@ -20,12 +20,13 @@ from jobs.embed_images import Shard
 from jobs.ingest_images import ingest_images
 from jobs.score import prediction_id, score_lake
 from jobs.train import TrainRequest, train_model
-from mining import cards, tables
-from mining.config import Config, EmbedConfig
-from mining.errors import ConfigError, TrainingError, WeightsError
-from mining.lake import Lake, open_url
-from mining.models import list_models, model_row, read_model, training_labels, validation_mask
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.config import Config, EmbedConfig
+from mining.core.errors import ConfigError, TrainingError, WeightsError
+from mining.core.lake import Lake, open_url
+from mining.core.sql import LakeDB
+from mining.evaluation import cards
+from mining.evaluation.models import list_models, model_row, read_model, training_labels, validation_mask
 from tests.helpers import put, rows, source_uri
 from tests.test_kill_and_rerun import kill_when, start
 from tests.train_helpers import CLASSES, FAST, add_labels, coloured_jpeg, labelled_lake
@@ -127,7 +128,7 @@ def test_an_image_labelled_again_keeps_its_latest_import(tmp_path):
     assert got[images[2]["image_id"]] == (images[2]["label"], "b1")
     # --val NAME: a named set's images are the validation images.
     from jobs.train import _split
-    from mining.sets import save_set
+    from mining.core.sets import save_set
 
     with LakeDB(lake) as db:
         save_set(db, "holdout", [images[1]["image_id"]], source="test", user="tester")

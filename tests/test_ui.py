@@ -13,14 +13,14 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from jobs.demo import run_demo
-from mining import sessions
-from mining.backends import get_backend
-from mining.config import Config, DemoConfig, EmbedConfig, IndexConfig, MiningConfig, S3Config
-from mining.index_sync import open_index
-from mining.lake import Lake
-from mining.media import read_image
-from mining.sets import save_set
-from mining.sql import LakeDB
+from mining.core.config import Config, DemoConfig, EmbedConfig, IndexConfig, MiningConfig, S3Config
+from mining.core.lake import Lake
+from mining.core.media import read_image
+from mining.core.sets import save_set
+from mining.core.sql import LakeDB
+from mining.search import sessions
+from mining.search.backends import get_backend
+from mining.search.index_sync import open_index
 from tests.helpers import rows as sql
 from ui import nav
 
@@ -204,7 +204,7 @@ def test_an_uploaded_image_is_a_seed_and_a_new_file_of_the_same_name_is_a_new_se
 
 def test_the_default_embedding_set_and_the_same_set_named_share_one_loaded_index(demo_lake, monkeypatch):
     """Find similar asks for the lake's default set, a session names its set: one index in memory, not two."""
-    from mining import index_sync
+    from mining.search import index_sync
     from ui import data
 
     monkeypatch.setenv("EDGEMINE_LAKE", demo_lake.uri)
@@ -359,8 +359,8 @@ def test_an_empty_lake_says_what_to_run(tmp_path, monkeypatch):
 def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app, demo_lake, tmp_path):
     import json as json_
 
-    from mining.config import Config
-    from mining.labels import import_labels
+    from mining.core.config import Config
+    from mining.labelling.labels import import_labels
 
     # Images nobody labelled yet (the session's demo lake is shared: the library's doctests label some).
     ids = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM images WHERE image_id NOT IN "
@@ -552,7 +552,7 @@ def test_metrics_page_shows_regressions_drift_and_cards(tmp_path, monkeypatch):
 
 def test_metrics_page_opens_what_a_retrain_forgot_and_shows_models(tmp_path, monkeypatch):
     """v2 against v1 (the version before it) as a `forgotten` queue in Review; a trained model's curves."""
-    from mining.models import publish_model
+    from mining.evaluation.models import publish_model
     from tests.test_metrics import build_two_versions
 
     lake = build_two_versions(tmp_path / "lake")["lake"]

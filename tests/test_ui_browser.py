@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from mining.config import UIConfig
-from mining.sql import LakeDB
+from mining.core.config import UIConfig
+from mining.core.sql import LakeDB
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

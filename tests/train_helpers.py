@@ -11,9 +11,9 @@ from PIL import Image
 
 from embed.finetune import TrainSettings
 from jobs.ingest_images import ingest_images
-from mining import tables
-from mining.lake import Lake
-from mining.schema import LABELS, make_rows
+from mining.core import tables
+from mining.core.lake import Lake
+from mining.core.schema import LABELS, make_rows
 from tests.helpers import put, rows, source_uri
 
 CLASSES = ("blue", "green", "red")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mining.errors import EdgemineError
+from mining.core.errors import EdgemineError
 from ui import data, nav, widgets
 
 st.set_page_config(page_title="edgemine", page_icon=":material/image_search:", layout="wide")

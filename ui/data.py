@@ -5,7 +5,7 @@ Everything the pages show comes through here, so caching lives in one place:
 session (vector index, backend), ``st.cache_data`` for reads
 whose answer only changes when the lake does (thumbnails never change for an
 image id; lake statistics are kept a minute). Each browser session holds its own
-cursor on the process's shared DuckDB database of the lake (``mining.sql``; a
+cursor on the process's shared DuckDB database of the lake (``mining.core.sql``; a
 cursor is not shared between threads), which follows that database when it is rebuilt.
 """
 
@@ -17,14 +17,16 @@ import pyarrow as pa
 import streamlit as st
 
 import embed.files
-from mining import index_sync, media, search, sessions, statistics
-from mining.backends import Backend, get_backend
-from mining.clustering import project_2d
-from mining.config import Config, load_config
-from mining.index import VectorIndex
-from mining.lake import Lake
-from mining.search import FileEmbedder
-from mining.sql import LakeDB
+from mining.core import media, statistics
+from mining.core.config import Config, load_config
+from mining.core.lake import Lake
+from mining.core.sql import LakeDB
+from mining.search import index_sync, sessions
+from mining.search import similar as search
+from mining.search.backends import Backend, get_backend
+from mining.search.clustering import project_2d
+from mining.search.index import VectorIndex
+from mining.search.similar import FileEmbedder
 
 
 def config() -> Config:

@@ -1,6 +1,6 @@
 """`edgemine ui`: run the Streamlit app on a lake.
 
-The app reads its configuration like every command (mining.config.load_config),
+The app reads its configuration like every command (mining.core.config.load_config),
 so the lake and config file travel as $EDGEMINE_LAKE and $EDGEMINE_CONFIG.
 """
 
@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mining.config import Config
+from mining.core.config import Config
 
 log = logging.getLogger(__name__)
 APP = Path(__file__).with_name("app.py")

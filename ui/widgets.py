@@ -2,7 +2,7 @@
 name, and how errors the user can fix are shown.
 
 Each draws and returns what the user chose; none writes to the lake except
-through the library (mining.decisions) when the user clicks a decision.
+through the library (mining.review.decisions) when the user clicks a decision.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 import streamlit as st
 
-from mining.errors import EdgemineError
-from mining.media import draw_boxes, image_details, read_image
+from mining.core.errors import EdgemineError
+from mining.core.media import draw_boxes, image_details, read_image
 from ui import data
 
 DECISION_MARK = {"accept": ":green[**accepted**]", "reject": ":red[**rejected**]"}

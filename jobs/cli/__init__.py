@@ -26,11 +26,18 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from jobs.cli import (evaluation_commands, ingest_commands, labelling_commands, lake_commands, model_commands,
-                      review_commands, search_commands)
+from jobs.cli import (
+    evaluation_commands,
+    ingest_commands,
+    labelling_commands,
+    lake_commands,
+    model_commands,
+    review_commands,
+    search_commands,
+)
 from jobs.cli.common import EXIT_REGRESSION, UsageError
-from mining.config import Config, load_config
-from mining.errors import EdgemineError
+from mining.core.config import Config, load_config
+from mining.core.errors import EdgemineError
 
 __all__ = ["EXIT_REGRESSION", "UsageError", "build_parser", "main", "user_message"]
 

@@ -12,10 +12,10 @@ from typing import Any
 import pyarrow as pa
 
 from jobs.output import write_json, write_rows
-from mining.config import Config, EmbedConfig
-from mining.errors import EdgemineError
-from mining.lake import Lake
-from mining.sql import LakeDB
+from mining.core.config import Config, EmbedConfig
+from mining.core.errors import EdgemineError
+from mining.core.lake import Lake
+from mining.core.sql import LakeDB
 
 EXIT_REGRESSION = 3  # `metrics --fail-on-regression`, `loop`: a regression alarm was raised (a rollout should stop)
 

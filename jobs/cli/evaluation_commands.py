@@ -8,7 +8,7 @@ import sys
 import mining
 from jobs.cli.common import EXIT_REGRESSION, open_db, print_result
 from jobs.output import FORMATS, write_rows
-from mining.config import Config
+from mining.core.config import Config
 
 
 def add_slice(commands, add) -> None:
@@ -42,7 +42,7 @@ def cmd_slice_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_slice_show(args: argparse.Namespace, config: Config) -> int:
-    from mining.slices import all_slices, find_slices, show_slice
+    from mining.evaluation.slices import all_slices, find_slices, show_slice
 
     with open_db(config) as db:
         one = find_slices(all_slices(db, config.slices, max_values=config.metrics.auto_max_values), [args.name])[0]
@@ -71,7 +71,7 @@ def add_metrics(commands, add) -> None:
 
 
 def cmd_metrics(args: argparse.Namespace, config: Config) -> int:
-    from mining.metrics import run_metrics
+    from mining.evaluation.metrics import run_metrics
 
     with open_db(config) as db:  # metrics and regressions in one pass: the facade has them as two functions
         rows, report = run_metrics(db, config, versions=args.versions, slices=args.slices, baseline=args.baseline)
@@ -82,7 +82,7 @@ def cmd_metrics(args: argparse.Namespace, config: Config) -> int:
 
 def _metrics_text(rows, report, fmt: str) -> None:
     """Every metric row as CSV, or the headline metrics per slice and version, then the regression alarms."""
-    from mining.metrics import summary_table
+    from mining.evaluation.metrics import summary_table
 
     if fmt == "csv":
         write_rows(rows, "csv", sys.stdout)
@@ -137,7 +137,7 @@ def add_card(commands, add) -> None:
 
 
 def cmd_card(args: argparse.Namespace, config: Config) -> int:
-    from mining.cards import card_path
+    from mining.evaluation.cards import card_path
 
     with open_db(config) as db:
         text = mining.write_card(db, args.model_version, args.output, config=config)

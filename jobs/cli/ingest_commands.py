@@ -7,8 +7,8 @@ import sys
 
 from embed.backbones import BACKBONES
 from jobs.cli.common import embed_config, print_result
-from mining.config import Config
-from mining.lake import Lake
+from mining.core.config import Config
+from mining.core.lake import Lake
 
 
 def add_ingest(commands, add) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from jobs.cli.common import print_result
-from mining.config import Config
+from mining.core.config import Config
 
 
 def add_export(commands, add) -> None:

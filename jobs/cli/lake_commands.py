@@ -10,8 +10,8 @@ from typing import Any
 import mining
 from jobs.cli.common import UsageError, add_index_choice, index_config, open_db, print_result
 from jobs.output import FORMATS, write_rows
-from mining.config import Config
-from mining.lake import Lake
+from mining.core.config import Config
+from mining.core.lake import Lake
 
 
 def add_demo(commands, add) -> None:
@@ -65,7 +65,7 @@ def add_sql(commands, add) -> None:
 
 
 def cmd_sql(args: argparse.Namespace, config: Config) -> int:
-    from mining.sql import view_statements
+    from mining.core.sql import view_statements
 
     if args.views:
         sys.stdout.write(view_statements(Lake.from_config(config)))
@@ -75,7 +75,7 @@ def cmd_sql(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("give a query, e.g. edgemine sql \"SELECT count(*) FROM predictions\", or --views")
     as_of = None
     if args.as_of:
-        from mining.tables import resolve_as_of
+        from mining.core.tables import resolve_as_of
 
         with open_db(config) as db:
             as_of = resolve_as_of(db.lake, args.as_of, db.check_read_only(query))
@@ -92,7 +92,7 @@ def cmd_sql(args: argparse.Namespace, config: Config) -> int:
 def _write_parquet_output(result: Any, output: str, config: Config) -> None:
     import pyarrow.parquet as pq
 
-    from mining.lake import open_url
+    from mining.core.lake import open_url
 
     if Lake.from_config(config).contains(output):
         raise UsageError(f"--output {output} is inside the lake; write query results elsewhere (the lake is written only by jobs)")
@@ -106,7 +106,7 @@ def add_tables(commands, add) -> None:
 
 
 def cmd_tables(args: argparse.Namespace, config: Config) -> int:
-    from mining.statistics import table_rows
+    from mining.core.statistics import table_rows
 
     with open_db(config) as db:
         print_result(args, table_rows(db))
@@ -120,7 +120,7 @@ def add_history(commands, add) -> None:
 
 
 def cmd_history(args: argparse.Namespace, config: Config) -> int:
-    from mining.tables import history
+    from mining.core.tables import history
 
     print_result(args, history(Lake.from_config(config), args.table, args.limit), _history_text)
     return 0

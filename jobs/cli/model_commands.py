@@ -8,8 +8,8 @@ import sys
 import mining
 from embed.backbones import BACKBONES, FINETUNE_CHOICES
 from jobs.cli.common import EXIT_REGRESSION, UsageError, embed_config, open_db, print_result
-from mining.config import Config
-from mining.lake import Lake
+from mining.core.config import Config
+from mining.core.lake import Lake
 
 
 def add_train(commands, add) -> None:

@@ -8,7 +8,7 @@ import sys
 import mining
 from jobs.cli.common import open_db, print_result
 from jobs.output import FORMATS, write_rows
-from mining.config import Config
+from mining.core.config import Config
 
 
 def add_review(commands, add) -> None:
@@ -40,7 +40,7 @@ def _decided_text(decided: dict) -> None:
 
 
 def cmd_review_list(args: argparse.Namespace, config: Config) -> int:
-    from mining.decisions import list_reviews
+    from mining.review.decisions import list_reviews
 
     with open_db(config) as db:
         print_result(args, list_reviews(db))
@@ -62,13 +62,13 @@ def _published_text(saved: dict) -> None:
 
 def add_queue(commands, add, samplers: bool) -> None:
     """`edgemine queue SAMPLER|list|show`: one subcommand per sampler, its flags from
-    mining.samplers.SAMPLERS (the registry), built only when the command line says queue (importing the
+    mining.review.samplers.SAMPLERS (the registry), built only when the command line says queue (importing the
     samplers is a tenth of a second of every other command's start-up)."""
     queue = commands.add_parser("queue", help="make a review queue with a sampler, or list and show queues (saved in the lake)")
     if not samplers:
         return
-    from mining.queues import COMMON
-    from mining.samplers import SAMPLERS
+    from mining.review.queues import COMMON
+    from mining.review.samplers import SAMPLERS
 
     kinds = queue.add_subparsers(title="sampler", metavar="SAMPLER")
     for spec in SAMPLERS.values():
@@ -99,7 +99,7 @@ def add_queue(commands, add, samplers: bool) -> None:
 
 
 def cmd_queue(args: argparse.Namespace, config: Config) -> int:
-    from mining.samplers import SAMPLERS
+    from mining.review.samplers import SAMPLERS
 
     options = {o.name: getattr(args, f"opt_{o.name}") for o in SAMPLERS[args.sampler].options}
     with open_db(config) as db:

@@ -8,7 +8,7 @@ import sys
 import mining
 from jobs.cli.common import UsageError, add_index_choice, index_config, open_db, print_result
 from jobs.output import FORMATS
-from mining.config import Config
+from mining.core.config import Config
 
 
 def add_similar(commands, add) -> None:
@@ -24,7 +24,7 @@ def add_similar(commands, add) -> None:
 
 def cmd_similar(args: argparse.Namespace, config: Config) -> int:
     from embed.files import file_embedder
-    from mining.search import hits_table
+    from mining.search.similar import hits_table
 
     config = index_config(args, config)
     if args.k is not None and args.k < 1:
@@ -111,7 +111,7 @@ def cmd_narrow_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_narrow_save(args: argparse.Namespace, config: Config) -> int:
-    from mining.sessions import save_session
+    from mining.search.sessions import save_session
 
     with open_db(config) as db:
         n = save_session(db, args.session, args.set_name, config.mining.user, args.clusters)

@@ -41,10 +41,10 @@ from embed.model import load_backbone  # noqa: E402
 from jobs.demo_data import draw_scene, encode_jpeg, sample_scene, scene_rng  # noqa: E402
 from jobs.embed_images import DEFAULT_BATCH, embed_lake  # noqa: E402
 from jobs.ingest_images import ingest_images  # noqa: E402
-from mining.config import EmbedConfig  # noqa: E402
-from mining.devices import resolve_device  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
+from mining.core.config import EmbedConfig  # noqa: E402
+from mining.core.devices import resolve_device  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
 SEED = 0

@@ -1,9 +1,9 @@
 """Benchmark: export a large set for labelling, and import its labels back.
 
 A synthetic local lake of ``--images`` images (written by the project's own writer,
-mining.tables: one prediction and two detection boxes per image; an empty file per
+mining.core.tables: one prediction and two detection boxes per image; an empty file per
 image, so the export's check that files exist lists a real folder) is exported by
-reference, in one task, to COCO and to Label Studio JSON with `mining.export`
+reference, in one task, to COCO and to Label Studio JSON with `mining.labelling.export`
 (what `edgemine export` runs: sources, checks, the batch's files, the `exports`
 commit). Beside it, in the same run, what a user would otherwise write: one SQL
 query for the same rows (images, newest prediction, its boxes) and a plain loop
@@ -32,13 +32,13 @@ import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from mining import tables  # noqa: E402
-from mining.config import Config  # noqa: E402
-from mining.export import export_images  # noqa: E402
-from mining.labels import import_labels  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.schema import DETECTIONS, IMAGES, PREDICTIONS, make_rows  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
+from mining.core import tables  # noqa: E402
+from mining.core.config import Config  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.schema import DETECTIONS, IMAGES, PREDICTIONS, make_rows  # noqa: E402
+from mining.core.sql import LakeDB  # noqa: E402
+from mining.labelling.export import export_images  # noqa: E402
+from mining.labelling.labels import import_labels  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
 CLASSES = np.array(["car", "truck", "person", "bicycle"])

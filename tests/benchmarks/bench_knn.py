@@ -63,11 +63,11 @@ import threadpoolctl  # noqa: E402
 import torch  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 
-from mining.backends import get_backend  # noqa: E402
-from mining.backends.torch_backend import TorchBackend  # noqa: E402
-from mining.clustering import cluster_pool, take_pool  # noqa: E402
-from mining.config import IndexConfig, MiningConfig  # noqa: E402
-from mining.index import IndexSpec, VectorIndex, choose_spec  # noqa: E402
+from mining.core.config import IndexConfig, MiningConfig  # noqa: E402
+from mining.search.backends import get_backend  # noqa: E402
+from mining.search.backends.torch_backend import TorchBackend  # noqa: E402
+from mining.search.clustering import cluster_pool, take_pool  # noqa: E402
+from mining.search.index import IndexSpec, VectorIndex, choose_spec  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
 DIM = 512

@@ -1,7 +1,7 @@
 """Benchmark: SQL over the lake's Delta tables, and what compaction does after a day of ingests.
 
 1. Views against the files they read. A synthetic ``predictions`` table (30 days,
-   written by the project's own writer, mining.tables, in batches of 1M rows) is
+   written by the project's own writer, mining.core.tables, in batches of 1M rows) is
    queried three ways in the same run, best of ``--repeat`` each, in one process:
    - ``edgemine``: the ``predictions`` view of a read-only LakeDB (the sandbox's parse
      tree check included), as `edgemine sql` and the UI run it;
@@ -40,11 +40,11 @@ sys.path.insert(0, str(REPO))
 from jobs.compact import compact_lake  # noqa: E402
 from jobs.ingest_images import ingest_images  # noqa: E402
 from jobs.ingest_predictions import ingest_predictions  # noqa: E402
-from mining import tables  # noqa: E402
-from mining.config import IngestConfig  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.schema import PREDICTIONS, make_rows  # noqa: E402
-from mining.sql import LakeDB, connect, quote_literal  # noqa: E402
+from mining.core import tables  # noqa: E402
+from mining.core.config import IngestConfig  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.schema import PREDICTIONS, make_rows  # noqa: E402
+from mining.core.sql import LakeDB, connect, quote_literal  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 from tests.helpers import jsonl, png_bytes  # noqa: E402
 

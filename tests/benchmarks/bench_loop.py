@@ -6,7 +6,7 @@ On a glare demo lake (hidden truth in ``demo_truth``) with ``--edge-rate`` glare
 ``--cache``):
 
 1. a held-out evaluation set: the images whose id hash falls in the top ``--eval``
-   share (mining.models.validation_fraction_of; disjoint from every training split),
+   share (mining.evaluation.models.validation_fraction_of; disjoint from every training split),
    labelled with their true class as batch ``eval``, never trained on;
 2. a first labelling round: a random ``--base`` share of the other images, in which glare
    is kept at ``--base-glare`` of the round (3%, the demo's natural rate: the round a team
@@ -21,7 +21,7 @@ On a glare demo lake (hidden truth in ``demo_truth``) with ``--edge-rate`` glare
 4. and model **after** = `edgemine loop` from *before* on base + glare (``--after-epochs``,
    ``--after-lr``, ``--glare-weight`` as `--batch-weight glare=W`; training seeded by the
    seed), score, metrics of both versions on every slice, the regression check
-   (mining.metrics: 0.02 below with a bootstrap interval below 0), the card.
+   (mining.evaluation.metrics: 0.02 below with a bootstrap interval below 0), the card.
 
 Reported per seed, and as mean and spread over the seeds: accuracy of before and after on
 the held-out glare images and on the held-out other images, and the regression alarms.
@@ -53,15 +53,15 @@ from embed.finetune import TrainSettings  # noqa: E402
 from jobs.demo import run_demo  # noqa: E402
 from jobs.loop import run_loop  # noqa: E402
 from jobs.train import TrainRequest  # noqa: E402
-from mining import tables  # noqa: E402
-from mining.config import Config, DemoConfig, EmbedConfig  # noqa: E402
-from mining.index import VectorIndex  # noqa: E402
-from mining.index_sync import index_lake  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.models import read_model, validation_fraction_of  # noqa: E402
-from mining.schema import LABELS, make_rows  # noqa: E402
-from mining.search import model_uncertainty, rank  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
+from mining.core import tables  # noqa: E402
+from mining.core.config import Config, DemoConfig, EmbedConfig  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.schema import LABELS, make_rows  # noqa: E402
+from mining.core.sql import LakeDB  # noqa: E402
+from mining.evaluation.models import read_model, validation_fraction_of  # noqa: E402
+from mining.search.index import VectorIndex  # noqa: E402
+from mining.search.index_sync import index_lake  # noqa: E402
+from mining.search.similar import model_uncertainty, rank  # noqa: E402
 from tests.benchmarks.bench_mining import PAGE, load_truth  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 

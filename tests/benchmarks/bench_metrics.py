@@ -33,14 +33,14 @@ import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from mining import tables  # noqa: E402
-from mining.config import DriftConfig, MetricsConfig  # noqa: E402
-from mining.drift import detect_drift  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.metrics import check_regressions, compute_metrics  # noqa: E402
-from mining.schema import EMBEDDINGS, LABELS, PREDICTIONS, embedding_rows, make_rows  # noqa: E402
-from mining.slices import all_slices, find_slices  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
+from mining.core import tables  # noqa: E402
+from mining.core.config import DriftConfig, MetricsConfig  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.schema import EMBEDDINGS, LABELS, PREDICTIONS, embedding_rows, make_rows  # noqa: E402
+from mining.core.sql import LakeDB  # noqa: E402
+from mining.evaluation.drift import detect_drift  # noqa: E402
+from mining.evaluation.metrics import check_regressions, compute_metrics  # noqa: E402
+from mining.evaluation.slices import all_slices, find_slices  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
 CLASSES = np.array(["car", "truck", "person", "bicycle", "dog", "plane"])
@@ -174,13 +174,12 @@ def metrics_part(lake: Lake, baseline: bool = True) -> dict:
 
 def pandas_drift(lake: Lake, frame, config: DriftConfig) -> int:
     """The same tests per daily window, written with pandas, scipy and scikit-learn."""
+    import pandas as pd
     from deltalake import DeltaTable
     from scipy.spatial.distance import jensenshannon
     from scipy.stats import chi2_contingency, ks_2samp
 
-    from mining.drift import classifier_two_sample
-
-    import pandas as pd
+    from mining.evaluation.drift import classifier_two_sample
 
     cut = pd.Timestamp("2026-10-08", tz="UTC")
     frame = frame.assign(day=frame.ts.dt.floor("D"))

@@ -6,7 +6,7 @@ small half-hidden objects), one demo lake per kind, whose ground truth
 Per kind, each of ``--seeds`` edge-case images is flagged in turn, then a
 simulated reviewer looks at the next 20 images offered, marks the edge cases
 positive and the rest negative, and the next 20 are ranked with everything marked
-so far by mining.search.rank (what `edgemine similar SEEDS --not NEGATIVES` runs).
+so far by mining.search.similar.rank (what `edgemine similar SEEDS --not NEGATIVES` runs).
 The number: images viewed (the flagged one not counted) per edge image collected,
 until 90% of the edge cases are collected; against, in the same run, reviewing
 predictions by lowest confidence and in random order. The headline is the mean
@@ -39,15 +39,15 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from jobs.demo import run_demo  # noqa: E402
 from jobs.demo_data import EDGE_KINDS  # noqa: E402
-from mining.backends import get_backend  # noqa: E402
-from mining.clustering import cluster_pool, take_pool  # noqa: E402
-from mining.config import Config, DemoConfig  # noqa: E402
-from mining.feedback import mean_direction  # noqa: E402
-from mining.index import IndexSpec, VectorIndex  # noqa: E402
-from mining.index_sync import index_lake  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.search import model_uncertainty, predicted_classes, rank  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
+from mining.core.config import Config, DemoConfig  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.sql import LakeDB  # noqa: E402
+from mining.search.backends import get_backend  # noqa: E402
+from mining.search.clustering import cluster_pool, take_pool  # noqa: E402
+from mining.search.feedback import mean_direction  # noqa: E402
+from mining.search.index import IndexSpec, VectorIndex  # noqa: E402
+from mining.search.index_sync import index_lake  # noqa: E402
+from mining.search.similar import model_uncertainty, predicted_classes, rank  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
 PAGE = 20
@@ -137,7 +137,7 @@ def review(index: VectorIndex, edge: np.ndarray, seed: int, uncertainty: np.ndar
     positives, negatives, seen = [seed], [], [seed]
     viewed = 0
     while len(positives) < target:
-        # What `edgemine similar POSITIVES --not NEGATIVES` ranks (mining.search.find_similar).
+        # What `edgemine similar POSITIVES --not NEGATIVES` ranks (mining.search.similar.find_similar).
         hits = rank(index, index.vectors[positives], index.vectors[negatives] if negatives else None, PAGE,
                     exclude=np.array(seen), seed=len(seen), uncertainty=uncertainty, predicted=predicted,
                     positive_positions=np.array(positives), negative_positions=np.array(negatives, np.int64))

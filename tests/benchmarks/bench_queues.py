@@ -1,4 +1,4 @@
-"""Benchmark: review queues (mining.queues), in three parts, one command.
+"""Benchmark: review queues (mining.review.queues), in three parts, one command.
 
 (a) quality: on the demo lake with its hidden truth (``demo_truth.is_edge_case``,
     sun glare), how many edge cases each sampler puts in its first 100 images,
@@ -6,7 +6,7 @@
     ``customer_flag`` column stands in for customer reports (feedback sampler);
     novelty and diversity run after a reviewer went through one random queue.
 (b) scale: the samplers over a large synthetic predictions table written with
-    mining.tables (``--rows``, 10M by default): seconds per queue (reading the
+    mining.core.tables (``--rows``, 10M by default): seconds per queue (reading the
     lake, ranking, writing the queue) against the same query written by hand in
     DuckDB over delta_scan, and in pandas, in the same run; and the peak memory.
 (c) diversity: k-center greedy for 1,000 picks among ``--vectors`` (1M by default)
@@ -37,13 +37,13 @@ import pyarrow as pa
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-from mining import tables  # noqa: E402
-from mining.config import Config, DemoConfig, EmbedConfig, IndexConfig  # noqa: E402
-from mining.coreset import k_center_greedy  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.queues import make_queue  # noqa: E402
-from mining.schema import PREDICTIONS, make_rows  # noqa: E402
-from mining.sql import LakeDB, connect, quote_literal  # noqa: E402
+from mining.core import tables  # noqa: E402
+from mining.core.config import Config, DemoConfig, EmbedConfig, IndexConfig  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.schema import PREDICTIONS, make_rows  # noqa: E402
+from mining.core.sql import LakeDB, connect, quote_literal  # noqa: E402
+from mining.review.queues import make_queue  # noqa: E402
+from mining.search.coreset import k_center_greedy  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
 FIRST = 100
@@ -58,8 +58,8 @@ def peak_rss_gib() -> float:
 def quality(lake_dir: str | None, images: int) -> dict:
     from jobs.demo import run_demo
     from jobs.ingest_feedback import ingest_feedback
-    from mining.decisions import decide
-    from mining.index_sync import open_index
+    from mining.review.decisions import decide
+    from mining.search.index_sync import open_index
 
     if lake_dir and Path(lake_dir, "demo_truth").exists():
         lake = Lake(lake_dir)

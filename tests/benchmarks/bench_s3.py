@@ -2,7 +2,7 @@
 
 Two things a user of an S3 lake pays per request:
 
-- **reading images**: ``--images`` objects of ``--kb`` KiB read by mining.lake.read_many
+- **reading images**: ``--images`` objects of ``--kb`` KiB read by mining.core.lake.read_many
   (one ranged GET each) side by side with fsspec's plain ``cat_ranges`` (what the job
   used before: s3fs asks each object's size first, a HEAD, then GETs it), in one run;
 - **a query on a young lake**: ``LakeDB`` over a lake where most tables do not exist yet
@@ -30,9 +30,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 import s3fs  # noqa: E402
 
-from mining.config import S3Config  # noqa: E402
-from mining.lake import Lake, read_many  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
+from mining.core.config import S3Config  # noqa: E402
+from mining.core.lake import Lake, read_many  # noqa: E402
+from mining.core.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 from tests.moto_server import start as start_moto  # noqa: E402
 

@@ -29,9 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 from jobs.demo import run_demo  # noqa: E402
-from mining.config import Config, DemoConfig  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
+from mining.core.config import Config, DemoConfig  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.sql import LakeDB  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
 CLI = [sys.executable, "-m", "jobs.cli"]

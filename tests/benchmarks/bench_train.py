@@ -46,12 +46,12 @@ from jobs.demo_data import draw_scene, encode_jpeg, sample_scene, scene_rng
 from jobs.ingest_images import ingest_images
 from jobs.score import score_lake
 from jobs.train import TrainRequest, train_model
-from mining import tables
-from mining.config import EmbedConfig
-from mining.devices import resolve_device
-from mining.lake import Lake
-from mining.schema import LABELS, image_id_from_bytes, make_rows
-from mining.sql import LakeDB
+from mining.core import tables
+from mining.core.config import EmbedConfig
+from mining.core.devices import resolve_device
+from mining.core.lake import Lake
+from mining.core.schema import LABELS, image_id_from_bytes, make_rows
+from mining.core.sql import LakeDB
 from tests.benchmarks.machine import describe
 
 SEED = 0

@@ -3,7 +3,7 @@ a drill step of a narrowing session, on a lake of 100,000 images, each against
 what a user would otherwise write, in the same run.
 
 The lake is synthetic and written directly with the project's own writer
-(``mining.tables``), so its layout is the real one (Delta tables), without
+(``mining.core.tables``), so its layout is the real one (Delta tables), without
 running the demo (which renders and embeds every image: far too slow at this size):
 
 - ``images``, ``embeddings``, ``thumbnails``: one commit per part of ``--part``
@@ -21,20 +21,20 @@ running the demo (which renders and embeds every image: far too slow at this siz
   other rows' ``uri`` name files that do not exist.
 
 The lake is kept in ``--lake`` and reused when complete (a marker written last).
-The index is then synced with ``mining.index_sync.index_lake`` (flat, exact, at 100k).
+The index is then synced with ``mining.search.index_sync.index_lake`` (flat, exact, at 100k).
 
 Measured (median of ``--repeats`` runs after one warm-up; min and max too):
 
 1. grid: a read-only ``LakeDB`` opened (a cursor on the process's shared
-   database; in a fresh process, its views made), ``mining.search.browse`` (100 ids, lowest confidence first), and for those
-   ids ``mining.media.thumbnails`` + ``mining.media.image_facts`` (what
+   database; in a fresh process, its views made), ``mining.search.similar.browse`` (100 ids, lowest confidence first), and for those
+   ids ``mining.core.media.thumbnails`` + ``mining.core.media.image_facts`` (what
    ``ui.widgets.image_grid`` reads), against the naive loop: each original
    opened with PIL, ``thumbnail((128, 128))``, encoded as JPEG (uris looked up
    beforehand, untimed);
-2. drill: ``mining.sessions.start`` (pool of 1,000 nearest a seed, 8 clusters), then
-   ``mining.sessions.pick`` of clusters 0 and 1 (re-cluster, write the step to the
+2. drill: ``mining.search.sessions.start`` (pool of 1,000 nearest a seed, 8 clusters), then
+   ``mining.search.sessions.pick`` of clusters 0 and 1 (re-cluster, write the step to the
    lake, report through ``sessions.show``), ``sessions.show`` alone,
-   ``mining.clustering.cluster_pool`` alone and ``project_2d`` of the pool (the
+   ``mining.search.clustering.cluster_pool`` alone and ``project_2d`` of the pool (the
    Narrow page's map), and the Narrow page's re-render after a pick as the
    library calls it (sessions list, show, the pool map, 8 cluster mosaics
    in one thumbnail read), against scikit-learn ``KMeans(8, n_init=1,
@@ -80,16 +80,16 @@ from PIL import Image, ImageDraw  # noqa: E402
 from PIL import __version__ as pillow_version  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 
-from mining import media, tables  # noqa: E402
-from mining import sessions as narrow  # noqa: E402
-from mining.backends import get_backend  # noqa: E402
-from mining.clustering import cluster_pool, project_2d  # noqa: E402
-from mining.config import IndexConfig, MiningConfig  # noqa: E402
-from mining.index_sync import index_lake  # noqa: E402
-from mining.lake import Lake  # noqa: E402
-from mining.schema import EMBEDDINGS, IMAGE_FILES, IMAGES, PREDICTIONS, THUMBNAILS, UTC_TS  # noqa: E402
-from mining.search import browse  # noqa: E402
-from mining.sql import LakeDB  # noqa: E402
+from mining.core import media, tables  # noqa: E402
+from mining.core.config import IndexConfig, MiningConfig  # noqa: E402
+from mining.core.lake import Lake  # noqa: E402
+from mining.core.schema import EMBEDDINGS, IMAGE_FILES, IMAGES, PREDICTIONS, THUMBNAILS, UTC_TS  # noqa: E402
+from mining.core.sql import LakeDB  # noqa: E402
+from mining.search import sessions as narrow  # noqa: E402
+from mining.search.backends import get_backend  # noqa: E402
+from mining.search.clustering import cluster_pool, project_2d  # noqa: E402
+from mining.search.index_sync import index_lake  # noqa: E402
+from mining.search.similar import browse  # noqa: E402
 from tests.benchmarks.machine import describe  # noqa: E402
 
 JOB = "bench"

@@ -1,6 +1,6 @@
 """SQL: a console over the lake's views for data engineers.
 
-Read-only by DuckDB's own settings (mining.sql.LakeDB): writes, ATTACH, INSTALL,
+Read-only by DuckDB's own settings (mining.core.sql.LakeDB): writes, ATTACH, INSTALL,
 COPY and reads outside the lake are refused. Results show a thumbnail column
 when they carry image_id, and download as CSV or Parquet.
 """
@@ -12,10 +12,10 @@ import base64
 import pyarrow as pa
 import streamlit as st
 
-from mining.errors import QueryError, ReadOnlyError
-from mining.schema import TABLES
-from mining.serialize import csv_bytes, parquet_bytes
-from mining.sql import EXAMPLE_QUERY
+from mining.core.errors import QueryError, ReadOnlyError
+from mining.core.schema import TABLES
+from mining.core.serialize import csv_bytes, parquet_bytes
+from mining.core.sql import EXAMPLE_QUERY
 from ui import data
 
 SHOWN_ROWS = 1000

@@ -1,6 +1,6 @@
 """Export: send a set, a review's accepted images, a session's step or a SQL query for
-labelling (mining.export, as `edgemine export`), see the batches sent, and import
-the labels back (mining.labels, as `edgemine labels import`); where the newest
+labelling (mining.labelling.export, as `edgemine export`), see the batches sent, and import
+the labels back (mining.labelling.labels, as `edgemine labels import`); where the newest
 labels disagree with the model is one table below."""
 
 from __future__ import annotations
@@ -10,8 +10,11 @@ import tempfile
 
 import streamlit as st
 
-from mining import export, labels, media, metrics, sources
-from mining.errors import EdgemineError
+from mining.core import media
+from mining.core.errors import EdgemineError
+from mining.evaluation import metrics
+from mining.labelling import export, labels
+from mining.review import sources
 from ui import data, widgets
 
 SOURCES = ("Named set", "Review (accepted images)", "Narrowing session", "SQL query")

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from mining import decisions, sessions
-from mining.errors import EdgemineError, ReviewError
-from mining.search import BROWSE_ORDERS, IMAGE_ID, browse
+from mining.core.errors import EdgemineError, ReviewError
+from mining.review import decisions
+from mining.search import sessions
+from mining.search.similar import BROWSE_ORDERS, IMAGE_ID, browse
 from ui import data, nav, widgets
 
 BROWSE_SHOWN = 24

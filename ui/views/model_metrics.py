@@ -1,7 +1,7 @@
 """Metrics: per-slice metrics per model version (regressions in red), what a retrain forgot
 (opens as a review queue), the trained models and their curves, drift over time with its
-flagged windows (each opens as a review queue), and model cards (mining.metrics,
-mining.models, mining.drift, mining.cards; as `edgemine metrics|models|drift|card`)."""
+flagged windows (each opens as a review queue), and model cards (mining.evaluation.metrics,
+mining.evaluation.models, mining.evaluation.drift, mining.evaluation.cards; as `edgemine metrics|models|drift|card`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pandas as pd
 import streamlit as st
 
 import mining
-from mining import cards, drift, metrics, models
-from mining.errors import EdgemineError
+from mining.core.errors import EdgemineError
+from mining.evaluation import cards, drift, metrics, models
 from ui import data, nav, widgets
 
 HEADLINES = {"accuracy": ("accuracy", None), "F1 (macro)": ("f1", "macro"), "precision (macro)": ("precision", "macro"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from mining import sessions
+from mining.search import sessions
 from ui import data, nav, widgets
 
 CARDS_PER_ROW = 4

@@ -1,16 +1,17 @@
 """Review: accept or reject images (one, a selection, a page, a whole cluster) from
 a narrowing session, a named set, a review queue (each image's reason and score under
-it) or a SQL query (mining.sources, as `edgemine export` resolves them). Decisions go to the
-lake with the reviewer's name and time (mining.decisions, as `edgemine review`); the accepted
+it) or a SQL query (mining.review.sources, as `edgemine export` resolves them). Decisions go to the
+lake with the reviewer's name and time (mining.review.decisions, as `edgemine review`); the accepted
 images are published as the review's named set for export."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from mining import decisions, sessions, sources
-from mining.errors import EdgemineError, SessionError
-from mining.sql import LakeDB
+from mining.core.errors import EdgemineError, SessionError
+from mining.core.sql import LakeDB
+from mining.review import decisions, sources
+from mining.search import sessions
 from ui import data, widgets
 
 SOURCES = ("Narrowing session", "Named set", "SQL query", "Queue")

@@ -1,13 +1,14 @@
 """Queues: make a review queue with any sampler and its options, list the queues with
 how much of each is reviewed, see a queue's confidence cut, and open it in Review
-(mining.queues, as `edgemine queue`)."""
+(mining.review.queues, as `edgemine queue`)."""
 
 from __future__ import annotations
 
 import altair as alt
 import streamlit as st
 
-from mining import duplicates, queues
+from mining.review import queues
+from mining.search import duplicates
 from ui import data, nav, widgets
 
 

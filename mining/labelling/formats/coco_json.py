@@ -1,0 +1,79 @@
+"""COCO: the images, categories and the newest prediction's boxes as annotations (and
+their scores as a results file) out; the annotations' ``bbox`` back in."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from mining.core.errors import LabelError
+from mining.labelling.formats.format_base import Annotation, Item, LabelFormat, compact_json, load_json
+
+
+class Coco(LabelFormat):
+    """COCO: images (``file_name`` the reference, our id in ``edgemine_image_id``),
+    categories (ids from 1), the newest prediction's boxes as pseudo-label annotations
+    (``bbox`` [x, y, w, h], ``area``, ``iscrowd`` 0), and their scores as a COCO
+    results file (``results.json``)."""
+
+    name = "coco"
+    main_file = "annotations.json"
+    importable = True
+
+    def files(self, items: list[Item]) -> dict[str, bytes]:
+        images, annotations, results = [], [], []
+        for n, item in enumerate(items, start=1):
+            images.append({"id": n, "file_name": item.ref, "width": item.width, "height": item.height,
+                           "edgemine_image_id": item.image_id})
+            if not self.predictions:
+                continue
+            for b in item.boxes:
+                x1, y1, x2, y2 = b["box"]
+                bbox = [x1, y1, x2 - x1, y2 - y1]
+                category = self.class_ids[b["label"]] + 1  # COCO reserves 0
+                annotations.append({"id": len(annotations) + 1, "image_id": n, "category_id": category, "bbox": bbox,
+                                    "area": bbox[2] * bbox[3], "iscrowd": 0, "edgemine_score": b["score"]})
+                results.append({"image_id": n, "category_id": category, "bbox": bbox, "score": b["score"]})
+        dataset = {
+            "info": {"description": f"edgemine export batch {self.batch}", "version": "1.0",
+                     "date_created": datetime.now(UTC).isoformat(), "edgemine_batch": self.batch},
+            "licenses": [], "images": images, "annotations": annotations,
+            "categories": [{"id": k + 1, "name": c, "supercategory": "object"} for k, c in enumerate(self.classes)],
+        }
+        written = {self.main_file: compact_json(dataset)}
+        if self.predictions:
+            written["results.json"] = compact_json(results)
+        return written
+
+    @classmethod
+    def parse(cls, data: bytes, source: str) -> list[Annotation]:
+        return parse_coco(load_json(data, source, cls.name))
+
+
+def parse_coco(dataset: Any) -> list[Annotation]:
+    """COCO annotations: ``bbox`` [x, y, w, h] per annotation, the class from ``categories``."""
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("annotations"), list) or "images" not in dataset:
+        raise LabelError("not a COCO annotations file: expected images, annotations and categories")
+    images = {im.get("id"): im for im in dataset.get("images") or [] if isinstance(im, dict)}
+    categories = {c.get("id"): c.get("name") for c in dataset.get("categories") or [] if isinstance(c, dict)}
+    batch = (dataset.get("info") or {}).get("edgemine_batch") if isinstance(dataset.get("info"), dict) else None
+    found = []
+    for n, ann in enumerate(dataset["annotations"]):
+        raw = json.dumps(ann)[:2000]
+        a = Annotation(n, raw, batch=batch)
+        try:
+            image = images.get(ann["image_id"])
+            if image is None:
+                a.error = f"annotation for COCO image id {ann['image_id']}, which the file's images lack"
+            else:
+                a.ref, a.image_id = image.get("file_name"), image.get("edgemine_image_id")
+            if ann["category_id"] not in categories:
+                a.error = a.error or f"unknown class: category_id {ann['category_id']} is not in the file's categories"
+            a.label = categories.get(ann["category_id"])
+            x, y, w, h = (float(v) for v in ann["bbox"])
+            a.box = [x, y, x + w, y + h]
+        except (KeyError, TypeError, ValueError) as e:
+            a.error = a.error or f"malformed annotation ({type(e).__name__}: {e})"
+        found.append(a)
+    return found
