@@ -31,7 +31,7 @@ from mining import tables
 from mining.config import Config
 from mining.coreset import k_center_greedy
 from mining.errors import QueueError
-from mining.samplers import SAMPLERS as SAMPLERS  # the registry, read here by the UI's form
+from mining.samplers import SAMPLERS as SAMPLERS  # the registry, re-exported for callers of this module
 from mining.samplers import Request, Sampler, Slice, sampler_for
 from mining.schema import QUEUES, make_rows
 from mining.sql import LakeDB
