@@ -141,7 +141,9 @@ def config_for(lake: Lake, **ingest) -> Config:
 @pytest.fixture(scope="session")
 def demo_lake(tmp_path_factory) -> Lake:
     """The demo lake: 600 synthetic scenes (18 sun-glare edge cases), their predictions,
-    embeddings (seeded random weights) and index. Built once per run (the first xdist
+    embeddings (seeded random weights) and index, without the demo's labelling round (no
+    labels, queues, metrics or drift: it costs seconds, and tests here start from a lake
+    nobody labelled; ``demo_lake_with_round`` has it). Built once per run (the first xdist
     worker to ask builds it under a lock), and each worker gets a copy of its own. Tests
     that write to it (sessions, reviews, sets) use names of their own."""
     from jobs.demo import run_demo
@@ -152,12 +154,29 @@ def demo_lake(tmp_path_factory) -> Lake:
     with FileLock(str(shared / "demo-built.lock")):
         if not (built.parent / "done").exists():
             shutil.rmtree(built.parent, ignore_errors=True)
-            config = Config(lake=str(built), demo=replace(DemoConfig(), images=DEMO_IMAGES, seed=5),
-                            embed=replace(EmbedConfig(), workers=1))
-            summary = run_demo(config, show_progress=False)
+            summary = run_demo(demo_lake_config(str(built), with_round=False), show_progress=False)
             assert summary.index.vectors == DEMO_IMAGES  # the demo builds the index
             (built.parent / "done").touch()
     return Lake(str(shutil.copytree(built, tmp_path_factory.mktemp("demo") / "lake")))
+
+
+@pytest.fixture
+def demo_lake_with_round(demo_lake: Lake, tmp_path: Path) -> Lake:
+    """A copy of the demo lake with the demo's labelling round done: labels from the truth,
+    its review queues, metrics and drift (the demo run again with the round on: the rest is
+    there already, so only the round runs)."""
+    from jobs.demo import run_demo
+
+    lake = Lake(str(shutil.copytree(demo_lake.root, tmp_path / "lake")))
+    summary = run_demo(demo_lake_config(lake.uri, with_round=True), show_progress=False)
+    assert summary.round.labels > 0 and not summary.generated
+    return lake
+
+
+def demo_lake_config(uri: str, *, with_round: bool) -> Config:
+    """The settings the session's demo lake is built with."""
+    return Config(lake=uri, demo=replace(DemoConfig(), images=DEMO_IMAGES, seed=5, round=with_round),
+                  embed=replace(EmbedConfig(), workers=1))
 
 
 DEMO_IMAGES = 600

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jobs import demo_data
-from jobs.demo import run_demo
+from jobs.demo import ROUND_ANNOTATOR, ROUND_BATCH, ROUND_EDGE_SHARE, ROUND_MIN_IMAGES, ROUND_SHARE, run_demo
 from mining.core.config import Config, DemoConfig, EmbedConfig
 from mining.core.sql import LakeDB
 
@@ -32,6 +32,7 @@ def test_demo_builds_a_consistent_lake(lake):
     assert summary["predictions"]["errors"] == 1  # one bad line per 500 images, at index 250
     assert summary["demo_truth"] == 300
     assert summary["errors"] == 2  # every step's refusals, counted once
+    assert summary["round"]["labels"] > 0 and summary["round"]["skipped"] is None  # the labelling round, on any storage
     # Every prediction joins an image and its ground truth.
     joined = query(lake, "SELECT count(*) n FROM predictions p JOIN images USING (image_id) JOIN demo_truth USING (image_id)")
     assert joined == [{"n": 300}]
@@ -45,6 +46,7 @@ def test_demo_builds_a_consistent_lake(lake):
     assert again["predictions"]["skipped"] == 1
     assert again["embeddings"]["embedded"] == 0 and again["embeddings"]["already_embedded"] == 300
     assert query(lake, "SELECT count(*) n FROM predictions") == [{"n": 300}]
+    assert again["round"]["labels"] == 0 and again["round"]["labels_already"] == summary["round"]["labels"]
 
 
 def test_demo_is_deterministic_whatever_the_workers(tmp_path):
@@ -102,6 +104,72 @@ def test_tiny_demo(tmp_path, images):
     lake = Lake(str(tmp_path / "lake"))
     summary = run_demo(demo_config(lake, images), show_progress=False).to_dict()
     assert summary["predictions"]["rows"]["predictions"] == images
+    assert summary["round"]["skipped"] == f"{images} images: a labelling round needs at least {ROUND_MIN_IMAGES}"
+
+
+ROUND_TABLES = ("labels", "queues", "metrics", "alarms", "drift")
+
+
+def round_rows(lake) -> dict[str, int]:
+    """Rows of each table the labelling round writes (each run's appends included)."""
+    return {t: query(lake, f"SELECT count(*) n FROM {t}")[0]["n"] for t in ROUND_TABLES}
+
+
+def test_demo_labelling_round_fills_labels_queues_metrics_and_drift_exactly_once(tmp_path):
+    from mining.core.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    config = demo_config(lake, 60)
+    off = run_demo(replace(config, demo=replace(config.demo, round=False)), show_progress=False).to_dict()
+    assert off["round"]["skipped"].startswith("off") and off["round"]["labels"] == 0 and not off["round"]["queues"]
+    assert round_rows(lake) == dict.fromkeys(ROUND_TABLES, 0)
+
+    summary = run_demo(config, show_progress=False).to_dict()  # the round switched on later: nothing else redone
+    made = summary["round"]
+    assert summary["generated"] is False and summary["embeddings"]["embedded"] == 0
+    assert made["skipped"] is None and made["errors"] == 0 and made["batch"] == ROUND_BATCH
+
+    # Labels: the truth's, by the demo's annotator, for a quarter of the ordinary images and half of the edge cases.
+    labels = query(lake, "SELECT l.label, l.annotator, l.batch, l.box, l.format, t.true_label, t.is_edge_case "
+                         "FROM labels l LEFT JOIN demo_truth t USING (image_id)")
+    assert len(labels) == made["labels"] > 0
+    assert all(r["label"] == r["true_label"] and r["annotator"] == ROUND_ANNOTATOR and r["batch"] == ROUND_BATCH
+               and r["box"] is None and r["format"] == "label-studio" for r in labels)
+    kinds = query(lake, "SELECT is_edge_case, count(*) n FROM demo_truth GROUP BY ALL")
+    expected = {r["is_edge_case"]: max(1, round((ROUND_EDGE_SHARE if r["is_edge_case"] else ROUND_SHARE) * r["n"]))
+                for r in kinds}
+    assert {e: sum(r["is_edge_case"] == e for r in labels) for e in expected} == expected
+    assert query(lake, f"SELECT count(DISTINCT image_id) n FROM labelled WHERE batch = '{ROUND_BATCH}'") == [
+        {"n": made["labels"]}]  # imported as any label file is: the labelled view sees them
+
+    # Queues of the lake's images; the novelty queue holds none of the labelled ones.
+    queues = query(lake, "SELECT queue, count(*) n, count(i.image_id) known FROM queues q "
+                         "LEFT JOIN images i USING (image_id) GROUP BY queue")
+    assert {r["queue"]: r["n"] for r in queues} == made["queues"] and set(made["queues"]) == {
+        "demo-least-confidence", "demo-novelty"}
+    assert all(r["known"] == r["n"] > 0 for r in queues)
+    assert query(lake, "SELECT count(*) n FROM queues WHERE queue = 'demo-novelty' AND image_id IN "
+                       "(SELECT image_id FROM labels)") == [{"n": 0}]
+
+    # Metrics of each model version on slice all: the accuracy of its predictions on the labelled images.
+    accuracy = query(lake, "SELECT model_version, value, n FROM metrics WHERE slice = 'all' AND metric = 'accuracy' "
+                           "ORDER BY model_version")
+    truth = query(lake, "SELECT p.model_version, avg((p.label = t.true_label)::DOUBLE) AS value, count(*) AS n "
+                        "FROM labels l JOIN predictions p USING (image_id) JOIN demo_truth t USING (image_id) "
+                        "GROUP BY ALL ORDER BY model_version")
+    assert [r["model_version"] for r in accuracy] == [r["model_version"] for r in truth] == ["v1", "v2"]
+    assert [r["n"] for r in accuracy] == [r["n"] for r in truth]
+    assert [r["value"] for r in accuracy] == pytest.approx([r["value"] for r in truth])
+    assert round_rows(lake) == {"labels": made["labels"], "queues": sum(made["queues"].values()),
+                                "metrics": made["metrics"], "alarms": made["alarms"], "drift": made["drift"]}
+    assert made["drift"] > 0
+    assert query(lake, "SELECT count(*) n FROM drift WHERE flagged") == [{"n": made["drift_flagged"]}]
+
+    again = run_demo(config, show_progress=False).to_dict()["round"]  # exactly once: a rerun adds nothing
+    assert again["labels"] == 0 and again["labels_already"] == made["labels"]
+    assert (again["queues"], again["metrics"], again["alarms"], again["drift"]) == ({}, 0, 0, 0)
+    assert round_rows(lake) == {"labels": made["labels"], "queues": sum(made["queues"].values()),
+                                "metrics": made["metrics"], "alarms": made["alarms"], "drift": made["drift"]}
 
 
 # -- issue 15: more kinds of edge case -------------------------------------------------

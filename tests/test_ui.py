@@ -550,6 +550,42 @@ def test_metrics_page_shows_regressions_drift_and_cards(tmp_path, monkeypatch):
     assert sql(lake, "SELECT count(DISTINCT queue) n FROM queues WHERE queue LIKE 'drift-%'")[0]["n"] == 1
 
 
+def test_after_the_demo_the_queues_and_metrics_pages_show_its_round(demo_lake_with_round, monkeypatch):
+    """`edgemine demo` brings back a labelling round: the Queues page lists its queues and shows
+    one, the Metrics page its metrics per slice, regression alarms and drift, not the empty states."""
+    lake = demo_lake_with_round
+    monkeypatch.setenv("EDGEMINE_LAKE", lake.uri)
+    monkeypatch.setenv("EDGEMINE_USER", "alice")
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    open_page(at, "queues")
+    assert not at.exception and not at.info  # not "No queue yet"
+    made = {r["queue"]: r["n"] for r in sql(lake, "SELECT queue, count(*) n FROM queues GROUP BY queue")}
+    listed = at.dataframe[0].value
+    assert set(made) == {"demo-least-confidence", "demo-novelty"}
+    assert dict(zip(listed["queue"], listed["images"])) == made
+    shown = at.dataframe[1].value  # the queue picked, rank by rank
+    assert len(shown) == made[at.selectbox(key="queue_pick").value] and list(shown["rank"][:3]) == [1, 2, 3]
+
+    open_page(at, "metrics")
+    assert not at.exception and not at.info  # not "No metrics yet", not "No drift computed yet"
+    table = at.dataframe[0].value  # accuracy per slice and model version
+    stored = {r["model_version"]: r["value"] for r in sql(
+        lake, "SELECT model_version, value FROM metrics WHERE slice = 'all' AND metric = 'accuracy'")}
+    assert set(stored) == {"v1", "v2"} and table.loc["all", "v1"] == pytest.approx(stored["v1"])
+    assert len(table) > 10  # automatic slices: camera, region, time of day, ...
+    alarms = sql(lake, "SELECT count(*) n FROM alarms")[0]["n"]
+    assert [e.label for e in at.expander if e.label.startswith("Every regression alarm")] == (
+        [f"Every regression alarm ({alarms})"] if alarms else [])
+    assert "Drift over time" in [h.value for h in at.subheader]
+    flagged = sql(lake, "SELECT count(DISTINCT window_start) n FROM drift WHERE flagged")[0]["n"]
+    if flagged:
+        assert len(at.selectbox(key="drift_window").options) == flagged
+    else:
+        assert "No window flagged." in [s.value for s in at.success]
+
+
 def test_metrics_page_opens_what_a_retrain_forgot_and_shows_models(tmp_path, monkeypatch):
     """v2 against v1 (the version before it) as a `forgotten` queue in Review; a trained model's curves."""
     from mining.evaluation.models import publish_model

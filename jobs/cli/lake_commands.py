@@ -20,6 +20,8 @@ def add_demo(commands, add) -> None:
     demo.add_argument("--seed", type=int, help="random seed (default: config demo.seed, 0)")
     demo.add_argument("--kind", help="the hidden edge case: glare, unseen_class, new_camera, snow, small_occluded "
                       "(default: config demo.kind, glare)")
+    demo.add_argument("--no-round", action="store_true", help="skip the simulated labelling round (labels from the "
+                      "truth, two queues, metrics, drift) that otherwise follows (config demo.round)")
 
 
 def cmd_demo(args: argparse.Namespace, config: Config) -> int:
@@ -30,6 +32,7 @@ def cmd_demo(args: argparse.Namespace, config: Config) -> int:
         images=args.images if args.images is not None else config.demo.images,
         seed=args.seed if args.seed is not None else config.demo.seed,
         kind=args.kind or config.demo.kind,
+        round=config.demo.round and not args.no_round,
     )
     if demo.images < 1:
         raise UsageError("--images must be at least 1")
@@ -48,9 +51,20 @@ def _demo_text(summary) -> None:
     print(f"  embeddings: {e.embedded} computed now ({e.backbone}, {e.weights}), {e.already_embedded} already there, "
           f"{e.errors} images failed")
     print(f"  index: {x.vectors} vectors, {x.kind} ({x.action})")
+    print(f"  labelling round: {_round_line(summary.round)}")
     print("  try: edgemine sql \"SELECT label, count(*) n, avg(confidence) FROM predictions GROUP BY ALL ORDER BY n DESC\"")
     print("       edgemine similar $(edgemine sql \"SELECT image_id FROM demo_truth WHERE is_edge_case LIMIT 1\" "
           "--format csv | tail -1)")
+
+
+def _round_line(r) -> str:
+    """The demo's labelling round (jobs.demo.RoundSummary) in one line."""
+    if r.skipped:
+        return f"skipped: {r.skipped}"
+    queues = ", ".join(f"{name} ({images} images)" for name, images in r.queues.items()) or "none new"
+    return (f"{r.labels} labels from the truth now ({r.labels_already} already there, batch {r.batch}); "
+            f"queues: {queues}; {r.metrics} metric rows, {r.alarms} regression alarms; "
+            f"{r.drift} drift rows ({r.drift_flagged} flagged)")
 
 
 def add_sql(commands, add) -> None:

@@ -92,6 +92,10 @@ class DemoConfig:
     # Which edge case the lake hides (jobs.demo_data.EDGE_KINDS): glare, unseen_class,
     # new_camera, snow or small_occluded; the benchmark builds one lake per kind.
     kind: str = "glare"
+    # After the lake is built, one simulated labelling round from the hidden truth (a
+    # quarter of the images and half of the edge cases labelled), two review queues,
+    # metrics and drift, so every page of the UI has something to show (`--no-round`: off).
+    round: bool = True
 
 
 @dataclass(frozen=True)

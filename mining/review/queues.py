@@ -33,7 +33,7 @@ from mining.core.errors import QueueError
 from mining.core.schema import QUEUES, make_rows
 from mining.core.sql import LakeDB
 from mining.core.summary import Summary
-from mining.review.samplers import SAMPLERS as SAMPLERS  # the registry, read here by the UI's form
+from mining.review.samplers import SAMPLERS as SAMPLERS  # the registry, re-exported for callers of this module
 from mining.review.samplers import Request, Sampler, Slice, sampler_for
 from mining.search.coreset import k_center_greedy
 

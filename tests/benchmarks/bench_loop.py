@@ -81,7 +81,8 @@ def build_lake(cache: Path, images: int, edge_rate: float) -> tuple[Path, Vector
     and, per index position, the truth and the production model's uncertainty."""
     path = cache / f"glare-{images}-r{edge_rate:g}-s0-random"
     config = Config(lake=str(path), embed=EmbedConfig(device="cpu"),
-                    demo=replace(DemoConfig(), images=images, kind="glare", weights="random", edge_case_rate=edge_rate))
+                    demo=replace(DemoConfig(), images=images, kind="glare", weights="random", edge_case_rate=edge_rate,
+                                 round=False))
     lake = Lake.from_config(config)
     if not (path / ".built").exists():
         say(f"building the demo lake {path} (once)")

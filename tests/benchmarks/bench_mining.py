@@ -75,7 +75,7 @@ def build_lake(cache: Path, kind: str, images: int, weights: str, data_seed: int
     arrays = cache / f"{kind}.npz"  # what ranking needs, saved once the lake is built (data seed 0, 1,500 images, random weights)
     keys = ("edge", "confidence", "uncertainty", "predicted")
     config = Config(lake=str(cache / f"{kind}-{images}-s{data_seed}-{tag}"),
-                    demo=replace(DemoConfig(), images=images, kind=kind, weights=weights, seed=data_seed))
+                    demo=replace(DemoConfig(), images=images, kind=kind, weights=weights, seed=data_seed, round=False))
     lake = Lake.from_config(config)
     if arrays.exists() and (images, data_seed, tag) == (1500, 0, "random"):
         saved = dict(np.load(arrays))

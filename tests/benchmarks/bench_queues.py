@@ -65,7 +65,7 @@ def quality(lake_dir: str | None, images: int) -> dict:
         lake = Lake(lake_dir)
     else:
         lake = Lake(lake_dir or tempfile.mkdtemp(prefix="bench-queues-") + "/lake")
-        config = Config(lake=lake.uri, demo=replace(DemoConfig(), images=images, seed=0),
+        config = Config(lake=lake.uri, demo=replace(DemoConfig(), images=images, seed=0, round=False),
                         embed=replace(EmbedConfig(), workers=2))
         print(f"building a {images}-image demo lake at {lake.uri} ...", file=sys.stderr)
         run_demo(config, show_progress=False)

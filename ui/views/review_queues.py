@@ -1,13 +1,15 @@
 """Queues: make a review queue with any sampler and its options, list the queues with
 how much of each is reviewed, see a queue's confidence cut, and open it in Review
-(mining.review.queues, as `edgemine queue`)."""
+(mining.make_queue and the samplers' registry, as `edgemine queue`)."""
 
 from __future__ import annotations
 
 import altair as alt
 import streamlit as st
 
+import mining
 from mining.review import queues
+from mining.review.samplers import SAMPLERS
 from mining.search import duplicates
 from ui import data, nav, widgets
 
@@ -48,9 +50,8 @@ def render() -> None:
 
 
 def _form() -> None:
-    sampler = st.selectbox("Sampler", list(queues.SAMPLERS), key="q_sampler",
-                           format_func=lambda s: f"{s}: {queues.SAMPLERS[s].help}")
-    spec = queues.SAMPLERS[sampler]
+    sampler = st.selectbox("Sampler", list(SAMPLERS), key="q_sampler", format_func=lambda s: f"{s}: {SAMPLERS[s].help}")
+    spec = SAMPLERS[sampler]
     left, right = st.columns(2)
     left.text_input("Queue name", key="q_name", placeholder="e.g. night-low-confidence")
     right.text_input("Model version (empty: all)", key="q_model_version")
@@ -81,7 +82,7 @@ def _form() -> None:
 @widgets.action
 def _make(sampler: str) -> None:
     state = st.session_state
-    spec = queues.SAMPLERS[sampler]
+    spec = SAMPLERS[sampler]
     options = {}
     for option in spec.options:
         value = state.get(f"q_opt:{sampler}:{option.name}")
@@ -91,12 +92,12 @@ def _make(sampler: str) -> None:
             value = value.strip() or None
         options[option.name] = value
     uri = data.lake().uri
-    made = queues.make_queue(
+    made = mining.make_queue(
         data.db(), sampler, state.get("q_name", "").strip(), where=state.get("q_where", "").strip() or None,
         model_version=state.get("q_model_version", "").strip() or None, limit=state.get("q_limit") or None,
-        diverse=state.get("q_diverse", False), include_reviewed=state.get("q_include_reviewed", False),
-        drop_duplicates=state.get("q_drop_duplicates", False), options=options, user=widgets.current_reviewer(),
-        config=data.config(), index=lambda: data.index(uri))
+        diverse=bool(state.get("q_diverse")), include_reviewed=bool(state.get("q_include_reviewed")),
+        drop_duplicates=bool(state.get("q_drop_duplicates")), index=lambda: data.index(uri),
+        config=data.config_for(widgets.current_reviewer()), **options)
     data.lake_changed()
     state["queue_pick"] = made.queue
     notes = "; ".join(made.notes)
