@@ -96,7 +96,7 @@ def _move_folder(lake: Lake, source: str, target: str) -> None:
 
 
 def _needs_migration(lake: Lake, name: str) -> bool:
-    if name in lake.old_layout_tables():
+    if lake.in_old_layout(name):
         return True
     # Moved aside but not written whole (a kill): redo the write.
     return lake.fs.exists(lake.path(MIGRATED, name)) and lake.read_marker(JOB, name) is None

@@ -25,27 +25,32 @@ def query(lake, sql):
         return db.query(sql).to_pylist()
 
 
-def test_demo_builds_a_consistent_lake(lake):
-    summary = run_demo(demo_config(lake, 300), show_progress=False).to_dict()
-    assert summary["images"]["registered"] == 300 and summary["images"]["errors"] == 1  # the corrupt file
-    assert summary["predictions"]["rows"]["predictions"] == 300
-    assert summary["predictions"]["errors"] == 1  # one bad line per 500 images, at index 250
-    assert summary["demo_truth"] == 300
-    assert summary["errors"] == 2  # every step's refusals, counted once
+# Locally past image 250, where the demo writes its one bad prediction line (one per 500
+# images); on S3 (the README's `edgemine demo --lake s3://...`) the same lake, small.
+@pytest.mark.parametrize("lake, images, bad_rows", [("local", 260, 1), ("s3", 40, 0)], ids=["local", "s3"],
+                         indirect=["lake"])
+def test_demo_builds_a_consistent_lake(lake, images, bad_rows):
+    summary = run_demo(demo_config(lake, images), show_progress=False).to_dict()
+    assert summary["images"]["registered"] == images and summary["images"]["errors"] == 1  # the corrupt file
+    assert summary["predictions"]["rows"]["predictions"] == images
+    assert summary["predictions"]["errors"] == bad_rows
+    assert summary["demo_truth"] == images
+    assert summary["errors"] == 1 + bad_rows  # every step's refusals, counted once
     assert summary["round"]["labels"] > 0 and summary["round"]["skipped"] is None  # the labelling round, on any storage
     # Every prediction joins an image and its ground truth.
     joined = query(lake, "SELECT count(*) n FROM predictions p JOIN images USING (image_id) JOIN demo_truth USING (image_id)")
-    assert joined == [{"n": 300}]
-    assert query(lake, "SELECT count(*) n FROM detections")[0]["n"] >= 300
+    assert joined == [{"n": images}]
+    assert query(lake, "SELECT count(*) n FROM detections")[0]["n"] >= images
     # Every image is embedded (offline: seeded random weights) and has a thumbnail.
-    assert summary["embeddings"]["embedded"] == 300 and summary["embeddings"]["weights"] == "random-seed0"
-    assert query(lake, "SELECT count(*) n FROM images JOIN embeddings USING (image_id) JOIN thumbnails USING (image_id)") == [{"n": 300}]
+    assert summary["embeddings"]["embedded"] == images and summary["embeddings"]["weights"] == "random-seed0"
+    assert query(lake, "SELECT count(*) n FROM images JOIN embeddings USING (image_id) JOIN thumbnails USING (image_id)") == [
+        {"n": images}]
 
-    again = run_demo(demo_config(lake, 300), show_progress=False).to_dict()
+    again = run_demo(demo_config(lake, images), show_progress=False).to_dict()
     assert again["generated"] is False and again["images"]["registered"] == 0
     assert again["predictions"]["skipped"] == 1
-    assert again["embeddings"]["embedded"] == 0 and again["embeddings"]["already_embedded"] == 300
-    assert query(lake, "SELECT count(*) n FROM predictions") == [{"n": 300}]
+    assert again["embeddings"]["embedded"] == 0 and again["embeddings"]["already_embedded"] == images
+    assert query(lake, "SELECT count(*) n FROM predictions") == [{"n": images}]
     assert again["round"]["labels"] == 0 and again["round"]["labels_already"] == summary["round"]["labels"]
 
 

@@ -75,20 +75,22 @@ def lake_env(lake, request):
 
 def test_killed_predictions_ingest_reruns_to_exactly_once(lake, lake_env, small_ingest, tmp_path):
     folder = source_uri(lake, "images")
-    uris = put_images(lake, folder, 50)
+    uris = put_images(lake, folder, 10)
     ingest_images(lake, folder, small_ingest, show_progress=False)
-    files, per_file = 6, 3000
+    # Four files of four batches (one commit each): two files done, one cut part-way, one not begun.
+    files, per_file, chunk_rows = 4, 1000, 250
     for k in range(files):
-        rows = [prediction(uris[i % 50], i, ts=f"2026-10-{1 + i % 3:02d}T00:00:{i % 60:02d}Z", model_version=f"m{k}-{i}") for i in range(per_file)]
+        rows = [prediction(uris[i % 10], i, ts=f"2026-10-{1 + i % 3:02d}T00:00:{i % 60:02d}Z", model_version=f"m{k}-{i}")
+                for i in range(per_file)]
         put(lake, source_uri(lake, f"in/p-{k}.jsonl"), jsonl(rows))
     config = tmp_path / "job.toml"
-    config.write_text(f'lake = "{lake.uri}"\n[ingest]\nchunk_rows = 500\n')
+    config.write_text(f'lake = "{lake.uri}"\n[ingest]\nchunk_rows = {chunk_rows}\n')
     inputs = [source_uri(lake, "in/p-*.jsonl")]
 
     job = start(["ingest", "predictions", *inputs], config, lake_env)
-    # Killed in the middle of a file: two files done (6 batches of 500 each, one commit per batch),
+    # Killed in the middle of a file: two files done (4 batches each, one commit per batch),
     # the third started and some of its batches committed.
-    batches = per_file // 500
+    batches = per_file // chunk_rows
     kill_when(job, lambda: markers(lake, "ingest-predictions") == 2 and version(lake, "predictions") >= 2 * batches)
 
     done_before = markers(lake, "ingest-predictions")
@@ -127,31 +129,34 @@ def test_killed_images_ingest_reruns_to_exactly_once(tmp_path):
 
 
 def test_killed_embed_reruns_to_exactly_once(lake, lake_env, tmp_path):
+    images, part_size = 30, 6  # five parts of two batches
     folder = source_uri(lake, "images")
-    put_images(lake, folder, 60)
+    put_images(lake, folder, images)
     ingest_images(lake, folder, show_progress=False)
     config = tmp_path / "job.toml"
-    config.write_text(f'lake = "{lake.uri}"\n[embed]\nweights = "random"\npart_size = 10\nbatch_size = 5\nworkers = 1\n')
+    config.write_text(f'lake = "{lake.uri}"\n[embed]\nweights = "random"\npart_size = {part_size}\nbatch_size = 3\n'
+                      'workers = 1\n')
 
     job = start(["embed"], config, lake_env)
-    kill_when(job, lambda: version(lake, "embeddings") >= 1)  # two parts of 10 in
-    assert 20 <= count(lake, "SELECT count(*) FROM embeddings") < 60
+    kill_when(job, lambda: version(lake, "embeddings") >= 1)  # two parts in
+    assert 2 * part_size <= count(lake, "SELECT count(*) FROM embeddings") < images
 
     rerun = subprocess.run([str(EDGEMINE), "embed", "--config", str(config), "--quiet", "--json"],
                            capture_output=True, text=True, env=None if lake_env is None else os.environ | lake_env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
-    assert summary["already_embedded"] + summary["embedded"] == 60 and summary["embedded"] > 0
+    assert summary["already_embedded"] + summary["embedded"] == images and summary["embedded"] > 0
     for table in ("embeddings", "thumbnails"):
-        assert count(lake, f"SELECT count(*) FROM {table}") == 60
-        assert count(lake, f"SELECT count(DISTINCT image_id) FROM {table}") == 60
+        assert count(lake, f"SELECT count(*) FROM {table}") == images
+        assert count(lake, f"SELECT count(DISTINCT image_id) FROM {table}") == images
 
 
 def test_killed_export_reruns_to_every_image_exported_once(lake, lake_env, tmp_path):
     from jobs.ingest_predictions import ingest_predictions
 
+    images = 40
     folder = source_uri(lake, "images")
-    uris = put_images(lake, folder, 200)
+    uris = put_images(lake, folder, images)
     ingest_images(lake, folder, show_progress=False)
     put(lake, source_uri(lake, "p.jsonl"), jsonl([prediction(u, i, detections=[{"box": [1, 1, 20, 20], "label": "car", "score": 0.8}])
                                                   for i, u in enumerate(uris)]))
@@ -162,7 +167,7 @@ def test_killed_export_reruns_to_every_image_exported_once(lake, lake_env, tmp_p
     args = ["export", "sql:SELECT image_id FROM images", "--format", "yolo", "--to", target, "--batch", "killed",
             "--task-size", "2"]
 
-    job = start(args, config, lake_env)  # YOLO copies each image: 100 tasks of 2 images and 2 label files
+    job = start(args, config, lake_env)  # YOLO copies each image: 20 tasks of 2 images and 2 label files
     kill_when(job, lambda: lake.fs.exists(f"{lake.fs._strip_protocol(target)}/killed/task-0003/data.yaml"))
     assert count(lake, "SELECT count(*) FROM exports") == 0  # killed before its commit: the batch does not exist
 
@@ -170,11 +175,11 @@ def test_killed_export_reruns_to_every_image_exported_once(lake, lake_env, tmp_p
     rerun = subprocess.run([str(EDGEMINE), *args, "--config", str(config), "--quiet", "--json"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
-    assert json.loads(rerun.stdout)["exported"] == 200
-    assert count(lake, "SELECT count(*) FROM exports") == count(lake, "SELECT count(DISTINCT image_id) FROM exports") == 200
+    assert json.loads(rerun.stdout)["exported"] == images
+    assert count(lake, "SELECT count(*) FROM exports") == count(lake, "SELECT count(DISTINCT image_id) FROM exports") == images
     again = subprocess.run([str(EDGEMINE), *args, "--config", str(config), "--quiet", "--json"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert json.loads(again.stdout)["status"] == "unchanged"
-    assert count(lake, "SELECT count(*) FROM exports") == 200
+    assert count(lake, "SELECT count(*) FROM exports") == images
     labels = lake.fs.glob(f"{lake.fs._strip_protocol(target)}/killed/task-*/labels/*.txt")
-    assert len(labels) == 200 and len({p.rsplit("/", 1)[1] for p in labels}) == 200  # each image in one task
+    assert len(labels) == images and len({p.rsplit("/", 1)[1] for p in labels}) == images  # each image in one task

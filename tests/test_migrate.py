@@ -15,7 +15,7 @@ from jobs.migrate import migrate_lake
 from mining.core import tables
 from mining.core.errors import LakeError
 from mining.core.sql import LakeDB
-from tests.helpers import rows
+from tests.helpers import local_only, rows
 
 T0 = datetime(2026, 10, 1, 8, tzinfo=UTC)
 STRING, TS = pa.string(), pa.timestamp("us", tz="UTC")
@@ -127,3 +127,16 @@ def test_a_migration_killed_half_way_is_finished_by_the_next(old_lake, monkeypat
     with LakeDB(old_lake) as db:
         assert db.query("SELECT count(*) n FROM predictions").to_pylist() == [{"n": 3}]
         assert db.query("SELECT count(*) n FROM images").to_pylist() == [{"n": 2}]
+
+
+@local_only
+def test_migrate_looks_at_each_tables_folder_a_few_times_not_once_per_table(old_lake, monkeypatch):
+    """On S3 each look is requests: asking for every old-layout table once per table cost
+    about 500 listings per migration (30 s on moto)."""
+    from mining.core.lake import Lake
+    from mining.core.schema import TABLES
+
+    looked, real = [], Lake.in_old_layout
+    monkeypatch.setattr(Lake, "in_old_layout", lambda self, table: looked.append(table) or real(self, table))
+    migrate_lake(old_lake, show_progress=False)
+    assert 0 < len(looked) <= 2 * len(TABLES)  # whether it is old; once more as its Delta table is created
