@@ -37,8 +37,10 @@ def backbone_for_tag(backbone: str, tag: str, config: EmbedConfig, *, device: st
                                f"are {loaded.weights}: embed the lake again (edgemine embed) to search with files")
         return loaded
     if config.weights in ("imagenet", "random"):
-        raise WeightsError(f"the index was built from checkpoint weights {tag!r}: pass --weights PATH to that checkpoint "
-                           "(or set [embed] weights) to embed files the same way")
+        raise WeightsError(
+            f"the index was built from checkpoint weights {tag!r}: pass --weights PATH to that checkpoint "
+            "(or set [embed] weights) to embed files the same way"
+        )
     loaded = load_backbone(backbone, config.weights, device=device)
     if loaded.weights != tag:
         raise WeightsError(f"checkpoint {config.weights} is {loaded.weights}, but the index was built from {tag}: "

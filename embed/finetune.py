@@ -72,7 +72,9 @@ class TrainSettings:
         if self.finetune not in FINETUNE_CHOICES:
             raise ConfigError(f"unknown --finetune {self.finetune!r}; allowed: {', '.join(FINETUNE_CHOICES)}")
         if self.epochs < 1 or self.batch_size < 2 or self.image_size < 32 or self.patience < 1:
-            raise ConfigError("--epochs and --patience must be at least 1, --batch-size at least 2, --image-size at least 32")
+            raise ConfigError(
+                "--epochs and --patience must be at least 1, --batch-size at least 2, --image-size at least 32"
+            )
 
 
 @dataclass
@@ -194,7 +196,12 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         curves = Curves(**resume["curves"])
-        best_state, best_epoch, best_accuracy, start = resume["best_state"], resume["best_epoch"], resume["best_accuracy"], resume["epoch"]
+        best_state, best_epoch, best_accuracy, start = (
+            resume["best_state"],
+            resume["best_epoch"],
+            resume["best_accuracy"],
+            resume["epoch"],
+        )
     preprocessing = settings.preprocessing()
     augment = augmentations(settings.image_size, preprocessing)
     trained, train_seconds, stopped_early = 0, 0.0, False
@@ -222,8 +229,14 @@ def fit(model: nn.Module, train: tuple[torch.Tensor, torch.Tensor], val: tuple[t
             on_epoch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "curves": asdict(curves), "best_state": best_state,
                       "best_epoch": best_epoch, "best_accuracy": best_accuracy})
-    return FitResult(best_state=best_state, best_epoch=best_epoch, best_val_accuracy=best_accuracy, curves=curves,
-                     stopped_early=stopped_early, train_images_per_second=trained / train_seconds if train_seconds else 0.0)
+    return FitResult(
+        best_state=best_state,
+        best_epoch=best_epoch,
+        best_val_accuracy=best_accuracy,
+        curves=curves,
+        stopped_early=stopped_early,
+        train_images_per_second=trained / train_seconds if train_seconds else 0.0,
+    )
 
 
 def _train_epoch(model: nn.Module, parts: list[nn.Module], optimizer, loss_fn, augment, train,

@@ -139,7 +139,9 @@ def prepare_same_size(rgb: torch.Tensor, options: ImageOptions) -> list[Prepared
     return [Prepared(pixels=x.contiguous(), thumbnail=t.contiguous()) for x, t in zip(pixels, thumbnails)]
 
 
-def decode_jpegs_on(device: torch.device, jpegs: list[torch.Tensor], options: ImageOptions) -> list[Prepared | ImageError]:
+def decode_jpegs_on(
+    device: torch.device, jpegs: list[torch.Tensor], options: ImageOptions
+) -> list[Prepared | ImageError]:
     """Decode JPEG bytes (1-D uint8 tensors) in one batched call on ``device``."""
     if not jpegs:
         return []

@@ -157,8 +157,12 @@ def read_all(items: list[Item], settings: ReaderSettings, *, workers: int, batch
     their pixels uint8 (n, 3, crop, crop) in that order, and (item, reason) for the others.
     Decoding on the CPU workers only (``settings.decode_on_device`` is ignored)."""
     settings = ReaderSettings(settings.s3, settings.options, decode_on_device=False)
-    requests = [Request(part="all", last_in_part=start + batch_size >= len(items), items=tuple(items[start : start + batch_size]))
-                for start in range(0, len(items), batch_size)]
+    requests = [
+        Request(
+            part="all", last_in_part=start + batch_size >= len(items), items=tuple(items[start : start + batch_size])
+        )
+        for start in range(0, len(items), batch_size)
+    ]
     decoded, pixels, errors = [], [], []
     for batch in make_loader(requests, settings, workers=workers, pin_memory=False):
         decoded += batch.decoded

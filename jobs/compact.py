@@ -42,8 +42,15 @@ class CompactSummary(Summary):
     tables: list[TableCompaction] = field(default_factory=list)
 
 
-def compact_lake(lake: Lake, names: Sequence[str] | None = None, *, z_order: Sequence[str] = (), vacuum_hours: int = 168,
-                 user: str | None = None, show_progress: bool = True) -> CompactSummary:
+def compact_lake(
+    lake: Lake,
+    names: Sequence[str] | None = None,
+    *,
+    z_order: Sequence[str] = (),
+    vacuum_hours: int = 168,
+    user: str | None = None,
+    show_progress: bool = True,
+) -> CompactSummary:
     """Compact and vacuum ``names`` (default: every table that has data)."""
     started = time.monotonic()
     chosen = [table_named(n) for n in names] if names else [t for t in TABLES.values() if tables.exists(lake, t)]

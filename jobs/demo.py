@@ -173,7 +173,9 @@ def generate_source(lake: Lake, demo: DemoConfig, *, show_progress: bool = True)
     truth = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "index"} for r in records])
     with lake.fs.open(posixpath.join(root, "truth.parquet"), "wb") as f:
         pq.write_table(truth, f)
-    lake.write_atomic(success, json.dumps({"params": params, "images": demo.images, "at": datetime.now(UTC).isoformat()}).encode())
+    lake.write_atomic(
+        success, json.dumps({"params": params, "images": demo.images, "at": datetime.now(UTC).isoformat()}).encode()
+    )
     return {"uri": uri, "root": root, "generated": True}
 
 

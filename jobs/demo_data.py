@@ -47,7 +47,11 @@ REGIONS = ("eu-west", "us-east", "ap-south")
 START = datetime(2026, 10, 1, tzinfo=UTC)
 DAYS = 14
 
-SKY = {"day": ((110, 170, 235), (190, 220, 250)), "dusk": ((70, 60, 120), (250, 150, 80)), "night": ((8, 10, 30), (30, 35, 60))}
+SKY = {
+    "day": ((110, 170, 235), (190, 220, 250)),
+    "dusk": ((70, 60, 120), (250, 150, 80)),
+    "night": ((8, 10, 30), (30, 35, 60)),
+}
 GROUND = {"day": (95, 100, 95), "dusk": (70, 60, 60), "night": (20, 20, 25)}
 
 
@@ -123,7 +127,9 @@ def _make_edge_case(scene: Scene, rng: np.random.Generator, kind: str, width: in
 
 
 def _place(rng, label: str, scale: float, width: int, height: int) -> tuple[float, float, float, float]:
-    aspect = {"car": 2.0, "truck": 2.4, "person": 0.45, "bicycle": 1.5, "dog": 1.4, "plane": 2.6, UNSEEN_CLASS: 1.1}[label]
+    aspect = {"car": 2.0, "truck": 2.4, "person": 0.45, "bicycle": 1.5, "dog": 1.4, "plane": 2.6, UNSEEN_CLASS: 1.1}[
+        label
+    ]
     w = scale * width * float(rng.uniform(0.85, 1.15))
     h = min(w / aspect, 0.8 * height)
     x1 = float(rng.uniform(0, width - w))
@@ -195,7 +201,9 @@ def _draw_object(draw: ImageDraw.ImageDraw, rng, label: str, box, time_of_day: s
             draw.ellipse((x2 - 0.08 * w, y2 - 0.45 * h, x2, y2 - 0.3 * h), fill=(255, 250, 200))
     elif label == "person":
         r = min(0.35 * w, 0.15 * h)
-        draw.ellipse((x1 + w / 2 - r, y1, x1 + w / 2 + r, y1 + 2 * r), fill=tuple(int(c * dim) for c in (230, 190, 160)))
+        draw.ellipse(
+            (x1 + w / 2 - r, y1, x1 + w / 2 + r, y1 + 2 * r), fill=tuple(int(c * dim) for c in (230, 190, 160))
+        )
         draw.rectangle((x1 + 0.15 * w, y1 + 2 * r, x2 - 0.15 * w, y1 + 0.65 * h), fill=color)
         draw.rectangle((x1 + 0.2 * w, y1 + 0.65 * h, x2 - 0.2 * w, y2), fill=dark)
     elif label == "bicycle":
@@ -220,7 +228,10 @@ def _draw_object(draw: ImageDraw.ImageDraw, rng, label: str, box, time_of_day: s
     else:  # plane
         gray = tuple(int(c * dim) for c in (225, 225, 230))
         draw.ellipse((x1, y1 + 0.35 * h, x2, y1 + 0.65 * h), fill=gray)
-        draw.polygon([(x1 + 0.4 * w, y1 + 0.5 * h), (x1 + 0.6 * w, y1), (x1 + 0.7 * w, y1 + 0.5 * h), (x1 + 0.6 * w, y2)], fill=gray)
+        draw.polygon(
+            [(x1 + 0.4 * w, y1 + 0.5 * h), (x1 + 0.6 * w, y1), (x1 + 0.7 * w, y1 + 0.5 * h), (x1 + 0.6 * w, y2)],
+            fill=gray,
+        )
         draw.polygon([(x1, y1 + 0.5 * h), (x1 + 0.08 * w, y1 + 0.1 * h), (x1 + 0.15 * w, y1 + 0.5 * h)], fill=gray)
 
 

@@ -144,7 +144,9 @@ def run_plan(lake: Lake, plan: Plan, backbone: Backbone, config: EmbedConfig, su
         return
     settings = ReaderSettings(
         s3=lake.s3,
-        options=ImageOptions(backbone.preprocessing, config.max_pixels, config.thumbnail_size, config.thumbnail_quality),
+        options=ImageOptions(
+            backbone.preprocessing, config.max_pixels, config.thumbnail_size, config.thumbnail_quality
+        ),
         decode_on_device=on_device,
     )
     batch_size = config.batch_size or DEFAULT_BATCH[backbone.device.type]

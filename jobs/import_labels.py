@@ -13,8 +13,17 @@ from mining.core.sql import LakeDB
 from mining.labelling.labels import LabelsSummary, import_labels
 
 
-def run_import(config: Config, source: str, *, fmt: str, batch: str | None = None, annotator: str | None = None,
-               project: str | None = None, allow_new_classes: bool = False, show_progress: bool = True) -> LabelsSummary:
+def run_import(
+    config: Config,
+    source: str,
+    *,
+    fmt: str,
+    batch: str | None = None,
+    annotator: str | None = None,
+    project: str | None = None,
+    allow_new_classes: bool = False,
+    show_progress: bool = True,
+) -> LabelsSummary:
     with LakeDB(Lake.from_config(config), config=config) as db:
         progress = Progress(f"import {fmt} labels", unit="annotations", enabled=show_progress)
         summary = import_labels(db, source, fmt=fmt, config=config, batch=batch, annotator=annotator, project=project,

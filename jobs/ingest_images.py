@@ -87,7 +87,9 @@ def ingest_images(
                     errors.append({"source": source, "uri": uri, "reason": reason})
             progress.update(len(batch))
         info = tables.commit_info(JOB, source=source, shard=shard)
-        first_of_each = list({row["image_id"]: row for row in reversed(rows)}.values())  # the same bytes twice: one image
+        first_of_each = list(
+            {row["image_id"]: row for row in reversed(rows)}.values()
+        )  # the same bytes twice: one image
         tables.insert_new(lake, IMAGES, pa.Table.from_pylist(first_of_each, schema=IMAGES.schema), info)
         tables.append(lake, ERRORS, error_rows(JOB, errors, ingested_at), info)
         files = make_rows(IMAGE_FILES, len(rows), uri=[r["uri"] for r in rows], image_id=[r["image_id"] for r in rows],

@@ -36,13 +36,22 @@ def render_table(table: pa.Table, *, max_rows: int = 100, max_width: int = 40) -
     lines = [" | ".join(n.ljust(w) for n, w in zip(names, widths)), "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     more = table.num_rows - shown.num_rows
-    lines.append(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}" + (f", {more} not shown; use --format csv or --output for all)" if more else ")"))
+    lines.append(
+        f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}"
+        + (f", {more} not shown; use --format csv or --output for all)" if more else ")")
+    )
     return "\n".join(lines) + "\n"
 
 
 def _cell(value: Any, max_width: int) -> str:
     if isinstance(value, float):
         value = float(f"{value:.6g}")  # float32 columns print as their 7 digits, not 17
-    text = "NULL" if value is None else json.dumps(jsonable(value)) if isinstance(value, dict | list) else str(jsonable(value))
+    text = (
+        "NULL"
+        if value is None
+        else json.dumps(jsonable(value))
+        if isinstance(value, dict | list)
+        else str(jsonable(value))
+    )
     return text if len(text) <= max_width else text[: max_width - 1] + "…"
 

@@ -53,7 +53,9 @@ class Progress:
     def close(self) -> None:
         if self.enabled and self.done:
             elapsed = time.monotonic() - self.started
-            self.stream.write(f"{self.what}: {self.done:,} {self.unit} in {_duration(elapsed)} ({self.rate():,.0f}/s)\n")
+            self.stream.write(
+                f"{self.what}: {self.done:,} {self.unit} in {_duration(elapsed)} ({self.rate():,.0f}/s)\n"
+            )
             self.stream.flush()
 
 

@@ -61,7 +61,9 @@ def score_lake(lake: Lake, version: str, config: EmbedConfig = EmbedConfig(), *,
     with LakeDB(lake) as db:
         record = read_model(db, version)  # TrainingError for an unknown version
         selected = db.query(f"SELECT image_id FROM images WHERE {where}") if where else None
-    loaded = torch.load(io.BytesIO(lake.fs.cat_file(checkpoint_path(lake, version))), map_location="cpu", weights_only=True)
+    loaded = torch.load(
+        io.BytesIO(lake.fs.cat_file(checkpoint_path(lake, version))), map_location="cpu", weights_only=True
+    )
     preprocessing = TrainSettings(backbone=record["backbone"], image_size=record["image_size"]).preprocessing()
     model = load_classifier(record["backbone"], loaded["state_dict"], record["classes"], f"model:{version}",
                             device=config.device, preprocessing=preprocessing)
@@ -96,7 +98,18 @@ def prediction_rows(part: Part, version: str, classes: list[str], now: datetime)
     keys = pa.array(np.tile(np.array(classes, dtype=object), len(scores)), pa.string())
     offsets = pa.array(np.arange(0, len(scores) * len(classes) + 1, len(classes), dtype=np.int32))
     score_map = pa.MapArray.from_arrays(offsets, keys, pa.array(scores.reshape(-1), pa.float32()))
-    return make_rows(PREDICTIONS, len(part.ids), prediction_id=[prediction_id(i, version) for i in part.ids],
-                     image_id=part.ids, image_uri=part.uris, model_version=version, ts=now,
-                     label=[classes[i] for i in top], confidence=scores.max(axis=1) if len(scores) else np.zeros(0, np.float32),
-                     scores=score_map, source=SOURCE, ingested_at=now, date=now.date())
+    return make_rows(
+        PREDICTIONS,
+        len(part.ids),
+        prediction_id=[prediction_id(i, version) for i in part.ids],
+        image_id=part.ids,
+        image_uri=part.uris,
+        model_version=version,
+        ts=now,
+        label=[classes[i] for i in top],
+        confidence=scores.max(axis=1) if len(scores) else np.zeros(0, np.float32),
+        scores=score_map,
+        source=SOURCE,
+        ingested_at=now,
+        date=now.date(),
+    )

@@ -112,7 +112,9 @@ def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | Non
     version = check_version_name(request.version)
     with LakeDB(lake, read_only=False) as db:
         if model_row(db, version) is not None:
-            raise TrainingError(f"the lake already has a model {version!r}; choose another --name (versions are never replaced)")
+            raise TrainingError(
+                f"the lake already has a model {version!r}; choose another --name (versions are never replaced)"
+            )
     with LakeDB(lake) as db:
         labels = training_labels(db, request.labels_where).to_pylist()
         classes = _check_classes(labels, request.labels_where)
@@ -145,13 +147,26 @@ def train_model(lake: Lake, request: TrainRequest, settings: TrainSettings | Non
         progress.close()
 
     record = {
-        "version": version, "backbone": settings.backbone, "base": base_tag, "classes": classes,
-        "image_size": settings.image_size, "finetune": settings.finetune, "config": asdict(settings) | {"labels_where": request.labels_where,
-        "val_fraction": None if request.val_name else request.val_fraction, "val": request.val_name,
-        "batch_weights": dict(request.batch_weights)},
-        "data": seen, "curves": asdict(result.curves), "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_val_accuracy, "stopped_early": result.stopped_early,
-        "hardware": hardware(settings.device), "created_at": datetime.now(UTC).isoformat(),
+        "version": version,
+        "backbone": settings.backbone,
+        "base": base_tag,
+        "classes": classes,
+        "image_size": settings.image_size,
+        "finetune": settings.finetune,
+        "config": asdict(settings)
+        | {
+            "labels_where": request.labels_where,
+            "val_fraction": None if request.val_name else request.val_fraction,
+            "val": request.val_name,
+            "batch_weights": dict(request.batch_weights),
+        },
+        "data": seen,
+        "curves": asdict(result.curves),
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy,
+        "stopped_early": result.stopped_early,
+        "hardware": hardware(settings.device),
+        "created_at": datetime.now(UTC).isoformat(),
         "timings": {"seconds": time.monotonic() - started, "train_images_per_second": result.train_images_per_second},
     }
     checkpoint = _to_bytes({"state_dict": result.best_state, "classes": classes, "backbone": settings.backbone,
@@ -185,7 +200,9 @@ def _check_batch_weights(labels: list[dict[str, Any]], request: TrainRequest) ->
             raise TrainingError(f"--batch-weight {batch}={weight}: no label to train on is in batch {batch!r} "
                                 f"(batches: {', '.join(sorted(map(str, batches)))}); check the name or --labels")
         if not weight > 0:
-            raise TrainingError(f"--batch-weight {batch}={weight}: a weight must be above 0 (leave a batch out with --labels)")
+            raise TrainingError(
+                f"--batch-weight {batch}={weight}: a weight must be above 0 (leave a batch out with --labels)"
+            )
 
 
 def _split(db: LakeDB, labels: list[dict[str, Any]], request: TrainRequest) -> np.ndarray:
@@ -204,7 +221,9 @@ def _with_pseudo_labels(db: LakeDB, labels: list[dict[str, Any]], in_val: np.nda
     if not request.pseudo_from:
         return labels, in_val
     if model_row(db, request.pseudo_from) is None:
-        raise TrainingError(f"--pseudo-labels {request.pseudo_from!r} is not a model version of the lake (see `edgemine models`)")
+        raise TrainingError(
+            f"--pseudo-labels {request.pseudo_from!r} is not a model version of the lake (see `edgemine models`)"
+        )
     if not 0 <= request.min_confidence <= 1:
         raise TrainingError(f"--min-confidence must be in [0, 1], got {request.min_confidence}")
     found = db.query(
@@ -221,7 +240,9 @@ def _with_pseudo_labels(db: LakeDB, labels: list[dict[str, Any]], in_val: np.nda
     if request.val_name:
         pseudo = found
     else:
-        pseudo = [row for row, v in zip(found, validation_mask([r["image_id"] for r in found], request.val_fraction)) if not v]
+        pseudo = [
+            row for row, v in zip(found, validation_mask([r["image_id"] for r in found], request.val_fraction)) if not v
+        ]
     log.info("%d pseudo-labels from %s (confidence >= %s)", len(pseudo), request.pseudo_from, request.min_confidence)
     return labels + [row | {"pseudo": True} for row in pseudo], np.concatenate([in_val, np.zeros(len(pseudo), bool)])
 
@@ -243,7 +264,9 @@ def _resolve_base(db: LakeDB, lake: Lake, base: str, settings: TrainSettings, cl
             raise WeightsError(f"--from {base} is a {record['backbone']} model; it cannot continue as --backbone "
                                f"{settings.backbone} (leave --backbone out, or start from imagenet)")
         settings = TrainSettings(**(asdict(settings) | {"backbone": record["backbone"]}))
-    loaded = torch.load(io.BytesIO(lake.fs.cat_file(checkpoint_path(lake, base))), map_location="cpu", weights_only=True)
+    loaded = torch.load(
+        io.BytesIO(lake.fs.cat_file(checkpoint_path(lake, base))), map_location="cpu", weights_only=True
+    )
     state = check_base_is_classifier(loaded, f"model {base}")
     if list(loaded.get("classes", [])) != classes:
         state = get_backbone(settings.backbone).without_head(state)  # other classes: a new head
@@ -261,9 +284,18 @@ def _read(lake: Lake, labels: list[dict[str, Any]], in_val: np.ndarray, classes:
                                        workers=request.workers or min(4, os.cpu_count() or 1), progress=progress.update)
     progress.close()
     if errors:
-        rows = [{"source": request.version, "uri": item.uri, "reason": reason, "raw": json.dumps({"image_id": item.image_id})}
-                for item, reason in errors]
-        tables.append(lake, ERRORS, error_rows(JOB, rows, datetime.now(UTC)), tables.commit_info(JOB, version=request.version))
+        rows = [
+            {
+                "source": request.version,
+                "uri": item.uri,
+                "reason": reason,
+                "raw": json.dumps({"image_id": item.image_id}),
+            }
+            for item, reason in errors
+        ]
+        tables.append(
+            lake, ERRORS, error_rows(JOB, rows, datetime.now(UTC)), tables.commit_info(JOB, version=request.version)
+        )
         summary.add_errors(rows)
     by_id = {row["image_id"]: (row, bool(v)) for row, v in zip(labels, in_val)}
     y = torch.tensor([classes.index(by_id[item.image_id][0]["label"]) for item in decoded], dtype=torch.int64)

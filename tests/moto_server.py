@@ -42,7 +42,9 @@ def start(log: Path, timeout: float = 60) -> tuple[subprocess.Popen, str]:
         except OSError:
             if time.monotonic() > deadline:
                 server.kill()
-                raise RuntimeError(f"moto's server did not listen on {port} in {timeout:.0f} s: {log.read_text()}") from None
+                raise RuntimeError(
+                    f"moto's server did not listen on {port} in {timeout:.0f} s: {log.read_text()}"
+                ) from None
             time.sleep(0.1)
 
 

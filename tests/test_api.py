@@ -17,7 +17,9 @@ def test_the_documented_examples_run(demo_lake, monkeypatch, tmp_path):
     demo_lake = Lake(str(shutil.copytree(demo_lake.root, tmp_path / "lake")))
     monkeypatch.setenv("EDGEMINE_USER", "doctest")
     monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
-    seed = rows(demo_lake, "SELECT image_id FROM demo_truth WHERE is_edge_case ORDER BY image_id LIMIT 1")[0]["image_id"]
+    seed = rows(demo_lake, "SELECT image_id FROM demo_truth WHERE is_edge_case ORDER BY image_id LIMIT 1")[0][
+        "image_id"
+    ]
     result = doctest.testmod(mining, extraglobs={"lake_uri": demo_lake.uri, "seed": seed}, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 10 and result.failed == 0
     # What the examples wrote is in the lake, as the docstrings say.

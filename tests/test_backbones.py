@@ -53,7 +53,11 @@ def test_every_entry_builds_and_embeds_unit_vectors_of_its_width(name):
 
     backbone = load_backbone(name, "random", seed=3)
     vectors = backbone.embed(tiny_pixels())
-    assert (backbone.width, backbone.preprocessing, backbone.weights) == (spec.width, spec.preprocessing, "random-seed3")
+    assert (backbone.width, backbone.preprocessing, backbone.weights) == (
+        spec.width,
+        spec.preprocessing,
+        "random-seed3",
+    )
     assert vectors.shape == (2, spec.width) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert backbone.embed(tiny_pixels()[:0]).shape == (0, spec.width)

@@ -33,7 +33,11 @@ def lake_dir(tmp_path: Path) -> Path:
     lake = Lake(str(tmp_path / "lake"))
     uris = put_images(lake, str(tmp_path / "src"), 12)
     put(lake, str(tmp_path / "src" / "broken.jpg"), b"nope")
-    put(lake, str(tmp_path / "in.jsonl"), jsonl([prediction(u, i) for i, u in enumerate(uris)] + [prediction(uris[0], 0, confidence=7)]))
+    put(
+        lake,
+        str(tmp_path / "in.jsonl"),
+        jsonl([prediction(u, i) for i, u in enumerate(uris)] + [prediction(uris[0], 0, confidence=7)]),
+    )
     assert main(["ingest", "images", str(tmp_path / "src"), "--lake", lake.uri, "--quiet"]) == 0
     assert main(["ingest", "predictions", str(tmp_path / "in.jsonl"), "--lake", lake.uri, "--quiet"]) == 0
     return tmp_path / "lake"
@@ -92,12 +96,25 @@ def test_ingest_summaries_as_json(tmp_path, capsys):
 
 
 def test_sql_json_is_one_object_per_row(lake_dir, capsys):
-    assert main(["sql", "SELECT label, count(*) AS n FROM predictions GROUP BY ALL ORDER BY label", "--lake", str(lake_dir), "--json"]) == 0
+    assert (
+        main(
+            [
+                "sql",
+                "SELECT label, count(*) AS n FROM predictions GROUP BY ALL ORDER BY label",
+                "--lake",
+                str(lake_dir),
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out) == [{"label": "car", "n": 6}, {"label": "person", "n": 6}]
 
 
 def test_sql_csv_and_table_output(lake_dir, capsys):
-    assert main(["sql", "SELECT uri, reason FROM errors ORDER BY reason", "--lake", str(lake_dir), "--format", "csv"]) == 0
+    assert (
+        main(["sql", "SELECT uri, reason FROM errors ORDER BY reason", "--lake", str(lake_dir), "--format", "csv"]) == 0
+    )
     got = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert [r["reason"][:12] for r in got] == ["confidence 7", "not an image"]
     assert main(["sql", "SELECT image_id, width FROM images ORDER BY image_id LIMIT 3", "--lake", str(lake_dir)]) == 0
@@ -107,11 +124,16 @@ def test_sql_csv_and_table_output(lake_dir, capsys):
 
 def test_sql_output_parquet_and_refusals(lake_dir, tmp_path, capsys):
     out = tmp_path / "slice.parquet"
-    assert main(["sql", "SELECT * FROM predictions WHERE confidence < 0.6", "--lake", str(lake_dir), "--output", str(out)]) == 0
+    assert (
+        main(["sql", "SELECT * FROM predictions WHERE confidence < 0.6", "--lake", str(lake_dir), "--output", str(out)])
+        == 0
+    )
     table = pq.read_table(out)
     assert table.num_rows > 0 and max(table.column("confidence").to_pylist()) < 0.6
 
-    assert main(["sql", "SELECT 1", "--lake", str(lake_dir), "--output", str(lake_dir / "predictions" / "x.parquet")]) == 2
+    assert (
+        main(["sql", "SELECT 1", "--lake", str(lake_dir), "--output", str(lake_dir / "predictions" / "x.parquet")]) == 2
+    )
     assert "inside the lake" in capsys.readouterr().err
     assert main(["sql", "DELETE FROM predictions", "--lake", str(lake_dir)]) == 2
     assert "read-only" in capsys.readouterr().err
@@ -122,8 +144,13 @@ def test_sql_output_parquet_and_refusals(lake_dir, tmp_path, capsys):
 def test_sql_views_and_stdin(lake_dir):
     views = run("sql", "--views", "--lake", str(lake_dir))
     assert views.returncode == 0 and "CREATE OR REPLACE VIEW predictions AS" in views.stdout
-    result = subprocess.run([str(EDGEMINE), "sql", "-", "--lake", str(lake_dir), "--json"], input="SELECT count(*) AS n FROM images",
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(EDGEMINE), "sql", "-", "--lake", str(lake_dir), "--json"],
+        input="SELECT count(*) AS n FROM images",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert json.loads(result.stdout) == [{"n": 12}]
 
 
@@ -148,7 +175,9 @@ def test_errors_are_one_line_with_what_to_do(tmp_path, capsys):
     assert main(["tables", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "chunk_rowz" in err and "chunk_rows" in err
-    assert main(["ingest", "predictions", str(tmp_path / "none.jsonl"), "--lake", str(tmp_path / "lake"), "--quiet"]) == 2
+    assert (
+        main(["ingest", "predictions", str(tmp_path / "none.jsonl"), "--lake", str(tmp_path / "lake"), "--quiet"]) == 2
+    )
     assert "file not found" in capsys.readouterr().err
 
 
@@ -175,7 +204,12 @@ def test_s3_problems_are_one_line_that_says_what_to_set(s3_endpoint, monkeypatch
 def test_embed_prints_a_summary_and_json(lake_dir: Path, capsys):
     assert main(["embed", "--lake", str(lake_dir), "--weights", "random", "--workers", "1", "--quiet", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["embedded"], summary["errors"], summary["weights"], summary["shard"]) == (12, 0, "random-seed0", "0/1")
+    assert (summary["embedded"], summary["errors"], summary["weights"], summary["shard"]) == (
+        12,
+        0,
+        "random-seed0",
+        "0/1",
+    )
     assert main(["embed", "--lake", str(lake_dir), "--weights", "random", "--shard", "1/2", "--quiet"]) == 0
     assert "0 embedded" in capsys.readouterr().out  # shard 1/2 was done as part of 0/1
 
@@ -241,6 +275,8 @@ def test_compact_reports_files_and_times_before_and_after(lake_dir, capsys):
     assert set(report) == {"predictions", "errors"}
     assert report["errors"]["files_before"] > report["errors"]["files_after"] == 1 and report["errors"]["vacuumed"] > 0
     assert report["predictions"]["files_after"] <= 3  # one per day
-    assert json.loads(run("sql", "SELECT count(*) n FROM predictions", "--lake", str(lake_dir), "--json").stdout) == before
+    assert (
+        json.loads(run("sql", "SELECT count(*) n FROM predictions", "--lake", str(lake_dir), "--json").stdout) == before
+    )
     assert main(["compact", "predictions", "errors", "--z-order", "label", "--lake", str(lake_dir)]) == 2
     assert "--z-order clusters one table: name it" in capsys.readouterr().err

@@ -25,7 +25,12 @@ def test_lake_precedence_flag_env_file_default(tmp_path):
 
 
 def test_s3_settings_from_standard_aws_variables(tmp_path):
-    env = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_DEFAULT_REGION": "eu-west-1"}
+    env = {
+        "AWS_ACCESS_KEY_ID": "k",
+        "AWS_SECRET_ACCESS_KEY": "s",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }
     s3 = load_config(None, env=env).s3
     assert (s3.key, s3.secret, s3.endpoint_url, s3.region) == ("k", "s", "http://127.0.0.1:9", "eu-west-1")
     config_file = tmp_path / "c.toml"

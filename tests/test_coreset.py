@@ -43,7 +43,9 @@ def test_k_center_greedy_starts_away_from_given_centers():
 def test_k_center_greedy_covers_every_cluster_before_repeating_one():
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((5, 16)) * 10
-    x = (centres[np.repeat(np.arange(5), [200, 50, 20, 5, 1])] + rng.standard_normal((276, 16)) * 0.1).astype(np.float32)
+    x = (centres[np.repeat(np.arange(5), [200, 50, 20, 5, 1])] + rng.standard_normal((276, 16)) * 0.1).astype(
+        np.float32
+    )
     cluster = np.repeat(np.arange(5), [200, 50, 20, 5, 1])
     assert sorted(cluster[k_center_greedy(x, 5).order].tolist()) == [0, 1, 2, 3, 4]
 
@@ -95,7 +97,9 @@ def test_duplicates_are_written_and_dropped_from_queues(lake):
         index = VectorIndex(np.array(truth["ids"]), x, IndexSpec("flat"))
         summary = find_duplicates(db, index, threshold=0.98, user="tester")
     assert (summary.groups, summary.duplicates, summary.images) == (2, 3, 33)
-    stored = rows(lake, "SELECT group_id, list(image_id ORDER BY image_id) AS members FROM duplicates GROUP BY ALL ORDER BY 1")
+    stored = rows(
+        lake, "SELECT group_id, list(image_id ORDER BY image_id) AS members FROM duplicates GROUP BY ALL ORDER BY 1"
+    )
     ids = truth["ids"]
     assert stored == [{"group_id": ids[0], "members": [ids[0], ids[30], ids[31]]},
                       {"group_id": ids[5], "members": [ids[5], ids[32]]}]

@@ -38,13 +38,16 @@ def test_demo_builds_a_consistent_lake(lake, images, bad_rows):
     assert summary["errors"] == 1 + bad_rows  # every step's refusals, counted once
     assert summary["round"]["labels"] > 0 and summary["round"]["skipped"] is None  # the labelling round, on any storage
     # Every prediction joins an image and its ground truth.
-    joined = query(lake, "SELECT count(*) n FROM predictions p JOIN images USING (image_id) JOIN demo_truth USING (image_id)")
+    joined = query(
+        lake, "SELECT count(*) n FROM predictions p JOIN images USING (image_id) JOIN demo_truth USING (image_id)"
+    )
     assert joined == [{"n": images}]
     assert query(lake, "SELECT count(*) n FROM detections")[0]["n"] >= images
     # Every image is embedded (offline: seeded random weights) and has a thumbnail.
     assert summary["embeddings"]["embedded"] == images and summary["embeddings"]["weights"] == "random-seed0"
-    assert query(lake, "SELECT count(*) n FROM images JOIN embeddings USING (image_id) JOIN thumbnails USING (image_id)") == [
-        {"n": images}]
+    assert query(
+        lake, "SELECT count(*) n FROM images JOIN embeddings USING (image_id) JOIN thumbnails USING (image_id)"
+    ) == [{"n": images}]
 
     again = run_demo(demo_config(lake, images), show_progress=False).to_dict()
     assert again["generated"] is False and again["images"]["registered"] == 0
@@ -215,7 +218,9 @@ def test_each_kind_hides_its_edge_case_at_the_configured_rate(kind):
 @pytest.mark.parametrize("kind", OTHER_KINDS)
 def test_each_kind_is_deterministic_and_leaves_the_other_images_as_glare_lakes_have_them(kind):
     a, b = sample_kind(kind, 300, 0.05), sample_kind(kind, 300, 0.05)
-    assert [(s.true_label, s.camera, p["confidence"]) for s, p in a] == [(s.true_label, s.camera, p["confidence"]) for s, p in b]
+    assert [(s.true_label, s.camera, p["confidence"]) for s, p in a] == [
+        (s.true_label, s.camera, p["confidence"]) for s, p in b
+    ]
     glare = sample_kind("glare", 300, 0.05)
     for (s, p), (g, q) in zip(a, glare):
         assert s.is_edge_case == g.is_edge_case  # the same images are the edge case, whatever the kind

@@ -37,7 +37,10 @@ def query(lake: Lake, sql: str) -> list[dict]:
 def vectors(lake: Lake) -> dict[str, np.ndarray]:
     with LakeDB(lake) as db:
         table = db.query("SELECT image_id, embedding FROM embeddings")
-    return {i: np.asarray(e, dtype=np.float32) for i, e in zip(table.column("image_id").to_pylist(), table.column("embedding").to_pylist())}
+    return {
+        i: np.asarray(e, dtype=np.float32)
+        for i, e in zip(table.column("image_id").to_pylist(), table.column("embedding").to_pylist())
+    }
 
 
 def png(size: tuple[int, int]) -> bytes:
@@ -76,18 +79,27 @@ def test_embeddings_thumbnails_and_errors(lake):
     assert schema["t"] == "FLOAT[]" and schema["width"] == 512 and schema["n"] == schema["ids"] == 30
     assert 1 - 1e-5 < schema["lo"] <= schema["hi"] < 1 + 1e-5
     # Cosine similarity works in SQL: each vector is its own nearest neighbour.
-    nearest = query(lake, "SELECT a.image_id, arg_max(b.image_id, list_cosine_similarity(a.embedding, b.embedding)) best "
-                          "FROM embeddings a, embeddings b GROUP BY a.image_id")
+    nearest = query(
+        lake,
+        "SELECT a.image_id, arg_max(b.image_id, list_cosine_similarity(a.embedding, b.embedding)) best "
+        "FROM embeddings a, embeddings b GROUP BY a.image_id",
+    )
     assert all(row["image_id"] == row["best"] for row in nearest)
 
-    thumbnails = query(lake, "SELECT t.image_id, t.jpeg, t.width, t.height, i.width iw, i.height ih FROM thumbnails t JOIN images i USING (image_id)")
+    thumbnails = query(
+        lake,
+        "SELECT t.image_id, t.jpeg, t.width, t.height, i.width iw, i.height ih FROM thumbnails t JOIN images i USING (image_id)",
+    )
     assert len(thumbnails) == 30
     for row in thumbnails:
         image = Image.open(io.BytesIO(row["jpeg"]))
         assert image.format == "JPEG" and image.size == (row["width"], row["height"])
         assert max(image.size) == min(128, max(row["iw"], row["ih"]))
 
-    errors = {row["uri"].rsplit("/", 1)[1]: row for row in query(lake, f"SELECT uri, reason, source, raw FROM errors WHERE job = '{JOB}'")}
+    errors = {
+        row["uri"].rsplit("/", 1)[1]: row
+        for row in query(lake, f"SELECT uri, reason, source, raw FROM errors WHERE job = '{JOB}'")
+    }
     assert {name: row["reason"].split(":")[0] for name, row in errors.items()} == {
         "truncated.jpg": "truncated",
         "corrupt.jpg": "corrupt",

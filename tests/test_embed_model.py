@@ -94,7 +94,9 @@ def test_fine_tuned_checkpoint_with_its_own_head_and_ddp_prefix(tmp_path: Path):
     backbone = load_backbone(weights=str(path))
     assert backbone.weights.startswith("finetune-v3@") and len(backbone.weights) == len("finetune-v3@") + 12
     pixels = random_pixels(3)
-    np.testing.assert_allclose(backbone.embed(pixels), reference_embed(plain_resnet18(tuned.state_dict()), pixels), atol=TOLERANCE)
+    np.testing.assert_allclose(
+        backbone.embed(pixels), reference_embed(plain_resnet18(tuned.state_dict()), pixels), atol=TOLERANCE
+    )
 
 
 def test_checkpoint_of_another_architecture_is_refused_with_the_keys(tmp_path: Path):
@@ -126,7 +128,9 @@ def test_imagenet_weights_come_from_torchs_cache(tmp_path: Path, monkeypatch: py
     backbone = load_backbone(weights="imagenet")
     assert backbone.weights == "imagenet1k_v1"
     pixels = random_pixels(2)
-    np.testing.assert_allclose(backbone.embed(pixels), reference_embed(plain_resnet18(stand_in.state_dict()), pixels), atol=TOLERANCE)
+    np.testing.assert_allclose(
+        backbone.embed(pixels), reference_embed(plain_resnet18(stand_in.state_dict()), pixels), atol=TOLERANCE
+    )
 
 
 def test_imagenet_weights_unreachable_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -73,7 +73,9 @@ def test_reduced_size_jpeg_decode_stays_close_to_a_full_decode():
     the model input barely moves, and the embedding not at all in practice."""
     data = scene_jpeg(1920, 1080, index=4)
     fast = decode(data, OPTIONS).pixels
-    full = F.center_crop(F.resize(F.pil_to_tensor(Image.open(io.BytesIO(data)).convert("RGB")), [256], antialias=True), [224])
+    full = F.center_crop(
+        F.resize(F.pil_to_tensor(Image.open(io.BytesIO(data)).convert("RGB")), [256], antialias=True), [224]
+    )
     difference = (fast.float() - full.float()).abs()
     assert difference.mean() < 2.0  # grey levels out of 255
     backbone = load_backbone(weights="random", seed=0)
@@ -146,7 +148,15 @@ def test_damaged_files_of_every_format_give_a_reason_never_a_crash():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
     outcomes = {"decoded": 0, "refused": 0}
-    for fmt, options in [("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}), ("TIFF", {}), ("TIFF", {"compression": "tiff_lzw"}), ("WEBP", {})]:
+    for fmt, options in [
+        ("JPEG", {}),
+        ("PNG", {}),
+        ("GIF", {}),
+        ("BMP", {}),
+        ("TIFF", {}),
+        ("TIFF", {"compression": "tiff_lzw"}),
+        ("WEBP", {}),
+    ]:
         original = encoded(image, fmt, **options)
         for _ in range(40):
             data = bytearray(original)

@@ -27,7 +27,10 @@ from tests.helpers import jsonl, prediction, put, put_images, rows, source_uri
 
 N = 10
 WIDTH, HEIGHT = 64, 48  # tests.helpers.jpeg_bytes
-BOXES = [{"box": [2, 3, 30, 40], "label": "car", "score": 0.9}, {"box": [10, 5, 50, 44], "label": "person", "score": 0.6}]
+BOXES = [
+    {"box": [2, 3, 30, 40], "label": "car", "score": 0.9},
+    {"box": [10, 5, 50, 44], "label": "person", "score": 0.6},
+]
 
 
 def build(lake: Lake, n: int = N) -> list[str]:
@@ -75,7 +78,11 @@ def test_coco_loads_in_pycocotools_and_cocoeval_runs_over_our_results(local, tmp
     assert len(gt.getImgIds()) == N and len(gt.getAnnIds()) == 2 * (N // 2)
     assert {c["name"]: c["id"] for c in gt.loadCats(gt.getCatIds())} == {"car": 1, "person": 2}  # never 0
     annotation = gt.loadAnns(gt.getAnnIds())[0]
-    assert annotation["iscrowd"] == 0 and annotation["area"] == pytest.approx(28 * 37) and annotation["bbox"] == [2, 3, 28, 37]
+    assert (
+        annotation["iscrowd"] == 0
+        and annotation["area"] == pytest.approx(28 * 37)
+        and annotation["bbox"] == [2, 3, 28, 37]
+    )
     image = gt.loadImgs(annotation["image_id"])[0]
     assert (image["width"], image["height"]) == (WIDTH, HEIGHT) and image["edgemine_image_id"] in ids
     assert Path(image["file_name"]).is_file()  # by reference: the lake's own file
@@ -110,7 +117,9 @@ def test_yolo_has_images_labels_and_data_yaml_a_plain_parser_reads(local, tmp_pa
     assert sorted(p.stem for p in (folder / "images").iterdir()) == sorted(ids) == sorted(labels)
     assert all((folder / "images" / f"{i}.jpg").read_bytes()[:2] == b"\xff\xd8" for i in ids)  # copied JPEGs
     first = labels[ids[0]]
-    assert first[0][0] == 0 and first[0][1:] == pytest.approx((16 / WIDTH, 21.5 / HEIGHT, 28 / WIDTH, 37 / HEIGHT), abs=1e-5)
+    assert first[0][0] == 0 and first[0][1:] == pytest.approx(
+        (16 / WIDTH, 21.5 / HEIGHT, 28 / WIDTH, 37 / HEIGHT), abs=1e-5
+    )
     assert labels[ids[1]] == []  # a prediction without boxes: an empty label file
 
 
@@ -126,26 +135,50 @@ def test_cvat_xml_follows_cvat_for_images_1_1(local, tmp_path):
     assert [label.findtext("name") for label in task.findall("labels/label")] == ["car", "person"]
     images = root.findall("image")
     assert [int(i.get("id")) for i in images] == list(range(N))
-    assert all((i.get("width"), i.get("height")) == (str(WIDTH), str(HEIGHT)) and Path(i.get("name")).is_file() for i in images)
+    assert all(
+        (i.get("width"), i.get("height")) == (str(WIDTH), str(HEIGHT)) and Path(i.get("name")).is_file() for i in images
+    )
     box = images[0].find("box")
     assert box.get("label") == "car" and [float(box.get(k)) for k in ("xtl", "ytl", "xbr", "ybr")] == [2, 3, 30, 40]
     assert box.get("occluded") == "0" and images[0].find("tag").get("label") in ("car", "person")
 
 
 LABEL_STUDIO_TASK = {  # what Label Studio's import reads (its docs: "Import pre-annotated data")
-    "type": "object", "required": ["data", "predictions"],
+    "type": "object",
+    "required": ["data", "predictions"],
     "properties": {
         "data": {"type": "object", "required": ["image", "edgemine_image_id"]},
-        "predictions": {"type": "array", "items": {
-            "type": "object", "required": ["model_version", "score", "result"],
-            "properties": {"result": {"type": "array", "items": {
-                "type": "object", "required": ["id", "from_name", "to_name", "type", "value"],
-                "properties": {"type": {"enum": ["choices", "rectanglelabels"]}},
-                "if": {"properties": {"type": {"const": "rectanglelabels"}}},
-                "then": {"required": ["original_width", "original_height"], "properties": {"value": {
-                    "type": "object", "required": ["x", "y", "width", "height", "rectanglelabels"],
-                    "properties": {k: {"type": "number", "minimum": 0, "maximum": 100} for k in ("x", "y", "width", "height")}}}},
-            }}}}},
+        "predictions": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["model_version", "score", "result"],
+                "properties": {
+                    "result": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["id", "from_name", "to_name", "type", "value"],
+                            "properties": {"type": {"enum": ["choices", "rectanglelabels"]}},
+                            "if": {"properties": {"type": {"const": "rectanglelabels"}}},
+                            "then": {
+                                "required": ["original_width", "original_height"],
+                                "properties": {
+                                    "value": {
+                                        "type": "object",
+                                        "required": ["x", "y", "width", "height", "rectanglelabels"],
+                                        "properties": {
+                                            k: {"type": "number", "minimum": 0, "maximum": 100}
+                                            for k in ("x", "y", "width", "height")
+                                        },
+                                    }
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
     },
 }
 
@@ -160,7 +193,9 @@ def test_label_studio_tasks_match_its_import_schema_and_config(local, tmp_path):
         result_ids = [r["id"] for r in task["predictions"][0]["result"]]
         assert len(set(result_ids)) == len(result_ids)
     box = tasks[0]["predictions"][0]["result"][1]
-    assert box["value"]["x"] == pytest.approx(100 * 2 / WIDTH) and box["value"]["width"] == pytest.approx(100 * 28 / WIDTH)
+    assert box["value"]["x"] == pytest.approx(100 * 2 / WIDTH) and box["value"]["width"] == pytest.approx(
+        100 * 28 / WIDTH
+    )
     config = ET.parse(Path(summary.folder) / "config.xml").getroot()
     assert [c.get("value") for c in config.iter("Choice")] == ["car", "person"]
     assert config.find("RectangleLabels").get("toName") == "image" == config.find("Choices").get("toName")
@@ -168,12 +203,31 @@ def test_label_studio_tasks_match_its_import_schema_and_config(local, tmp_path):
 
 def test_prodigy_and_manifest_lines(local, tmp_path):
     lake, ids = local
-    prodigy = [json.loads(line) for line in (Path(export(lake, ids, "prodigy", str(tmp_path / "p")).folder) / "tasks.jsonl")
-               .read_text().splitlines()]
-    assert prodigy[0]["spans"][0]["label"] == "car" and prodigy[0]["spans"][0]["points"] == [[2, 3], [2, 40], [30, 40], [30, 3]]
-    assert prodigy[0]["meta"]["image_id"] == ids[0] and prodigy[1]["spans"] == [] and prodigy[1]["label"] in ("car", "person")
-    manifest = [json.loads(line) for line in (Path(export(lake, ids, "manifest", str(tmp_path / "m"), predictions=False).folder)
-                                              / "manifest.jsonl").read_text().splitlines()]
+    prodigy = [
+        json.loads(line)
+        for line in (Path(export(lake, ids, "prodigy", str(tmp_path / "p")).folder) / "tasks.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert prodigy[0]["spans"][0]["label"] == "car" and prodigy[0]["spans"][0]["points"] == [
+        [2, 3],
+        [2, 40],
+        [30, 40],
+        [30, 3],
+    ]
+    assert (
+        prodigy[0]["meta"]["image_id"] == ids[0]
+        and prodigy[1]["spans"] == []
+        and prodigy[1]["label"] in ("car", "person")
+    )
+    manifest = [
+        json.loads(line)
+        for line in (
+            Path(export(lake, ids, "manifest", str(tmp_path / "m"), predictions=False).folder) / "manifest.jsonl"
+        )
+        .read_text()
+        .splitlines()
+    ]
     images = {r["image_id"]: r for r in rows(lake, "SELECT image_id, uri, sha256 FROM images")}
     assert [m["image_id"] for m in manifest] == ids
     assert all(m["url"] == images[m["image_id"]]["uri"] and m["sha256"] == images[m["image_id"]]["sha256"]
@@ -191,8 +245,11 @@ def test_manifest_on_s3_has_presigned_urls_that_fetch_the_image(s3_config, new_b
     assert first["prediction"]["boxes"][0]["box"] == [2, 3, 30, 40]
     with urllib.request.urlopen(first["url"]) as response:  # noqa: S310 - moto's server on loopback
         data = response.read()
-    assert data[:2] == b"\xff\xd8" and rows(lake, "SELECT sha256 FROM images WHERE image_id = $i", {"i": ids[0]})[0]["sha256"] \
+    assert (
+        data[:2] == b"\xff\xd8"
+        and rows(lake, "SELECT sha256 FROM images WHERE image_id = $i", {"i": ids[0]})[0]["sha256"]
         == __import__("hashlib").sha256(data).hexdigest()
+    )
 
 
 # -- batches ----------------------------------------------------------------
@@ -212,7 +269,9 @@ def test_a_batch_is_exported_once_reruns_change_nothing_and_sent_images_are_skip
     assert (resent.status, resent.exported, resent.skipped) == ("exported", 2, 0)
     sent = rows(lake, "SELECT batch, count(*) AS n, max(task) AS tasks FROM exports GROUP BY batch ORDER BY n DESC")
     assert [(r["n"], r["tasks"]) for r in sent] == [(4, 2), (2, 1), (2, 1)]
-    assert rows(lake, "SELECT count(*) AS n FROM exports WHERE image_id = $i", {"i": ids[0]}) == [{"n": 2}]  # sent, resent
+    assert rows(lake, "SELECT count(*) AS n FROM exports WHERE image_id = $i", {"i": ids[0]}) == [
+        {"n": 2}
+    ]  # sent, resent
     from mining.labelling.export import list_batches
 
     with LakeDB(lake) as db:
@@ -313,8 +372,16 @@ def test_s3_without_credentials_says_what_to_set(s3_config, new_bucket, monkeypa
 def annotate(tasks: list[dict], who: int = 7) -> list[dict]:
     """Tasks as Label Studio exports them once a person accepted the pre-annotations."""
     for task in tasks:
-        task["annotations"] = [{"id": 1, "completed_by": who, "result": task["predictions"][0]["result"],
-                                "was_cancelled": False, "created_at": "2026-11-20T10:00:00Z", "updated_at": "2026-11-20T10:05:00Z"}]
+        task["annotations"] = [
+            {
+                "id": 1,
+                "completed_by": who,
+                "result": task["predictions"][0]["result"],
+                "was_cancelled": False,
+                "created_at": "2026-11-20T10:00:00Z",
+                "updated_at": "2026-11-20T10:05:00Z",
+            }
+        ]
     return tasks
 
 
@@ -331,7 +398,11 @@ def test_round_trip_export_then_import_lands_the_labels_once(lake, fmt, tmp_path
         tasks = annotate(json.loads(read(lake, main_file(summary, "tasks.json"))))
         source = put(lake, source_uri(lake, "ls-export.json"), json.dumps(tasks))
     else:
-        source = summary.folder if fmt == "yolo" else main_file(summary, {"coco": "annotations.json", "cvat": "annotations.xml"}[fmt])
+        source = (
+            summary.folder
+            if fmt == "yolo"
+            else main_file(summary, {"coco": "annotations.json", "cvat": "annotations.xml"}[fmt])
+        )
     with LakeDB(lake) as db:
         first = import_labels(db, source, fmt=fmt, config=config, annotator=None if fmt == "label-studio" else "ana")
         again = import_labels(db, source, fmt=fmt, config=config, annotator=None if fmt == "label-studio" else "ana")
@@ -339,11 +410,15 @@ def test_round_trip_export_then_import_lands_the_labels_once(lake, fmt, tmp_path
     expected = boxes + (4 if fmt in ("label-studio", "cvat") else 0)  # and a class per image where the format keeps it
     assert (first.imported, first.errors, first.batch) == (expected, 0, summary.batch)
     assert (again.imported, again.already) == (0, expected)
-    got = rows(lake, "SELECT image_id, label, box, annotator FROM labels WHERE box IS NOT NULL ORDER BY image_id, label")
+    got = rows(
+        lake, "SELECT image_id, label, box, annotator FROM labels WHERE box IS NOT NULL ORDER BY image_id, label"
+    )
     assert {r["annotator"] for r in got} == {"label-studio:7" if fmt == "label-studio" else "ana"}
     car = next(r for r in got if r["image_id"] == ids[0] and r["label"] == "car")
     assert car["box"] == pytest.approx([2, 3, 30, 40], abs=0.01)
-    labelled = rows(lake, "SELECT image_id, labels, agrees, model_version FROM labelled WHERE image_id = $i", {"i": ids[0]})
+    labelled = rows(
+        lake, "SELECT image_id, labels, agrees, model_version FROM labelled WHERE image_id = $i", {"i": ids[0]}
+    )
     assert labelled == [{"image_id": ids[0], "labels": ["car", "person"], "agrees": True, "model_version": "v7"}]
 
 
@@ -360,17 +435,32 @@ def test_a_label_file_with_bad_annotations_lands_the_rest(local, tmp_path):
         {"id": 102, "image_id": 1, "category_id": 1, "bbox": "oops", "area": 1, "iscrowd": 0},
         {"id": 103, "image_id": 99, "category_id": 1, "bbox": [1, 1, 2, 2], "area": 4, "iscrowd": 0},  # not in the lake
         {"id": 104, "image_id": 1, "category_id": 9, "bbox": [1, 1, 2, 2], "area": 4, "iscrowd": 0},  # unknown class
-        {"id": 105, "image_id": 1, "category_id": 5, "bbox": [1, 1, 2, 2], "area": 4, "iscrowd": 0},  # undeclared category
+        {
+            "id": 105,
+            "image_id": 1,
+            "category_id": 5,
+            "bbox": [1, 1, 2, 2],
+            "area": 4,
+            "iscrowd": 0,
+        },  # undeclared category
     ]
     path = tmp_path / "labels.json"
     path.write_text(json.dumps(dataset))
     with LakeDB(lake) as db:
         result = import_labels(db, str(path), fmt="coco", config=config_of(lake), annotator="bo")
         assert (result.imported, result.errors) == (good, 6)
-        reasons = [r["reason"] for r in rows(lake, "SELECT reason FROM errors WHERE job = 'labels-import' AND source = $s "
-                                                   "ORDER BY row", {"s": str(path)})]
+        reasons = [
+            r["reason"]
+            for r in rows(
+                lake,
+                "SELECT reason FROM errors WHERE job = 'labels-import' AND source = $s ORDER BY row",
+                {"s": str(path)},
+            )
+        ]
         assert reasons[0].startswith("malformed box") and "outside the 64x48 image" in reasons[1]
-        assert reasons[2].startswith("malformed annotation") and reasons[3] == "image /elsewhere/x.jpg is not in the lake"
+        assert (
+            reasons[2].startswith("malformed annotation") and reasons[3] == "image /elsewhere/x.jpg is not in the lake"
+        )
         assert reasons[4].startswith("unknown class 'tram'") and "not in the file's categories" in reasons[5]
         import_labels(db, str(path), fmt="coco", config=config_of(lake), annotator="bo")  # again: the errors replaced
         assert rows(lake, "SELECT count(*) AS n FROM errors WHERE source = $s", {"s": str(path)}) == [{"n": 6}]
@@ -385,16 +475,23 @@ def test_label_files_that_are_not_their_format_are_refused_whole(local, tmp_path
     (tmp_path / "x.xml").write_text("<project/>")
     with LakeDB(lake) as db:
         config = config_of(lake)
-        for source, fmt, message in ((tmp_path / "x.json", "coco", "is not JSON"), (tmp_path / "list.json", "coco", "not a COCO"),
-                                     (tmp_path / "x.xml", "cvat", "root is <project>"), (tmp_path / "none.json", "coco", "not found"),
-                                     (tmp_path, "yolo", "no data.yaml"), (tmp_path / "x.json", "voc", "formats: label-studio")):
+        for source, fmt, message in (
+            (tmp_path / "x.json", "coco", "is not JSON"),
+            (tmp_path / "list.json", "coco", "not a COCO"),
+            (tmp_path / "x.xml", "cvat", "root is <project>"),
+            (tmp_path / "none.json", "coco", "not found"),
+            (tmp_path, "yolo", "no data.yaml"),
+            (tmp_path / "x.json", "voc", "formats: label-studio"),
+        ):
             with pytest.raises(LabelError, match=message):
                 import_labels(db, str(source), fmt=fmt, config=config)
 
 
 def test_labelled_view_finds_where_the_model_disagrees_and_stays_read_only(local, tmp_path):
     lake, ids = local
-    tasks = json.loads((Path(export(lake, ids[:2], "label-studio", str(tmp_path / "o")).folder) / "tasks.json").read_text())
+    tasks = json.loads(
+        (Path(export(lake, ids[:2], "label-studio", str(tmp_path / "o")).folder) / "tasks.json").read_text()
+    )
     tasks = annotate(tasks)
     predicted = {t["data"]["edgemine_image_id"]: t["predictions"][0]["result"][0]["value"]["choices"][0] for t in tasks}
     other = {"car": "person", "person": "car"}
@@ -403,8 +500,10 @@ def test_labelled_view_finds_where_the_model_disagrees_and_stays_read_only(local
     (tmp_path / "ls.json").write_text(json.dumps(tasks))
     with LakeDB(lake) as db:
         import_labels(db, str(tmp_path / "ls.json"), fmt="label-studio", config=config_of(lake), batch="view-test")
-        disagree = db.query("SELECT image_id, label, predicted_label FROM labelled WHERE batch = 'view-test' AND NOT agrees "
-                            "AND model_version = 'v7'").to_pylist()
+        disagree = db.query(
+            "SELECT image_id, label, predicted_label FROM labelled WHERE batch = 'view-test' AND NOT agrees "
+            "AND model_version = 'v7'"
+        ).to_pylist()
     assert disagree == [{"image_id": ids[1], "label": other[predicted[ids[1]]], "predicted_label": predicted[ids[1]]}]
     assert main(["sql", "SELECT count(*) AS n FROM labelled", "--lake", lake.uri, "--json"]) == 0
     with LakeDB(lake) as db, pytest.raises(QueryError):
@@ -428,8 +527,11 @@ def test_export_and_labels_import_commands(local, tmp_path, capsys):
     where = json.loads(capsys.readouterr().out)
     cars = {r["image_id"] for r in rows(lake, "SELECT DISTINCT image_id FROM predictions WHERE label = 'car'")}
     assert where["exported"] + where["skipped"] == len(cars) and where["skipped"] == len(cars & set(ids[:3]))
-    for bad, message in ((["set:cli-set", "--format", "voc"], "formats: label-studio"), (["--format", "coco"], "give one source"),
-                         (["set:nope", "--format", "coco"], "no set named 'nope'")):
+    for bad, message in (
+        (["set:cli-set", "--format", "voc"], "formats: label-studio"),
+        (["--format", "coco"], "give one source"),
+        (["set:nope", "--format", "coco"], "no set named 'nope'"),
+    ):
         assert main(["export", *bad, "--to", out, "--lake", lake.uri, "--quiet"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1

@@ -62,7 +62,9 @@ def test_each_embedding_set_is_indexed_at_its_own_width_older_fixed_size_files_i
     1280-d lists beside them: each set's index has its width, and says which set it is."""
     old, new = clustered(30, seed=3), clustered(20, seed=4, width=1280)
     write_fixed_size_embeddings(lake, image_ids(30), old)
-    write_embeddings(lake, image_ids(20, start=100), new, "lite0", backbone="efficientnet-lite0", weights="imagenet1k_tf")
+    write_embeddings(
+        lake, image_ids(20, start=100), new, "lite0", backbone="efficientnet-lite0", weights="imagenet1k_tf"
+    )
     with LakeDB(lake) as db:
         resnet, _ = index_lake(db, IndexConfig(), backbone="resnet18")
         lite0, summary = index_lake(db, IndexConfig(), backbone="efficientnet-lite0")

@@ -17,8 +17,20 @@ def test_feedback_lands_once_bad_rows_go_to_errors_and_the_queue_orders_by_sever
     ids = truth["ids"]
     folder = source_uri(lake, "feedback")
     reports = [
-        {"image_id": ids[0], "reporter": "ana", "comment": "dog labelled car", "severity": "high", "at": "2026-10-03T10:00:00Z"},
-        {"prediction_id": "p00001", "reporter": "bo", "comment": "missed a bike", "severity": 3, "at": "2026-10-04T10:00:00Z"},
+        {
+            "image_id": ids[0],
+            "reporter": "ana",
+            "comment": "dog labelled car",
+            "severity": "high",
+            "at": "2026-10-03T10:00:00Z",
+        },
+        {
+            "prediction_id": "p00001",
+            "reporter": "bo",
+            "comment": "missed a bike",
+            "severity": 3,
+            "at": "2026-10-04T10:00:00Z",
+        },
         {"image_uri": f"/nowhere/{ids[2]}.jpg", "reporter": "cy", "severity": "critical", "at": 1790000000},
         {"image_id": ids[0], "reporter": "dee", "comment": "again", "severity": "low"},
         {"image_id": "ffffffffffffffffffff", "severity": 1},
@@ -31,7 +43,9 @@ def test_feedback_lands_once_bad_rows_go_to_errors_and_the_queue_orders_by_sever
     uri = put(lake, f"{folder}/reports.jsonl", "".join(json.dumps(r) + "\n" for r in reports) + "{broken\n")
     summary = ingest_feedback(lake, [uri], show_progress=False)
     assert summary.to_dict()["rows"] == {"feedback": 4, "errors": 7}
-    stored = rows(lake, "SELECT image_id, prediction_id, reporter, severity, source_row FROM feedback ORDER BY source_row")
+    stored = rows(
+        lake, "SELECT image_id, prediction_id, reporter, severity, source_row FROM feedback ORDER BY source_row"
+    )
     assert [(r["image_id"], r["severity"], r["source_row"]) for r in stored] == [
         (ids[0], 3, 1), (ids[1], 3, 2), (ids[2], 4, 3), (ids[0], 1, 4)]
     assert stored[1]["prediction_id"] == "p00001"
@@ -79,6 +93,9 @@ def test_a_file_without_the_required_columns_is_refused_whole(tmp_path):
     assert "missing required column(s): image_id, prediction_id or image_uri; severity" in summary.files[0].reason
     parquet = tmp_path / "x.parquet"
     parquet.write_bytes(b"PAR1")
-    assert "feedback is read from jsonl or csv files" in ingest_feedback(lake, [str(parquet)], show_progress=False).files[0].reason
+    assert (
+        "feedback is read from jsonl or csv files"
+        in ingest_feedback(lake, [str(parquet)], show_progress=False).files[0].reason
+    )
     with pytest.raises(Exception):
         rows(lake, "SELECT * FROM feedback_missing")

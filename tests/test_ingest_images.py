@@ -46,7 +46,10 @@ def test_same_bytes_at_two_uris_is_one_image(lake, small_ingest):
     # Found again in a third place, later: still one image, now three files.
     put(lake, f"{folder}/later/a-third.jpg", jpeg_bytes(7))
     assert ingest_images(lake, folder, small_ingest, show_progress=False).registered == 1
-    assert rows(lake, "SELECT (SELECT count(*) FROM images) i, (SELECT count(*) FROM image_files) f")[0] == {"i": 1, "f": 3}
+    assert rows(lake, "SELECT (SELECT count(*) FROM images) i, (SELECT count(*) FROM image_files) f")[0] == {
+        "i": 1,
+        "f": 3,
+    }
 
 
 def test_bad_files_become_errors_and_the_rest_goes_on(lake, small_ingest):

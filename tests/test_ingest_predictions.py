@@ -25,7 +25,9 @@ def rows(lake, sql):
 def images(lake, small_ingest):
     folder = source_uri(lake, "images")
     uris = put_images(lake, folder, 120)
-    ingest_images(lake, folder, replace(small_ingest, image_shard=200), show_progress=False)  # one shard: 3 commits, not 9
+    ingest_images(
+        lake, folder, replace(small_ingest, image_shard=200), show_progress=False
+    )  # one shard: 3 commits, not 9
     return uris
 
 
@@ -33,7 +35,10 @@ def test_jsonl_rows_land_in_predictions_and_detections(lake, images, small_inges
     preds = [prediction(u, i) for i, u in enumerate(images)]
     preds[0] |= {
         "scores": {"car": 0.7, "person": 0.3},
-        "detections": [{"box": [1, 2, 30, 40], "label": "car", "score": 0.9}, {"box": [5, 5, 9, 9], "label": "dog", "score": 0.2}],
+        "detections": [
+            {"box": [1, 2, 30, 40], "label": "car", "score": 0.9},
+            {"box": [5, 5, 9, 9], "label": "dog", "score": 0.2},
+        ],
     }
     uri = put(lake, source_uri(lake, "in/preds.jsonl"), jsonl(preds))
 
@@ -113,7 +118,12 @@ def test_csv_and_parquet_inputs(lake, images, small_ingest):
     csv_uri = put(lake, source_uri(lake, "in/p.csv"), header + "\n".join(lines) + "\n")
     table = pa.table(
         {
-            "image_id": [r["image_id"] for r in rows(lake, f"SELECT image_id FROM images WHERE uri IN ('{images[4]}', '{images[5]}') ORDER BY uri")],
+            "image_id": [
+                r["image_id"]
+                for r in rows(
+                    lake, f"SELECT image_id FROM images WHERE uri IN ('{images[4]}', '{images[5]}') ORDER BY uri"
+                )
+            ],
             "model_version": ["v2", "v2"],
             "ts": pa.array([1_790_000_000_000_000, 1_790_000_100_000_000], pa.timestamp("us", tz="UTC")),
             "label": ["dog", "car"],
@@ -134,7 +144,10 @@ def test_csv_and_parquet_inputs(lake, images, small_ingest):
         {"row": 4, "reason": "expected 8 fields, found 4"},
         {"row": 5, "reason": "confidence 2.0 outside [0, 1]"},
     ]
-    csv_rows = rows(lake, "SELECT label, site, scores, epoch(ts) AS t FROM predictions WHERE model_version = 'v1' ORDER BY source_row")
+    csv_rows = rows(
+        lake,
+        "SELECT label, site, scores, epoch(ts) AS t FROM predictions WHERE model_version = 'v1' ORDER BY source_row",
+    )
     assert [r["site"] for r in csv_rows] == ["north", "south"]
     assert csv_rows[1]["t"] == 1_790_000_000  # epoch seconds accepted
     pq_rows = rows(lake, "SELECT label, weather, image_uri FROM predictions WHERE model_version = 'v2' ORDER BY label")
@@ -147,7 +160,10 @@ def test_overlapping_files_show_each_prediction_once(lake, images, small_ingest)
     b = put(lake, source_uri(lake, "in/b.jsonl"), jsonl(preds[10:]))
     ingest_predictions(lake, [a, b], small_ingest, show_progress=False)
     # Merged on the key as they are written: the table itself holds each prediction once.
-    assert rows(lake, "SELECT count(*) n, count(DISTINCT prediction_id) ids FROM predictions")[0] == {"n": 30, "ids": 30}
+    assert rows(lake, "SELECT count(*) n, count(DISTINCT prediction_id) ids FROM predictions")[0] == {
+        "n": 30,
+        "ids": 30,
+    }
     assert rows(lake, "SELECT source, count(*) n FROM predictions GROUP BY ALL ORDER BY 1") == [
         {"source": a, "n": 10}, {"source": b, "n": 20}]  # the later file's rows won the overlap
 
@@ -165,7 +181,9 @@ def test_rerun_skips_unchanged_and_replaces_changed_files(lake, images, small_in
     put(lake, uri, jsonl([prediction(u, i, model_version="v8") for i, u in enumerate(images[:7])]))
     changed = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
     assert changed["ingested"] == 1
-    assert rows(lake, "SELECT model_version, count(*) n FROM predictions GROUP BY ALL") == [{"model_version": "v8", "n": 7}]
+    assert rows(lake, "SELECT model_version, count(*) n FROM predictions GROUP BY ALL") == [
+        {"model_version": "v8", "n": 7}
+    ]
 
     forced = ingest_predictions(lake, [uri], small_ingest, force=True, show_progress=False).to_dict()
     assert forced["ingested"] == 1
@@ -175,7 +193,11 @@ def test_rerun_skips_unchanged_and_replaces_changed_files(lake, images, small_in
 @pytest.mark.parametrize(
     "name, content, message",
     [
-        ("cols.jsonl", jsonl([{"image_uri": "x.jpg", "label": "car"}]), "missing required column(s): model_version, ts, confidence"),
+        (
+            "cols.jsonl",
+            jsonl([{"image_uri": "x.jpg", "label": "car"}]),
+            "missing required column(s): model_version, ts, confidence",
+        ),
         ("binary.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 5, "could be read as jsonl"),
         ("fake.parquet", "not parquet at all", "not a Parquet file"),
         ("data.xml", "<xml/>", "cannot tell the format"),
@@ -188,7 +210,9 @@ def test_wrong_format_fails_clearly_and_writes_nothing(lake, images, small_inges
     summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False)
     [failed] = summary.failed
     assert message in failed.reason
-    assert rows(lake, "SELECT (SELECT count(*) FROM predictions) p, (SELECT count(*) FROM errors) e") == [{"p": 0, "e": 0}]
+    assert rows(lake, "SELECT (SELECT count(*) FROM predictions) p, (SELECT count(*) FROM errors) e") == [
+        {"p": 0, "e": 0}
+    ]
 
 
 def test_a_file_that_breaks_part_way_leaves_nothing(lake, images, small_ingest):
@@ -199,7 +223,9 @@ def test_a_file_that_breaks_part_way_leaves_nothing(lake, images, small_ingest):
     [failed] = summary.failed
     assert "could not read the file" in failed.reason and "Nothing of it was written" in failed.reason
     assert tables.version(lake, "predictions") >= 1  # something was committed before the break ...
-    assert rows(lake, "SELECT (SELECT count(*) FROM predictions) p, (SELECT count(*) FROM errors) e") == [{"p": 0, "e": 0}]
+    assert rows(lake, "SELECT (SELECT count(*) FROM predictions) p, (SELECT count(*) FROM errors) e") == [
+        {"p": 0, "e": 0}
+    ]
     put(lake, uri, whole)  # ... and the whole file, given again, lands whole
     assert ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()["rows"]["predictions"] == 400
 
@@ -224,9 +250,13 @@ def test_a_folder_means_the_prediction_files_in_it(lake, images, small_ingest):
 @local_only
 def test_glob_of_inputs_and_reserved_names(lake, images, small_ingest):
     for k in range(3):
-        rows_k = [prediction(u, i, source="camera-app", date="yesterday") for i, u in enumerate(images[k * 10 : k * 10 + 10])]
+        rows_k = [
+            prediction(u, i, source="camera-app", date="yesterday") for i, u in enumerate(images[k * 10 : k * 10 + 10])
+        ]
         put(lake, source_uri(lake, f"in/day-{k}.jsonl"), jsonl(rows_k))
-    summary = ingest_predictions(lake, [source_uri(lake, "in/day-*.jsonl")], small_ingest, show_progress=False).to_dict()
+    summary = ingest_predictions(
+        lake, [source_uri(lake, "in/day-*.jsonl")], small_ingest, show_progress=False
+    ).to_dict()
     assert summary["ingested"] == 3 and summary["rows"]["predictions"] == 30
     got = rows(lake, "SELECT source, input_source, input_date FROM predictions LIMIT 1")[0]
     assert got["input_source"] == "camera-app" and got["input_date"] == "yesterday"

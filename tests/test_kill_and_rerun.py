@@ -80,8 +80,10 @@ def test_killed_predictions_ingest_reruns_to_exactly_once(lake, lake_env, small_
     # Four files of four batches (one commit each): two files done, one cut part-way, one not begun.
     files, per_file, chunk_rows = 4, 1000, 250
     for k in range(files):
-        rows = [prediction(uris[i % 10], i, ts=f"2026-10-{1 + i % 3:02d}T00:00:{i % 60:02d}Z", model_version=f"m{k}-{i}")
-                for i in range(per_file)]
+        rows = [
+            prediction(uris[i % 10], i, ts=f"2026-10-{1 + i % 3:02d}T00:00:{i % 60:02d}Z", model_version=f"m{k}-{i}")
+            for i in range(per_file)
+        ]
         put(lake, source_uri(lake, f"in/p-{k}.jsonl"), jsonl(rows))
     config = tmp_path / "job.toml"
     config.write_text(f'lake = "{lake.uri}"\n[ingest]\nchunk_rows = {chunk_rows}\n')
@@ -96,8 +98,13 @@ def test_killed_predictions_ingest_reruns_to_exactly_once(lake, lake_env, small_
     done_before = markers(lake, "ingest-predictions")
     assert 2 <= done_before < files and markers(lake, "ingest-predictions", "started") == 1
     assert 2 * per_file < count(lake, "SELECT count(*) FROM predictions") < 3 * per_file  # part of the third is in
-    rerun = subprocess.run([str(EDGEMINE), "ingest", "predictions", *inputs, "--config", str(config), "--quiet", "--json"],
-                           capture_output=True, text=True, env=None if lake_env is None else os.environ | lake_env, timeout=300)
+    rerun = subprocess.run(
+        [str(EDGEMINE), "ingest", "predictions", *inputs, "--config", str(config), "--quiet", "--json"],
+        capture_output=True,
+        text=True,
+        env=None if lake_env is None else os.environ | lake_env,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert f'"skipped": {done_before}' in rerun.stdout
 
@@ -124,7 +131,9 @@ def test_killed_images_ingest_reruns_to_exactly_once(tmp_path):
     assert rerun.returncode == 0, rerun.stderr
     assert count(lake, "SELECT count(*) FROM image_files") == 400
     assert count(lake, "SELECT count(DISTINCT uri) FROM image_files") == 400
-    assert count(lake, "SELECT count(*) FROM images") == count(lake, "SELECT count(DISTINCT image_id) FROM images") == 400
+    assert (
+        count(lake, "SELECT count(*) FROM images") == count(lake, "SELECT count(DISTINCT image_id) FROM images") == 400
+    )
     assert count(lake, "SELECT count(*) FROM errors") == 1
 
 
@@ -141,8 +150,13 @@ def test_killed_embed_reruns_to_exactly_once(lake, lake_env, tmp_path):
     kill_when(job, lambda: version(lake, "embeddings") >= 1)  # two parts in
     assert 2 * part_size <= count(lake, "SELECT count(*) FROM embeddings") < images
 
-    rerun = subprocess.run([str(EDGEMINE), "embed", "--config", str(config), "--quiet", "--json"],
-                           capture_output=True, text=True, env=None if lake_env is None else os.environ | lake_env, timeout=300)
+    rerun = subprocess.run(
+        [str(EDGEMINE), "embed", "--config", str(config), "--quiet", "--json"],
+        capture_output=True,
+        text=True,
+        env=None if lake_env is None else os.environ | lake_env,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr
     summary = json.loads(rerun.stdout)
     assert summary["already_embedded"] + summary["embedded"] == images and summary["embedded"] > 0
@@ -158,8 +172,16 @@ def test_killed_export_reruns_to_every_image_exported_once(lake, lake_env, tmp_p
     folder = source_uri(lake, "images")
     uris = put_images(lake, folder, images)
     ingest_images(lake, folder, show_progress=False)
-    put(lake, source_uri(lake, "p.jsonl"), jsonl([prediction(u, i, detections=[{"box": [1, 1, 20, 20], "label": "car", "score": 0.8}])
-                                                  for i, u in enumerate(uris)]))
+    put(
+        lake,
+        source_uri(lake, "p.jsonl"),
+        jsonl(
+            [
+                prediction(u, i, detections=[{"box": [1, 1, 20, 20], "label": "car", "score": 0.8}])
+                for i, u in enumerate(uris)
+            ]
+        ),
+    )
     ingest_predictions(lake, [source_uri(lake, "p.jsonl")], show_progress=False)
     config = tmp_path / "job.toml"
     config.write_text(f'lake = "{lake.uri}"\n')
@@ -176,7 +198,11 @@ def test_killed_export_reruns_to_every_image_exported_once(lake, lake_env, tmp_p
                            capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["exported"] == images
-    assert count(lake, "SELECT count(*) FROM exports") == count(lake, "SELECT count(DISTINCT image_id) FROM exports") == images
+    assert (
+        count(lake, "SELECT count(*) FROM exports")
+        == count(lake, "SELECT count(DISTINCT image_id) FROM exports")
+        == images
+    )
     again = subprocess.run([str(EDGEMINE), *args, "--config", str(config), "--quiet", "--json"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert json.loads(again.stdout)["status"] == "unchanged"

@@ -75,7 +75,9 @@ def test_label_errors_queue_uses_the_labels_table_with_cleanlab(tmp_path):
     with LakeDB(lake) as db:  # the model's scores become the planted probabilities
         kept = db.query("SELECT * FROM predictions ORDER BY prediction_id")
     maps = [[(c, float(p)) for c, p in zip(CLASSES, row)] for row in probs]
-    kept = kept.set_column(kept.schema.get_field_index("scores"), "scores", pa.array(maps, kept.schema.field("scores").type))
+    kept = kept.set_column(
+        kept.schema.get_field_index("scores"), "scores", pa.array(maps, kept.schema.field("scores").type)
+    )
     tables.overwrite(lake, PREDICTIONS, kept, tables.commit_info("test"))
     with pytest.raises(QueueError, match="no labels table, so labels come from review decisions"):
         queue(lake, "label-errors")
@@ -86,10 +88,15 @@ def test_label_errors_queue_uses_the_labels_table_with_cleanlab(tmp_path):
     # A box label is about one object, not the image: label-errors leaves it out.
     boxed = make_rows(LABELS, 1, label_id=["box"], image_id=[truth["ids"][0]], label=["truck"], box=[[0, 0, 5, 5]],
                       annotator="ann", batch="b1", format="coco", labelled_at=datetime.now(UTC))
-    tables.append(lake, LABELS, pa.concat_tables([rows, boxed]), tables.commit_info("test"))  # the latest label per image counts
+    tables.append(
+        lake, LABELS, pa.concat_tables([rows, boxed]), tables.commit_info("test")
+    )  # the latest label per image counts
     made, picked = queue(lake, "label-errors", limit=50)
     assert {r["image_id"] for r in picked} == {truth["ids"][i] for i in planted}
-    assert "cleanlab" in picked[0]["reason"] and made.notes[0] == "labels from the labels table (image labels, not boxes): 120 images"
+    assert (
+        "cleanlab" in picked[0]["reason"]
+        and made.notes[0] == "labels from the labels table (image labels, not boxes): 120 images"
+    )
     with pytest.raises(QueueError, match="cleanlab needs per-class scores"):
         tables.delete(lake, PREDICTIONS, "prediction_id = 'p00000'", tables.commit_info("test"))
         queue(lake, "label-errors", method="cleanlab")

@@ -53,9 +53,29 @@ def _start(data: Path, log: Path) -> tuple[subprocess.Popen, str]:
     env |= {"LABEL_STUDIO_BASE_DATA_DIR": str(data), "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false"}
     with open(log, "ab") as out:
         server = subprocess.Popen(
-            [str(BIN), "start", "--no-browser", "--data-dir", str(data), "--internal-host", "127.0.0.1", "--port", str(port),
-             "--username", USER, "--password", PASSWORD, "--user-token", TOKEN, "--enable-legacy-api-token"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                str(BIN),
+                "start",
+                "--no-browser",
+                "--data-dir",
+                str(data),
+                "--internal-host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--username",
+                USER,
+                "--password",
+                PASSWORD,
+                "--user-token",
+                TOKEN,
+                "--enable-legacy-api-token",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while True:
@@ -64,7 +84,9 @@ def _start(data: Path, log: Path) -> tuple[subprocess.Popen, str]:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as response:  # noqa: S310 - loopback
                 if b"UP" in response.read():
                     return server, url
-        assert time.monotonic() < deadline, f"label-studio did not come up on {port} in 600 s: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, (
+            f"label-studio did not come up on {port} in 600 s: {log.read_text()[-3000:]}"
+        )
         time.sleep(0.5)
 
 
@@ -81,7 +103,9 @@ def _stop(server: subprocess.Popen) -> None:
 def label_studio(request, tmp_path_factory) -> str:
     """The URL of a Label Studio server on a loopback port, for the session."""
     if not BIN.exists():
-        message = f"LABEL STUDIO TESTS SKIPPED: {BIN} is missing; `make labelstudio` installs label-studio==1.23.2 there"
+        message = (
+            f"LABEL STUDIO TESTS SKIPPED: {BIN} is missing; `make labelstudio` installs label-studio==1.23.2 there"
+        )
         capture = request.config.pluginmanager.getplugin("capturemanager")  # past pytest's capture, into CI logs
         with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
             print(f"\n{message}", file=sys.stderr)
@@ -162,13 +186,20 @@ def test_annotated_in_label_studio_then_imported_into_the_lake(label_studio, ls_
                        "value": {"choices": ["person"]}}]
         client.request("POST", f"/api/tasks/{task['id']}/annotations", json={"result": result, "was_cancelled": False})
     with LakeDB(lake) as db:
-        first = import_labels(db, label_studio, fmt="label-studio", project="edgemine-round-trip", config=ls_config(lake))
-        again = import_labels(db, label_studio, fmt="label-studio", project="edgemine-round-trip", config=ls_config(lake))
+        first = import_labels(
+            db, label_studio, fmt="label-studio", project="edgemine-round-trip", config=ls_config(lake)
+        )
+        again = import_labels(
+            db, label_studio, fmt="label-studio", project="edgemine-round-trip", config=ls_config(lake)
+        )
     assert (first.imported, first.errors, first.images) == (3, 0, 2) and (again.imported, again.already) == (0, 3)
     got = rows(lake, "SELECT image_id, label, box IS NOT NULL AS boxed FROM labels ORDER BY image_id, label")
     assert sorted((r["image_id"], r["label"], r["boxed"]) for r in got) == sorted(
         [(ids[0], "car", True), (ids[0], "person", True), (ids[1], "person", False)])
-    assert rows(lake, "SELECT DISTINCT batch FROM labels")[0]["batch"] == rows(lake, "SELECT batch FROM exports LIMIT 1")[0]["batch"]
+    assert (
+        rows(lake, "SELECT DISTINCT batch FROM labels")[0]["batch"]
+        == rows(lake, "SELECT batch FROM exports LIMIT 1")[0]["batch"]
+    )
 
 
 def test_unreachable_server_and_wrong_token_say_what_to_set(label_studio, ls_lake, capsys, monkeypatch):
@@ -177,7 +208,9 @@ def test_unreachable_server_and_wrong_token_say_what_to_set(label_studio, ls_lak
     with pytest.raises(ExportError, match="cannot reach Label Studio"):
         push(lake, ids, closed, "edgemine-x")
     with LakeDB(lake) as db, pytest.raises(ExportError, match="refused the token.*EDGEMINE_LABEL_STUDIO_TOKEN"):
-        export_images(db, ids, fmt="label-studio", target=label_studio, project="edgemine-x", config=ls_config(lake, "wrong"))
+        export_images(
+            db, ids, fmt="label-studio", target=label_studio, project="edgemine-x", config=ls_config(lake, "wrong")
+        )
     monkeypatch.delenv("EDGEMINE_LABEL_STUDIO_TOKEN", raising=False)
     args = ["export", "sql:SELECT image_id FROM images", "--format", "label-studio", "--to", label_studio, "--project",
             "edgemine-x", "--lake", lake.uri, "--quiet"]

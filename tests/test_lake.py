@@ -27,7 +27,9 @@ def test_an_old_layout_table_is_named_with_what_to_run(lake):
     from datetime import UTC, datetime
 
     lake.check_layout()  # an empty lake is fine
-    lake.write_parquet(error_rows("t", [{"reason": "r"}], datetime.now(UTC)), lake.path("errors", "old-shard-00000.parquet"))
+    lake.write_parquet(
+        error_rows("t", [{"reason": "r"}], datetime.now(UTC)), lake.path("errors", "old-shard-00000.parquet")
+    )
     assert lake.old_layout_tables() == [ERRORS.name]
     with pytest.raises(LakeError, match="old layout .*errors.*edgemine migrate"):
         lake.check_layout()
@@ -51,7 +53,11 @@ def test_read_many_reads_each_object_in_one_request_and_tells_empty_from_missing
     for method in ("_info", "info"):
         original = getattr(type(lake.fs), method, None)
         if original is not None:
-            monkeypatch.setattr(type(lake.fs), method, lambda self, path, *a, _o=original, **k: asked.append(path) or _o(self, path, *a, **k))
+            monkeypatch.setattr(
+                type(lake.fs),
+                method,
+                lambda self, path, *a, _o=original, **k: asked.append(path) or _o(self, path, *a, **k),
+            )
     got = read_many(lake.fs, [lake.path("src", n) for n in ("a.jpg", "empty.jpg", "gone.jpg")])
     assert got[:2] == [b"abc" * 1000, b""]
     assert isinstance(got[2], FileNotFoundError)

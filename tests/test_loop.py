@@ -45,13 +45,23 @@ def test_loop_trains_scores_compares_and_writes_the_card(looped):
     assert second.base == "v1" and second.baseline == "v1"  # --from latest: the newest model; compared with it
     assert second.score["embedded"] == IMAGES
     assert second.comparisons > 0  # `all` and classes with 30+ labelled images were checked
-    scored = rows(lake, "SELECT model_version, count(*) n, count(DISTINCT image_id) images FROM predictions GROUP BY ALL ORDER BY 1")
-    assert scored == [{"model_version": "v1", "n": IMAGES, "images": IMAGES}, {"model_version": "v2", "n": IMAGES, "images": IMAGES}]
-    metrics = rows(lake, "SELECT DISTINCT model_version FROM metrics WHERE slice = 'all' AND metric = 'accuracy' ORDER BY 1")
+    scored = rows(
+        lake,
+        "SELECT model_version, count(*) n, count(DISTINCT image_id) images FROM predictions GROUP BY ALL ORDER BY 1",
+    )
+    assert scored == [
+        {"model_version": "v1", "n": IMAGES, "images": IMAGES},
+        {"model_version": "v2", "n": IMAGES, "images": IMAGES},
+    ]
+    metrics = rows(
+        lake, "SELECT DISTINCT model_version FROM metrics WHERE slice = 'all' AND metric = 'accuracy' ORDER BY 1"
+    )
     assert [m["model_version"] for m in metrics] == ["v1", "v2"]
     card = lake.fs.cat_file(lake.path("_cards", "v2.md")).decode()
     assert "v2" in card and "previous version: v1" in card
-    assert "Trained by `edgemine train`" in card and "resnet18 from model:v1, fine-tuning all layers" in card  # the record
+    assert (
+        "Trained by `edgemine train`" in card and "resnet18 from model:v1, fine-tuning all layers" in card
+    )  # the record
     assert second.card.endswith("_cards/v2.md")
 
 
@@ -82,14 +92,44 @@ def test_a_regression_exits_3_after_writing_the_card(looped, tmp_path, capsys):
                         image_id=[r["image_id"] for r in truth], model_version="v0-perfect", ts=when,
                         label=[r["label"] for r in truth], confidence=0.99, ingested_at=when, date=when.date())
     tables.append(lake, PREDICTIONS, perfect, tables.commit_info("test"))
-    code = main(["loop", "--name", "v3", "--from", "random", "--baseline", "v0-perfect", "--epochs", "1", "--lr", "1e-9",
-                 "--image-size", "32", "--batch-size", "16", "--workers", "1", "--device", "cpu", "--seed", "1",
-                 "--lake", lake.root, "--json", "--quiet"])
+    code = main(
+        [
+            "loop",
+            "--name",
+            "v3",
+            "--from",
+            "random",
+            "--baseline",
+            "v0-perfect",
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-9",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+            "--seed",
+            "1",
+            "--lake",
+            lake.root,
+            "--json",
+            "--quiet",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == EXIT_REGRESSION, {k: out[k] for k in ('baseline', 'comparisons', 'alarms', 'metrics', 'score')}
     assert out["baseline"] == "v0-perfect" and out["alarms"]
-    assert {"slice": "all", "metric": "accuracy"}.items() <= next(a for a in out["alarms"] if a["slice"] == "all").items()
+    assert {"slice": "all", "metric": "accuracy"}.items() <= next(
+        a for a in out["alarms"] if a["slice"] == "all"
+    ).items()
     card = lake.fs.cat_file(lake.path("_cards", "v3.md")).decode()
     known = card[card.index("## Known regressions"):]
     assert "accuracy" in known and "v0-perfect" in card
-    assert rows(lake, "SELECT count(*) n FROM alarms WHERE model_version = 'v3' AND baseline = 'v0-perfect'")[0]["n"] >= 1
+    assert (
+        rows(lake, "SELECT count(*) n FROM alarms WHERE model_version = 'v3' AND baseline = 'v0-perfect'")[0]["n"] >= 1
+    )

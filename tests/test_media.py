@@ -37,13 +37,23 @@ def test_image_facts_give_the_latest_prediction_and_the_configured_columns(demo_
     ids.append("f" * 20)  # not in the lake: a row of NULLs, in its place
     with LakeDB(demo_lake) as db:
         facts = image_facts(db, ids, ["camera", "customer_flag", "not_a_column"]).to_pylist()
-    latest = {r["image_id"]: r for r in rows(
-        demo_lake, "SELECT image_id, arg_max(label, ts) AS label, arg_max(camera, ts) AS camera, arg_max(customer_flag, ts) AS flag "
-                   "FROM predictions GROUP BY image_id")}
+    latest = {
+        r["image_id"]: r
+        for r in rows(
+            demo_lake,
+            "SELECT image_id, arg_max(label, ts) AS label, arg_max(camera, ts) AS camera, arg_max(customer_flag, ts) AS flag "
+            "FROM predictions GROUP BY image_id",
+        )
+    }
     assert [f["image_id"] for f in facts] == ids
     for f in facts[:4]:
         truth = latest[f["image_id"]]
-        assert (f["label"], f["camera"], f["customer_flag"], f["not_a_column"]) == (truth["label"], truth["camera"], truth["flag"], None)
+        assert (f["label"], f["camera"], f["customer_flag"], f["not_a_column"]) == (
+            truth["label"],
+            truth["camera"],
+            truth["flag"],
+            None,
+        )
     assert (facts[4]["label"], facts[4]["camera"]) == (None, None)
 
 

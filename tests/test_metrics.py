@@ -197,7 +197,10 @@ def test_cli_slices_metrics_and_fail_on_regression(two_versions, capsys, tmp_pat
     assert listed["cam3"] == "saved" and listed["morning"] == "config" and listed["camera=cam-3"] == "auto"
     assert main(["slice", "show", "cam3", "--json", *common]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["images"] == two_versions["cameras"].count("cam-3") and sum(r["images"] for r in shown["labels"]) == shown["images"]
+    assert (
+        shown["images"] == two_versions["cameras"].count("cam-3")
+        and sum(r["images"] for r in shown["labels"]) == shown["images"]
+    )
     assert main(["metrics", "--slice", "all", "cam3", "--json", *common]) == 0
     out = json.loads(capsys.readouterr().out)
     assert {r["slice"] for r in out["metrics"]} == {"all", "cam3"} and out["regressions"]["alarms"]
@@ -252,8 +255,15 @@ def test_versions_on_different_images_are_compared_unpaired(tmp_path):
     write_labels(lake, ids, truth)
     write_predictions(lake, ids[:800], "v1", [right(k, 0.85) for k in range(800)], rng.uniform(0.3, 1, 800),
                       cameras[:800], START)
-    write_predictions(lake, ids[800:], "v2", [right(k, 0.85 if cameras[k] == "cam-0" else 0.6) for k in range(800, 1600)],
-                      rng.uniform(0.3, 1, 800), cameras[800:], START + timedelta(days=1))
+    write_predictions(
+        lake,
+        ids[800:],
+        "v2",
+        [right(k, 0.85 if cameras[k] == "cam-0" else 0.6) for k in range(800, 1600)],
+        rng.uniform(0.3, 1, 800),
+        cameras[800:],
+        START + timedelta(days=1),
+    )
     with LakeDB(lake) as db:
         report = check_regressions(db, find_slices(all_slices(db), ["camera=cam-0", "camera=cam-1"]),
                                    config=MetricsConfig(margin=0.1), record=False)
@@ -288,19 +298,43 @@ def test_detection_map_matches_pycocotools_run_directly(tmp_path):
             truth.append((k, label, [x, y, x + w, y + h]))
             if rng.random() < 0.8:  # found, a little off
                 jitter = rng.normal(0, 0.08 * min(w, h), 4)
-                found.append((k, label if rng.random() < 0.9 else CLASSES[0], list(np.array([x, y, x + w, y + h]) + jitter),
-                              float(rng.uniform(0.3, 1))))
+                found.append(
+                    (
+                        k,
+                        label if rng.random() < 0.9 else CLASSES[0],
+                        list(np.array([x, y, x + w, y + h]) + jitter),
+                        float(rng.uniform(0.3, 1)),
+                    )
+                )
         if rng.random() < 0.3:  # a false alarm
             found.append((k, CLASSES[rng.integers(0, 3)], [10.0, 10.0, 60.0, 50.0], float(rng.uniform(0, 0.6))))
-    labels = make_rows(LABELS, len(truth), label_id=[f"g{i}" for i in range(len(truth))], image_id=[ids[k] for k, _, _ in truth],
-                       label=[lab for _, lab, _ in truth], box=[b for _, _, b in truth], annotator="ana", batch="b1",
-                       format="coco", labelled_at=START)
+    labels = make_rows(
+        LABELS,
+        len(truth),
+        label_id=[f"g{i}" for i in range(len(truth))],
+        image_id=[ids[k] for k, _, _ in truth],
+        label=[lab for _, lab, _ in truth],
+        box=[b for _, _, b in truth],
+        annotator="ana",
+        batch="b1",
+        format="coco",
+        labelled_at=START,
+    )
     tables.append(lake, LABELS, labels, tables.commit_info("test"))
     ts = [START + timedelta(hours=k % 72) for k, _, _, _ in found]
-    detections = make_rows(DETECTIONS, len(found), detection_id=[f"d{i}" for i in range(len(found))],
-                           prediction_id=[f"v1-{ids[k]}" for k, _, _, _ in found], image_id=[ids[k] for k, _, _, _ in found],
-                           model_version="v1", ts=ts, box=[b for _, _, b, _ in found], label=[lab for _, lab, _, _ in found],
-                           score=[s for _, _, _, s in found], date=[t.date() for t in ts])
+    detections = make_rows(
+        DETECTIONS,
+        len(found),
+        detection_id=[f"d{i}" for i in range(len(found))],
+        prediction_id=[f"v1-{ids[k]}" for k, _, _, _ in found],
+        image_id=[ids[k] for k, _, _, _ in found],
+        model_version="v1",
+        ts=ts,
+        box=[b for _, _, b, _ in found],
+        label=[lab for _, lab, _, _ in found],
+        score=[s for _, _, _, s in found],
+        date=[t.date() for t in ts],
+    )
     tables.append(lake, DETECTIONS, detections, tables.commit_info("test"))
 
     def direct(keep) -> tuple[list[float], dict]:

@@ -40,27 +40,73 @@ def old_lake(lake):
 
     def prediction_file(name: str, ids: list[str], label: str, at: datetime) -> None:
         n = len(ids)
-        old_file(lake, "predictions/date=2026-10-01", name, {
-            "prediction_id": ids, "image_id": [a] * n, "image_uri": ["/cams/a.jpg"] * n, "model_version": ["v1"] * n,
-            "ts": pa.array([T0] * n, TS), "label": [label] * n, "confidence": pa.array([0.5] * n, pa.float32()),
-            "scores": pa.array([None] * n, pa.map_(pa.string(), pa.float32())), "source": [f"/in/{name}"] * n,
-            "source_row": pa.array(range(1, n + 1), pa.int64()), "ingested_at": pa.array([at] * n, TS), "camera": ["c7"] * n})
+        old_file(
+            lake,
+            "predictions/date=2026-10-01",
+            name,
+            {
+                "prediction_id": ids,
+                "image_id": [a] * n,
+                "image_uri": ["/cams/a.jpg"] * n,
+                "model_version": ["v1"] * n,
+                "ts": pa.array([T0] * n, TS),
+                "label": [label] * n,
+                "confidence": pa.array([0.5] * n, pa.float32()),
+                "scores": pa.array([None] * n, pa.map_(pa.string(), pa.float32())),
+                "source": [f"/in/{name}"] * n,
+                "source_row": pa.array(range(1, n + 1), pa.int64()),
+                "ingested_at": pa.array([at] * n, TS),
+                "camera": ["c7"] * n,
+            },
+        )
 
     prediction_file("pred-1-00000.parquet", ["p1", "p2"], "car", T0)
     prediction_file("pred-2-00000.parquet", ["p2", "p3"], "truck", T0 + timedelta(hours=2))  # p2 again, later: wins
-    old_file(lake, "detections/date=2026-10-01", "pred-1-00000.parquet", {
-        "detection_id": ["p1-0"], "prediction_id": ["p1"], "image_id": [a], "model_version": ["v1"], "ts": pa.array([T0], TS),
-        "box": pa.array([[1.0, 2.0, 3.0, 4.0]], pa.list_(pa.float32(), 4)), "label": ["car"],
-        "score": pa.array([0.9], pa.float32()), "ingested_at": pa.array([T0], TS)})
-    old_file(lake, "errors", "pred-1-00000.parquet", {"job": ["ingest-predictions"] * 2, "source": ["/in/x"] * 2,
-                                                      "row": pa.array([3, 4], pa.int64()), "uri": pa.array([None, None], STRING),
-                                                      "reason": ["bad ts", "bad confidence"], "raw": ["{}", "{}"],
-                                                      "at": pa.array([T0] * 2, TS)})
+    old_file(
+        lake,
+        "detections/date=2026-10-01",
+        "pred-1-00000.parquet",
+        {
+            "detection_id": ["p1-0"],
+            "prediction_id": ["p1"],
+            "image_id": [a],
+            "model_version": ["v1"],
+            "ts": pa.array([T0], TS),
+            "box": pa.array([[1.0, 2.0, 3.0, 4.0]], pa.list_(pa.float32(), 4)),
+            "label": ["car"],
+            "score": pa.array([0.9], pa.float32()),
+            "ingested_at": pa.array([T0], TS),
+        },
+    )
+    old_file(
+        lake,
+        "errors",
+        "pred-1-00000.parquet",
+        {
+            "job": ["ingest-predictions"] * 2,
+            "source": ["/in/x"] * 2,
+            "row": pa.array([3, 4], pa.int64()),
+            "uri": pa.array([None, None], STRING),
+            "reason": ["bad ts", "bad confidence"],
+            "raw": ["{}", "{}"],
+            "at": pa.array([T0] * 2, TS),
+        },
+    )
     for k, members in enumerate([[a, b], [b]]):  # set "s" saved twice: the second replaced the first
-        old_file(lake, "sets", f"set-{k}-00000.parquet", {
-            "name": ["s"] * len(members), "image_id": members, "rank": pa.array(range(1, len(members) + 1), pa.int32()),
-            "score": pa.array([None] * len(members), pa.float32()), "source": ["t"] * len(members),
-            "created_by": ["ana"] * len(members), "created_at": pa.array([T0 + timedelta(minutes=k)] * len(members), TS)})
+        old_file(
+            lake,
+            "sets",
+            f"set-{k}-00000.parquet",
+            {
+                "name": ["s"] * len(members),
+                "image_id": members,
+                "rank": pa.array(range(1, len(members) + 1), pa.int32()),
+                "score": pa.array([None] * len(members), pa.float32()),
+                "source": ["t"] * len(members),
+                "created_by": ["ana"] * len(members),
+                "created_at": pa.array([T0 + timedelta(minutes=k)] * len(members), TS),
+            },
+        )
     for k, decision in enumerate(["accept", "reject"]):
         old_file(lake, "reviews", f"review-{k}-00000.parquet", {
             "review": ["r"], "image_id": [a], "decision": [decision], "reviewer": [f"rev{k}"], "source": ["t"],

@@ -38,7 +38,9 @@ def test_a_session_is_saved_and_resumed_in_another_process(vector_lake, request)
         distances = [c.seed_distance for c in first.clusters]
         assert distances == sorted(distances)  # cluster 0 is the closest to the seeds
         with pytest.raises(SessionError, match="exists already"):
-            sessions.start(db, index, backend, MINING, seeds=image_ids(1), seed_vectors=index.vectors[:1], session="glare-hunt")
+            sessions.start(
+                db, index, backend, MINING, seeds=image_ids(1), seed_vectors=index.vectors[:1], session="glare-hunt"
+            )
 
     # Another process (the CLI) picks clusters 0 and 1 of the saved step, then shows it.
     env = dict(os.environ, EDGEMINE_USER="second-reviewer")
@@ -61,7 +63,10 @@ def test_a_session_is_saved_and_resumed_in_another_process(vector_lake, request)
         with pytest.raises(SessionError, match="cannot pick \\[9\\]"):
             sessions.pick(db, index, backend, MINING, "glare-hunt", [9])
         assert sessions.save_session(db, "glare-hunt", "glare-v1", "tester", clusters=[0]) == first.clusters[0].size
-    audit = rows(lake, "SELECT step, action, current, picked, created_by FROM narrow_steps WHERE session = 'glare-hunt' ORDER BY step")
+    audit = rows(
+        lake,
+        "SELECT step, action, current, picked, created_by FROM narrow_steps WHERE session = 'glare-hunt' ORDER BY step",
+    )
     members = rows(lake, "SELECT count(*) AS n FROM sets JOIN narrow_members USING (image_id) "
                          "WHERE name = 'glare-v1' AND session = 'glare-hunt' AND step = 0 AND cluster = 0")
     assert audit == [
@@ -76,7 +81,9 @@ def test_bad_narrowing_inputs_give_clear_errors(vector_lake):
     with LakeDB(vector_lake) as db:
         index = open_index(db, IndexConfig())
         with pytest.raises(SearchError, match="pool must hold at least 1"):
-            sessions.start(db, index, get_backend("cpu"), MINING, seeds=image_ids(1), seed_vectors=index.vectors[:1], pool=0)
+            sessions.start(
+                db, index, get_backend("cpu"), MINING, seeds=image_ids(1), seed_vectors=index.vectors[:1], pool=0
+            )
         with pytest.raises(SearchError, match="clusters must be at least 1"):
             sessions.start(db, index, get_backend("cpu"), MINING, seeds=image_ids(1), seed_vectors=index.vectors[:1],
                            clusters=0)

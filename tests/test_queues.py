@@ -120,7 +120,9 @@ def test_entropy_in_the_lake_by_hand(tmp_path):
     hand = [[("a", 0.5), ("b", 0.25), ("c", 0.25)], [("a", 1.0), ("b", 0.0)], [("a", 0.2), ("b", 0.2)]]
     with LakeDB(lake) as db:  # overwrite the three predictions' scores with hand-made ones
         kept = db.query("SELECT * FROM predictions ORDER BY prediction_id")
-    kept = kept.set_column(kept.schema.get_field_index("scores"), "scores", pa.array(hand, kept.schema.field("scores").type))
+    kept = kept.set_column(
+        kept.schema.get_field_index("scores"), "scores", pa.array(hand, kept.schema.field("scores").type)
+    )
     tables.overwrite(lake, PREDICTIONS, kept, tables.commit_info("test"))
     _, picked = queue(lake, "entropy")
     assert [round(r["score"], 6) for r in picked] == [round(1.5 * math.log(2), 6), round(math.log(2), 6), 0.0]
@@ -292,7 +294,9 @@ def test_bad_input_says_what_is_allowed(small):
         queue(lake, "entropy", limit=0)
     with pytest.raises(QueryError):
         queue(lake, "entropy", where="nonsense((")
-    with pytest.raises(QueueError, match="the lake has no feedback yet: load reports with `edgemine ingest feedback FILE`"):
+    with pytest.raises(
+        QueueError, match="the lake has no feedback yet: load reports with `edgemine ingest feedback FILE`"
+    ):
         queue(lake, "feedback")
     assert rows(lake, "SELECT count(*) n FROM queues") == [{"n": 0}]  # nothing written by any of them
 
@@ -325,7 +329,9 @@ def test_a_new_sampler_is_one_spec_in_the_registry(small, monkeypatch, capsys):
         ids = ids[::request.options["step"]][:request.limit]
         return Picked(make_picks(ids, [None] * len(ids), range(len(ids)), ["by name"] * len(ids)), candidates=len(ids))
 
-    toy = Sampler("by-name", "images by descending id", (Option("step", int, "take every step-th", 1),), run=descending_ids)
+    toy = Sampler(
+        "by-name", "images by descending id", (Option("step", int, "take every step-th", 1),), run=descending_ids
+    )
     monkeypatch.setitem(REGISTRY, toy.name, toy)
     lake, truth = small
     made, picked = queue(lake, "by-name", step=2, limit=3)
@@ -448,7 +454,9 @@ def test_forgotten_lists_what_the_new_version_gets_wrong_and_the_old_got_right(t
             PREDICTIONS, 40, prediction_id=[f"{version}-{i}" for i in made["ids"]], image_id=made["ids"],
             model_version=version, ts=when, label=[CLASSES[k] for k in labels], confidence=confidence,
             date=when.date()), tables.commit_info("test"))
-        predicted |= {(i, version): (CLASSES[k], float(c)) for i, k, c in zip(made["ids"], labels, confidence, strict=True)}
+        predicted |= {
+            (i, version): (CLASSES[k], float(c)) for i, k, c in zip(made["ids"], labels, confidence, strict=True)
+        }
     truth = {i: (predicted[i, "old"][0] if rng.random() < 0.6 else CLASSES[int(rng.integers(4))]) for i in made["ids"]}
     at = datetime(2026, 11, 1, tzinfo=UTC)
     tables.append(lake, LABELS, make_rows(LABELS, 40, label_id=[f"l-{i}" for i in truth], image_id=list(truth),
@@ -463,7 +471,9 @@ def test_forgotten_lists_what_the_new_version_gets_wrong_and_the_old_got_right(t
     assert "old said" in picked[0]["reason"] and f"labelled {truth[picked[0]['image_id']]}" in picked[0]["reason"]
     # reversed, the other way round; and a version that does not exist is refused with the list
     _, back = queue(lake, "forgotten", name="back", model_version="old", baseline="new", include_reviewed=True)
-    assert {r["image_id"] for r in back} == {i for i in made["ids"] if predicted[i, "old"][0] != truth[i] and predicted[i, "new"][0] == truth[i]}
+    assert {r["image_id"] for r in back} == {
+        i for i in made["ids"] if predicted[i, "old"][0] != truth[i] and predicted[i, "new"][0] == truth[i]
+    }
     _, default = queue(lake, "forgotten", name="default", include_reviewed=True)  # the newest against the one before
     assert {r["image_id"] for r in default} == expected
     with pytest.raises(QueueError, match="versions: .*old, new"):

@@ -71,7 +71,9 @@ def test_review_cli_accepts_rejects_lists_and_saves(demo_lake, monkeypatch, caps
     assert (listed["cli"]["accepted"], listed["cli"]["rejected"], listed["cli"]["reviewers"]) == (2, 1, "carol")
     assert main(["review", "save", "cli", "--as", "cli-set", "--lake", demo_lake.uri, "--json"]) == 0
     assert '"images": 2' in capsys.readouterr().out
-    assert sorted(r["image_id"] for r in rows(demo_lake, "SELECT image_id FROM sets WHERE name = 'cli-set'")) == sorted(ids[1:])
+    assert sorted(r["image_id"] for r in rows(demo_lake, "SELECT image_id FROM sets WHERE name = 'cli-set'")) == sorted(
+        ids[1:]
+    )
     assert main(["review", "accept", "cli", "nothex", "--lake", demo_lake.uri]) == 2
     assert "not in the lake" in capsys.readouterr().err
 

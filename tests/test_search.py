@@ -77,7 +77,9 @@ def test_reviewer_marking_pages_finds_the_edge_cases_far_sooner_than_low_confide
     seed = index.positions(sorted(edge_ids)[:1])
     positives, negatives, seen, viewed = list(seed), [], list(seed), 0
     while len(positives) < target and viewed < len(index):  # every image seen at most once
-        hits = rank(index, index.vectors[positives], index.vectors[negatives] if negatives else None, 20, exclude=np.array(seen))
+        hits = rank(
+            index, index.vectors[positives], index.vectors[negatives] if negatives else None, 20, exclude=np.array(seen)
+        )
         for position in index.positions([h.image_id for h in hits]):
             viewed += 1
             seen.append(position)
@@ -95,11 +97,26 @@ def test_reviewer_marking_pages_finds_the_edge_cases_far_sooner_than_low_confide
 
 def test_cli_similar_where_save_and_outside_file(demo_lake):
     seed = edge_cases(demo_lake)[0]
-    result = run_cli("similar", seed, "-k", "5", "--where", "p.confidence < 0.7", "--save", "found", "--json", "--lake", demo_lake.uri)
+    result = run_cli(
+        "similar",
+        seed,
+        "-k",
+        "5",
+        "--where",
+        "p.confidence < 0.7",
+        "--save",
+        "found",
+        "--json",
+        "--lake",
+        demo_lake.uri,
+    )
     hits = json.loads(result.stdout)
     assert len(hits) == 5 and [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
-    confidences = rows(demo_lake, "SELECT s.image_id, min(p.confidence) AS c FROM sets s JOIN predictions p USING (image_id) "
-                                  "WHERE name = 'found' GROUP BY ALL")
+    confidences = rows(
+        demo_lake,
+        "SELECT s.image_id, min(p.confidence) AS c FROM sets s JOIN predictions p USING (image_id) "
+        "WHERE name = 'found' GROUP BY ALL",
+    )
     uri = rows(demo_lake, "SELECT uri FROM images WHERE image_id = $i", {"i": hits[0]["image_id"]})[0]["uri"]
     assert sorted(r["image_id"] for r in confidences) == sorted(h["image_id"] for h in hits)
     assert all(r["c"] < 0.7 for r in confidences)
@@ -175,7 +192,10 @@ def test_model_uncertainty_reads_the_predictions(demo_lake):
     with LakeDB(demo_lake) as db:
         index = open_index(db, IndexConfig())
         doubt = model_uncertainty(db, index)
-    confidence = {r["image_id"]: r["c"] for r in rows(demo_lake, "SELECT image_id, min(confidence) c FROM predictions GROUP BY ALL")}
+    confidence = {
+        r["image_id"]: r["c"]
+        for r in rows(demo_lake, "SELECT image_id, min(confidence) c FROM predictions GROUP BY ALL")
+    }
     assert doubt.shape == (len(index), 3) and doubt.dtype == np.float32 and 0 <= doubt.min() and doubt.max() <= 1
     expected = np.array([1 - confidence.get(i, 1.0) for i in index.ids])
     np.testing.assert_allclose(doubt[:, 0], expected, atol=1e-5)

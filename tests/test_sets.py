@@ -19,10 +19,15 @@ def test_a_set_saved_again_replaces_the_old_one_and_history_keeps_it(lake):
         save_set(db, "other", image_ids(1), source="test", user="a")
     got = rows(lake, "SELECT name, image_id, rank, score, created_by FROM sets ORDER BY name, rank")
     assert [(r["name"], r["image_id"], r["rank"], r["created_by"]) for r in got] == [
-        ("other", image_ids(1)[0], 1, "a"), ("s", image_ids(1, start=10)[0], 1, "b"), ("s", image_ids(1, start=11)[0], 2, "b")]
+        ("other", image_ids(1)[0], 1, "a"),
+        ("s", image_ids(1, start=10)[0], 1, "b"),
+        ("s", image_ids(1, start=11)[0], 2, "b"),
+    ]
     assert [r["score"] for r in got] == [None, pytest.approx(0.9), pytest.approx(0.8)]
     with LakeDB(lake, as_of={"sets": first}) as then:  # the first version is in the table's history
-        assert then.query("SELECT image_id FROM sets WHERE name = 's' ORDER BY rank").column(0).to_pylist() == image_ids(3)
+        assert then.query("SELECT image_id FROM sets WHERE name = 's' ORDER BY rank").column(
+            0
+        ).to_pylist() == image_ids(3)
     assert [c["detail"]["set"] for c in tables.history(lake, "sets")] == ["other", "s", "s"]
 
 

@@ -109,10 +109,14 @@ def test_another_delta_table_leaks_neither_rows_nor_schema_nor_statistics(filled
     write_deltalake(outside, pa.table({"salary": [1, 2, 3], "day": ["a", "a", "b"]}), partition_by=["day"],
                     storage_options=delta_storage_options(filled) or None)
     with LakeDB(filled) as db:
-        for query in [f"SELECT * FROM delta_scan('{outside}')", f"DESCRIBE SELECT * FROM delta_scan('{outside}')",
-                      f"SELECT count(*) FROM delta_scan('{outside}') WHERE day = 'a'",
-                      f"SELECT * FROM predictions WHERE image_id IN (SELECT salary::VARCHAR FROM delta_scan('{outside}'))",
-                      f"SELECT * FROM parquet_metadata('{outside}/day=a')", "SELECT * FROM duckdb_settings()"]:
+        for query in [
+            f"SELECT * FROM delta_scan('{outside}')",
+            f"DESCRIBE SELECT * FROM delta_scan('{outside}')",
+            f"SELECT count(*) FROM delta_scan('{outside}') WHERE day = 'a'",
+            f"SELECT * FROM predictions WHERE image_id IN (SELECT salary::VARCHAR FROM delta_scan('{outside}'))",
+            f"SELECT * FROM parquet_metadata('{outside}/day=a')",
+            "SELECT * FROM duckdb_settings()",
+        ]:
             with pytest.raises(ReadOnlyError, match="table functions are refused"):
                 db.query(query)
         assert db.query("SELECT count(*) n FROM range(3)").to_pylist() == [{"n": 3}]  # harmless ones still run
@@ -201,7 +205,9 @@ def test_reviews_keep_every_decision_and_show_the_latest(filled):
     with LakeDB(filled) as db:
         decide(db, "r", [image_id], "accept", reviewer="ana")
         decide(db, "r", [image_id], "reject", reviewer="bob")
-        assert db.query("SELECT decision, reviewer FROM reviews").to_pylist() == [{"decision": "reject", "reviewer": "bob"}]
+        assert db.query("SELECT decision, reviewer FROM reviews").to_pylist() == [
+            {"decision": "reject", "reviewer": "bob"}
+        ]
         assert db.query("SELECT count(*) n FROM raw.reviews").to_pylist() == [{"n": 2}]
         with pytest.raises(ReadOnlyError, match="raw.predictions is not a view of this lake"):
             db.query("SELECT * FROM raw.predictions")  # history is kept where it matters only
@@ -223,7 +229,9 @@ def test_shared_views_see_what_this_process_and_others_publish(filled, small_ing
         )
         s3 = json.dumps(dataclasses.asdict(filled.s3))
         subprocess.run([sys.executable, "-c", other_process, filled.uri, s3, image_id], check=True, timeout=120)
-        assert db.query("SELECT count(*) FROM reviews WHERE reviewer = 'bob'").column(0)[0].as_py() == 1  # held, yet sees it
+        assert (
+            db.query("SELECT count(*) FROM reviews WHERE reviewer = 'bob'").column(0)[0].as_py() == 1
+        )  # held, yet sees it
 
         folder = source_uri(filled, "more")
         put_images(filled, folder, 10, start=30)

@@ -41,5 +41,7 @@ def test_similar_by_image_id_does_not_import_torch_but_a_file_seed_does(demo_lak
     seed, uri = rows(demo_lake, "SELECT image_id, uri FROM images ORDER BY image_id LIMIT 1")[0].values()
     rc, report = modules_after(["similar", seed, "-k", "5", "--lake", demo_lake.uri])
     assert rc == 0 and report["loaded"] == []
-    rc, report = modules_after(["similar", uri, "-k", "5", "--lake", demo_lake.uri])  # the control: a file needs the model
+    rc, report = modules_after(
+        ["similar", uri, "-k", "5", "--lake", demo_lake.uri]
+    )  # the control: a file needs the model
     assert rc == 0 and report["loaded"] == ["torch", "torchvision"]  # a ResNet's: timm only for efficientnet-lite0

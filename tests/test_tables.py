@@ -81,7 +81,9 @@ def test_a_key_repeated_within_the_rows_lands_once(lake):
 
 def test_a_set_replaced_is_still_there_as_of_its_earlier_version(lake):
     def named_set(ids):
-        return make_rows(SETS, len(ids), name="s", image_id=ids, rank=list(range(1, len(ids) + 1)), created_at=datetime.now(UTC))
+        return make_rows(
+            SETS, len(ids), name="s", image_id=ids, rank=list(range(1, len(ids) + 1)), created_at=datetime.now(UTC)
+        )
 
     first = tables.replace(lake, SETS, named_set(["a", "b"]), "name = 's'", INFO)
     tables.replace(lake, SETS, named_set(["c"]), "name = 's'", INFO)
@@ -182,7 +184,9 @@ def test_a_commit_killed_before_its_log_entry_is_invisible_and_vacuum_removes_it
 def test_compaction_makes_few_files_of_the_same_rows(lake):
     for day in (1, 2):
         for k in range(4):
-            tables.append(lake, PREDICTIONS, predictions(list(range(k * 10 + day * 100, k * 10 + day * 100 + 10)), day=day), INFO)
+            tables.append(
+                lake, PREDICTIONS, predictions(list(range(k * 10 + day * 100, k * 10 + day * 100 + 10)), day=day), INFO
+            )
     assert tables.files(lake, PREDICTIONS).num_rows == 8
     before = rows(lake, "SELECT * FROM predictions ORDER BY prediction_id")
     metrics = tables.compact(lake, PREDICTIONS, INFO, partitions=["2026-10-01"])

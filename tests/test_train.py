@@ -77,14 +77,25 @@ def test_a_version_is_its_files_and_its_models_row(trained):
         record = read_model(db, "v1")
         assert list_models(db).column("model_version").to_pylist() == ["v1"]
     assert record["base"] == "random" and record["backbone"] == "resnet18" and record["image_size"] == 32
-    assert set(record["curves"]) >= {"train_loss", "val_loss", "val_accuracy", "lr"} and record["curves"]["epoch"] == [1, 2]
+    assert set(record["curves"]) >= {"train_loss", "val_loss", "val_accuracy", "lr"} and record["curves"]["epoch"] == [
+        1,
+        2,
+    ]
     data = record["data"]
     assert data["unreadable"] == 3 and data["label_batches"] == {"b1": IMAGES}
-    assert sum(data["train_per_class"].values()) == data["train_images"] and set(data["train_per_class"]) == set(CLASSES)
+    assert sum(data["train_per_class"].values()) == data["train_images"] and set(data["train_per_class"]) == set(
+        CLASSES
+    )
     assert record["hardware"]["device"] == "cpu" and record["timings"]["seconds"] > 0
-    assert record["config"]["epochs"] == 2 and record["config"]["seed"] == 0 and record["checkpoint_sha256"] == row["checkpoint_sha256"]
+    assert (
+        record["config"]["epochs"] == 2
+        and record["config"]["seed"] == 0
+        and record["checkpoint_sha256"] == row["checkpoint_sha256"]
+    )
     # The deleted files are errors of the run, which went on without them.
-    assert len(rows(trained, "SELECT * FROM errors WHERE job = 'train' AND source = 'v1' AND reason LIKE 'missing%'")) == 3
+    assert (
+        len(rows(trained, "SELECT * FROM errors WHERE job = 'train' AND source = 'v1' AND reason LIKE 'missing%'")) == 3
+    )
     assert not trained.fs.exists(trained.model_staging_dir("v1"))  # epoch checkpoints go once published
     assert set(state_dict(trained, "v1")["fc.weight"].shape) == {3, 512}
 
@@ -185,7 +196,9 @@ def test_score_writes_one_prediction_and_embedding_per_image_once(trained, tmp_p
         assert set(scores) == set(CLASSES) and abs(sum(scores.values()) - 1) < 1e-4
         assert p["label"] == max(scores, key=scores.get) and p["confidence"] == pytest.approx(max(scores.values()))
         assert p["prediction_id"] == prediction_id(p["image_id"], "v1") and p["model_version"] == "v1"
-    [emb] = rows(lake, "SELECT backbone, weights, count(*) n, count(DISTINCT image_id) ids FROM embeddings GROUP BY ALL")
+    [emb] = rows(
+        lake, "SELECT backbone, weights, count(*) n, count(DISTINCT image_id) ids FROM embeddings GROUP BY ALL"
+    )
     assert emb == {"backbone": "resnet18", "weights": "model:v1", "n": READABLE, "ids": READABLE}
     # The model learnt the colours: most predictions are the true class.
     truth = {r["image_id"]: r["label"] for r in rows(lake, "SELECT image_id, label FROM labels")}
@@ -207,8 +220,12 @@ def test_a_killed_score_reruns_to_every_image_scored_once(trained, tmp_path):
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 1, err  # 1: the three missing files are errors
     assert json.loads(out)["already_embedded"] == first
-    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM predictions") == [{"n": READABLE, "ids": READABLE}]
-    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM embeddings") == [{"n": READABLE, "ids": READABLE}]
+    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM predictions") == [
+        {"n": READABLE, "ids": READABLE}
+    ]
+    assert rows(lake, "SELECT count(*) n, count(DISTINCT image_id) ids FROM embeddings") == [
+        {"n": READABLE, "ids": READABLE}
+    ]
 
 
 @pytest.mark.slow
@@ -305,6 +322,11 @@ def test_the_commands_print_one_line_for_bad_input_and_list_models(trained, caps
     assert main(["score", "--model", "v0", "--lake", trained.uri, "--quiet"]) == 2
     assert main(["train", "--name", "bad name", "--lake", trained.uri, "--quiet"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
-    assert len(errors) == 3 and "nor a model version" in errors[0] and "no model 'v0'" in errors[1] and "not a valid name" in errors[2]
+    assert (
+        len(errors) == 3
+        and "nor a model version" in errors[0]
+        and "no model 'v0'" in errors[1]
+        and "not a valid name" in errors[2]
+    )
     assert main(["models", "--lake", trained.uri, "--json", "--quiet"]) == 0
     assert [row["model_version"] for row in json.loads(capsys.readouterr().out)] == ["v1"]

@@ -118,7 +118,9 @@ def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
     assert not app.exception and [t.value for t in app.title] == ["Narrow"]  # switched there
     open_page(app, "narrow")  # AppTest keeps its own page for later runs: follow the switch
     started = sql(demo_lake, "SELECT * FROM narrow_steps WHERE session = 'ui-glare'")
-    assert [(s["action"], s["created_by"], s["seeds"], s["negatives"]) for s in started] == [("start", "alice", [seed], [negative])]
+    assert [(s["action"], s["created_by"], s["seeds"], s["negatives"]) for s in started] == [
+        ("start", "alice", [seed], [negative])
+    ]
     cards = [m.value for m in app.markdown if m.value.startswith("**Cluster")]
     assert len(cards) == 4 and sum(int(c.split("· ")[1].split()[0]) for c in cards) == 120
 
@@ -139,8 +141,9 @@ def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
     assert [b.label for b in app.button if b.key and b.key.startswith("crumb:")] == ["step 0 (here)"]
     with LakeDB(demo_lake) as db:
         assert sessions.show(db, "ui-glare").step == 0
-    assert [s["action"] for s in sql(demo_lake, "SELECT action FROM narrow_steps WHERE session = 'ui-glare' ORDER BY step")] == \
-        ["start", "pick", "back"]
+    assert [
+        s["action"] for s in sql(demo_lake, "SELECT action FROM narrow_steps WHERE session = 'ui-glare' ORDER BY step")
+    ] == ["start", "pick", "back"]
 
     # Review cluster 0: its images, preselected from the card.
     app.button(key="review:0").click().run()
@@ -157,8 +160,11 @@ def test_find_similar_narrow_drill_back_and_review(app, demo_lake):
     app.button(key="reject_selected").click().run()
     decided = {r["image_id"]: (r["decision"], r["reviewer"], r["source"]) for r in sql(
         demo_lake, "SELECT * FROM reviews WHERE review = 'ui-glare'")}
-    assert decided == {shown[0]: ("accept", "alice", "narrow:ui-glare/0#0"), shown[1]: ("reject", "alice", "narrow:ui-glare/0#0"),
-                       shown[2]: ("reject", "alice", "narrow:ui-glare/0#0")}  # the latest decision wins
+    assert decided == {
+        shown[0]: ("accept", "alice", "narrow:ui-glare/0#0"),
+        shown[1]: ("reject", "alice", "narrow:ui-glare/0#0"),
+        shown[2]: ("reject", "alice", "narrow:ui-glare/0#0"),
+    }  # the latest decision wins
     assert sql(demo_lake, "SELECT count(*) n FROM raw.reviews WHERE review = 'ui-glare'")[0]["n"] == 4  # append-only
     assert {m.label: m.value for m in app.metric} == {"Accepted": "1", "Rejected": "2"}
     assert ":green[**accepted**]" in " ".join(c.value for c in app.caption)
@@ -181,12 +187,18 @@ def test_a_session_started_in_the_cli_library_opens_in_the_ui_and_back(app, demo
     assert not app.error
     with LakeDB(demo_lake) as db:
         report = sessions.show(db, "from-cli")  # what `edgemine narrow show` prints
-    drilled = sql(demo_lake, "SELECT count(*) n FROM narrow_members WHERE session = 'from-cli' AND step = 0 AND cluster = $c",
-                  {"c": largest})[0]["n"]
+    drilled = sql(
+        demo_lake,
+        "SELECT count(*) n FROM narrow_members WHERE session = 'from-cli' AND step = 0 AND cluster = $c",
+        {"c": largest},
+    )[0]["n"]
     assert report.path == [0, 1] and sum(c.size for c in report.clusters) == drilled
     # As many clusters as the parent step, but none of a handful of images: one per 10 at most.
     assert len(report.clusters) == min(3, max(2, drilled // sessions.MIN_CLUSTER))
-    assert sql(demo_lake, "SELECT created_by FROM narrow_steps WHERE session = 'from-cli' AND step = 1")[0]["created_by"] == "alice"
+    assert (
+        sql(demo_lake, "SELECT created_by FROM narrow_steps WHERE session = 'from-cli' AND step = 1")[0]["created_by"]
+        == "alice"
+    )
 
 
 def test_an_uploaded_image_is_a_seed_and_a_new_file_of_the_same_name_is_a_new_seed(app, demo_lake):
@@ -229,7 +241,9 @@ def test_full_size_image_opens_with_its_boxes(app, demo_lake):
                            "WHERE p.image_id = $i QUALIFY p.ts = max(p.ts) OVER ()", {"i": image_id})
     caption = " ".join(c.value for c in app.caption if c.value.startswith("Boxes:"))
     assert boxes and all(b["label"] in caption for b in boxes)
-    predictions = sql(demo_lake, "SELECT prediction_id FROM predictions WHERE image_id = $i ORDER BY ts DESC", {"i": image_id})
+    predictions = sql(
+        demo_lake, "SELECT prediction_id FROM predictions WHERE image_id = $i ORDER BY ts DESC", {"i": image_id}
+    )
     assert list(app.dataframe[-1].value["prediction_id"]) == [p["prediction_id"] for p in predictions]
 
 
@@ -243,7 +257,10 @@ def test_review_a_named_set_and_an_sql_query(app, demo_lake):
     assert grid_ids(app, "review") == ids
     app.text_input(key="review_name").input("five-review").run()
     app.button(key="accept_all").click().run()
-    assert sql(demo_lake, "SELECT count(*) n FROM reviews WHERE review = 'five-review' AND decision = 'accept'")[0]["n"] == 5
+    assert (
+        sql(demo_lake, "SELECT count(*) n FROM reviews WHERE review = 'five-review' AND decision = 'accept'")[0]["n"]
+        == 5
+    )
 
     app.radio(key="review_kind").set_value("SQL query").run()
     app.text_area(key="review_sql").input("SELECT 1 AS x").run()
@@ -376,7 +393,10 @@ def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app,
     assert not app.exception, app.exception
     assert "6 images as label-studio" in app.success[0].value
     batch = sql(demo_lake, "SELECT DISTINCT batch FROM exports WHERE source = 'set:ui-export'")
-    assert len(batch) == 1 and sql(demo_lake, "SELECT count(*) n FROM exports WHERE batch = $b", {"b": batch[0]["batch"]})[0]["n"] == 6
+    assert (
+        len(batch) == 1
+        and sql(demo_lake, "SELECT count(*) n FROM exports WHERE batch = $b", {"b": batch[0]["batch"]})[0]["n"] == 6
+    )
     app.button(key="export_run").click().run()
     assert "nothing changed" in app.success[0].value
 
@@ -391,9 +411,15 @@ def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app,
     app.radio(key="review_kind").set_value("Named set").run()
     app.selectbox(key="review_set").select("ui-export").run()
     captions = [c.value for c in app.caption if "labelled" in c.value]
-    assert len(captions) == 6 and all((":red[labelled bicycle]" in c) == (not c.startswith("bicycle ")) for c in captions)
+    assert len(captions) == 6 and all(
+        (":red[labelled bicycle]" in c) == (not c.startswith("bicycle ")) for c in captions
+    )
     open_page(app, "export")
-    assert any("vs labels bicycle" in c.value for c in app.caption), ([e.value for e in app.error], [s.value for s in app.subheader], [c.value for c in app.caption][-5:])
+    assert any("vs labels bicycle" in c.value for c in app.caption), (
+        [e.value for e in app.error],
+        [s.value for s in app.subheader],
+        [c.value for c in app.caption][-5:],
+    )
     app.text_input(key="export_target").input("http://127.0.0.1:9").run()
     app.button(key="export_run").click().run()
     assert not app.exception and "needs a project" in app.error[0].value
@@ -407,7 +433,9 @@ def test_make_a_queue_open_it_in_review_and_see_it_reviewed(app, demo_lake):
     app.selectbox(key="q_opt:least-confidence:pool").select("mean").run()
     app.button(key="make_queue").click().run()
     assert not app.exception and not app.error
-    made = sql(demo_lake, "SELECT image_id, rank, reason, created_by, params FROM queues WHERE queue = 'ui-low' ORDER BY rank")
+    made = sql(
+        demo_lake, "SELECT image_id, rank, reason, created_by, params FROM queues WHERE queue = 'ui-low' ORDER BY rank"
+    )
     assert len(made) == 12 and made[0]["created_by"] == "alice" and '"pool": "mean"' in made[0]["params"]
     lowest = sql(demo_lake, "SELECT image_id FROM predictions ORDER BY 1 - list_max(map_values(scores)) / "
                             "list_sum(map_values(scores)) DESC, image_id LIMIT 3")
@@ -448,7 +476,9 @@ def test_near_duplicate_groups_are_found_and_shown_on_the_queues_page(app, demo_
     app.slider(key="dup_threshold").set_value(0.99).run()
     app.button(key="find_duplicates").click().run()
     assert not app.exception and not app.error
-    groups = sql(demo_lake, "SELECT group_id, count(*) AS n FROM duplicates GROUP BY group_id ORDER BY n DESC, group_id")
+    groups = sql(
+        demo_lake, "SELECT group_id, count(*) AS n FROM duplicates GROUP BY group_id ORDER BY n DESC, group_id"
+    )
     assert groups and app.success[0].value.startswith(f"{len(groups)} group")
     shown = [c.value for c in app.caption if c.value.startswith("Group of")]
     assert len(shown) == min(5, len(groups))
@@ -491,7 +521,9 @@ def test_find_similar_review_loop_marks_pages_counts_and_resumes(app, demo_lake)
     """Mark a page (selected: edge case, the rest: not), the next page leaves out every
     mark, the counter counts, the marks are review decisions, and a new session resumes."""
     open_page(app, "similar")
-    edge = [r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM demo_truth WHERE is_edge_case ORDER BY image_id")]
+    edge = [
+        r["image_id"] for r in sql(demo_lake, "SELECT image_id FROM demo_truth WHERE is_edge_case ORDER BY image_id")
+    ]
     app.text_input(key="seed_ids").input(edge[0])
     app.button(key="seed_ids_add").click().run()
     app.number_input(key="k").set_value(20).run()
@@ -528,7 +560,9 @@ def test_metrics_page_shows_regressions_drift_and_cards(tmp_path, monkeypatch):
 
     lake = build_two_versions(tmp_path / "lake")["lake"]
     config = tmp_path / "config.toml"
-    config.write_text("[metrics]\nmargin = 0.05\n[drift]\nreference_windows = 1\ndistance_threshold = 0.0\nalpha = 1.0\n")
+    config.write_text(
+        "[metrics]\nmargin = 0.05\n[drift]\nreference_windows = 1\ndistance_threshold = 0.0\nalpha = 1.0\n"
+    )
     monkeypatch.setenv("EDGEMINE_LAKE", lake.uri)
     monkeypatch.setenv("EDGEMINE_CONFIG", str(config))
     monkeypatch.setenv("EDGEMINE_USER", "alice")
@@ -542,7 +576,9 @@ def test_metrics_page_shows_regressions_drift_and_cards(tmp_path, monkeypatch):
     assert "Regressions (in red): v2 on camera=cam-3" in [e.value for e in at.error]
     table = at.dataframe[0].value
     assert set(table.columns) >= {"v1", "v2", "n"} and table.loc["camera=cam-3", "v2"] < table.loc["camera=cam-3", "v1"]
-    assert sql(lake, "SELECT count(*) n FROM drift WHERE flagged")[0]["n"] > 0  # threshold 0, alpha 1: every change flags
+    assert (
+        sql(lake, "SELECT count(*) n FROM drift WHERE flagged")[0]["n"] > 0
+    )  # threshold 0, alpha 1: every change flags
     at.button(key="card_write").click().run()
     assert any("# Model card: v2" in m.value for m in at.markdown)
     at.button(key="drift_open").click().run()
@@ -608,9 +644,12 @@ def test_metrics_page_opens_what_a_retrain_forgot_and_shows_models(tmp_path, mon
     assert len(charts) == 2  # loss, and validation accuracy, per epoch (no metrics computed yet: no other chart)
     at.button(key="forgotten_open").click().run()
     assert not at.exception
-    expected = sql(lake, """WITH t AS (SELECT image_id, label FROM labels),
+    expected = sql(
+        lake,
+        """WITH t AS (SELECT image_id, label FROM labels),
         p AS (SELECT image_id, model_version, label FROM predictions)
         SELECT count(*) n FROM t JOIN p a ON a.image_id = t.image_id AND a.model_version = 'v2'
-        JOIN p b ON b.image_id = t.image_id AND b.model_version = 'v1' WHERE a.label <> t.label AND b.label = t.label""")[0]["n"]
+        JOIN p b ON b.image_id = t.image_id AND b.model_version = 'v1' WHERE a.label <> t.label AND b.label = t.label""",
+    )[0]["n"]
     got = sql(lake, "SELECT count(*) n FROM queues WHERE queue = 'forgotten-v2-vs-v1'")[0]["n"]
     assert got == expected > 0

@@ -238,7 +238,9 @@ def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp
     with LakeDB(lake) as db:
         rows = db.query("SELECT * FROM reviews WHERE decided_at >= $started", {"started": started}).to_pylist()
     assert [r["decision"] for r in rows] == ["accept"], rows
-    assert rows[0]["image_id"].startswith(chosen) and rows[0]["source"] == f"narrow:{rows[0]['review']}/1#{first_cluster}"
+    assert (
+        rows[0]["image_id"].startswith(chosen) and rows[0]["source"] == f"narrow:{rows[0]['review']}/1#{first_cluster}"
+    )
     assert len(shots) == 6 and all(s.stat().st_size > 10_000 for s in shots)
 
 
@@ -259,7 +261,9 @@ def test_a_queue_reviewed_and_its_accepted_images_exported_in_the_browser(ui, tm
             # Queues: a least-confidence queue of 8, made from the form.
             page.goto(f"{url}/queues")
             expect(main.get_by_role("heading", name="Queues", exact=True).first).to_be_visible()
-            choose(page, main.get_by_test_id("stSelectbox").filter(has_text="Sampler"), re.compile(r"^least-confidence"))
+            choose(
+                page, main.get_by_test_id("stSelectbox").filter(has_text="Sampler"), re.compile(r"^least-confidence")
+            )
             wait_idle(page, main)
             main.get_by_label("Queue name").fill("browser-low")
             main.get_by_label("Queue name").press("Tab")

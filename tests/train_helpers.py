@@ -44,7 +44,9 @@ def labelled_lake(lake: Lake, n: int = 60, *, labelled: int | None = None, batch
     return found
 
 
-def add_labels(lake: Lake, images: list[dict], *, batch: str, label: str | None = None, at: datetime | None = None) -> None:
+def add_labels(
+    lake: Lake, images: list[dict], *, batch: str, label: str | None = None, at: datetime | None = None
+) -> None:
     at = at or datetime(2026, 11, 1, tzinfo=UTC)
     ids = [r["image_id"] for r in images]
     values = [label or r["label"] for r in images]

@@ -48,7 +48,9 @@ def show_pending_error() -> None:
 def reviewer() -> str:
     """The reviewer's name, asked once in the sidebar (default: the configured user)."""
     st.session_state.setdefault("reviewer", data.config().mining.user)
-    return st.sidebar.text_input("Reviewer", key="reviewer", help="recorded with every decision and narrowing step").strip()
+    return st.sidebar.text_input(
+        "Reviewer", key="reviewer", help="recorded with every decision and narrowing step"
+    ).strip()
 
 
 def current_reviewer() -> str:
@@ -57,8 +59,15 @@ def current_reviewer() -> str:
     return st.session_state.get("reviewer", data.config().mining.user).strip()
 
 
-def image_grid(image_ids: list[str], *, key: str, scores: dict[str, float] | None = None,
-               decisions: dict[str, str] | None = None, columns: int = 8, notes: dict[str, str] | None = None) -> list[str]:
+def image_grid(
+    image_ids: list[str],
+    *,
+    key: str,
+    scores: dict[str, float] | None = None,
+    decisions: dict[str, str] | None = None,
+    columns: int = 8,
+    notes: dict[str, str] | None = None,
+) -> list[str]:
     """Thumbnails in rows of ``columns``, each captioned with its latest prediction (and
     score, and decision, when given, and a note: a queue's reason), a checkbox to select it
     and a button that opens it full size. Returns the selected image ids, in grid order."""
@@ -80,10 +89,18 @@ def image_grid(image_ids: list[str], *, key: str, scores: dict[str, float] | Non
                 pick, zoom = st.columns([3, 1], gap="small")
                 if pick.checkbox(image_id[:6], key=f"{key}:sel:{image_id}"):
                     selected.append(image_id)
-                if zoom.button("", icon=":material/open_in_full:", key=f"{key}:open:{image_id}", help="full size, with its boxes"):
+                if zoom.button(
+                    "", icon=":material/open_in_full:", key=f"{key}:open:{image_id}", help="full size, with its boxes"
+                ):
                     show_image(image_id)
-                st.caption(caption(facts.get(image_id, {}), data.config().ui.caption_columns, (scores or {}).get(image_id),
-                                   (decisions or {}).get(image_id)))
+                st.caption(
+                    caption(
+                        facts.get(image_id, {}),
+                        data.config().ui.caption_columns,
+                        (scores or {}).get(image_id),
+                        (decisions or {}).get(image_id),
+                    )
+                )
                 if notes and notes.get(image_id):
                     st.caption(plain(notes[image_id]))
     return selected

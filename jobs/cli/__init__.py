@@ -54,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):  # no command, or a group (narrow, queue...) without its action
         parser.print_help()
         return 2
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)  # which SIMD build loaded: noise to a user
@@ -97,8 +99,12 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--lake", help="lake URI: a folder or s3://bucket/prefix (default: $EDGEMINE_LAKE, the config's lake, ./lake)")
-    common.add_argument("--config", help="TOML config file (default: $EDGEMINE_CONFIG; options in configs/default.toml)")
+    common.add_argument(
+        "--lake", help="lake URI: a folder or s3://bucket/prefix (default: $EDGEMINE_LAKE, the config's lake, ./lake)"
+    )
+    common.add_argument(
+        "--config", help="TOML config file (default: $EDGEMINE_CONFIG; options in configs/default.toml)"
+    )
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -51,9 +51,13 @@ def _as_json(result: Any) -> Any:
 
 def add_index_choice(parser: argparse.ArgumentParser) -> None:
     """The flags that choose the embedding set to search and where kNN runs (see ``index_config``)."""
-    parser.add_argument("--weights", help="embedding set to use, by its weights tag (e.g. imagenet1k_v1); default: the lake's only one")
+    parser.add_argument(
+        "--weights", help="embedding set to use, by its weights tag (e.g. imagenet1k_v1); default: the lake's only one"
+    )
     parser.add_argument("--backbone", help="backbone of the embedding set (default: the lake's only one)")
-    parser.add_argument("--device", help="where kNN and k-means run: auto, cpu, cuda, cuda:N (default: config index.device)")
+    parser.add_argument(
+        "--device", help="where kNN and k-means run: auto, cpu, cuda, cuda:N (default: config index.device)"
+    )
 
 
 def index_config(args: argparse.Namespace, config: Config) -> Config:

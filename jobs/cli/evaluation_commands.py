@@ -14,10 +14,16 @@ from mining.core.config import Config
 def add_slice(commands, add) -> None:
     slice_ = commands.add_parser("slice", help="named slices of the lake (SQL predicates) that metrics are computed on")
     slice_actions = slice_.add_subparsers(title="action", metavar="ACTION")
-    slice_add = add(slice_actions, "add", cmd_slice_add, "save a slice: a SQL predicate over predictions p, images i, truth t")
+    slice_add = add(
+        slice_actions, "add", cmd_slice_add, "save a slice: a SQL predicate over predictions p, images i, truth t"
+    )
     slice_add.add_argument("name")
-    slice_add.add_argument("sql", metavar="SQL", help="e.g. \"hour(p.ts) >= 20\", \"t.box_area < 0.01\", \"p.camera = 'cam-7'\"")
-    slice_list = add(slice_actions, "list", cmd_slice_list, "list every slice: automatic, the config's, saved, sets, queues")
+    slice_add.add_argument(
+        "sql", metavar="SQL", help='e.g. "hour(p.ts) >= 20", "t.box_area < 0.01", "p.camera = \'cam-7\'"'
+    )
+    slice_list = add(
+        slice_actions, "list", cmd_slice_list, "list every slice: automatic, the config's, saved, sets, queues"
+    )
     slice_list.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     slice_show = add(slice_actions, "show", cmd_slice_show, "a slice's size, share of the lake and label balance")
     slice_show.add_argument("name")
@@ -66,8 +72,12 @@ def add_metrics(commands, add) -> None:
     metrics.add_argument("--slice", dest="slices", nargs="+", metavar="S", help="slices (default: all; see slice list)")
     metrics.add_argument("--baseline", metavar="V", help="compare the newest version with this one "
                          "(default: the version whose predictions appeared before it)")
-    metrics.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; csv: every metric row)")
-    metrics.add_argument("--fail-on-regression", action="store_true", help="exit with 3 when a regression alarm is raised")
+    metrics.add_argument(
+        "--format", choices=FORMATS, default="table", help="output format (default: table; csv: every metric row)"
+    )
+    metrics.add_argument(
+        "--fail-on-regression", action="store_true", help="exit with 3 when a regression alarm is raised"
+    )
 
 
 def cmd_metrics(args: argparse.Namespace, config: Config) -> int:

@@ -16,15 +16,34 @@ def add_ingest(commands, add) -> None:
     ingest_commands = ingest.add_subparsers(title="what", metavar="WHAT")
     images = add(ingest_commands, "images", cmd_ingest_images, "register image files from a folder or s3:// prefix")
     images.add_argument("source", help="folder or s3://bucket/prefix holding the images")
-    images.add_argument("--glob", dest="pattern", help="only paths (relative to SOURCE) matching this glob, e.g. '**/*.jpg'")
+    images.add_argument(
+        "--glob", dest="pattern", help="only paths (relative to SOURCE) matching this glob, e.g. '**/*.jpg'"
+    )
     images.add_argument("--retry-errors", action="store_true", help="try again files that failed before")
-    predictions = add(ingest_commands, "predictions", cmd_ingest_predictions, "ingest prediction files (JSONL, CSV, Parquet; local or s3://; globs allowed)")
+    predictions = add(
+        ingest_commands,
+        "predictions",
+        cmd_ingest_predictions,
+        "ingest prediction files (JSONL, CSV, Parquet; local or s3://; globs allowed)",
+    )
     predictions.add_argument("files", nargs="+", metavar="FILE")
-    predictions.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "parquet"], help="input format (default: from the file name)")
+    predictions.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "jsonl", "csv", "parquet"],
+        help="input format (default: from the file name)",
+    )
     predictions.add_argument("--force", action="store_true", help="ingest again files already ingested and unchanged")
-    feedback = add(ingest_commands, "feedback", cmd_ingest_feedback, "ingest reports about images or predictions (JSONL, CSV; local or s3://)")
+    feedback = add(
+        ingest_commands,
+        "feedback",
+        cmd_ingest_feedback,
+        "ingest reports about images or predictions (JSONL, CSV; local or s3://)",
+    )
     feedback.add_argument("files", nargs="+", metavar="FILE")
-    feedback.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv"], help="input format (default: from the file name)")
+    feedback.add_argument(
+        "--format", default="auto", choices=["auto", "jsonl", "csv"], help="input format (default: from the file name)"
+    )
     feedback.add_argument("--force", action="store_true", help="ingest again files already ingested and unchanged")
 
 
@@ -38,8 +57,10 @@ def cmd_ingest_images(args: argparse.Namespace, config: Config) -> int:
 
 
 def _images_text(summary) -> None:
-    print(f"{summary.found} files found, {summary.already_known} already known, {summary.registered} registered, "
-          f"{summary.errors} refused (see: edgemine sql \"SELECT uri, reason FROM errors WHERE job = 'ingest-images'\")")
+    print(
+        f"{summary.found} files found, {summary.already_known} already known, {summary.registered} registered, "
+        f"{summary.errors} refused (see: edgemine sql \"SELECT uri, reason FROM errors WHERE job = 'ingest-images'\")"
+    )
     for sample in summary.error_samples:
         print(f"  refused {sample['uri']}: {sample['reason']}")
 
@@ -56,8 +77,10 @@ def cmd_ingest_predictions(args: argparse.Namespace, config: Config) -> int:
 def _predictions_text(summary) -> None:
     report = summary.to_dict()
     rows = report["rows"]
-    print(f"{report['ingested']} file(s) ingested, {report['skipped']} unchanged, {report['failed']} failed: "
-          f"{rows.get('predictions', 0)} predictions, {rows.get('detections', 0)} detections, {report['errors']} bad rows")
+    print(
+        f"{report['ingested']} file(s) ingested, {report['skipped']} unchanged, {report['failed']} failed: "
+        f"{rows.get('predictions', 0)} predictions, {rows.get('detections', 0)} detections, {report['errors']} bad rows"
+    )
     if report["errors"]:
         print("  bad rows are in the errors table: edgemine sql \"SELECT source, row, reason FROM errors "
               "WHERE job = 'ingest-predictions'\"")
@@ -94,16 +117,32 @@ def _files_exit_code(summary) -> int:
 
 def add_embed(commands, add) -> None:
     embed = add(commands, "embed", cmd_embed, "compute embeddings and thumbnails for the lake's images that need them")
-    embed.add_argument("--weights", help="imagenet, random, or a checkpoint file (default: config embed.weights, imagenet)")
+    embed.add_argument(
+        "--weights", help="imagenet, random, or a checkpoint file (default: config embed.weights, imagenet)"
+    )
     embed.add_argument("--backbone", help=f"{', '.join(BACKBONES)} (default: config embed.backbone, resnet18; "
                        "efficientnet-lite0 has ImageNet weights offline)")
     embed.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
-    embed.add_argument("--decode", choices=["auto", "workers", "device"], help="where JPEGs are decoded (default: auto: on the GPU when there is one)")
-    embed.add_argument("--batch-size", type=int, help="images per model call (default: config embed.batch_size; 0 = 32 on CPU, 256 on CUDA)")
-    embed.add_argument("--workers", type=int, help="image decoding processes (default: config embed.workers; 0 = one per core)")
+    embed.add_argument(
+        "--decode",
+        choices=["auto", "workers", "device"],
+        help="where JPEGs are decoded (default: auto: on the GPU when there is one)",
+    )
+    embed.add_argument(
+        "--batch-size",
+        type=int,
+        help="images per model call (default: config embed.batch_size; 0 = 32 on CPU, 256 on CUDA)",
+    )
+    embed.add_argument(
+        "--workers", type=int, help="image decoding processes (default: config embed.workers; 0 = one per core)"
+    )
     embed.add_argument("--seed", type=int, help="seed for --weights random (default: config embed.seed, 0)")
-    embed.add_argument("--shard", default="0/1", help="embed only shard I of N (e.g. 2/8), by image id; N processes split the work")
-    embed.add_argument("--overwrite", action="store_true", help="embed again images that already have an embedding for these weights")
+    embed.add_argument(
+        "--shard", default="0/1", help="embed only shard I of N (e.g. 2/8), by image id; N processes split the work"
+    )
+    embed.add_argument(
+        "--overwrite", action="store_true", help="embed again images that already have an embedding for these weights"
+    )
     embed.add_argument("--retry-errors", action="store_true", help="try again images that failed before")
 
 

@@ -15,7 +15,9 @@ from mining.core.lake import Lake
 
 
 def add_demo(commands, add) -> None:
-    demo = add(commands, "demo", cmd_demo, "generate a synthetic lake (images, predictions, ground truth) and ingest it")
+    demo = add(
+        commands, "demo", cmd_demo, "generate a synthetic lake (images, predictions, ground truth) and ingest it"
+    )
     demo.add_argument("--images", type=int, help="number of images (default: config demo.images, 2000)")
     demo.add_argument("--seed", type=int, help="random seed (default: config demo.seed, 0)")
     demo.add_argument("--kind", help="the hidden edge case: glare, unseen_class, new_camera, snow, small_occluded "
@@ -52,7 +54,9 @@ def _demo_text(summary) -> None:
           f"{e.errors} images failed")
     print(f"  index: {x.vectors} vectors, {x.kind} ({x.action})")
     print(f"  labelling round: {_round_line(summary.round)}")
-    print("  try: edgemine sql \"SELECT label, count(*) n, avg(confidence) FROM predictions GROUP BY ALL ORDER BY n DESC\"")
+    print(
+        '  try: edgemine sql "SELECT label, count(*) n, avg(confidence) FROM predictions GROUP BY ALL ORDER BY n DESC"'
+    )
     print("       edgemine similar $(edgemine sql \"SELECT image_id FROM demo_truth WHERE is_edge_case LIMIT 1\" "
           "--format csv | tail -1)")
 
@@ -70,7 +74,9 @@ def _round_line(r) -> str:
 def add_sql(commands, add) -> None:
     sql = add(commands, "sql", cmd_sql, "run a read-only SQL query over the lake's views")
     sql.add_argument("query", nargs="?", help="the SQL; '-' reads it from stdin")
-    sql.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)")
+    sql.add_argument(
+        "--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)"
+    )
     sql.add_argument("--output", help="write the result to this Parquet file (local or s3://) instead of printing")
     sql.add_argument("--views", action="store_true", help="print the CREATE VIEW statements, for any DuckDB client")
     sql.add_argument("--max-rows", type=int, default=100, help="rows shown in table format (default: 100)")
@@ -109,7 +115,9 @@ def _write_parquet_output(result: Any, output: str, config: Config) -> None:
     from mining.core.lake import open_url
 
     if Lake.from_config(config).contains(output):
-        raise UsageError(f"--output {output} is inside the lake; write query results elsewhere (the lake is written only by jobs)")
+        raise UsageError(
+            f"--output {output} is inside the lake; write query results elsewhere (the lake is written only by jobs)"
+        )
     fs, path = open_url(output, config.s3)
     with fs.open(path, "wb") as f:
         pq.write_table(result, f)
@@ -151,7 +159,9 @@ def add_compact(commands, add) -> None:
     compact = add(commands, "compact", cmd_compact, "rewrite small files into large ones (optimize), then vacuum; "
                   "reports files and a query's time before and after")
     compact.add_argument("tables", nargs="*", metavar="TABLE", help="tables to compact (default: every table)")
-    compact.add_argument("--z-order", nargs="+", metavar="COLUMN", help="also cluster by these columns (one table at a time)")
+    compact.add_argument(
+        "--z-order", nargs="+", metavar="COLUMN", help="also cluster by these columns (one table at a time)"
+    )
     compact.add_argument("--vacuum-hours", type=int, help="delete files unused for this many hours "
                          "(default: config compact.vacuum_hours, 168); time travel before that is lost")
 
@@ -160,12 +170,20 @@ def cmd_compact(args: argparse.Namespace, config: Config) -> int:
     from jobs.compact import compact_lake
 
     if args.z_order and len(args.tables) != 1:
-        raise UsageError("--z-order clusters one table: name it, e.g. edgemine compact predictions --z-order model_version")
+        raise UsageError(
+            "--z-order clusters one table: name it, e.g. edgemine compact predictions --z-order model_version"
+        )
     hours = config.compact.vacuum_hours if args.vacuum_hours is None else args.vacuum_hours
     if hours < 0:
         raise UsageError("--vacuum-hours must be at least 0")
-    summary = compact_lake(Lake.from_config(config), args.tables or None, z_order=args.z_order or (), vacuum_hours=hours,
-                           user=config.mining.user, show_progress=not args.quiet)
+    summary = compact_lake(
+        Lake.from_config(config),
+        args.tables or None,
+        z_order=args.z_order or (),
+        vacuum_hours=hours,
+        user=config.mining.user,
+        show_progress=not args.quiet,
+    )
     print_result(args, summary, _compact_text)
     return 0
 
@@ -177,7 +195,12 @@ def _compact_text(summary) -> None:
 
 
 def add_migrate(commands, add) -> None:
-    add(commands, "migrate", cmd_migrate, "convert a lake written before Delta tables (Parquet folders) into Delta tables")
+    add(
+        commands,
+        "migrate",
+        cmd_migrate,
+        "convert a lake written before Delta tables (Parquet folders) into Delta tables",
+    )
 
 
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
@@ -199,7 +222,11 @@ def _migrate_text(summary) -> None:
 
 def add_index(commands, add) -> None:
     index = add(commands, "index", cmd_index, "build the vector index over the embeddings, or bring it up to date")
-    index.add_argument("--kind", choices=["auto", "flat", "ivf", "ivfpq"], help="index kind (default: config index.kind, auto: flat up to index.flat_max vectors)")
+    index.add_argument(
+        "--kind",
+        choices=["auto", "flat", "ivf", "ivfpq"],
+        help="index kind (default: config index.kind, auto: flat up to index.flat_max vectors)",
+    )
     index.add_argument("--nprobe", type=int, help="IVF lists searched per query (default: automatic)")
     index.add_argument("--rebuild", action="store_true", help="build from scratch even if the index is up to date")
     add_index_choice(index)
@@ -223,7 +250,11 @@ def _index_text(summary) -> None:
 def add_ui(commands, add) -> None:
     ui = add(commands, "ui", cmd_ui, "start the review UI (Streamlit) on the lake")
     ui.add_argument("--port", type=int, help="port (default: config ui.port, 8501)")
-    ui.add_argument("--address", default="localhost", help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)")
+    ui.add_argument(
+        "--address",
+        default="localhost",
+        help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)",
+    )
 
 
 def cmd_ui(args: argparse.Namespace, config: Config) -> int:

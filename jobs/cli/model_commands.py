@@ -13,13 +13,25 @@ from mining.core.lake import Lake
 
 
 def add_train(commands, add) -> None:
-    train = add(commands, "train", cmd_train, "fine-tune a classifier on the lake's image-level labels; store it as a model version")
+    train = add(
+        commands,
+        "train",
+        cmd_train,
+        "fine-tune a classifier on the lake's image-level labels; store it as a model version",
+    )
     _add_train_arguments(train, base_default="imagenet")
 
 
 def add_score(commands, add) -> None:
-    score = add(commands, "score", cmd_score, "run a model version over the lake's images: predictions and embeddings, images not yet scored")
-    score.add_argument("--model", required=True, metavar="VERSION", help="a model version of the lake (edgemine models)")
+    score = add(
+        commands,
+        "score",
+        cmd_score,
+        "run a model version over the lake's images: predictions and embeddings, images not yet scored",
+    )
+    score.add_argument(
+        "--model", required=True, metavar="VERSION", help="a model version of the lake (edgemine models)"
+    )
     score.add_argument("--where", help="SQL predicate over the images table, e.g. \"uri LIKE '%%cam-07%%'\"")
     score.add_argument("--shard", default="0/1", help="score only shard I of N (e.g. 2/8), by image id")
     score.add_argument("--batch-size", type=int, help="images per model call (default: config embed.batch_size)")
@@ -29,10 +41,17 @@ def add_score(commands, add) -> None:
 
 
 def add_loop(commands, add) -> None:
-    loop = add(commands, "loop", cmd_loop, "the retrain loop for a scheduler: train, score, metrics against the previous "
-               "version (exit 3 on a regression), model card; a rerun finishes a loop that stopped")
+    loop = add(
+        commands,
+        "loop",
+        cmd_loop,
+        "the retrain loop for a scheduler: train, score, metrics against the previous "
+        "version (exit 3 on a regression), model card; a rerun finishes a loop that stopped",
+    )
     _add_train_arguments(loop, base_default="latest")
-    loop.add_argument("--baseline", metavar="VERSION", help="compare with this version (default: the one before, by first prediction)")
+    loop.add_argument(
+        "--baseline", metavar="VERSION", help="compare with this version (default: the one before, by first prediction)"
+    )
 
 
 def add_models(commands, add) -> None:
@@ -41,15 +60,39 @@ def add_models(commands, add) -> None:
 
 def _add_train_arguments(parser: argparse.ArgumentParser, base_default: str) -> None:
     """The flags of `train`, shared by `loop`."""
-    parser.add_argument("--name", required=True, metavar="VERSION", help="the new model version (letters, digits, _ . -)")
+    parser.add_argument(
+        "--name", required=True, metavar="VERSION", help="the new model version (letters, digits, _ . -)"
+    )
     latest = ", latest (the lake's newest model; imagenet when it has none)" if base_default == "latest" else ""
-    parser.add_argument("--from", dest="base", default=base_default, metavar="BASE",
-                        help=f"start from: imagenet, random, a checkpoint file, a model version of the lake{latest} (default: {base_default})")
-    parser.add_argument("--labels", dest="labels_where", metavar="WHERE", help="SQL predicate over the labels table, e.g. \"batch = 'b7'\"")
+    parser.add_argument(
+        "--from",
+        dest="base",
+        default=base_default,
+        metavar="BASE",
+        help=f"start from: imagenet, random, a checkpoint file, a model version of the lake{latest} (default: {base_default})",
+    )
+    parser.add_argument(
+        "--labels",
+        dest="labels_where",
+        metavar="WHERE",
+        help="SQL predicate over the labels table, e.g. \"batch = 'b7'\"",
+    )
     split = parser.add_mutually_exclusive_group()
-    split.add_argument("--val-fraction", type=float, default=0.1, help="share of labelled images for validation, by image_id hash (default: 0.1)")
-    split.add_argument("--val", dest="val_name", metavar="SET_OR_QUEUE", help="validate on this named set's (or queue's) labelled images")
-    parser.add_argument("--epochs", type=int, default=10, help="at most this many epochs (default: 10; early stopping may end sooner)")
+    split.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of labelled images for validation, by image_id hash (default: 0.1)",
+    )
+    split.add_argument(
+        "--val",
+        dest="val_name",
+        metavar="SET_OR_QUEUE",
+        help="validate on this named set's (or queue's) labelled images",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="at most this many epochs (default: 10; early stopping may end sooner)"
+    )
     parser.add_argument("--backbone", default=None,
                         help=f"{', '.join(BACKBONES)} (default: resnet18, or the --from model's)")
     parser.add_argument("--finetune", choices=FINETUNE_CHOICES, default="all",
@@ -57,17 +100,39 @@ def _add_train_arguments(parser: argparse.ArgumentParser, base_default: str) -> 
                              "or all layers (default: all)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per step (default: 32)")
     parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of AdamW (default: 0.001)")
-    parser.add_argument("--patience", type=int, default=3, help="stop after this many epochs without a better validation accuracy (default: 3)")
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="stop after this many epochs without a better validation accuracy (default: 3)",
+    )
     parser.add_argument("--image-size", type=int, default=224, help="model input side in pixels (default: 224)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the head, shuffling and augmentations (default: 0)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the head, shuffling and augmentations (default: 0)"
+    )
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
     parser.add_argument("--workers", type=int, default=0, help="image decoding processes (default: 0 = up to 4)")
     if base_default != "latest":  # the loop resumes an interrupted training by itself
-        parser.add_argument("--resume", action="store_true", help="continue an interrupted run of this version from its last epoch checkpoint")
-    parser.add_argument("--pseudo-labels", dest="pseudo_from", metavar="FROM_VERSION",
-                       help="also train on this model version's confident predictions on unlabelled images (marked pseudo)")
-    parser.add_argument("--min-confidence", type=float, default=0.9, help="least confidence of a pseudo-label (default: 0.9)")
-    parser.add_argument("--pseudo-weight", type=float, default=0.5, help="a pseudo-label's weight in the loss, a label's being 1 (default: 0.5)")
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue an interrupted run of this version from its last epoch checkpoint",
+        )
+    parser.add_argument(
+        "--pseudo-labels",
+        dest="pseudo_from",
+        metavar="FROM_VERSION",
+        help="also train on this model version's confident predictions on unlabelled images (marked pseudo)",
+    )
+    parser.add_argument(
+        "--min-confidence", type=float, default=0.9, help="least confidence of a pseudo-label (default: 0.9)"
+    )
+    parser.add_argument(
+        "--pseudo-weight",
+        type=float,
+        default=0.5,
+        help="a pseudo-label's weight in the loss, a label's being 1 (default: 0.5)",
+    )
     parser.add_argument("--batch-weight", action="append", default=[], metavar="BATCH=WEIGHT",
                         help="weight in the loss of the images of a label batch, others 1 (repeatable), e.g. glare=3")
 
@@ -77,13 +142,31 @@ def _train_inputs(args: argparse.Namespace, config: Config):
     from embed.finetune import TrainSettings
     from jobs.train import TrainRequest
 
-    settings = TrainSettings(backbone=args.backbone or "resnet18", epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             patience=args.patience, image_size=args.image_size, seed=args.seed,
-                             device=args.device or config.embed.device, finetune=args.finetune)
-    request = TrainRequest(version=args.name, base=args.base, labels_where=args.labels_where, val_fraction=args.val_fraction,
-                           val_name=args.val_name, resume=getattr(args, "resume", False), workers=args.workers,
-                           user=config.mining.user, pseudo_from=args.pseudo_from, min_confidence=args.min_confidence,
-                           pseudo_weight=args.pseudo_weight, batch_weights=_batch_weights(args.batch_weight))
+    settings = TrainSettings(
+        backbone=args.backbone or "resnet18",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        image_size=args.image_size,
+        seed=args.seed,
+        device=args.device or config.embed.device,
+        finetune=args.finetune,
+    )
+    request = TrainRequest(
+        version=args.name,
+        base=args.base,
+        labels_where=args.labels_where,
+        val_fraction=args.val_fraction,
+        val_name=args.val_name,
+        resume=getattr(args, "resume", False),
+        workers=args.workers,
+        user=config.mining.user,
+        pseudo_from=args.pseudo_from,
+        min_confidence=args.min_confidence,
+        pseudo_weight=args.pseudo_weight,
+        batch_weights=_batch_weights(args.batch_weight),
+    )
     return request, settings
 
 

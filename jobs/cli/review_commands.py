@@ -12,14 +12,23 @@ from mining.core.config import Config
 
 
 def add_review(commands, add) -> None:
-    review = commands.add_parser("review", help="accept or reject images; accepted ones become a named set (decisions saved in the lake)")
+    review = commands.add_parser(
+        "review", help="accept or reject images; accepted ones become a named set (decisions saved in the lake)"
+    )
     actions = review.add_subparsers(title="action", metavar="ACTION")
     for decision in ("accept", "reject"):
-        p = add(actions, decision, cmd_review_decide, f"{decision} images in a review (recorded with your name and the time)")
+        p = add(
+            actions,
+            decision,
+            cmd_review_decide,
+            f"{decision} images in a review (recorded with your name and the time)",
+        )
         p.set_defaults(decision=decision)
         p.add_argument("review", help="the review's name; its accepted images become the set of that name")
         p.add_argument("image_ids", nargs="+", metavar="IMAGE_ID")
-        p.add_argument("--source", help="where the images were found, e.g. narrow:SESSION/STEP (kept with the decision)")
+        p.add_argument(
+            "--source", help="where the images were found, e.g. narrow:SESSION/STEP (kept with the decision)"
+        )
     add(actions, "list", cmd_review_list, "list the reviews: accepted, rejected, who, when")
     publish = add(actions, "save", cmd_review_save, "publish a review's accepted images as a named set")
     publish.add_argument("review")
@@ -64,7 +73,9 @@ def add_queue(commands, add, samplers: bool) -> None:
     """`edgemine queue SAMPLER|list|show`: one subcommand per sampler, its flags from
     mining.review.samplers.SAMPLERS (the registry), built only when the command line says queue (importing the
     samplers is a tenth of a second of every other command's start-up)."""
-    queue = commands.add_parser("queue", help="make a review queue with a sampler, or list and show queues (saved in the lake)")
+    queue = commands.add_parser(
+        "queue", help="make a review queue with a sampler, or list and show queues (saved in the lake)"
+    )
     if not samplers:
         return
     from mining.review.queues import COMMON
@@ -75,18 +86,34 @@ def add_queue(commands, add, samplers: bool) -> None:
         p = add(kinds, spec.name, cmd_queue, spec.help)
         p.set_defaults(sampler=spec.name, allowed_flags=f"options of queue {spec.name}: " + ", ".join(
             ["--name", *("--" + c.replace("_", "-") for c in COMMON), *(o.flag for o in spec.options)]))
-        p.add_argument("--name", required=True, help="the queue's name; made again, it becomes a new version (the old one is kept)")
+        p.add_argument(
+            "--name", required=True, help="the queue's name; made again, it becomes a new version (the old one is kept)"
+        )
         p.add_argument("--where", help="SQL predicate over images i JOIN predictions p, e.g. \"p.camera = 'cam-07'\"")
         p.add_argument("--model-version", help="only this model version's predictions")
-        limit = "queue size (default: config queues.limit, 100)" if spec.ranked else "at most this many (default: every pick)"
+        limit = (
+            "queue size (default: config queues.limit, 100)"
+            if spec.ranked
+            else "at most this many (default: every pick)"
+        )
         p.add_argument("--limit", type=int, help=limit)
-        p.add_argument("--diverse", action="store_true", help="keep a diverse subset (k-center greedy on the embeddings) "
-                       "of the sampler's best queues.diverse_pool x limit")
+        p.add_argument(
+            "--diverse",
+            action="store_true",
+            help="keep a diverse subset (k-center greedy on the embeddings) "
+            "of the sampler's best queues.diverse_pool x limit",
+        )
         p.add_argument("--include-reviewed", action="store_true", help="keep images already reviewed or exported")
-        p.add_argument("--drop-duplicates", action="store_true", help="keep one image per near-duplicate group (edgemine duplicates)")
+        p.add_argument(
+            "--drop-duplicates",
+            action="store_true",
+            help="keep one image per near-duplicate group (edgemine duplicates)",
+        )
         for option in spec.options:
             if option.type is bool:
-                p.add_argument(option.flag, dest=f"opt_{option.name}", action="store_true", default=None, help=option.help)
+                p.add_argument(
+                    option.flag, dest=f"opt_{option.name}", action="store_true", default=None, help=option.help
+                )
             else:
                 default = f" (default: {option.default})" if option.default is not None else ""
                 p.add_argument(option.flag, dest=f"opt_{option.name}", type=option.type, choices=option.choices,
@@ -95,7 +122,9 @@ def add_queue(commands, add, samplers: bool) -> None:
     show = add(kinds, "show", cmd_queue_show, "show a queue's images in order, with score, reason and decision")
     show.add_argument("queue")
     show.add_argument("--version", type=int, help="an earlier version (default: the latest)")
-    show.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)")
+    show.add_argument(
+        "--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)"
+    )
 
 
 def cmd_queue(args: argparse.Namespace, config: Config) -> int:
@@ -121,7 +150,9 @@ def _made_text(summary, queue) -> None:
         print(f"  note: {note}")
     top = queue.select(["rank", "image_id", "score", "reason"]).slice(0, 10)
     write_rows(top, "table", sys.stdout, max_rows=10)
-    print(f"next: edgemine queue show {summary.queue} | review it in the UI (Review, images from: Queue)", file=sys.stderr)
+    print(
+        f"next: edgemine queue show {summary.queue} | review it in the UI (Review, images from: Queue)", file=sys.stderr
+    )
 
 
 def cmd_queue_list(args: argparse.Namespace, config: Config) -> int:

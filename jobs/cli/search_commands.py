@@ -14,11 +14,23 @@ from mining.core.config import Config
 def add_similar(commands, add) -> None:
     similar = add(commands, "similar", cmd_similar, "find the images most like some seeds (image ids or image files)")
     similar.add_argument("seeds", nargs="+", metavar="IMAGE_ID_OR_FILE")
-    similar.add_argument("--not", dest="negatives", nargs="+", default=[], metavar="IMAGE_ID_OR_FILE", help="negatives: rank images unlike these lower (a classifier is fitted)")
+    similar.add_argument(
+        "--not",
+        dest="negatives",
+        nargs="+",
+        default=[],
+        metavar="IMAGE_ID_OR_FILE",
+        help="negatives: rank images unlike these lower (a classifier is fitted)",
+    )
     similar.add_argument("-k", type=int, help="number of results (default: config mining.k, 20)")
-    similar.add_argument("--where", help="SQL predicate over images i LEFT JOIN predictions p, e.g. \"p.model_version = 'v7' AND confidence < 0.6\"")
+    similar.add_argument(
+        "--where",
+        help="SQL predicate over images i LEFT JOIN predictions p, e.g. \"p.model_version = 'v7' AND confidence < 0.6\"",
+    )
     similar.add_argument("--save", metavar="SET", help="also save the results as the named set SET (the sets view)")
-    similar.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)")
+    similar.add_argument(
+        "--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)"
+    )
     add_index_choice(similar)
 
 
@@ -41,7 +53,9 @@ def cmd_similar(args: argparse.Namespace, config: Config) -> int:
 
 
 def add_narrow(commands, add) -> None:
-    narrow = commands.add_parser("narrow", help="narrow from seeds to the edge case: cluster, pick, re-cluster (sessions saved in the lake)")
+    narrow = commands.add_parser(
+        "narrow", help="narrow from seeds to the edge case: cluster, pick, re-cluster (sessions saved in the lake)"
+    )
     steps = narrow.add_subparsers(title="action", metavar="ACTION")
     start = add(steps, "start", cmd_narrow_start, "start a session: cluster the images nearest the seeds")
     start.add_argument("seeds", nargs="+", metavar="IMAGE_ID_OR_FILE")
@@ -54,7 +68,9 @@ def add_narrow(commands, add) -> None:
     pick = add(steps, "pick", cmd_narrow_pick, "re-cluster inside the chosen clusters of the current step")
     pick.add_argument("session")
     pick.add_argument("picked", nargs="+", type=int, metavar="CLUSTER")
-    pick.add_argument("--clusters", type=int, help="k-means clusters (default: as in the current step, at most one per 10 images)")
+    pick.add_argument(
+        "--clusters", type=int, help="k-means clusters (default: as in the current step, at most one per 10 images)"
+    )
     back = add(steps, "back", cmd_narrow_back, "go back to the parent of the current step")
     back.add_argument("session")
     show = add(steps, "show", cmd_narrow_show, "show the clusters of the current (or a given) step")
@@ -128,7 +144,9 @@ def _step_text(report) -> None:
     """A narrowing step's clusters, one line each, and what to run next (on stderr)."""
     crumbs = " > ".join(f"step {s}" for s in report.path)
     print(f"session {report.session}: {crumbs} ({report.pool_size} images; seeds: {', '.join(report.seeds)})")
-    print(f"{'cluster':>7} {'size':>6} {'to seeds':>9} {'mean conf':>9}  labels (latest prediction)         nearest the centre")
+    print(
+        f"{'cluster':>7} {'size':>6} {'to seeds':>9} {'mean conf':>9}  labels (latest prediction)         nearest the centre"
+    )
     for c in report.clusters:
         labels = ", ".join(f"{k} {v}" for k, v in sorted(c.labels.items(), key=lambda kv: -kv[1])[:3]) or "-"
         conf = f"{c.mean_confidence:.2f}" if c.mean_confidence is not None else "-"
@@ -138,8 +156,17 @@ def _step_text(report) -> None:
 
 
 def add_duplicates(commands, add) -> None:
-    duplicates = add(commands, "duplicates", cmd_duplicates, "group near-identical images (through the index) into the duplicates table")
-    duplicates.add_argument("--threshold", type=float, help="least cosine similarity to a group's first image (default: config queues.duplicate_threshold, 0.98)")
+    duplicates = add(
+        commands,
+        "duplicates",
+        cmd_duplicates,
+        "group near-identical images (through the index) into the duplicates table",
+    )
+    duplicates.add_argument(
+        "--threshold",
+        type=float,
+        help="least cosine similarity to a group's first image (default: config queues.duplicate_threshold, 0.98)",
+    )
     add_index_choice(duplicates)
 
 

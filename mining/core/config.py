@@ -130,9 +130,13 @@ class QueuesConfig:
     k: int = 5  # random-time: predictions per window
     every: int = 100  # every-nth: N
     neighbours: int = 10  # label-errors (knn): labelled neighbours that vote
-    diverse_pool: int = 10  # --diverse: the diverse queue is chosen among this many times its size of the sampler's best
+    diverse_pool: int = (
+        10  # --diverse: the diverse queue is chosen among this many times its size of the sampler's best
+    )
     duplicate_threshold: float = 0.98  # `edgemine duplicates`: least cosine similarity to a group's first image
-    duplicate_k: int = 16  # `edgemine duplicates`: neighbours asked for first (doubled while all are above the threshold)
+    duplicate_k: int = (
+        16  # `edgemine duplicates`: neighbours asked for first (doubled while all are above the threshold)
+    )
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,9 @@ class MetricsConfig:
     bootstrap: int = 1000  # paired bootstrap resamples (scipy.stats.bootstrap)
     min_n: int = 30  # slices (and classes) with fewer labelled images are not checked for regressions
     ece_bins: int = 15  # equal-width confidence bins of the ECE (Guo et al. 2017)
-    auto_max_values: int = 50  # automatic slices per metadata column value only for columns with at most this many values
+    auto_max_values: int = (
+        50  # automatic slices per metadata column value only for columns with at most this many values
+    )
     seed: int = 0
 
 
@@ -205,8 +211,9 @@ def load_config(
     chosen_lake = lake or env.get("EDGEMINE_LAKE") or config.lake
     user = config.mining.user or env.get("EDGEMINE_USER") or _login_name()
     mining = dataclasses.replace(config.mining, user=user)
-    export = dataclasses.replace(config.export,
-                                 label_studio_token=config.export.label_studio_token or env.get("EDGEMINE_LABEL_STUDIO_TOKEN", ""))
+    export = dataclasses.replace(
+        config.export, label_studio_token=config.export.label_studio_token or env.get("EDGEMINE_LABEL_STUDIO_TOKEN", "")
+    )
     return dataclasses.replace(config, lake=chosen_lake, s3=s3, mining=mining, export=export)
 
 

@@ -118,7 +118,9 @@ class Lake:
         self.protocol = "s3" if is_s3(self.uri) else "file"
         # As fsspec names it: bucket/prefix on S3, an absolute path here.
         local = self.uri.removeprefix("file://")
-        self.root = (path_of(self.uri) if self.protocol == "s3" else os.path.abspath(os.path.expanduser(local))).rstrip("/") or "/"
+        self.root = (path_of(self.uri) if self.protocol == "s3" else os.path.abspath(os.path.expanduser(local))).rstrip(
+            "/"
+        ) or "/"
 
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:

@@ -29,5 +29,7 @@ def save_set(db: LakeDB, name: str, image_ids: Sequence[str], *, source: str, us
     n = len(image_ids)
     rows = make_rows(SETS, n, name=name, image_id=list(image_ids), rank=list(range(1, n + 1)),
                      score=None if scores is None else list(scores), source=source, created_by=user, created_at=now)
-    tables.replace(db.lake, SETS, rows, f"name = {quote_literal(name)}", tables.commit_info(JOB, user, set=name, source=source))
+    tables.replace(
+        db.lake, SETS, rows, f"name = {quote_literal(name)}", tables.commit_info(JOB, user, set=name, source=source)
+    )
     return n

@@ -19,7 +19,8 @@ def table_rows(db: LakeDB) -> pa.Table:
 
     counts = " UNION ALL ".join(
         f"SELECT '{name}' AS \"table\", (SELECT count(*) FROM {name}) AS rows, "
-        f"(SELECT count(*) FROM {'raw.' if table.latest_by else ''}{name}) AS stored_rows" for name, table in TABLES.items()
+        f"(SELECT count(*) FROM {'raw.' if table.latest_by else ''}{name}) AS stored_rows"
+        for name, table in TABLES.items()
     )
     rows = db.query(counts)
     versions = pa.array([version(db.lake, name) for name in rows.column("table").to_pylist()], pa.int64())

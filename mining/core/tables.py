@@ -182,8 +182,15 @@ def upsert(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None
         delta = open_table(lake, table)
         # streamed_exec=False: the source (one chunk of rows) is held in memory, which
         # measured 5x faster than streaming it through the join (0.29 s vs 1.56 s per 100k rows).
-        delta.merge(rows, on, source_alias="s", target_alias="t", merge_schema=table.extra_columns,
-                    streamed_exec=False, commit_properties=_properties(info)).when_matched_update_all().when_not_matched_insert_all().execute()
+        delta.merge(
+            rows,
+            on,
+            source_alias="s",
+            target_alias="t",
+            merge_schema=table.extra_columns,
+            streamed_exec=False,
+            commit_properties=_properties(info),
+        ).when_matched_update_all().when_not_matched_insert_all().execute()
         return delta.version()
 
     return _retry(table, merge)
@@ -329,8 +336,12 @@ def compact(lake: Lake, table: Table, info: Commit, *, z_order: Sequence[str] = 
     optimizer = open_table(lake, table).optimize
     filters = [(table.partition, "in", list(partitions))] if partitions and table.partition else None
     if z_order:
-        return _retry(table, lambda: optimizer.z_order(list(z_order), partition_filters=filters, target_size=target_bytes,
-                                                       commit_properties=_properties(info)))
+        return _retry(
+            table,
+            lambda: optimizer.z_order(
+                list(z_order), partition_filters=filters, target_size=target_bytes, commit_properties=_properties(info)
+            ),
+        )
     return _retry(table, lambda: optimizer.compact(partition_filters=filters, target_size=target_bytes,
                                                    commit_properties=_properties(info)))
 
@@ -367,7 +378,9 @@ def _retry(table: Table, write) -> int:
             if attempt == CONFLICT_RETRIES:
                 raise LakeError(f"table {table.name}: another writer kept changing the same rows "
                                 f"({CONFLICT_RETRIES} tries: {e}); run the job again") from None
-            log.info("table %s: a concurrent commit conflicted (%s); redoing the write (try %d)", table.name, e, attempt + 1)
+            log.info(
+                "table %s: a concurrent commit conflicted (%s); redoing the write (try %d)", table.name, e, attempt + 1
+            )
             time.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
 

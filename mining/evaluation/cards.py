@@ -46,25 +46,47 @@ def build_card(db: LakeDB, version: str, config: Config) -> list[Section]:
     check_versions(db, [version])
     baseline = previous_version(db, version)
     trained = model_row(db, version)  # None unless `edgemine train` made the version
-    facts = db.query("SELECT min(ts) AS first, max(ts) AS last, count(*) AS predictions, count(DISTINCT image_id) AS images, "
-                     "min(ingested_at) AS ingested FROM predictions WHERE model_version = $v", {"v": version}).to_pylist()[0]
+    facts = db.query(
+        "SELECT min(ts) AS first, max(ts) AS last, count(*) AS predictions, count(DISTINCT image_id) AS images, "
+        "min(ingested_at) AS ingested FROM predictions WHERE model_version = $v",
+        {"v": version},
+    ).to_pylist()[0]
     return [
         model_details(version, baseline, facts, trained, config),
-        Section("Intended use", ["_To be filled in by the owner: the task, the cameras and conditions it is meant for, "
-                                 "and uses it is not meant for._"]),
-        Section("Factors", ["Slices evaluated (docs/METRICS.md): the whole lake (`all`), each value of each metadata "
-                            "column, COCO object-size ranges, each label batch, configured and saved slices, sets and queues."]),
-        Section("Metrics", ["Accuracy, per-class and macro precision/recall/F1, confusion counts and expected calibration "
-                            "error (15 equal-width bins), against each image's newest labels (their most frequent class). "
-                            "Regressions: a drop beyond the margin whose paired bootstrap interval lies below 0."]),
+        Section(
+            "Intended use",
+            [
+                "_To be filled in by the owner: the task, the cameras and conditions it is meant for, "
+                "and uses it is not meant for._"
+            ],
+        ),
+        Section(
+            "Factors",
+            [
+                "Slices evaluated (docs/METRICS.md): the whole lake (`all`), each value of each metadata "
+                "column, COCO object-size ranges, each label batch, configured and saved slices, sets and queues."
+            ],
+        ),
+        Section(
+            "Metrics",
+            [
+                "Accuracy, per-class and macro precision/recall/F1, confusion counts and expected calibration "
+                "error (15 equal-width bins), against each image's newest labels (their most frequent class). "
+                "Regressions: a drop beyond the margin whose paired bootstrap interval lies below 0."
+            ],
+        ),
         training_data(db, trained, facts["ingested"] or facts["first"]),
         evaluation(db, version, baseline, config),
         known_regressions(db, version),
         drift_at_release(db, facts["first"]),
         Section("Ethical considerations", ["_To be filled in by the owner._"]),
-        Section("Caveats and recommendations", [
-            "Metrics stand on the labelled images only; `n` says how many. Slices with few labelled images are "
-            "not checked for regressions (`[metrics] min_n`)."]),
+        Section(
+            "Caveats and recommendations",
+            [
+                "Metrics stand on the labelled images only; `n` says how many. Slices with few labelled images are "
+                "not checked for regressions (`[metrics] min_n`)."
+            ],
+        ),
     ]
 
 
@@ -73,22 +95,28 @@ FINETUNED = {"head": "the classifier head only", "last": "the last blocks and th
 
 
 def model_details(version: str, baseline: str | None, facts: dict, row: dict | None, config: Config) -> Section:
-    lines = [f"Model version **{version}**; previous version: {baseline or 'none (the first in the lake)'}.",
-             f"Predictions from {facts['first']} to {facts['last']}: {facts['predictions']:,} on {facts['images']:,} images; "
-             f"first ingested {facts['ingested']}.",
-             f"Card written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by {config.mining.user or 'unknown'}."]
+    lines = [
+        f"Model version **{version}**; previous version: {baseline or 'none (the first in the lake)'}.",
+        f"Predictions from {facts['first']} to {facts['last']}: {facts['predictions']:,} on {facts['images']:,} images; "
+        f"first ingested {facts['ingested']}.",
+        f"Card written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by {config.mining.user or 'unknown'}.",
+    ]
     if row is None:
-        lines.append("Backbone and training run: not recorded in this lake (the version was not trained with `edgemine train`).")
+        lines.append(
+            "Backbone and training run: not recorded in this lake (the version was not trained with `edgemine train`)."
+        )
     else:
         record = json.loads(row["record"])
         finetune = record.get("finetune", "all")  # versions trained before the choice existed trained all
         finetuned = FINETUNED.get(finetune, finetune)
-        lines += [f"Trained by `edgemine train`: {row['backbone']} from {row['base']}, fine-tuning {finetuned}, "
-                  f"classes {', '.join(row['classes'])}; "
-                  f"{row['epochs']} epochs, best epoch {row['best_epoch']} (validation accuracy {row['val_accuracy']:.3f}), "
-                  f"image size {record.get('image_size')}; by {row['created_by'] or 'unknown'} at {row['created_at']:%Y-%m-%d %H:%M} UTC.",
-                  f"Stored at {row['path']} (checkpoint sha256 {row['checkpoint_sha256'][:12]}...); "
-                  f"hardware: {record.get('hardware')}."]
+        lines += [
+            f"Trained by `edgemine train`: {row['backbone']} from {row['base']}, fine-tuning {finetuned}, "
+            f"classes {', '.join(row['classes'])}; "
+            f"{row['epochs']} epochs, best epoch {row['best_epoch']} (validation accuracy {row['val_accuracy']:.3f}), "
+            f"image size {record.get('image_size')}; by {row['created_by'] or 'unknown'} at {row['created_at']:%Y-%m-%d %H:%M} UTC.",
+            f"Stored at {row['path']} (checkpoint sha256 {row['checkpoint_sha256'][:12]}...); "
+            f"hardware: {record.get('hardware')}.",
+        ]
     return Section("Model details", lines)
 
 
@@ -102,21 +130,28 @@ def training_data(db: LakeDB, row: dict | None, before: datetime) -> Section:
         classes = sorted(set(data["train_per_class"]) | set(data["val_per_class"]))
         counts = pa.table({"label": classes, "train": [data["train_per_class"].get(c, 0) for c in classes],
                            "validation": [data["val_per_class"].get(c, 0) for c in classes]})
-        text = (f"{data['train_images']:,} training and {data['val_images']:,} validation images (split by image id hash, "
-                f"stable across versions); {data['unreadable']} labelled images unreadable. The label batches it used, "
-                "and images per class:")
+        text = (
+            f"{data['train_images']:,} training and {data['val_images']:,} validation images (split by image id hash, "
+            f"stable across versions); {data['unreadable']} labelled images unreadable. The label batches it used, "
+            "and images per class:"
+        )
         if data.get("pseudo_labels"):
             text += f" Also pseudo-labels: {data['pseudo_labels']}."
         return Section("Training data", [text], [batches, counts])
-    batches = db.query("SELECT batch, count(DISTINCT image_id) AS images, count(*) AS labels, min(labelled_at) AS first, "
-                       "max(labelled_at) AS last FROM labels WHERE labelled_at < $t GROUP BY batch ORDER BY first",
-                       {"t": before})
+    batches = db.query(
+        "SELECT batch, count(DISTINCT image_id) AS images, count(*) AS labels, min(labelled_at) AS first, "
+        "max(labelled_at) AS last FROM labels WHERE labelled_at < $t GROUP BY batch ORDER BY first",
+        {"t": before},
+    )
     classes = db.query("SELECT label, count(DISTINCT image_id) AS images FROM labels WHERE labelled_at < $t "
                        "GROUP BY label ORDER BY images DESC, label", {"t": before})
     text = ("Not trained by `edgemine train` (no record of its data): the label batches labelled before this version's "
             "predictions first came into the lake (those a training run could have used), and their classes.")
-    return Section("Training data", [text] if batches.num_rows else ["No labels before this version's predictions came into the lake."],
-                   [t for t in (batches, classes) if t.num_rows])
+    return Section(
+        "Training data",
+        [text] if batches.num_rows else ["No labels before this version's predictions came into the lake."],
+        [t for t in (batches, classes) if t.num_rows],
+    )
 
 
 def evaluation(db: LakeDB, version: str, baseline: str | None, config: Config) -> Section:
@@ -147,25 +182,35 @@ def evaluation(db: LakeDB, version: str, baseline: str | None, config: Config) -
     rows = [r | {"change": None if r["this"] is None or r["previous"] is None else r["this"] - r["previous"]}
             for _, r in sorted(side.items())]
     table = pa.Table.from_pylist(rows) if rows else pa.table({"slice": pa.array([], pa.string())})
-    return Section("Evaluation data and quantitative analyses",
-                   [f"{note} `previous` is {baseline or 'none'}; `n`: labelled images of this version in the slice."], [table])
+    return Section(
+        "Evaluation data and quantitative analyses",
+        [f"{note} `previous` is {baseline or 'none'}; `n`: labelled images of this version in the slice."],
+        [table],
+    )
 
 
 def known_regressions(db: LakeDB, version: str) -> Section:
     alarms = db.query("SELECT slice, metric, label, baseline, baseline_value, value, ci_low, ci_high, n FROM alarms "
                       "WHERE model_version = $v ORDER BY drop DESC", {"v": version})
     if not alarms.num_rows:
-        return Section("Known regressions", ["None raised (`edgemine metrics` checks each version against the previous)."])
+        return Section(
+            "Known regressions", ["None raised (`edgemine metrics` checks each version against the previous)."]
+        )
     return Section("Known regressions", [f"{alarms.num_rows} regression alarm(s):"], [alarms])
 
 
 def drift_at_release(db: LakeDB, first: datetime) -> Section:
-    flagged = db.query("SELECT window_start, feature, statistic, score, p_value, detail FROM drift "
-                       "WHERE flagged AND window_start <= $t ORDER BY window_start DESC, feature LIMIT 20", {"t": first})
+    flagged = db.query(
+        "SELECT window_start, feature, statistic, score, p_value, detail FROM drift "
+        "WHERE flagged AND window_start <= $t ORDER BY window_start DESC, feature LIMIT 20",
+        {"t": first},
+    )
     if not flagged.num_rows:
         return Section("Drift at release", ["No drift flagged up to the version's first prediction "
                                             "(or `edgemine drift` has not run)."])
-    return Section("Drift at release", ["Drift flagged in the windows up to the version's first prediction:"], [flagged])
+    return Section(
+        "Drift at release", ["Drift flagged in the windows up to the version's first prediction:"], [flagged]
+    )
 
 
 def to_markdown(version: str, sections: list[Section]) -> str:

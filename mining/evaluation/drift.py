@@ -175,7 +175,11 @@ def categorical_checks(db: LakeDB, check: str, column_sql: str, ref: Period, cur
         score = float(jensenshannon(reference, window, base=2))
         used = (reference + window) > 0
         p = float(chi2_contingency(np.stack([reference[used], window[used]]))[1]) if used.sum() > 1 else 1.0
-        new = [(values[i], window[i] / n) for i in range(len(values)) if reference[i] == 0 and window[i] / n >= config.new_value_share]
+        new = [
+            (values[i], window[i] / n)
+            for i in range(len(values))
+            if reference[i] == 0 and window[i] / n >= config.new_value_share
+        ]
         detail = f"psi={psi(reference, window):.4f}" + (
             "; new: " + ", ".join(f"{v} ({share:.0%})" for v, share in new) if new else "")
         flagged = bool(new) or (score > config.distance_threshold and p < alpha)
@@ -194,7 +198,9 @@ def confidence_checks(db: LakeDB, ref: Period, current: list[Period], config: Dr
     """The two-sample KS test of each window's confidences against the reference's."""
     from scipy.stats import ks_2samp
 
-    got = db.query(f"SELECT * FROM (SELECT {_bucket(ref, current)} AS w, confidence FROM predictions) WHERE w IS NOT NULL")
+    got = db.query(
+        f"SELECT * FROM (SELECT {_bucket(ref, current)} AS w, confidence FROM predictions) WHERE w IS NOT NULL"
+    )
     w_index = got.column("w").to_numpy()
     confidence = got.column("confidence").to_numpy()
     reference = confidence[w_index == -1]
@@ -223,7 +229,8 @@ def embedding_checks(db: LakeDB, ref: Period, current: list[Period], config: Dri
         f"WITH seen AS (SELECT image_id, min(ts) AS ts FROM predictions GROUP BY image_id), "
         f"b AS (SELECT image_id, {_bucket(ref, current)} AS w FROM seen) "
         f"SELECT image_id, w FROM b WHERE w IS NOT NULL "
-        f"QUALIFY row_number() OVER (PARTITION BY w ORDER BY hash(image_id, {int(config.seed)})) <= {int(config.sample)}")
+        f"QUALIFY row_number() OVER (PARTITION BY w ORDER BY hash(image_id, {int(config.seed)})) <= {int(config.sample)}"
+    )
     ids = picked.column("image_id").to_pylist()
     vectors = db.query(
         "SELECT image_id, embedding FROM embeddings WHERE backbone = $b AND weights = $w AND image_id IN "

@@ -93,8 +93,15 @@ def named_images(db: LakeDB, name: str) -> set[str]:
     """The image ids of the set ``name``, else of the latest version of the queue ``name``."""
     found = db.query("SELECT image_id FROM sets WHERE name = $name", {"name": name}).column("image_id").to_pylist()
     if not found:
-        found = db.query("SELECT image_id FROM queues WHERE queue = $name AND version = "
-                         "(SELECT max(version) FROM queues WHERE queue = $name)", {"name": name}).column("image_id").to_pylist()
+        found = (
+            db.query(
+                "SELECT image_id FROM queues WHERE queue = $name AND version = "
+                "(SELECT max(version) FROM queues WHERE queue = $name)",
+                {"name": name},
+            )
+            .column("image_id")
+            .to_pylist()
+        )
     if not found:
         raise TrainingError(f"--val {name!r} is neither a named set nor a queue of the lake; "
                             "see `edgemine sets` / `edgemine queue list`, or use --val-fraction")
@@ -120,7 +127,9 @@ def read_model(db: LakeDB, version: str) -> dict[str, Any]:
     row = model_row(db, version)
     if row is None:
         known = list_models(db).column("model_version").to_pylist()
-        raise TrainingError(f"the lake has no model {version!r}; models: {', '.join(known) or 'none yet (edgemine train)'}")
+        raise TrainingError(
+            f"the lake has no model {version!r}; models: {', '.join(known) or 'none yet (edgemine train)'}"
+        )
     return json.loads(row["record"]) | {"path": row["path"]}
 
 

@@ -78,13 +78,26 @@ def all_slices(db: LakeDB, config_slices: dict | None = None, *, max_values: int
         if not isinstance(sql, str):
             raise SliceError(f"[slices] {name} must be a SQL predicate in quotes, got {sql!r}")
         found.append(Slice(name, sql, "config"))
-    found += [Slice(r["name"], r["sql"], "saved") for r in db.query("SELECT name, sql FROM slices ORDER BY name").to_pylist()]
-    found += [Slice(f"set:{r['name']}", f"p.image_id IN (SELECT image_id FROM sets WHERE name = {quote_literal(r['name'])})",
-                    "set") for r in db.query("SELECT DISTINCT name FROM sets ORDER BY name").to_pylist()]
-    found += [Slice(f"queue:{r['queue']}",
-                    f"p.image_id IN (SELECT image_id FROM queues WHERE queue = {quote_literal(r['queue'])} AND version = "
-                    f"(SELECT max(version) FROM queues WHERE queue = {quote_literal(r['queue'])}))", "queue")
-              for r in db.query("SELECT DISTINCT queue FROM queues ORDER BY queue").to_pylist()]
+    found += [
+        Slice(r["name"], r["sql"], "saved") for r in db.query("SELECT name, sql FROM slices ORDER BY name").to_pylist()
+    ]
+    found += [
+        Slice(
+            f"set:{r['name']}",
+            f"p.image_id IN (SELECT image_id FROM sets WHERE name = {quote_literal(r['name'])})",
+            "set",
+        )
+        for r in db.query("SELECT DISTINCT name FROM sets ORDER BY name").to_pylist()
+    ]
+    found += [
+        Slice(
+            f"queue:{r['queue']}",
+            f"p.image_id IN (SELECT image_id FROM queues WHERE queue = {quote_literal(r['queue'])} AND version = "
+            f"(SELECT max(version) FROM queues WHERE queue = {quote_literal(r['queue'])}))",
+            "queue",
+        )
+        for r in db.query("SELECT DISTINCT queue FROM queues ORDER BY queue").to_pylist()
+    ]
     seen: dict[str, Slice] = {}
     for s in found:
         if s.name in seen:
@@ -131,17 +144,23 @@ def check_sql(db: LakeDB, name: str, sql: str) -> int:
     if not sql.strip():
         raise SliceError(f"slice {name!r} has no SQL; give a predicate such as \"p.camera = 'cam-07'\"")
     try:
-        return db.query(f"WITH {frame_ctes()} SELECT count(*) AS n FROM {FRAME_FROM} WHERE ({sql})").column("n")[0].as_py()
+        return (
+            db.query(f"WITH {frame_ctes()} SELECT count(*) AS n FROM {FRAME_FROM} WHERE ({sql})").column("n")[0].as_py()
+        )
     except QueryError as e:
-        raise SliceError(f"slice {name!r}: invalid SQL `{sql}`: {e}. A slice is a predicate over p (predictions, "
-                         "with their metadata columns), i (images), t (truth: true_label, true_labels, box_area, "
-                         "box_areas, batches)") from None
+        raise SliceError(
+            f"slice {name!r}: invalid SQL `{sql}`: {e}. A slice is a predicate over p (predictions, "
+            "with their metadata columns), i (images), t (truth: true_label, true_labels, box_area, "
+            "box_areas, batches)"
+        ) from None
 
 
 def add_slice(db: LakeDB, name: str, sql: str, *, user: str) -> int:
     """Save a slice (a name made again replaces it); its SQL is checked first. Returns its rows."""
     if not name or any(c in name for c in "=:\n"):
-        raise SliceError(f"slice name {name!r}: give a name without '=' or ':' (those name automatic slices, sets, queues)")
+        raise SliceError(
+            f"slice name {name!r}: give a name without '=' or ':' (those name automatic slices, sets, queues)"
+        )
     n = check_sql(db, name, sql)
     rows = make_rows(SLICES, 1, name=[name], sql=[sql], created_by=user, created_at=datetime.now(UTC))
     tables.append(db.lake, SLICES, rows, tables.commit_info(JOB, user, slice=name))
@@ -149,7 +168,9 @@ def add_slice(db: LakeDB, name: str, sql: str, *, user: str) -> int:
 
 
 def slice_table(slices: list[Slice]) -> pa.Table:
-    return pa.table({"name": [s.name for s in slices], "kind": [s.kind for s in slices], "sql": [s.sql for s in slices]})
+    return pa.table(
+        {"name": [s.name for s in slices], "kind": [s.kind for s in slices], "sql": [s.sql for s in slices]}
+    )
 
 
 def show_slice(db: LakeDB, one: Slice) -> dict:
@@ -179,6 +200,7 @@ def require_labels(db: LakeDB) -> None:
     if not db.query("SELECT count(*) AS n FROM predictions").column("n")[0].as_py():
         raise SliceError("the lake has no predictions: ingest them first (`edgemine ingest predictions FILE`)")
     if not db.query("SELECT count(*) AS n FROM labels").column("n")[0].as_py():
-        raise SliceError("the lake has no labels to compare predictions with: export a batch for labelling "
-                         "(`edgemine export`), then import the labelled file (`edgemine labels import FILE --format ...`)")
-
+        raise SliceError(
+            "the lake has no labels to compare predictions with: export a batch for labelling "
+            "(`edgemine export`), then import the labelled file (`edgemine labels import FILE --format ...`)"
+        )

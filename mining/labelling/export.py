@@ -118,7 +118,9 @@ def batch_id(image_ids: Sequence[str], target: str, options: dict[str, Any]) -> 
     return "b" + digest.hexdigest()[:15]
 
 
-def load_items(db: LakeDB, image_ids: Sequence[str], *, predictions: bool = True) -> tuple[list[Item], list[dict[str, Any]]]:
+def load_items(
+    db: LakeDB, image_ids: Sequence[str], *, predictions: bool = True
+) -> tuple[list[Item], list[dict[str, Any]]]:
     """The images to export, in the order given, with their newest prediction and its
     boxes; and the refused ones as error dicts (not in the lake, size unknown)."""
     rows = db.query(
@@ -133,8 +135,11 @@ def load_items(db: LakeDB, image_ids: Sequence[str], *, predictions: bool = True
     boxes: dict[str, list[dict[str, Any]]] = {}
     prediction_ids = [p for p in rows["prediction_id"] if p is not None]
     if predictions and prediction_ids:
-        found = db.query("SELECT prediction_id, box, label, score FROM detections WHERE prediction_id IN (SELECT unnest($p)) "
-                         "ORDER BY prediction_id, score DESC", {"p": prediction_ids}).to_pydict()
+        found = db.query(
+            "SELECT prediction_id, box, label, score FROM detections WHERE prediction_id IN (SELECT unnest($p)) "
+            "ORDER BY prediction_id, score DESC",
+            {"p": prediction_ids},
+        ).to_pydict()
         for pid, box, label, score in zip(found["prediction_id"], found["box"], found["label"], found["score"]):
             if box is not None and label is not None:
                 boxes.setdefault(pid, []).append({"box": [float(v) for v in box], "label": label,
@@ -149,10 +154,20 @@ def load_items(db: LakeDB, image_ids: Sequence[str], *, predictions: bool = True
             refused.append({"uri": uri, "reason": "the image's size is unknown (it was registered without one)"})
             continue
         confidence = rows["confidence"][k]
-        items.append(Item(image_id, uri, int(width), int(height), rows["sha256"][k], prediction_id=rows["prediction_id"][k],
-                          model_version=rows["model_version"][k], label=rows["label"][k],
-                          confidence=None if confidence is None else round(float(confidence), 6),
-                          boxes=boxes.get(rows["prediction_id"][k], [])))
+        items.append(
+            Item(
+                image_id,
+                uri,
+                int(width),
+                int(height),
+                rows["sha256"][k],
+                prediction_id=rows["prediction_id"][k],
+                model_version=rows["model_version"][k],
+                label=rows["label"][k],
+                confidence=None if confidence is None else round(float(confidence), 6),
+                boxes=boxes.get(rows["prediction_id"][k], []),
+            )
+        )
     return items, refused
 
 
@@ -235,7 +250,9 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
 
         keep = first_of_each_group(db, ids)
         if keep is None:
-            raise ExportError("no near-duplicate groups yet: run `edgemine duplicates` first, or leave out --drop-duplicates")
+            raise ExportError(
+                "no near-duplicate groups yet: run `edgemine duplicates` first, or leave out --drop-duplicates"
+            )
         dropped, ids = len(ids) - len(keep), [ids[k] for k in keep]
     label_studio = target.startswith(("http://", "https://"))
     if label_studio:
@@ -258,7 +275,9 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
 
     if db.query("SELECT count(*) AS n FROM exports WHERE batch = $b", {"b": batch}).column("n")[0].as_py():
         summary.status = "unchanged"
-        summary.exported = db.query("SELECT count(*) AS n FROM exports WHERE batch = $b", {"b": batch}).column("n")[0].as_py()
+        summary.exported = (
+            db.query("SELECT count(*) AS n FROM exports WHERE batch = $b", {"b": batch}).column("n")[0].as_py()
+        )
         summary.seconds = time.monotonic() - started
         return summary
     sent = set() if resend else set(db.query(
@@ -299,23 +318,52 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
         refs = References(db.lake.s3, config.export.url_expiry_s, config.export.local_files_root)
         for item in items:
             item.ref = refs(item.uri)
-        pushed = push_tasks(target.split("?project=")[0], project, writer, tasks, token=config.export.label_studio_token,
-                            progress=progress)
+        pushed = push_tasks(
+            target.split("?project=")[0],
+            project,
+            writer,
+            tasks,
+            token=config.export.label_studio_token,
+            progress=progress,
+        )
         files_of = {i.image_id: f"task/{pushed.get(i.image_id, '')}" for i in items}
         summary.files = [f"project {project}"]
     else:
         summary.files = _write_tasks(db, out_fs, out_root, writer, tasks, copy_images, config, files_of, progress)
         summary.files.append(BATCH_FILE)
-        record = {"batch": batch, "name": name, "target": target, "format": fmt, "options": options,
-                  "images": len(items), "tasks": len(tasks), "source": source, "at": at.isoformat(), "who": config.mining.user}
+        record = {
+            "batch": batch,
+            "name": name,
+            "target": target,
+            "format": fmt,
+            "options": options,
+            "images": len(items),
+            "tasks": len(tasks),
+            "source": source,
+            "at": at.isoformat(),
+            "who": config.mining.user,
+        }
         _put(out_fs, posixpath.join(out_root, BATCH_FILE), json.dumps(record, indent=1).encode())
 
     task_of = {i.image_id: k for k, chunk in enumerate(tasks, start=1) for i in chunk}
     n = len(items)
-    rows = make_rows(EXPORTS, n, batch=batch, name=name, target=target, format=fmt, image_id=[i.image_id for i in items],
-                     task=[task_of[i.image_id] for i in items], file=[files_of[i.image_id] for i in items],
-                     ref=[i.ref for i in items], model_version=[i.model_version if predictions else None for i in items],
-                     source=source, options=json.dumps(options, sort_keys=True), at=at, who=config.mining.user)
+    rows = make_rows(
+        EXPORTS,
+        n,
+        batch=batch,
+        name=name,
+        target=target,
+        format=fmt,
+        image_id=[i.image_id for i in items],
+        task=[task_of[i.image_id] for i in items],
+        file=[files_of[i.image_id] for i in items],
+        ref=[i.ref for i in items],
+        model_version=[i.model_version if predictions else None for i in items],
+        source=source,
+        options=json.dumps(options, sort_keys=True),
+        at=at,
+        who=config.mining.user,
+    )
     tables.insert_new(db.lake, EXPORTS, rows, info)  # the commit that makes the batch exist
     summary.status, summary.exported, summary.tasks = "exported", n, len(tasks)
     summary.seconds = time.monotonic() - started

@@ -51,9 +51,13 @@ class Client:
         try:
             response = self.session.request(method, self.url + path, timeout=self.timeout, **kwargs)
         except requests.ConnectionError:
-            raise ExportError(f"cannot reach Label Studio at {self.url}: check the URL and that the server is up") from None
+            raise ExportError(
+                f"cannot reach Label Studio at {self.url}: check the URL and that the server is up"
+            ) from None
         except requests.Timeout:
-            raise ExportError(f"Label Studio at {self.url} did not answer in {self.timeout:.0f} s; try again later") from None
+            raise ExportError(
+                f"Label Studio at {self.url} did not answer in {self.timeout:.0f} s; try again later"
+            ) from None
         if response.status_code in (401, 403):
             raise ExportError(f"Label Studio at {self.url} refused the token ({response.status_code}): {TOKEN_HELP}")
         if response.status_code >= 400:

@@ -93,7 +93,9 @@ def resolve_images(db: LakeDB, annotations: list[Annotation]) -> dict[str, str]:
             "LEFT JOIN exports e ON e.ref = r.ref LEFT JOIN image_files f ON f.uri = r.ref GROUP BY r.ref",
             {"refs": sorted(refs)}).to_pydict()
         found |= {r: i for r, i in zip(rows["ref"], rows["image_id"]) if i}
-        stems = {r: posixpath.splitext(posixpath.basename(path_of(r.split("?", 1)[0])))[0] for r in refs if r not in found}
+        stems = {
+            r: posixpath.splitext(posixpath.basename(path_of(r.split("?", 1)[0])))[0] for r in refs if r not in found
+        }
         candidates = sorted({s for s in stems.values() if _IMAGE_ID.match(s)})
         if candidates:
             known = set(db.query("SELECT image_id FROM images WHERE image_id IN (SELECT unnest($ids))",
@@ -140,8 +142,10 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, config: Config, batch: s
         if reason is None and not a.label:
             reason = "annotation without a label"
         if reason is None and a.label not in classes and not allow_new_classes:
-            reason = (f"unknown class {a.label!r}: not one of the lake's classes ({', '.join(sorted(classes)) or 'none'}); "
-                      "pass --allow-new-classes to take it")
+            reason = (
+                f"unknown class {a.label!r}: not one of the lake's classes ({', '.join(sorted(classes)) or 'none'}); "
+                "pass --allow-new-classes to take it"
+            )
         box = a.box
         if reason is None and a.yolo_box is not None:
             width, height = sizes.get(image_id, (None, None))
@@ -167,8 +171,14 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, config: Config, batch: s
     summary.add_errors(refused)
     values = list(rows.values())
     if values:
-        table = make_rows(LABELS, len(values), **{c: [v[c] for v in values] for c in values[0]}, format=fmt, source=where,
-                          imported_at=now)
+        table = make_rows(
+            LABELS,
+            len(values),
+            **{c: [v[c] for v in values] for c in values[0]},
+            format=fmt,
+            source=where,
+            imported_at=now,
+        )
         summary.imported = tables.insert_new(db.lake, LABELS, table, info)
     summary.already = len(values) - summary.imported
     summary.images = len({v["image_id"] for v in values})

@@ -157,7 +157,9 @@ def read_labels(db: LakeDB, *, source: str = "auto", review: str | None = None) 
         raise QueueError(f"unknown labels source {source!r}; allowed: auto, table, review")
     if source == "table" or (source == "auto" and review is None and has_labels_table(db)):
         if not has_labels_table(db):
-            raise QueueError("this lake has no labels table yet; take labels from a review: --labels review --review NAME")
+            raise QueueError(
+                "this lake has no labels table yet; take labels from a review: --labels review --review NAME"
+            )
         # Image-level labels only: a box's label says what one object is, not the image
         # (object-detection label issues are not ranked yet).
         rows = db.query(f"SELECT image_id, arg_max(label, labelled_at) AS label FROM {LABELS_TABLE} "

@@ -71,8 +71,10 @@ def check_options(sampler: str, options: Mapping[str, Any]) -> Sampler:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         flags = ", ".join(o.flag for o in spec.options) or "none"
-        raise QueueError(f"{sampler} has no option {', '.join('--' + u.replace('_', '-') for u in unknown)}; "
-                         f"its options: {flags} (and for every sampler: {', '.join('--' + c.replace('_', '-') for c in COMMON)})")
+        raise QueueError(
+            f"{sampler} has no option {', '.join('--' + u.replace('_', '-') for u in unknown)}; "
+            f"its options: {flags} (and for every sampler: {', '.join('--' + c.replace('_', '-') for c in COMMON)})"
+        )
     for name, value in options.items():
         option = allowed[name]
         if value is not None and option.choices and value not in option.choices:
@@ -93,10 +95,22 @@ def resolved_options(spec: Sampler, options: Mapping[str, Any], config: Config) 
     return values
 
 
-def make_queue(db: LakeDB, sampler: str, name: str, *, where: str | None = None, model_version: str | None = None,
-               limit: int | None = None, diverse: bool = False, include_reviewed: bool = False,
-               drop_duplicates: bool = False, options: Mapping[str, Any] | None = None, user: str = "",
-               config: Config | None = None, index: VectorIndex | Callable[[], VectorIndex] | None = None) -> QueueSummary:
+def make_queue(
+    db: LakeDB,
+    sampler: str,
+    name: str,
+    *,
+    where: str | None = None,
+    model_version: str | None = None,
+    limit: int | None = None,
+    diverse: bool = False,
+    include_reviewed: bool = False,
+    drop_duplicates: bool = False,
+    options: Mapping[str, Any] | None = None,
+    user: str = "",
+    config: Config | None = None,
+    index: VectorIndex | Callable[[], VectorIndex] | None = None,
+) -> QueueSummary:
     """Run ``sampler`` over the slice and write its picks as a new version of queue ``name``.
 
     Args:
@@ -188,7 +202,9 @@ def _drop_duplicates(db: LakeDB, table: pa.Table) -> tuple[pa.Table, int]:
 
     keep = first_of_each_group(db, table.column("image_id").to_pylist())
     if keep is None:
-        raise QueueError("no near-duplicate groups yet: run `edgemine duplicates` first, or leave out --drop-duplicates")
+        raise QueueError(
+            "no near-duplicate groups yet: run `edgemine duplicates` first, or leave out --drop-duplicates"
+        )
     return table.take(keep), table.num_rows - len(keep)
 
 
@@ -199,7 +215,9 @@ def _diverse(table: pa.Table, size: int, index: VectorIndex, config: Config, not
     embedded = np.isin(ids, index.ids[positions])
     rows = np.flatnonzero(embedded)  # the table's rows with a vector, in rank order
     if len(rows) < len(ids):
-        notes.append(f"{len(ids) - len(rows):,} picks without an embedding left out of the diverse choice (edgemine embed)")
+        notes.append(
+            f"{len(ids) - len(rows):,} picks without an embedding left out of the diverse choice (edgemine embed)"
+        )
     if len(rows) == 0:
         raise QueueError("--diverse needs embeddings and none of the picks has one: run edgemine embed first")
     picks = k_center_greedy(index.vectors[index.positions(ids[rows])], size, first=0, device=_device(config))
@@ -241,11 +259,14 @@ def queue_rows(db: LakeDB, name: str, version: int | None = None) -> pa.Table:
         "SELECT q.rank, q.image_id, q.prediction_id, q.score, q.reason, q.sampler, q.version, q.created_at, q.created_by, "
         "(SELECT arg_max(r.decision, r.decided_at) FROM reviews r WHERE r.image_id = q.image_id) AS decision "
         "FROM queues q WHERE q.queue = $name AND q.version = $version ORDER BY q.rank",
-        {"name": name, "version": version})
+        {"name": name, "version": version},
+    )
     if rows.num_rows == 0:
         names = db.query("SELECT DISTINCT queue FROM queues ORDER BY queue").column("queue").to_pylist()
         what = f"queue {name!r}" + (f" has no version {version}" if names and name in names else " does not exist")
-        raise QueueError(f"{what}; queues: {', '.join(names) if names else 'none yet (edgemine queue SAMPLER --name Q)'}")
+        raise QueueError(
+            f"{what}; queues: {', '.join(names) if names else 'none yet (edgemine queue SAMPLER --name Q)'}"
+        )
     return rows
 
 

@@ -112,7 +112,11 @@ def _greedy_torch(x: np.ndarray, k: int, centers: np.ndarray | None, first: int 
             c = torch.from_numpy(np.asarray(centers, np.float32)).to(device)
             nearest = torch.full((len(points),), float("inf"), device=device)
             for start in range(0, len(points), CHUNK_ROWS):
-                block = norms[start:start + CHUNK_ROWS, None] - 2 * points[start:start + CHUNK_ROWS] @ c.T + (c * c).sum(1)[None]
+                block = (
+                    norms[start : start + CHUNK_ROWS, None]
+                    - 2 * points[start : start + CHUNK_ROWS] @ c.T
+                    + (c * c).sum(1)[None]
+                )
                 nearest[start:start + CHUNK_ROWS] = block.min(1).values
             pick = int(nearest.argmax())
         else:

@@ -59,7 +59,9 @@ class Groups:
     similarity: np.ndarray
 
 
-def neighbours_above(index: VectorIndex, positions: np.ndarray, threshold: float, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def neighbours_above(
+    index: VectorIndex, positions: np.ndarray, threshold: float, k: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """For each position, (neighbour positions int64, similarities float32) of every other
     indexed image with cosine similarity >= ``threshold``: the index's kNN search with
     ``k`` results, doubled for the queries whose k-th neighbour is still above it."""
@@ -134,7 +136,12 @@ def find_duplicates(db: LakeDB, index: VectorIndex, *, threshold: float = 0.98, 
                      image_id=index.ids[groups.members].tolist() if n else [], similarity=groups.similarity,
                      threshold=float(threshold), backbone=index.backbone, weights=index.weights,
                      computed_at=datetime.now(UTC))
-    tables.overwrite(db.lake, DUPLICATES, rows, tables.commit_info(JOB, user, threshold=threshold, groups=len(set(groups.leaders.tolist()))))
+    tables.overwrite(
+        db.lake,
+        DUPLICATES,
+        rows,
+        tables.commit_info(JOB, user, threshold=threshold, groups=len(set(groups.leaders.tolist()))),
+    )
     leaders = len(np.unique(groups.leaders))
     return DuplicatesSummary(images=len(index), groups=leaders, duplicates=n - leaders, threshold=threshold,
                              backbone=index.backbone, weights=index.weights, seconds=time.monotonic() - started)

@@ -143,7 +143,7 @@ class VectorIndex:
         if len(missing):
             raise SearchError(
                 f"image id(s) not in the index: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. "
-                "Check the id (edgemine sql \"SELECT image_id FROM images LIMIT 5\"), or embed and index new images first "
+                'Check the id (edgemine sql "SELECT image_id FROM images LIMIT 5"), or embed and index new images first '
                 "(edgemine embed, edgemine index)"
             )
         return found.astype(np.int64)
@@ -179,7 +179,11 @@ class VectorIndex:
             subset = np.unique(np.asarray(subset, dtype=np.int64))
         excluded = np.zeros(0, np.int64) if exclude is None else np.unique(np.asarray(exclude, dtype=np.int64))
         # Only exclusions that could come back count against what is searchable.
-        excluded = excluded[np.isin(excluded, subset)] if subset is not None else excluded[(excluded >= 0) & (excluded < len(self))]
+        excluded = (
+            excluded[np.isin(excluded, subset)]
+            if subset is not None
+            else excluded[(excluded >= 0) & (excluded < len(self))]
+        )
         available = (len(self) if subset is None else len(subset)) - len(excluded)
         if available <= 0:
             raise SearchError("nothing to search: the slice (--where) and the exclusions leave no image")
@@ -191,7 +195,9 @@ class VectorIndex:
             scores, positions = _drop(scores, positions, excluded, k)
         return scores, positions
 
-    def _search(self, queries: np.ndarray, k: int, subset: np.ndarray | None, exact: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _search(
+        self, queries: np.ndarray, k: int, subset: np.ndarray | None, exact: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         if subset is not None and (exact or self.spec.kind == "flat" or len(subset) <= len(self) // 4):
             # A small slice: exact search over just its rows beats filtering the index.
             scores, rows = self.backend.knn(self.vectors[subset], queries, k)

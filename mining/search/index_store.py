@@ -101,7 +101,9 @@ def load_index(lake: Lake, manifest: Manifest, backend: Backend | None = None) -
         faiss_index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     log.debug("index %s/%s loaded: %d vectors, %s (%.1fs)", manifest.backbone, manifest.weights, len(ids),
              manifest.spec.describe(), time.monotonic() - started)
-    return VectorIndex(ids, vectors, manifest.spec, faiss_index, backend, backbone=manifest.backbone, weights=manifest.weights)
+    return VectorIndex(
+        ids, vectors, manifest.spec, faiss_index, backend, backbone=manifest.backbone, weights=manifest.weights
+    )
 
 
 def list_indexes(lake: Lake) -> list[tuple[str, str]]:

@@ -77,8 +77,10 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
             ids, vectors = read_embeddings(lake, backbone, weights, new_files)
             grown_kind = choose_spec(len(index) + len(ids), config).kind
             if len(ids) and vectors.shape[1] != index.dim:
-                raise LakeError(f"new embeddings of {backbone}/{weights} are {vectors.shape[1]}-d, the index's "
-                                f"{index.dim}-d: one backbone and weights, one width; rewrite them with embed --overwrite")
+                raise LakeError(
+                    f"new embeddings of {backbone}/{weights} are {vectors.shape[1]}-d, the index's "
+                    f"{index.dim}-d: one backbone and weights, one width; rewrite them with embed --overwrite"
+                )
             if np.isin(ids, index.ids).any():
                 reason = "new files re-embed indexed images"
             elif grown_kind != index.spec.kind:
@@ -106,7 +108,9 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
     return index, summary
 
 
-def open_index(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None) -> VectorIndex:
+def open_index(
+    db: LakeDB, config: IndexConfig, *, backbone: str | None = None, weights: str | None = None
+) -> VectorIndex:
     """The index for searching, synced with the lake first (see the module docstring). It names
     the embedding set it covers (``index.backbone``, ``index.weights``); so does the log."""
     index, summary = index_lake(db, config, backbone=backbone, weights=weights)
@@ -120,7 +124,11 @@ def open_index(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
 def choose_embedding_set(db: LakeDB, backbone: str | None, weights: str | None) -> tuple[str, str]:
     """The (backbone, weights) to index: as given, or the lake's only one."""
     sets = db.query("SELECT backbone, weights, count(*) AS n FROM embeddings GROUP BY ALL ORDER BY n DESC").to_pylist()
-    matching = [s for s in sets if (backbone is None or s["backbone"] == backbone) and (weights is None or s["weights"] == weights)]
+    matching = [
+        s
+        for s in sets
+        if (backbone is None or s["backbone"] == backbone) and (weights is None or s["weights"] == weights)
+    ]
     if not sets:
         raise SearchError("the lake has no embeddings yet: run edgemine embed (or edgemine demo) first")
     if not matching:
@@ -156,7 +164,11 @@ def read_embeddings(lake: Lake, backbone: str, weights: str, files: list[str]) -
     # delta-rs writes strings as string_view, which pyarrow's filters do not compare yet: plain strings first.
     text = {name: table.column(name).cast(pa.string()) for name in ("image_id", "backbone", "weights")}
     wanted = pc.and_(pc.equal(text["backbone"], backbone), pc.equal(text["weights"], weights))
-    table = pa.table({"image_id": text["image_id"], "embedding": table.column("embedding")}).filter(wanted).sort_by("image_id")
+    table = (
+        pa.table({"image_id": text["image_id"], "embedding": table.column("embedding")})
+        .filter(wanted)
+        .sort_by("image_id")
+    )
     ids = table.column("image_id").to_numpy(zero_copy_only=False).astype(str)
     vectors = embedding_matrix(table.column("embedding"))
     log.info("read %d embeddings from %d file(s) in %.1fs", len(ids), len(files), time.monotonic() - started)

@@ -113,7 +113,9 @@ def pick(db: LakeDB, index: VectorIndex, backend: Backend, config: MiningConfig,
     known = set(members.column("cluster").to_pylist())
     unknown = sorted(set(picked) - known)
     if unknown or not picked:
-        raise SessionError(f"step {current['current']} has clusters {sorted(known)}; cannot pick {unknown or 'nothing'}")
+        raise SessionError(
+            f"step {current['current']} has clusters {sorted(known)}; cannot pick {unknown or 'nothing'}"
+        )
     positions = index.positions(chosen.column("image_id").to_numpy(zero_copy_only=False))
     if len(positions) < 2:
         raise SessionError("one image is left: nothing to split further; keep it with narrow save")
@@ -153,9 +155,17 @@ def show(db: LakeDB, session: str, step: int | None = None) -> StepReport:
         clustering_steps = sorted(s for s in steps if steps[s]["action"] != "back")
         raise SessionError(f"session {session} has no clustering step {step}; steps: {clustering_steps}")
     rows = db.query(CLUSTERS_SQL, {"session": session, "step": step, "nearest": NEAREST_SHOWN}).to_pylist()
-    clusters = [ClusterReport(cluster=r["cluster"], size=r["size"], seed_distance=r["seed_distance"],
-                              mean_confidence=r["mean_confidence"], labels=dict(r["labels"] or {}), nearest=r["nearest"])
-                for r in rows]
+    clusters = [
+        ClusterReport(
+            cluster=r["cluster"],
+            size=r["size"],
+            seed_distance=r["seed_distance"],
+            mean_confidence=r["mean_confidence"],
+            labels=dict(r["labels"] or {}),
+            nearest=r["nearest"],
+        )
+        for r in rows
+    ]
     return StepReport(session=session, step=step, parent=steps[step]["parent"], path=_path(steps, step),
                       seeds=steps[0]["seeds"], pool_size=steps[step]["pool_size"], clusters=clusters)
 
@@ -258,8 +268,10 @@ def _head(steps: dict[int, dict[str, Any]], session: str) -> int:
 
 
 def _members(db: LakeDB, session: str, step: int) -> pa.Table:
-    return db.query("SELECT image_id, cluster, similarity FROM narrow_members WHERE session = $session AND step = $step",
-                    {"session": session, "step": step})
+    return db.query(
+        "SELECT image_id, cluster, similarity FROM narrow_members WHERE session = $session AND step = $step",
+        {"session": session, "step": step},
+    )
 
 
 def _path(steps: dict[int, dict[str, Any]], step: int) -> list[int]:

@@ -146,7 +146,9 @@ def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None
     scores, positions = rank_positions(index, positives, negatives, k, subset=subset, exclude=exclude, seed=seed,
                                        uncertainty=uncertainty, positive_positions=positive_positions,
                                        negative_positions=negative_positions, predicted=predicted)
-    return [Hit(rank=r + 1, image_id=str(index.ids[p]), score=float(s)) for r, (s, p) in enumerate(zip(scores, positions))]
+    return [
+        Hit(rank=r + 1, image_id=str(index.ids[p]), score=float(s)) for r, (s, p) in enumerate(zip(scores, positions))
+    ]
 
 
 def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
@@ -158,7 +160,9 @@ def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndar
     positives = np.atleast_2d(np.asarray(positives, np.float32))
     if len(positives) == 0:
         raise SearchError("give at least one positive: an image id or an image file")
-    negatives = np.zeros((0, index.dim), np.float32) if negatives is None else np.atleast_2d(np.asarray(negatives, np.float32))
+    negatives = (
+        np.zeros((0, index.dim), np.float32) if negatives is None else np.atleast_2d(np.asarray(negatives, np.float32))
+    )
     if (uncertainty is not None or predicted is not None) and negatives.size:
         return _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, uncertainty,
                                 positive_positions, negative_positions, predicted)

@@ -86,7 +86,12 @@ def naive(paths: list[Path], device: torch.device, out: Path) -> tuple[float, di
             vectors.append(torch.nn.functional.normalize(model(x), dim=1).cpu().numpy()[0])
             names.append(path.name)
     matrix = np.stack(vectors).astype(np.float32)
-    pq.write_table(pa.table({"file": names, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])}), out)
+    pq.write_table(
+        pa.table(
+            {"file": names, "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])}
+        ),
+        out,
+    )
     seconds = time.perf_counter() - started
     return len(paths) / seconds, dict(zip(names, matrix))
 
@@ -98,7 +103,10 @@ def job(paths: list[Path], work: Path, config: EmbedConfig) -> tuple[float, dict
     assert summary.embedded == len(paths), summary
     with LakeDB(lake) as db:
         table = db.query("SELECT i.uri, e.embedding FROM embeddings e JOIN images i USING (image_id)")
-    vectors = {Path(u).name: np.asarray(e, np.float32) for u, e in zip(table.column("uri").to_pylist(), table.column("embedding").to_pylist())}
+    vectors = {
+        Path(u).name: np.asarray(e, np.float32)
+        for u, e in zip(table.column("uri").to_pylist(), table.column("embedding").to_pylist())
+    }
     return summary.embedded / summary.seconds, summary.to_dict(), vectors
 
 
@@ -123,18 +131,26 @@ def machine(device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=384)
-    parser.add_argument("--naive-images", type=int, help="images through the naive loop (default: all; fewer on a GPU run)")
+    parser.add_argument(
+        "--naive-images", type=int, help="images through the naive loop (default: all; fewer on a GPU run)"
+    )
     parser.add_argument("--size", default="1920x1080", help="WIDTHxHEIGHT of the JPEGs (default: 1920x1080)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=0, help="default 0: the job's own choice (32 on CPU, 256 on CUDA)")
-    parser.add_argument("--scenes", type=int, default=48, help="distinct scenes drawn; the other images are byte-distinct copies")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="default 0: the job's own choice (32 on CPU, 256 on CUDA)"
+    )
+    parser.add_argument(
+        "--scenes", type=int, default=48, help="distinct scenes drawn; the other images are byte-distinct copies"
+    )
     parser.add_argument("--workers", type=int, default=0, help="decoding processes (default 0: one per core)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     device = torch.device(resolve_device(args.device))
     batch_size = args.batch_size or DEFAULT_BATCH[device.type]
-    config = EmbedConfig(weights="random", seed=SEED, device=str(device), batch_size=batch_size, workers=args.workers, part_size=50_000)
+    config = EmbedConfig(
+        weights="random", seed=SEED, device=str(device), batch_size=batch_size, workers=args.workers, part_size=50_000
+    )
 
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
         work = Path(tmp)
@@ -162,9 +178,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print(f"{result['machine']}; {args.images} JPEGs {width}x{height} ({megabytes:.0f} MB) on {device}, decode in {summary['decode']}")
+    print(
+        f"{result['machine']}; {args.images} JPEGs {width}x{height} ({megabytes:.0f} MB) on {device}, decode in {summary['decode']}"
+    )
     print(f"  naive loop     {naive_rate:9.1f} images/s")
-    print(f"  edgemine embed {job_rate:9.1f} images/s   {result['job_vs_naive']}x naive, {100 * result['job_vs_ceiling']:.0f}% of the ceiling")
+    print(
+        f"  edgemine embed {job_rate:9.1f} images/s   {result['job_vs_naive']}x naive, {100 * result['job_vs_ceiling']:.0f}% of the ceiling"
+    )
     print(f"  model ceiling  {ceiling_rate:9.1f} images/s   (random tensors, batch {batch_size})")
     print(f"  vectors agree with the naive loop's: min cosine {agreement:.5f}")
 

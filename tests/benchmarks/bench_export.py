@@ -59,17 +59,44 @@ def build(lake: Lake, folder: Path, n: int) -> list[str]:
     ts = pa.array([TS] * n, pa.timestamp("us", tz="UTC"))
     labels = CLASSES[rng.integers(0, len(CLASSES), n)]
     pids = np.char.add("p", np.arange(n).astype(str))
-    tables.append(lake, PREDICTIONS, make_rows(PREDICTIONS, n, prediction_id=pids, image_id=ids, model_version="v7", ts=ts,
-                                               label=labels, confidence=rng.random(n).astype(np.float32),
-                                               date=TS.date()), info)
+    tables.append(
+        lake,
+        PREDICTIONS,
+        make_rows(
+            PREDICTIONS,
+            n,
+            prediction_id=pids,
+            image_id=ids,
+            model_version="v7",
+            ts=ts,
+            label=labels,
+            confidence=rng.random(n).astype(np.float32),
+            date=TS.date(),
+        ),
+        info,
+    )
     x1 = rng.uniform(0, WIDTH / 2, 2 * n)
     y1 = rng.uniform(0, HEIGHT / 2, 2 * n)
     boxes = np.stack([x1, y1, x1 + rng.uniform(10, WIDTH / 2, 2 * n), y1 + rng.uniform(10, HEIGHT / 2, 2 * n)], 1)
     box = pa.FixedSizeListArray.from_arrays(pa.array(boxes.astype(np.float32).ravel()), 4)
-    tables.append(lake, DETECTIONS, make_rows(
-        DETECTIONS, 2 * n, detection_id=np.char.add("d", np.arange(2 * n).astype(str)), prediction_id=np.repeat(pids, 2),
-        image_id=np.repeat(ids, 2), model_version="v7", ts=pa.array([TS] * (2 * n), pa.timestamp("us", tz="UTC")), box=box,
-        label=CLASSES[rng.integers(0, len(CLASSES), 2 * n)], score=rng.random(2 * n).astype(np.float32), date=TS.date()), info)
+    tables.append(
+        lake,
+        DETECTIONS,
+        make_rows(
+            DETECTIONS,
+            2 * n,
+            detection_id=np.char.add("d", np.arange(2 * n).astype(str)),
+            prediction_id=np.repeat(pids, 2),
+            image_id=np.repeat(ids, 2),
+            model_version="v7",
+            ts=pa.array([TS] * (2 * n), pa.timestamp("us", tz="UTC")),
+            box=box,
+            label=CLASSES[rng.integers(0, len(CLASSES), 2 * n)],
+            score=rng.random(2 * n).astype(np.float32),
+            date=TS.date(),
+        ),
+        info,
+    )
     return ids
 
 
@@ -81,7 +108,9 @@ def plain_coco(lake: Lake, ids: list[str], path: Path) -> None:
             "SELECT i.image_id, i.uri, i.width, i.height, list({'box': d.box, 'label': d.label, 'score': d.score}) "
             "FILTER (d.box IS NOT NULL) AS boxes FROM images i JOIN newest n USING (image_id) "
             "LEFT JOIN detections d USING (prediction_id) WHERE i.image_id IN (SELECT unnest($ids)) "
-            "GROUP BY ALL ORDER BY i.image_id", {"ids": ids}).to_pylist()
+            "GROUP BY ALL ORDER BY i.image_id",
+            {"ids": ids},
+        ).to_pylist()
     categories = {c: k + 1 for k, c in enumerate(sorted(CLASSES))}
     images, annotations = [], []
     for n, row in enumerate(rows, start=1):

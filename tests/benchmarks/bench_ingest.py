@@ -97,7 +97,11 @@ def run(rows_list: list[int]) -> dict:
         for rows in rows_list:
             images, data = make_inputs(work, rows)
             lake = work / f"lake-{rows}"
-            subprocess.run([edgemine, "ingest", "images", str(images), "--lake", str(lake), "--quiet"], check=True, capture_output=True)
+            subprocess.run(
+                [edgemine, "ingest", "images", str(images), "--lake", str(lake), "--quiet"],
+                check=True,
+                capture_output=True,
+            )
             job = measure([edgemine, "ingest", "predictions", str(data), "--lake", str(lake), "--quiet", "--json"])
             summary = json.loads(job["stdout"])
             assert summary["rows"]["predictions"] == rows, summary

@@ -165,7 +165,9 @@ def numpy_knn(vectors: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-scores[top])]
 
 
-def bench_knn(name: str, vectors: np.ndarray, queries: np.ndarray, nprobes: list[int] | None) -> tuple[list[dict], dict, VectorIndex]:
+def bench_knn(
+    name: str, vectors: np.ndarray, queries: np.ndarray, nprobes: list[int] | None
+) -> tuple[list[dict], dict, VectorIndex]:
     n = len(vectors)
     ids = np.arange(n).astype(str)
     rows = []
@@ -236,7 +238,9 @@ def time_it(fn, repeats: int):
     return float(np.median(times)), result
 
 
-def bench_kmeans(name: str, vectors: np.ndarray, pools: list[int], ks: list[int], repeats: int, torch_too: bool) -> list[dict]:
+def bench_kmeans(
+    name: str, vectors: np.ndarray, pools: list[int], ks: list[int], repeats: int, torch_too: bool
+) -> list[dict]:
     backend = get_backend("cpu")
     torch_cpu = TorchBackend("cpu")
     backend.kmeans(vectors[:2000], 8, niter=2, seed=0)  # warm-up: OpenMP threads, faiss code paths
@@ -251,14 +255,26 @@ def bench_kmeans(name: str, vectors: np.ndarray, pools: list[int], ks: list[int]
             sk = KMeans(n_clusters=k, n_init=1, random_state=0).fit(x)
             sk_s = time.perf_counter() - started
             ours_inertia, sk_inertia = exact_inertia(x, ours.centroids), exact_inertia(x, sk.cluster_centers_)
-            row = {"data": name, "pool": size, "k": k,
-                   "ours_s": round(ours_s, 3), "ours_iters": ours.iterations, "ours_inertia": round(ours_inertia, 2),
-                   "sklearn_s": round(sk_s, 3), "sklearn_iters": int(sk.n_iter_), "sklearn_inertia": round(sk_inertia, 2),
-                   "inertia_ratio": round(ours_inertia / sk_inertia, 4), "speedup": round(sk_s / ours_s, 1)}
+            row = {
+                "data": name,
+                "pool": size,
+                "k": k,
+                "ours_s": round(ours_s, 3),
+                "ours_iters": ours.iterations,
+                "ours_inertia": round(ours_inertia, 2),
+                "sklearn_s": round(sk_s, 3),
+                "sklearn_iters": int(sk.n_iter_),
+                "sklearn_inertia": round(sk_inertia, 2),
+                "inertia_ratio": round(ours_inertia / sk_inertia, 4),
+                "speedup": round(sk_s / ours_s, 1),
+            }
             if row["inertia_ratio"] > 1.01:
                 s40, r40 = time_it(lambda x=x, k=k: backend.kmeans(x, k, niter=40, seed=0), repeats)
-                row |= {"ours40_s": round(s40, 3), "ours40_inertia_ratio": round(exact_inertia(x, r40.centroids) / sk_inertia, 4),
-                        "ours40_speedup": round(sk_s / s40, 1)}
+                row |= {
+                    "ours40_s": round(s40, 3),
+                    "ours40_inertia_ratio": round(exact_inertia(x, r40.centroids) / sk_inertia, 4),
+                    "ours40_speedup": round(sk_s / s40, 1),
+                }
             # sklearn stopped at our iteration count: how much of the speedup is iterations.
             started = time.perf_counter()
             sk20 = KMeans(n_clusters=k, n_init=1, random_state=0, max_iter=20).fit(x)
@@ -266,13 +282,18 @@ def bench_kmeans(name: str, vectors: np.ndarray, pools: list[int], ks: list[int]
                     "sklearn20_inertia_ratio": round(exact_inertia(x, sk20.cluster_centers_) / sk_inertia, 4)}
             if torch_too:
                 t_s, t_res = time_it(lambda x=x, k=k: torch_cpu.kmeans(x, k, niter=20, seed=0), 1)
-                row |= {"torch_s": round(t_s, 3), "torch_inertia_ratio": round(exact_inertia(x, t_res.centroids) / sk_inertia, 4)}
+                row |= {
+                    "torch_s": round(t_s, 3),
+                    "torch_inertia_ratio": round(exact_inertia(x, t_res.centroids) / sk_inertia, 4),
+                }
             rows.append(row)
             say(f"  ours {ours_s:.2f}s  sklearn {sk_s:.2f}s ({sk.n_iter_} iters)  inertia ratio {row['inertia_ratio']}")
     return rows
 
 
-def bench_narrowing(name: str, flat_vectors: np.ndarray, ivf: VectorIndex, query: np.ndarray, pool: int, k: int, repeats: int) -> dict:
+def bench_narrowing(
+    name: str, flat_vectors: np.ndarray, ivf: VectorIndex, query: np.ndarray, pool: int, k: int, repeats: int
+) -> dict:
     """``cluster_pool`` alone (a pick), and take_pool + similarity + cluster_pool (a start)."""
     backend = get_backend("cpu")
     say(f"{name}: narrowing step, pool {pool:,}, K={k}")
@@ -297,18 +318,29 @@ def bench_narrowing(name: str, flat_vectors: np.ndarray, ivf: VectorIndex, query
     default_pool = MiningConfig().pool
     exact_default = np.argpartition(flat_vectors @ query, -default_pool)[-default_pool:]
     default_recall = len(np.intersect1d(take_pool(ivf, query[None], None, default_pool), exact_default)) / default_pool
-    return {"data": name, "pool": pool, "k": k, "index": ivf.spec.describe(),
-            "cluster_pool_p50_s": round(float(np.median(pick_times)), 3), "cluster_pool_max_s": round(max(pick_times), 3),
-            "start_p50_s": round(float(np.median(start_times)), 3), "start_max_s": round(max(start_times), 3),
-            "start_pool": start_pool, "start_pool_recall": round(start_pool_recall, 4),
-            "default_pool": default_pool, "default_pool_recall": round(default_recall, 4)}
+    return {
+        "data": name,
+        "pool": pool,
+        "k": k,
+        "index": ivf.spec.describe(),
+        "cluster_pool_p50_s": round(float(np.median(pick_times)), 3),
+        "cluster_pool_max_s": round(max(pick_times), 3),
+        "start_p50_s": round(float(np.median(start_times)), 3),
+        "start_max_s": round(max(start_times), 3),
+        "start_pool": start_pool,
+        "start_pool_recall": round(start_pool_recall, 4),
+        "default_pool": default_pool,
+        "default_pool_recall": round(default_recall, 4),
+    }
 
 
 # -- GPU ----------------------------------------------------------------------------
 def run_gpu(args) -> dict:
     """Exact kNN on the GPU (torch backend) over vectors generated on the GPU."""
     if not torch.cuda.is_available():
-        sys.exit("bench_knn --device cuda: torch sees no CUDA GPU on this machine; run without --device (CPU benchmark)")
+        sys.exit(
+            "bench_knn --device cuda: torch sees no CUDA GPU on this machine; run without --device (CPU benchmark)"
+        )
     device = torch.device(args.device)
     n = args.vectors or 10_000_000
     kind = args.data[0]
@@ -321,7 +353,9 @@ def run_gpu(args) -> dict:
         step = 1_000_000
         for start in range(0, rows, step):
             m = min(step, rows - start)
-            labels = torch.searchsorted(gpu_p["cumulative"], torch.rand(m, dtype=torch.float64, device=device, generator=g))
+            labels = torch.searchsorted(
+                gpu_p["cumulative"], torch.rand(m, dtype=torch.float64, device=device, generator=g)
+            )
             labels.clamp_(max=len(p["means"]) - 1)
             z = torch.randn((m, p["latent"]), device=device, generator=g)
             noise = torch.randn((m, DIM), device=device, generator=g) if kind == "manifold" else None
@@ -371,22 +405,36 @@ def markdown(report: dict) -> str:
             (f"| {r['device']} | {r['backend']} | {r['data']} | {r['vectors']:,} | {r['batch']} | {r['p50_ms']} | "
             f"{r['p95_ms']} | {r['per_query_ms']} | {'yes' if r['target_p50_under_50ms'] else 'no'} |"),
         ])
-    lines = [f"Machine: {report['machine']}",
-             (f"Threads: {report['threads']}; load average at start {report['load_start']}, at end {report['load_end']}; "
-             f"{report['vectors']:,} vectors x {DIM}, {report['queries']} single queries, k={K}."), ""]
+    lines = [
+        f"Machine: {report['machine']}",
+        (
+            f"Threads: {report['threads']}; load average at start {report['load_start']}, at end {report['load_end']}; "
+            f"{report['vectors']:,} vectors x {DIM}, {report['queries']} single queries, k={K}."
+        ),
+        "",
+    ]
     for s in report["knn_summary"]:
-        lines.append(f"- {s['data']}: median cosine of the 1st / 100th neighbour {s['top1_cosine_median']} / "
-                     f"{s['top100_cosine_median']}, of random pairs {s['random_cosine_median']}; auto index: {s['spec']} "
-                     f"(built in {s['build_s']} s); first nprobe with recall@100 >= 0.95: {s['first_nprobe_recall_095']} "
-                     f"(p50 {s['p50_ms_at_that_nprobe']} ms); default nprobe {s['default_nprobe']}")
+        lines.append(
+            f"- {s['data']}: median cosine of the 1st / 100th neighbour {s['top1_cosine_median']} / "
+            f"{s['top100_cosine_median']}, of random pairs {s['random_cosine_median']}; auto index: {s['spec']} "
+            f"(built in {s['build_s']} s); first nprobe with recall@100 >= 0.95: {s['first_nprobe_recall_095']} "
+            f"(p50 {s['p50_ms_at_that_nprobe']} ms); default nprobe {s['default_nprobe']}"
+        )
     lines += ["", "| data | method | index | nprobe | p50 ms | p95 ms | recall@100 | p50 speedup vs numpy |",
               "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in report["knn"]:
-        lines.append(f"| {r['data']} | {r['method']} | {r['index']} | {r['nprobe'] or ''} | {r['p50_ms']} | {r['p95_ms']} | "
-                     f"{r['recall']:.4f} | {r['speedup_vs_numpy']}x |")
-    lines += ["", ("| data | pool | K | ours s (iters) | sklearn s (iters) | inertia ours/sklearn | speedup | "
-              "ours niter 40: s, inertia ratio, speedup | sklearn max_iter 20: s, its inertia / sklearn full | torch-cpu s, inertia ratio |"),
-              "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+        lines.append(
+            f"| {r['data']} | {r['method']} | {r['index']} | {r['nprobe'] or ''} | {r['p50_ms']} | {r['p95_ms']} | "
+            f"{r['recall']:.4f} | {r['speedup_vs_numpy']}x |"
+        )
+    lines += [
+        "",
+        (
+            "| data | pool | K | ours s (iters) | sklearn s (iters) | inertia ours/sklearn | speedup | "
+            "ours niter 40: s, inertia ratio, speedup | sklearn max_iter 20: s, its inertia / sklearn full | torch-cpu s, inertia ratio |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
     for r in report["kmeans"]:
         again = f"{r['ours40_s']}, {r['ours40_inertia_ratio']}, {r['ours40_speedup']}x" if "ours40_s" in r else ""
         torch_cell = f"{r['torch_s']}, {r['torch_inertia_ratio']}" if "torch_s" in r else ""
@@ -397,18 +445,28 @@ def markdown(report: dict) -> str:
               "pool take_pool returned | of the exact pool | same at the default pool |"),
               "|---|---:|---:|---:|---|---:|---:|---:|---|"]
     for r in report["narrowing"]:
-        lines.append(f"| {r['data']} | {r['pool']:,} | {r['k']} | {r['cluster_pool_p50_s']} ({r['cluster_pool_max_s']}) | {r['index']} | "
-                     f"{r['start_p50_s']} ({r['start_max_s']}) | {r['start_pool']:,} | {r['start_pool_recall']:.3f} | "
-                     f"{r['default_pool_recall']:.3f} of {r['default_pool']:,} |")
+        lines.append(
+            f"| {r['data']} | {r['pool']:,} | {r['k']} | {r['cluster_pool_p50_s']} ({r['cluster_pool_max_s']}) | {r['index']} | "
+            f"{r['start_p50_s']} ({r['start_max_s']}) | {r['start_pool']:,} | {r['start_pool_recall']:.3f} | "
+            f"{r['default_pool_recall']:.3f} of {r['default_pool']:,} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--vectors", type=int, help="database size (default 1,000,000; 10,000,000 with --device cuda; 50,000 with --quick)")
+    parser.add_argument(
+        "--vectors",
+        type=int,
+        help="database size (default 1,000,000; 10,000,000 with --device cuda; 50,000 with --quick)",
+    )
     parser.add_argument("--queries", type=int, help="single queries timed (default 200; 50 with --quick)")
-    parser.add_argument("--data", nargs="+", choices=GENERATORS, default=list(GENERATORS), help="generators to run (default both)")
-    parser.add_argument("--nprobe", type=int, nargs="+", help="nprobe values to sweep (default: powers of two up to nlist/4)")
+    parser.add_argument(
+        "--data", nargs="+", choices=GENERATORS, default=list(GENERATORS), help="generators to run (default both)"
+    )
+    parser.add_argument(
+        "--nprobe", type=int, nargs="+", help="nprobe values to sweep (default: powers of two up to nlist/4)"
+    )
     parser.add_argument("--pools", type=int, nargs="+", help="k-means pool sizes (default 20000 100000)")
     parser.add_argument("--clusters", type=int, nargs="+", help="k-means K values (default 8 16 32 64)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of our k-means and of the narrowing step (median)")
@@ -447,7 +505,9 @@ def main() -> None:
             rows, summary, ivf = bench_knn(kind, vectors, queries, args.nprobe)
             report["knn"] += rows
             report["knn_summary"].append(summary)
-            report["narrowing"].append(bench_narrowing(kind, vectors, ivf, queries[0], min(20_000, n // 2), 8, args.repeats))
+            report["narrowing"].append(
+                bench_narrowing(kind, vectors, ivf, queries[0], min(20_000, n // 2), 8, args.repeats)
+            )
             del ivf
             gc.collect()
             report["kmeans"] += bench_kmeans(kind, vectors, pools, ks, args.repeats, not args.no_torch)

@@ -116,14 +116,27 @@ def hourly_day(work: Path, hourly_rows: int, repeat: int) -> dict:
     rng = np.random.default_rng(1)
     for hour in range(24):
         at = START + timedelta(hours=hour)
-        rows = [{"image_uri": str(images / f"{int(i):03d}.png"), "model_version": "v7",
-                 "ts": (at - timedelta(hours=int(late) * 20)).isoformat(), "confidence": float(c), "label": "car"}
-                for i, late, c in zip(rng.integers(0, 200, hourly_rows), rng.random(hourly_rows) < 0.1, rng.random(hourly_rows))]
+        rows = [
+            {
+                "image_uri": str(images / f"{int(i):03d}.png"),
+                "model_version": "v7",
+                "ts": (at - timedelta(hours=int(late) * 20)).isoformat(),
+                "confidence": float(c),
+                "label": "car",
+            }
+            for i, late, c in zip(
+                rng.integers(0, 200, hourly_rows), rng.random(hourly_rows) < 0.1, rng.random(hourly_rows)
+            )
+        ]
         (work / f"hour-{hour:02d}.jsonl").write_text(jsonl(rows))
         ingest_predictions(lake, [str(work / f"hour-{hour:02d}.jsonl")], config, show_progress=False)
 
     def per_partition() -> dict[str, int]:
-        return dict(sorted(Counter(str(d) for d in tables.files(lake, PREDICTIONS).column("partition.date").to_pylist()).items()))
+        return dict(
+            sorted(
+                Counter(str(d) for d in tables.files(lake, PREDICTIONS).column("partition.date").to_pylist()).items()
+            )
+        )
 
     def count_time() -> float:
         with LakeDB(lake) as db:
@@ -132,9 +145,15 @@ def hourly_day(work: Path, hourly_rows: int, repeat: int) -> dict:
     before, query_before = per_partition(), count_time()
     compact_lake(lake, ["predictions"], vacuum_hours=0, show_progress=False)
     after, query_after = per_partition(), count_time()
-    return {"hourly_files": 24, "rows_per_file": hourly_rows, "files_per_day_before": before, "files_per_day_after": after,
-            "query_s_before": round(query_before, 4), "query_s_after": round(query_after, 4),
-            "query_speedup": round(query_before / query_after, 2)}
+    return {
+        "hourly_files": 24,
+        "rows_per_file": hourly_rows,
+        "files_per_day_before": before,
+        "files_per_day_after": after,
+        "query_s_before": round(query_before, 4),
+        "query_s_after": round(query_after, 4),
+        "query_speedup": round(query_before / query_after, 2),
+    }
 
 
 def main() -> None:
@@ -166,15 +185,19 @@ def main() -> None:
         print(json.dumps(report, indent=2, default=str))
         return
     print(f"Machine: {report['machine']}\n")
-    print("| rows | data files | query | edgemine view (s) | delta_scan (s) | read_parquet (s) | view / delta_scan | view / read_parquet |")
+    print(
+        "| rows | data files | query | edgemine view (s) | delta_scan (s) | read_parquet (s) | view / delta_scan | view / read_parquet |"
+    )
     print("|---:|---:|---|---:|---:|---:|---:|---:|")
     for size in report["sizes"]:
         for q in size["queries"]:
             print(f"| {size['rows']:,} | {size['files']} | {q['query']} | {q['edgemine_s']} | {q['delta_scan_s']} | "
                   f"{q['read_parquet_s']} | {q['vs_delta_scan']}x | {q['vs_read_parquet']}x |")
     h = report["hourly"]
-    print(f"\n24 hourly files of {h['rows_per_file']:,} rows: files per day {h['files_per_day_before']} -> "
-          f"{h['files_per_day_after']}; count+avg {h['query_s_before']} s -> {h['query_s_after']} s ({h['query_speedup']}x)")
+    print(
+        f"\n24 hourly files of {h['rows_per_file']:,} rows: files per day {h['files_per_day_before']} -> "
+        f"{h['files_per_day_after']}; count+avg {h['query_s_before']} s -> {h['query_s_after']} s ({h['query_speedup']}x)"
+    )
 
 
 if __name__ == "__main__":

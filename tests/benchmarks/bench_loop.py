@@ -122,7 +122,9 @@ def accuracy(lake: Lake, version: str, slice_sql: str) -> tuple[float, int]:
         got = db.query(f"""SELECT avg((p.label = t.true_label)::int) AS acc, count(*) AS n
             FROM predictions p JOIN demo_truth t USING (image_id) JOIN labels l USING (image_id)
             JOIN images i USING (image_id)
-            WHERE p.model_version = '{version}' AND l.batch = 'eval' AND {slice_sql.replace(HELD_OUT + ' AND ', '')}""").to_pylist()[0]
+            WHERE p.model_version = '{version}' AND l.batch = 'eval' AND {slice_sql.replace(HELD_OUT + " AND ", "")}""").to_pylist()[
+            0
+        ]
     return got["acc"], got["n"]
 
 
@@ -153,15 +155,22 @@ def train_before(source: Path, index: VectorIndex, truth: dict, args, work: Path
     lake = Lake(str(work / "lake"))
     config = Config(lake=lake.root, slices=SLICES, embed=EmbedConfig(device="cpu", batch_size=64))
     with LakeDB(lake) as db:
-        true_label = {r["image_id"]: r["true_label"] for r in db.query("SELECT image_id, true_label FROM demo_truth").to_pylist()}
+        true_label = {
+            r["image_id"]: r["true_label"] for r in db.query("SELECT image_id, true_label FROM demo_truth").to_pylist()
+        }
     if reuse:
         say(f"before: reusing {cached}")
     else:
         label(lake, ids[held_out].tolist(), true_label, "eval")
         label(lake, ids[base].tolist(), true_label, "base")
         say(f"training before on {result['base_labels']} labels ({result['base_edge']} glare), {args.epochs} epochs")
-        run_loop(lake, config, TrainRequest(version="before", base="random", labels_where="batch = 'base'", user="bench"),
-                 settings(args, args.epochs, args.before_seed, 1e-3), show_progress=False)
+        run_loop(
+            lake,
+            config,
+            TrainRequest(version="before", base="random", labels_where="batch = 'base'", user="bench"),
+            settings(args, args.epochs, args.before_seed, 1e-3),
+            show_progress=False,
+        )
         shutil.copytree(work / "lake", cached / "lake", dirs_exist_ok=True)
         (cached / ".done").touch()
     with LakeDB(lake) as db:
@@ -192,19 +201,37 @@ def one_seed(before_lake: Lake, split: dict, index: VectorIndex, truth: dict, ar
     found = reviewer_finds(index, edge, ~held_out, flagged, args.pages, truth["uncertainty"])
     new = [p for p in found if not base[p]]
     label(lake, ids[new].tolist(), split["true_label"], "glare")
-    result: dict = {"seed": seed, "reviewer_views": args.pages * PAGE, "glare_found": len(found), "glare_labelled_new": len(new)}
+    result: dict = {
+        "seed": seed,
+        "reviewer_views": args.pages * PAGE,
+        "glare_found": len(found),
+        "glare_labelled_new": len(new),
+    }
     weights = {"glare": args.glare_weight} if args.glare_weight != 1 else {}
     say(f"seed {seed}: reviewer found {len(found)} glare in {args.pages * PAGE} views ({len(new)} new); "
         f"training after, {args.after_epochs} epochs")
     started = time.monotonic()
-    after = run_loop(lake, config, TrainRequest(version="after", base="before", labels_where="batch IN ('base', 'glare')",
-                                                user="bench", batch_weights=weights),
-                     settings(args, args.after_epochs, seed, args.after_lr), baseline="before", show_progress=False)
+    after = run_loop(
+        lake,
+        config,
+        TrainRequest(
+            version="after",
+            base="before",
+            labels_where="batch IN ('base', 'glare')",
+            user="bench",
+            batch_weights=weights,
+        ),
+        settings(args, args.after_epochs, seed, args.after_lr),
+        baseline="before",
+        show_progress=False,
+    )
     result["seconds"] = time.monotonic() - started
     for name, sql in SLICES.items():
         acc, n = accuracy(lake, "after", sql)
         result[name] = {"accuracy": acc, "n": n}
-    result["alarms"] = [{k: a[k] for k in ("slice", "metric", "label", "baseline_value", "value", "n")} for a in after.alarms]
+    result["alarms"] = [
+        {k: a[k] for k in ("slice", "metric", "label", "baseline_value", "value", "n")} for a in after.alarms
+    ]
     result["comparisons"] = after.comparisons
     result["val_accuracy"] = after.train["best_val_accuracy"]
     say(f"seed {seed}: after in {result['seconds']:.0f} s; held-out glare {result['heldout_glare']['accuracy']:.3f}, "
@@ -219,15 +246,23 @@ def main() -> None:
     parser.add_argument("--edge-rate", type=float, default=0.1, help="share of glare images in the demo lake")
     parser.add_argument("--cache", default="/tmp/bench-loop-cache", help="where the demo lake is built once")
     parser.add_argument("--eval", type=float, default=0.3, help="share of images held out for evaluation")
-    parser.add_argument("--base", type=float, default=0.6, help="share of the other images in the first labelling round")
-    parser.add_argument("--base-glare", type=float, default=0.03, help="glare's share of the first round (the demo's natural rate)")
+    parser.add_argument(
+        "--base", type=float, default=0.6, help="share of the other images in the first labelling round"
+    )
+    parser.add_argument(
+        "--base-glare", type=float, default=0.03, help="glare's share of the first round (the demo's natural rate)"
+    )
     parser.add_argument("--pages", type=int, default=5, help="pages of 20 the reviewer looks at")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of before (from random weights)")
     parser.add_argument("--after-epochs", type=int, default=4, help="epochs of after (from before)")
-    parser.add_argument("--after-lr", type=float, default=1e-3, help="after's peak learning rate (`edgemine loop --lr`)")
+    parser.add_argument(
+        "--after-lr", type=float, default=1e-3, help="after's peak learning rate (`edgemine loop --lr`)"
+    )
     parser.add_argument("--image-size", type=int, default=48)
     parser.add_argument("--before-seed", type=int, default=0, help="seed of the first round and of before's training")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the reviewer's flagged image and of after")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the reviewer's flagged image and of after"
+    )
     parser.add_argument("--glare-weight", type=float, default=1.0, help="after's --batch-weight of the glare batch")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the machine is shared)")
     parser.add_argument("--json", action="store_true")
@@ -247,8 +282,12 @@ def main() -> None:
     before, runs = results["before"], results["seeds"]
     for name in SLICES:
         change = np.array([r[name]["accuracy"] - before[name]["accuracy"] for r in runs])
-        results[f"change_{name}"] = {"mean": float(change.mean()), "min": float(change.min()), "max": float(change.max()),
-                                     "std": float(change.std(ddof=1)) if len(change) > 1 else 0.0}
+        results[f"change_{name}"] = {
+            "mean": float(change.mean()),
+            "min": float(change.min()),
+            "max": float(change.max()),
+            "std": float(change.std(ddof=1)) if len(change) > 1 else 0.0,
+        }
     results["alarms_per_seed"] = [len(r["alarms"]) for r in runs]
     results["seconds"] = time.monotonic() - STARTED
     if args.json:
@@ -256,11 +295,15 @@ def main() -> None:
         return
     print(results["machine"])
     print(f"{results['images']} images, {results['edge_cases']} glare; settings: {vars(args)}")
-    print(f"held out {before['held_out']} ({before['held_out_edge']} glare); base labels {before['base_labels']} "
-          f"({before['base_edge']} glare); before: val accuracy {before['val_accuracy']:.3f}, {before['seconds']:.0f} s")
+    print(
+        f"held out {before['held_out']} ({before['held_out_edge']} glare); base labels {before['base_labels']} "
+        f"({before['base_edge']} glare); before: val accuracy {before['val_accuracy']:.3f}, {before['seconds']:.0f} s"
+    )
     for r in runs:
-        print(f"seed {r['seed']}: reviewer {r['glare_found']} glare in {r['reviewer_views']} views, {r['glare_labelled_new']} "
-              f"newly labelled; after: val accuracy {r['val_accuracy']:.3f}, {r['seconds']:.0f} s")
+        print(
+            f"seed {r['seed']}: reviewer {r['glare_found']} glare in {r['reviewer_views']} views, {r['glare_labelled_new']} "
+            f"newly labelled; after: val accuracy {r['val_accuracy']:.3f}, {r['seconds']:.0f} s"
+        )
         for name in SLICES:
             b, a = before[name], r[name]
             print(f"  {name:15s} n={b['n']:4d}  before {b['accuracy']:.3f}  after {a['accuracy']:.3f}  "
@@ -270,7 +313,9 @@ def main() -> None:
             print("    ", a)
     for name in SLICES:
         c = results[f"change_{name}"]
-        print(f"{name}: change mean {c['mean']:+.3f} (sd {c['std']:.3f}, min {c['min']:+.3f}, max {c['max']:+.3f}) over {len(runs)} seeds")
+        print(
+            f"{name}: change mean {c['mean']:+.3f} (sd {c['std']:.3f}, min {c['min']:+.3f}, max {c['max']:+.3f}) over {len(runs)} seeds"
+        )
     print(f"alarms per seed: {results['alarms_per_seed']}; {results['seconds']:.0f} s in all")
 
 

@@ -89,10 +89,18 @@ def write_lake(lake: Lake, rows: int, embedded_per_day: int, chunk: int = 1_000_
         for version, right in (("v1", 0.8), ("v2", 0.78)):
             correct = rng.random(n) < right
             said = np.where(correct, truth[first:first + n], CLASSES[rng.integers(0, len(CLASSES), n)])
-            batch = make_rows(PREDICTIONS, n, prediction_id=pa.array(np.char.add(f"{version}-", ids)), image_id=pa.array(ids),
-                              model_version=version, ts=ts, label=pa.array(said),
-                              confidence=pa.array(rng.uniform(0.2, 1, n).astype(np.float32)), ingested_at=START,
-                              date=ts.cast(pa.date32()))
+            batch = make_rows(
+                PREDICTIONS,
+                n,
+                prediction_id=pa.array(np.char.add(f"{version}-", ids)),
+                image_id=pa.array(ids),
+                model_version=version,
+                ts=ts,
+                label=pa.array(said),
+                confidence=pa.array(rng.uniform(0.2, 1, n).astype(np.float32)),
+                ingested_at=START,
+                date=ts.cast(pa.date32()),
+            )
             batch = batch.append_column("camera", pa.array(np.array([f"cam-{i}" for i in range(8)])[number % 8]))
             tables.append(lake, PREDICTIONS, batch.sort_by("date"), tables.commit_info("bench"))
         labels = make_rows(LABELS, n, label_id=pa.array(np.char.add("l", ids)), image_id=pa.array(ids),
@@ -196,7 +204,9 @@ def pandas_drift(lake: Lake, frame, config: DriftConfig) -> int:
             counts = (pd_counts(reference[column]), pd_counts(window[column]))
             keys = sorted(set(counts[0].index) | set(counts[1].index))
             table = np.stack([c.reindex(keys, fill_value=0).to_numpy() for c in counts])
-            flagged += jensenshannon(table[0], table[1], base=2) > 0.1 and chi2_contingency(table)[1] < 0.05 / len(windows)
+            flagged += jensenshannon(table[0], table[1], base=2) > 0.1 and chi2_contingency(table)[1] < 0.05 / len(
+                windows
+            )
         flagged += ks_2samp(reference.confidence, window.confidence).pvalue < 0.05 / len(windows)
         sample = np.stack(vectors[vectors.day == day].embedding.head(config.sample).to_numpy())
         flagged += classifier_two_sample(ref_vectors, sample)[0] > config.auc_threshold
@@ -219,9 +229,14 @@ def drift_part(lake: Lake, baseline: bool = True) -> dict:
     frame = pandas_frame(lake)
     pandas_drift(lake, frame, DriftConfig())
     theirs = time.monotonic() - started
-    return {"windows": len(set(rows.column("window_start").to_pylist())), "flagged": sum(rows.column("flagged").to_pylist()),
-            "edgemine_s": round(ours, 2), "pandas_scipy_sklearn_s": round(theirs, 2), "speedup": round(theirs / ours, 1),
-            "peak_rss_gib": round(peak_rss_gib(), 2)}
+    return {
+        "windows": len(set(rows.column("window_start").to_pylist())),
+        "flagged": sum(rows.column("flagged").to_pylist()),
+        "edgemine_s": round(ours, 2),
+        "pandas_scipy_sklearn_s": round(theirs, 2),
+        "speedup": round(theirs / ours, 1),
+        "peak_rss_gib": round(peak_rss_gib(), 2),
+    }
 
 
 def main() -> None:
@@ -240,9 +255,15 @@ def main() -> None:
     try:
         lake = Lake(folder + "/lake")
         write_s = write_lake(lake, args.rows, args.embedded_per_day)
-        result = {"machine": describe({"duckdb": duckdb.__version__, "scikit-learn": sklearn.__version__,
-                                       "scipy": scipy.__version__}),
-                  "rows": args.rows, "write_s": round(write_s, 1), "metrics": metrics_part(lake, args.baseline), "drift": drift_part(lake, args.baseline)}
+        result = {
+            "machine": describe(
+                {"duckdb": duckdb.__version__, "scikit-learn": sklearn.__version__, "scipy": scipy.__version__}
+            ),
+            "rows": args.rows,
+            "write_s": round(write_s, 1),
+            "metrics": metrics_part(lake, args.baseline),
+            "drift": drift_part(lake, args.baseline),
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     print(json.dumps(result, indent=2) if args.json else result)

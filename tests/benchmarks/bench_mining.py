@@ -72,7 +72,9 @@ def build_lake(cache: Path, kind: str, images: int, weights: str, data_seed: int
     """The demo lake of one kind (built once under ``cache``), its index, truth and the
     model's uncertainty and predicted class per index position."""
     tag = weights if weights in ("random", "imagenet") else Path(weights).stem
-    arrays = cache / f"{kind}.npz"  # what ranking needs, saved once the lake is built (data seed 0, 1,500 images, random weights)
+    arrays = (
+        cache / f"{kind}.npz"
+    )  # what ranking needs, saved once the lake is built (data seed 0, 1,500 images, random weights)
     keys = ("edge", "confidence", "uncertainty", "predicted")
     config = Config(lake=str(cache / f"{kind}-{images}-s{data_seed}-{tag}"),
                     demo=replace(DemoConfig(), images=images, kind=kind, weights=weights, seed=data_seed, round=False))
@@ -111,7 +113,14 @@ def narrowing(index: VectorIndex, edge: np.ndarray, seed: int, pool: int, cluste
     total = edge.sum()
     positions = take_pool(index, index.vectors[[seed]], None, pool)
     similarity = index.vectors[positions] @ mean_direction(index.vectors[[seed]])
-    steps = [{"step": "pool", "images": len(positions), "precision": edge[positions].mean(), "recall": edge[positions].sum() / total}]
+    steps = [
+        {
+            "step": "pool",
+            "images": len(positions),
+            "precision": edge[positions].mean(),
+            "recall": edge[positions].sum() / total,
+        }
+    ]
     step = 0
     while len(positions) >= 2 * MOSAIC:
         clustering = cluster_pool(index, positions, similarity, clusters, backend)
@@ -126,7 +135,14 @@ def narrowing(index: VectorIndex, edge: np.ndarray, seed: int, pool: int, cluste
             break
         positions, similarity = clustering.positions[keep], clustering.similarity[keep]
         step += 1
-        steps.append({"step": step, "images": len(positions), "precision": edge[positions].mean(), "recall": edge[positions].sum() / total})
+        steps.append(
+            {
+                "step": step,
+                "images": len(positions),
+                "precision": edge[positions].mean(),
+                "recall": edge[positions].sum() / total,
+            }
+        )
     return steps
 
 
@@ -166,7 +182,9 @@ def measure_kind(kind: str, index: VectorIndex, truth: dict, args: argparse.Name
     target = math.ceil(TARGET * edge.sum())
     reviewed = [review(index, edge, s, truth["uncertainty"], truth["predicted"]) for s in seeds]
     lowest_confidence = views_in_order(np.argsort(truth["confidence"], kind="stable"), edge)
-    at_random = float(np.mean([views_in_order(np.random.default_rng(r).permutation(len(edge)), edge) for r in range(20)]))
+    at_random = float(
+        np.mean([views_in_order(np.random.default_rng(r).permutation(len(edge)), edge) for r in range(20)])
+    )
     result = {
         "kind": kind,
         "images": len(index),
@@ -191,7 +209,9 @@ def measure_kind(kind: str, index: VectorIndex, truth: dict, args: argparse.Name
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache", default="/tmp/bench-mining", help="folder of the demo lakes (one per kind, built if missing)")
+    parser.add_argument(
+        "--cache", default="/tmp/bench-mining", help="folder of the demo lakes (one per kind, built if missing)"
+    )
     parser.add_argument("--kinds", nargs="+", default=list(EDGE_KINDS), choices=EDGE_KINDS)
     parser.add_argument("--images", type=int, default=1500, help="images per lake")
     parser.add_argument("--data-seed", type=int, default=0, help="the demo generator's seed")

@@ -71,7 +71,10 @@ def quality(lake_dir: str | None, images: int) -> dict:
         run_demo(config, show_progress=False)
     config = Config(lake=lake.uri, index=IndexConfig(device="cpu"))
     db = LakeDB(lake, config=config)
-    truth = {r["image_id"]: bool(r["is_edge_case"]) for r in db.query("SELECT image_id, is_edge_case FROM demo_truth").to_pylist()}
+    truth = {
+        r["image_id"]: bool(r["is_edge_case"])
+        for r in db.query("SELECT image_id, is_edge_case FROM demo_truth").to_pylist()
+    }
     n, edge = len(truth), sum(truth.values())
     index = open_index(db, config.index)
     run = f"b{int(time.time())}"
@@ -111,7 +114,10 @@ def quality(lake_dir: str | None, images: int) -> dict:
     # A reviewer went through a random queue of 100 (decisions recorded); then what is new to them.
     reviewed = rng.choice(ids, FIRST, replace=False).tolist()
     review = f"{run}-seen"
-    for decision, chosen in (("accept", [i for i in reviewed if truth[i]]), ("reject", [i for i in reviewed if not truth[i]])):
+    for decision, chosen in (
+        ("accept", [i for i in reviewed if truth[i]]),
+        ("reject", [i for i in reviewed if not truth[i]]),
+    ):
         if chosen:
             decide(db, review, chosen, decision, reviewer="bench")
     results.append(found("novelty (after 100 random reviewed)", "novelty", limit=FIRST))
@@ -135,7 +141,11 @@ def write_synthetic(lake: Lake, rows: int, chunk: int = 1_000_000, seed: int = 0
         offsets = pa.array(np.arange(0, (n + 1) * len(CLASSES), len(CLASSES), dtype=np.int32))
         scores = pa.MapArray.from_arrays(offsets, keys, pa.array(probs.ravel()))
         seconds = rng.integers(0, 14 * 86400, n)
-        ts = pa.array((np.datetime64(start.replace(tzinfo=None), "us") + seconds.astype("timedelta64[s]")).astype("datetime64[us]"))
+        ts = pa.array(
+            (np.datetime64(start.replace(tzinfo=None), "us") + seconds.astype("timedelta64[s]")).astype(
+                "datetime64[us]"
+            )
+        )
         ts = ts.cast(pa.timestamp("us", tz="UTC"))
         number = np.arange(first, first + n)
         ids = pa.array([f"{i:020x}" for i in number])
@@ -162,17 +172,33 @@ def scale(rows: int) -> dict:
         hand = connect(lake)
         values = "map_values(scores)"
         cases = [
-            ("least-confidence", {}, f"SELECT image_id, prediction_id, 1 - list_max({values}) / list_sum({values}) AS u "
-                                     f"FROM {scan} ORDER BY u DESC LIMIT 100"),
-            ("entropy", {}, f"SELECT image_id, prediction_id, ln(list_sum({values})) - list_sum(list_transform({values}, "
-                            f"x -> CASE WHEN x > 0 THEN x * ln(x) ELSE 0 END)) / list_sum({values}) AS u "
-                            f"FROM {scan} ORDER BY u DESC LIMIT 100"),
-            ("random-time", {"per": "1h", "k": 5}, f"SELECT * FROM (SELECT image_id, prediction_id, row_number() OVER "
-                                                   f"(PARTITION BY time_bucket(INTERVAL 1 hour, ts) ORDER BY hash(prediction_id, 0)) AS r "
-                                                   f"FROM {scan}) WHERE r <= 5"),
-            ("every-nth", {"every": 10_000}, f"SELECT * FROM (SELECT image_id, prediction_id, row_number() OVER "
-                                             f"(PARTITION BY model_version ORDER BY ts, prediction_id) AS n FROM {scan}) "
-                                             f"WHERE n % 10000 = 0"),
+            (
+                "least-confidence",
+                {},
+                f"SELECT image_id, prediction_id, 1 - list_max({values}) / list_sum({values}) AS u "
+                f"FROM {scan} ORDER BY u DESC LIMIT 100",
+            ),
+            (
+                "entropy",
+                {},
+                f"SELECT image_id, prediction_id, ln(list_sum({values})) - list_sum(list_transform({values}, "
+                f"x -> CASE WHEN x > 0 THEN x * ln(x) ELSE 0 END)) / list_sum({values}) AS u "
+                f"FROM {scan} ORDER BY u DESC LIMIT 100",
+            ),
+            (
+                "random-time",
+                {"per": "1h", "k": 5},
+                f"SELECT * FROM (SELECT image_id, prediction_id, row_number() OVER "
+                f"(PARTITION BY time_bucket(INTERVAL 1 hour, ts) ORDER BY hash(prediction_id, 0)) AS r "
+                f"FROM {scan}) WHERE r <= 5",
+            ),
+            (
+                "every-nth",
+                {"every": 10_000},
+                f"SELECT * FROM (SELECT image_id, prediction_id, row_number() OVER "
+                f"(PARTITION BY model_version ORDER BY ts, prediction_id) AS n FROM {scan}) "
+                f"WHERE n % 10000 = 0",
+            ),
         ]
         results = []
         for sampler, options, sql in cases:
@@ -194,7 +220,9 @@ def scale(rows: int) -> dict:
         timings = {}
         started = time.monotonic()
         frame.nsmallest(100, "confidence")
-        timings["least-confidence"] = time.monotonic() - started  # by confidence: the scores maps are too costly in pandas
+        timings["least-confidence"] = (
+            time.monotonic() - started
+        )  # by confidence: the scores maps are too costly in pandas
         started = time.monotonic()
         frame.groupby(frame["ts"].dt.floor("h")).sample(n=5, random_state=0)
         timings["random-time"] = time.monotonic() - started
@@ -207,9 +235,17 @@ def scale(rows: int) -> dict:
                 r["pandas_s"] = round(read_s + timings[r["sampler"]], 2)
         del frame, ordered
         db.close()
-        return {"rows": rows, "write_s": round(write_s, 1), "results": results, "pandas_read_s": round(read_s, 2),
-                "peak_rss_gib_edgemine_and_duckdb": round(peak_ours, 2), "peak_rss_gib_with_pandas": round(peak_rss_gib(), 2),
-                "table_mb": round(sum(p.stat().st_size for p in Path(lake.table_dir("predictions")).rglob("*.parquet")) / 2**20)}
+        return {
+            "rows": rows,
+            "write_s": round(write_s, 1),
+            "results": results,
+            "pandas_read_s": round(read_s, 2),
+            "peak_rss_gib_edgemine_and_duckdb": round(peak_ours, 2),
+            "peak_rss_gib_with_pandas": round(peak_rss_gib(), 2),
+            "table_mb": round(
+                sum(p.stat().st_size for p in Path(lake.table_dir("predictions")).rglob("*.parquet")) / 2**20
+            ),
+        }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -276,8 +312,10 @@ def main() -> None:
     print(report["machine"])
     if "quality" in report:
         q = report["quality"]
-        print(f"\n(a) {q['images']} demo images, {q['edge_cases']} edge cases; random would find {q['expected_random']} "
-              f"in the first {q['first']}")
+        print(
+            f"\n(a) {q['images']} demo images, {q['edge_cases']} edge cases; random would find {q['expected_random']} "
+            f"in the first {q['first']}"
+        )
         print(f"{'sampler':<42} {'edge cases in first 100':>24} {'seconds':>8}")
         for r in q["results"]:
             print(f"{r['sampler']:<42} {r['edge_cases']:>24} {r['seconds']:>8}")

@@ -69,12 +69,19 @@ def main() -> None:
         fs.pipe({p: payload for p in paths})
         readers = {"read_many (one GET each)": lambda: read_many(fs, paths),
                    "fsspec cat_ranges (HEAD + GET each)": lambda: fs.cat_ranges(paths, None, None, on_error="return")}
-        results: dict = {"machine": describe({"s3fs": s3fs.__version__}), "images": args.images, "kb": args.kb, "read": {}}
+        results: dict = {
+            "machine": describe({"s3fs": s3fs.__version__}),
+            "images": args.images,
+            "kb": args.kb,
+            "read": {},
+        }
         for name, read in readers.items():
             runs = [requests_during(log, read) for _ in range(args.repeat)]
             results["read"][name] = {"requests": sum(runs[0][0].values()), "by_method": dict(runs[0][0]),
                                      "seconds": min(s for _, s in runs)}
-        lake = Lake("s3://bench-bucket/lake", S3Config(endpoint_url=endpoint, region="us-east-1", key=KEY, secret=SECRET))
+        lake = Lake(
+            "s3://bench-bucket/lake", S3Config(endpoint_url=endpoint, region="us-east-1", key=KEY, secret=SECRET)
+        )
 
         def query() -> None:
             with LakeDB(lake, read_only=False) as db:  # a job's database: every table's view is made

@@ -105,7 +105,9 @@ def plain_training(files: list[tuple[Path, str]], classes: list[str], settings: 
     return seen / (time.perf_counter() - started)
 
 
-def naive_scoring(files: list[tuple[Path, str]], state: dict, classes: list[str], settings: TrainSettings) -> tuple[float, dict]:
+def naive_scoring(
+    files: list[tuple[Path, str]], state: dict, classes: list[str], settings: TrainSettings
+) -> tuple[float, dict]:
     """One image at a time: PIL, resize and crop as the model was trained, the plain model, softmax."""
     p = settings.preprocessing()
     transform = T.Compose([T.ToImage(), T.Resize(p.resize, antialias=True), T.CenterCrop(p.crop),
@@ -128,8 +130,18 @@ def labelled_lake(work: Path, files: list[tuple[Path, str]]) -> Lake:
     ingest_images(lake, str(files[0][0].parent), show_progress=False)
     ids = [image_id_from_bytes(p.read_bytes()) for p, _ in files]
     now = datetime.now(UTC)
-    rows = make_rows(LABELS, len(ids), label_id=ids, image_id=ids, label=[label for _, label in files], annotator="bench",
-                     batch="bench", format="coco", labelled_at=now, imported_at=now)
+    rows = make_rows(
+        LABELS,
+        len(ids),
+        label_id=ids,
+        image_id=ids,
+        label=[label for _, label in files],
+        annotator="bench",
+        batch="bench",
+        format="coco",
+        labelled_at=now,
+        imported_at=now,
+    )
     tables.append(lake, LABELS, rows, tables.commit_info("bench"))
     return lake
 
@@ -159,14 +171,18 @@ def main() -> None:
         trained = train_model(lake, TrainRequest("bench", base="random", val_fraction=0.1, workers=args.workers),
                               settings, show_progress=False)
         train_rate = trained.epochs * trained.train_images / trained.seconds
-        state = torch.load(io.BytesIO(lake.fs.cat_file(f"{lake.model_dir('bench')}/model.pt")), weights_only=True)["state_dict"]
+        state = torch.load(io.BytesIO(lake.fs.cat_file(f"{lake.model_dir('bench')}/model.pt")), weights_only=True)[
+            "state_dict"
+        ]
         naive_rate, naive_scores = naive_scoring(files, state, classes, settings)
         scored = score_lake(lake, "bench", EmbedConfig(device=device, workers=args.workers, batch_size=args.batch_size),
                             show_progress=False)
         with LakeDB(lake) as db:
             got = db.query("SELECT image_id, scores FROM predictions").to_pylist()
-        difference = max(float(np.abs(np.array([dict(r["scores"])[c] for c in classes]) - naive_scores[r["image_id"]]).max())
-                         for r in got)
+        difference = max(
+            float(np.abs(np.array([dict(r["scores"])[c] for c in classes]) - naive_scores[r["image_id"]]).max())
+            for r in got
+        )
     score_rate = scored.embedded / scored.seconds
     result = {
         "machine": describe({"torch": torch.__version__, "torchvision": torchvision.__version__},
@@ -186,11 +202,15 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=1))
         return
-    print(f"{result['machine']}; {args.images} JPEGs {width}x{height}, {args.epochs} epoch(s) at {args.image_size} px on {device}")
+    print(
+        f"{result['machine']}; {args.images} JPEGs {width}x{height}, {args.epochs} epoch(s) at {args.image_size} px on {device}"
+    )
     print(f"  train: plain torchvision loop {plain_rate:7.1f} images/s, edgemine train {train_rate:7.1f} "
           f"({result['train_vs_plain']}x; fit alone {trained.train_images_per_second:.1f})")
-    print(f"  score: naive loop {naive_rate:7.1f} images/s, edgemine score {score_rate:7.1f} ({result['score_vs_naive']}x), "
-          f"max probability difference {difference:.5f}")
+    print(
+        f"  score: naive loop {naive_rate:7.1f} images/s, edgemine score {score_rate:7.1f} ({result['score_vs_naive']}x), "
+        f"max probability difference {difference:.5f}"
+    )
 
 
 if __name__ == "__main__":

@@ -159,7 +159,9 @@ def mixture(n: int, start: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 3, start])
     labels = rng.choice(CENTRES, n, p=weights / weights.sum())
     spread = rng.uniform(0.7, 1.0, n).astype(np.float32)[:, None]  # noise norm, about
-    x = centres[labels] + rng.standard_normal((n, EMBEDDING_WIDTH), dtype=np.float32) * spread / np.sqrt(EMBEDDING_WIDTH)
+    x = centres[labels] + rng.standard_normal((n, EMBEDDING_WIDTH), dtype=np.float32) * spread / np.sqrt(
+        EMBEDDING_WIDTH
+    )
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -258,7 +260,9 @@ def build_lake(root: Path, params: dict) -> dict:
     ts = np.array([FIRST_DAY + timedelta(seconds=int(s)) for s in seconds], dtype=object)
     version = np.where(rng.random(n) < 0.5, "v1", "v2")
     label = np.array(LABELS)[rng.integers(0, len(LABELS), n)]
-    prediction_ids = [hashlib.sha256(f"{i}|{v}|{t.isoformat()}".encode()).hexdigest()[:24] for i, v, t in zip(ids, version, ts)]
+    prediction_ids = [
+        hashlib.sha256(f"{i}|{v}|{t.isoformat()}".encode()).hexdigest()[:24] for i, v, t in zip(ids, version, ts)
+    ]
     scores = [[(lab, float(c))] + [(o, float((1 - c) / (len(LABELS) - 1))) for o in LABELS if o != lab]
               for lab, c in zip(label, confidence)]
     predictions = pa.table({
@@ -371,8 +375,15 @@ def bench_grid(lake: Lake, index, size: int, repeats: int) -> dict:
     naive_stats, naive = timed(lambda: naive_thumbnails(paths), repeats)
     assert len(naive) == size
     return {
-        "images_in_grid": size, "lakedb_open": open_stats, "lakedb_open_after_write": rebuilt_stats, "browse": browse_stats, "thumbnails": thumbs_stats,
-        "image_facts": facts_stats, "grid": both_stats, "grid_fresh_connection": fresh_stats, "naive_pil": naive_stats,
+        "images_in_grid": size,
+        "lakedb_open": open_stats,
+        "lakedb_open_after_write": rebuilt_stats,
+        "browse": browse_stats,
+        "thumbnails": thumbs_stats,
+        "image_facts": facts_stats,
+        "grid": both_stats,
+        "grid_fresh_connection": fresh_stats,
+        "naive_pil": naive_stats,
         "thumbnail_kb_mean": round(float(np.mean([len(b) for b in thumbs.values()])) / 1024, 2),
         "grid_over_naive": round(both_stats["median_ms"] / naive_stats["median_ms"], 2),
         "grid_fresh_over_naive": round(fresh_stats["median_ms"] / naive_stats["median_ms"], 2),
@@ -403,7 +414,9 @@ def page_render(lake: Lake, index, session: str) -> dict[str, float]:
     project_2d(index.vectors[positions])
     seconds["project_2d"] = time.perf_counter() - started
     started = time.perf_counter()
-    thumbs = media.thumbnails(db, [i for cluster in report.clusters for i in cluster.nearest])  # one read, as ui/data.mosaics
+    thumbs = media.thumbnails(
+        db, [i for cluster in report.clusters for i in cluster.nearest]
+    )  # one read, as ui/data.mosaics
     for cluster in report.clusters:
         media.to_jpeg(media.mosaic([thumbs[i] for i in cluster.nearest if i in thumbs]))
     seconds["mosaics"] = time.perf_counter() - started
@@ -505,8 +518,13 @@ def bench_apptest(root: Path, session: str, timeout: float) -> dict:
     at.run()
     second_s = time.perf_counter() - started
     errors = [e.value for e in at.exception] + [e.value for e in at.error]
-    return {"app_first_run_s": round(app_s, 2), "review_first_s": round(first_s, 2), "review_rerun_s": round(second_s, 2),
-            "images_shown": len(at.get("image")), "errors": errors[:3]}
+    return {
+        "app_first_run_s": round(app_s, 2),
+        "review_first_s": round(first_s, 2),
+        "review_rerun_s": round(second_s, 2),
+        "images_shown": len(at.get("image")),
+        "errors": errors[:3],
+    }
 
 
 # -- report ------------------------------------------------------------------------------
@@ -524,45 +542,72 @@ def row(name: str, s: dict | None, note: str = "") -> str:
 def markdown(report: dict) -> str:
     g, d = report["grid"], report["drill"]
     lake = report["lake"]
-    lines = [f"Machine: {report['machine']}",
-             (f"Threads (faiss, BLAS): {report['threads']}. "
-              f"Load average at start {report['load_start']}, at end {report['load_end']}. Lake: {report['images']:,} images "
-              f"({'reused' if lake['reused'] else 'built in ' + str(lake['build_s']) + ' s'}); index {report['index']['kind']} "
-              f"({report['index']['action']}, {report['index']['seconds']} s; synced again in {report['index']['open_s']} s)."),
-             "Table files / MB: " + ", ".join(f"{t} {v['files']} / {v['mb']}" for t, v in lake["tables"].items()), "",
-             f"Grid of {g['images_in_grid']} thumbnails (median of {g['grid']['runs']}):", "",
-             "| step | median ms | min ms | max ms | note |", "|---|---:|---:|---:|---|",
-             row("LakeDB open (read-only)", g["lakedb_open"], "a cursor on the shared database"),
-             row("LakeDB open after a write", g["lakedb_open_after_write"], "the shared database's views rebuilt"),
-             row(f"browse, {ORDER}", g["browse"], "GROUP BY over images x predictions"),
-             row("thumbnails (100 ids)", g["thumbnails"], f"{g['thumbnail_kb_mean']} KB each"),
-             row("image_facts (100 ids)", g["image_facts"]),
-             row("**grid: thumbnails + image_facts**", g["grid"], "held connection"),
-             row("grid right after a write", g["grid_fresh_connection"], "views rebuilt + both reads"),
-             row("naive: PIL open, thumbnail, JPEG x100", g["naive_pil"], f"baseline; grid / naive = {g['grid_over_naive']} "
-                 f"({g['grid_fresh_over_naive']} right after a write)"),
-             "", f"Drill step (pool {d['pool']:,}, {d['clusters']} clusters; a pick of clusters 0+1 re-clusters "
-                 f"{d['pick_pool_median']} images; median of {d['pick']['runs']}):", "",
-             "| step | median ms | min ms | max ms | note |", "|---|---:|---:|---:|---|",
-             row("narrow.start (take pool + cluster + write)", d["start"]),
-             row("**narrow.pick [0, 1]** (read, cluster, write, show)", d["pick"],
-                 f"pick / sklearn clustering = {d['pick_over_sklearn']}"),
-             row("narrow.show", d["show"]),
-             row("Narrow page re-render (library calls)", d["page_render"], "sessions, show, map, 8 mosaics:"),
-             *[row(f"&nbsp;&nbsp;{k}", v) for k, v in d["page_render_parts"].items()],
-             row("**UI drill total** (lookup + pick + re-render)", d["ui_drill_total"]),
-             row(f"cluster_pool on the pick's {d['pick_pool_median']} vectors", d["cluster_pool_pick"],
-                 "clustering alone"),
-             row("sklearn KMeans(8, n_init=1, max_iter=20), same vectors", d["sklearn_pick"],
-                 f"baseline; cluster_pool / sklearn = {d['cluster_pool_over_sklearn']}"),
-             row(f"backend.kmeans on the start's {d['pool']:,} pool", d["kmeans_start_pool"]),
-             row("sklearn KMeans, same pool", d["sklearn_start_pool"], f"ours / sklearn = {d['ours_over_sklearn_start_pool']}"),
-             row(f"project_2d of the {d['pool']:,} pool", d["project_2d_pool"], "the pool map")]
+    lines = [
+        f"Machine: {report['machine']}",
+        (
+            f"Threads (faiss, BLAS): {report['threads']}. "
+            f"Load average at start {report['load_start']}, at end {report['load_end']}. Lake: {report['images']:,} images "
+            f"({'reused' if lake['reused'] else 'built in ' + str(lake['build_s']) + ' s'}); index {report['index']['kind']} "
+            f"({report['index']['action']}, {report['index']['seconds']} s; synced again in {report['index']['open_s']} s)."
+        ),
+        "Table files / MB: " + ", ".join(f"{t} {v['files']} / {v['mb']}" for t, v in lake["tables"].items()),
+        "",
+        f"Grid of {g['images_in_grid']} thumbnails (median of {g['grid']['runs']}):",
+        "",
+        "| step | median ms | min ms | max ms | note |",
+        "|---|---:|---:|---:|---|",
+        row("LakeDB open (read-only)", g["lakedb_open"], "a cursor on the shared database"),
+        row("LakeDB open after a write", g["lakedb_open_after_write"], "the shared database's views rebuilt"),
+        row(f"browse, {ORDER}", g["browse"], "GROUP BY over images x predictions"),
+        row("thumbnails (100 ids)", g["thumbnails"], f"{g['thumbnail_kb_mean']} KB each"),
+        row("image_facts (100 ids)", g["image_facts"]),
+        row("**grid: thumbnails + image_facts**", g["grid"], "held connection"),
+        row("grid right after a write", g["grid_fresh_connection"], "views rebuilt + both reads"),
+        row(
+            "naive: PIL open, thumbnail, JPEG x100",
+            g["naive_pil"],
+            f"baseline; grid / naive = {g['grid_over_naive']} ({g['grid_fresh_over_naive']} right after a write)",
+        ),
+        "",
+        f"Drill step (pool {d['pool']:,}, {d['clusters']} clusters; a pick of clusters 0+1 re-clusters "
+        f"{d['pick_pool_median']} images; median of {d['pick']['runs']}):",
+        "",
+        "| step | median ms | min ms | max ms | note |",
+        "|---|---:|---:|---:|---|",
+        row("narrow.start (take pool + cluster + write)", d["start"]),
+        row(
+            "**narrow.pick [0, 1]** (read, cluster, write, show)",
+            d["pick"],
+            f"pick / sklearn clustering = {d['pick_over_sklearn']}",
+        ),
+        row("narrow.show", d["show"]),
+        row("Narrow page re-render (library calls)", d["page_render"], "sessions, show, map, 8 mosaics:"),
+        *[row(f"&nbsp;&nbsp;{k}", v) for k, v in d["page_render_parts"].items()],
+        row("**UI drill total** (lookup + pick + re-render)", d["ui_drill_total"]),
+        row(f"cluster_pool on the pick's {d['pick_pool_median']} vectors", d["cluster_pool_pick"], "clustering alone"),
+        row(
+            "sklearn KMeans(8, n_init=1, max_iter=20), same vectors",
+            d["sklearn_pick"],
+            f"baseline; cluster_pool / sklearn = {d['cluster_pool_over_sklearn']}",
+        ),
+        row(f"backend.kmeans on the start's {d['pool']:,} pool", d["kmeans_start_pool"]),
+        row(
+            "sklearn KMeans, same pool",
+            d["sklearn_start_pool"],
+            f"ours / sklearn = {d['ours_over_sklearn_start_pool']}",
+        ),
+        row(f"project_2d of the {d['pool']:,} pool", d["project_2d_pool"], "the pool map"),
+    ]
     if report.get("apptest"):
         a = report["apptest"]
-        lines += ["", (f"AppTest, Review page: app first run {a.get('app_first_run_s')} s, Review page first run "
-                       f"{a.get('review_first_s')} s, rerun {a.get('review_rerun_s')} s, images shown {a.get('images_shown')}"
-                       + (f"; errors: {a['errors']}" if a.get("errors") else ""))]
+        lines += [
+            "",
+            (
+                f"AppTest, Review page: app first run {a.get('app_first_run_s')} s, Review page first run "
+                f"{a.get('review_first_s')} s, rerun {a.get('review_rerun_s')} s, images shown {a.get('images_shown')}"
+                + (f"; errors: {a['errors']}" if a.get("errors") else "")
+            ),
+        ]
     lines += ["", f"({report['seconds']} s in all)"]
     return "\n".join(lines)
 
@@ -573,14 +618,21 @@ def main() -> None:
                         "(default: edgemine-bench-ui-<images> in the temp folder)")
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--part", type=int, default=10_000, help="images per written part (shard)")
-    parser.add_argument("--originals", type=int, default=1000, help="original JPEG files written (lowest confidence first)")
+    parser.add_argument(
+        "--originals", type=int, default=1000, help="original JPEG files written (lowest confidence first)"
+    )
     parser.add_argument("--grid", type=int, default=100, help="thumbnails per grid")
     parser.add_argument("--pool", type=int, default=1000, help="narrowing pool")
     parser.add_argument("--clusters", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5, help="timed runs of each step (median), after one warm-up")
-    parser.add_argument("--keep-sessions", action="store_true",
-                        help="keep the narrowing sessions earlier runs wrote (by default removed: each run starts alike)")
-    parser.add_argument("--apptest", action="store_true", help="also run the Review page headless with Streamlit's AppTest")
+    parser.add_argument(
+        "--keep-sessions",
+        action="store_true",
+        help="keep the narrowing sessions earlier runs wrote (by default removed: each run starts alike)",
+    )
+    parser.add_argument(
+        "--apptest", action="store_true", help="also run the Review page headless with Streamlit's AppTest"
+    )
     parser.add_argument("--threads", type=int, help="threads for faiss, BLAS and OpenMP (default: the library's own, "
                         "one per core); DuckDB keeps its default")
     parser.add_argument("--seed", type=int, default=0)
@@ -593,7 +645,13 @@ def main() -> None:
         parser.error("--originals must be at least --grid: the naive loop reads the grid's originals")
 
     root = Path(args.lake or Path(tempfile.gettempdir()) / f"edgemine-bench-ui-{args.images}").resolve()
-    params = {"images": args.images, "part": args.part, "originals": args.originals, "seed": args.seed, "version": LAKE_VERSION}
+    params = {
+        "images": args.images,
+        "part": args.part,
+        "originals": args.originals,
+        "seed": args.seed,
+        "version": LAKE_VERSION,
+    }
     report = {"machine": machine(), "load_start": [round(v, 1) for v in os.getloadavg()], "images": args.images,
               "repeats": args.repeats, "threads": args.threads or f"default ({os.cpu_count()})"}
     limits = contextlib.ExitStack()

@@ -24,8 +24,11 @@ THUMBNAIL_ROWS = 200  # thumbnails for the first rows only: one lookup, not one 
 
 def render() -> None:
     st.title("SQL")
-    st.caption("Read-only DuckDB over the lake's views: "
-               + ", ".join(f"`{t}`" for t in TABLES) + ". `raw.reviews` has every decision (the view, the latest per image).")
+    st.caption(
+        "Read-only DuckDB over the lake's views: "
+        + ", ".join(f"`{t}`" for t in TABLES)
+        + ". `raw.reviews` has every decision (the view, the latest per image)."
+    )
     st.session_state.setdefault("sql", EXAMPLE_QUERY)
     query = st.text_area("Query", key="sql", height=160)
     if st.button("Run", type="primary", key="sql_run"):
@@ -50,7 +53,9 @@ def _run(query: str) -> pa.Table | str:
 
 
 def _show(result: pa.Table) -> None:
-    st.caption(f"{result.num_rows:,} rows" + (f", the first {SHOWN_ROWS:,} shown" if result.num_rows > SHOWN_ROWS else ""))
+    st.caption(
+        f"{result.num_rows:,} rows" + (f", the first {SHOWN_ROWS:,} shown" if result.num_rows > SHOWN_ROWS else "")
+    )
     shown = result.slice(0, SHOWN_ROWS)
     frame = _without_vectors(shown).to_pandas()
     config = {}
@@ -72,7 +77,9 @@ def _without_vectors(table: pa.Table) -> pa.Table:
     """Embedding and blob columns shown as their size: 512 or 1280 floats per cell help nobody."""
     for name in table.column_names:
         t = table.schema.field(name).type
-        if pa.types.is_binary(t) or ((pa.types.is_list(t) or pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)):
+        if pa.types.is_binary(t) or (
+            (pa.types.is_list(t) or pa.types.is_fixed_size_list(t)) and pa.types.is_floating(t.value_type)
+        ):
             sizes = pa.array([None if v is None else f"<{len(v)} {'bytes' if pa.types.is_binary(t) else 'floats'}>"
                               for v in table.column(name).to_pylist()], pa.string())
             table = table.set_column(table.column_names.index(name), name, sizes)

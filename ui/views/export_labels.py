@@ -34,7 +34,9 @@ def render() -> None:
     task_size = a.number_input("Images per task (0: one task)", 0, 1_000_000, data.config().export.task_size,
                                key="export_task_size")
     predictions = b.checkbox("Predictions as pre-annotations", True, key="export_predictions")
-    copy_images = c.checkbox("Copy the images", False, key="export_copy", help="default: by reference (presigned URLs on S3)")
+    copy_images = c.checkbox(
+        "Copy the images", False, key="export_copy", help="default: by reference (presigned URLs on S3)"
+    )
     resend = d.checkbox("Send again images sent before", False, key="export_resend")
     drop = e.checkbox("Drop near-duplicates", False, key="export_drop_duplicates",
                       help="one image per near-duplicate group (Queues page, or edgemine duplicates, finds them)")
@@ -42,8 +44,13 @@ def render() -> None:
         st.caption(f"{widgets.plural(len(ids), 'image')} from `{source}`; the first {min(PREVIEWED, len(ids))} "
                    "with the pre-annotations they will carry:")
         _preview(ids[:PREVIEWED], predictions)
-        st.button(f"Export {widgets.plural(len(ids), 'image')}", type="primary", key="export_run", on_click=_export,
-                  args=(source, ids, fmt, target, project or None, int(task_size), predictions, copy_images, resend, drop))
+        st.button(
+            f"Export {widgets.plural(len(ids), 'image')}",
+            type="primary",
+            key="export_run",
+            on_click=_export,
+            args=(source, ids, fmt, target, project or None, int(task_size), predictions, copy_images, resend, drop),
+        )
     result = st.session_state.pop("export_result", None)
     if result:
         st.success(result)
@@ -93,7 +100,9 @@ def _preview(ids: list[str], predictions: bool) -> None:
             col.caption(f"{item.image_id[:8]}: cannot be read ({e})")
             continue
         col.image(media.to_jpeg(picture), width="stretch")
-        caption = f"{item.label} {item.confidence:.2f}" if predictions and item.label is not None else "no pre-annotation"
+        caption = (
+            f"{item.label} {item.confidence:.2f}" if predictions and item.label is not None else "no pre-annotation"
+        )
         col.caption(f"`{item.image_id[:8]}` {caption}")
     for r in refused:
         st.warning(f"{r['uri']}: {r['reason']}")
@@ -120,9 +129,11 @@ def _export(source: str, ids: list[str], fmt: str, target: str, project: str | N
     elif summary.status == "nothing-new":
         text = f"All {summary.skipped} images were sent to {summary.target} before: nothing exported."
     else:
-        text = (f"Batch {summary.batch}: {summary.exported} images as {fmt} to {summary.folder}, {summary.skipped} skipped "
-                f"(sent before), {summary.errors} refused"
-                + (f", {summary.duplicates_dropped} near-duplicates left out." if summary.duplicates_dropped else "."))
+        text = (
+            f"Batch {summary.batch}: {summary.exported} images as {fmt} to {summary.folder}, {summary.skipped} skipped "
+            f"(sent before), {summary.errors} refused"
+            + (f", {summary.duplicates_dropped} near-duplicates left out." if summary.duplicates_dropped else ".")
+        )
     st.session_state["export_result"] = text
 
 
@@ -145,9 +156,20 @@ def _import() -> None:
     a, b, _ = st.columns([2, 1, 1])
     url = a.text_input("or a Label Studio server (http://HOST)", key="labels_url")
     project = b.text_input("its project", key="labels_project")
-    st.button("Import", key="labels_import", disabled=not (upload or (url and project)), on_click=_import_labels,
-              args=(upload.getvalue() if upload else None, upload.name if upload else "", fmt, annotator.strip() or None,
-                    url.strip(), project.strip()))
+    st.button(
+        "Import",
+        key="labels_import",
+        disabled=not (upload or (url and project)),
+        on_click=_import_labels,
+        args=(
+            upload.getvalue() if upload else None,
+            upload.name if upload else "",
+            fmt,
+            annotator.strip() or None,
+            url.strip(),
+            project.strip(),
+        ),
+    )
     result = st.session_state.pop("labels_result", None)
     if result:
         st.success(result)
@@ -167,8 +189,10 @@ def _import_labels(content: bytes | None, name: str, fmt: str, annotator: str | 
             summary = labels.import_labels(data.db(), path, fmt=fmt, config=config, annotator=annotator,
                                            batch=None)
     data.lake_changed()
-    st.session_state["labels_result"] = (f"{summary.annotations} annotations read: {summary.imported} labels imported, "
-                                         f"{summary.already} already in the lake, {summary.errors} refused (see errors).")
+    st.session_state["labels_result"] = (
+        f"{summary.annotations} annotations read: {summary.imported} labels imported, "
+        f"{summary.already} already in the lake, {summary.errors} refused (see errors)."
+    )
 
 
 def _disagreements() -> None:

@@ -72,8 +72,15 @@ def _current_seeds() -> None:
     if not positives:
         st.info("Choose one or more seeds: an edge case you found, in the grid above, by id, or as a file.")
         return
-    st.markdown(f"**Seeds** ({len(positives)}): " + ", ".join(f"`{_label(s)}`" for s in positives)
-                + (f"  \n**Negatives** ({len(negatives)}): " + ", ".join(f"`{_label(s)}`" for s in negatives) if negatives else ""))
+    st.markdown(
+        f"**Seeds** ({len(positives)}): "
+        + ", ".join(f"`{_label(s)}`" for s in positives)
+        + (
+            f"  \n**Negatives** ({len(negatives)}): " + ", ".join(f"`{_label(s)}`" for s in negatives)
+            if negatives
+            else ""
+        )
+    )
     if st.button("Clear seeds", key="clear_seeds"):
         st.session_state["positives"], st.session_state["negatives"] = [], []
         st.rerun()
@@ -82,7 +89,10 @@ def _current_seeds() -> None:
 def _results() -> None:
     k_col, where_col = st.columns([1, 3])
     k = k_col.number_input("Results", 1, 500, 40, step=10, key="k")
-    where = where_col.text_input("Within the slice (SQL)", key="where", placeholder="p.model_version = 'v2'").strip() or None
+    where = (
+        where_col.text_input("Within the slice (SQL)", key="where", placeholder="p.model_version = 'v2'").strip()
+        or None
+    )
     try:
         hits = data.similar(data.lake().uri, tuple(st.session_state["positives"]), tuple(st.session_state["negatives"]),
                             int(k), where)
@@ -107,12 +117,19 @@ def _results() -> None:
     if st.button("Start narrowing", type="primary", key="start_narrowing"):
         try:
             with st.spinner("Clustering the pool…"):
-                report = sessions.start_query(data.db(), data.index(data.lake().uri),
-                                              data.backend(data.config().index.device),
-                                              data.config_for(widgets.current_reviewer()),
-                                              list(st.session_state["positives"]),
-                                              negatives=list(st.session_state["negatives"]), where=where, pool=int(pool),
-                                              clusters=int(clusters), session=name, embed_files=data.file_embedder())
+                report = sessions.start_query(
+                    data.db(),
+                    data.index(data.lake().uri),
+                    data.backend(data.config().index.device),
+                    data.config_for(widgets.current_reviewer()),
+                    list(st.session_state["positives"]),
+                    negatives=list(st.session_state["negatives"]),
+                    where=where,
+                    pool=int(pool),
+                    clusters=int(clusters),
+                    session=name,
+                    embed_files=data.file_embedder(),
+                )
         except EdgemineError as e:
             st.error(str(e))
             return

@@ -21,8 +21,10 @@ HEADLINES = {"accuracy": ("accuracy", None), "F1 (macro)": ("f1", "macro"), "pre
 
 def render() -> None:
     st.title("Metrics")
-    st.caption("Each model version on each slice against the labels (the newest labels of an image, their most "
-               "frequent class); a regression is a drop beyond the margin below the previous version's. docs/METRICS.md")
+    st.caption(
+        "Each model version on each slice against the labels (the newest labels of an image, their most "
+        "frequent class); a regression is a drop beyond the margin below the previous version's. docs/METRICS.md"
+    )
     st.button("Compute metrics and drift now", key="metrics_run", icon=":material/calculate:", on_click=_compute)
     _metrics()
     _forgotten()
@@ -45,7 +47,9 @@ def _metrics() -> None:
     st.subheader("Per slice and model version")
     db = data.db()
     if not metrics.stored_metrics(db).num_rows:
-        st.info("No metrics yet: press the button above, or run `edgemine metrics` (labels first: `edgemine labels import`).")
+        st.info(
+            "No metrics yet: press the button above, or run `edgemine metrics` (labels first: `edgemine labels import`)."
+        )
         return
     chosen = st.selectbox("Metric", list(HEADLINES), key="metrics_metric")
     name, label = HEADLINES[chosen]
@@ -55,7 +59,9 @@ def _metrics() -> None:
     flagged = {(a["slice"], a["model_version"]) for a in metrics.stored_alarms(db, name, label).to_pylist()}
 
     def colour(column: pd.Series) -> list[str]:
-        return ["background-color: #f8d0d0; color: #a00000" if (s, column.name) in flagged else "" for s in column.index]
+        return [
+            "background-color: #f8d0d0; color: #a00000" if (s, column.name) in flagged else "" for s in column.index
+        ]
 
     st.dataframe(table.style.apply(colour, axis=0).format("{:.4f}", subset=versions, na_rep="n=0"), width="stretch")
     if flagged:
@@ -91,7 +97,9 @@ def _models() -> None:
     st.subheader("Trained models")
     trained = models.list_models(data.db())
     if not trained.num_rows:
-        st.caption("No model trained in the lake yet (`edgemine train`, or `edgemine loop` for the whole retrain loop).")
+        st.caption(
+            "No model trained in the lake yet (`edgemine train`, or `edgemine loop` for the whole retrain loop)."
+        )
         return
     st.dataframe(trained.to_pandas(), hide_index=True, width="stretch")
     version = st.selectbox("Curves of", trained.column("model_version").to_pylist(), key="model_curves")

@@ -20,8 +20,13 @@ def render() -> None:
         st.info("No narrowing session yet: start one from **Find similar**, or `edgemine narrow start SEED`.")
         return
     current = st.session_state.get("session")
-    session = st.selectbox("Session", names, index=names.index(current) if current in names else 0,
-                           key="session_pick", on_change=lambda: st.session_state.update(session=st.session_state["session_pick"]))
+    session = st.selectbox(
+        "Session",
+        names,
+        index=names.index(current) if current in names else 0,
+        key="session_pick",
+        on_change=lambda: st.session_state.update(session=st.session_state["session_pick"]),
+    )
     st.session_state["session"] = session
     report = sessions.show(data.db(), session)
     _breadcrumb(report)
@@ -70,21 +75,34 @@ def _cards(report: sessions.StepReport) -> list[int]:
                 conf = f"{c.mean_confidence:.2f}" if c.mean_confidence is not None else "–"
                 st.markdown(f"**Cluster {c.cluster}** · {widgets.plural(c.size, 'image')}  \n"
                             f"to seeds {c.seed_distance:.4f} · mean conf {conf}")
-                st.caption(", ".join(f"{k} {v}" for k, v in sorted(c.labels.items(), key=lambda kv: -kv[1])[:4]) or "no predictions")
+                st.caption(
+                    ", ".join(f"{k} {v}" for k, v in sorted(c.labels.items(), key=lambda kv: -kv[1])[:4])
+                    or "no predictions"
+                )
                 if st.checkbox("pick", key=f"pick:{report.session}:{report.step}:{c.cluster}"):
                     picked.append(c.cluster)
                 st.button("Drill", key=f"drill:{c.cluster}", help="re-cluster inside this cluster", width="stretch",
                           on_click=_pick, args=(report.session, [c.cluster]))
                 if st.button("Review", key=f"review:{c.cluster}", help="accept or reject its images", width="stretch"):
-                    st.session_state["review_source"] = {"kind": "narrow", "session": report.session, "clusters": [c.cluster]}
+                    st.session_state["review_source"] = {
+                        "kind": "narrow",
+                        "session": report.session,
+                        "clusters": [c.cluster],
+                    }
                     nav.go("review")
     return picked
 
 
 def _actions(report: sessions.StepReport, picked: list[int]) -> None:
     drill_col, k_col, name_col, save_col = st.columns([2, 1, 2, 2], vertical_alignment="bottom")
-    k = k_col.number_input("Clusters", 0, 64, 0, key="drill_k",
-                           help="for the picked clusters' images; 0: as many as this step has, at most one per 10 images")
+    k = k_col.number_input(
+        "Clusters",
+        0,
+        64,
+        0,
+        key="drill_k",
+        help="for the picked clusters' images; 0: as many as this step has, at most one per 10 images",
+    )
     drill_col.button(f"Drill into picked ({len(picked)})", type="primary", disabled=not picked, key="drill_picked",
                      on_click=_pick, args=(report.session, picked), kwargs={"k": int(k) or None})
     name = name_col.text_input("Set name", key="set_name", placeholder=report.session)

@@ -35,7 +35,11 @@ def render() -> None:
         st.warning("Give the review a name (and your name in the sidebar) to record decisions.")
     page_size = data.config().ui.page_size
     pages = -(-len(ids) // page_size)
-    page = st.number_input(f"Page (of {pages}, {page_size} images each)", 1, pages, 1, key="review_page") if pages > 1 else 1
+    page = (
+        st.number_input(f"Page (of {pages}, {page_size} images each)", 1, pages, 1, key="review_page")
+        if pages > 1
+        else 1
+    )
     shown = ids[(page - 1) * page_size: page * page_size]
     decided = decisions.decisions(data.db(), name, shown)
     _summary(name)

@@ -28,7 +28,9 @@ class FaissGPU:
 
     def knn(self, database: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         database, queries, k = check_knn_args(database, queries, k)
-        scores, indices = faiss.knn_gpu(self.resources, queries, database, k, metric=faiss.METRIC_INNER_PRODUCT, device=self.gpu)
+        scores, indices = faiss.knn_gpu(
+            self.resources, queries, database, k, metric=faiss.METRIC_INNER_PRODUCT, device=self.gpu
+        )
         return scores, indices.astype(np.int64)
 
     def kmeans(self, x: np.ndarray, k: int, *, niter: int = 20, seed: int = 0) -> KMeansResult:
