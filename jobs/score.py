@@ -74,7 +74,10 @@ def score_lake(lake: Lake, version: str, config: EmbedConfig = EmbedConfig(), *,
     with Plan(lake, model, shard, overwrite=False, retry_errors=retry_errors, done=done, job=JOB, source=version,
               selected=selected) as plan:
         prefix = f"{_slug(version)}-s{shard.index}of{shard.count}-"
-        publish = lambda part: publish_part(lake, part, version, model.name, model.weights, record["classes"])
+
+        def publish(part):
+            return publish_part(lake, part, version, model.name, model.weights, record["classes"])
+
         run_plan(lake, plan, model, config, summary, prefix, publish, on_device=on_device,
                  show_progress=show_progress, label="score")
     summary.seconds = time.monotonic() - started

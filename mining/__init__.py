@@ -428,7 +428,8 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, batch: str | None = None
     Example:
         >>> import tempfile
         >>> db = open_lake(lake_uri)
-        >>> done = export_batch(db, "sql:SELECT image_id FROM images ORDER BY image_id LIMIT 5", fmt="coco", to=tempfile.mkdtemp())
+        >>> first_five = "sql:SELECT image_id FROM images ORDER BY image_id LIMIT 5"
+        >>> done = export_batch(db, first_five, fmt="coco", to=tempfile.mkdtemp())
         >>> result = import_labels(db, done.folder + "/annotations.json", fmt="coco", annotator="doctest")
         >>> result.errors, result.already
         (0, 0)

@@ -43,6 +43,9 @@ def test_the_real_machine_agrees_with_torch():
 
 @pytest.mark.skipif(devices._has_cuda_driver(), reason="this machine has a CUDA driver: auto must ask torch")
 def test_auto_without_a_cuda_driver_does_not_import_torch():
-    code = "import sys; from mining.core.devices import resolve_device; print(resolve_device('auto'), 'torch' in sys.modules)"
+    code = (
+        "import sys; from mining.core.devices import resolve_device; "
+        "print(resolve_device('auto'), 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.split() == ["cpu", "False"]

@@ -88,7 +88,8 @@ def test_embeddings_thumbnails_and_errors(lake):
 
     thumbnails = query(
         lake,
-        "SELECT t.image_id, t.jpeg, t.width, t.height, i.width iw, i.height ih FROM thumbnails t JOIN images i USING (image_id)",
+        "SELECT t.image_id, t.jpeg, t.width, t.height, i.width iw, i.height ih "
+        "FROM thumbnails t JOIN images i USING (image_id)",
     )
     assert len(thumbnails) == 30
     for row in thumbnails:

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from jobs.ingest_feedback import ingest_feedback
+from mining.core.errors import ReadOnlyError
 from tests.helpers import put, rows, source_uri
 from tests.test_queues import queue, write_lake
 
@@ -97,5 +98,5 @@ def test_a_file_without_the_required_columns_is_refused_whole(tmp_path):
         "feedback is read from jsonl or csv files"
         in ingest_feedback(lake, [str(parquet)], show_progress=False).files[0].reason
     )
-    with pytest.raises(Exception):
+    with pytest.raises(ReadOnlyError, match="feedback_missing is not a view of this lake"):
         rows(lake, "SELECT * FROM feedback_missing")

@@ -110,7 +110,8 @@ def test_bad_rows_are_recorded_with_reasons_and_the_rest_lands(lake, images, sma
 def test_csv_and_parquet_inputs(lake, images, small_ingest):
     header = "image_uri,model_version,ts,label,confidence,scores,detections,site\n"
     lines = [
-        f'{images[0]},v1,2026-10-05T10:00:00Z,car,0.9,"{{""car"": 0.9}}","[{{""box"": [1,1,5,5], ""label"": ""car"", ""score"": 0.9}}]",north',
+        f'{images[0]},v1,2026-10-05T10:00:00Z,car,0.9,"{{""car"": 0.9}}",'
+        '"[{""box"": [1,1,5,5], ""label"": ""car"", ""score"": 0.9}]",north',
         f"{images[1]},v1,1790000000,person,0.4,,,south",
         f"{images[2]},v1,2026-10-05,person",  # too few fields
         f"{images[3]},v1,2026-10-05T11:00:00Z,car,2.0,,,east",

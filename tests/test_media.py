@@ -41,7 +41,8 @@ def test_image_facts_give_the_latest_prediction_and_the_configured_columns(demo_
         r["image_id"]: r
         for r in rows(
             demo_lake,
-            "SELECT image_id, arg_max(label, ts) AS label, arg_max(camera, ts) AS camera, arg_max(customer_flag, ts) AS flag "
+            "SELECT image_id, arg_max(label, ts) AS label, arg_max(camera, ts) AS camera, "
+            "arg_max(customer_flag, ts) AS flag "
             "FROM predictions GROUP BY image_id",
         )
     }

@@ -290,7 +290,7 @@ def test_detection_map_matches_pycocotools_run_directly(tmp_path):
     write_images(lake, ids)
     write_predictions(lake, ids, "v1", ["car"] * n, np.full(n, 0.9), cameras, START)
     truth, found = [], []
-    for k, image_id in enumerate(ids):
+    for k, _image_id in enumerate(ids):
         for _ in range(rng.integers(1, 4)):
             x, y = rng.uniform(0, 500, 2)
             w, h = rng.uniform(8, 140, 2)  # small, medium and large boxes

@@ -318,7 +318,8 @@ def test_every_sampler_is_listed_with_its_options():
 
 
 def test_a_new_sampler_is_one_spec_in_the_registry(small, monkeypatch, capsys):
-    """A sampler registered in mining.review.samplers.SAMPLERS is a queue, an option and a CLI command, with no other edit."""
+    """A sampler registered in mining.review.samplers.SAMPLERS is a queue, an option and a CLI command,
+    with no other edit."""
     from jobs.cli import main
     from mining.review.samplers import SAMPLERS as REGISTRY
     from mining.review.samplers import Option, Picked, Sampler

@@ -225,7 +225,8 @@ def test_shared_views_see_what_this_process_and_others_publish(filled, small_ing
         other_process = (
             "import json, sys; from mining.review.decisions import decide; from mining.core.config import S3Config; "
             "from mining.core.lake import Lake; from mining.core.sql import LakeDB; "
-            "decide(LakeDB(Lake(sys.argv[1], S3Config(**json.loads(sys.argv[2])))), 'r1', [sys.argv[3]], 'accept', reviewer='bob')"
+            "decide(LakeDB(Lake(sys.argv[1], S3Config(**json.loads(sys.argv[2])))), 'r1', [sys.argv[3]], 'accept', "
+            "reviewer='bob')"
         )
         s3 = json.dumps(dataclasses.asdict(filled.s3))
         subprocess.run([sys.executable, "-c", other_process, filled.uri, s3, image_id], check=True, timeout=120)

@@ -649,7 +649,8 @@ def test_metrics_page_opens_what_a_retrain_forgot_and_shows_models(tmp_path, mon
         """WITH t AS (SELECT image_id, label FROM labels),
         p AS (SELECT image_id, model_version, label FROM predictions)
         SELECT count(*) n FROM t JOIN p a ON a.image_id = t.image_id AND a.model_version = 'v2'
-        JOIN p b ON b.image_id = t.image_id AND b.model_version = 'v1' WHERE a.label <> t.label AND b.label = t.label""",
+        JOIN p b ON b.image_id = t.image_id AND b.model_version = 'v1'
+        WHERE a.label <> t.label AND b.label = t.label""",
     )[0]["n"]
     got = sql(lake, "SELECT count(*) n FROM queues WHERE queue = 'forgotten-v2-vs-v1'")[0]["n"]
     assert got == expected > 0

@@ -31,7 +31,10 @@ def add_export(commands, add) -> None:
         dest="target",
         required=True,
         metavar="URI",
-        help="a folder or s3://bucket/prefix (the batch goes in URI/BATCH/), or http(s)://HOST of a Label Studio server",
+        help=(
+            "a folder or s3://bucket/prefix (the batch goes in URI/BATCH/), "
+            "or http(s)://HOST of a Label Studio server"
+        ),
     )
     export.add_argument("--project", help="the Label Studio project (created when missing) for an http(s) --to")
     export.add_argument("--batch", help="the batch's folder name (default: its id, from its images and options)")
@@ -76,7 +79,8 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
 def _export_text(summary) -> None:
     if summary.status == "unchanged":
         print(
-            f"batch {summary.batch} was exported before ({summary.exported} images to {summary.target}): nothing changed"
+            f"batch {summary.batch} was exported before ({summary.exported} images to {summary.target}): "
+            "nothing changed"
         )
         return
     if summary.status == "nothing-new":

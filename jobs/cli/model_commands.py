@@ -69,7 +69,10 @@ def _add_train_arguments(parser: argparse.ArgumentParser, base_default: str) -> 
         dest="base",
         default=base_default,
         metavar="BASE",
-        help=f"start from: imagenet, random, a checkpoint file, a model version of the lake{latest} (default: {base_default})",
+        help=(
+            f"start from: imagenet, random, a checkpoint file, a model version of the lake{latest} "
+            f"(default: {base_default})"
+        ),
     )
     parser.add_argument(
         "--labels",

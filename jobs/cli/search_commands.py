@@ -25,7 +25,10 @@ def add_similar(commands, add) -> None:
     similar.add_argument("-k", type=int, help="number of results (default: config mining.k, 20)")
     similar.add_argument(
         "--where",
-        help="SQL predicate over images i LEFT JOIN predictions p, e.g. \"p.model_version = 'v7' AND confidence < 0.6\"",
+        help=(
+            "SQL predicate over images i LEFT JOIN predictions p, "
+            "e.g. \"p.model_version = 'v7' AND confidence < 0.6\""
+        ),
     )
     similar.add_argument("--save", metavar="SET", help="also save the results as the named set SET (the sets view)")
     similar.add_argument(
@@ -145,7 +148,8 @@ def _step_text(report) -> None:
     crumbs = " > ".join(f"step {s}" for s in report.path)
     print(f"session {report.session}: {crumbs} ({report.pool_size} images; seeds: {', '.join(report.seeds)})")
     print(
-        f"{'cluster':>7} {'size':>6} {'to seeds':>9} {'mean conf':>9}  labels (latest prediction)         nearest the centre"
+        f"{'cluster':>7} {'size':>6} {'to seeds':>9} {'mean conf':>9}  "
+        "labels (latest prediction)         nearest the centre"
     )
     for c in report.clusters:
         labels = ", ".join(f"{k} {v}" for k, v in sorted(c.labels.items(), key=lambda kv: -kv[1])[:3]) or "-"

@@ -11,7 +11,8 @@ Layout (relative to the lake root)::
     _jobs/<job>/<shard>.json what a job finished with one input (an input file's size and ETag, say),
                              so a rerun skips what is done; written after the shard's commits
     _index/<backbone>/<weights>/  the vector index: current.json -> <version>/ files (mining.search.index_store)
-    _models/<version>/       a trained classifier: model.pt, model.json (mining.evaluation.models; the models row makes it visible)
+    _models/<version>/       a trained classifier: model.pt, model.json (mining.evaluation.models;
+                             the models row makes it visible)
     _models/_staging/<version>/  a training run's per-epoch checkpoints, until the model is published
     sources/                 raw inputs the demo generates
     _cards/<version>.md      model cards (mining.evaluation.cards), beside the metrics table

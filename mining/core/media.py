@@ -70,7 +70,8 @@ def image_details(db: LakeDB, image_id: str) -> ImageDetails:
             f'no image {image_id} in the lake; check the id (edgemine sql "SELECT image_id FROM images LIMIT 5")'
         )
     predictions = db.query(
-        "SELECT prediction_id, model_version, ts, label, confidence FROM predictions WHERE image_id = $id ORDER BY ts DESC",
+        "SELECT prediction_id, model_version, ts, label, confidence FROM predictions "
+        "WHERE image_id = $id ORDER BY ts DESC",
         {"id": image_id},
     ).to_pylist()
     boxes = []

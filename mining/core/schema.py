@@ -229,7 +229,10 @@ NARROW_STEPS = Table(
 
 NARROW_MEMBERS = Table(
     name="narrow_members",
-    doc="The pool of each clustering step of a narrowing session: every image, its cluster, its similarity to the seeds.",
+    doc=(
+        "The pool of each clustering step of a narrowing session: every image, its "
+        "cluster, its similarity to the seeds."
+    ),
     key=("session", "step", "image_id"),
     schema=pa.schema(
         [
@@ -246,7 +249,10 @@ NARROW_MEMBERS = Table(
 
 SETS = Table(
     name="sets",
-    doc="Named sets of images (a narrowing session's selection, a search's results) that review and export take as input.",
+    doc=(
+        "Named sets of images (a narrowing session's selection, a search's results) that "
+        "review and export take as input."
+    ),
     key=("name", "image_id"),
     schema=pa.schema(
         [
@@ -303,7 +309,10 @@ EXPORTS = Table(
 
 QUEUES = Table(
     name="queues",
-    doc="Review queues: the images a sampler picked, ranked, with a score and a reason; a name made again is a new version.",
+    doc=(
+        "Review queues: the images a sampler picked, ranked, with a score and a reason; "
+        "a name made again is a new version."
+    ),
     key=("queue", "version", "image_id"),
     schema=pa.schema(
         [
@@ -382,7 +391,10 @@ DUPLICATES = Table(
 # -- models (issue 17: edgemine train / score) -------------------------------------------
 MODELS = Table(
     name="models",
-    doc="Classifiers trained on the lake's labels (`edgemine train`): one row per version, written last (its commit point).",
+    doc=(
+        "Classifiers trained on the lake's labels (`edgemine train`): one row per "
+        "version, written last (its commit point)."
+    ),
     key=("model_version",),
     schema=pa.schema(
         [
@@ -407,7 +419,10 @@ MODELS = Table(
 # -- issue 16: slices, metrics per slice and model version, regression alarms, drift ----------
 SLICES = Table(
     name="slices",
-    doc="Named SQL predicates over predictions p, images i and truth t (`edgemine slice add`); the latest per name counts.",
+    doc=(
+        "Named SQL predicates over predictions p, images i and truth t "
+        "(`edgemine slice add`); the latest per name counts."
+    ),
     key=("name",),
     latest_by="created_at",
     schema=pa.schema(
@@ -422,7 +437,10 @@ SLICES = Table(
 
 METRICS = Table(
     name="metrics",
-    doc="Each model version's metrics on each slice against the labels (`edgemine metrics`); the view keeps the latest run.",
+    doc=(
+        "Each model version's metrics on each slice against the labels "
+        "(`edgemine metrics`); the view keeps the latest run."
+    ),
     key=("model_version", "slice", "metric", "label"),
     latest_by="computed_at",
     schema=pa.schema(
@@ -440,7 +458,10 @@ METRICS = Table(
 
 ALARMS = Table(
     name="alarms",
-    doc="Regressions: a metric of a model version on a slice that dropped below its baseline version's beyond the margin.",
+    doc=(
+        "Regressions: a metric of a model version on a slice that dropped below its "
+        "baseline version's beyond the margin."
+    ),
     key=("model_version", "baseline", "slice", "metric", "label"),
     latest_by="raised_at",
     schema=pa.schema(
@@ -464,7 +485,10 @@ ALARMS = Table(
 
 DRIFT = Table(
     name="drift",
-    doc="Drift of each time window against a reference (`edgemine drift`): one row per window and feature checked, with a flag.",
+    doc=(
+        "Drift of each time window against a reference (`edgemine drift`): one row per "
+        "window and feature checked, with a flag."
+    ),
     key=("window_start", "feature"),
     latest_by="computed_at",
     schema=pa.schema(

@@ -97,7 +97,8 @@ FINETUNED = {"head": "the classifier head only", "last": "the last blocks and th
 def model_details(version: str, baseline: str | None, facts: dict, row: dict | None, config: Config) -> Section:
     lines = [
         f"Model version **{version}**; previous version: {baseline or 'none (the first in the lake)'}.",
-        f"Predictions from {facts['first']} to {facts['last']}: {facts['predictions']:,} on {facts['images']:,} images; "
+        f"Predictions from {facts['first']} to {facts['last']}: "
+        f"{facts['predictions']:,} on {facts['images']:,} images; "
         f"first ingested {facts['ingested']}.",
         f"Card written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by {config.mining.user or 'unknown'}.",
     ]
@@ -113,7 +114,8 @@ def model_details(version: str, baseline: str | None, facts: dict, row: dict | N
             f"Trained by `edgemine train`: {row['backbone']} from {row['base']}, fine-tuning {finetuned}, "
             f"classes {', '.join(row['classes'])}; "
             f"{row['epochs']} epochs, best epoch {row['best_epoch']} (validation accuracy {row['val_accuracy']:.3f}), "
-            f"image size {record.get('image_size')}; by {row['created_by'] or 'unknown'} at {row['created_at']:%Y-%m-%d %H:%M} UTC.",
+            f"image size {record.get('image_size')}; by {row['created_by'] or 'unknown'} "
+            f"at {row['created_at']:%Y-%m-%d %H:%M} UTC.",
             f"Stored at {row['path']} (checkpoint sha256 {row['checkpoint_sha256'][:12]}...); "
             f"hardware: {record.get('hardware')}.",
         ]

@@ -48,7 +48,10 @@ class Period:
     end: datetime  # exclusive
 
     def sql(self, column: str = "ts") -> str:
-        return f"{column} >= {quote_literal(self.start.isoformat())}::TIMESTAMPTZ AND {column} < {quote_literal(self.end.isoformat())}::TIMESTAMPTZ"
+        return (
+            f"{column} >= {quote_literal(self.start.isoformat())}::TIMESTAMPTZ "
+            f"AND {column} < {quote_literal(self.end.isoformat())}::TIMESTAMPTZ"
+        )
 
     def __str__(self) -> str:
         return f"{self.start.isoformat()}..{self.end.isoformat()}"
@@ -229,7 +232,8 @@ def embedding_checks(db: LakeDB, ref: Period, current: list[Period], config: Dri
         f"WITH seen AS (SELECT image_id, min(ts) AS ts FROM predictions GROUP BY image_id), "
         f"b AS (SELECT image_id, {_bucket(ref, current)} AS w FROM seen) "
         f"SELECT image_id, w FROM b WHERE w IS NOT NULL "
-        f"QUALIFY row_number() OVER (PARTITION BY w ORDER BY hash(image_id, {int(config.seed)})) <= {int(config.sample)}"
+        f"QUALIFY row_number() OVER (PARTITION BY w ORDER BY hash(image_id, {int(config.seed)})) "
+        f"<= {int(config.sample)}"
     )
     ids = picked.column("image_id").to_pylist()
     vectors = db.query(

@@ -67,8 +67,10 @@ def slice_counts(db: LakeDB, versions: Sequence[str], slices: Sequence[Slice], b
     flags = ", ".join(f"coalesce(({s.sql}), FALSE) AS s{k}" for k, s in enumerate(slices))
     wanted = ", ".join(quote_literal(v) for v in versions)
     return db.query(
-        f"WITH {frame_ctes()}, f AS (SELECT p.model_version AS v, t.true_label AS y, coalesce(p.label, '{NO_LABEL}') AS yhat, "
-        f"p.confidence::DOUBLE AS c, {flags} FROM {FRAME_FROM} WHERE t.true_label IS NOT NULL AND p.model_version IN ({wanted})) "
+        f"WITH {frame_ctes()}, f AS (SELECT p.model_version AS v, t.true_label AS y, "
+        f"coalesce(p.label, '{NO_LABEL}') AS yhat, "
+        f"p.confidence::DOUBLE AS c, {flags} FROM {FRAME_FROM} "
+        f"WHERE t.true_label IS NOT NULL AND p.model_version IN ({wanted})) "
         f"SELECT v, y, yhat, least(floor(c * {bins}), {bins - 1})::INTEGER AS bin, "
         f"{', '.join(f's{k}' for k in range(len(slices)))}, count(*) AS n, sum(c) AS conf FROM f GROUP BY ALL"
     )

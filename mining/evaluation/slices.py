@@ -45,7 +45,8 @@ newest AS (
 ), label_batches AS (
     SELECT image_id, list(DISTINCT batch ORDER BY batch) AS batches FROM labels GROUP BY image_id
 ), truth AS (
-    SELECT n.image_id, mode(n.label ORDER BY n.label) AS true_label, list(DISTINCT n.label ORDER BY n.label) AS true_labels,
+    SELECT n.image_id, mode(n.label ORDER BY n.label) AS true_label,
+           list(DISTINCT n.label ORDER BY n.label) AS true_labels,
            list({BOX_AREA}) FILTER (n.box IS NOT NULL) AS box_areas,
            min({BOX_AREA}) / nullif(any_value(i.width * i.height), 0) AS box_area,
            max(n.labelled_at) AS labelled_at, any_value(b.batches) AS batches

@@ -125,10 +125,12 @@ def load_items(
     boxes; and the refused ones as error dicts (not in the lake, size unknown)."""
     rows = db.query(
         "WITH wanted AS (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS n), "
-        "newest AS (SELECT image_id, arg_max(prediction_id, ts) AS prediction_id, arg_max(model_version, ts) AS model_version, "
+        "newest AS (SELECT image_id, arg_max(prediction_id, ts) AS prediction_id, "
+        "arg_max(model_version, ts) AS model_version, "
         "arg_max(label, ts) AS label, arg_max(confidence, ts) AS confidence FROM predictions "
         "WHERE image_id IN (SELECT image_id FROM wanted) GROUP BY image_id) "
-        "SELECT w.image_id, i.uri, i.width, i.height, i.sha256, p.prediction_id, p.model_version, p.label, p.confidence "
+        "SELECT w.image_id, i.uri, i.width, i.height, i.sha256, "
+        "p.prediction_id, p.model_version, p.label, p.confidence "
         "FROM wanted w LEFT JOIN images i USING (image_id) LEFT JOIN newest p USING (image_id) ORDER BY w.n",
         {"ids": list(image_ids)},
     ).to_pydict()

@@ -256,7 +256,8 @@ def queue_rows(db: LakeDB, name: str, version: int | None = None) -> pa.Table:
     if version is None:
         version = next_version(db, name) - 1
     rows = db.query(
-        "SELECT q.rank, q.image_id, q.prediction_id, q.score, q.reason, q.sampler, q.version, q.created_at, q.created_by, "
+        "SELECT q.rank, q.image_id, q.prediction_id, q.score, q.reason, q.sampler, q.version, "
+        "q.created_at, q.created_by, "
         "(SELECT arg_max(r.decision, r.decided_at) FROM reviews r WHERE r.image_id = q.image_id) AS decision "
         "FROM queues q WHERE q.queue = $name AND q.version = $version ORDER BY q.rank",
         {"name": name, "version": version},

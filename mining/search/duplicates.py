@@ -172,6 +172,8 @@ def largest_groups(db: LakeDB, limit: int = 5) -> list[dict]:
     """The ``limit`` largest near-duplicate groups: ``group_id``, ``images`` (how many),
     ``image_ids`` (the first image, then the others most similar first), ``threshold``."""
     return db.query(
-        "SELECT group_id, count(*)::INTEGER AS images, list(image_id ORDER BY similarity DESC, image_id) AS image_ids, "
-        f"any_value(threshold) AS threshold FROM duplicates GROUP BY group_id ORDER BY images DESC, group_id LIMIT {int(limit)}"
+        "SELECT group_id, count(*)::INTEGER AS images, "
+        "list(image_id ORDER BY similarity DESC, image_id) AS image_ids, "
+        "any_value(threshold) AS threshold FROM duplicates GROUP BY group_id "
+        f"ORDER BY images DESC, group_id LIMIT {int(limit)}"
     ).to_pylist()

@@ -152,8 +152,9 @@ def whitening(vectors: np.ndarray, components: int, sample: int = WHITEN_SAMPLE)
     undo correlations, whitening does, so a classifier fitted on a few dozen marks
     weighs the quieter directions where snow, a new camera or small objects show up
     (over the benchmark's five kinds: mean 8.61 to 8.34 views per edge image with 5
-    seeds, 8.41 to 8.06 with 10; glare worse, 1.9 to 2.9; docs/MINING.md). The weakest components are dropped: whitening them up
-    only amplifies noise (256 of 512 was worse than 128)."""
+    seeds, 8.41 to 8.06 with 10; glare worse, 1.9 to 2.9; docs/MINING.md). The
+    weakest components are dropped: whitening them up only amplifies noise (256 of
+    512 was worse than 128)."""
     # imported here: a search without negatives never needs it
     from sklearn.decomposition import PCA
 

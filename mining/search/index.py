@@ -143,8 +143,8 @@ class VectorIndex:
         if len(missing):
             raise SearchError(
                 f"image id(s) not in the index: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. "
-                'Check the id (edgemine sql "SELECT image_id FROM images LIMIT 5"), or embed and index new images first '
-                "(edgemine embed, edgemine index)"
+                'Check the id (edgemine sql "SELECT image_id FROM images LIMIT 5"), '
+                "or embed and index new images first (edgemine embed, edgemine index)"
             )
         return found.astype(np.int64)
 

@@ -6,8 +6,9 @@ current step (a child step); ``back`` makes the parent step current again. Each
 action is one row of ``narrow_steps`` (who, when, what was picked), and each
 clustering step writes its pool to ``narrow_members`` first: the step's row is
 the commit that makes it part of the session, so a session is resumed, shared
-and audited from the lake alone, and a kill in between leaves nothing visible. ``save_session`` turns the current step (or some of its
-clusters) into a named set (``sets``) that review and export take as input.
+and audited from the lake alone, and a kill in between leaves nothing visible.
+``save_session`` turns the current step (or some of its clusters) into a named
+set (``sets``) that review and export take as input.
 
 The clustering itself is mining.search.clustering; every function here reads through
 the caller's LakeDB (the UI's per-session cursor, or the CLI's one connection).

@@ -179,11 +179,13 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     print(
-        f"{result['machine']}; {args.images} JPEGs {width}x{height} ({megabytes:.0f} MB) on {device}, decode in {summary['decode']}"
+        f"{result['machine']}; {args.images} JPEGs {width}x{height} ({megabytes:.0f} MB) on {device}, "
+        f"decode in {summary['decode']}"
     )
     print(f"  naive loop     {naive_rate:9.1f} images/s")
     print(
-        f"  edgemine embed {job_rate:9.1f} images/s   {result['job_vs_naive']}x naive, {100 * result['job_vs_ceiling']:.0f}% of the ceiling"
+        f"  edgemine embed {job_rate:9.1f} images/s   {result['job_vs_naive']}x naive, "
+        f"{100 * result['job_vs_ceiling']:.0f}% of the ceiling"
     )
     print(f"  model ceiling  {ceiling_rate:9.1f} images/s   (random tensors, batch {batch_size})")
     print(f"  vectors agree with the naive loop's: min cosine {agreement:.5f}")

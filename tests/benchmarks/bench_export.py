@@ -104,7 +104,8 @@ def plain_coco(lake: Lake, ids: list[str], path: Path) -> None:
     """What a user would write: one query, a loop, json.dump."""
     with LakeDB(lake) as db:
         rows = db.query(
-            "WITH newest AS (SELECT image_id, arg_max(prediction_id, ts) AS prediction_id FROM predictions GROUP BY image_id) "
+            "WITH newest AS (SELECT image_id, arg_max(prediction_id, ts) AS prediction_id "
+            "FROM predictions GROUP BY image_id) "
             "SELECT i.image_id, i.uri, i.width, i.height, list({'box': d.box, 'label': d.label, 'score': d.score}) "
             "FILTER (d.box IS NOT NULL) AS boxes FROM images i JOIN newest n USING (image_id) "
             "LEFT JOIN detections d USING (prediction_id) WHERE i.image_id IN (SELECT unnest($ids)) "

@@ -431,7 +431,8 @@ def markdown(report: dict) -> str:
         "",
         (
             "| data | pool | K | ours s (iters) | sklearn s (iters) | inertia ours/sklearn | speedup | "
-            "ours niter 40: s, inertia ratio, speedup | sklearn max_iter 20: s, its inertia / sklearn full | torch-cpu s, inertia ratio |"
+            "ours niter 40: s, inertia ratio, speedup | sklearn max_iter 20: s, its inertia / sklearn full | "
+            "torch-cpu s, inertia ratio |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
@@ -446,7 +447,8 @@ def markdown(report: dict) -> str:
               "|---|---:|---:|---:|---|---:|---:|---:|---|"]
     for r in report["narrowing"]:
         lines.append(
-            f"| {r['data']} | {r['pool']:,} | {r['k']} | {r['cluster_pool_p50_s']} ({r['cluster_pool_max_s']}) | {r['index']} | "
+            f"| {r['data']} | {r['pool']:,} | {r['k']} | "
+            f"{r['cluster_pool_p50_s']} ({r['cluster_pool_max_s']}) | {r['index']} | "
             f"{r['start_p50_s']} ({r['start_max_s']}) | {r['start_pool']:,} | {r['start_pool_recall']:.3f} | "
             f"{r['default_pool_recall']:.3f} of {r['default_pool']:,} |"
         )

@@ -96,8 +96,9 @@ def views_against_files(lake: Lake, repeat: int) -> list[dict]:
     results = []
     with LakeDB(lake) as db:
         for name, sql in QUERIES.items():
-            view = best(lambda: db.query(sql.format(t="predictions")), repeat)
-            direct = {k: best(lambda s=s: raw.execute(sql.format(t=s)).fetchall(), repeat) for k, s in sources.items()}
+            view = best(lambda sql=sql: db.query(sql.format(t="predictions")), repeat)
+            direct = {k: best(lambda s=s, sql=sql: raw.execute(sql.format(t=s)).fetchall(), repeat)
+                      for k, s in sources.items()}
             results.append({"query": name, "edgemine_s": round(view, 4), "delta_scan_s": round(direct["delta_scan"], 4),
                             "read_parquet_s": round(direct["read_parquet"], 4),
                             "vs_delta_scan": round(view / direct["delta_scan"], 2),
@@ -186,7 +187,8 @@ def main() -> None:
         return
     print(f"Machine: {report['machine']}\n")
     print(
-        "| rows | data files | query | edgemine view (s) | delta_scan (s) | read_parquet (s) | view / delta_scan | view / read_parquet |"
+        "| rows | data files | query | edgemine view (s) | delta_scan (s) | read_parquet (s) | "
+        "view / delta_scan | view / read_parquet |"
     )
     print("|---:|---:|---|---:|---:|---:|---:|---:|")
     for size in report["sizes"]:
@@ -196,7 +198,8 @@ def main() -> None:
     h = report["hourly"]
     print(
         f"\n24 hourly files of {h['rows_per_file']:,} rows: files per day {h['files_per_day_before']} -> "
-        f"{h['files_per_day_after']}; count+avg {h['query_s_before']} s -> {h['query_s_after']} s ({h['query_speedup']}x)"
+        f"{h['files_per_day_after']}; count+avg {h['query_s_before']} s -> {h['query_s_after']} s "
+        f"({h['query_speedup']}x)"
     )
 
 

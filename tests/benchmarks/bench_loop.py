@@ -118,13 +118,12 @@ def reviewer_finds(index, edge: np.ndarray, allowed: np.ndarray, seed: int, page
 
 
 def accuracy(lake: Lake, version: str, slice_sql: str) -> tuple[float, int]:
+    where = slice_sql.replace(HELD_OUT + " AND ", "")
     with LakeDB(lake, read_only=False) as db:
         got = db.query(f"""SELECT avg((p.label = t.true_label)::int) AS acc, count(*) AS n
             FROM predictions p JOIN demo_truth t USING (image_id) JOIN labels l USING (image_id)
             JOIN images i USING (image_id)
-            WHERE p.model_version = '{version}' AND l.batch = 'eval' AND {slice_sql.replace(HELD_OUT + " AND ", "")}""").to_pylist()[
-            0
-        ]
+            WHERE p.model_version = '{version}' AND l.batch = 'eval' AND {where}""").to_pylist()[0]
     return got["acc"], got["n"]
 
 
@@ -301,7 +300,8 @@ def main() -> None:
     )
     for r in runs:
         print(
-            f"seed {r['seed']}: reviewer {r['glare_found']} glare in {r['reviewer_views']} views, {r['glare_labelled_new']} "
+            f"seed {r['seed']}: reviewer {r['glare_found']} glare in {r['reviewer_views']} views, "
+            f"{r['glare_labelled_new']} "
             f"newly labelled; after: val accuracy {r['val_accuracy']:.3f}, {r['seconds']:.0f} s"
         )
         for name in SLICES:
@@ -314,7 +314,8 @@ def main() -> None:
     for name in SLICES:
         c = results[f"change_{name}"]
         print(
-            f"{name}: change mean {c['mean']:+.3f} (sd {c['std']:.3f}, min {c['min']:+.3f}, max {c['max']:+.3f}) over {len(runs)} seeds"
+            f"{name}: change mean {c['mean']:+.3f} (sd {c['std']:.3f}, min {c['min']:+.3f}, max {c['max']:+.3f}) "
+            f"over {len(runs)} seeds"
         )
     print(f"alarms per seed: {results['alarms_per_seed']}; {results['seconds']:.0f} s in all")
 

@@ -59,7 +59,8 @@ def load_truth(lake: Lake, index: VectorIndex) -> tuple[np.ndarray, np.ndarray]:
     """Per index position: is it the edge case, and its lowest prediction confidence."""
     with LakeDB(lake) as db:
         rows = db.query(
-            "SELECT image_id, is_edge_case, (SELECT min(confidence) FROM predictions p WHERE p.image_id = t.image_id) AS confidence "
+            "SELECT image_id, is_edge_case, "
+            "(SELECT min(confidence) FROM predictions p WHERE p.image_id = t.image_id) AS confidence "
             "FROM demo_truth t"
         ).to_pylist()
     truth = {r["image_id"]: r for r in rows}

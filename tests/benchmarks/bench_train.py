@@ -203,12 +203,14 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     print(
-        f"{result['machine']}; {args.images} JPEGs {width}x{height}, {args.epochs} epoch(s) at {args.image_size} px on {device}"
+        f"{result['machine']}; {args.images} JPEGs {width}x{height}, "
+        f"{args.epochs} epoch(s) at {args.image_size} px on {device}"
     )
     print(f"  train: plain torchvision loop {plain_rate:7.1f} images/s, edgemine train {train_rate:7.1f} "
           f"({result['train_vs_plain']}x; fit alone {trained.train_images_per_second:.1f})")
     print(
-        f"  score: naive loop {naive_rate:7.1f} images/s, edgemine score {score_rate:7.1f} ({result['score_vs_naive']}x), "
+        f"  score: naive loop {naive_rate:7.1f} images/s, "
+        f"edgemine score {score_rate:7.1f} ({result['score_vs_naive']}x), "
         f"max probability difference {difference:.5f}"
     )
 

@@ -26,8 +26,9 @@ The index is then synced with ``mining.search.index_sync.index_lake`` (flat, exa
 Measured (median of ``--repeats`` runs after one warm-up; min and max too):
 
 1. grid: a read-only ``LakeDB`` opened (a cursor on the process's shared
-   database; in a fresh process, its views made), ``mining.search.similar.browse`` (100 ids, lowest confidence first), and for those
-   ids ``mining.core.media.thumbnails`` + ``mining.core.media.image_facts`` (what
+   database; in a fresh process, its views made), ``mining.search.similar.browse``
+   (100 ids, lowest confidence first), and for those ids
+   ``mining.core.media.thumbnails`` + ``mining.core.media.image_facts`` (what
    ``ui.widgets.image_grid`` reads), against the naive loop: each original
    opened with PIL, ``thumbnail((128, 128))``, encoded as JPEG (uris looked up
    beforehand, untimed);
@@ -546,9 +547,12 @@ def markdown(report: dict) -> str:
         f"Machine: {report['machine']}",
         (
             f"Threads (faiss, BLAS): {report['threads']}. "
-            f"Load average at start {report['load_start']}, at end {report['load_end']}. Lake: {report['images']:,} images "
-            f"({'reused' if lake['reused'] else 'built in ' + str(lake['build_s']) + ' s'}); index {report['index']['kind']} "
-            f"({report['index']['action']}, {report['index']['seconds']} s; synced again in {report['index']['open_s']} s)."
+            f"Load average at start {report['load_start']}, at end {report['load_end']}. "
+            f"Lake: {report['images']:,} images "
+            f"({'reused' if lake['reused'] else 'built in ' + str(lake['build_s']) + ' s'}); "
+            f"index {report['index']['kind']} "
+            f"({report['index']['action']}, {report['index']['seconds']} s; "
+            f"synced again in {report['index']['open_s']} s)."
         ),
         "Table files / MB: " + ", ".join(f"{t} {v['files']} / {v['mb']}" for t, v in lake["tables"].items()),
         "",

@@ -1,6 +1,7 @@
 """Find similar: choose seeds (from a grid, by id, or an uploaded image), see the
 nearest images with scores, refine with positives and negatives (or mark whole pages
-in the review loop, saved as review decisions), then start narrowing. Calls the same functions as `edgemine similar` and `narrow start`."""
+in the review loop, saved as review decisions), then start narrowing. Calls the
+same functions as `edgemine similar` and `narrow start`."""
 
 from __future__ import annotations
 

@@ -48,7 +48,8 @@ def _metrics() -> None:
     db = data.db()
     if not metrics.stored_metrics(db).num_rows:
         st.info(
-            "No metrics yet: press the button above, or run `edgemine metrics` (labels first: `edgemine labels import`)."
+            "No metrics yet: press the button above, or run `edgemine metrics` "
+            "(labels first: `edgemine labels import`)."
         )
         return
     chosen = st.selectbox("Metric", list(HEADLINES), key="metrics_metric")
