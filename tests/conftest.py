@@ -32,12 +32,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A test whose own code calls one of these starts a process of its own.
 STARTS_PROCESSES = re.compile(r"\b(run_cli|subprocess\.|Popen|multiprocessing|ProcessPoolExecutor|os\.fork)\b")
+# A test whose own code calls one of these runs a torch model (embedding, training, scoring).
+RUNS_A_MODEL = re.compile(r"\b(load_backbone|load_classifier|run_demo|embed_lake|train_model|score_lake|run_loop)\b")
+# The demo lakes are embedded by a model (once per run): a test that uses one is model work too.
+MODEL_FIXTURES = {"demo_lake", "demo_lake_with_round"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers read from what a test uses: ``s3`` for every test that reaches the S3 server
     (an S3 fixture, or the ``s3`` leg of the ``lake`` fixture, which asks for the server only
-    when it runs); ``processes`` for every test whose code starts one. The other markers
+    when it runs); ``processes`` for every test whose code starts one; ``model`` for every test
+    whose code runs a model or that uses a demo lake (embedded by one). The other markers
     are set by hand where a module or test is of that kind."""
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -45,8 +50,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if on_s3_leg or "s3_endpoint" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.s3)
         function = getattr(item, "function", None)
-        if function is not None and STARTS_PROCESSES.search(inspect.getsource(function)):
+        source = inspect.getsource(function) if function is not None else ""
+        if STARTS_PROCESSES.search(source):
             item.add_marker(pytest.mark.processes)
+        if RUNS_A_MODEL.search(source) or MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
 def _untracked() -> set[str]:

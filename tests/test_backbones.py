@@ -30,6 +30,8 @@ from mining.core.lake import Lake
 from tests.helpers import jpeg_bytes, put, rows, run_cli, source_uri
 from tests.train_helpers import labelled_lake
 
+pytestmark = pytest.mark.model  # every test here runs a model (or uses one a fixture trained)
+
 REPO = Path(__file__).resolve().parents[1]
 LITE0 = BACKBONES["efficientnet-lite0"]
 # ImageNet-1k class indices (the same order in every ImageNet model; checked against torchvision's list below).

@@ -23,6 +23,8 @@ from mining.core.sql import LakeDB
 from tests.helpers import jpeg_bytes, local_only, put, put_images, source_uri
 from tests.test_embed_preprocess import corrupt_jpeg, truncated_jpeg
 
+pytestmark = pytest.mark.model  # every test here runs a model (or uses one a fixture trained)
+
 # Small parts and batches, so a few dozen images make several of each; one
 # worker process so the loader path (fork, own S3 client) is the real one.
 CONFIG = EmbedConfig(weights="random", seed=0, batch_size=8, part_size=20, workers=1, max_pixels=2_000_000)

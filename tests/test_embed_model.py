@@ -15,6 +15,8 @@ import torchvision.transforms.v2.functional as TF
 from embed.model import load_backbone
 from mining.core.errors import ConfigError, WeightsError
 
+pytestmark = pytest.mark.model  # every test here runs a model (or uses one a fixture trained)
+
 # Same vectors whatever the batching or graph rewrites: float32 rounding only.
 TOLERANCE = 1e-5
 

@@ -19,6 +19,8 @@ from mining.core.schema import PREDICTIONS, make_rows
 from tests.helpers import rows
 from tests.train_helpers import FAST, labelled_lake
 
+pytestmark = pytest.mark.model  # every test here runs a model (or uses one a fixture trained)
+
 IMAGES = 36  # min_n is 30: slice `all` is checked for regressions
 CONFIG = Config(embed=EmbedConfig(device="cpu", workers=1, batch_size=8, part_size=12))
 

@@ -31,6 +31,8 @@ from tests.helpers import put, rows, source_uri
 from tests.test_kill_and_rerun import kill_when, start
 from tests.train_helpers import CLASSES, FAST, add_labels, coloured_jpeg, labelled_lake
 
+pytestmark = pytest.mark.model  # every test here runs a model (or uses one a fixture trained)
+
 IMAGES, READABLE = 33, 30  # the fixture's labelled images, and those whose files are still there
 SCORE = EmbedConfig(device="cpu", workers=1, batch_size=8, part_size=12)
 
