@@ -16,7 +16,7 @@ from mining.config import IndexConfig, MiningConfig
 from mining.errors import SearchError, SessionError
 from mining.index_sync import open_index
 from mining.sql import LakeDB
-from tests.helpers import clustered, image_ids, rows, run_cli, write_embeddings
+from tests.helpers import clustered, image_ids, local_only, rows, run_cli, write_embeddings
 
 MINING = MiningConfig(pool=60, clusters=4, user="tester")
 
@@ -72,6 +72,7 @@ def test_a_session_is_saved_and_resumed_in_another_process(vector_lake, request)
     assert members == [{"n": first.clusters[0].size}]
 
 
+@local_only
 def test_bad_narrowing_inputs_give_clear_errors(vector_lake):
     with LakeDB(vector_lake) as db:
         index = open_index(db, IndexConfig())

@@ -18,7 +18,7 @@ from mining import sql
 from mining.errors import QueryError, ReadOnlyError
 from mining.schema import TABLES
 from mining.sql import LakeDB, extension_path, view_statements
-from tests.helpers import jsonl, prediction, put, put_images, source_uri, write_embeddings
+from tests.helpers import jsonl, local_only, prediction, put, put_images, source_uri, write_embeddings
 
 
 @pytest.fixture
@@ -48,22 +48,25 @@ def test_views_join_and_aggregate(filled):
     assert got == [{"label": "car", "n": 15, "w": 64}, {"label": "person", "n": 15, "w": 64}]
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "COPY (SELECT 1) TO '{root}/predictions/evil.parquet' (USE_TMP_FILE false)",
-        "COPY (SELECT 1 AS a) TO '{root}/x.csv'",
-        "CREATE TABLE t AS SELECT 1",
-        "INSERT INTO predictions SELECT * FROM predictions",
-        "DELETE FROM predictions",
-        "DROP VIEW predictions",
-        "ATTACH '{root}/other.db'",
-        "INSTALL spatial",
-        "SET enable_external_access = true",
-        "EXPORT DATABASE '{root}/dump'",
-        "SELECT 1; COPY (SELECT 1) TO '{root}/y.csv'",
-    ],
-)
+REFUSED = [
+    "COPY (SELECT 1) TO '{root}/predictions/evil.parquet' (USE_TMP_FILE false)",
+    "COPY (SELECT 1 AS a) TO '{root}/x.csv'",
+    "CREATE TABLE t AS SELECT 1",
+    "INSERT INTO predictions SELECT * FROM predictions",
+    "DELETE FROM predictions",
+    "DROP VIEW predictions",
+    "ATTACH '{root}/other.db'",
+    "INSTALL spatial",
+    "SET enable_external_access = true",
+    "EXPORT DATABASE '{root}/dump'",
+    "SELECT 1; COPY (SELECT 1) TO '{root}/y.csv'",
+]
+
+
+# A statement that writes to a path in the lake runs on S3 too (an s3:// URL there); the rest touch no storage.
+@pytest.mark.parametrize("lake, statement", [(leg, statement) for statement in REFUSED
+                                             for leg in (("local", "s3") if "{root}" in statement else ("local",))],
+                         indirect=["lake"])
 def test_read_only_refuses_writes(filled, statement):
     root = filled.url(filled.root)
     files_before = sorted(filled.fs.find(filled.root))
@@ -108,6 +111,7 @@ def test_another_delta_table_leaks_neither_rows_nor_schema_nor_statistics(filled
         assert db.query("WITH p AS (SELECT * FROM predictions) SELECT count(*) n FROM p").to_pylist() == [{"n": 30}]
 
 
+@local_only
 def test_duckdbs_spill_folder_is_not_readable_from_the_console(filled, tmp_path, monkeypatch):
     """DuckDB's default temporary folder (.tmp where it runs) counted as an allowed directory."""
     monkeypatch.chdir(tmp_path)
@@ -149,6 +153,7 @@ def test_embeddings_view_is_float512_for_similarity(lake):
     assert sims == pytest.approx(vectors @ vectors[0], abs=1e-5)
 
 
+@local_only
 def test_a_filter_on_the_partition_reads_only_that_day(filled):
     """The views are the tables as they are (no window over them): DuckDB prunes the other days."""
     with LakeDB(filled) as db:
