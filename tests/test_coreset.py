@@ -11,7 +11,7 @@ from mining.core.sql import LakeDB
 from mining.search.coreset import k_center_brute_force, k_center_greedy
 from mining.search.duplicates import find_duplicates, group_duplicates
 from mining.search.index import IndexSpec, VectorIndex
-from tests.helpers import clustered, image_ids, rows
+from tests.helpers import clustered, image_ids, local_only, rows
 
 TOLERANCE = 1e-4  # float32 passes against the float64 reference: distances agree to this
 
@@ -88,6 +88,7 @@ def test_planted_near_copies_are_grouped_exactly_and_nothing_else():
         group_duplicates(index, 1.5)
 
 
+@local_only
 def test_duplicates_are_written_and_dropped_from_queues(lake):
     from tests.test_queues import queue, write_lake
 

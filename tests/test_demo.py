@@ -45,9 +45,8 @@ def test_demo_builds_a_consistent_lake(lake, images, bad_rows):
     assert query(lake, "SELECT count(*) n FROM detections")[0]["n"] >= images
     # Every image is embedded (offline: seeded random weights) and has a thumbnail.
     assert summary["embeddings"]["embedded"] == images and summary["embeddings"]["weights"] == "random-seed0"
-    assert query(
-        lake, "SELECT count(*) n FROM images JOIN embeddings USING (image_id) JOIN thumbnails USING (image_id)"
-    ) == [{"n": images}]
+    embedded = "SELECT count(*) n FROM images JOIN embeddings USING (image_id) JOIN thumbnails USING (image_id)"
+    assert query(lake, embedded) == [{"n": images}]
 
     again = run_demo(demo_config(lake, images), show_progress=False).to_dict()
     assert again["generated"] is False and again["images"]["registered"] == 0

@@ -169,6 +169,7 @@ def test_shard_spec_is_validated():
             Shard.parse(bad)
 
 
+@local_only
 def test_overwrite_replaces_rather_than_adds(lake):
     ingested(lake, 12)
     embed_lake(lake, CONFIG, show_progress=False)

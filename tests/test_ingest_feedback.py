@@ -9,10 +9,11 @@ import pytest
 
 from jobs.ingest_feedback import ingest_feedback
 from mining.core.errors import ReadOnlyError
-from tests.helpers import put, rows, source_uri
+from tests.helpers import local_only, put, rows, source_uri
 from tests.test_queues import queue, write_lake
 
 
+@local_only
 def test_feedback_lands_once_bad_rows_go_to_errors_and_the_queue_orders_by_severity(lake):
     truth = write_lake(lake, 8)
     ids = truth["ids"]

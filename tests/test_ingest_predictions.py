@@ -155,6 +155,7 @@ def test_csv_and_parquet_inputs(lake, images, small_ingest):
     assert [(r["label"], r["weather"]) for r in pq_rows] == [("car", "fog"), ("dog", "rain")]
 
 
+@local_only
 def test_overlapping_files_show_each_prediction_once(lake, images, small_ingest):
     preds = [prediction(u, i) for i, u in enumerate(images[:30])]
     a = put(lake, source_uri(lake, "in/a.jsonl"), jsonl(preds[:20]))

@@ -80,10 +80,8 @@ def test_killed_predictions_ingest_reruns_to_exactly_once(lake, lake_env, small_
     # Four files of four batches (one commit each): two files done, one cut part-way, one not begun.
     files, per_file, chunk_rows = 4, 1000, 250
     for k in range(files):
-        rows = [
-            prediction(uris[i % 10], i, ts=f"2026-10-{1 + i % 3:02d}T00:00:{i % 60:02d}Z", model_version=f"m{k}-{i}")
-            for i in range(per_file)
-        ]
+        rows = [prediction(uris[i % 10], i, ts=f"2026-10-{1 + i % 3:02d}T00:00:{i % 60:02d}Z",
+                           model_version=f"m{k}-{i}") for i in range(per_file)]
         put(lake, source_uri(lake, f"in/p-{k}.jsonl"), jsonl(rows))
     config = tmp_path / "job.toml"
     config.write_text(f'lake = "{lake.uri}"\n[ingest]\nchunk_rows = {chunk_rows}\n')
@@ -198,11 +196,8 @@ def test_killed_export_reruns_to_every_image_exported_once(lake, lake_env, tmp_p
                            capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert json.loads(rerun.stdout)["exported"] == images
-    assert (
-        count(lake, "SELECT count(*) FROM exports")
-        == count(lake, "SELECT count(DISTINCT image_id) FROM exports")
-        == images
-    )
+    assert count(lake, "SELECT count(*) FROM exports") == images
+    assert count(lake, "SELECT count(DISTINCT image_id) FROM exports") == images
     again = subprocess.run([str(EDGEMINE), *args, "--config", str(config), "--quiet", "--json"],
                            capture_output=True, text=True, env=env, timeout=300)
     assert json.loads(again.stdout)["status"] == "unchanged"

@@ -16,7 +16,7 @@ from mining.search import sessions
 from mining.search.backends import get_backend
 from mining.search.clustering import project_2d
 from mining.search.index_sync import open_index
-from tests.helpers import clustered, image_ids, rows, run_cli, write_embeddings
+from tests.helpers import clustered, image_ids, local_only, rows, run_cli, write_embeddings
 
 MINING = MiningConfig(pool=60, clusters=4, user="tester")
 
@@ -77,6 +77,7 @@ def test_a_session_is_saved_and_resumed_in_another_process(vector_lake, request)
     assert members == [{"n": first.clusters[0].size}]
 
 
+@local_only
 def test_bad_narrowing_inputs_give_clear_errors(vector_lake):
     with LakeDB(vector_lake) as db:
         index = open_index(db, IndexConfig())

@@ -14,7 +14,7 @@ from mining.core.errors import QueryError, SearchError
 from mining.core.sql import LakeDB
 from mining.search.index_sync import open_index
 from mining.search.similar import find_similar, rank
-from tests.helpers import clustered, image_ids, rows, run_cli, write_embeddings
+from tests.helpers import clustered, image_ids, local_only, rows, run_cli, write_embeddings
 
 MINING = MiningConfig(pool=60, clusters=4, user="tester")
 
@@ -26,6 +26,7 @@ def vector_lake(lake):
     return lake, vectors
 
 
+@local_only
 def test_similar_equals_brute_force_and_respects_exclusions(vector_lake):
     lake, vectors = vector_lake
     config = Config(lake=lake.uri, s3=lake.s3, mining=MINING)
@@ -48,6 +49,7 @@ def test_similar_equals_brute_force_and_respects_exclusions(vector_lake):
         assert len(everything) == 199 and len({h.image_id for h in everything}) == 199
 
 
+@local_only
 def test_bad_search_inputs_give_clear_errors(vector_lake):
     lake, _ = vector_lake
     config = Config(lake=lake.uri, s3=lake.s3, mining=MINING)

@@ -8,7 +8,7 @@ from mining.core import tables
 from mining.core.errors import SetError
 from mining.core.sets import save_set
 from mining.core.sql import LakeDB
-from tests.helpers import image_ids, rows
+from tests.helpers import image_ids, local_only, rows
 
 
 def test_a_set_saved_again_replaces_the_old_one_and_history_keeps_it(lake):
@@ -31,6 +31,7 @@ def test_a_set_saved_again_replaces_the_old_one_and_history_keeps_it(lake):
     assert [c["detail"]["set"] for c in tables.history(lake, "sets")] == ["other", "s", "s"]
 
 
+@local_only
 def test_a_set_needs_a_name_and_images(lake):
     with LakeDB(lake) as db:
         with pytest.raises(SetError, match="needs a name"):

@@ -23,6 +23,7 @@ from mining.core.sql import LakeDB, extension_path, view_statements
 from tests.helpers import (
     clustered,
     jsonl,
+    local_only,
     prediction,
     put,
     put_images,
@@ -59,22 +60,25 @@ def test_views_join_and_aggregate(filled):
     assert got == [{"label": "car", "n": 15, "w": 64}, {"label": "person", "n": 15, "w": 64}]
 
 
-@pytest.mark.parametrize(
-    "statement",
-    [
-        "COPY (SELECT 1) TO '{root}/predictions/evil.parquet' (USE_TMP_FILE false)",
-        "COPY (SELECT 1 AS a) TO '{root}/x.csv'",
-        "CREATE TABLE t AS SELECT 1",
-        "INSERT INTO predictions SELECT * FROM predictions",
-        "DELETE FROM predictions",
-        "DROP VIEW predictions",
-        "ATTACH '{root}/other.db'",
-        "INSTALL spatial",
-        "SET enable_external_access = true",
-        "EXPORT DATABASE '{root}/dump'",
-        "SELECT 1; COPY (SELECT 1) TO '{root}/y.csv'",
-    ],
-)
+REFUSED = [
+    "COPY (SELECT 1) TO '{root}/predictions/evil.parquet' (USE_TMP_FILE false)",
+    "COPY (SELECT 1 AS a) TO '{root}/x.csv'",
+    "CREATE TABLE t AS SELECT 1",
+    "INSERT INTO predictions SELECT * FROM predictions",
+    "DELETE FROM predictions",
+    "DROP VIEW predictions",
+    "ATTACH '{root}/other.db'",
+    "INSTALL spatial",
+    "SET enable_external_access = true",
+    "EXPORT DATABASE '{root}/dump'",
+    "SELECT 1; COPY (SELECT 1) TO '{root}/y.csv'",
+]
+
+
+# A statement that writes to a path in the lake runs on S3 too (an s3:// URL there); the rest touch no storage.
+@pytest.mark.parametrize("lake, statement", [(leg, statement) for statement in REFUSED
+                                             for leg in (("local", "s3") if "{root}" in statement else ("local",))],
+                         indirect=["lake"])
 def test_read_only_refuses_writes(filled, statement):
     root = filled.url(filled.root)
     files_before = sorted(filled.fs.find(filled.root))
@@ -123,6 +127,7 @@ def test_another_delta_table_leaks_neither_rows_nor_schema_nor_statistics(filled
         assert db.query("WITH p AS (SELECT * FROM predictions) SELECT count(*) n FROM p").to_pylist() == [{"n": 30}]
 
 
+@local_only
 def test_duckdbs_spill_folder_is_not_readable_from_the_console(filled, tmp_path, monkeypatch):
     """DuckDB's default temporary folder (.tmp where it runs) counted as an allowed directory."""
     monkeypatch.chdir(tmp_path)
@@ -188,6 +193,7 @@ def test_readmes_nearest_neighbours_sql_runs_on_a_lake_of_two_widths_old_files_i
     assert len(found) == {"r": 5, "e": 4}[own_set.pop()]
 
 
+@local_only
 def test_a_filter_on_the_partition_reads_only_that_day(filled):
     """The views are the tables as they are (no window over them): DuckDB prunes the other days."""
     with LakeDB(filled) as db:
