@@ -60,12 +60,14 @@ class LoopSettings:
 
     ``whiten``: principal components the classifier sees, each scaled to unit
     variance (PCA whitening fitted on the lake, see ``whitening``; 0, the default:
-    the raw standardised embedding, better on pretrained embeddings); ``prior_first``: weight of the model's doubt beside
-    the seeds' similarity before any negative; ``prior_feature``: scale of the doubt columns appended to the
+    the raw standardised embedding, better on pretrained embeddings);
+    ``prior_first``: weight of the model's doubt beside the seeds' similarity before
+    any negative; ``prior_feature``: scale of the doubt columns appended to the
     classifier's features; ``blend``: weight of the seeds' similarity beside the
     classifier's score, halved after ``blend_half`` marks; ``prior_score``: weight of
     the doubt added to the classifier's score, times its skill on the marks so far
-    when ``prior_adaptive`` (see _doubt_skill); ``predicted_feature``: whether the model's
+    when ``prior_adaptive`` (see _doubt_skill; 2 on pretrained embeddings, 32 was
+    chosen on random ones); ``predicted_feature``: whether the model's
     predicted class (one-hot, ``predicted`` of loop_scores) joins the classifier's features."""
 
     whiten: int = 0
