@@ -12,9 +12,12 @@ cut the images viewed per edge case found from 1.50 to 1.33 (BENCHMARKS.md).
 has predictions): the classifier's score plus the production model's doubt, weighted
 by how well the doubt told the marks apart so far. Over the benchmark's five kinds of
 edge case it cut the mean views per edge image from 19.96 to 8.61 (docs/MINING.md).
-The classifier is fitted on PCA-whitened embeddings (``whitening``): 8.61 to 8.34;
-the production model's predicted class (one-hot) joins its features: 8.33 to 8.01
-over 15 seeds per kind.
+The production model's predicted class (one-hot) joins its features: 8.33 to 8.01
+over 15 seeds per kind. On pretrained embeddings (EfficientNet-Lite0, ImageNet) the
+classifier sees the raw standardised embedding: PCA whitening (``whitening``,
+``LoopSettings.whiten``) helped random-weight embeddings (8.61 to 8.34) but costs
+pretrained ones (3.88 to 3.20 without it), and the doubt weighs 2 x skill, not 32
+(3.20 to 2.66; docs/MINING.md, "On pretrained features").
 """
 
 from __future__ import annotations
@@ -56,19 +59,21 @@ class LoopSettings:
     """How the reviewer loop scores the lake (tests/benchmarks/bench_mining.py chose these).
 
     ``whiten``: principal components the classifier sees, each scaled to unit
-    variance (PCA whitening fitted on the lake, see ``whitening``; 0: the raw
-    standardised embedding); ``prior_first``: weight of the model's doubt beside
-    the seeds' similarity before any negative; ``prior_feature``: scale of the doubt columns appended to the
+    variance (PCA whitening fitted on the lake, see ``whitening``; 0, the default:
+    the raw standardised embedding, better on pretrained embeddings);
+    ``prior_first``: weight of the model's doubt beside the seeds' similarity before
+    any negative; ``prior_feature``: scale of the doubt columns appended to the
     classifier's features; ``blend``: weight of the seeds' similarity beside the
     classifier's score, halved after ``blend_half`` marks; ``prior_score``: weight of
     the doubt added to the classifier's score, times its skill on the marks so far
-    when ``prior_adaptive`` (see _doubt_skill); ``predicted_feature``: whether the model's
+    when ``prior_adaptive`` (see _doubt_skill; 2 on pretrained embeddings, 32 was
+    chosen on random ones); ``predicted_feature``: whether the model's
     predicted class (one-hot, ``predicted`` of loop_scores) joins the classifier's features."""
 
-    whiten: int = 128
+    whiten: int = 0
     prior_first: float = 0.0
     prior_feature: float = 0.0
-    prior_score: float = 32.0
+    prior_score: float = 2.0
     prior_adaptive: bool = True
     predicted_feature: bool = True
     blend: float = 0.0
@@ -151,10 +156,12 @@ def whitening(vectors: np.ndarray, components: int, sample: int = WHITEN_SAMPLE)
     that say little about a given edge case; standardising per dimension does not
     undo correlations, whitening does, so a classifier fitted on a few dozen marks
     weighs the quieter directions where snow, a new camera or small objects show up
-    (over the benchmark's five kinds: mean 8.61 to 8.34 views per edge image with 5
-    seeds, 8.41 to 8.06 with 10; glare worse, 1.9 to 2.9; docs/MINING.md). The
-    weakest components are dropped: whitening them up only amplifies noise (256 of
-    512 was worse than 128)."""
+    (over the benchmark's five kinds with random ResNet18 weights: mean 8.61 to 8.34
+    views per edge image with 5 seeds, 8.41 to 8.06 with 10; glare worse, 1.9 to 2.9;
+    docs/MINING.md). The weakest components are dropped: whitening them up only
+    amplifies noise (256 of 512 was worse than 128). A pretrained embedding's loud
+    directions are the ones that matter (object class, weather), so the loop leaves
+    it off by default (``LoopSettings.whiten = 0``)."""
     # imported here: a search without negatives never needs it
     from sklearn.decomposition import PCA
 

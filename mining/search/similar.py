@@ -22,7 +22,7 @@ from mining.core.errors import SearchError
 from mining.core.lake import is_s3
 from mining.core.sets import save_set
 from mining.core.sql import LakeDB
-from mining.search.feedback import classifier_query, loop_scores, mean_direction
+from mining.search.feedback import LOOP, LoopSettings, classifier_query, loop_scores, mean_direction
 from mining.search.index import VectorIndex
 
 IMAGE_ID = re.compile(r"^[0-9a-f]{20}$")
@@ -127,7 +127,8 @@ def find_similar(db: LakeDB, index: VectorIndex, config: Config, seeds: Sequence
 def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
          subset: np.ndarray | None = None, exclude: np.ndarray | None = None, seed: int = 0,
          uncertainty: np.ndarray | None = None, positive_positions: np.ndarray | None = None,
-         negative_positions: np.ndarray | None = None, predicted: np.ndarray | None = None) -> list[Hit]:
+         negative_positions: np.ndarray | None = None, predicted: np.ndarray | None = None,
+         settings: LoopSettings = LOOP) -> list[Hit]:
     """The ``k`` images most like ``positives`` (float32 (p, d) vectors) and unlike
     ``negatives`` (float32 (m, d)), among ``subset`` positions (None: all), never
     one of ``exclude``. Positives only: cosine similarity to their mean direction
@@ -142,10 +143,11 @@ def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None
     ``negatives`` (the rest, files from outside, count as average doubt).
     ``predicted``: float32 (n, c) per index position, the one-hot of the production
     model's predicted class (``predicted_classes``): with negatives, it joins the
-    classifier's features (docs/MINING.md)."""
+    classifier's features (docs/MINING.md). ``settings``: how the loop weighs these
+    (mining.search.feedback.LoopSettings; the benchmark varies them)."""
     scores, positions = rank_positions(index, positives, negatives, k, subset=subset, exclude=exclude, seed=seed,
                                        uncertainty=uncertainty, positive_positions=positive_positions,
-                                       negative_positions=negative_positions, predicted=predicted)
+                                       negative_positions=negative_positions, predicted=predicted, settings=settings)
     return [
         Hit(rank=r + 1, image_id=str(index.ids[p]), score=float(s)) for r, (s, p) in enumerate(zip(scores, positions))
     ]
@@ -155,7 +157,8 @@ def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndar
                    subset: np.ndarray | None = None, exclude: np.ndarray | None = None, seed: int = 0,
                    uncertainty: np.ndarray | None = None, positive_positions: np.ndarray | None = None,
                    negative_positions: np.ndarray | None = None,
-                   predicted: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   predicted: np.ndarray | None = None,
+                   settings: LoopSettings = LOOP) -> tuple[np.ndarray, np.ndarray]:
     """``rank`` as arrays: float32 scores and int64 index positions (k',), best first."""
     positives = np.atleast_2d(np.asarray(positives, np.float32))
     if len(positives) == 0:
@@ -165,7 +168,7 @@ def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndar
     )
     if (uncertainty is not None or predicted is not None) and negatives.size:
         return _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, uncertainty,
-                                positive_positions, negative_positions, predicted)
+                                positive_positions, negative_positions, predicted, settings)
     if negatives.size == 0:
         query, exact = mean_direction(positives), False
     else:
@@ -176,7 +179,7 @@ def rank_positions(index: VectorIndex, positives: np.ndarray, negatives: np.ndar
 
 
 def _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, uncertainty, positive_positions,
-                     negative_positions, predicted=None) -> tuple[np.ndarray, np.ndarray]:
+                     negative_positions, predicted=None, settings=LOOP) -> tuple[np.ndarray, np.ndarray]:
     """Every candidate scored exactly by mining.search.feedback.loop_scores, the top ``k``."""
     def marks_rows(values: np.ndarray | None, rows: int, positions: np.ndarray | None) -> np.ndarray | None:
         """The marks' rows of a per-position array; rows past ``positions`` (files) get its mean."""
@@ -188,7 +191,7 @@ def _rank_with_prior(index, positives, negatives, k, subset, exclude, seed, unce
     scores = loop_scores(index, positives, negatives, prior=uncertainty,
                          positive_prior=marks_rows(uncertainty, len(positives), positive_positions),
                          negative_prior=marks_rows(uncertainty, len(negatives), negative_positions), exclude=exclude,
-                         seed=seed, predicted=predicted,
+                         seed=seed, predicted=predicted, settings=settings,
                          positive_predicted=marks_rows(predicted, len(positives), positive_positions),
                          negative_predicted=marks_rows(predicted, len(negatives), negative_positions))
     candidates = np.arange(len(index)) if subset is None else np.asarray(subset, np.int64)
