@@ -146,14 +146,21 @@ def config_for(lake: Lake, **ingest) -> Config:
     return replace(Config(lake=lake.uri, s3=lake.s3), ingest=replace(IngestConfig(), **ingest))
 
 
-@pytest.fixture(scope="session")
-def demo_lake(tmp_path_factory) -> Lake:
+@pytest.fixture(scope="module")
+def demo_lake(demo_lake_built: Path, tmp_path_factory) -> Lake:
     """The demo lake: 600 synthetic scenes (18 sun-glare edge cases), their predictions,
     embeddings (seeded random weights) and index, without the demo's labelling round (no
     labels, queues, metrics or drift: it costs seconds, and tests here start from a lake
-    nobody labelled; ``demo_lake_with_round`` has it). Built once per run (the first xdist
-    worker to ask builds it under a lock), and each worker gets a copy of its own. Tests
-    that write to it (sessions, reviews, sets) use names of their own."""
+    nobody labelled; ``demo_lake_with_round`` has it). Each test module gets a copy of its
+    own, so what one module writes (reviews, queues, sets) never changes what another sees,
+    whatever worker or order xdist gives them; tests within a module use names of their own."""
+    return Lake(str(shutil.copytree(demo_lake_built, tmp_path_factory.mktemp("demo") / "lake")))
+
+
+@pytest.fixture(scope="session")
+def demo_lake_built(tmp_path_factory) -> Path:
+    """The demo lake's folder, built once per run: the first xdist worker to ask builds it
+    under a lock, the others wait for it; nobody writes to it (``demo_lake`` copies it)."""
     from jobs.demo import run_demo
 
     under_xdist = "PYTEST_XDIST_WORKER" in os.environ  # the workers' temp folders share a parent
@@ -165,7 +172,7 @@ def demo_lake(tmp_path_factory) -> Lake:
             summary = run_demo(demo_lake_config(str(built), with_round=False), show_progress=False)
             assert summary.index.vectors == DEMO_IMAGES  # the demo builds the index
             (built.parent / "done").touch()
-    return Lake(str(shutil.copytree(built, tmp_path_factory.mktemp("demo") / "lake")))
+    return built
 
 
 @pytest.fixture
