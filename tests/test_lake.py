@@ -35,6 +35,23 @@ def test_an_old_layout_table_is_named_with_what_to_run(lake):
         lake.check_layout()
 
 
+def test_a_table_whose_first_commit_is_under_way_is_not_the_old_layout(lake):
+    """A first writer puts its data files down before its first commit; a reader or a second
+    first writer seeing them (two reviewers' first decisions at once) must not call it old."""
+    from datetime import UTC, datetime
+
+    from mining.core import tables
+
+    now = datetime.now(UTC)
+    tables.append(lake, ERRORS, error_rows("t", [{"reason": "first"}], now), tables.commit_info("test"))
+    lake.fs.rm(lake.path(ERRORS.name, "_delta_log"), recursive=True)  # the data file, before its commit
+    assert [p for p in lake.fs.find(lake.table_dir(ERRORS)) if p.endswith(".parquet")]
+    assert not lake.in_old_layout(ERRORS)
+    lake.check_layout()
+    tables.append(lake, ERRORS, error_rows("t", [{"reason": "second"}], now), tables.commit_info("test"))
+    assert tables.open_table(lake, ERRORS).to_pyarrow_table().column("reason").to_pylist() == ["second"]
+
+
 def test_markers_record_what_a_job_finished(lake):
     assert lake.read_marker("job", "s1") is None
     lake.write_marker("job", "s1", {"status": "done", "rows": 3})

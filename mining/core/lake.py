@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 from collections import Counter
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,8 @@ INDEX_DIR = "_index"
 MODELS_DIR = "_models"  # not models/: that folder is the models Delta table
 SOURCES_DIR = "sources"
 DELTA_LOG = "_delta_log"
+# delta-rs names its data files part-<5 digits>-<writer uuid>-c000[.<codec>].parquet.
+_DELTA_DATA_FILE = re.compile(r"part-\d{5}-[0-9a-fA-F-]{36}-c000(\.\w+)?\.parquet$")
 
 
 def is_s3(uri: str) -> bool:
@@ -171,7 +174,10 @@ class Lake:
         folder = self.table_dir(table)
         if not self.fs.exists(folder) or self.fs.exists(posixpath.join(folder, DELTA_LOG)):
             return False
-        return any(p.endswith(".parquet") for p in self.fs.find(folder))
+        # A Delta table's first writer puts its data files down before its first commit: a
+        # concurrent reader sees them without a _delta_log. Those are named by delta-rs's rule.
+        return any(p.endswith(".parquet") and not _DELTA_DATA_FILE.match(posixpath.basename(p))
+                   for p in self.fs.find(folder))
 
     def old_layout_tables(self) -> list[str]:
         """Tables still in the layout before Delta."""

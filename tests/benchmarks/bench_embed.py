@@ -4,18 +4,20 @@ the model alone.
 The same JPEG files (synthetic street scenes at a camera resolution) go through:
 
 (a) naive: for each file, ``PIL.Image.open`` -> the weights' own
-    ``transforms()`` -> the plain torchvision model on that one image, vectors
-    written to Parquet at the end;
+    preprocessing as torchvision transforms -> the plain model (torchvision's
+    ResNet, timm's ``tf_efficientnet_lite0``) on that one image, vectors written
+    to Parquet at the end;
 (b) the job: ``embed_lake`` on a lake holding the same images (DataLoader
     workers, batches, reduced-size JPEG decoding, BN folded, channels_last; on
     CUDA also bf16 and GPU JPEG decoding), thumbnails and errors included;
 (c) ceiling: random tensors through the job's model at the job's batch size,
     no decoding or I/O: the most the job could reach on this machine.
 
-Both produce vectors from the same seeded weights, and the script checks they
-agree (cosine), so the comparison is like for like.
+Both produce vectors from the same weights (seeded random, or ``--weights imagenet``),
+and the script checks they agree (cosine), so the comparison is like for like.
 
-    python tests/benchmarks/bench_embed.py [--images 384] [--size 1920x1080] [--device auto] [--json]
+    python tests/benchmarks/bench_embed.py [--images 384] [--size 1920x1080] [--device auto]
+        [--backbone resnet18|resnet34|efficientnet-lite0] [--weights random|imagenet] [--json]
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from embed.model import load_backbone  # noqa: E402
+from embed.backbones import BACKBONES, get_backbone  # noqa: E402
+from embed.model import load_backbone, network_with_weights  # noqa: E402
 from jobs.demo_data import draw_scene, encode_jpeg, sample_scene, scene_rng  # noqa: E402
 from jobs.embed_images import DEFAULT_BATCH, embed_lake  # noqa: E402
 from jobs.ingest_images import ingest_images  # noqa: E402
@@ -69,13 +72,23 @@ def make_images(folder: Path, n: int, width: int, height: int, scenes: int) -> l
     return paths
 
 
-def naive(paths: list[Path], device: torch.device, out: Path) -> tuple[float, dict[str, np.ndarray]]:
+def plain_model(config: EmbedConfig) -> tuple[torch.nn.Module, torchvision.transforms.Compose]:
+    """The network as its library makes it, with the job's weights and its head removed, and
+    the weights' preprocessing as torchvision transforms: what a user builds by hand."""
+    spec = get_backbone(config.backbone)
+    model, _ = network_with_weights(spec, config.weights, seed=SEED)
+    setattr(model, spec.head, torch.nn.Identity())
+    p = spec.preprocessing
+    transform = torchvision.transforms.Compose([
+        torchvision.transforms.Resize(p.resize), torchvision.transforms.CenterCrop(p.crop),
+        torchvision.transforms.ToTensor(), torchvision.transforms.Normalize(p.mean, p.std)])
+    return model, transform
+
+
+def naive(paths: list[Path], config: EmbedConfig, device: torch.device,
+          out: Path) -> tuple[float, dict[str, np.ndarray]]:
     """What a user writes first: one image at a time through PIL and the model."""
-    transform = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        model = torchvision.models.resnet18()
-    model.fc = torch.nn.Identity()
+    model, transform = plain_model(config)
     model = model.eval().to(device)
     started = time.perf_counter()
     names, vectors = [], []
@@ -112,7 +125,7 @@ def job(paths: list[Path], work: Path, config: EmbedConfig) -> tuple[float, dict
 
 def ceiling(config: EmbedConfig, batches: int) -> float:
     """Random pixels through the job's model at the job's batch size: no decode, no I/O."""
-    backbone = load_backbone(config.backbone, "random", seed=SEED, device=config.device)
+    backbone = load_backbone(config.backbone, config.weights, seed=SEED, device=config.device)
     pixels = torch.randint(0, 256, (config.batch_size, 3, 224, 224), dtype=torch.uint8)
     if backbone.uses_cuda:
         pixels = pixels.pin_memory()
@@ -136,6 +149,8 @@ def main() -> None:
     )
     parser.add_argument("--size", default="1920x1080", help="WIDTHxHEIGHT of the JPEGs (default: 1920x1080)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--backbone", default="resnet18", choices=list(BACKBONES))
+    parser.add_argument("--weights", default="random", help="random (seeded) or imagenet")
     parser.add_argument(
         "--batch-size", type=int, default=0, help="default 0: the job's own choice (32 on CPU, 256 on CUDA)"
     )
@@ -149,19 +164,23 @@ def main() -> None:
     device = torch.device(resolve_device(args.device))
     batch_size = args.batch_size or DEFAULT_BATCH[device.type]
     config = EmbedConfig(
-        weights="random", seed=SEED, device=str(device), batch_size=batch_size, workers=args.workers, part_size=50_000
+        backbone=args.backbone, weights=args.weights, seed=SEED, device=str(device), batch_size=batch_size, workers=args.workers, part_size=50_000
     )
 
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
         work = Path(tmp)
         paths = make_images(work / "images", args.images, width, height, args.scenes)
         megabytes = sum(p.stat().st_size for p in paths) / 1e6
-        naive_rate, naive_vectors = naive(paths[: args.naive_images or len(paths)], device, work / "naive.parquet")
+        naive_rate, naive_vectors = naive(
+            paths[: args.naive_images or len(paths)], config, device, work / "naive.parquet"
+        )
         job_rate, summary, job_vectors = job(paths, work, config)
         ceiling_rate = ceiling(config, batches=max(3, min(50, args.images // batch_size)))
     agreement = min(float(naive_vectors[k] @ job_vectors[k]) for k in naive_vectors)
     result = {
         "machine": machine(device),
+        "backbone": args.backbone,
+        "weights": args.weights,
         "device": str(device),
         "decode": summary["decode"],
         "images": args.images,
@@ -179,7 +198,7 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     print(
-        f"{result['machine']}; {args.images} JPEGs {width}x{height} ({megabytes:.0f} MB) on {device}, "
+        f"{result['machine']}; {args.backbone} ({args.weights}); {args.images} JPEGs {width}x{height} ({megabytes:.0f} MB) on {device}, "
         f"decode in {summary['decode']}"
     )
     print(f"  naive loop     {naive_rate:9.1f} images/s")

@@ -8,12 +8,16 @@ On a glare demo lake (hidden truth in ``demo_truth``) with ``--edge-rate`` glare
 1. a held-out evaluation set: the images whose id hash falls in the top ``--eval``
    share (mining.evaluation.models.validation_fraction_of; disjoint from every training split),
    labelled with their true class as batch ``eval``, never trained on;
+   the lake's embeddings (what the reviewer ranks by) come from ``--backbone`` with
+   ``--weights`` (``efficientnet-lite0`` with ``imagenet``: the pretrained backbone that
+   works offline);
 2. a first labelling round: a random ``--base`` share of the other images, in which glare
    is kept at ``--base-glare`` of the round (3%, the demo's natural rate: the round a team
    labelled before anyone looked for glare), batch ``base``; model **before** =
-   `edgemine loop` on it (train from random weights, as nothing can be downloaded here;
-   score; metrics; card), once, seeded by ``--before-seed`` (the lake with it is kept under
-   ``--cache`` and reused by a later run with the same settings);
+   `edgemine loop` on it (train ``--backbone`` from ``--from`` (imagenet or random),
+   training what ``--finetune`` says; score; metrics; card), once, seeded by
+   ``--before-seed`` (the lake with it is kept under ``--cache`` and reused by a later run
+   with the same settings);
 3. for each of ``--seeds``: the reviewer loop (what `edgemine similar POSITIVES --not
    NEGATIVES` ranks, as in bench_mining) from one flagged glare image outside the evaluation
    set (drawn from the seed), ``--pages`` pages of 20; every image marked an edge case is
@@ -27,6 +31,7 @@ Reported per seed, and as mean and spread over the seeds: accuracy of before and
 the held-out glare images and on the held-out other images, and the regression alarms.
 
     python tests/benchmarks/bench_loop.py [--images 2000] [--edge-rate 0.1] [--seeds 0 1 2]
+        [--backbone efficientnet-lite0 --weights imagenet --from imagenet --finetune head|last|all]
         [--base 0.6] [--pages 5] [--epochs 8] [--after-epochs 4] [--image-size 48]
         [--after-lr 0.001] [--glare-weight 1] [--json]
 """
@@ -49,6 +54,7 @@ import torchvision
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+from embed.backbones import BACKBONES, FINETUNE_CHOICES  # noqa: E402
 from embed.finetune import TrainSettings  # noqa: E402
 from jobs.demo import run_demo  # noqa: E402
 from jobs.loop import run_loop  # noqa: E402
@@ -76,13 +82,13 @@ def say(message: str) -> None:
     print(f"[{time.monotonic() - STARTED:6.0f} s] {message}", file=sys.stderr, flush=True)
 
 
-def build_lake(cache: Path, images: int, edge_rate: float) -> tuple[Path, VectorIndex, dict]:
+def build_lake(cache: Path, args) -> tuple[Path, VectorIndex, dict]:
     """The glare demo lake (built once under ``cache``: the demo is idempotent), its index
     and, per index position, the truth and the production model's uncertainty."""
-    path = cache / f"glare-{images}-r{edge_rate:g}-s0-random"
-    config = Config(lake=str(path), embed=EmbedConfig(device="cpu"),
-                    demo=replace(DemoConfig(), images=images, kind="glare", weights="random", edge_case_rate=edge_rate,
-                                 round=False))
+    path = cache / f"glare-{args.images}-r{args.edge_rate:g}-s0-{args.weights}-{args.backbone}"
+    config = Config(lake=str(path), embed=EmbedConfig(device="cpu", backbone=args.backbone),
+                    demo=replace(DemoConfig(), images=args.images, kind="glare", weights=args.weights,
+                                 edge_case_rate=args.edge_rate, round=False))
     lake = Lake.from_config(config)
     if not (path / ".built").exists():
         say(f"building the demo lake {path} (once)")
@@ -142,7 +148,8 @@ def train_before(source: Path, index: VectorIndex, truth: dict, args, work: Path
     trained (seed ``--before-seed``) and scored. Every seed's after starts from this lake, which is
     kept under ``--cache`` for the next run with the same settings (before takes most of a run)."""
     key = (f"before-{args.images}-r{args.edge_rate:g}-e{args.eval:g}-b{args.base:g}-g{args.base_glare:g}"
-           f"-ep{args.epochs}-px{args.image_size}-s{args.before_seed}")
+           f"-ep{args.epochs}-px{args.image_size}-s{args.before_seed}-{args.weights}-{args.backbone}"
+           f"-from-{args.base_from}-{args.finetune}-lr{args.lr:g}")
     cached = Path(args.cache) / key
     ids, edge = np.array(index.ids), truth["edge"]
     held_out = validation_fraction_of(ids) >= 1 - args.eval
@@ -166,8 +173,8 @@ def train_before(source: Path, index: VectorIndex, truth: dict, args, work: Path
         run_loop(
             lake,
             config,
-            TrainRequest(version="before", base="random", labels_where="batch = 'base'", user="bench"),
-            settings(args, args.epochs, args.before_seed, 1e-3),
+            TrainRequest(version="before", base=args.base_from, labels_where="batch = 'base'", user="bench"),
+            settings(args, args.epochs, args.before_seed, args.lr),
             show_progress=False,
         )
         shutil.copytree(work / "lake", cached / "lake", dirs_exist_ok=True)
@@ -184,8 +191,8 @@ def train_before(source: Path, index: VectorIndex, truth: dict, args, work: Path
 
 
 def settings(args, epochs: int, seed: int, lr: float) -> TrainSettings:
-    return TrainSettings(epochs=epochs, image_size=args.image_size, batch_size=32, lr=lr, seed=seed, device="cpu",
-                         patience=epochs)
+    return TrainSettings(backbone=args.backbone, epochs=epochs, image_size=args.image_size, batch_size=32, lr=lr,
+                         seed=seed, device="cpu", patience=epochs, finetune=args.finetune)
 
 
 def one_seed(before_lake: Lake, split: dict, index: VectorIndex, truth: dict, args, seed: int, work: Path) -> dict:
@@ -242,6 +249,13 @@ def one_seed(before_lake: Lake, split: dict, index: VectorIndex, truth: dict, ar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--backbone", default="resnet18", choices=list(BACKBONES),
+                        help="the backbone of the embeddings and of both models")
+    parser.add_argument("--weights", default="random", help="the demo lake's embedding weights: random or imagenet")
+    parser.add_argument("--from", dest="base_from", default="random",
+                        help="what before is trained from: random or imagenet (`edgemine loop --from`)")
+    parser.add_argument("--finetune", default="all", choices=FINETUNE_CHOICES, help="what both trainings train")
+    parser.add_argument("--lr", type=float, default=1e-3, help="before's peak learning rate")
     parser.add_argument("--edge-rate", type=float, default=0.1, help="share of glare images in the demo lake")
     parser.add_argument("--cache", default="/tmp/bench-loop-cache", help="where the demo lake is built once")
     parser.add_argument("--eval", type=float, default=0.3, help="share of images held out for evaluation")
@@ -252,7 +266,7 @@ def main() -> None:
         "--base-glare", type=float, default=0.03, help="glare's share of the first round (the demo's natural rate)"
     )
     parser.add_argument("--pages", type=int, default=5, help="pages of 20 the reviewer looks at")
-    parser.add_argument("--epochs", type=int, default=8, help="epochs of before (from random weights)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of before")
     parser.add_argument("--after-epochs", type=int, default=4, help="epochs of after (from before)")
     parser.add_argument(
         "--after-lr", type=float, default=1e-3, help="after's peak learning rate (`edgemine loop --lr`)"
@@ -268,7 +282,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    source, index, truth = build_lake(Path(args.cache), args.images, args.edge_rate)
+    source, index, truth = build_lake(Path(args.cache), args)
     results: dict = {"machine": describe({"torch": torch.__version__, "torchvision": torchvision.__version__}),
                      "images": len(index), "edge_cases": int(truth["edge"].sum()), "args": vars(args), "seeds": []}
     work = Path(tempfile.mkdtemp(prefix="bench-loop-"))
