@@ -233,10 +233,11 @@ def _delete_rows_of(lake: Lake, kind: FileKind, uri: str, commit: tables.Commit)
 def whole_file_or_nothing(uri: str, undo: Callable[[], None]) -> Iterator[None]:
     """Around the chunks of one input file: a file found unreadable midway (bad format,
     truncated, not text) has its chunks' rows undone by ``undo`` and becomes one
-    IngestFileError, so a file lands whole or not at all."""
+    IngestFileError, so a file lands whole or not at all. InputError covers a field the
+    lake cannot store (mining.core.tables says which and why)."""
     try:
         yield
-    except InputFormatError as e:
+    except InputError as e:
         undo()
         raise IngestFileError(f"{uri}: {e}. Nothing of this file was written.") from None
     except (OSError, pa.ArrowException, UnicodeDecodeError, EOFError) as e:

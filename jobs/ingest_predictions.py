@@ -32,7 +32,7 @@ from jobs.readers import Batch, InputFormatError
 from mining.core import tables
 from mining.core.config import IngestConfig
 from mining.core.lake import Lake
-from mining.core.schema import DETECTIONS, PREDICTIONS, Table
+from mining.core.schema import DETECTIONS, PREDICTIONS, Table, storable
 from mining.core.sql import LakeDB, quote_ident, quote_literal
 
 # IngestFileError and IngestSummary are what callers of ingest_predictions catch and get.
@@ -123,8 +123,10 @@ class RowChecker:
     def check(self, batch: Batch, source: str, ingested_at: datetime) -> Converted:
         """The batch's good rows (predictions, detections) and its bad ones, each with its reason."""
         table = batch.table.append_column(_ROW, batch.rows)
-        types = {name: table.schema.field(name).type for name in table.column_names}
         extras = [n for n in table.column_names if n not in KNOWN and n != _ROW]
+        for name in extras:  # as the lake will store them (DuckDB, too, has no float16 or uint64 beyond int64)
+            table = table.set_column(table.schema.get_field_index(name), name, storable(table.column(name)))
+        types = {name: table.schema.field(name).type for name in table.column_names}
         self.con.register("batch", table)
         try:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS {_check_sql(types, posixpath.dirname(source))}")

@@ -271,3 +271,93 @@ def test_compressed_input(lake, images, small_ingest):
     uri = put(lake, source_uri(lake, "in/p.jsonl.gz"), data)
     summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
     assert summary["rows"]["predictions"] == 25 and summary["errors"] == 0
+
+
+def parquet_of(columns: dict) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    return buffer.getvalue()
+
+
+@local_only
+def test_every_arrow_type_an_input_brings_lands_in_a_table_every_reader_still_reads(lake, images, small_ingest):
+    """Extra fields of types Delta has no feature-free match for once broke `predictions` for
+    good (a zone-less timestamp merged as timestamp_ntz) or crashed the ingest (time, duration,
+    uint64, float16): each is now stored as a type any reader reads, values kept."""
+    from datetime import UTC, date, datetime, time, timedelta
+    from decimal import Decimal
+    from zoneinfo import ZoneInfo
+
+    first = put(lake, source_uri(lake, "in/first.jsonl"), jsonl([prediction(images[0], 0)]))
+    ingest_predictions(lake, [first], small_ingest, show_progress=False)  # the table exists before the new fields
+    zoneless = put(lake, source_uri(lake, "in/zoneless.jsonl"),
+                   jsonl([prediction(images[1], 1) | {"captured_at": "2026-11-04T23:59:00"}]))
+    n = 2
+    odd = parquet_of({
+        "image_uri": images[2:4], "model_version": ["v7"] * n, "label": ["car"] * n, "confidence": [0.5] * n,
+        "ts": pa.array([datetime(2026, 10, 1, 8)] * n, pa.timestamp("ns")),  # zone-less Parquet timestamp
+        "seen_ns": pa.array([datetime(2026, 10, 1, 8, 0, 0, 123456, tzinfo=ZoneInfo("Europe/Paris"))] * n,
+                            pa.timestamp("ns", "Europe/Paris")),
+        "clock": pa.array([time(13, 5)] * n, pa.time64("us")),
+        "exposure": pa.array([timedelta(milliseconds=5)] * n, pa.duration("ns")),
+        "frame": pa.array([2**64 - 1, 3], pa.uint64()),
+        "lane": pa.array([255, 1], pa.uint8()),
+        "gain": pa.array([1.5, 2.0], pa.float16()),
+        "day": pa.array([date(2026, 10, 1)] * n, pa.date64()),
+        "nothing": pa.array([None] * n, pa.null()),
+        "site": pa.array(["north", "south"]).dictionary_encode(),
+        "meta": pa.array([{"at": time(1, 2), "count": 7}] * n,
+                         pa.struct([("at", pa.time32("s")), ("count", pa.uint32())])),
+    })
+    odd_uri = put(lake, source_uri(lake, "in/odd.parquet"), odd)
+
+    summary = ingest_predictions(lake, [zoneless, odd_uri], small_ingest, show_progress=False).to_dict()
+
+    assert summary["failed"] == 0 and summary["rows"]["predictions"] == 3
+    got = rows(lake, "SELECT * FROM predictions WHERE image_uri <> '" + images[0] + "' ORDER BY image_uri")
+    assert len(got) == 3 and len(rows(lake, "SELECT * FROM predictions")) == 4  # every command still reads it
+    by_uri = {r["image_uri"]: r for r in got}
+    assert by_uri[images[1]]["captured_at"] == datetime(2026, 11, 4, 23, 59, tzinfo=UTC)  # zone-less read as UTC
+    row = by_uri[images[2]]
+    assert row["seen_ns"] == datetime(2026, 10, 1, 6, 0, 0, 123456, tzinfo=UTC)  # the instant, at microseconds
+    assert row["clock"] == "13:05:00.000000"
+    assert row["exposure"] == 5000  # microseconds
+    assert row["frame"] == Decimal(2**64 - 1) and by_uri[images[3]]["frame"] == Decimal(3)
+    assert row["lane"] == 255 and row["gain"] == pytest.approx(1.5) and row["day"] == date(2026, 10, 1)
+    assert row["nothing"] is None and row["site"] == "north"
+    assert row["meta"] == {"at": "01:02:00.000", "count": 7}
+    # Delta's own reader agrees, and the table needs no reader feature.
+    delta = tables.open_table(lake, "predictions")
+    assert delta.protocol().min_reader_version == 1
+    assert delta.to_pyarrow_table().num_rows == 4
+
+
+@local_only
+def test_a_field_whose_values_do_not_fit_the_stored_column_fails_its_file_alone(lake, images, small_ingest):
+    """delta-rs casts an extra field to the column it already has on its own: 1.5 into a long
+    column as 1, 'abc' failing midway. A value that does not fit now fails its file, named, and
+    nothing of that file is written; the other files land."""
+    shift = put(lake, source_uri(lake, "in/a.jsonl"), jsonl([prediction(images[0], 0, shift=3)]))
+    ingest_predictions(lake, [shift], small_ingest, show_progress=False)
+    text = put(lake, source_uri(lake, "in/b.jsonl"), jsonl([prediction(images[1], 1, shift="night")]))
+    fraction = put(lake, source_uri(lake, "in/c.jsonl"), jsonl([prediction(images[2], 2, shift=1.5)]))
+    fits = put(lake, source_uri(lake, "in/d.jsonl"), jsonl([prediction(images[3], 3, Shift=4)]))  # any case
+
+    summary = ingest_predictions(lake, [text, fraction, fits], small_ingest, show_progress=False).to_dict()
+
+    failed = {f["source"]: f["reason"] for f in summary["files"] if f["status"] == "failed"}
+    assert set(failed) == {text, fraction}
+    assert "field 'shift'" in failed[text] and "int64" in failed[text] and "Nothing of this file" in failed[text]
+    assert "field 'shift'" in failed[fraction]
+    assert sorted(r["shift"] for r in rows(lake, "SELECT shift FROM predictions")) == [3, 4]
+
+
+@local_only
+def test_fields_that_differ_only_in_case_fail_their_file(lake, images, small_ingest):
+    uri = put(lake, source_uri(lake, "in/a.jsonl"), jsonl([prediction(images[0], 0, Camera="x")]))
+
+    summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
+
+    assert summary["failed"] == 1
+    assert "'camera' and 'Camera' differ only in case" in summary["files"][0]["reason"]
+    assert rows(lake, "SELECT count(*) AS n FROM predictions")[0]["n"] == 0

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mining.core.errors import LakeError
+from mining.core.errors import InputError, LakeError
 
 IMAGE_ID_HEX = 20
 
@@ -573,9 +573,80 @@ def conform(rows: pa.Table, table: Table, *, fill_missing: bool = False) -> pa.T
     if table.extra_columns:
         for name in rows.column_names:
             if table.schema.get_field_index(name) == -1:
-                columns.append(rows.column(name))
-                fields.append(rows.schema.field(name))
+                column = storable(rows.column(name))
+                columns.append(column)
+                fields.append(pa.field(name, column.type))
+        _check_names_differ_beyond_case([f.name for f in fields], table)
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
+
+
+# -- extra fields: every Arrow type an input may bring, as one a Delta table stores ---------
+
+_SIGNED_FOR_UNSIGNED = {8: pa.int16(), 16: pa.int32(), 32: pa.int64(), 64: pa.decimal128(20, 0)}
+
+
+def storable_type(type_: pa.DataType) -> pa.DataType:
+    """The type a column of ``type_`` is stored as, one every Delta reader reads without a
+    table feature: timestamps as UTC microseconds (a zone-less one read as UTC, as pyarrow's
+    JSON reader already reads a zoned string); times of day as text ("13:05:00.000000");
+    durations as int64 microseconds; unsigned integers as the next wider signed type
+    (uint64 as decimal(20, 0)); float16 as float32; dictionaries as their values; nested
+    types field by field; what Delta has no type for (intervals, unions, decimals over 38
+    digits, all-null columns) as text."""
+    t = pa.types
+    if t.is_dictionary(type_):
+        return storable_type(type_.value_type)
+    if t.is_timestamp(type_):
+        return UTC_TS
+    if t.is_date64(type_):
+        return pa.date32()
+    if t.is_duration(type_):
+        return pa.int64()
+    if t.is_unsigned_integer(type_):
+        return _SIGNED_FOR_UNSIGNED[type_.bit_width]
+    if t.is_float16(type_):
+        return pa.float32()
+    if t.is_decimal(type_):
+        return pa.decimal128(type_.precision, type_.scale) if type_.precision <= 38 else pa.string()
+    if t.is_string_view(type_) or t.is_large_string(type_):
+        return pa.string()
+    if t.is_binary_view(type_) or t.is_large_binary(type_) or t.is_fixed_size_binary(type_):
+        return pa.binary()
+    if t.is_list(type_) or t.is_large_list(type_) or t.is_fixed_size_list(type_) or t.is_list_view(type_) \
+            or t.is_large_list_view(type_):
+        return pa.list_(storable_type(type_.value_type))
+    if t.is_map(type_):
+        return pa.map_(storable_type(type_.key_type), storable_type(type_.item_type))
+    if t.is_struct(type_) and type_.num_fields:
+        return pa.struct([pa.field(f.name, storable_type(f.type)) for f in type_])
+    if t.is_boolean(type_) or t.is_signed_integer(type_) or t.is_floating(type_) or t.is_string(type_) \
+            or t.is_binary(type_) or t.is_date32(type_):
+        return type_
+    return pa.string()  # time of day, interval, union, null, an empty struct, extension types
+
+
+def storable(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """``column`` as :func:`storable_type` says; what Arrow cannot cast (an interval, a union,
+    a nested field of such a type) becomes each value's text."""
+    target = storable_type(column.type)
+    if target == column.type:
+        return column
+    if pa.types.is_duration(column.type):
+        return column.cast(pa.duration("us")).cast(pa.int64())
+    try:
+        return column.cast(target, safe=False)  # unsafe only to truncate nanoseconds to microseconds
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+
+
+def _check_names_differ_beyond_case(names: Sequence[str], table: Table) -> None:
+    """Delta matches column names without regard to case: two that differ only in case are refused."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.lower(), name)
+        if other != name:
+            raise InputError(f"fields {other!r} and {name!r} differ only in case, and table {table.name}'s columns "
+                             "cannot (Delta compares names without case): rename one of them in the input")
 
 
 def embedding_rows(image_ids: Sequence[str], backbone: str, weights: str, vectors: np.ndarray, computed_at: datetime,

@@ -164,7 +164,8 @@ def main() -> None:
     device = torch.device(resolve_device(args.device))
     batch_size = args.batch_size or DEFAULT_BATCH[device.type]
     config = EmbedConfig(
-        backbone=args.backbone, weights=args.weights, seed=SEED, device=str(device), batch_size=batch_size, workers=args.workers, part_size=50_000
+        backbone=args.backbone, weights=args.weights, seed=SEED, device=str(device), batch_size=batch_size,
+        workers=args.workers, part_size=50_000,
     )
 
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
@@ -198,8 +199,8 @@ def main() -> None:
         print(json.dumps(result, indent=1))
         return
     print(
-        f"{result['machine']}; {args.backbone} ({args.weights}); {args.images} JPEGs {width}x{height} ({megabytes:.0f} MB) on {device}, "
-        f"decode in {summary['decode']}"
+        f"{result['machine']}; {args.backbone} ({args.weights}); {args.images} JPEGs {width}x{height} "
+        f"({megabytes:.0f} MB) on {device}, decode in {summary['decode']}"
     )
     print(f"  naive loop     {naive_rate:9.1f} images/s")
     print(
