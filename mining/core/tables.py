@@ -361,7 +361,7 @@ def _write(lake: Lake, table: Table, rows: pa.Table, info: Commit, **how: Any) -
     created = not exists(lake, table)
     if created and lake.in_old_layout(table):  # never start a Delta table among the old layout's files
         lake.check_layout()
-    if not created:
+    if not created and table.extra_columns and set(rows.column_names) - set(table.schema.names):
         rows = _as_stored(rows, open_table(lake, table), table)
     write_deltalake(table_uri(lake, table), rows, partition_by=[table.partition] if table.partition else None,
                     schema_mode=how.pop("schema_mode", "merge" if table.extra_columns else None),
