@@ -31,6 +31,7 @@ from mining.core.summary import Summary
 from mining.evaluation.cards import card_path, write_card
 from mining.evaluation.metrics import previous_version, run_metrics
 from mining.evaluation.models import list_models, version_exists
+from mining.evaluation.slices import check_config_slices
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def resolve_base(lake: Lake, base: str, version: str) -> str:
     """``latest`` -> the newest model version of the lake other than ``version`` (else FIRST_BASE)."""
     if base != LATEST:
         return base
-    with LakeDB(lake, read_only=False) as db:  # a private connection: the models table may be minutes old
+    with LakeDB(lake, private=True) as db:  # not the shared connection: the models table may be minutes old
         versions = [v for v in list_models(db).column("model_version").to_pylist() if v != version]
     if not versions:
         log.info("--from latest: the lake has no model yet; starting from %s", FIRST_BASE)
@@ -75,6 +76,8 @@ def run_loop(lake: Lake, config: Config, request: TrainRequest, settings: TrainS
     started = time.monotonic()
     version = request.version
     summary = LoopSummary(model_version=version)
+    with LakeDB(lake, config=config, private=True) as db:  # the slices, checked before any work
+        check_config_slices(db, config)
     if version_exists(lake, version):
         log.info("loop: %s is already trained; scoring what is left, then metrics and card", version)
         summary.base = "(trained before)"
@@ -89,13 +92,15 @@ def run_loop(lake: Lake, config: Config, request: TrainRequest, settings: TrainS
     scored = score_lake(lake, version, config.embed, show_progress=show_progress)
     summary.score = scored.to_dict()
     summary.errors += scored.errors
-    with LakeDB(lake, read_only=False) as db:
+    # Sandboxed connections, as `edgemine metrics` uses: a slice's SQL (the config's, or the
+    # lake's slices table) reads the lake's views and nothing else.
+    with LakeDB(lake, config=config, private=True) as db:
         summary.baseline = baseline or previous_version(db, version)
         versions = [v for v in (summary.baseline, version) if v]
         rows, report = run_metrics(db, config, versions=versions, baseline=summary.baseline)
         summary.metrics = rows.num_rows
         summary.comparisons, summary.alarms = report.checked, report.alarms
-    with LakeDB(lake, read_only=False) as db:  # a new connection sees the metrics and alarms tables just made
+    with LakeDB(lake, config=config, private=True) as db:  # a new one sees the metrics and alarms just made
         write_card(db, version, config)
         summary.card = lake.url(card_path(db, version))
     summary.seconds = time.monotonic() - started

@@ -135,3 +135,38 @@ def test_a_regression_exits_3_after_writing_the_card(looped, tmp_path, capsys):
     assert (
         rows(lake, "SELECT count(*) n FROM alarms WHERE model_version = 'v3' AND baseline = 'v0-perfect'")[0]["n"] >= 1
     )
+
+
+def test_a_slice_that_reads_outside_the_lake_is_refused_before_training(tmp_path):
+    """The loop's metrics once ran on a writable connection without the sandbox: a slice could
+    read any file the process can. Now the config's slices are checked, sandboxed, before any work."""
+    from dataclasses import replace
+
+    from mining.core.errors import SliceError
+
+    outside = tmp_path / "outside.csv"
+    outside.write_text("image_id\nsecret\n")
+    lake = Lake(str(tmp_path / "lake"))
+    labelled_lake(lake, 4)
+    config = replace(CONFIG, slices={"leak": f"p.image_id IN (SELECT image_id FROM read_csv('{outside}'))"})
+    with pytest.raises(SliceError, match="slice 'leak'.*table functions are refused"):
+        run_loop(lake, config, TrainRequest(version="v1", base="random", workers=1), FAST, show_progress=False)
+    assert not tables.exists(lake, "models") and not lake.fs.exists(lake.model_dir("v1"))
+
+
+def test_a_saved_slice_that_reads_outside_the_lake_is_refused_by_the_loops_metrics(looped, tmp_path):
+    import shutil
+
+    from mining.core.errors import QueryError
+    from mining.core.schema import SLICES
+
+    shutil.copytree(looped[0].root, tmp_path / "lake")
+    lake = Lake(str(tmp_path / "lake"))
+    outside = tmp_path / "outside.csv"
+    outside.write_text("image_id\nsecret\n")
+    when = datetime(2026, 11, 2, tzinfo=UTC)
+    hostile = make_rows(SLICES, 1, name="leak", sql=f"p.image_id IN (SELECT image_id FROM read_csv('{outside}'))",
+                        created_by="someone", created_at=when)  # written past `edgemine slices add`'s check
+    tables.append(lake, SLICES, hostile, tables.commit_info("test"))
+    with pytest.raises(QueryError, match="table functions are refused"):
+        loop(lake, "v2")  # already trained: straight to scoring (nothing left) and metrics

@@ -92,17 +92,18 @@ class LakeDB:
 
     Read-only (the default): a cursor on the process's shared, sandboxed database
     for this lake. Writable (the ingest jobs join their inputs against the lake),
-    with its own ``threads``, or pinned to table versions (``as_of``: table name ->
-    version, None for a table that did not exist then; mining.core.tables.resolve_as_of):
+    with its own ``threads``, pinned to table versions (``as_of``: table name ->
+    version, None for a table that did not exist then; mining.core.tables.resolve_as_of),
+    or ``private`` (read-only and sandboxed, but fresh: it sees every table as it is now):
     a database of its own."""
 
     def __init__(self, lake: Lake, *, read_only: bool = True, threads: int | None = None, config: Config | None = None,
-                 as_of: Mapping[str, int] | None = None):
+                 as_of: Mapping[str, int] | None = None, private: bool = False):
         self.lake = lake
         self.read_only = read_only
         self.config = config  # the settings it was opened with (mining.open_lake), for the library's defaults
         self.as_of = dict(as_of or {})
-        if read_only and threads is None and not self.as_of:
+        if read_only and threads is None and not self.as_of and not private:
             self._catalog = _catalog_for(lake)
         else:
             self._catalog = _Catalog(lake, sandboxed=read_only, threads=threads, as_of=self.as_of)

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 
 from mining.core import tables
+from mining.core.config import Config
 from mining.core.errors import QueryError, SliceError
 from mining.core.schema import SLICES, make_rows
 from mining.core.sql import LakeDB, quote_ident, quote_literal
@@ -154,6 +155,14 @@ def check_sql(db: LakeDB, name: str, sql: str) -> int:
             "with their metadata columns), i (images), t (truth: true_label, true_labels, box_area, "
             "box_areas, batches)"
         ) from None
+
+
+def check_config_slices(db: LakeDB, config: Config) -> None:
+    """Run each of the config's slices once (SliceError names the first that fails): what a job
+    that ends in metrics (`edgemine loop`) checks before its minutes of work."""
+    for one in all_slices(db, config.slices, max_values=config.metrics.auto_max_values):
+        if one.kind == "config":
+            check_sql(db, one.name, one.sql)
 
 
 def add_slice(db: LakeDB, name: str, sql: str, *, user: str) -> int:
