@@ -135,6 +135,17 @@ def test_sql_output_parquet_and_refusals(lake_dir, tmp_path, capsys):
         main(["sql", "SELECT 1", "--lake", str(lake_dir), "--output", str(lake_dir / "predictions" / "x.parquet")]) == 2
     )
     assert "inside the lake" in capsys.readouterr().err
+    # Through a symlink: once written as the table's next log entry, and the table broke for good.
+    log = lake_dir / "predictions" / "_delta_log"
+    (tmp_path / "link").symlink_to(log)
+    sneaky = tmp_path / "link" / f"{len(list(log.glob('*.json'))):020d}.json"
+    assert main(["sql", "SELECT 1", "--lake", str(lake_dir), "--output", str(sneaky)]) == 2
+    assert "inside the lake" in capsys.readouterr().err
+    (tmp_path / "file-link.parquet").symlink_to(lake_dir / "predictions" / "y.parquet")
+    assert main(["sql", "SELECT 1", "--lake", str(lake_dir), "--output", str(tmp_path / "file-link.parquet")]) == 2
+    assert "inside the lake" in capsys.readouterr().err
+    assert main(["sql", "SELECT count(*) FROM predictions", "--lake", str(lake_dir)]) == 0  # still readable
+    capsys.readouterr()
     assert main(["sql", "DELETE FROM predictions", "--lake", str(lake_dir)]) == 2
     assert "read-only" in capsys.readouterr().err
     assert main(["sql", "SELEC oops", "--lake", str(lake_dir)]) == 2

@@ -321,6 +321,34 @@ def test_bad_exports_say_what_to_do_and_commit_nothing(local, tmp_path):
     assert rows(lake, "SELECT count(*) AS n FROM exports WHERE target = $t", {"t": str(tmp_path / "b")}) == [{"n": 3}]
 
 
+def test_an_export_cannot_write_outside_its_target_or_into_the_lake(local, tmp_path, monkeypatch):
+    """What a careless user's afternoon found: a batch name with a path escaped --to, `--to /`
+    wrote into the working directory, `memory://` recorded files that vanish, and the lake itself
+    (even through a symlink) was accepted as a target."""
+    lake, ids = local
+    before = rows(lake, "SELECT count(*) AS n FROM exports")
+    for name in ["../../escaped", "/tmp/absolute", "a/b", "..", ".hidden", "x" * 129, "new\nline"]:
+        with pytest.raises(ExportError, match="a batch name is one folder name"):
+            export(lake, ids[:2], "coco", str(tmp_path / "t"), name=name)
+    with pytest.raises(ExportError, match="not memory://"):
+        export(lake, ids[:2], "coco", "memory://exports")
+    for target in [lake.root, lake.path("predictions"), lake.path("predictions", "_delta_log")]:
+        with pytest.raises(ExportError, match="is the lake, inside it or holds it"):
+            export(lake, ids[:2], "coco", target)
+    (tmp_path / "innocent").symlink_to(lake.path("predictions"))
+    with pytest.raises(ExportError, match="is the lake, inside it or holds it"):
+        export(lake, ids[:2], "coco", str(tmp_path / "innocent"))
+    with pytest.raises(ExportError, match="is the lake, inside it or holds it"):  # the batch folder holds the lake
+        parent = posixpath.dirname(lake.root)
+        export(lake, ids[:2], "coco", posixpath.dirname(parent), name=posixpath.basename(parent))
+    assert rows(lake, "SELECT count(*) AS n FROM exports") == before  # nothing recorded
+    assert not (tmp_path / "escaped").exists() and not list(tmp_path.glob("t*"))
+    # `--to /` is the root folder (its batch folder /NAME), not the working directory ('' + NAME).
+    from mining.labelling.export import _checked_target
+
+    assert _checked_target("/") == "/" and _checked_target("s3://bucket/x/") == "s3://bucket/x"
+
+
 def test_images_whose_files_are_gone_become_errors_and_the_rest_is_exported(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     ids = build(lake, 5)

@@ -153,9 +153,22 @@ class Lake:
         return self.url(self.root).rstrip("/") + "/"
 
     def contains(self, uri: str) -> bool:
-        """Whether ``uri`` (a local path or s3:// URI) is the lake or inside it."""
+        """Whether ``uri`` (a local path or s3:// URI) is the lake or inside it; a local path
+        by where it really leads (symlinks resolved, even when its last part does not exist yet)."""
+        return self._real(uri).startswith(self._real(self.uri))
+
+    def overlaps(self, uri: str) -> bool:
+        """Whether writing under the folder ``uri`` could touch the lake: it is the lake, inside
+        it, or holds it (symlinks resolved)."""
+        folder, lake = self._real(uri), self._real(self.uri)
+        return folder.startswith(lake) or lake.startswith(folder)
+
+    def _real(self, uri: str) -> str:
+        """``uri`` as a URL ending in a slash, a local one at its real path."""
         _, path = open_url(uri, self.s3)
-        return (as_uri(path, like=uri).rstrip("/") + "/").startswith(self.prefix)
+        if not is_s3(uri):
+            path = os.path.realpath(path)
+        return as_uri(path, like=uri).rstrip("/") + "/"
 
     def table_dir(self, table: Table | str) -> str:
         return self.path(table_named(table).name)

@@ -26,11 +26,13 @@ import hashlib
 import json
 import logging
 import posixpath
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 
@@ -264,7 +266,9 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
             raise ExportError("a Label Studio target needs a project: --project NAME (created when missing)")
         target = f"{target.rstrip('/')}?project={project}"
     else:
-        target = target.rstrip("/")
+        target = _checked_target(target)
+    if name is not None:
+        _check_batch_name(name)
     copy_images = copy_images or writer_cls.copies_images
     options = {"format": fmt, "predictions": predictions, "copy_images": copy_images, "task_size": task_size,
                "resend": resend}
@@ -274,6 +278,9 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
                             duplicates_dropped=dropped)
     folder = "" if label_studio else posixpath.join(target, name)
     summary.folder = folder or target
+    if folder and db.lake.overlaps(folder):
+        raise ExportError(f"the export folder {folder} is the lake, inside it or holds it (symlinks followed); "
+                          "export to a folder outside the lake (the lake is written by edgemine's jobs only)")
 
     if db.query("SELECT count(*) AS n FROM exports WHERE batch = $b", {"b": batch}).column("n")[0].as_py():
         summary.status = "unchanged"
@@ -370,6 +377,27 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
     summary.status, summary.exported, summary.tasks = "exported", n, len(tasks)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+_BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_TARGET_SCHEMES = ("", "file", "s3", "s3a")
+
+
+def _checked_target(target: str) -> str:
+    """A folder target as recorded: without a trailing slash (``/`` stays ``/``); only a local
+    folder or an s3:// URI (what the annotators' side can read later, unlike memory://)."""
+    scheme = urlsplit(target).scheme.lower()
+    if scheme not in _TARGET_SCHEMES:
+        raise ExportError(f"--to {target}: export to a folder, an s3:// URI, or a Label Studio http(s) URL "
+                          f"(not {scheme}://)")
+    return target.rstrip("/") or "/"
+
+
+def _check_batch_name(name: str) -> None:
+    """A batch name is one plain folder name: no path, so the batch stays under its target."""
+    if not _BATCH_NAME.fullmatch(name):
+        raise ExportError(f"--batch {name!r}: a batch name is one folder name of letters, digits, '.', '_' and "
+                          "'-', starting with a letter or digit (at most 128), with no '/' or '..'")
 
 
 def _claim_folder(fs: fsspec.AbstractFileSystem, folder: str, target: str, batch: str) -> None:
