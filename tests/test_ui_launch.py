@@ -1,0 +1,59 @@
+"""`edgemine ui` as a process: a signal to it (what a service manager or `kill` sends) stops
+the Streamlit server it started, and the port is free again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+            return r.read().decode().strip() == "ok"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_to_edgemine_ui_stops_its_server_and_frees_the_port(sig, tmp_path):
+    port = free_port()
+    log = tmp_path / "ui.log"
+    with open(log, "wb") as out:  # a session of its own: the signal goes to the edgemine process only
+        ui = subprocess.Popen([sys.executable, "-m", "jobs.cli", "ui", "--lake", str(tmp_path / "lake"),
+                               "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                              cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not healthy(port):
+            assert ui.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"no health answer in 120 s:\n{log.read_text()}"
+            time.sleep(0.3)
+        os.kill(ui.pid, sig)
+        assert ui.wait(timeout=30) == 0, log.read_text()
+        assert not healthy(port)
+        with socket.socket() as s:  # nothing listens on the port any more (a new server may take it)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not a listener
+            s.bind(("127.0.0.1", port))
+            s.listen()
+        assert "Traceback" not in log.read_text()
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+        try:
+            os.killpg(ui.pid, signal.SIGKILL)  # a server left behind by a failed test
+        except ProcessLookupError:
+            pass
