@@ -119,6 +119,7 @@ class RowChecker:
         # One row per URI, and every known id, for the whole run.
         self.con.execute("CREATE OR REPLACE TEMP TABLE image_by_uri AS SELECT uri, image_id FROM image_files")
         self.con.execute("CREATE OR REPLACE TEMP TABLE image_ids AS SELECT image_id FROM images")
+        self._file = None  # the input file whose prediction ids file_ids holds
 
     def check(self, batch: Batch, source: str, ingested_at: datetime) -> Converted:
         """The batch's good rows (predictions, detections) and its bad ones, each with its reason."""
@@ -132,6 +133,7 @@ class RowChecker:
             self.con.execute(f"CREATE OR REPLACE TEMP TABLE checked AS {_check_sql(types, posixpath.dirname(source))}")
         finally:
             self.con.unregister("batch")
+        self._refuse_repeated_ids(source)
         at = f"TIMESTAMPTZ '{ingested_at.isoformat()}'"
         params = [source]
         return Converted(
@@ -141,6 +143,25 @@ class RowChecker:
             },
             errors=self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table(),
         )
+
+
+    def _refuse_repeated_ids(self, source: str) -> None:
+        """A prediction id seen earlier in the same file (in this batch or an earlier one) makes
+        its row an error: the first row is kept. (Across files the newer file's row replaces the
+        older: that is a correction; within one file it is a mistake, even for another image.)"""
+        if source != self._file:
+            self.con.execute("CREATE OR REPLACE TEMP TABLE file_ids (prediction_id VARCHAR, row BIGINT)")
+            self._file = source
+        self.con.execute(f"""
+            UPDATE checked SET __reason = 'duplicate prediction_id ' || checked.__prediction_id || ' (first at row '
+                || first.row || '): one row per prediction in a file; the first is kept'
+            FROM (SELECT prediction_id, min(row) AS row FROM (
+                      SELECT prediction_id, row FROM file_ids
+                      UNION ALL SELECT __prediction_id, {_ROW} FROM checked WHERE __reason IS NULL)
+                  GROUP BY prediction_id) AS first
+            WHERE checked.__reason IS NULL AND first.prediction_id = checked.__prediction_id
+                AND first.row < checked.{_ROW}""")
+        self.con.execute(f"INSERT INTO file_ids SELECT __prediction_id, {_ROW} FROM checked WHERE __reason IS NULL")
 
 
 def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:

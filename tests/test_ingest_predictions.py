@@ -361,3 +361,27 @@ def test_fields_that_differ_only_in_case_fail_their_file(lake, images, small_ing
     assert summary["failed"] == 1
     assert "'camera' and 'Camera' differ only in case" in summary["files"][0]["reason"]
     assert rows(lake, "SELECT count(*) AS n FROM predictions")[0]["n"] == 0
+
+
+@local_only
+def test_a_prediction_id_repeated_in_one_file_keeps_the_first_and_records_the_rest(lake, images, small_ingest):
+    """The last row once won silently, even for another image, and the summary counted every row.
+    Across chunks of the file too (chunk_rows=2 here)."""
+    preds = [prediction(images[i], i, prediction_id=pid) for i, pid in enumerate(["a", "b", "a", "c", "b", "a"])]
+    preds.append(prediction(images[6], 6))  # no id given: derived, distinct
+    uri = put(lake, source_uri(lake, "in/dups.jsonl"), jsonl(preds))
+
+    summary = ingest_predictions(lake, [uri], replace(small_ingest, chunk_rows=2), show_progress=False).to_dict()
+
+    assert summary["rows"]["predictions"] == 4 and summary["errors"] == 3
+    got = {r["prediction_id"]: r["image_uri"] for r in rows(lake, "SELECT prediction_id, image_uri FROM predictions")}
+    assert got["a"] == images[0] and got["b"] == images[1] and got["c"] == images[3] and len(got) == 4
+    errors = rows(lake, "SELECT row, reason FROM errors ORDER BY row")
+    assert [e["row"] for e in errors] == [3, 5, 6]
+    assert errors[0]["reason"] == "duplicate prediction_id a (first at row 1): one row per prediction in a file; " \
+        "the first is kept"
+    assert "(first at row 2)" in errors[1]["reason"] and "(first at row 1)" in errors[2]["reason"]
+    # The same ids in another file later: a correction, the newer rows replace the older.
+    again = put(lake, source_uri(lake, "in/fix.jsonl"), jsonl([prediction(images[9], 9, prediction_id="a")]))
+    assert ingest_predictions(lake, [again], small_ingest, show_progress=False).to_dict()["errors"] == 0
+    assert rows(lake, "SELECT image_uri FROM predictions WHERE prediction_id = 'a'") == [{"image_uri": images[9]}]
