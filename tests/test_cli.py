@@ -291,3 +291,37 @@ def test_compact_reports_files_and_times_before_and_after(lake_dir, capsys):
     )
     assert main(["compact", "predictions", "errors", "--z-order", "label", "--lake", str(lake_dir)]) == 2
     assert "--z-order clusters one table: name it" in capsys.readouterr().err
+
+
+def test_a_bug_is_one_line_with_the_traceback_kept_in_a_file(lake_dir, capsys, monkeypatch):
+    """No traceback reaches a user: an unexpected error (a bug) prints one line naming a file
+    that holds the traceback, and exits 1; --verbose raises it as it is."""
+    import mining.core.statistics
+
+    def broken(db):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(mining.core.statistics, "table_rows", broken)
+    assert main(["tables", "--lake", str(lake_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error (ZeroDivisionError: a bug)" in err and "Traceback" not in err
+    saved = Path(err.split("traceback is in ")[1].split(";")[0])
+    try:
+        assert "Traceback" in saved.read_text() and "ZeroDivisionError: a bug" in saved.read_text()
+    finally:
+        saved.unlink()
+    with pytest.raises(ZeroDivisionError):
+        main(["tables", "--lake", str(lake_dir), "--verbose"])
+
+
+@pytest.mark.parametrize("query, as_of, says", [
+    ("SELECT 1\x00", None, "NUL character"),
+    ("SELECT count(*) FROM images", "images@99999999999999999999", "expected TABLE@VERSION"),
+    ("SELECT count(*) FROM images", "99999999999999999999", "give a time"),
+    ("SELECT count(*) FROM images", "images@\u00b2", "expected TABLE@VERSION"),
+    ("SELECT count(*) FROM images", "images@5000", "has no version 5000"),
+])
+def test_hostile_sql_and_as_of_values_are_one_line(lake_dir, capsys, query, as_of, says):
+    assert main(["sql", query, "--lake", str(lake_dir), *(["--as-of", as_of] if as_of else [])]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and err.count("\n") == 1

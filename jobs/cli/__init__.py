@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -69,9 +70,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - every error the user can fix is one line; anything else is a bug
         message = user_message(e)
         if message is None:
-            raise
+            if args.verbose:
+                raise
+            print(f"edgemine: internal error ({one_line(e)}): a bug in edgemine. The traceback is in "
+                  f"{save_traceback(e)}; please report it with that file (--verbose prints it)", file=sys.stderr)
+            return 1
         print(f"edgemine: error: {message}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def save_traceback(error: BaseException) -> str:
+    """Write ``error``'s traceback to a new file in the temporary folder; returns its path."""
+    import tempfile
+    import traceback
+
+    handle, path = tempfile.mkstemp(prefix="edgemine-error-", suffix=".txt")
+    with os.fdopen(handle, "w") as f:
+        f.write(f"edgemine {' '.join(sys.argv[1:])}\n\n")
+        f.write("".join(traceback.format_exception(error)))
+    return path
 
 
 def user_message(error: BaseException) -> str | None:

@@ -138,6 +138,8 @@ class LakeDB:
     def check_read_only(self, sql: str) -> set[str]:
         """Refuse what a read-only connection must not run (ReadOnlyError); returns the
         lake tables the statement reads."""
+        if "\x00" in sql:
+            raise QueryError("the query holds a NUL character (\\x00); remove it")
         try:
             statements = self.con.extract_statements(sql)
         except duckdb.Error as e:

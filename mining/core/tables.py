@@ -290,6 +290,9 @@ def version_at(lake: Lake, table: Table | str, when: datetime) -> int | None:
     return found
 
 
+_VERSION = re.compile(r"[0-9]{1,18}")  # a table version: ASCII digits that fit delta-rs's int64
+
+
 def resolve_as_of(lake: Lake, spec: str, tables_read: Iterable[str]) -> dict[str, int | None]:
     """Table versions for ``spec``, as `edgemine sql --as-of` takes it:
 
@@ -300,7 +303,7 @@ def resolve_as_of(lake: Lake, spec: str, tables_read: Iterable[str]) -> dict[str
     Raises LakeError for anything else, or a bare version when the query reads several tables."""
     spec = spec.strip()
     read = sorted(set(tables_read))
-    if spec.isdigit():
+    if _VERSION.fullmatch(spec):
         if len(read) != 1:
             raise LakeError(f"--as-of {spec}: the query reads {', '.join(read) or 'no table'}; give TABLE@VERSION "
                             "for each (e.g. predictions@12,images@3), or a time (2026-11-20T10:00:00Z)")
@@ -309,7 +312,7 @@ def resolve_as_of(lake: Lake, spec: str, tables_read: Iterable[str]) -> dict[str
         pinned = {}
         for part in spec.split(","):
             name, _, number = part.strip().partition("@")
-            if not number.isdigit():
+            if not _VERSION.fullmatch(number):
                 raise LakeError(f"--as-of {part!r}: expected TABLE@VERSION, e.g. predictions@12")
             pinned[table_named(name).name] = int(number)
         return pinned
