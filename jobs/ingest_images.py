@@ -16,6 +16,7 @@ import fnmatch
 import hashlib
 import io
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from jobs.progress import Progress
 from mining.core import tables
 from mining.core.config import IngestConfig
-from mining.core.lake import Lake, as_uri, open_url, path_of, read_many
+from mining.core.lake import Lake, as_uri, is_s3, open_url, path_of, read_many
 from mining.core.schema import ERRORS, IMAGE_FILES, IMAGES, error_rows, image_id_from_sha256, make_rows
 from mining.core.sql import LakeDB
 from mining.core.summary import Summary
@@ -70,6 +71,7 @@ def ingest_images(
     summary.already_known = len(uris) - len(new)
 
     fs, _ = open_url(source, lake.s3)
+    outside = links_leading_outside(source, new) if not is_s3(source) else {}
     progress = Progress("ingest images", total=len(new), unit="images", enabled=show_progress)
     for start in range(0, len(new), config.image_shard):
         shard_uris = new[start : start + config.image_shard]
@@ -78,6 +80,10 @@ def ingest_images(
         ingested_at = datetime.now(UTC)
         for offset in range(0, len(shard_uris), config.image_batch):
             batch = shard_uris[offset : offset + config.image_batch]
+            for uri in (u for u in batch if u in outside):
+                errors.append({"source": source, "uri": uri, "reason": f"a symlink leading outside the source (to "
+                               f"{outside[uri]}): not followed; ingest the folder it leads to instead"})
+            batch = [u for u in batch if u not in outside]
             contents = read_many(fs, [path_of(u) for u in batch])
             for uri, data in zip(batch, contents):
                 row, reason = probe_image(uri, data, source, ingested_at)
@@ -118,6 +124,18 @@ def list_images(lake: Lake, source: str, pattern: str | None = None) -> list[str
             continue
         uris.append(as_uri(path, like=source))
     return sorted(uris)
+
+
+def links_leading_outside(source: str, uris: list[str]) -> dict[str, str]:
+    """The local ``uris`` that are symlinks (or lie under one) leading out of ``source``, each
+    with where it leads: an image source is what is in its folder, not what links reach."""
+    root = os.path.realpath(path_of(source).removeprefix("file://")).rstrip("/") + "/"
+    outside = {}
+    for uri in uris:
+        real = os.path.realpath(uri.removeprefix("file://"))
+        if not real.startswith(root):
+            outside[uri] = real
+    return outside
 
 
 def probe_image(uri: str, data: bytes | BaseException, source: str, at: datetime) -> tuple[dict | None, str | None]:

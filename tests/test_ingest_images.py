@@ -107,3 +107,27 @@ def test_file_names_with_glob_characters_are_read_literally(lake, small_ingest):
     assert (summary.registered, summary.errors) == (2, 0)
     embedded = embed_lake(lake, EmbedConfig(weights="random", workers=0), show_progress=False)
     assert (embedded.embedded, embedded.errors) == (2, 0)
+
+
+@local_only
+def test_symlinks_leading_outside_the_source_are_not_followed(lake, small_ingest, tmp_path):
+    """A source folder is what is in it: a link to a file (or under a linked folder) elsewhere
+    becomes an error row, not an image read from wherever it points; links inside are fine."""
+    import os
+
+    folder = source_uri(lake, "linked")
+    put_images(lake, folder, 2)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "private.jpg").write_bytes(jpeg_bytes(50))
+    os.symlink(elsewhere / "private.jpg", f"{folder}/looks-local.jpg")
+    os.symlink(f"{folder}/{sorted(os.listdir(folder))[0]}", f"{folder}/inside-link.jpg")
+
+    summary = ingest_images(lake, folder, small_ingest, show_progress=False)
+
+    assert summary.registered == 3 and summary.errors == 1
+    (error,) = rows(lake, "SELECT uri, reason FROM errors")
+    assert error["uri"] == f"{folder}/looks-local.jpg"
+    assert error["reason"].startswith(f"a symlink leading outside the source (to {elsewhere / 'private.jpg'})")
+    private_id = hashlib.sha256(jpeg_bytes(50)).hexdigest()[:20]
+    assert rows(lake, f"SELECT count(*) n FROM images WHERE image_id = '{private_id}'") == [{"n": 0}]
