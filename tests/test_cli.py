@@ -325,3 +325,26 @@ def test_hostile_sql_and_as_of_values_are_one_line(lake_dir, capsys, query, as_o
     assert main(["sql", query, "--lake", str(lake_dir), *(["--as-of", as_of] if as_of else [])]) == 2
     err = capsys.readouterr().err
     assert says in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_suggested_commands_quote_names_so_they_run_as_printed(lake_dir, capsys):
+    """A set named with a quote, a space and shell syntax: the command printed after saving it
+    is pasted back (split as a shell does) and selects exactly that set."""
+    import shlex
+
+    from jobs.cli.search_commands import _saved_text
+    from mining.core.lake import Lake
+    from mining.core.sets import save_set
+    from mining.core.sql import LakeDB
+
+    name = "it's $(touch pwned) `x`"
+    with LakeDB(Lake(str(lake_dir))) as db:
+        ids = db.query("SELECT image_id FROM images ORDER BY image_id LIMIT 3").column("image_id").to_pylist()
+        save_set(db, name, ids, source="test", user="t")
+    _saved_text({"images": 3, "set": name})
+    printed = capsys.readouterr().out.split(": ", 1)[1].strip()
+    argv = shlex.split(printed)
+    assert argv[0] == "edgemine"
+    assert main([*argv[1:], "--lake", str(lake_dir), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert sorted(r["image_id"] for r in got) == sorted(ids) and {r["name"] for r in got} == {name}

@@ -9,6 +9,7 @@ import mining
 from embed.backbones import BACKBONES, FINETUNE_CHOICES
 from jobs.cli.common import EXIT_REGRESSION, UsageError, embed_config, open_db, print_result
 from mining.core.config import Config
+from mining.core.errors import command
 from mining.core.lake import Lake
 
 
@@ -204,7 +205,7 @@ def _trained_text(summary) -> None:
     if summary.errors:
         print("  unreadable images are in the errors table: edgemine sql \"SELECT uri, reason FROM errors "
               "WHERE job = 'train'\"")
-    print(f"  next: edgemine score --model {summary.version}", file=sys.stderr)
+    print(f"  next: {command('score', '--model', summary.version)}", file=sys.stderr)
 
 
 def cmd_score(args: argparse.Namespace, config: Config) -> int:

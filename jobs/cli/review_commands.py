@@ -9,6 +9,8 @@ import mining
 from jobs.cli.common import open_db, print_result
 from jobs.output import FORMATS, write_rows
 from mining.core.config import Config
+from mining.core.errors import command
+from mining.core.sql import quote_literal
 
 
 def add_review(commands, add) -> None:
@@ -66,7 +68,7 @@ def cmd_review_save(args: argparse.Namespace, config: Config) -> int:
 
 def _published_text(saved: dict) -> None:
     print(f"saved {saved['images']} accepted images as set {saved['set']!r}: "
-          f"edgemine sql \"SELECT * FROM sets WHERE name = '{saved['set']}'\"")
+          f"{command('sql', 'SELECT * FROM sets WHERE name = ' + quote_literal(saved['set']))}")
 
 
 def add_queue(commands, add, samplers: bool) -> None:
@@ -151,7 +153,8 @@ def _made_text(summary, queue) -> None:
     top = queue.select(["rank", "image_id", "score", "reason"]).slice(0, 10)
     write_rows(top, "table", sys.stdout, max_rows=10)
     print(
-        f"next: edgemine queue show {summary.queue} | review it in the UI (Review, images from: Queue)", file=sys.stderr
+        f"next: {command('queue', 'show', summary.queue)} | review it in the UI (Review, images from: Queue)",
+        file=sys.stderr,
     )
 
 

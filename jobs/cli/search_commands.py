@@ -9,6 +9,8 @@ import mining
 from jobs.cli.common import UsageError, add_index_choice, index_config, open_db, print_result
 from jobs.output import FORMATS
 from mining.core.config import Config
+from mining.core.errors import command
+from mining.core.sql import quote_literal
 
 
 def add_similar(commands, add) -> None:
@@ -50,8 +52,8 @@ def cmd_similar(args: argparse.Namespace, config: Config) -> int:
                                    index=index, embed_files=file_embedder(config), config=config)
     print_result(args, hits_table(hits), max_rows=len(hits))
     if args.save:
-        print(f"saved as set {args.save!r}: edgemine sql \"SELECT * FROM sets JOIN predictions USING (image_id) "
-              f"WHERE name = '{args.save}'\"", file=sys.stderr)
+        sql = f"SELECT * FROM sets JOIN predictions USING (image_id) WHERE name = {quote_literal(args.save)}"
+        print(f"saved as set {args.save!r}: {command('sql', sql)}", file=sys.stderr)
     return 0
 
 
@@ -140,7 +142,7 @@ def cmd_narrow_save(args: argparse.Namespace, config: Config) -> int:
 
 def _saved_text(saved: dict) -> None:
     print(f"saved {saved['images']} images as set {saved['set']!r}: "
-          f"edgemine sql \"SELECT * FROM sets WHERE name = '{saved['set']}'\"")
+          f"{command('sql', 'SELECT * FROM sets WHERE name = ' + quote_literal(saved['set']))}")
 
 
 def _step_text(report) -> None:
@@ -155,8 +157,9 @@ def _step_text(report) -> None:
         labels = ", ".join(f"{k} {v}" for k, v in sorted(c.labels.items(), key=lambda kv: -kv[1])[:3]) or "-"
         conf = f"{c.mean_confidence:.2f}" if c.mean_confidence is not None else "-"
         print(f"{c.cluster:>7} {c.size:>6} {c.seed_distance:>9.4f} {conf:>9}  {labels:<34} {' '.join(c.nearest[:3])}")
-    print(f"next: edgemine narrow pick {report.session} CLUSTER... | narrow back {report.session} | "
-          f"narrow save {report.session} SET_NAME", file=sys.stderr)
+    session = command(report.session).removeprefix("edgemine ")
+    print(f"next: edgemine narrow pick {session} CLUSTER... | edgemine narrow back {session} | "
+          f"edgemine narrow save {session} SET_NAME", file=sys.stderr)
 
 
 def add_duplicates(commands, add) -> None:

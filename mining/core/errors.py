@@ -105,3 +105,11 @@ class TrainingError(EdgemineError, ValueError):
 
 class SliceError(EdgemineError, ValueError):
     """A slice, metrics, drift or model card request that cannot run as asked."""
+
+
+def command(*args: str) -> str:
+    """``edgemine ARGS`` as a user can paste it into a shell, in messages that say what to run:
+    each argument quoted as a shell needs (a set named ``it's`` or ``$(rm -rf ~)`` included)."""
+    import shlex
+
+    return "edgemine " + shlex.join(args)

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mining.core.config import Config, S3Config
-from mining.core.errors import LakeError
+from mining.core.errors import LakeError, command
 from mining.core.schema import TABLES, Table, table_named
 
 if TYPE_CHECKING:
@@ -200,8 +200,9 @@ class Lake:
         """Raise LakeError if the lake was written in the layout before Delta tables."""
         old = self.old_layout_tables()
         if old:
+            migrate = command("migrate", "--lake", self.uri)
             raise LakeError(f"the lake {self.uri} holds tables in the old layout (Parquet folders without a "
-                            f"_delta_log: {', '.join(old)}); convert it once with `edgemine migrate --lake {self.uri}`")
+                            f"_delta_log: {', '.join(old)}); convert it once with `{migrate}`")
 
     def index_dir(self, backbone: str, weights: str) -> str:
         """Where the vector index over one (backbone, weights) embedding set lives."""
