@@ -28,7 +28,7 @@ from jobs.ingest_files import Convert, Converted, FileKind, IngestSummary, inges
 from jobs.readers import Batch, InputFormatError
 from mining.core.config import IngestConfig
 from mining.core.lake import Lake
-from mining.core.schema import FEEDBACK
+from mining.core.schema import FEEDBACK, storable
 from mining.core.sql import LakeDB, quote_ident, quote_literal
 
 JOB = "ingest-feedback"
@@ -89,6 +89,7 @@ class FeedbackChecker:
     def _parse(self, batch: Batch, source: str) -> pa.Table:
         """The batch's fields as text, its URIs made absolute, its times parsed."""
         table = batch.table.append_column(_ROW, batch.rows)
+        table = pa.table({name: storable(table.column(name)) for name in table.column_names})  # what DuckDB reads
         present = set(table.column_names)
 
         def column(name: str) -> str:

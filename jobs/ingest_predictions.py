@@ -125,8 +125,8 @@ class RowChecker:
         """The batch's good rows (predictions, detections) and its bad ones, each with its reason."""
         table = batch.table.append_column(_ROW, batch.rows)
         extras = [n for n in table.column_names if n not in KNOWN and n != _ROW]
-        for name in extras:  # as the lake will store them (DuckDB, too, has no float16 or uint64 beyond int64)
-            table = table.set_column(table.schema.get_field_index(name), name, storable(table.column(name)))
+        # Every column as the lake stores it: DuckDB, too, lacks float16, empty structs, uint64 beyond int64.
+        table = pa.table({name: storable(table.column(name)) for name in table.column_names})
         types = {name: table.schema.field(name).type for name in table.column_names}
         self.con.register("batch", table)
         try:

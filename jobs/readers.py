@@ -15,6 +15,7 @@ import csv
 import io
 import itertools
 import json
+import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,9 +82,25 @@ def detect_format(path: str, fmt: str = "auto") -> str:
 
 
 def read_batches(f: io.BufferedIOBase, fmt: str, chunk_rows: int) -> Iterator[Batch]:
-    """Stream ``f`` (an open binary file) as batches."""
+    """Stream ``f`` (an open binary file) as batches; InputFormatError for a field name no
+    table can hold."""
     readers = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
-    return readers[fmt](f, chunk_rows)
+    for batch in readers[fmt](f, chunk_rows):
+        check_field_names(batch.table.column_names)
+        yield batch
+
+
+_BAD_NAME = re.compile(r"^$|^__|[\x00-\x1f\x7f]")  # empty, our working columns' prefix, control characters
+
+
+def check_field_names(names: list[str]) -> None:
+    """Field names become column names: refuse (InputFormatError, the file is not written) an
+    empty one, one holding control characters, or one starting with ``__`` (edgemine's own
+    working columns)."""
+    bad = [n for n in names if _BAD_NAME.search(n)]
+    if bad:
+        raise InputFormatError(f"field name(s) {', '.join(map(repr, bad))} cannot be columns: a field name must be "
+                               "non-empty, without control characters, and not start with '__'; rename them")
 
 
 def prefetch(items: Iterator[T]) -> Iterator[T]:
@@ -132,6 +149,9 @@ def _parse_jsonl_block(lines: list[bytes], numbers: list[int]) -> Batch:
         except json.JSONDecodeError as e:
             rejects.append(Reject(number, text, f"invalid JSON: {e.msg} at column {e.colno}"))
             continue
+        except RecursionError:
+            rejects.append(Reject(number, text, "invalid JSON: nested too deeply"))
+            continue
         if not isinstance(record, dict):
             rejects.append(Reject(number, text, f"not a JSON object but {type(record).__name__}"))
             continue
@@ -154,7 +174,7 @@ def _records_to_table(records: list[dict]) -> pa.Table:
             values = [v if v is None or isinstance(v, str) else json.dumps(v) for v in values]
         try:
             columns[name] = pa.array(values)
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # OverflowError: an integer beyond 64 bits
             columns[name] = pa.array([v if v is None else json.dumps(v) for v in values], pa.string())
     return pa.table(columns) if columns else pa.table({"_empty": pa.nulls(len(records))}).drop(["_empty"])
 

@@ -14,6 +14,7 @@ Each table's ``key`` says which columns identify a row; the jobs write each key 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -617,12 +618,12 @@ def storable_type(type_: pa.DataType) -> pa.DataType:
         return pa.list_(storable_type(type_.value_type))
     if t.is_map(type_):
         return pa.map_(storable_type(type_.key_type), storable_type(type_.item_type))
-    if t.is_struct(type_) and type_.num_fields:
+    if t.is_struct(type_) and type_.num_fields and all(f.name for f in type_):  # DuckDB has no unnamed field
         return pa.struct([pa.field(f.name, storable_type(f.type)) for f in type_])
     if t.is_boolean(type_) or t.is_signed_integer(type_) or t.is_floating(type_) or t.is_string(type_) \
             or t.is_binary(type_) or t.is_date32(type_):
         return type_
-    return pa.string()  # time of day, interval, union, null, an empty struct, extension types
+    return pa.string()  # time of day, interval, union, null, a struct empty or with an unnamed field, extensions
 
 
 def storable(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
@@ -636,7 +637,14 @@ def storable(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     try:
         return column.cast(target, safe=False)  # unsafe only to truncate nanoseconds to microseconds
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-        return pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())
+        return pa.array([None if v is None else _as_text(v) for v in column.to_pylist()], pa.string())
+
+
+def _as_text(value: Any) -> str:
+    """A value as text: nested ones as JSON (what a reader would parse back), others as str()."""
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
 
 
 def _check_names_differ_beyond_case(names: Sequence[str], table: Table) -> None:

@@ -37,6 +37,7 @@ from mining.core.schema import ERRORS, IMAGE_ID_HEX, LABELS, error_rows, make_ro
 from mining.core.sql import LakeDB, quote_literal
 from mining.core.summary import Summary
 from mining.labelling.formats import Annotation, reader_for
+from mining.labelling.formats.format_base import checked
 from mining.labelling.formats.label_studio_json import LabelStudio, parse_label_studio
 
 JOB = "labels-import"
@@ -73,9 +74,9 @@ def read_source(source: str, fmt: str, config: Config, *, project: str | None = 
             raise LabelError("an http(s) source is a Label Studio server: use --format label-studio and --project NAME")
         from mining.labelling.label_studio import pull_annotations
 
-        return parse_label_studio(pull_annotations(source, project, token=config.export.label_studio_token))
+        return checked(parse_label_studio(pull_annotations(source, project, token=config.export.label_studio_token)))
     fs, path = open_url(source, config.s3)
-    return label_format.read(fs, path, source)
+    return checked(label_format.read(fs, path, source))
 
 
 def resolve_images(db: LakeDB, annotations: list[Annotation]) -> dict[str, str]:

@@ -55,25 +55,34 @@ def parse_coco(dataset: Any) -> list[Annotation]:
     """COCO annotations: ``bbox`` [x, y, w, h] per annotation, the class from ``categories``."""
     if not isinstance(dataset, dict) or not isinstance(dataset.get("annotations"), list) or "images" not in dataset:
         raise LabelError("not a COCO annotations file: expected images, annotations and categories")
-    images = {im.get("id"): im for im in dataset.get("images") or [] if isinstance(im, dict)}
-    categories = {c.get("id"): c.get("name") for c in dataset.get("categories") or [] if isinstance(c, dict)}
+    images = {_key(im.get("id")): im for im in _list(dataset.get("images")) if isinstance(im, dict)}
+    categories = {_key(c.get("id")): c.get("name") for c in _list(dataset.get("categories")) if isinstance(c, dict)}
     batch = (dataset.get("info") or {}).get("edgemine_batch") if isinstance(dataset.get("info"), dict) else None
     found = []
     for n, ann in enumerate(dataset["annotations"]):
         raw = json.dumps(ann)[:2000]
         a = Annotation(n, raw, batch=batch)
         try:
-            image = images.get(ann["image_id"])
+            image = images.get(_key(ann["image_id"]))
             if image is None:
                 a.error = f"annotation for COCO image id {ann['image_id']}, which the file's images lack"
             else:
                 a.ref, a.image_id = image.get("file_name"), image.get("edgemine_image_id")
-            if ann["category_id"] not in categories:
+            if _key(ann["category_id"]) not in categories:
                 a.error = a.error or f"unknown class: category_id {ann['category_id']} is not in the file's categories"
-            a.label = categories.get(ann["category_id"])
+            a.label = categories.get(_key(ann["category_id"]))
             x, y, w, h = (float(v) for v in ann["bbox"])
             a.box = [x, y, x + w, y + h]
         except (KeyError, TypeError, ValueError) as e:
             a.error = a.error or f"malformed annotation ({type(e).__name__}: {e})"
         found.append(a)
     return found
+
+
+def _list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def _key(value: Any) -> Any:
+    """An id as a dict key: JSON's lists and objects as their text (they are ids no file means)."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value

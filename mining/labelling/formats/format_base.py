@@ -5,6 +5,7 @@ reads (``Annotation``), and the base class of a format (``LabelFormat``): its wr
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -111,5 +112,35 @@ def load_json(data: bytes, source: str, fmt: str) -> Any:
     """A file's JSON; LabelError naming the format it should have been."""
     try:
         return json.loads(data)
+    except RecursionError:
+        raise LabelError(f"{source}: JSON nested too deeply to be a {fmt} file") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise LabelError(f"{source} is not JSON ({e}); is it a {fmt} file?") from None
+
+
+_TEXT_FIELDS = ("ref", "image_id", "label", "annotator", "batch")
+
+
+def checked(annotations: list[Annotation]) -> list[Annotation]:
+    """Annotations whose fields have the types the import relies on. A file may say anything
+    (a list where a file name belongs, a box of three numbers, NaN): such an annotation gets
+    its error, and the field is dropped, so it is refused with its reason, never a crash."""
+    for a in annotations:
+        for name in _TEXT_FIELDS:
+            value = getattr(a, name)
+            if value is not None and not isinstance(value, str):
+                a.error = a.error or f"malformed annotation: {name} is {type(value).__name__}, not text"
+                setattr(a, name, None)
+        for name in ("box", "yolo_box"):
+            box = getattr(a, name)
+            if box is not None and not _four_numbers(box):
+                a.error = a.error or f"malformed annotation: {name} {box!r} is not four finite numbers"
+                setattr(a, name, None)
+        if a.labelled_at is not None and not isinstance(a.labelled_at, datetime):
+            a.labelled_at = None
+    return annotations
+
+
+def _four_numbers(box: Any) -> bool:
+    return (isinstance(box, list | tuple) and len(box) == 4
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in box))

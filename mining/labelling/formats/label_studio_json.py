@@ -91,35 +91,45 @@ def parse_label_studio(tasks: Any) -> list[Annotation]:
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             found.append(Annotation(t, json.dumps(task)[:2000], error="task without data"))
             continue
-        data = task["data"]
-        for annotation in task.get("annotations") or []:
-            if annotation.get("was_cancelled"):
-                continue
-            who = annotation.get("completed_by")
-            annotator = (who.get("email") or str(who.get("id"))) if isinstance(who, dict) else (
-                f"label-studio:{who}" if who is not None else None)
-            when = _time(annotation.get("updated_at") or annotation.get("created_at"))
-            for result in annotation.get("result") or []:
-                raw = json.dumps(result)[:2000]
-                a = Annotation(t, raw, ref=data.get("image"), image_id=data.get("edgemine_image_id"),
-                               annotator=annotator, batch=data.get("edgemine_batch"), labelled_at=when)
-                value = result.get("value") or {}
-                kind = result.get("type")
-                try:
-                    if kind == "rectanglelabels":
-                        names = value["rectanglelabels"]
-                        w, h = float(result["original_width"]), float(result["original_height"])
-                        x, y = float(value["x"]) * w / 100, float(value["y"]) * h / 100
-                        a.box = [x, y, x + float(value["width"]) * w / 100, y + float(value["height"]) * h / 100]
-                        a.label = names[0] if len(names) == 1 else None
-                        a.error = None if len(names) == 1 else f"a box needs one label, got {names}"
-                    elif kind == "choices":
-                        choices = value["choices"]
-                        a.label = choices[0] if len(choices) == 1 else None
-                        a.error = None if len(choices) == 1 else f"one choice expected, got {choices}"
-                    else:
-                        continue  # other result kinds (text areas, ratings) are not labels
-                except (KeyError, TypeError, ValueError, IndexError) as e:
-                    a.error = f"malformed {kind} result ({type(e).__name__}: {e})"
-                found.append(a)
+        try:
+            found += _task_annotations(t, task)
+        except (AttributeError, TypeError, KeyError, ValueError, IndexError) as e:
+            found.append(Annotation(t, json.dumps(task)[:2000], error=f"malformed task ({type(e).__name__}: {e})"))
+    return found
+
+
+def _task_annotations(t: int, task: dict) -> list[Annotation]:
+    """One task's labels: each annotation's ``rectanglelabels`` and ``choices`` results."""
+    found = []
+    data = task["data"]
+    for annotation in task.get("annotations") or []:
+        if annotation.get("was_cancelled"):
+            continue
+        who = annotation.get("completed_by")
+        annotator = (who.get("email") or str(who.get("id"))) if isinstance(who, dict) else (
+            f"label-studio:{who}" if who is not None else None)
+        when = _time(annotation.get("updated_at") or annotation.get("created_at"))
+        for result in annotation.get("result") or []:
+            raw = json.dumps(result)[:2000]
+            a = Annotation(t, raw, ref=data.get("image"), image_id=data.get("edgemine_image_id"),
+                           annotator=annotator, batch=data.get("edgemine_batch"), labelled_at=when)
+            value = result.get("value") or {}
+            kind = result.get("type")
+            try:
+                if kind == "rectanglelabels":
+                    names = value["rectanglelabels"]
+                    w, h = float(result["original_width"]), float(result["original_height"])
+                    x, y = float(value["x"]) * w / 100, float(value["y"]) * h / 100
+                    a.box = [x, y, x + float(value["width"]) * w / 100, y + float(value["height"]) * h / 100]
+                    a.label = names[0] if len(names) == 1 else None
+                    a.error = None if len(names) == 1 else f"a box needs one label, got {names}"
+                elif kind == "choices":
+                    choices = value["choices"]
+                    a.label = choices[0] if len(choices) == 1 else None
+                    a.error = None if len(choices) == 1 else f"one choice expected, got {choices}"
+                else:
+                    continue  # other result kinds (text areas, ratings) are not labels
+            except (KeyError, TypeError, ValueError, IndexError) as e:
+                a.error = f"malformed {kind} result ({type(e).__name__}: {e})"
+            found.append(a)
     return found
