@@ -98,8 +98,8 @@ def save_traceback(error: BaseException) -> str:
 
 def user_message(error: BaseException) -> str | None:
     """The one line to print for an error the user can fix, or None for a bug."""
-    if isinstance(error, EdgemineError | FileNotFoundError | PermissionError):
-        return str(error)
+    if isinstance(error, EdgemineError | OSError):  # OSError: a file, a disk, a host that cannot be reached
+        return str(error) or type(error).__name__
     if "botocore" in sys.modules:  # S3 was used: its errors say what to set
         from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
