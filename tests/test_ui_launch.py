@@ -43,7 +43,7 @@ def test_a_signal_to_edgemine_ui_stops_its_server_and_frees_the_port(sig, tmp_pa
             assert time.monotonic() < deadline, f"no health answer in 120 s:\n{log.read_text()}"
             time.sleep(0.3)
         os.kill(ui.pid, sig)
-        assert ui.wait(timeout=30) == 0, log.read_text()
+        assert ui.wait(timeout=60) == 0, log.read_text()  # stop_server gives Streamlit 10 s, then kills
         assert not healthy(port)
         with socket.socket() as s:  # nothing listens on the port any more (a new server may take it)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is not a listener

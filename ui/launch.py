@@ -37,7 +37,7 @@ STOP_GRACE_S = 10  # how long the server has to stop on SIGTERM before it is kil
 
 
 class _Stopped(Exception):
-    """SIGTERM (or SIGHUP) reached `edgemine ui`."""
+    """SIGTERM, SIGHUP or SIGINT reached `edgemine ui`."""
 
 
 def run_ui(config: Config, config_path: str | None, *, port: int, address: str) -> int:
@@ -75,11 +75,13 @@ def _raise_stopped(signum: int, frame: object) -> None:
 
 
 def _stop_signals_raise() -> Callable[[], None]:
-    """From here on SIGTERM and SIGHUP raise _Stopped (in the main thread, where Python runs
+    """From here on SIGTERM, SIGHUP and SIGINT raise _Stopped (in the main thread, where Python runs
     signal handlers); returns what puts the previous handlers back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # SIGINT too: a process started in the background inherits SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt; a server asked to stop should stop however it was started.
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
 
     def restore() -> None:
         for sig, handler in previous.items():
