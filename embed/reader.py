@@ -134,8 +134,10 @@ class ImageBatches(Dataset):
         return found
 
 
-def make_loader(requests: Iterable[Request], settings: ReaderSettings, *, workers: int, pin_memory: bool) -> DataLoader:
-    """A DataLoader yielding one LoadedBatch per request, in request order."""
+def make_loader(requests: Iterable[Request], settings: ReaderSettings, *, workers: int, pin_memory: bool,
+                not_forked: bool = False) -> DataLoader:
+    """A DataLoader yielding one LoadedBatch per request, in request order; ``not_forked``: its
+    workers start from a fork server (for reads from S3)."""
     return DataLoader(
         ImageBatches(settings),
         batch_size=None,  # each request already is a batch
@@ -144,6 +146,10 @@ def make_loader(requests: Iterable[Request], settings: ReaderSettings, *, worker
         collate_fn=_identity,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
+        # Reading from S3, not fork: the parent holds s3fs's event-loop thread, and a forked child
+        # inherits its state mid-use; one segfaulted reading from S3 in a CI run. Local reads keep
+        # fork (faster to start, and what the tests' injected decoder faults rely on).
+        multiprocessing_context="forkserver" if workers and not_forked else None,
     )
 
 

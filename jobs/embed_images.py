@@ -152,7 +152,8 @@ def run_plan(lake: Lake, plan: Plan, backbone: Backbone, config: EmbedConfig, su
     batch_size = config.batch_size or DEFAULT_BATCH[backbone.device.type]
     requests = plan.requests(prefix, config.part_size, batch_size)
     workers = config.workers or os.cpu_count() or 1
-    loader = make_loader(requests, settings, workers=workers, pin_memory=backbone.uses_cuda)
+    loader = make_loader(requests, settings, workers=workers, pin_memory=backbone.uses_cuda,
+                         not_forked=lake.protocol == "s3")
     progress = Progress(label, total=summary.to_embed, unit="images", enabled=show_progress)
     try:
         _run(backbone, loader, settings.options, summary, progress, publish)
