@@ -150,7 +150,9 @@ def append(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None
     returns the new version, or None when there was nothing to add."""
     if rows.num_rows == 0:
         return None
-    return _write(lake, table, rows, info, mode="append")
+    # Retried: two first writers of a table race to create it, and the loser's commit fails
+    # (metadata changed) without landing; its rows then go in as an append to the new table.
+    return _retry(table, lambda: _write(lake, table, rows, info, mode="append"))
 
 
 def replace(lake: Lake, table: Table, rows: pa.Table, where: str, info: Commit) -> int | None:
