@@ -374,7 +374,7 @@ def test_an_empty_lake_says_what_to_run(tmp_path, monkeypatch):
         assert expected in shown, (page, shown)
 
 
-def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app, demo_lake, tmp_path):
+def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app, demo_lake, tmp_path, monkeypatch):
     import json as json_
 
     from mining.core.config import Config
@@ -385,11 +385,15 @@ def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app,
                                                  "(SELECT image_id FROM labels) ORDER BY image_id DESC LIMIT 6")]
     with LakeDB(demo_lake) as db:
         save_set(db, "ui-export", ids, source="test", user="t")
+    config = tmp_path / "edgemine.toml"  # where the page may send images: an allow-list, not free text
+    config.write_text(f'[ui]\nexport_targets = ["{tmp_path / "out"}"]\nlabel_studio_hosts = ["http://127.0.0.1:9"]\n')
+    monkeypatch.setenv("EDGEMINE_CONFIG", str(config))
     open_page(app, "export")
+    assert app.selectbox(key="export_target").options == [str(tmp_path / "out"), "http://127.0.0.1:9"]
     app.selectbox(key="export_set").select("ui-export").run()
     assert len(app.image) >= 4 and "6 images from `set:ui-export`" in " ".join(c.value for c in app.caption)
     app.selectbox(key="export_format").select("label-studio").run()
-    app.text_input(key="export_target").input(str(tmp_path / "out")).run()
+    app.selectbox(key="export_target").select(str(tmp_path / "out")).run()
     app.button(key="export_run").click().run()
     assert not app.exception, app.exception
     assert "6 images as label-studio" in app.success[0].value
@@ -421,7 +425,7 @@ def test_export_page_previews_exports_lists_batches_and_shows_disagreements(app,
         [s.value for s in app.subheader],
         [c.value for c in app.caption][-5:],
     )
-    app.text_input(key="export_target").input("http://127.0.0.1:9").run()
+    app.selectbox(key="export_target").select("http://127.0.0.1:9").run()
     app.button(key="export_run").click().run()
     assert not app.exception and "needs a project" in app.error[0].value
 

@@ -56,15 +56,33 @@ def _skip_without_browser(request) -> None:
 def ui(request, tmp_path_factory, demo_lake):
     """(url, lake): `edgemine ui` serving the session's demo lake."""
     _skip_without_browser(request)
-    folder = tmp_path_factory.mktemp("ui")
-    lake = demo_lake
+    with serving(tmp_path_factory.mktemp("ui"), demo_lake) as url:
+        yield url, demo_lake
+
+
+@pytest.fixture(scope="module")
+def gated_ui(request, tmp_path_factory, demo_lake):
+    """(url, password of the reviewer "rick"): `edgemine ui` with local accounts configured."""
+    from mining.core.accounts import add_account
+
+    _skip_without_browser(request)
+    folder = tmp_path_factory.mktemp("gated-ui")
+    add_account(str(folder / "accounts.json"), "rick", "reviewer", "reviewer-pass-1")
+    (folder / "edgemine.toml").write_text(f'[auth]\naccounts = "{folder / "accounts.json"}"\n')
+    with serving(folder, demo_lake, "--config", str(folder / "edgemine.toml")) as url:
+        yield url, "reviewer-pass-1"
+
+
+@contextlib.contextmanager
+def serving(folder: Path, lake, *flags: str):
+    """`edgemine ui` on ``lake`` until the block ends; yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     log = folder / "ui.log"
     with open(log, "wb") as out:  # its own process group: jobs.cli runs streamlit as a child
-        server = subprocess.Popen([sys.executable, "-m", "jobs.cli", "ui", "--lake", lake.uri, "--port", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
+        server = subprocess.Popen([sys.executable, "-m", "jobs.cli", "ui", "--lake", lake.uri, "--port", str(port),
+                                   *flags], stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=folder)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -76,7 +94,7 @@ def ui(request, tmp_path_factory, demo_lake):
                         break
             except OSError:
                 time.sleep(0.5)  # waiting for the server to start; no browser step below sleeps
-        yield f"http://localhost:{port}", lake
+        yield f"http://localhost:{port}"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
@@ -312,3 +330,41 @@ def test_a_queue_reviewed_and_its_accepted_images_exported_in_the_browser(ui, tm
     assert len(queued) == 8 and sorted(r["image_id"] for r in sent) == sorted(queued)
     tasks = json.loads((out / sent[0]["batch"] / "tasks.json").read_text())
     assert sorted(t["data"]["edgemine_image_id"] for t in tasks) == sorted(queued)
+
+
+def test_without_a_login_no_page_thumbnail_or_result_is_reachable_in_the_browser(gated_ui, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, password = gated_ui
+    expect.set_options(timeout=WAIT_MS)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(WAIT_MS)
+            main = page.get_by_test_id("stMain")
+            for path in ("", "/similar", "/sql", "/review", "/export", "/metrics"):  # every URL: the login form only
+                page.goto(f"{url}{path}")
+                expect(main.get_by_role("button", name="Log in")).to_be_visible()
+                wait_idle(page, main)
+                assert page.locator("img[src*='/media/']").count() == 0, path
+                assert main.get_by_test_id("stDataFrame").count() == 0 and main.get_by_test_id(
+                    "stDownloadButton").count() == 0, path
+                assert page.get_by_test_id("stSidebarNav").count() == 0, path  # no page links either
+            screenshot(page, main, tmp_path / "01-login.png")
+
+            main.get_by_role("textbox", name="Name").fill("rick")
+            main.get_by_role("textbox", name="Password").fill("wrong-password")
+            main.get_by_role("button", name="Log in").click()
+            expect(main.get_by_text("wrong name or password")).to_be_visible()
+            main.get_by_role("textbox", name="Password").fill(password)
+            main.get_by_role("button", name="Log in").click()
+            expect(page.get_by_text("Signed in as rick (reviewer)")).to_be_visible()
+            nav = page.get_by_test_id("stSidebarNav")
+            expect(nav.get_by_role("link", name="Review")).to_be_visible()
+            expect(nav.get_by_role("link", name="Export")).to_have_count(0)  # not a reviewer's page
+            nav.get_by_role("link", name="Find similar").click()
+            expect(main.get_by_test_id("stImage").first.locator("img")).to_be_visible()
+            screenshot(page, main, tmp_path / "02-signed-in.png")
+        finally:
+            browser.close()

@@ -14,28 +14,34 @@ from typing import Any
 
 import streamlit as st
 
+from mining.core.accounts import Identity
 from mining.core.errors import EdgemineError
 from mining.core.media import draw_boxes, image_details, read_image
-from ui import data
+from ui import auth, data
 
 DECISION_MARK = {"accept": ":green[**accepted**]", "reject": ":red[**rejected**]"}
 PENDING_ERROR = "_pending_error"
 
 
-def action(callback: Callable[..., Any]) -> Callable[..., Any]:
-    """A button's callback that may meet an error the user can fix: the message is
-    kept and shown at the top of the page that is drawn next (``show_pending_error``,
-    called by app.py), never a traceback; the page stays as it was."""
+def action(needs: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A button's callback doing ``needs`` (an action of mining.core.accounts.ACTIONS; the
+    session's role is checked first, on the server) that may meet an error the user can fix:
+    the message is kept and shown at the top of the page that is drawn next
+    (``show_pending_error``, called by app.py), never a traceback; the page stays as it was."""
 
-    @functools.wraps(callback)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return callback(*args, **kwargs)
-        except EdgemineError as e:
-            st.session_state[PENDING_ERROR] = str(e)
-            return None
+    def wrap(callback: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(callback)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                auth.require(needs)
+                return callback(*args, **kwargs)
+            except EdgemineError as e:
+                st.session_state[PENDING_ERROR] = str(e)
+                return None
 
-    return run
+        return run
+
+    return wrap
 
 
 def show_pending_error() -> None:
@@ -45,8 +51,13 @@ def show_pending_error() -> None:
         st.error(message)
 
 
-def reviewer() -> str:
-    """The reviewer's name, asked once in the sidebar (default: the configured user)."""
+def reviewer(identity: Identity) -> str:
+    """Who acts, in the sidebar: the signed-in identity with a Log out button; without a
+    login (localhost), the reviewer's name, asked once (default: the configured user)."""
+    if identity.via != "local":
+        st.sidebar.markdown(f"Signed in as **{identity.name}** ({identity.role})")
+        st.sidebar.button("Log out", key="logout", on_click=auth.sign_out)
+        return identity.name
     st.session_state.setdefault("reviewer", data.config().mining.user)
     return st.sidebar.text_input(
         "Reviewer", key="reviewer", help="recorded with every decision and narrowing step"
@@ -54,8 +65,12 @@ def reviewer() -> str:
 
 
 def current_reviewer() -> str:
-    """The name in the sidebar's field (the configured user until changed); empty if cleared,
-    and the library then refuses to record a decision without a reviewer."""
+    """Who is recorded as acting: the signed-in identity; without a login, the name in the
+    sidebar's field (the configured user until changed; empty if cleared, and the library then
+    refuses to record a decision without a reviewer)."""
+    identity = auth.current()
+    if identity.via != "local":
+        return identity.name
     return st.session_state.get("reviewer", data.config().mining.user).strip()
 
 

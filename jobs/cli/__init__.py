@@ -11,8 +11,8 @@ and what they run (``cmd_*``): ``lake_commands`` (demo, sql, tables, history,
 compact, migrate, index, ui), ``ingest_commands`` (ingest, embed),
 ``search_commands`` (similar, narrow, duplicates), ``review_commands`` (review,
 queue), ``labelling_commands`` (export, labels), ``model_commands`` (train, score,
-loop, models), ``evaluation_commands`` (slice, metrics, drift, card); ``common``
-opens the lake and prints results for all of them.
+loop, models), ``evaluation_commands`` (slice, metrics, drift, card), ``user_commands``
+(user); ``common`` opens the lake and prints results for all of them.
 
 Exit codes: 0 done; 1 done, but some inputs failed (see the summary);
 2 nothing done: bad usage, configuration or input (one line on stderr says what to do);
@@ -35,6 +35,7 @@ from jobs.cli import (
     model_commands,
     review_commands,
     search_commands,
+    user_commands,
 )
 from jobs.cli.common import EXIT_REGRESSION, UsageError
 from mining.core.config import Config, load_config
@@ -163,4 +164,5 @@ def build_parser(samplers: bool = True) -> argparse.ArgumentParser:
     evaluation_commands.add_drift(commands, add)
     evaluation_commands.add_card(commands, add)
     lake_commands.add_ui(commands, add)
+    user_commands.add_user(commands, add)
     return parser

@@ -253,11 +253,15 @@ def add_ui(commands, add) -> None:
     ui.add_argument(
         "--address",
         default="localhost",
-        help="address to listen on (default: localhost; 0.0.0.0 for others to reach it)",
+        help="address to listen on (default: localhost; 0.0.0.0 for others to reach it, which needs a login: "
+        "docs/SECURITY.md)",
     )
+    ui.add_argument("--insecure-no-login", action="store_true",
+                    help="serve beyond localhost with no login configured (anyone who reaches it acts on the lake)")
 
 
 def cmd_ui(args: argparse.Namespace, config: Config) -> int:
     from ui.launch import run_ui
 
-    return run_ui(config, args.config, port=args.port or config.ui.port, address=args.address)
+    return run_ui(config, args.config, port=args.port or config.ui.port, address=args.address,
+                  insecure_no_login=args.insecure_no_login)

@@ -110,6 +110,32 @@ class UIConfig:
     # Prediction columns shown under each thumbnail beside label and confidence (a true
     # boolean as the column's name, anything else as name: value), e.g. ("customer_flag",).
     caption_columns: tuple[str, ...] = ()
+    # What the UI may act on: allow-lists, never free text (docs/SECURITY.md). The Export page
+    # writes only under these folders or s3:// prefixes ...
+    export_targets: tuple[str, ...] = ("./exports",)
+    # ... and sends the Label Studio token only to these servers (http(s)://HOST[:PORT]).
+    label_studio_hosts: tuple[str, ...] = ()
+    # Host names the server answers beyond localhost and its own address (a DNS name behind a proxy):
+    # a WebSocket from any other Host or Origin is refused.
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Who may use the UI (docs/SECURITY.md). Local accounts, a trusted proxy's header or
+    OIDC (Streamlit's st.login); none of them and the UI serves only localhost."""
+
+    # Local accounts: a JSON file `edgemine user add` writes (hashed passwords). "": $EDGEMINE_ACCOUNTS_FILE.
+    # $EDGEMINE_ACCOUNTS may also hold accounts inline: "name:role:hash" entries, one per line.
+    accounts: str = ""
+    # The identity a reverse proxy in front of the UI sets (e.g. "X-Forwarded-Email"); trust it only
+    # when nothing but the proxy can reach the UI.
+    proxy_header: str = ""
+    # Log in through an identity provider (Streamlit's st.login; its [auth] in .streamlit/secrets.toml).
+    oidc: bool = False
+    # Roles of proxy and OIDC identities (local accounts carry their own): identity -> role.
+    roles: dict = field(default_factory=dict)
+    default_role: str = "viewer"  # a proxy or OIDC identity missing from roles; "": refused
 
 
 @dataclass(frozen=True)
@@ -175,6 +201,7 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
     compact: CompactConfig = field(default_factory=CompactConfig)
     ui: UIConfig = field(default_factory=UIConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -214,7 +241,8 @@ def load_config(
     export = dataclasses.replace(
         config.export, label_studio_token=config.export.label_studio_token or env.get("EDGEMINE_LABEL_STUDIO_TOKEN", "")
     )
-    return dataclasses.replace(config, lake=chosen_lake, s3=s3, mining=mining, export=export)
+    auth = dataclasses.replace(config.auth, accounts=config.auth.accounts or env.get("EDGEMINE_ACCOUNTS_FILE", ""))
+    return dataclasses.replace(config, lake=chosen_lake, s3=s3, mining=mining, export=export, auth=auth)
 
 
 def _login_name() -> str:

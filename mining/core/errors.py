@@ -21,6 +21,7 @@ escapes is a bug.
     ├── LabelError         a label file that cannot be read as its format (nothing of it was written)
     ├── QueueError         a review queue (unknown sampler or option, empty slice, missing scores)
     ├── SliceError         a slice (invalid SQL, unknown name) or metrics/drift/card input (no labels, no predictions)
+    ├── AccessError        who is asking may not do this (a login that failed, a role too low)
     └── ModelError         the model cannot run as asked
         ├── DeviceError    the device asked for is not there
         └── WeightsError   the weights cannot be loaded
@@ -89,6 +90,10 @@ class DeviceError(ModelError):
 
 class WeightsError(ModelError):
     """The weights could not be loaded; the message says how to get them."""
+
+
+class AccessError(EdgemineError, PermissionError):
+    """A login that failed, or an action the identity's role does not allow."""
 
 
 class ExportError(EdgemineError, ValueError):

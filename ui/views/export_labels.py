@@ -11,7 +11,7 @@ import tempfile
 import streamlit as st
 
 from mining.core import media
-from mining.core.errors import EdgemineError
+from mining.core.errors import AccessError, EdgemineError
 from mining.evaluation import metrics
 from mining.labelling import export, labels
 from mining.review import sources
@@ -27,9 +27,13 @@ def render() -> None:
     ids = _resolve(source)
     left, middle, right = st.columns([1, 2, 1])
     fmt = left.selectbox("Format", export.FORMATS, key="export_format")
-    target = middle.text_input("To (a folder, s3://..., or http(s)://HOST of Label Studio)", key="export_target",
-                               value=st.session_state.get("export_target", "./exports"))
-    project = right.text_input("Label Studio project", key="export_project", disabled=not target.startswith("http"))
+    target = middle.selectbox("To (the config's [ui] export_targets and label_studio_hosts)", _targets(),
+                              key="export_target")
+    if target is None:
+        st.info("No export target is allowed: an admin lists folders or s3:// prefixes in the config's "
+                "[ui] export_targets (and Label Studio servers in label_studio_hosts).")
+    project = right.text_input("Label Studio project", key="export_project",
+                               disabled=not (target or "").startswith("http"))
     a, b, c, d, e = st.columns(5)
     task_size = a.number_input("Images per task (0: one task)", 0, 1_000_000, data.config().export.task_size,
                                key="export_task_size")
@@ -40,7 +44,7 @@ def render() -> None:
     resend = d.checkbox("Send again images sent before", False, key="export_resend")
     drop = e.checkbox("Drop near-duplicates", False, key="export_drop_duplicates",
                       help="one image per near-duplicate group (Queues page, or edgemine duplicates, finds them)")
-    if ids:
+    if ids and target:
         st.caption(f"{widgets.plural(len(ids), 'image')} from `{source}`; the first {min(PREVIEWED, len(ids))} "
                    "with the pre-annotations they will carry:")
         _preview(ids[:PREVIEWED], predictions)
@@ -57,6 +61,18 @@ def render() -> None:
     _batches()
     _import()
     _disagreements()
+
+
+def _targets() -> list[str]:
+    """Where the UI may send images: an allow-list, never free text (a visitor could otherwise
+    write anywhere the server can, or send the Label Studio token to any host)."""
+    config = data.config().ui
+    return [*config.export_targets, *config.label_studio_hosts]
+
+
+def _allowed(target: str, allowed: list[str]) -> None:
+    if target not in allowed:
+        raise AccessError(f"{target!r} is not in the config's [ui] allow-lists (export_targets, label_studio_hosts)")
 
 
 def _choose_source() -> str:
@@ -108,9 +124,10 @@ def _preview(ids: list[str], predictions: bool) -> None:
         st.warning(f"{r['uri']}: {r['reason']}")
 
 
-@widgets.action
+@widgets.action("export")
 def _export(source: str, ids: list[str], fmt: str, target: str, project: str | None, task_size: int, predictions: bool,
             copy_images: bool, resend: bool, drop_duplicates: bool) -> None:
+    _allowed(target, _targets())
     config = data.config_for(widgets.current_reviewer())
     bar = st.progress(0.0, text="exporting")
     done = [0]
@@ -154,7 +171,8 @@ def _import() -> None:
     fmt = b.selectbox("Format", ("label-studio", "coco", "cvat"), key="labels_format")
     annotator = c.text_input("Annotator (default: the file's)", key="labels_annotator")
     a, b, _ = st.columns([2, 1, 1])
-    url = a.text_input("or a Label Studio server (http://HOST)", key="labels_url")
+    url = a.selectbox("or a Label Studio server (the config's [ui] label_studio_hosts)",
+                      data.config().ui.label_studio_hosts, index=None, key="labels_url") or ""
     project = b.text_input("its project", key="labels_project")
     st.button(
         "Import",
@@ -175,10 +193,11 @@ def _import() -> None:
         st.success(result)
 
 
-@widgets.action
+@widgets.action("import_labels")
 def _import_labels(content: bytes | None, name: str, fmt: str, annotator: str | None, url: str, project: str) -> None:
     config = data.config_for(widgets.current_reviewer())
     if content is None:
+        _allowed(url, list(config.ui.label_studio_hosts))
         summary = labels.import_labels(data.db(), url, fmt="label-studio", config=config, project=project,
                                        annotator=annotator)
     else:

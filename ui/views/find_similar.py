@@ -15,7 +15,7 @@ from mining.core.errors import EdgemineError, ReviewError
 from mining.review import decisions
 from mining.search import sessions
 from mining.search.similar import BROWSE_ORDERS, IMAGE_ID, browse
-from ui import data, nav, widgets
+from ui import auth, data, nav, widgets
 
 BROWSE_SHOWN = 24
 
@@ -117,6 +117,7 @@ def _results() -> None:
     name = name_col.text_input("Session name (optional)", key="session_name").strip() or None
     if st.button("Start narrowing", type="primary", key="start_narrowing"):
         try:
+            auth.require("narrow")
             with st.spinner("Clustering the pool…"):
                 report = sessions.start_query(
                     data.db(),
@@ -158,7 +159,7 @@ def _review_loop(shown: list[str], chosen: list[str]) -> None:
     resume.button("Resume from the review", key="resume_loop", disabled=not review, on_click=_resume, args=(review,))
 
 
-@widgets.action
+@widgets.action("decide")
 def _mark_page(review: str, shown: list[str], chosen: list[str], reviewer: str) -> None:
     """A button's callback: the page's marks saved as decisions (one commit), then used as seeds and negatives."""
     decisions.mark_page(data.db(), review, shown, chosen, reviewer=reviewer, source="find-similar")
@@ -168,7 +169,7 @@ def _mark_page(review: str, shown: list[str], chosen: list[str], reviewer: str) 
     data.lake_changed()
 
 
-@widgets.action
+@widgets.action("view")
 def _resume(review: str) -> None:
     """A button's callback: the review's decisions so far become the seeds and negatives."""
     marks = decisions.decisions(data.db(), review)

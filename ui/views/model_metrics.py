@@ -13,7 +13,7 @@ import streamlit as st
 import mining
 from mining.core.errors import EdgemineError
 from mining.evaluation import cards, drift, metrics, models
-from ui import data, nav, widgets
+from ui import auth, data, nav, widgets
 
 HEADLINES = {"accuracy": ("accuracy", None), "F1 (macro)": ("f1", "macro"), "precision (macro)": ("precision", "macro"),
              "recall (macro)": ("recall", "macro"), "ECE (calibration error)": ("ece", None)}
@@ -33,7 +33,7 @@ def render() -> None:
     _cards()
 
 
-@widgets.action
+@widgets.action("write_metrics")
 def _compute() -> None:
     config = data.config_for(widgets.current_reviewer())
     _, report = metrics.run_metrics(data.db(), config)
@@ -162,6 +162,7 @@ def _cards() -> None:
     if st.button("Write the card" if text is None else "Write the card again", key="card_write",
                  icon=":material/description:"):
         try:
+            auth.require("write_metrics")
             text = cards.write_card(data.db(), version, data.config_for(widgets.current_reviewer()))
         except EdgemineError as e:
             st.error(str(e))

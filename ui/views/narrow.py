@@ -49,7 +49,7 @@ def _breadcrumb(report: sessions.StepReport) -> None:
                    on_click=_back, args=(report.session, len(report.path) - 1 - n))
 
 
-@widgets.action
+@widgets.action("narrow")
 def _back(session: str, steps: int) -> None:
     for _ in range(steps):
         sessions.back(data.db(), session, widgets.current_reviewer())
@@ -111,14 +111,14 @@ def _actions(report: sessions.StepReport, picked: list[int]) -> None:
                     args=(report.session, name.strip() or report.session, picked or None))
 
 
-@widgets.action
+@widgets.action("save_set")
 def _save(session: str, name: str, clusters: list[int] | None) -> None:
     n = sessions.save_session(data.db(), session, name, widgets.current_reviewer(), clusters)
     data.lake_changed()
     st.toast(f"Saved {widgets.plural(n, 'image')} as set '{name}'.")
 
 
-@widgets.action
+@widgets.action("narrow")
 def _pick(session: str, clusters: list[int], k: int | None = None) -> None:
     """A button's callback: runs before the page is drawn, so a drill draws the page once."""
     db = data.db()

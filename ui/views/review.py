@@ -112,7 +112,7 @@ def _summary(name: str) -> None:
     save.button(f"Save accepted as set '{name}'", key="publish", disabled=not accepted, on_click=_publish, args=(name,))
 
 
-@widgets.action
+@widgets.action("save_set")
 def _publish(name: str) -> None:
     n = decisions.save_review(data.db(), name, user=widgets.current_reviewer())
     data.lake_changed()
@@ -133,7 +133,7 @@ def _decision_buttons(name: str, reviewer: str, origin: str, chosen: list[str], 
                    args=(name, ids, decision, reviewer, origin))
 
 
-@widgets.action
+@widgets.action("decide")
 def _decide(name: str, ids: list[str], decision: str, reviewer: str, origin: str) -> None:
     """A button's callback: the decision is in the lake before the page is drawn again."""
     n = decisions.decide(data.db(), name, ids, decision, reviewer=reviewer, source=origin)

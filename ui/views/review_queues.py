@@ -79,7 +79,7 @@ def _form() -> None:
               args=(sampler,))
 
 
-@widgets.action
+@widgets.action("make_queue")
 def _make(sampler: str) -> None:
     state = st.session_state
     spec = SAMPLERS[sampler]
@@ -128,7 +128,7 @@ def _duplicates() -> None:
                 col.image(pictures[image_id], caption=image_id[:8], width="stretch")
 
 
-@widgets.action
+@widgets.action("make_queue")
 def _find_duplicates(threshold: float) -> None:
     config = data.config()
     found = duplicates.find_duplicates(data.db(), data.index(data.lake().uri), threshold=threshold,
