@@ -204,3 +204,57 @@ def test_killed_export_reruns_to_every_image_exported_once(lake, lake_env, tmp_p
     assert count(lake, "SELECT count(*) FROM exports") == images
     labels = lake.fs.glob(f"{lake.fs._strip_protocol(target)}/killed/task-*/labels/*.txt")
     assert len(labels) == images and len({p.rsplit("/", 1)[1] for p in labels}) == images  # each image in one task
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the job's process group (its decoding workers too) is still there."""
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.parametrize(("sig", "code", "says"), [(signal.SIGTERM, 143, "stopped (SIGTERM)"),
+                                                   (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("job", ["ingest-images", "embed"])
+def test_a_stopped_job_exits_cleanly_and_its_rerun_finishes_exactly_once(tmp_path, job, sig, code, says):
+    """SIGTERM (a scheduler, to the job's process) or Ctrl-C (SIGINT, to the terminal's process
+    group): one line, the exit code the shell expects, no traceback, no process left behind; the
+    rerun finishes with every row once."""
+    lake = Lake(str(tmp_path / "lake"))
+    folder = str(tmp_path / "images")
+    put_images(lake, folder, 120 if job == "ingest-images" else 30)
+    config = tmp_path / "job.toml"
+    config.write_text(f'lake = "{lake.uri}"\n[ingest]\nimage_shard = 10\nimage_batch = 5\n'
+                      '[embed]\nweights = "random"\npart_size = 6\nbatch_size = 3\nworkers = 1\n')
+    if job == "ingest-images":
+        args, table, ready = ["ingest", "images", folder], "images", lambda: version(lake, "image_files") >= 1
+    else:
+        ingest_images(lake, folder, show_progress=False)
+        args, table, ready = ["embed"], "embeddings", lambda: version(lake, "embeddings") >= 0
+
+    process = start(args, config, None)
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert process.poll() is None and time.monotonic() < deadline, "the job ended before it could be stopped"
+        time.sleep(0.01)
+    if sig == signal.SIGINT:
+        os.killpg(process.pid, sig)
+    else:
+        os.kill(process.pid, sig)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == code, err
+    assert f"edgemine: {says}; rerun the same command" in err and "Traceback" not in err
+    for _ in range(100):  # its workers go with it
+        if not group_alive(process.pid):
+            break
+        time.sleep(0.1)
+    assert not group_alive(process.pid)
+
+    rerun = subprocess.run([str(EDGEMINE), *args, "--config", str(config), "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    expected = 120 if job == "ingest-images" else 30
+    assert count(lake, f"SELECT count(*) FROM {table}") == expected
+    assert count(lake, f"SELECT count(DISTINCT image_id) FROM {table}") == expected

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -62,12 +63,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)  # which SIMD build loaded: noise to a user
+    signal.signal(signal.SIGTERM, _terminated)  # a scheduler's stop: the same clean stop as Ctrl-C
     try:
         config = load_config(args.config, lake=args.lake)
         return args.run(args, config)
-    except KeyboardInterrupt:
-        print("edgemine: interrupted; rerun the same command to finish (finished shards are kept)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        how = "stopped (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"edgemine: {how}; rerun the same command to finish (what was committed is kept)", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # noqa: BLE001 - every error the user can fix is one line; anything else is a bug
         message = user_message(e)
         if message is None:
@@ -78,6 +81,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"edgemine: error: {message}", file=sys.stderr)
         return 2
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the command: unwound like Ctrl-C (temporary files removed, worker
+    processes stopped, nothing half-committed), then exit 143."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def one_line(error: BaseException) -> str:
