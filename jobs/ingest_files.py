@@ -139,6 +139,9 @@ def ingest_files(lake: Lake, inputs: list[str], kind: FileKind, config: IngestCo
         for number, uri in enumerate(uris, start=1):
             progress.what = f"{what}, file {number}/{len(uris)}"
             try:
+                if lake.contains(uri):  # a folder given that holds the lake: its own files are no input
+                    raise IngestFileError(f"{uri}: inside the lake {lake.uri}; the lake's own files are not inputs, "
+                                          "give the folder of the files to ingest")
                 result = ingest_file(lake, uri, kind, convert, config, fmt=fmt, force=force, progress=progress)
             except IngestFileError as e:
                 log.error("%s", e)
@@ -166,7 +169,7 @@ def expand_inputs(inputs: list[str], lake: Lake, kind: FileKind) -> list[str]:
         if not matches:
             raise IngestFileError(f"{item}: no {kind.noun} file (.jsonl, .csv, .parquet, ...) there")
         uris += [as_uri(m, like=item) for m in matches]
-    return uris
+    return list(dict.fromkeys(uris))  # a file named twice (a folder and a file in it) is ingested once
 
 
 def ingest_file(lake: Lake, uri: str, kind: FileKind, convert: Convert, config: IngestConfig, *,

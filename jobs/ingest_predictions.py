@@ -125,6 +125,7 @@ class RowChecker:
         """The batch's good rows (predictions, detections) and its bad ones, each with its reason."""
         table = batch.table.append_column(_ROW, batch.rows)
         extras = [n for n in table.column_names if n not in KNOWN and n != _ROW]
+        _check_renames(extras)
         # Every column as the lake stores it: DuckDB, too, lacks float16, empty structs, uint64 beyond int64.
         table = pa.table({name: storable(table.column(name)) for name in table.column_names})
         types = {name: table.schema.field(name).type for name in table.column_names}
@@ -223,6 +224,17 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
     END AS __reason
     FROM typed
     """
+
+
+def _check_renames(extras: list[str]) -> None:
+    """A field named like one of edgemine's own columns (RESERVED) is kept as ``input_<name>``:
+    refuse the file (InputFormatError: nothing of it written) when it has that name too."""
+    lowered = {n.lower() for n in extras}
+    clashes = [n for n in extras if n in RESERVED and f"input_{n}".lower() in lowered]
+    if clashes:
+        raise InputFormatError(
+            f"field(s) {', '.join(clashes)} are kept as input_<name> (the names are edgemine's own columns), but the "
+            f"file also has {', '.join('input_' + n for n in clashes)}; rename one of each pair")
 
 
 def _predictions_sql(extras: list[str], at: str) -> str:

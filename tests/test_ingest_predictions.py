@@ -385,3 +385,32 @@ def test_a_prediction_id_repeated_in_one_file_keeps_the_first_and_records_the_re
     again = put(lake, source_uri(lake, "in/fix.jsonl"), jsonl([prediction(images[9], 9, prediction_id="a")]))
     assert ingest_predictions(lake, [again], small_ingest, show_progress=False).to_dict()["errors"] == 0
     assert rows(lake, "SELECT image_uri FROM predictions WHERE prediction_id = 'a'") == [{"image_uri": images[9]}]
+
+
+def test_a_folder_holding_the_lake_does_not_ingest_the_lakes_own_files(tmp_path, small_ingest):
+    """`edgemine ingest predictions .` run where the lake lives (found by the CLI fuzz test: the
+    lake's own Parquet files were read as predictions and one crashed the job)."""
+    from mining.core.lake import Lake
+
+    lake = Lake(str(tmp_path / "work" / "lake"))
+    uris = put_images(lake, str(tmp_path / "work" / "src"), 4)
+    ingest_images(lake, str(tmp_path / "work" / "src"), small_ingest, show_progress=False)
+    (tmp_path / "work" / "p.jsonl").write_text(jsonl([prediction(u, i, source="app") for i, u in enumerate(uris)]))
+    first = ingest_predictions(lake, [str(tmp_path / "work" / "p.jsonl")], small_ingest, show_progress=False)
+    assert first.to_dict()["rows"]["predictions"] == 4
+    again = ingest_predictions(lake, [str(tmp_path / "work"), str(tmp_path / "work" / "p.jsonl")], small_ingest,
+                               show_progress=False).to_dict()
+    inside = [f for f in again["files"] if f["source"].startswith(lake.uri)]
+    assert inside and all(f["status"] == "failed" and "inside the lake" in f["reason"] for f in inside)
+    assert [f["status"] for f in again["files"] if f["source"].endswith("p.jsonl")] == ["skipped"]  # once, done before
+    assert rows(lake, "SELECT count(*) n FROM predictions")[0]["n"] == 4
+
+
+@local_only
+def test_a_field_kept_under_a_name_the_file_also_has_is_refused(lake, images, small_ingest):
+    uri = put(lake, source_uri(lake, "in/clash.jsonl"),
+              jsonl([prediction(u, i, source="app", input_source="other") for i, u in enumerate(images[:3])]))
+    summary = ingest_predictions(lake, [uri], small_ingest, show_progress=False).to_dict()
+    assert summary["files"][0]["status"] == "failed"
+    assert "also has input_source; rename one" in summary["files"][0]["reason"]
+    assert not tables.exists(lake, "predictions") or rows(lake, "SELECT count(*) n FROM predictions")[0]["n"] == 0

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from jobs.cli import (
@@ -63,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     if args.quiet:
         logging.getLogger().setLevel(logging.WARNING)  # which SIMD build loaded: noise to a user
-    signal.signal(signal.SIGTERM, _terminated)  # a scheduler's stop: the same clean stop as Ctrl-C
+    restore = _stop_on_sigterm()
     try:
         config = load_config(args.config, lake=args.lake)
         return args.run(args, config)
@@ -81,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"edgemine: error: {message}", file=sys.stderr)
         return 2
+    finally:
+        restore()
 
 
 class Terminated(KeyboardInterrupt):
@@ -90,6 +93,15 @@ class Terminated(KeyboardInterrupt):
 
 def _terminated(signum: int, frame: object) -> None:
     raise Terminated
+
+
+def _stop_on_sigterm() -> Callable[[], None]:
+    """A scheduler's stop (SIGTERM) unwinds the command as Ctrl-C does; returns what puts the
+    previous handler back (main() may run inside another program, a test)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def one_line(error: BaseException) -> str:
