@@ -40,6 +40,7 @@ from jobs.cli.common import EXIT_REGRESSION, UsageError
 from mining.core.config import Config, load_config
 from mining.core.errors import EdgemineError
 
+INTERRUPTED = "interrupted; rerun the same command to finish (finished shards are kept)"
 __all__ = ["EXIT_REGRESSION", "UsageError", "build_parser", "main", "user_message"]
 
 
@@ -65,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, lake=args.lake)
         return args.run(args, config)
     except KeyboardInterrupt:
-        print("edgemine: interrupted; rerun the same command to finish (finished shards are kept)", file=sys.stderr)
+        print(f"edgemine: {getattr(args, 'interrupted', INTERRUPTED)}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - every error the user can fix is one line; anything else is a bug
         message = user_message(e)

@@ -15,7 +15,7 @@ import streamlit as st
 from mining.core.errors import QueryError, ReadOnlyError
 from mining.core.schema import TABLES
 from mining.core.serialize import csv_bytes, parquet_bytes
-from mining.core.sql import EXAMPLE_QUERY
+from mining.core.sql import EXAMPLE_QUERY, Head
 from ui import data
 
 SHOWN_ROWS = 1000
@@ -40,7 +40,7 @@ def render() -> None:
         _show(result)
 
 
-def _run(query: str) -> pa.Table | str:
+def _run(query: str) -> Head | str:
     """The result, or the message to show instead."""
     if not query.strip():
         return "Write a query first, e.g. SELECT * FROM predictions LIMIT 10."
@@ -52,9 +52,12 @@ def _run(query: str) -> pa.Table | str:
         return str(e)
 
 
-def _show(result: pa.Table) -> None:
+def _show(head: Head) -> None:
+    result = head.table
     st.caption(
         f"{result.num_rows:,} rows" + (f", the first {SHOWN_ROWS:,} shown" if result.num_rows > SHOWN_ROWS else "")
+        + (" — the result has more, cut at [query] max_rows; the downloads hold these rows, "
+           "`edgemine sql --output FILE.parquet` writes every row" if head.cut else "")
     )
     shown = result.slice(0, SHOWN_ROWS)
     frame = _without_vectors(shown).to_pandas()
