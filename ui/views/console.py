@@ -1,8 +1,9 @@
 """SQL: a console over the lake's views for data engineers.
 
 Read-only by DuckDB's own settings (mining.core.sql.LakeDB): writes, ATTACH, INSTALL,
-COPY and reads outside the lake are refused. Results show a thumbnail column
-when they carry image_id, and download as CSV or Parquet.
+COPY and reads outside the lake are refused. A query stops at ``[query] timeout_s`` and
+holds at most ``[query] max_rows`` rows (the server is shared; docs/LAKE.md, Query limits).
+Results show a thumbnail column when they carry image_id, and download as CSV or Parquet.
 """
 
 from __future__ import annotations
