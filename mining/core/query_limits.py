@@ -51,6 +51,12 @@ def database_settings(limits: QueryConfig, spill: str) -> dict[str, str]:
     }
 
 
+def scratch_connection(limits: QueryConfig | None = None) -> duckdb.DuckDBPyConnection:
+    """A plain in-memory DuckDB (no lake, no views) under ``limits`` (the defaults without):
+    for a job's own work on its input."""
+    return duckdb.connect(config=database_settings(limits or QueryConfig(), spill_folder()))
+
+
 def memory_setting(text: str) -> str:
     """A DuckDB size for ``text``: a share ("25%") of the machine's memory, else as given."""
     share = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%\s*", text)
