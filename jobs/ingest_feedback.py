@@ -28,6 +28,7 @@ from jobs.ingest_files import Convert, Converted, FileKind, IngestSummary, inges
 from jobs.readers import Batch, InputFormatError
 from mining.core.config import IngestConfig
 from mining.core.lake import Lake
+from mining.core.query_limits import scratch_connection
 from mining.core.schema import FEEDBACK, storable
 from mining.core.sql import LakeDB, quote_ident, quote_literal
 
@@ -62,7 +63,7 @@ def _check_columns(columns: set[str]) -> None:
 def _open_checker(lake: Lake) -> Iterator[Convert]:
     """A run's converter. The lake is only looked up (which images and predictions exist), through
     the shared read-only views; rows are parsed and checked in a DuckDB of the job's own."""
-    with LakeDB(lake) as db, duckdb.connect() as con:
+    with LakeDB(lake) as db, scratch_connection() as con:
         con.execute("SET TimeZone = 'UTC'")
         yield FeedbackChecker(db, con).check
 

@@ -59,11 +59,13 @@ class LoopSummary(Summary):
         return bool(self.alarms)
 
 
-def resolve_base(lake: Lake, base: str, version: str) -> str:
-    """``latest`` -> the newest model version of the lake other than ``version`` (else FIRST_BASE)."""
+def resolve_base(lake: Lake, base: str, version: str, config: Config | None = None) -> str:
+    """``latest`` -> the newest model version of the lake other than ``version`` (else FIRST_BASE);
+    read under ``config``'s query limits."""
     if base != LATEST:
         return base
-    with LakeDB(lake, private=True) as db:  # not the shared connection: the models table may be minutes old
+    # Not the shared connection: its models table may be minutes old.
+    with LakeDB(lake, config=config, private=True) as db:
         versions = [v for v in list_models(db).column("model_version").to_pylist() if v != version]
     if not versions:
         log.info("--from latest: the lake has no model yet; starting from %s", FIRST_BASE)
@@ -82,7 +84,7 @@ def run_loop(lake: Lake, config: Config, request: TrainRequest, settings: TrainS
         log.info("loop: %s is already trained; scoring what is left, then metrics and card", version)
         summary.base = "(trained before)"
     else:
-        summary.base = resolve_base(lake, request.base, version)
+        summary.base = resolve_base(lake, request.base, version, config)
         # An earlier loop killed mid-training left its epoch checkpoint: continue from it.
         resume = lake.fs.exists(f"{lake.model_staging_dir(version)}/last.pt")
         trained = train_model(lake, replace(request, base=summary.base, resume=resume), settings,

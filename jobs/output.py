@@ -17,18 +17,19 @@ def write_json(obj: Any, out: TextIO) -> None:
     out.write("\n")
 
 
-def write_rows(table: pa.Table, fmt: str, out: TextIO, *, max_rows: int = 100) -> None:
+def write_rows(table: pa.Table, fmt: str, out: TextIO, *, max_rows: int = 100, cut: bool = False) -> None:
+    """``table`` in ``fmt``; ``cut``: it is the first rows of a longer result (the table format says so)."""
     if fmt == "json":
         write_json(table.to_pylist(), out)
     elif fmt == "csv":
         out.write(csv_bytes(table).decode())
     elif fmt == "table":
-        out.write(render_table(table, max_rows=max_rows))
+        out.write(render_table(table, max_rows=max_rows, cut=cut))
     else:
         raise ValueError(f"unknown output format {fmt!r}; allowed: {', '.join(FORMATS)}")
 
 
-def render_table(table: pa.Table, *, max_rows: int = 100, max_width: int = 40) -> str:
+def render_table(table: pa.Table, *, max_rows: int = 100, max_width: int = 40, cut: bool = False) -> str:
     shown = table.slice(0, max_rows)
     names = table.column_names
     rows = [[_cell(v, max_width) for v in row.values()] for row in shown.to_pylist()]
@@ -36,6 +37,10 @@ def render_table(table: pa.Table, *, max_rows: int = 100, max_width: int = 40) -
     lines = [" | ".join(n.ljust(w) for n, w in zip(names, widths)), "-+-".join("-" * w for w in widths)]
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     more = table.num_rows - shown.num_rows
+    if cut and not more:
+        lines.append(f"(the first {shown.num_rows} rows; the result has more: --max-rows N shows more, "
+                     "--output FILE.parquet writes every row)")
+        return "\n".join(lines) + "\n"
     lines.append(
         f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}"
         + (f", {more} not shown; use --format csv or --output for all)" if more else ")")

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import pyarrow as pa
 import streamlit as st
 
 import embed.files
 from mining.core import media, statistics
 from mining.core.config import Config, load_config
 from mining.core.lake import Lake
-from mining.core.sql import LakeDB
+from mining.core.sql import Head, LakeDB
 from mining.search import index_sync, sessions
 from mining.search import similar as search
 from mining.search.backends import Backend, get_backend
@@ -50,14 +49,16 @@ def db() -> LakeDB:
     if held is None or held.lake.uri != lake().uri:
         if held is not None:
             held.close()  # only its cursor: the shared database stays for the others
-        held = st.session_state["_lakedb"] = LakeDB(lake())
+        held = st.session_state["_lakedb"] = LakeDB(lake(), config=config())
     return held
 
 
-def user_query(sql: str) -> pa.Table:
-    """A user's own query (the SQL page) on this session's read-only connection, not cached;
-    QueryError (ReadOnlyError for a write) when DuckDB or the sandbox refuses it."""
-    return db().query(sql)
+def user_query(sql: str) -> Head:
+    """A user's own query (the SQL page) on this session's read-only connection, not cached:
+    its first ``[query] max_rows`` rows (never the whole of a huge result: the server is shared),
+    stopped at ``[query] timeout_s``; QueryError (ReadOnlyError for a write) when DuckDB, the
+    sandbox or a limit refuses it."""
+    return db().head(sql)
 
 
 def lake_changed() -> None:

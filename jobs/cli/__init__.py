@@ -43,6 +43,7 @@ from jobs.cli.common import EXIT_REGRESSION, UsageError
 from mining.core.config import Config, load_config
 from mining.core.errors import EdgemineError
 
+INTERRUPTED = "rerun the same command to finish (what was committed is kept)"
 __all__ = ["EXIT_REGRESSION", "UsageError", "build_parser", "main", "user_message"]
 
 
@@ -68,9 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config, lake=args.lake)
         return args.run(args, config)
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Terminated)
         how = "stopped (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(f"edgemine: {how}; rerun the same command to finish (what was committed is kept)", file=sys.stderr)
+        print(f"edgemine: {how}; {getattr(args, 'interrupted', INTERRUPTED)}", file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130
     except Exception as e:  # noqa: BLE001 - every error the user can fix is one line; anything else is a bug
         message = user_message(e)

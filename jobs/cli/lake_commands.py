@@ -79,9 +79,11 @@ def add_sql(commands, add) -> None:
     )
     sql.add_argument("--output", help="write the result to this Parquet file (local or s3://) instead of printing")
     sql.add_argument("--views", action="store_true", help="print the CREATE VIEW statements, for any DuckDB client")
-    sql.add_argument("--max-rows", type=int, default=100, help="rows shown in table format (default: 100)")
+    sql.add_argument("--max-rows", type=int, help="rows printed, at most (default: 100 in table format, else "
+                     "[query] max_rows of the config); a longer result is cut, and a line says so")
     sql.add_argument("--as-of", metavar="WHEN", help="read the tables as they were: a time (2026-11-20T10:00:00Z), "
                      "TABLE@VERSION[,TABLE@VERSION...], or a VERSION when the query reads one table")
+    sql.set_defaults(interrupted="the query was stopped")
 
 
 def cmd_sql(args: argparse.Namespace, config: Config) -> int:
@@ -99,28 +101,48 @@ def cmd_sql(args: argparse.Namespace, config: Config) -> int:
 
         with open_db(config) as db:
             as_of = resolve_as_of(db.lake, args.as_of, db.check_read_only(query))
-    with open_db(config, as_of=as_of) as db:
-        result = db.query(query)
     if args.output:
-        _write_parquet_output(result, args.output, config)
-        print(f"wrote {result.num_rows} rows to {args.output}", file=sys.stderr)
+        _check_output(args.output, config)
+        with open_db(config, as_of=as_of) as db:
+            rows = db.batches(query, lambda batches: _write_parquet_output(batches, args.output, config))
+        print(f"wrote {rows} rows to {args.output}", file=sys.stderr)
         return 0
-    print_result(args, result, max_rows=args.max_rows)
+    fmt = "json" if args.json else args.format
+    if args.max_rows is not None and args.max_rows < 1:
+        raise UsageError("--max-rows must be at least 1")
+    max_rows = args.max_rows or (min(100, config.query.max_rows) if fmt == "table" else config.query.max_rows)
+    with open_db(config, as_of=as_of) as db:
+        result, cut = db.head(query, max_rows)
+    if fmt == "table":
+        write_rows(result, "table", sys.stdout, max_rows=max_rows, cut=cut)
+        return 0
+    print_result(args, result)
+    if cut:
+        print(f"edgemine: the result was cut at {max_rows} rows (--max-rows, [query] max_rows); "
+              "--output FILE.parquet writes every row", file=sys.stderr)
     return 0
 
 
-def _write_parquet_output(result: Any, output: str, config: Config) -> None:
-    import pyarrow.parquet as pq
-
-    from mining.core.lake import open_url
-
+def _check_output(output: str, config: Config) -> None:
     if Lake.from_config(config).contains(output):
         raise UsageError(
             f"--output {output} is inside the lake; write query results elsewhere (the lake is written only by jobs)"
         )
+
+
+def _write_parquet_output(batches: Any, output: str, config: Config) -> int:
+    """Write a query's record batches to ``output`` as they come; returns the rows written."""
+    import pyarrow.parquet as pq
+
+    from mining.core.lake import open_url
+
     fs, path = open_url(output, config.s3)
-    with fs.open(path, "wb") as f:
-        pq.write_table(result, f)
+    rows = 0
+    with fs.open(path, "wb") as f, pq.ParquetWriter(f, batches.schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            rows += batch.num_rows
+    return rows
 
 
 def add_tables(commands, add) -> None:

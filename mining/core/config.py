@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -191,6 +192,28 @@ class DriftConfig:
 
 
 @dataclass(frozen=True)
+class QueryConfig:
+    """What one query may cost: every DuckDB connection of edgemine (the SQL console, the UI,
+    `--where` filters, slices, queues, metrics, `loop`) runs under these (docs/LAKE.md, Query limits)."""
+
+    timeout_s: float = 300.0  # a read-only statement running longer is interrupted; 0: no limit
+    memory_limit: str = "25%"  # DuckDB's memory_limit: a size ("4GiB", "500MB") or a share of the machine's memory
+    max_temp_directory_size: str = "20GiB"  # what a query may spill to disk when over memory_limit
+    max_rows: int = 10_000  # rows `edgemine sql` prints and the UI's SQL page holds; more are cut, and it says so
+
+    def __post_init__(self) -> None:
+        for name in ("memory_limit", "max_temp_directory_size"):
+            if not _SIZE.fullmatch(getattr(self, name)):
+                raise ConfigError(f"[query] {name} must be a size like \"4GiB\" or \"500MB\" (KB, MB, GB, TB, "
+                                  f"KiB, MiB, GiB, TiB) or a share like \"25%\", got {getattr(self, name)!r}")
+        if self.timeout_s < 0 or self.max_rows < 1:
+            raise ConfigError("[query] timeout_s must be at least 0 (0: no limit) and max_rows at least 1")
+
+
+_SIZE = re.compile(r"\s*\d+(\.\d+)?\s*(%|[KMGT]i?B)\s*", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
 class Config:
     lake: str = DEFAULT_LAKE
     s3: S3Config = field(default_factory=S3Config)
@@ -206,6 +229,7 @@ class Config:
     queues: QueuesConfig = field(default_factory=QueuesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     slices: dict = field(default_factory=dict)  # name -> SQL predicate (docs/METRICS.md)
 
 

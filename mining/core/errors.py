@@ -9,7 +9,8 @@ escapes is a bug.
     ├── ConfigError        a configuration file or value
     ├── LakeError          the lake or one of its tables cannot be used as it is
     ├── QueryError         SQL from a user that DuckDB refused
-    │   └── ReadOnlyError  a statement that would change the lake, on a read-only connection
+    │   ├── ReadOnlyError  a statement that would change the lake, on a read-only connection
+    │   └── QueryLimitError a query stopped by a [query] limit (time, memory, spill size)
     ├── InputError         an input file a job cannot read (nothing of it is written)
     ├── SearchError        a search or index request (unknown image, empty slice, no embeddings)
     │   └── SessionError   a narrowing session or step, or an action its state does not allow
@@ -48,6 +49,10 @@ class QueryError(EdgemineError):
 
 class ReadOnlyError(QueryError, PermissionError):
     """A statement that would change something was refused on a read-only connection."""
+
+
+class QueryLimitError(QueryError):
+    """A query stopped by one of the config's ``[query]`` limits; the message names it and how to raise it."""
 
 
 class InputError(EdgemineError, ValueError):

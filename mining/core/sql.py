@@ -17,7 +17,12 @@ only the lake's views (or the query's own CTEs), calling no table function but
 compute, but cannot write, attach, install, copy out, or read anything else:
 not a file elsewhere, not even another Delta table's log or statistics.
 
-Read-only LakeDBs share one in-memory database per lake within a process, each
+Every database runs under the config's ``[query]`` limits (mining.core.query_limits):
+memory, spill size, a private spill folder; a read-only LakeDB's statements also stop at the
+time limit or on Ctrl-C (QueryError, KeyboardInterrupt), and ``head`` fetches no more rows
+than it shows.
+
+Read-only LakeDBs share one in-memory database per lake (and limits) within a process, each
 with its own cursor (DuckDB cursors are safe to use from one thread each).
 Views are made the first time a query names their table, so `SELECT 1` reads
 no Delta log; a view follows its table's new commits by itself, and a table that
@@ -33,23 +38,24 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlparse
 
 import duckdb
 import pyarrow as pa
 
-from mining.core.config import Config
-from mining.core.errors import LakeError, QueryError, ReadOnlyError
+from mining.core import query_limits
+from mining.core.config import Config, QueryConfig
+from mining.core.errors import LakeError, QueryError, QueryLimitError, ReadOnlyError
 from mining.core.lake import Lake
 from mining.core.schema import TABLES, Table
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
 SAFE_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
@@ -87,6 +93,13 @@ DERIVED_VIEWS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+class Head(NamedTuple):
+    """The first rows of a result (``LakeDB.head``), and whether it had more."""
+
+    table: pa.Table
+    cut: bool
+
+
 class LakeDB:
     """A DuckDB connection with a view per lake table.
 
@@ -95,7 +108,7 @@ class LakeDB:
     with its own ``threads``, pinned to table versions (``as_of``: table name ->
     version, None for a table that did not exist then; mining.core.tables.resolve_as_of),
     or ``private`` (read-only and sandboxed, but fresh: it sees every table as it is now):
-    a database of its own."""
+    a database of its own. ``config``'s ``[query]`` limits apply (the defaults without one)."""
 
     def __init__(self, lake: Lake, *, read_only: bool = True, threads: int | None = None, config: Config | None = None,
                  as_of: Mapping[str, int] | None = None, private: bool = False):
@@ -103,10 +116,11 @@ class LakeDB:
         self.read_only = read_only
         self.config = config  # the settings it was opened with (mining.open_lake), for the library's defaults
         self.as_of = dict(as_of or {})
+        self.limits = config.query if config is not None else QueryConfig()
         if read_only and threads is None and not self.as_of and not private:
-            self._catalog = _catalog_for(lake)
+            self._catalog = _catalog_for(lake, self.limits)
         else:
-            self._catalog = _Catalog(lake, sandboxed=read_only, threads=threads, as_of=self.as_of)
+            self._catalog = _Catalog(lake, self.limits, sandboxed=read_only, threads=threads, as_of=self.as_of)
             if not read_only:
                 self._catalog.ensure(TABLES)  # jobs' own statements (CREATE TEMP TABLE ...) are not parsed
         self.con = self._catalog.cursor()
@@ -116,24 +130,55 @@ class LakeDB:
 
         On a read-only LakeDB the statement is checked first (ReadOnlyError for
         anything but a SELECT over the lake's views), and SQL that DuckDB refuses
-        (a syntax error, an unknown column) raises QueryError with DuckDB's message."""
+        (a syntax error, an unknown column) raises QueryError with DuckDB's message, as does
+        a statement stopped at ``[query] timeout_s``; Ctrl-C stops it (KeyboardInterrupt)."""
+        return self._run(sql, params, lambda result: result.to_arrow_table())
+
+    def head(self, sql: str, max_rows: int | None = None) -> Head:
+        """The first ``max_rows`` rows of ``sql``'s result (default ``[query] max_rows``), and
+        whether there were more: fetched in batches, so a huge result is never held whole."""
+        max_rows = self.limits.max_rows if max_rows is None else max_rows
+
+        def first_rows(result: duckdb.DuckDBPyConnection) -> Head:
+            reader = result.to_arrow_reader(min(max(max_rows, 1), 100_000))
+            batches, rows = [], 0
+            for batch in reader:
+                batches.append(batch)
+                rows += batch.num_rows
+                if rows > max_rows:
+                    break
+            table = pa.Table.from_batches(batches, reader.schema)
+            return Head(table.slice(0, max_rows), table.num_rows > max_rows)
+
+        return self._run(sql, None, first_rows)
+
+    def batches(self, sql: str, consume: Callable[[pa.RecordBatchReader], T]) -> T:
+        """``consume(reader)``'s answer, ``reader`` yielding ``sql``'s result batch by batch (to write
+        a result of any size); under the time limit, which counts ``consume``'s time too."""
+        return self._run(sql, None, lambda result: consume(result.to_arrow_reader(100_000)))
+
+    def _run(self, sql: str, params: list | dict | None, fetch: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         if not self.read_only:
-            return self._run(sql, params)
+            return fetch(self._execute(sql, params))
         tables = self.check_read_only(sql)
         self._catalog.ensure(tables)
         try:
-            return self._run(sql, params)
+            return query_limits.run(self.con, lambda: fetch(self._execute(sql, params)), self.limits.timeout_s)
         except duckdb.PermissionException as e:
             raise QueryError(f"Refused by DuckDB's sandbox: {e}. Queries read the lake only; "
                              "to change it, use the edgemine jobs") from None
+        except duckdb.OutOfMemoryException as e:
+            first = str(e).splitlines()[0].rstrip(".")
+            raise QueryLimitError(f"DuckDB: {first}. The query needs more memory or spill space than [query] "
+                                  "memory_limit and max_temp_directory_size allow: narrow it, or raise them in "
+                                  "the config") from None
         except duckdb.Error as e:
             raise QueryError(f"DuckDB: {e}") from None
 
-    def _run(self, sql: str, params: list | dict | None) -> pa.Table:
-        result = self.con.execute(sql, params) if params is not None else self.con.sql(sql)
-        if result is None:
-            return pa.table({})
-        return result.to_arrow_table()
+    def _execute(self, sql: str, params: list | dict | None) -> duckdb.DuckDBPyConnection:
+        # execute(), not the relation API (con.sql): a relation's fetch does not stop on an interrupt.
+        # No parameters unless given: binding any makes DuckDB import pandas (a second).
+        return self.con.execute(sql, params) if params is not None else self.con.execute(sql)
 
     def check_read_only(self, sql: str) -> set[str]:
         """Refuse what a read-only connection must not run (ReadOnlyError); returns the
@@ -188,14 +233,16 @@ class _View:
 class _Catalog:
     """One in-memory DuckDB database with a lake's views, made as queries need them."""
 
-    def __init__(self, lake: Lake, *, sandboxed: bool = True, threads: int | None = None,
+    def __init__(self, lake: Lake, limits: QueryConfig, *, sandboxed: bool = True, threads: int | None = None,
                  as_of: Mapping[str, int] | None = None):
         self.lake, self.as_of = lake, dict(as_of or {})
-        self.con = connect(lake, threads=threads)
+        # Spill to a private folder, not DuckDB's default (.tmp in the working folder), which
+        # would otherwise count as allowed for reading.
+        self._spill = query_limits.spill_folder()
+        self.con = connect(lake, threads=threads, limits=limits, spill=self._spill)
         self.con.execute("CREATE SCHEMA IF NOT EXISTS raw")
         self.views: dict[str, _View] = {}
         self._lock = threading.Lock()
-        self._spill: str | None = None
         if sandboxed:
             self._lock_down()
 
@@ -254,11 +301,7 @@ class _Catalog:
                     self.views[name] = _View(True, self.lake.generation, time.monotonic())
 
     def _lock_down(self) -> None:
-        # Spill to a private folder, not DuckDB's default (.tmp beside the lake), which would
-        # otherwise count as allowed for reading.
-        self._spill = tempfile.mkdtemp(prefix="edgemine-duckdb-")
-        # Literals, not parameters: binding any Python parameter makes DuckDB import pandas (a second).
-        self.con.execute(f"SET temp_directory = {quote_literal(self._spill)}")
+        # The limits (connect) were set before: locked from here on, with the rest.
         self.con.execute(f"SET allowed_directories = [{quote_literal(self.lake.prefix)}]")
         self.con.execute("SET enable_external_access = false")
         self.con.execute("SET autoinstall_known_extensions = false")
@@ -270,15 +313,22 @@ class _Catalog:
             shutil.rmtree(self._spill, ignore_errors=True)
 
 
-def connect(lake: Lake, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def connect(lake: Lake, *, threads: int | None = None, limits: QueryConfig | None = None,
+            spill: str | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB database that reads the lake's storage: time zone UTC, the delta
-    extension, and for S3 httpfs with the lake's credentials. No views, no sandbox."""
+    extension, and for S3 httpfs with the lake's credentials; under ``limits``' memory and spill
+    size (the defaults without), spilling into ``spill`` (a new folder of this process's without).
+    No views, no sandbox."""
     # The extensions are the pinned PyPI packages' files; DuckDB's check of their
     # signatures hashes all 100 MB of them on every start (0.5 s of `edgemine sql`).
     config: dict[str, Any] = {"allow_unsigned_extensions": "true"}
     if threads:
         config["threads"] = threads
     con = duckdb.connect(config=config)
+    settings = query_limits.database_settings(limits or QueryConfig(), spill or query_limits.spill_folder())
+    for name, value in settings.items():
+        # Literals, not parameters: binding any Python parameter makes DuckDB import pandas (a second).
+        con.execute(f"SET GLOBAL {name} = {quote_literal(value)}")
     con.execute("SET GLOBAL TimeZone = 'UTC'")  # GLOBAL: cursors on the database inherit it
     con.execute(f"LOAD {quote_literal(extension_path('delta'))}")
     if lake.protocol == "s3":
@@ -315,10 +365,10 @@ def _close_catalogs() -> None:
     _CATALOGS.clear()
 
 
-def _catalog_for(lake: Lake) -> _Catalog:
-    key = (lake.uri, lake.s3)
+def _catalog_for(lake: Lake, limits: QueryConfig) -> _Catalog:
+    key = (lake.uri, lake.s3, limits.memory_limit, limits.max_temp_directory_size)
     with _catalogs_lock:
-        catalog = _CATALOGS.pop(key, None) or _Catalog(lake)
+        catalog = _CATALOGS.pop(key, None) or _Catalog(lake, limits)
         _CATALOGS[key] = catalog  # re-inserted: the dict's order is least recently used first
         while len(_CATALOGS) > _CATALOGS_KEPT:
             _CATALOGS.pop(next(iter(_CATALOGS)))

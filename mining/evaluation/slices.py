@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from mining.core import tables
 from mining.core.config import Config
-from mining.core.errors import QueryError, SliceError
+from mining.core.errors import QueryError, QueryLimitError, SliceError
 from mining.core.schema import SLICES, make_rows
 from mining.core.sql import LakeDB, quote_ident, quote_literal
 
@@ -149,6 +149,8 @@ def check_sql(db: LakeDB, name: str, sql: str) -> int:
         return (
             db.query(f"WITH {frame_ctes()} SELECT count(*) AS n FROM {FRAME_FROM} WHERE ({sql})").column("n")[0].as_py()
         )
+    except QueryLimitError as e:
+        raise SliceError(f"slice {name!r} (`{sql}`): {e}") from None
     except QueryError as e:
         raise SliceError(
             f"slice {name!r}: invalid SQL `{sql}`: {e}. A slice is a predicate over p (predictions, "

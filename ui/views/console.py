@@ -1,8 +1,9 @@
 """SQL: a console over the lake's views for data engineers.
 
 Read-only by DuckDB's own settings (mining.core.sql.LakeDB): writes, ATTACH, INSTALL,
-COPY and reads outside the lake are refused. Results show a thumbnail column
-when they carry image_id, and download as CSV or Parquet.
+COPY and reads outside the lake are refused. A query stops at ``[query] timeout_s`` and
+holds at most ``[query] max_rows`` rows (the server is shared; docs/LAKE.md, Query limits).
+Results show a thumbnail column when they carry image_id, and download as CSV or Parquet.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import streamlit as st
 from mining.core.errors import QueryError, ReadOnlyError
 from mining.core.schema import TABLES
 from mining.core.serialize import csv_bytes, parquet_bytes
-from mining.core.sql import EXAMPLE_QUERY
+from mining.core.sql import EXAMPLE_QUERY, Head
 from ui import data
 
 SHOWN_ROWS = 1000
@@ -40,7 +41,7 @@ def render() -> None:
         _show(result)
 
 
-def _run(query: str) -> pa.Table | str:
+def _run(query: str) -> Head | str:
     """The result, or the message to show instead."""
     if not query.strip():
         return "Write a query first, e.g. SELECT * FROM predictions LIMIT 10."
@@ -52,9 +53,12 @@ def _run(query: str) -> pa.Table | str:
         return str(e)
 
 
-def _show(result: pa.Table) -> None:
+def _show(head: Head) -> None:
+    result = head.table
     st.caption(
         f"{result.num_rows:,} rows" + (f", the first {SHOWN_ROWS:,} shown" if result.num_rows > SHOWN_ROWS else "")
+        + (" — the result has more, cut at [query] max_rows; the downloads hold these rows, "
+           "`edgemine sql --output FILE.parquet` writes every row" if head.cut else "")
     )
     shown = result.slice(0, SHOWN_ROWS)
     frame = _without_vectors(shown).to_pandas()
