@@ -55,7 +55,7 @@ def test_help_lists_the_commands_in_their_order():
     assert list(subparsers.choices) == [
         "demo", "ingest", "embed", "sql", "tables", "history", "compact", "migrate", "index", "similar", "narrow",
         "review", "export", "labels", "queue", "duplicates", "train", "score", "loop", "models", "slice", "metrics",
-        "drift", "card", "ui"]
+        "drift", "card", "ui", "user"]
 
 
 @pytest.mark.parametrize("args", [[], ["narrow"], ["queue"]], ids=lambda a: " ".join(a) or "nothing")
