@@ -275,9 +275,20 @@ def add_in_chunks(faiss_index: faiss.Index, vectors: np.ndarray) -> None:
 
 
 def in_memory_copy(faiss_index: faiss.Index) -> faiss.Index:
-    """A writable copy of a FAISS index. ``clone_index`` refuses memory-mapped (on-disk)
-    inverted lists; a serialised round trip reads them into memory."""
-    return faiss.deserialize_index(faiss.serialize_index(faiss_index))
+    """A writable in-memory copy of an IVF index, its inverted lists memory-mapped or not.
+    ``clone_index`` refuses on-disk lists, and their serialised form only names their
+    file: copy all but the lists, then the lists' entries (``copy_subset_to``)."""
+    ivf = faiss.extract_index_ivf(faiss_index)
+    if not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists):
+        return faiss.clone_index(faiss_index)
+    copy = faiss.deserialize_index(faiss.serialize_index(faiss_index), faiss.IO_FLAG_SKIP_IVF_DATA)
+    copy_ivf = faiss.extract_index_ivf(copy)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    copy_ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index frees them
+    copy.ntotal = copy_ivf.ntotal = 0
+    ivf.copy_subset_to(copy_ivf, faiss.InvertedLists.SUBSET_TYPE_ID_RANGE, 0, ivf.ntotal)
+    return copy
 
 
 def _train_ivf(vectors: np.ndarray, spec: IndexSpec, seed: int) -> faiss.Index:
