@@ -247,7 +247,8 @@ def add_index(commands, add) -> None:
     index.add_argument(
         "--kind",
         choices=["auto", "flat", "ivf", "ivfpq"],
-        help="index kind (default: config index.kind, auto: flat up to index.flat_max vectors)",
+        help="index kind (default: config index.kind; auto: flat up to index.flat_max vectors, "
+        "ivf below index.ivfpq_min, ivfpq from it)",
     )
     index.add_argument("--nprobe", type=int, help="IVF lists searched per query (default: automatic)")
     index.add_argument("--rebuild", action="store_true", help="build from scratch even if the index is up to date")

@@ -61,7 +61,9 @@ class EmbedConfig:
 @dataclass(frozen=True)
 class IndexConfig:
     kind: str = "auto"  # auto, flat (exact), ivf, ivfpq
-    flat_max: int = 200_000  # auto: exact (flat) up to this many vectors, IVF above
+    # The thresholds of kind = "auto" (mining.search.index.auto_kind; docs/SCALE.md, BENCHMARKS.md):
+    flat_max: int = 200_000  # exact (flat) up to this many vectors, IVF-flat above
+    ivfpq_min: int = 2_000_000  # IVF-PQ from this many vectors (pq_m bytes a vector, not 4 x width)
     nlist: int = 0  # IVF lists; 0: about sqrt(n), a power of two
     nprobe: int = 0  # IVF lists searched per query; 0: chosen with nlist (see docs/MINING.md)
     pq_m: int = 64  # ivfpq: bytes per vector; the width (512, 1280) must be a multiple of it

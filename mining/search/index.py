@@ -6,15 +6,23 @@ Inner product on L2-normalised vectors (cosine similarity). Kinds:
   ``IndexConfig.flat_max`` vectors (200,000 by default: about 2 ms per query per
   10,000 vectors on 2 cores, see BENCHMARKS.md).
 - ``ivf``: an inverted file (``IVF<nlist>,Flat``): k-means cells, ``nprobe`` of
-  them searched per query. Approximate; ``auto`` picks it above ``flat_max``.
+  them searched per query. Approximate; ``auto`` picks it above ``flat_max``
+  and below ``ivfpq_min``.
 - ``ivfpq``: IVF with product-quantised codes (``pq_m`` bytes per vector), the
-  results re-scored exactly from the stored vectors. For lakes whose FAISS
-  index would not fit in memory as IVF-flat.
+  results re-scored exactly from the stored vectors. ``auto`` picks it from
+  ``ivfpq_min`` vectors (2,000,000 by default): its codes take ``pq_m`` bytes a
+  vector where IVF-flat's lists take another 4 x width (docs/SCALE.md).
 
-The exact vectors are always kept (``vectors``): narrowing, classifiers and
-re-scoring need them, and the torch GPU backend searches them directly
-(exact matmul + top-k). Positions (row numbers) are the index's internal ids;
-``ids[position]`` is the image_id.
+The thresholds live in ``IndexConfig`` (``[index]`` in the config), and
+``auto_kind`` is the one rule that applies them.
+
+The exact vectors are always kept (``vectors``, float32): narrowing, classifiers
+and re-scoring need them, and the torch GPU backend searches them directly
+(exact matmul + top-k). They may be a read-only ``np.memmap`` (an index opened
+from the lake, see index_store), which is kept as it is, never copied: at 10M
+vectors of 512 floats they are 20 GB, and a search touches only the rows it
+scores. Positions (row numbers) are the index's internal ids; ``ids[position]``
+is the image_id.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ log = logging.getLogger(__name__)
 KINDS = ("auto", "flat", "ivf", "ivfpq")
 TRAIN_PER_LIST = 64  # training points per IVF list: enough for stable cells, bounds training time
 RESCORE_FACTOR = 4  # ivfpq: candidates re-scored exactly per result wanted
+ADD_CHUNK = 65_536  # rows converted to float32 and added to a FAISS index at a time (16 MiB at 64 floats a row)
 
 
 @dataclass(frozen=True)
@@ -52,15 +61,29 @@ class IndexSpec:
         return f"IVF{self.nlist}{pq}, nprobe {self.nprobe}"
 
 
+def auto_kind(n: int, config: IndexConfig) -> str:
+    """The kind ``auto`` gives ``n`` vectors: flat up to ``flat_max``, IVF-flat below
+    ``ivfpq_min``, IVF-PQ from it (the one place the thresholds are applied)."""
+    if n <= config.flat_max:
+        return "flat"
+    return "ivf" if n < config.ivfpq_min else "ivfpq"
+
+
+def kind_rule(n: int, config: IndexConfig) -> str:
+    """Why ``n`` vectors get their kind, for the log: the rule and its thresholds."""
+    if config.kind != "auto":
+        return f"[index] kind = {config.kind}"
+    return (f"auto for {n:,} vectors: flat up to flat_max = {config.flat_max:,}, ivf below "
+            f"ivfpq_min = {config.ivfpq_min:,}, ivfpq from it")
+
+
 def choose_spec(n: int, config: IndexConfig) -> IndexSpec:
-    """The index kind for ``n`` vectors: ``config.kind``, or for ``auto`` flat up to
-    ``flat_max`` vectors and IVF above. IVF sizes default to about sqrt(n) lists (a
-    power of two) and 1/32 of them probed, which measured recall@100 >= 0.95."""
+    """The index kind for ``n`` vectors: ``config.kind``, or for ``auto`` the rule of
+    ``auto_kind``. IVF sizes default to about sqrt(n) lists (a power of two) and 1/32
+    of them probed, which measured recall@100 >= 0.95."""
     if config.kind not in KINDS:
         raise SearchError(f"unknown index kind {config.kind!r}; allowed: {', '.join(KINDS)}")
-    kind = config.kind
-    if kind == "auto":
-        kind = "flat" if n <= config.flat_max else "ivf"
+    kind = auto_kind(n, config) if config.kind == "auto" else config.kind
     if kind == "flat":
         return IndexSpec("flat")
     nlist = config.nlist or max(16, 2 ** round(math.log2(max(math.sqrt(n), 1))))
@@ -72,19 +95,22 @@ def choose_spec(n: int, config: IndexConfig) -> IndexSpec:
 
 class VectorIndex:
     """``ids``: (n,) image ids; ``vectors``: float32 (n, d), unit rows; ``faiss_index``:
-    the trained IVF index over the same rows, or None for flat."""
+    the trained IVF index over the same rows, or None for flat. ``order``: the
+    positions in id order (``argsort(ids)``), when the caller has it saved.
+    Memory-mapped ``ids``, ``vectors`` and ``order`` are kept mapped, not copied."""
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, spec: IndexSpec, faiss_index: faiss.Index | None = None,
-                 backend: Backend | None = None, *, backbone: str = "", weights: str = ""):
+                 backend: Backend | None = None, *, backbone: str = "", weights: str = "",
+                 order: np.ndarray | None = None):
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
-        self.ids = np.asarray(ids, dtype=str)
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.ids = ids if _mapped(ids, np.str_) else np.asarray(ids, dtype=str)
+        self.vectors = vectors if _mapped(vectors, np.float32) else np.ascontiguousarray(vectors, dtype=np.float32)
         self.spec = spec
         self.backbone, self.weights = backbone, weights  # the embedding set it covers
         self.faiss_index = faiss_index
         self.backend = backend or FaissCPU()
-        self._order = np.argsort(self.ids, kind="stable")
+        self._order = order
         self._resident = None
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -95,23 +121,35 @@ class VectorIndex:
     def dim(self) -> int:
         return self.vectors.shape[1]
 
+    @property
+    def order(self) -> np.ndarray:
+        """Positions in image-id order (computed on first use unless given)."""
+        if self._order is None:
+            self._order = np.argsort(self.ids, kind="stable")
+        return self._order
+
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0,
               backend: Backend | None = None, backbone: str = "", weights: str = "") -> VectorIndex:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        """An index over ``vectors`` (float32 (n, d), in memory or a ``np.memmap``, kept
+        as given). IVF kinds train on a sample and are filled ``ADD_CHUNK`` rows at a
+        time, so a mapped array is read through once, never copied whole."""
+        vectors = vectors if _mapped(vectors, np.float32) else np.ascontiguousarray(vectors, dtype=np.float32)
         faiss_index = None
+        log.info("building a %s index over %d vectors", spec.describe(), len(vectors))
         if spec.kind != "flat":
             faiss_index = _train_ivf(vectors, spec, seed)
-            faiss_index.add(vectors)
+            add_in_chunks(faiss_index, vectors)
         return cls(ids, vectors, spec, faiss_index, backend, backbone=backbone, weights=weights)
 
     def extended(self, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
         """A new index with these rows appended (IVF cells are kept: new vectors go
-        to the trained cells, no retraining)."""
+        to the trained cells, no retraining). The result is in memory: index_store's
+        ``extend_and_save`` appends to a saved index in bounded memory."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         faiss_index = None
         if self.faiss_index is not None:
-            faiss_index = faiss.clone_index(self.faiss_index)
+            faiss_index = in_memory_copy(self.faiss_index)
             faiss_index.add(vectors)
         return self._like(ids=np.concatenate([self.ids, np.asarray(ids, dtype=str)]),
                           vectors=np.concatenate([self.vectors, vectors]), faiss_index=faiss_index)
@@ -124,7 +162,9 @@ class VectorIndex:
 
     def _like(self, **changes) -> VectorIndex:
         fields = {"ids": self.ids, "vectors": self.vectors, "spec": self.spec, "faiss_index": self.faiss_index,
-                  "backend": self.backend, "backbone": self.backbone, "weights": self.weights}
+                  "backend": self.backend, "backbone": self.backbone, "weights": self.weights, "order": self._order}
+        if "ids" in changes:
+            fields["order"] = None
         return VectorIndex(**(fields | changes))
 
     # -- lookups -------------------------------------------------------------
@@ -134,8 +174,8 @@ class VectorIndex:
         wanted = np.asarray(image_ids, dtype=str)
         if len(self) == 0:
             raise SearchError("the index is empty: embed images first (edgemine embed), then edgemine index")
-        found = np.searchsorted(self.ids, wanted, sorter=self._order)
-        found = self._order[np.minimum(found, len(self) - 1)]
+        found = np.searchsorted(self.ids, wanted, sorter=self.order)
+        found = self.order[np.minimum(found, len(self) - 1)]
         present = self.ids[found] == wanted
         if skip_missing:
             return found[present].astype(np.int64)
@@ -149,10 +189,18 @@ class VectorIndex:
         return found.astype(np.int64)
 
     def stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-dimension mean and standard deviation of the vectors (cached)."""
+        """Per-dimension mean and standard deviation of the vectors (cached; summed
+        ``ADD_CHUNK`` rows at a time, so a mapped index is not copied whole)."""
         if self._stats is None:
-            mean = self.vectors.mean(0, dtype=np.float64)
-            std = self.vectors.std(0, dtype=np.float64)
+            total = np.zeros(self.dim, np.float64)
+            squares = np.zeros(self.dim, np.float64)
+            for start in range(0, len(self), ADD_CHUNK):
+                block = np.asarray(self.vectors[start : start + ADD_CHUNK], dtype=np.float64)
+                total += block.sum(0)
+                squares += np.square(block).sum(0)
+            n = max(len(self), 1)
+            mean = total / n
+            std = np.sqrt(np.maximum(squares / n - mean**2, 0))
             self._stats = (mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32))
         return self._stats
 
@@ -220,19 +268,51 @@ class VectorIndex:
         return scores, positions.astype(np.int64)
 
 
+def add_in_chunks(faiss_index: faiss.Index, vectors: np.ndarray) -> None:
+    """Add rows of any float dtype (a memmap too), ``ADD_CHUNK`` at a time as float32."""
+    for start in range(0, len(vectors), ADD_CHUNK):
+        faiss_index.add(np.ascontiguousarray(vectors[start : start + ADD_CHUNK], dtype=np.float32))
+
+
+def in_memory_copy(faiss_index: faiss.Index) -> faiss.Index:
+    """A writable in-memory copy of an IVF index, its inverted lists memory-mapped or not.
+    ``clone_index`` refuses on-disk lists, and their serialised form only names their
+    file: copy all but the lists, then the lists' entries (``copy_subset_to``)."""
+    ivf = faiss.extract_index_ivf(faiss_index)
+    if not isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists):
+        return faiss.clone_index(faiss_index)
+    copy = faiss.deserialize_index(faiss.serialize_index(faiss_index), faiss.IO_FLAG_SKIP_IVF_DATA)
+    copy_ivf = faiss.extract_index_ivf(copy)
+    lists = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    copy_ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index frees them
+    copy.ntotal = copy_ivf.ntotal = 0
+    ivf.copy_subset_to(copy_ivf, faiss.InvertedLists.SUBSET_TYPE_ID_RANGE, 0, ivf.ntotal)
+    return copy
+
+
 def _train_ivf(vectors: np.ndarray, spec: IndexSpec, seed: int) -> faiss.Index:
     factory = f"IVF{spec.nlist},Flat" if spec.kind == "ivf" else f"IVF{spec.nlist},PQ{spec.pq_m}"
+    if spec.kind == "ivfpq" and vectors.shape[1] % spec.pq_m:
+        raise SearchError(f"ivfpq needs pq_m to divide the width: {spec.pq_m} does not divide {vectors.shape[1]}; "
+                          "set [index] pq_m to a divisor (64 suits 512 and 1280)")
     index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     sample_size = min(len(vectors), spec.nlist * TRAIN_PER_LIST)
-    sample = vectors
-    if sample_size < len(vectors):
-        sample = vectors[np.sort(np.random.default_rng(seed).choice(len(vectors), sample_size, replace=False))]
+    sample = np.ascontiguousarray(vectors, dtype=np.float32) if sample_size == len(vectors) else None
+    if sample is None:  # rows read in position order: one pass over a mapped file
+        rows = np.sort(np.random.default_rng(seed).choice(len(vectors), sample_size, replace=False))
+        sample = np.ascontiguousarray(vectors[rows], dtype=np.float32)
     faiss.extract_index_ivf(index).cp.seed = seed
     if spec.kind == "ivfpq":
         # Polysemous codes serve Hamming pre-filtering, which search never uses; training them takes minutes.
         index.do_polysemous_training = False
     index.train(sample)
     return index
+
+
+def _mapped(array: np.ndarray, dtype: type) -> bool:
+    """Whether ``array`` is a C-ordered memmap of ``dtype``: kept as it is, never copied."""
+    return isinstance(array, np.memmap) and array.dtype.type is dtype and array.flags.c_contiguous
 
 
 def _drop(scores: np.ndarray, positions: np.ndarray, excluded: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ it up to date.
 The index covers a snapshot of embedding files (listed in its manifest). A run
 compares that list with the lake's files:
 
-- no index, ``--rebuild``, a kind change (the lake grew past ``flat_max``), a
+- no index, ``--rebuild``, a kind change (the lake grew past ``flat_max`` or ``ivfpq_min``), a
   covered file gone (``embed --overwrite``) or a new file re-embedding an indexed
   image: build from scratch;
 - new files only: read just those and add their vectors (IVF cells kept);
@@ -31,8 +31,8 @@ from mining.core.schema import EMBEDDINGS, embedding_matrix
 from mining.core.sql import LakeDB
 from mining.core.summary import Summary
 from mining.search.backends import get_backend
-from mining.search.index import VectorIndex, choose_spec
-from mining.search.index_store import Manifest, load_index, load_manifest, save_index
+from mining.search.index import VectorIndex, choose_spec, kind_rule
+from mining.search.index_store import Manifest, build_and_save, extend_and_save, load_index, load_manifest, save_index
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,10 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
             if np.isin(ids, index.ids).any():
                 reason = "new files re-embed indexed images"
             elif grown_kind != index.spec.kind:
-                reason = f"the lake grew past {config.flat_max} vectors: {index.spec.kind} -> {grown_kind}"
+                reason = f"the lake grew to {len(index) + len(ids)} vectors: {index.spec.kind} -> {grown_kind}"
             elif len(ids):  # none: the new files hold other embedding sets only
-                index = index.extended(ids, vectors)
+                manifest.files, manifest.embeddings_version = sorted(files), version
+                index, manifest = extend_and_save(lake, index, ids, vectors, manifest)
                 added, action = len(ids), "extended"
         if reason is None and manifest.embeddings_version != version:
             manifest.files, manifest.embeddings_version = sorted(files), version
@@ -96,11 +97,11 @@ def index_lake(db: LakeDB, config: IndexConfig, *, backbone: str | None = None, 
         if len(ids) == 0:
             raise SearchError(f"no embeddings for {backbone}/{weights} yet: run edgemine embed first")
         spec = choose_spec(len(ids), config)
-        log.info("indexing %d vectors (%s): %s", len(ids), spec.describe(), reason)
-        index = VectorIndex.build(ids, vectors, spec, seed=seed, backend=backend, backbone=backbone, weights=weights)
+        log.info("indexing %d vectors as %s (%s): %s", len(ids), spec.describe(), kind_rule(len(ids), config), reason)
         now = datetime.now(UTC).isoformat()
-        manifest = save_index(lake, index, Manifest(backbone, weights, spec, len(ids), sorted(files), built_at=now,
-                                                    embeddings_version=version))
+        index, manifest = build_and_save(lake, ids, vectors, spec, Manifest(
+            backbone, weights, spec, len(ids), sorted(files), built_at=now, embeddings_version=version,
+        ), seed=seed, backend=backend)
         action, added = ("built" if reason == "no index yet" else "rebuilt"), len(ids)
     summary = IndexSummary(backbone=backbone, weights=weights, action=action, reason=reason or "",
                            vectors=len(index), added=added, kind=index.spec.describe(), files=len(files),
