@@ -39,7 +39,7 @@ from mining.core import tables
 from mining.core.config import IngestConfig
 from mining.core.errors import InputError
 from mining.core.lake import Lake, as_uri, open_url
-from mining.core.schema import ERRORS, Table, conform, error_rows
+from mining.core.schema import ERRORS, TABLES, Table, conform, error_rows
 from mining.core.sql import quote_literal
 from mining.core.summary import Summary
 
@@ -139,8 +139,8 @@ def ingest_files(lake: Lake, inputs: list[str], kind: FileKind, config: IngestCo
         for number, uri in enumerate(uris, start=1):
             progress.what = f"{what}, file {number}/{len(uris)}"
             try:
-                if lake.contains(uri):  # a folder given that holds the lake: its own files are no input
-                    raise IngestFileError(f"{uri}: inside the lake {lake.uri}; the lake's own files are not inputs, "
+                if _lakes_own(lake, uri):  # a folder given that holds the lake: its tables' files are no input
+                    raise IngestFileError(f"{uri}: a file of the lake {lake.uri} itself (a table's or edgemine's); "
                                           "give the folder of the files to ingest")
                 result = ingest_file(lake, uri, kind, convert, config, fmt=fmt, force=force, progress=progress)
             except IngestFileError as e:
@@ -151,6 +151,13 @@ def ingest_files(lake: Lake, inputs: list[str], kind: FileKind, config: IngestCo
         progress.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _lakes_own(lake: Lake, uri: str) -> bool:
+    """Whether ``uri`` is one of the lake's own files: in a table's folder or one of edgemine's
+    (``_jobs``, ``_index``); inputs kept in the lake's folder (the demo's ``sources``) are not."""
+    folder = lake.folder_of(uri)
+    return folder is not None and (folder in TABLES or folder.startswith("_"))
 
 
 def expand_inputs(inputs: list[str], lake: Lake, kind: FileKind) -> list[str]:

@@ -401,7 +401,7 @@ def test_a_folder_holding_the_lake_does_not_ingest_the_lakes_own_files(tmp_path,
     again = ingest_predictions(lake, [str(tmp_path / "work"), str(tmp_path / "work" / "p.jsonl")], small_ingest,
                                show_progress=False).to_dict()
     inside = [f for f in again["files"] if f["source"].startswith(lake.uri)]
-    assert inside and all(f["status"] == "failed" and "inside the lake" in f["reason"] for f in inside)
+    assert inside and all(f["status"] == "failed" and "a file of the lake" in f["reason"] for f in inside)
     assert [f["status"] for f in again["files"] if f["source"].endswith("p.jsonl")] == ["skipped"]  # once, done before
     assert rows(lake, "SELECT count(*) n FROM predictions")[0]["n"] == 4
 

@@ -220,3 +220,27 @@ def test_other_engines_read_the_same_tables(lake):
     frame = polars.read_delta(tables.table_uri(lake, PREDICTIONS),
                               storage_options=tables.delta_storage_options(lake) or None)
     assert sorted(frame["prediction_id"].to_list()) == ["p1", "p2", "p3"]
+
+
+@local_only
+@pytest.mark.parametrize("column", [
+    pa.array([datetime(2026, 11, 4, 23, 59)], pa.timestamp("us")),  # zone-less: the timestampNtz table feature
+    pa.array([1], pa.uint64()), pa.array([1.5], pa.float16()), pa.array([1], pa.duration("s")),
+    pa.array([3600], pa.time32("s")), pa.array([None], pa.null()),
+], ids=lambda c: str(c.type))
+@pytest.mark.parametrize("how", ["append", "upsert", "new table"])
+def test_a_column_that_would_make_a_table_unreadable_is_never_committed(lake, column, how):
+    """The writer's last guard, whatever a caller hands it: refused before the commit, and
+    every reader still reads the table (the issue's finding: one timestamp field broke
+    `predictions` for good)."""
+    if how != "new table":
+        tables.append(lake, PREDICTIONS, predictions([1, 2]), INFO)
+    before = tables.version(lake, PREDICTIONS)
+    bad = predictions([3]).append_column("captured_at", column)
+    write = tables.upsert if how == "upsert" else tables.append
+    with pytest.raises(LakeError, match=r"refused before committing to table predictions: column\(s\) captured_at"):
+        write(lake, PREDICTIONS, bad, INFO)
+    assert tables.version(lake, PREDICTIONS) == before
+    if how != "new table":
+        assert rows(lake, "SELECT count(*) n FROM predictions")[0]["n"] == 2
+        assert "captured_at" not in tables.open_table(lake, PREDICTIONS).schema().to_arrow().names

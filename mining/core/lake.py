@@ -157,6 +157,12 @@ class Lake:
         by where it really leads (symlinks resolved, even when its last part does not exist yet)."""
         return self._real(uri).startswith(self._real(self.uri))
 
+    def folder_of(self, uri: str) -> str | None:
+        """The lake's top folder ``uri`` lies in (a table's, ``_jobs``, ``sources``...), or None
+        when it is not inside the lake (symlinks resolved)."""
+        real, lake = self._real(uri), self._real(self.uri)
+        return real[len(lake):].split("/", 1)[0] if real.startswith(lake) else None
+
     def overlaps(self, uri: str) -> bool:
         """Whether writing under the folder ``uri`` could touch the lake: it is the lake, inside
         it, or holds it (symlinks resolved)."""

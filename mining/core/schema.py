@@ -626,6 +626,18 @@ def storable_type(type_: pa.DataType) -> pa.DataType:
     return pa.string()  # time of day, interval, union, null, a struct empty or with an unnamed field, extensions
 
 
+def unstorable_fields(schema: pa.Schema) -> list[str]:
+    """``name (type)`` of each field whose type a Delta table cannot hold without a table
+    feature every reader must know (a zone-less timestamp: timestampNtz) or at all (time of
+    day, duration, unsigned, float16, ...): what :func:`storable_type` changes. A fixed-size
+    list is a list to Delta and stays."""
+
+    def as_list(type_: pa.DataType) -> pa.DataType:
+        return pa.list_(type_.value_type) if pa.types.is_fixed_size_list(type_) else type_
+
+    return [f"{f.name} ({f.type})" for f in schema if storable_type(f.type) != as_list(f.type)]
+
+
 def storable(column: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """``column`` as :func:`storable_type` says; what Arrow cannot cast (an interval, a union,
     a nested field of such a type) becomes each value's text."""

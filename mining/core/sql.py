@@ -173,7 +173,7 @@ class LakeDB:
                                   "memory_limit and max_temp_directory_size allow: narrow it, or raise them in "
                                   "the config") from None
         except duckdb.Error as e:
-            raise QueryError(f"DuckDB: {e}") from None
+            raise QueryError(f"DuckDB: {_first_line(e)}") from None
 
     def _execute(self, sql: str, params: list | dict | None) -> duckdb.DuckDBPyConnection:
         # execute(), not the relation API (con.sql): a relation's fetch does not stop on an interrupt.
@@ -188,7 +188,7 @@ class LakeDB:
         try:
             statements = self.con.extract_statements(sql)
         except duckdb.Error as e:
-            raise QueryError(f"DuckDB: {e}") from None
+            raise QueryError(f"DuckDB: {_first_line(e)}") from None
         tables: set[str] = set()
         for statement in statements:
             query = statement.query
@@ -520,6 +520,12 @@ def duckdb_type(t: pa.DataType) -> str:
     if t in simple:
         return simple[t]
     raise TypeError(f"no DuckDB type mapped for Arrow type {t}")
+
+
+def _first_line(error: BaseException) -> str:
+    """DuckDB's message without the query excerpt and caret it appends on later lines: errors
+    are one line (the CLI's contract)."""
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def quote_literal(text: str) -> str:
