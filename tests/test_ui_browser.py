@@ -54,10 +54,12 @@ def _skip_without_browser(request) -> None:
 
 @pytest.fixture(scope="module")
 def ui(request, tmp_path_factory, demo_lake):
-    """(url, lake): `edgemine ui` serving the session's demo lake."""
+    """(url, lake, the folder exports may go to): `edgemine ui` serving the session's demo lake."""
     _skip_without_browser(request)
-    with serving(tmp_path_factory.mktemp("ui"), demo_lake) as url:
-        yield url, demo_lake
+    folder = tmp_path_factory.mktemp("ui")
+    (folder / "edgemine.toml").write_text(f'[ui]\nexport_targets = ["{folder / "out"}"]\n')
+    with serving(folder, demo_lake, "--config", str(folder / "edgemine.toml")) as url:
+        yield url, demo_lake, folder / "out"
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,21 @@ def serving(folder: Path, lake, *flags: str):
             server.wait()
 
 
+@contextlib.contextmanager
+def browser_page():
+    """(page, main): a page of Debian's chromium, headless, and the Streamlit app's main block."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport=VIEWPORT)
+            page.set_default_timeout(WAIT_MS)
+            yield page, page.get_by_test_id("stMain")
+        finally:
+            browser.close()
+
+
 def wait_settled(main) -> None:
     """The rerun has finished: no element left over from the previous one."""
     from playwright.sync_api import expect
@@ -146,9 +163,9 @@ def choose(page, select, option: str | re.Pattern) -> None:
 
 @pytest.mark.slow
 def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, lake = ui
+    url, lake, _ = ui
     started = datetime.now(UTC)  # the shared demo lake holds other tests' decisions: only this one's count
     expect.set_options(timeout=WAIT_MS)
     shots = []
@@ -169,89 +186,82 @@ def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp
         expect(image).to_have_js_property("complete", True)
         return image.evaluate("i => i.naturalWidth") > 0
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(WAIT_MS)
-            main = page.get_by_test_id("stMain")
-            boxes = main.get_by_test_id("stCheckbox")
+    with browser_page() as (page, main):
+        boxes = main.get_by_test_id("stCheckbox")
 
-            # Find similar: a Browse grid of thumbnails, each with a checkbox and a full-size button.
-            page.goto(f"{url}/similar")
-            expect(main.get_by_role("heading", name="Find similar")).to_be_visible()
-            expect(boxes).to_have_count(24)
-            assert loaded(main.get_by_test_id("stImage").first.locator("img"))
-            shot("similar-browse")
+        # Find similar: a Browse grid of thumbnails, each with a checkbox and a full-size button.
+        page.goto(f"{url}/similar")
+        expect(main.get_by_role("heading", name="Find similar")).to_be_visible()
+        expect(boxes).to_have_count(24)
+        assert loaded(main.get_by_test_id("stImage").first.locator("img"))
+        shot("similar-browse")
 
-            boxes.first.locator("xpath=ancestor::div[@data-testid='stHorizontalBlock'][1]").get_by_role("button").last.click()
-            dialog = page.get_by_role("dialog")
-            expect(dialog.get_by_text(re.compile(r"^[0-9a-f]{20} · \d+×\d+ · "))).to_be_visible()
-            assert loaded(dialog.get_by_test_id("stImage").locator("img"))
-            shot("similar-dialog")
-            page.keyboard.press("Escape")
-            expect(dialog).to_be_hidden()
+        boxes.first.locator("xpath=ancestor::div[@data-testid='stHorizontalBlock'][1]").get_by_role("button").last.click()
+        dialog = page.get_by_role("dialog")
+        expect(dialog.get_by_text(re.compile(r"^[0-9a-f]{20} · \d+×\d+ · "))).to_be_visible()
+        assert loaded(dialog.get_by_test_id("stImage").locator("img"))
+        shot("similar-dialog")
+        page.keyboard.press("Escape")
+        expect(dialog).to_be_hidden()
 
-            use = main.get_by_role("button", name="Use selected as seeds")
-            expect(use).to_be_disabled()
-            seed = boxes.first.get_by_role("checkbox").get_attribute("aria-label")
-            boxes.first.click()
-            expect(use).to_be_enabled()
-            use.click()
-            nearest = main.get_by_role("heading", name=re.compile(r"^Nearest \d+$"))
-            expect(nearest).to_be_visible()
-            expect(main.get_by_text(re.compile(r"^Seeds \(1\)"))).to_contain_text(seed)
-            hits = int(nearest.inner_text().split()[1])
-            assert hits > 0
-            scored = main.get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"^[01]\.\d{3} · "))
-            expect(scored).to_have_count(hits)
-            expect(main.get_by_test_id("stImage")).to_have_count(24 + hits)
-            shot("similar-results")
+        use = main.get_by_role("button", name="Use selected as seeds")
+        expect(use).to_be_disabled()
+        seed = boxes.first.get_by_role("checkbox").get_attribute("aria-label")
+        boxes.first.click()
+        expect(use).to_be_enabled()
+        use.click()
+        nearest = main.get_by_role("heading", name=re.compile(r"^Nearest \d+$"))
+        expect(nearest).to_be_visible()
+        expect(main.get_by_text(re.compile(r"^Seeds \(1\)"))).to_contain_text(seed)
+        hits = int(nearest.inner_text().split()[1])
+        assert hits > 0
+        scored = main.get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"^[01]\.\d{3} · "))
+        expect(scored).to_have_count(hits)
+        expect(main.get_by_test_id("stImage")).to_have_count(24 + hits)
+        shot("similar-results")
 
-            # Narrow: cluster cards; drilling into cluster 0 re-clusters its images as step 1.
-            main.get_by_role("button", name="Start narrowing").click()
-            expect(main.get_by_role("heading", name="Narrow", exact=True)).to_be_visible()
-            assert page.url.endswith("/narrow")
-            titles = main.get_by_text(re.compile(TITLE))
-            clusters = int(main.get_by_role("heading", name=re.compile(r"^\d+ clusters")).inner_text().split()[0])
-            expect(titles).to_have_count(clusters)
-            assert clusters >= 2
-            expect(main.get_by_role("button", name=re.compile(r"\bstep 0\b"))).to_be_disabled()  # where we are
-            settled()
-            shot("narrow-step0")
+        # Narrow: cluster cards; drilling into cluster 0 re-clusters its images as step 1.
+        main.get_by_role("button", name="Start narrowing").click()
+        expect(main.get_by_role("heading", name="Narrow", exact=True)).to_be_visible()
+        assert page.url.endswith("/narrow")
+        titles = main.get_by_text(re.compile(TITLE))
+        clusters = int(main.get_by_role("heading", name=re.compile(r"^\d+ clusters")).inner_text().split()[0])
+        expect(titles).to_have_count(clusters)
+        assert clusters >= 2
+        expect(main.get_by_role("button", name=re.compile(r"\bstep 0\b"))).to_be_disabled()  # where we are
+        settled()
+        shot("narrow-step0")
 
-            size = int(re.match(TITLE, card(0).get_by_text(re.compile(TITLE)).inner_text())[2])
-            card(0).get_by_role("button", name="Drill", exact=True).click()
-            expect(main.get_by_role("button", name=re.compile(r"\bstep 1\b"))).to_be_disabled()
-            expect(main.get_by_role("button", name=re.compile(r"\bstep 0\b"))).to_be_enabled()  # the way back
-            expect(main.get_by_text(f"{size} images in this step")).to_be_visible()
-            settled()
-            sizes = [int(re.match(TITLE, t)[2]) for t in titles.all_inner_texts()]
-            assert sum(sizes) == size, f"step 1 splits cluster 0's {size} images, not {sizes}"
-            shot("narrow-step1")
+        size = int(re.match(TITLE, card(0).get_by_text(re.compile(TITLE)).inner_text())[2])
+        card(0).get_by_role("button", name="Drill", exact=True).click()
+        expect(main.get_by_role("button", name=re.compile(r"\bstep 1\b"))).to_be_disabled()
+        expect(main.get_by_role("button", name=re.compile(r"\bstep 0\b"))).to_be_enabled()  # the way back
+        expect(main.get_by_text(f"{size} images in this step")).to_be_visible()
+        settled()
+        sizes = [int(re.match(TITLE, t)[2]) for t in titles.all_inner_texts()]
+        assert sum(sizes) == size, f"step 1 splits cluster 0's {size} images, not {sizes}"
+        shot("narrow-step1")
 
-            # Review: the first card's images; tick one, accept it.
-            first_cluster, first_size = (int(n) for n in re.match(TITLE, titles.first.inner_text()).groups())
-            card(first_cluster).get_by_role("button", name="Review", exact=True).click()
-            expect(main.get_by_role("heading", name="Review", exact=True)).to_be_visible()
-            assert page.url.endswith("/review")
-            accepted = main.get_by_test_id("stMetric").filter(has_text="Accepted").get_by_test_id("stMetricValue")
-            expect(accepted).to_have_text("0")
-            expect(boxes).to_have_count(min(first_size, UIConfig().page_size))
-            chosen = boxes.first.get_by_role("checkbox").get_attribute("aria-label")
-            boxes.first.click()
-            accept = main.get_by_role("button", name=re.compile(r"Accept selected \(1\)$"))
-            expect(accept).to_be_enabled()
-            accept.click()
-            expect(accepted).to_have_text("1")
-            expect(main.get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"accepted$"))).to_have_count(1)
-            expect(main.get_by_role("button", name=re.compile(r"Accept selected \(0\)$"))).to_be_disabled()
-            settled()
-            shot("review-accepted")
-            errors = main.get_by_test_id("stException").or_(main.get_by_test_id("stAlertContentError"))
-            assert errors.count() == 0, errors.all_inner_texts()
-        finally:
-            browser.close()
+        # Review: the first card's images; tick one, accept it.
+        first_cluster, first_size = (int(n) for n in re.match(TITLE, titles.first.inner_text()).groups())
+        card(first_cluster).get_by_role("button", name="Review", exact=True).click()
+        expect(main.get_by_role("heading", name="Review", exact=True)).to_be_visible()
+        assert page.url.endswith("/review")
+        accepted = main.get_by_test_id("stMetric").filter(has_text="Accepted").get_by_test_id("stMetricValue")
+        expect(accepted).to_have_text("0")
+        expect(boxes).to_have_count(min(first_size, UIConfig().page_size))
+        chosen = boxes.first.get_by_role("checkbox").get_attribute("aria-label")
+        boxes.first.click()
+        accept = main.get_by_role("button", name=re.compile(r"Accept selected \(1\)$"))
+        expect(accept).to_be_enabled()
+        accept.click()
+        expect(accepted).to_have_text("1")
+        expect(main.get_by_test_id("stCaptionContainer").filter(has_text=re.compile(r"accepted$"))).to_have_count(1)
+        expect(main.get_by_role("button", name=re.compile(r"Accept selected \(0\)$"))).to_be_disabled()
+        settled()
+        shot("review-accepted")
+        errors = main.get_by_test_id("stException").or_(main.get_by_test_id("stAlertContentError"))
+        assert errors.count() == 0, errors.all_inner_texts()
 
     with LakeDB(lake) as db:
         rows = db.query("SELECT * FROM reviews WHERE decided_at >= $started", {"started": started}).to_pylist()
@@ -264,65 +274,54 @@ def test_a_reviewer_goes_from_a_seed_to_an_accepted_image_in_the_browser(ui, tmp
 
 @pytest.mark.slow
 def test_a_queue_reviewed_and_its_accepted_images_exported_in_the_browser(ui, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    url, lake = ui
+    url, lake, out = ui
     expect.set_options(timeout=WAIT_MS)
-    out = tmp_path / "out"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(WAIT_MS)
-            main = page.get_by_test_id("stMain")
+    with browser_page() as (page, main):
 
-            # Queues: a least-confidence queue of 8, made from the form.
-            page.goto(f"{url}/queues")
-            expect(main.get_by_role("heading", name="Queues", exact=True).first).to_be_visible()
-            choose(
-                page, main.get_by_test_id("stSelectbox").filter(has_text="Sampler"), re.compile(r"^least-confidence")
-            )
-            wait_idle(page, main)
-            main.get_by_label("Queue name").fill("browser-low")
-            main.get_by_label("Queue name").press("Tab")
-            wait_idle(page, main)
-            main.get_by_label(re.compile(r"^Size")).fill("8")
-            main.get_by_label(re.compile(r"^Size")).press("Tab")
-            wait_idle(page, main)
-            main.get_by_role("button", name="Make queue").click()
-            expect(main.get_by_text(re.compile(r"^version 1 · 8 images by least-confidence"))).to_be_visible()
-            screenshot(page, main, tmp_path / "01-queues.png")
+        # Queues: a least-confidence queue of 8, made from the form.
+        page.goto(f"{url}/queues")
+        expect(main.get_by_role("heading", name="Queues", exact=True).first).to_be_visible()
+        choose(
+            page, main.get_by_test_id("stSelectbox").filter(has_text="Sampler"), re.compile(r"^least-confidence")
+        )
+        wait_idle(page, main)
+        main.get_by_label("Queue name").fill("browser-low")
+        main.get_by_label("Queue name").press("Tab")
+        wait_idle(page, main)
+        main.get_by_label(re.compile(r"^Size")).fill("8")
+        main.get_by_label(re.compile(r"^Size")).press("Tab")
+        wait_idle(page, main)
+        main.get_by_role("button", name="Make queue").click()
+        expect(main.get_by_text(re.compile(r"^version 1 · 8 images by least-confidence"))).to_be_visible()
+        screenshot(page, main, tmp_path / "01-queues.png")
 
-            # Review: the queue's 8 images, each with its reason; accept them all.
-            wait_idle(page, main)
-            main.get_by_role("button", name="Open in Review").click()
-            expect(main.get_by_role("heading", name="Review", exact=True)).to_be_visible()
-            expect(main.get_by_test_id("stCheckbox")).to_have_count(8)
-            expect(main.get_by_test_id("stCaptionContainer").filter(has_text="1 - max p")).to_have_count(8)
-            expect(main.get_by_label(re.compile(r"^Review name"))).to_have_value("browser-low")
-            wait_idle(page, main)
-            main.get_by_role("button", name="Accept all 8 shown").click()
-            accepted = main.get_by_test_id("stMetric").filter(has_text="Accepted").get_by_test_id("stMetricValue")
-            expect(accepted).to_have_text("8")
-            screenshot(page, main, tmp_path / "02-review-queue.png")
+        # Review: the queue's 8 images, each with its reason; accept them all.
+        wait_idle(page, main)
+        main.get_by_role("button", name="Open in Review").click()
+        expect(main.get_by_role("heading", name="Review", exact=True)).to_be_visible()
+        expect(main.get_by_test_id("stCheckbox")).to_have_count(8)
+        expect(main.get_by_test_id("stCaptionContainer").filter(has_text="1 - max p")).to_have_count(8)
+        expect(main.get_by_label(re.compile(r"^Review name"))).to_have_value("browser-low")
+        wait_idle(page, main)
+        main.get_by_role("button", name="Accept all 8 shown").click()
+        accepted = main.get_by_test_id("stMetric").filter(has_text="Accepted").get_by_test_id("stMetricValue")
+        expect(accepted).to_have_text("8")
+        screenshot(page, main, tmp_path / "02-review-queue.png")
 
-            # Export: the review's accepted images to a folder, as Label Studio tasks.
-            page.goto(f"{url}/export")
-            expect(main.get_by_role("heading", name="Export for labelling")).to_be_visible()
-            main.get_by_text("Review (accepted images)", exact=True).click()
-            wait_idle(page, main)
-            choose(page, main.get_by_test_id("stSelectbox").filter(has_text="Review"), "browser-low")
-            target = main.get_by_label(re.compile(r"^To \("))
-            target.fill(str(out))
-            target.press("Tab")
-            wait_idle(page, main)
-            main.get_by_role("button", name="Export 8 images").click()
-            expect(main.get_by_text(re.compile(r"^Batch \w+: 8 images as label-studio"))).to_be_visible()
-            screenshot(page, main, tmp_path / "03-export.png")
-            errors = main.get_by_test_id("stException").or_(main.get_by_test_id("stAlertContentError"))
-            assert errors.count() == 0, errors.all_inner_texts()
-        finally:
-            browser.close()
+        # Export: the review's accepted images to a folder, as Label Studio tasks.
+        page.goto(f"{url}/export")
+        expect(main.get_by_role("heading", name="Export for labelling")).to_be_visible()
+        main.get_by_text("Review (accepted images)", exact=True).click()
+        wait_idle(page, main)
+        choose(page, main.get_by_test_id("stSelectbox").filter(has_text="Review"), "browser-low")
+        # The target: the config's one allowed folder, chosen already (a choice, not a text box).
+        main.get_by_role("button", name="Export 8 images").click()
+        expect(main.get_by_text(re.compile(r"^Batch \w+: 8 images as label-studio"))).to_be_visible()
+        screenshot(page, main, tmp_path / "03-export.png")
+        errors = main.get_by_test_id("stException").or_(main.get_by_test_id("stAlertContentError"))
+        assert errors.count() == 0, errors.all_inner_texts()
 
     with LakeDB(lake) as db:
         queued = db.query("SELECT image_id FROM queues WHERE queue = 'browser-low' ORDER BY rank").column(0).to_pylist()
@@ -333,38 +332,30 @@ def test_a_queue_reviewed_and_its_accepted_images_exported_in_the_browser(ui, tm
 
 
 def test_without_a_login_no_page_thumbnail_or_result_is_reachable_in_the_browser(gated_ui, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, password = gated_ui
     expect.set_options(timeout=WAIT_MS)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport=VIEWPORT)
-            page.set_default_timeout(WAIT_MS)
-            main = page.get_by_test_id("stMain")
-            for path in ("", "/similar", "/sql", "/review", "/export", "/metrics"):  # every URL: the login form only
-                page.goto(f"{url}{path}")
-                expect(main.get_by_role("button", name="Log in")).to_be_visible()
-                wait_idle(page, main)
-                assert page.locator("img[src*='/media/']").count() == 0, path
-                assert main.get_by_test_id("stDataFrame").count() == 0 and main.get_by_test_id(
-                    "stDownloadButton").count() == 0, path
-                assert page.get_by_test_id("stSidebarNav").count() == 0, path  # no page links either
-            screenshot(page, main, tmp_path / "01-login.png")
+    with browser_page() as (page, main):
+        for path in ("", "/similar", "/sql", "/review", "/export", "/metrics"):  # every URL: the login form only
+            page.goto(f"{url}{path}")
+            expect(main.get_by_role("button", name="Log in")).to_be_visible()
+            wait_idle(page, main)
+            assert page.locator("img[src*='/media/']").count() == 0, path
+            assert main.get_by_test_id("stDataFrame").count() == 0 and main.get_by_test_id(
+                "stDownloadButton").count() == 0, path
+            assert page.get_by_test_id("stSidebarNav").count() == 0, path  # no page links either
+        screenshot(page, main, tmp_path / "01-login.png")
 
-            main.get_by_role("textbox", name="Name").fill("rick")
-            main.get_by_role("textbox", name="Password").fill("wrong-password")
-            main.get_by_role("button", name="Log in").click()
-            expect(main.get_by_text("wrong name or password")).to_be_visible()
-            main.get_by_role("textbox", name="Password").fill(password)
-            main.get_by_role("button", name="Log in").click()
-            expect(page.get_by_text("Signed in as rick (reviewer)")).to_be_visible()
-            nav = page.get_by_test_id("stSidebarNav")
-            expect(nav.get_by_role("link", name="Review")).to_be_visible()
-            expect(nav.get_by_role("link", name="Export")).to_have_count(0)  # not a reviewer's page
-            nav.get_by_role("link", name="Find similar").click()
-            expect(main.get_by_test_id("stImage").first.locator("img")).to_be_visible()
-            screenshot(page, main, tmp_path / "02-signed-in.png")
-        finally:
-            browser.close()
+        main.get_by_role("textbox", name="Name").fill("rick")
+        main.get_by_role("textbox", name="Password").fill("wrong-password")
+        main.get_by_role("button", name="Log in").click()
+        expect(main.get_by_text("wrong name or password")).to_be_visible()
+        main.get_by_role("textbox", name="Password").fill(password)
+        main.get_by_role("button", name="Log in").click()
+        expect(page.get_by_text("Signed in as rick (reviewer)")).to_be_visible()
+        nav = page.get_by_test_id("stSidebarNav")
+        expect(nav.get_by_role("link", name="Review")).to_be_visible()
+        expect(nav.get_by_role("link", name="Export")).to_have_count(0)  # not a reviewer's page
+        expect(main.get_by_role("heading", name="Lake", exact=True)).to_be_visible()  # the lake's page, now
+        screenshot(page, main, tmp_path / "02-signed-in.png")

@@ -76,18 +76,7 @@ def test_a_websocket_from_a_foreign_origin_or_host_is_refused(tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_to_edgemine_ui_stops_its_server_and_frees_the_port(sig, tmp_path):
-    port = free_port()
-    log = tmp_path / "ui.log"
-    with open(log, "wb") as out:  # a session of its own: the signal goes to the edgemine process only
-        ui = subprocess.Popen([sys.executable, "-m", "jobs.cli", "ui", "--lake", str(tmp_path / "lake"),
-                               "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                              cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 120
-        while not healthy(port):
-            assert ui.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"no health answer in 120 s:\n{log.read_text()}"
-            time.sleep(0.3)
+    with serving(tmp_path) as (ui, port, log):
         os.kill(ui.pid, sig)
         assert ui.wait(timeout=60) == 0, log.read_text()  # stop_server gives Streamlit 10 s, then kills
         assert not healthy(port)
@@ -96,10 +85,3 @@ def test_a_signal_to_edgemine_ui_stops_its_server_and_frees_the_port(sig, tmp_pa
             s.bind(("127.0.0.1", port))
             s.listen()
         assert "Traceback" not in log.read_text()
-    finally:
-        if ui.poll() is None:
-            os.killpg(ui.pid, signal.SIGKILL)
-        try:
-            os.killpg(ui.pid, signal.SIGKILL)  # a server left behind by a failed test
-        except ProcessLookupError:
-            pass
