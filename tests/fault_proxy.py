@@ -16,7 +16,7 @@ requests arrive; a ``FaultPlan`` says which numbers get which fault:
 Every other request is forwarded as it came. Standard library only: a threading HTTP server,
 one upstream connection per request.
 
-    with FaultProxy(moto_endpoint, FaultPlan.sample(seed=1, requests=400, points=100)) as proxy:
+    with FaultProxy(moto_endpoint, FaultPlan.sample(seed=1, methods=METHODS, points=100)) as proxy:
         ... S3Config(endpoint_url=proxy.endpoint, ...) ...
         proxy.stats()["fired"]  # fault -> how many were injected
 
@@ -68,14 +68,21 @@ class FaultPlan:
     timeout_s: float = 3.0  # how long a ``timeout`` fault holds a request: past the client's timeout
 
     @classmethod
-    def sample(cls, *, seed: int, requests: int, points: int, kinds: tuple[str, ...] = FAULTS,
+    def sample(cls, *, seed: int, methods: list[str], points: int, kinds: tuple[str, ...] = FAULTS,
                **watch) -> FaultPlan:
-        """``points`` fault points among the first ``requests`` watched requests, each of one of
-        ``kinds``, drawn by ``random.Random(seed)``. A fault of ``AFTER_WRITE`` drawn for a request
-        that is not a PUT becomes a ``reset`` when it fires (it is not known yet which requests are PUTs)."""
+        """``points`` fault points among the watched requests of a fault-free run (``methods``:
+        the method of each, as ``FaultProxy.stats`` gives them), drawn by ``random.Random(seed)``:
+        a quarter on PUTs (as many as there are, at most), each of the ``AFTER_WRITE`` kinds, the
+        rest on other requests, each of the other ``kinds``. Retries shift the numbers of a faulty
+        run: an ``AFTER_WRITE`` fault that meets a request other than a PUT waits for the next PUT."""
         rng = random.Random(seed)
-        numbers = sorted(rng.sample(range(requests), points))
-        return cls({n: rng.choice(kinds) for n in numbers}, **watch)
+        puts = [n for n, method in enumerate(methods) if method == "PUT"]
+        others = [n for n, method in enumerate(methods) if method != "PUT"]
+        after = tuple(k for k in kinds if k in AFTER_WRITE)
+        on_puts = rng.sample(puts, min(len(puts), points // 4)) if after else []
+        faults = {n: rng.choice(after) for n in on_puts}
+        before = tuple(k for k in kinds if k not in AFTER_WRITE)
+        return cls(faults | {n: rng.choice(before) for n in rng.sample(others, points - len(faults))}, **watch)
 
     def watches(self, method: str, path: str) -> bool:
         return (self.methods is None or method in self.methods) and re.search(self.paths, path) is not None
@@ -106,8 +113,8 @@ class FaultProxy:
         self._process.wait(timeout=30)
 
     def stats(self) -> dict:
-        """What the proxy saw: ``watched`` (requests numbered), ``fired`` (fault -> how many
-        were injected) and ``log`` ([number, method, path, fault] of each)."""
+        """What the proxy saw: ``watched`` (requests numbered) and ``methods`` (of each), ``fired``
+        (fault -> how many were injected) and ``log`` ([number, method, path, fault] of each)."""
         with urllib.request.urlopen(f"{self.endpoint}{STATS_PATH}", timeout=30) as answer:
             return json.loads(answer.read())
 
@@ -119,8 +126,10 @@ class _Faults:
         self.upstream = urlparse(upstream).netloc
         self.plan = plan
         self.watched = 0
+        self.methods: list[str] = []  # of each watched request
         self.fired: Counter[str] = Counter()
         self.log: list[tuple[int, str, str, str]] = []
+        self.deferred: list[str] = []  # AFTER_WRITE faults drawn for requests that were not PUTs
         self._lock = threading.Lock()
 
     def fault_for(self, method: str, path: str) -> str | None:
@@ -129,9 +138,13 @@ class _Faults:
             return None
         with self._lock:
             number, self.watched = self.watched, self.watched + 1
+            self.methods.append(method)
             fault = self.plan.faults.get(number)
             if fault in AFTER_WRITE and method != "PUT":
-                fault = "reset"
+                self.deferred.append(fault)
+                fault = None
+            elif fault is None and method == "PUT" and self.deferred:
+                fault = self.deferred.pop(0)
             if fault:
                 self.fired[fault] += 1
                 self.log.append((number, method, path, fault))
@@ -139,7 +152,8 @@ class _Faults:
 
     def stats(self) -> bytes:
         with self._lock:
-            return json.dumps({"watched": self.watched, "fired": self.fired, "log": self.log}).encode()
+            return json.dumps({"watched": self.watched, "methods": self.methods, "fired": self.fired,
+                               "log": self.log}).encode()
 
 
 def _handler_for(proxy: _Faults) -> type[BaseHTTPRequestHandler]:

@@ -21,7 +21,7 @@ from mining.core import tables
 from mining.core.config import Config, IndexConfig, IngestConfig, MiningConfig, S3Config
 from mining.core.errors import SessionError
 from mining.core.lake import Lake
-from mining.core.schema import TABLES
+from mining.core.schema import NARROW_MEMBERS, NARROW_STEPS, TABLES
 from mining.core.sql import LakeDB
 from mining.labelling.labels import import_labels
 from mining.review.decisions import decide, mark_page
@@ -80,16 +80,10 @@ def lake_state(lake: Lake) -> dict[str, dict]:
             if not tables.exists(lake, name):
                 continue
             key = ", ".join(table.key) if table.key else "*"
-            counts = db.query(f"SELECT count(*) AS n, count(DISTINCT ({key})) AS keys FROM raw.{name}"
-                              if _has_raw(db, name) else
-                              f"SELECT count(*) AS n, count(DISTINCT ({key})) AS keys FROM {name}").to_pylist()[0]
+            every_row = f"raw.{name}" if table.latest_by else name  # raw: every row, not the latest per key
+            counts = db.query(f"SELECT count(*) AS n, count(DISTINCT ({key})) AS keys FROM {every_row}").to_pylist()[0]
             state[name] = counts | {"commits": tables.version(lake, name) + 1}
     return state
-
-
-def _has_raw(db: LakeDB, name: str) -> bool:
-    return bool(db.query("SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'raw' "
-                         "AND table_name = $name", {"name": name}).column("n")[0].as_py())
 
 
 def through(proxy: FaultProxy, s3_config: S3Config, uri: str) -> Lake:
@@ -100,10 +94,10 @@ def test_a_seeded_hundred_faults_lose_and_double_nothing(s3_endpoint, s3_config,
     # The fault-free run: what the lake holds after the sequence, and how many requests it takes.
     with FaultProxy(s3_endpoint) as proxy:
         run_sequence(through(proxy, s3_config, f"s3://{new_bucket}/clean"), inputs)
-        requests = proxy.stats()["watched"]
+        methods = proxy.stats()["methods"]
     expected = lake_state(Lake(f"s3://{new_bucket}/clean", s3_config))
 
-    plan = FaultPlan.sample(seed=SEED, requests=requests, points=FAULT_POINTS, timeout_s=HOLD_S)
+    plan = FaultPlan.sample(seed=SEED, methods=methods, points=FAULT_POINTS, timeout_s=HOLD_S)
     with FaultProxy(s3_endpoint, plan) as proxy:
         run_sequence(through(proxy, s3_config, f"s3://{new_bucket}/faulty"), inputs)
         stats = proxy.stats()
@@ -111,7 +105,7 @@ def test_a_seeded_hundred_faults_lose_and_double_nothing(s3_endpoint, s3_config,
 
     lost = {t: expected[t]["n"] - got.get(t, {"n": 0})["n"] for t in expected if got.get(t) != expected[t]}
     print(f"\nfault points: {sum(stats['fired'].values())} ({dict(stats['fired'])}) over {stats['watched']} requests "
-          f"(fault-free: {requests}); tables {len(got)}, rows {sum(s['n'] for s in got.values())}, "
+          f"(fault-free: {len(methods)}); tables {len(got)}, rows {sum(s['n'] for s in got.values())}, "
           f"commits {sum(s['commits'] for s in got.values())}; differing tables: {lost or 'none'}")
     assert sum(stats["fired"].values()) == FAULT_POINTS
     assert set(stats["fired"]) == {"slowdown", "reset", "timeout", "lost_response", "landed_500"}
@@ -178,15 +172,28 @@ def test_two_reviewers_picking_on_one_session_at_once_lose_nothing(lake, monkeyp
         sessions.start(db, index, backend, config, seeds=[index.ids[0]], seed_vectors=index.vectors[:1],
                        session="shared")
         parent = sessions.members_of(db, "shared", 0).to_pylist()
-    # Both reviewers have clustered and written their step's members before either records its step.
-    both_written = threading.Barrier(2, timeout=60)
-    insert_new = tables.insert_new
+    # The race, in this order: ana writes her step's members, bo his, ana records her step (and
+    # wins it), bo tries to record his.
+    order = {name: threading.Event() for name in ("ana members", "bo members", "ana step")}
+    real = {name: getattr(tables, name) for name in ("replace", "append", "insert_new")}
 
-    def insert_after_both(*args, **kwargs):
-        both_written.wait()
-        return insert_new(*args, **kwargs)
+    def in_turn(name: str):
+        def write(lake, table, *args, **kwargs):
+            me = threading.current_thread().name
+            what = "members" if table is NARROW_MEMBERS else "step" if table is NARROW_STEPS else None
+            waits_for = {("bo", "members"): "ana members", ("ana", "step"): "bo members",
+                         ("bo", "step"): "ana step"}.get((me, what))
+            if waits_for:
+                assert order[waits_for].wait(60)
+            try:
+                return real[name](lake, table, *args, **kwargs)
+            finally:
+                if what and f"{me} {what}" in order:
+                    order[f"{me} {what}"].set()
+        return write
 
-    monkeypatch.setattr(tables, "insert_new", insert_after_both)
+    for name in real:
+        monkeypatch.setattr(tables, name, in_turn(name))
     outcomes: dict[str, object] = {}
 
     def pick(reviewer: str, clusters: list[int]) -> None:
@@ -197,15 +204,16 @@ def test_two_reviewers_picking_on_one_session_at_once_lose_nothing(lake, monkeyp
         except Exception as e:  # the loser is told to redo its pick
             outcomes[reviewer] = e
 
-    threads = [threading.Thread(target=pick, args=("ana", [0, 1])), threading.Thread(target=pick, args=("bo", [2, 3]))]
+    threads = [threading.Thread(target=pick, args=(name, clusters), name=name)
+               for name, clusters in (("ana", [0, 1]), ("bo", [2, 3]))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    monkeypatch.setattr(tables, "insert_new", insert_new)
-    lost = [r for r, o in outcomes.items() if isinstance(o, SessionError)]
-    assert len(lost) == 1 and "redo yours" in str(outcomes[lost[0]])
-    winner = next(r for r in outcomes if r not in lost)
+    for name, function in real.items():
+        monkeypatch.setattr(tables, name, function)
+    assert isinstance(outcomes["bo"], SessionError) and "redo yours" in str(outcomes["bo"]), outcomes
+    winner, lost = "ana", ["bo"]
     with LakeDB(lake) as db:  # the loser redoes its pick on the step the winner made
         again = sessions.pick(db, index, backend, replace(config, user=lost[0]), "shared", [0], clusters=2)
         steps = db.query("SELECT step, parent, picked, created_by FROM narrow_steps WHERE session = 'shared' "
