@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,14 +147,14 @@ def test_two_index_syncs_at_once_leave_one_consistent_index(lake):
             with LakeDB(lake) as db:
                 summaries.append(index_lake(db, IndexConfig(device="cpu"))[1])
         except Exception as e:  # reported below
-            errors.append(e)
+            errors.append("".join(traceback.format_exception(e)))
 
     threads = [threading.Thread(target=sync) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors, errors
+    assert not errors, errors[0]
     assert sorted(s.action for s in summaries) in (["built", "built"], ["built", "up to date"])
     manifest = load_manifest(lake, "resnet18", "random-seed0")
     index = load_index(lake, manifest, get_backend("cpu"))

@@ -28,6 +28,7 @@ import logging
 import os
 import posixpath
 import re
+import threading
 from collections import Counter
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -98,15 +99,13 @@ def delta_options(uri: str, s3: S3Config) -> dict[str, str]:
     standard AWS variables and files still supply the rest. S3-compatible stores get path-style
     URLs, plain HTTP when the endpoint says so, and ETag-conditional commits.
 
-    object_store retries 5xx (503 SlowDown included), 429 and connections that failed before the
-    request was sent, with exponential backoff and jitter; a request cut off after it was sent
-    is not retried there (a commit may have landed): mining.core.tables resolves that one."""
+    Other engines reading through delta-rs (Polars) take these too; edgemine's own calls add
+    ``delta_retry_options``."""
     if not is_s3(uri):
         return {}
     options = {
         "conditional_put": "etag",
         "AWS_REGION": s3.region or "us-east-1",
-        "max_retries": str(s3.max_attempts - 1),
         "timeout": f"{round(s3.read_timeout_s * 1000)}ms",
         "connect_timeout": f"{round(s3.connect_timeout_s * 1000)}ms",
     }
@@ -122,6 +121,16 @@ def delta_options(uri: str, s3: S3Config) -> dict[str, str]:
         if urlparse(s3.endpoint_url).scheme == "http":
             options["AWS_ALLOW_HTTP"] = "true"
     return options
+
+
+def delta_retry_options(uri: str, s3: S3Config) -> dict[str, str]:
+    """delta-rs's retry options (object_store's ``RetryConfig``; Polars names its own
+    ``max_retries`` differently typed, so they stay out of ``delta_options``).
+
+    object_store retries 5xx (503 SlowDown included), 429 and connections that failed before the
+    request was sent, with exponential backoff and jitter; a request cut off after it was sent
+    is not retried there (a commit may have landed): mining.core.tables resolves that one."""
+    return {"max_retries": str(s3.max_attempts - 1)} if is_s3(uri) else {}
 
 
 def open_url(uri: str, s3: S3Config) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -283,7 +292,9 @@ class Lake:
             self.fs.pipe_file(path, data)
             return
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp"
+        # A name of this process and thread: two threads replacing the same file (two index syncs
+        # at once in the UI's server) would otherwise rename each other's temporary file away.
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(temporary, "wb") as f:
             f.write(data)
         os.replace(temporary, path)

@@ -49,7 +49,7 @@ import numpy as np
 import pyarrow as pa
 
 from mining.core.errors import InputError, LakeError
-from mining.core.lake import DELTA_LOG, Lake, delta_options
+from mining.core.lake import DELTA_LOG, Lake, delta_options, delta_retry_options
 from mining.core.schema import Table, storable_type, table_named
 
 if TYPE_CHECKING:
@@ -68,8 +68,14 @@ TARGET_FILE_BYTES = 128 * 2**20  # what compaction aims for: large enough to rea
 
 
 def delta_storage_options(lake: Lake) -> dict[str, str]:
-    """delta-rs's ``storage_options`` for the lake (``mining.core.lake.delta_options``)."""
+    """delta-rs's ``storage_options`` for the lake, as other engines take them too
+    (``mining.core.lake.delta_options``)."""
     return delta_options(lake.uri, lake.s3)
+
+
+def _storage(lake: Lake) -> dict[str, str]:
+    """The options edgemine's own delta-rs calls take: the lake's, and its retries."""
+    return delta_options(lake.uri, lake.s3) | delta_retry_options(lake.uri, lake.s3)
 
 
 def table_uri(lake: Lake, table: Table | str) -> str:
@@ -93,7 +99,7 @@ def open_table(lake: Lake, table: Table | str, version: int | None = None) -> De
 
     name = table_named(table).name
     try:
-        return DeltaTable(table_uri(lake, name), version=version, storage_options=delta_storage_options(lake))
+        return DeltaTable(table_uri(lake, name), version=version, storage_options=_storage(lake))
     except TableNotFoundError:
         raise LakeError(f"table {name} has no data yet in {lake.uri}") from None
     except (DeltaProtocolError, DeltaError) as e:
@@ -401,7 +407,7 @@ def _write(lake: Lake, table: Table, rows: pa.Table, writer: Writer, **how: Any)
         rows = _as_stored(rows, open_table(lake, table), table)
     write_deltalake(table_uri(lake, table), rows, partition_by=[table.partition] if table.partition else None,
                     schema_mode=how.pop("schema_mode", "merge" if table.extra_columns else None),
-                    storage_options=delta_storage_options(lake), commit_properties=writer.properties(creates=created),
+                    storage_options=_storage(lake), commit_properties=writer.properties(creates=created),
                     **how)
     if created:
         lake.mark_changed()  # a new table: views made before it existed must be made again
