@@ -23,6 +23,11 @@ conditional writes (``conditional_put: etag``), so two writers never both take
 the same version. A writer that loses retries when the changes do not conflict
 (appends); ``replace`` and ``upsert`` are idempotent and are redone on a
 conflict, a few times, before the error reaches the user.
+
+Exactly once on S3: a commit whose answer was lost (a connection cut after the PUT, a 500
+for a write S3 applied) may have landed. Each write carries a Delta ``txn`` of its own
+(``Writer``): delta-rs's retry stops at it instead of committing again, and ``_retry`` asks
+the table whether the write is there before redoing it (docs/LAKE.md, "S3 retries").
 Every commit records the job, the user and what it was about in its commit info
 (``edgemine history TABLE``).
 
