@@ -104,10 +104,14 @@ def test_a_seeded_hundred_faults_lose_and_double_nothing(s3_endpoint, s3_config,
         stats = proxy.stats()
     got = lake_state(Lake(f"s3://{new_bucket}/faulty", s3_config))  # read straight from S3: every table readable
 
-    lost = {t: expected[t]["n"] - got.get(t, {"n": 0})["n"] for t in expected if got.get(t) != expected[t]}
-    print(f"\nfault points: {sum(stats['fired'].values())} ({dict(stats['fired'])}) over {stats['watched']} requests "
-          f"(fault-free: {len(methods)}); tables {len(got)}, rows {sum(s['n'] for s in got.values())}, "
-          f"commits {sum(s['commits'] for s in got.values())}; differing tables: {lost or 'none'}")
+    cases = sum(stats["fired"].values())
+    rows = {t: (expected[t]["n"], got.get(t, {"n": 0})["n"]) for t in expected}
+    lost = sum(max(0, want - have) for want, have in rows.values())
+    doubled = sum(max(0, have - want) for want, have in rows.values())
+    print(f"\nfaults: cases {cases}, survived {cases if got == expected else 0}, lost rows {lost}, doubled rows "
+          f"{doubled} ({dict(stats['fired'])}; {stats['watched']} requests, fault-free {len(methods)}; "
+          f"{len(got)} tables, {sum(s['n'] for s in got.values())} rows, {sum(s['commits'] for s in got.values())} "
+          "commits)")
     assert sum(stats["fired"].values()) == FAULT_POINTS
     assert set(stats["fired"]) == {"slowdown", "reset", "timeout", "lost_response", "landed_500"}
     assert got == expected  # rows, keys once each, and one commit per write: nothing lost, nothing doubled
