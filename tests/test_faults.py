@@ -37,9 +37,9 @@ SEED = 28
 FAULT_POINTS = 100
 # Short timeouts, so a request the proxy holds (a ``timeout`` fault) costs a second, not a minute.
 FAST = {"read_timeout_s": 1.0, "connect_timeout_s": 1.0}
-HOLD_S = 1.5  # past the read timeout
+HOLD_S = 1.3  # past the read timeout
 SMALL = IngestConfig(chunk_rows=20, image_batch=8, image_shard=10, compact_after_files=0)
-IMAGES = 30
+IMAGES = 20
 
 
 @pytest.fixture

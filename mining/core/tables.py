@@ -148,8 +148,9 @@ class Writer:
     - ``landed`` then tells whether that write is in the table, and which commit it is.
 
     Writes from one thread are one after the other, so the table's number for the id reaching
-    the write's number means that very write landed. Old ids expire with the table's
-    ``delta.setTransactionRetentionDuration`` (each carries the time it was written)."""
+    the write's number means that very write landed. A table's snapshot keeps one small ``txn``
+    entry per thread that ever wrote it (each with its time, so a table given
+    ``delta.setTransactionRetentionDuration`` forgets old ones)."""
 
     _numbers = itertools.count(1)
     _ids: dict[tuple[int, int], str] = {}
