@@ -30,6 +30,12 @@ class S3Config:
     key: str | None = None
     secret: str | None = None
     session_token: str | None = None
+    # Transient errors (503 SlowDown, 500, a reset connection, a timeout) are retried with
+    # exponential backoff and jitter by both S3 clients: s3fs (botocore) and delta-rs (object_store).
+    retry_mode: str = "standard"  # botocore's: standard, or adaptive (also slows its own request rate)
+    max_attempts: int = 10  # tries of one request, the first included
+    connect_timeout_s: float = 10.0  # to open a connection
+    read_timeout_s: float = 60.0  # botocore: waiting for an answer; delta-rs: one whole request
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,7 @@ def load_config(
         data = _read_toml(Path(path))
     config = _from_dict(Config, data, where=str(path or "defaults"))
 
+    _check_s3(config.s3, str(path or "defaults"))
     s3 = dataclasses.replace(
         config.s3,
         endpoint_url=config.s3.endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"),
@@ -269,6 +276,15 @@ def load_config(
     )
     auth = dataclasses.replace(config.auth, accounts=config.auth.accounts or env.get("EDGEMINE_ACCOUNTS_FILE", ""))
     return dataclasses.replace(config, lake=chosen_lake, s3=s3, mining=mining, export=export, auth=auth)
+
+
+def _check_s3(s3: S3Config, where: str) -> None:
+    if s3.retry_mode not in ("standard", "adaptive"):
+        raise ConfigError(f"{where} [s3]: retry_mode must be standard or adaptive, got {s3.retry_mode!r}")
+    if s3.max_attempts < 1:
+        raise ConfigError(f"{where} [s3]: max_attempts must be at least 1 (the first try), got {s3.max_attempts}")
+    if min(s3.connect_timeout_s, s3.read_timeout_s) <= 0:
+        raise ConfigError(f"{where} [s3]: connect_timeout_s and read_timeout_s must be positive seconds")
 
 
 def _login_name() -> str:

@@ -28,9 +28,11 @@ import logging
 import os
 import posixpath
 import re
+import threading
 from collections import Counter
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -68,7 +70,8 @@ def path_of(uri: str) -> str:
 
 
 def fsspec_options(uri: str, s3: S3Config) -> dict[str, Any]:
-    """fsspec's (s3fs's) options for ``uri``; delta-rs takes its own, ``tables.delta_storage_options``.
+    """fsspec's (s3fs's) options for ``uri``; delta-rs takes its own, ``delta_options``: the two
+    S3 clients are configured here, from the same ``[s3]`` settings.
     Only what is set is passed, so s3fs/botocore still find credentials the standard way.
     The region stays out of ``client_kwargs``: botocore takes it from the environment, and
     S3-compatible servers refuse bucket creation with a location constraint they do not expect."""
@@ -76,6 +79,10 @@ def fsspec_options(uri: str, s3: S3Config) -> dict[str, Any]:
         return {}
     # Other processes write the same lake: a cached listing would hide their files.
     options: dict[str, Any] = {"use_listings_cache": False}
+    # botocore retries throttling (503 SlowDown), 5xx, resets and timeouts with exponential
+    # backoff and full jitter; s3fs adds a few tries of its own on top for connection errors.
+    options["config_kwargs"] = {"retries": {"mode": s3.retry_mode, "max_attempts": s3.max_attempts},
+                                "connect_timeout": s3.connect_timeout_s, "read_timeout": s3.read_timeout_s}
     if s3.key:
         options["key"] = s3.key
     if s3.secret:
@@ -85,6 +92,45 @@ def fsspec_options(uri: str, s3: S3Config) -> dict[str, Any]:
     if s3.endpoint_url:
         options["client_kwargs"] = {"endpoint_url": s3.endpoint_url}
     return options
+
+
+def delta_options(uri: str, s3: S3Config) -> dict[str, str]:
+    """delta-rs's ``storage_options`` for ``uri`` (object_store's keys): only what is set, so the
+    standard AWS variables and files still supply the rest. S3-compatible stores get path-style
+    URLs, plain HTTP when the endpoint says so, and ETag-conditional commits.
+
+    Other engines reading through delta-rs (Polars) take these too; edgemine's own calls add
+    ``delta_retry_options``."""
+    if not is_s3(uri):
+        return {}
+    options = {
+        "conditional_put": "etag",
+        "AWS_REGION": s3.region or "us-east-1",
+        "timeout": f"{round(s3.read_timeout_s * 1000)}ms",
+        "connect_timeout": f"{round(s3.connect_timeout_s * 1000)}ms",
+    }
+    if s3.key:
+        options["AWS_ACCESS_KEY_ID"] = s3.key
+    if s3.secret:
+        options["AWS_SECRET_ACCESS_KEY"] = s3.secret
+    if s3.session_token:
+        options["AWS_SESSION_TOKEN"] = s3.session_token
+    if s3.endpoint_url:
+        options["AWS_ENDPOINT_URL"] = s3.endpoint_url
+        options["AWS_FORCE_PATH_STYLE"] = "true"
+        if urlparse(s3.endpoint_url).scheme == "http":
+            options["AWS_ALLOW_HTTP"] = "true"
+    return options
+
+
+def delta_retry_options(uri: str, s3: S3Config) -> dict[str, str]:
+    """delta-rs's retry options (object_store's ``RetryConfig``; Polars names its own
+    ``max_retries`` differently typed, so they stay out of ``delta_options``).
+
+    object_store retries 5xx (503 SlowDown included), 429 and connections that failed before the
+    request was sent, with exponential backoff and jitter; a request cut off after it was sent
+    is not retried there (a commit may have landed): mining.core.tables resolves that one."""
+    return {"max_retries": str(s3.max_attempts - 1)} if is_s3(uri) else {}
 
 
 def open_url(uri: str, s3: S3Config) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -252,7 +298,9 @@ class Lake:
             self.fs.pipe_file(path, data)
             return
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        temporary = f"{path}.{os.getpid()}.tmp"
+        # A name of this process and thread: two threads replacing the same file (two index syncs
+        # at once in the UI's server) would otherwise rename each other's temporary file away.
+        temporary = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(temporary, "wb") as f:
             f.write(data)
         os.replace(temporary, path)

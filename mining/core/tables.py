@@ -23,6 +23,11 @@ conditional writes (``conditional_put: etag``), so two writers never both take
 the same version. A writer that loses retries when the changes do not conflict
 (appends); ``replace`` and ``upsert`` are idempotent and are redone on a
 conflict, a few times, before the error reaches the user.
+
+Exactly once on S3: a commit whose answer was lost (a connection cut after the PUT, a 500
+for a write S3 applied) may have landed. Each write carries a Delta ``txn`` of its own
+(``Writer``): delta-rs's retry stops at it instead of committing again, and ``_retry`` asks
+the table whether the write is there before redoing it (docs/LAKE.md, "S3 retries").
 Every commit records the job, the user and what it was about in its commit info
 (``edgemine history TABLE``).
 
@@ -32,20 +37,24 @@ command that only reads (`edgemine sql`, a search by image id) starts without it
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import posixpath
+import random
 import re
+import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
 
 from mining.core.errors import InputError, LakeError
-from mining.core.lake import DELTA_LOG, Lake
+from mining.core.lake import DELTA_LOG, Lake, delta_options, delta_retry_options
 from mining.core.schema import Table, storable_type, table_named, unstorable_fields
 
 if TYPE_CHECKING:
@@ -57,31 +66,21 @@ _COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
 
 log = logging.getLogger(__name__)
 
-CONFLICT_RETRIES = 5  # a conflicting concurrent commit: redo the write this many times before giving up
+CONFLICT_RETRIES = 5  # a conflicting concurrent commit or a failed one: redo the write this many times at most
+WRITE_KEY = "edgemine.write"  # commit info: which write this commit is (Writer)
+LANDED_SEARCH = 100  # commits searched, newest first, for a write that landed
 TARGET_FILE_BYTES = 128 * 2**20  # what compaction aims for: large enough to read fast, small enough to prune
 
 
 def delta_storage_options(lake: Lake) -> dict[str, str]:
-    """delta-rs's ``storage_options`` for the lake (fsspec takes its own, ``lake.fsspec_options``):
-    only what is set, so the standard AWS variables
-    and files still supply the rest. S3-compatible stores get path-style URLs, plain
-    HTTP when the endpoint says so, and ETag-conditional commits."""
-    if lake.protocol != "s3":
-        return {}
-    s3 = lake.s3
-    options = {"conditional_put": "etag", "AWS_REGION": s3.region or "us-east-1"}
-    if s3.key:
-        options["AWS_ACCESS_KEY_ID"] = s3.key
-    if s3.secret:
-        options["AWS_SECRET_ACCESS_KEY"] = s3.secret
-    if s3.session_token:
-        options["AWS_SESSION_TOKEN"] = s3.session_token
-    if s3.endpoint_url:
-        options["AWS_ENDPOINT_URL"] = s3.endpoint_url
-        options["AWS_FORCE_PATH_STYLE"] = "true"
-        if urlparse(s3.endpoint_url).scheme == "http":
-            options["AWS_ALLOW_HTTP"] = "true"
-    return options
+    """delta-rs's ``storage_options`` for the lake, as other engines take them too
+    (``mining.core.lake.delta_options``)."""
+    return delta_options(lake.uri, lake.s3)
+
+
+def _storage(lake: Lake) -> dict[str, str]:
+    """The options edgemine's own delta-rs calls take: the lake's, and its retries."""
+    return delta_options(lake.uri, lake.s3) | delta_retry_options(lake.uri, lake.s3)
 
 
 def table_uri(lake: Lake, table: Table | str) -> str:
@@ -105,7 +104,7 @@ def open_table(lake: Lake, table: Table | str, version: int | None = None) -> De
 
     name = table_named(table).name
     try:
-        return DeltaTable(table_uri(lake, name), version=version, storage_options=delta_storage_options(lake))
+        return DeltaTable(table_uri(lake, name), version=version, storage_options=_storage(lake))
     except TableNotFoundError:
         raise LakeError(f"table {name} has no data yet in {lake.uri}") from None
     except (DeltaProtocolError, DeltaError) as e:
@@ -139,10 +138,51 @@ def commit_info(job: str, user: str | None = None, **detail: Any) -> Commit:
     return metadata
 
 
-def _properties(info: Commit):
-    from deltalake import CommitProperties
+class Writer:
+    """Who commits: one application id per writing thread of a process, and a number per write
+    that only grows. A write's commit carries both as a Delta ``txn`` action (the table then
+    knows the latest number it took from that id) and in its commit info, so:
 
-    return CommitProperties(custom_metadata=info)
+    - delta-rs, retrying a commit whose answer was lost, finds its own ``txn`` in the version it
+      took and stops with a conflict instead of committing the same rows again at the next one;
+    - ``landed`` then tells whether that write is in the table, and which commit it is.
+
+    Writes from one thread are one after the other, so the table's number for the id reaching
+    the write's number means that very write landed. A table's snapshot keeps one small ``txn``
+    entry per thread that ever wrote it (each with its time, so a table given
+    ``delta.setTransactionRetentionDuration`` forgets old ones)."""
+
+    _numbers = itertools.count(1)
+    _ids: dict[tuple[int, int], str] = {}
+
+    def __init__(self, info: Commit):
+        key = (os.getpid(), threading.get_ident())
+        self.app_id = Writer._ids.get(key) or Writer._ids.setdefault(key, f"edgemine-{uuid.uuid4().hex}")
+        self.number = next(Writer._numbers)
+        self.info = {**info, WRITE_KEY: f"{self.app_id}/{self.number}"}
+
+    def properties(self, *, creates: bool = False):
+        """The CommitProperties each attempt of this write commits with. A write that creates the
+        table gets no commit retries from delta-rs: finding version 0 taken, it would commit again
+        at version 1 without a conflict check, even when version 0 is its own (an answer lost);
+        ``_retry`` asks the table instead."""
+        from deltalake import CommitProperties, Transaction
+
+        now_ms = int(time.time() * 1000)
+        return CommitProperties(custom_metadata=self.info, max_commit_retries=0 if creates else None,
+                                app_transactions=[Transaction(self.app_id, self.number, now_ms)])
+
+    def landed(self, lake: Lake, table: Table) -> dict[str, Any] | None:
+        """This write's commit (its history entry) if it is in the table, else None."""
+        if not exists(lake, table):
+            return None
+        delta = open_table(lake, table)
+        if (delta.transaction_version(self.app_id) or 0) < self.number:
+            return None
+        for entry in delta.history(LANDED_SEARCH):
+            if entry.get(WRITE_KEY) == self.info[WRITE_KEY]:
+                return entry
+        return {"version": delta.version()}  # further back than searched: landed all the same
 
 
 def append(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None:
@@ -152,7 +192,7 @@ def append(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None
         return None
     # Retried: two first writers of a table race to create it, and the loser's commit fails
     # (metadata changed) without landing; its rows then go in as an append to the new table.
-    return _retry(table, lambda: _write(lake, table, rows, info, mode="append"))
+    return _retry(lake, table, info, lambda writer: _write(lake, table, rows, writer, mode="append"))
 
 
 def replace(lake: Lake, table: Table, rows: pa.Table, where: str, info: Commit) -> int | None:
@@ -162,7 +202,8 @@ def replace(lake: Lake, table: Table, rows: pa.Table, where: str, info: Commit) 
         return append(lake, table, rows, info)
     if rows.num_rows == 0:
         return delete(lake, table, where, info)
-    return _retry(table, lambda: _write(lake, table, rows, info, mode="overwrite", predicate=where))
+    return _retry(lake, table, info,
+                  lambda writer: _write(lake, table, rows, writer, mode="overwrite", predicate=where))
 
 
 def upsert(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None:
@@ -180,7 +221,7 @@ def upsert(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     rows = one_row_per_key(rows, keys, keep="last")
 
-    def merge() -> int:
+    def merge(writer: Writer) -> int:
         delta = open_table(lake, table)
         source = _as_stored(rows, delta, table)
         _check_storable(source, table)
@@ -193,11 +234,11 @@ def upsert(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int | None
             target_alias="t",
             merge_schema=table.extra_columns,
             streamed_exec=False,
-            commit_properties=_properties(info),
+            commit_properties=writer.properties(),
         ).when_matched_update_all().when_not_matched_insert_all().execute()
         return delta.version()
 
-    return _retry(table, merge)
+    return _retry(lake, table, info, merge)
 
 
 def one_row_per_key(rows: pa.Table, keys: Sequence[str], *, keep: str) -> pa.Table:
@@ -230,19 +271,22 @@ def insert_new(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int:
         return rows.num_rows
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
 
-    def merge() -> int:
+    def merge(writer: Writer) -> int:
         metrics = open_table(lake, table).merge(
             rows, on, source_alias="s", target_alias="t", merge_schema=table.extra_columns, streamed_exec=False,
-            commit_properties=_properties(info)).when_not_matched_insert_all().execute()
+            commit_properties=writer.properties()).when_not_matched_insert_all().execute()
         return int(metrics.get("num_target_rows_inserted", 0))
 
-    return _retry(table, merge)
+    # A merge whose answer was lost: how many it inserted is in its commit's metrics.
+    return _retry(lake, table, info, merge,
+                  landed=lambda c: _metric(c.get("operationMetrics") or {}, "num_target_rows_inserted") or 0)
 
 
 def overwrite(lake: Lake, table: Table, rows: pa.Table, info: Commit) -> int:
     """Make ``rows`` the whole table (the demo's ground truth, a migrated table); returns the new version."""
     # schema_mode="overwrite": the whole table is replaced, so is its schema (a column added since).
-    return _retry(table, lambda: _write(lake, table, rows, info, mode="overwrite", schema_mode="overwrite"))
+    return _retry(lake, table, info,
+                  lambda writer: _write(lake, table, rows, writer, mode="overwrite", schema_mode="overwrite"))
 
 
 def delete(lake: Lake, table: Table, where: str, info: Commit) -> int | None:
@@ -250,12 +294,12 @@ def delete(lake: Lake, table: Table, where: str, info: Commit) -> int | None:
     if not exists(lake, table):
         return None
 
-    def remove() -> int:
+    def remove(writer: Writer) -> int:
         delta = open_table(lake, table)
-        delta.delete(where, commit_properties=_properties(info))
+        delta.delete(where, commit_properties=writer.properties())
         return delta.version()
 
-    return _retry(table, remove)
+    return _retry(lake, table, info, remove)
 
 
 def history(lake: Lake, table: Table | str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -276,7 +320,7 @@ def history(lake: Lake, table: Table | str, limit: int | None = None) -> list[di
             "job": entry.get("edgemine.job"),
             "user": entry.get("edgemine.user"),
             "detail": {k.removeprefix("edgemine."): v for k, v in entry.items()
-                       if k.startswith("edgemine.") and k not in ("edgemine.job", "edgemine.user")},
+                       if k.startswith("edgemine.") and k not in ("edgemine.job", "edgemine.user", WRITE_KEY)},
         })
     return commits
 
@@ -342,15 +386,14 @@ def compact(lake: Lake, table: Table, info: Commit, *, z_order: Sequence[str] = 
     the old files stay until ``vacuum``. Returns delta-rs's metrics (files added, removed)."""
     optimizer = open_table(lake, table).optimize
     filters = [(table.partition, "in", list(partitions))] if partitions and table.partition else None
-    if z_order:
-        return _retry(
-            table,
-            lambda: optimizer.z_order(
-                list(z_order), partition_filters=filters, target_size=target_bytes, commit_properties=_properties(info)
-            ),
-        )
-    return _retry(table, lambda: optimizer.compact(partition_filters=filters, target_size=target_bytes,
-                                                   commit_properties=_properties(info)))
+    def optimize(writer: Writer) -> dict[str, Any]:
+        if z_order:
+            return optimizer.z_order(list(z_order), partition_filters=filters, target_size=target_bytes,
+                                     commit_properties=writer.properties())
+        return optimizer.compact(partition_filters=filters, target_size=target_bytes,
+                                 commit_properties=writer.properties())
+
+    return _retry(lake, table, info, optimize, landed=lambda c: c.get("operationMetrics") or {})
 
 
 def vacuum(lake: Lake, table: Table, retention_hours: int) -> list[str]:
@@ -361,7 +404,7 @@ def vacuum(lake: Lake, table: Table, retention_hours: int) -> list[str]:
     return open_table(lake, table).vacuum(retention_hours, dry_run=False, enforce_retention_duration=False, full=True)
 
 
-def _write(lake: Lake, table: Table, rows: pa.Table, info: Commit, **how: Any) -> int:
+def _write(lake: Lake, table: Table, rows: pa.Table, writer: Writer, **how: Any) -> int:
     from deltalake import write_deltalake
 
     created = not exists(lake, table)
@@ -372,7 +415,8 @@ def _write(lake: Lake, table: Table, rows: pa.Table, info: Commit, **how: Any) -
     _check_storable(rows, table)
     write_deltalake(table_uri(lake, table), rows, partition_by=[table.partition] if table.partition else None,
                     schema_mode=how.pop("schema_mode", "merge" if table.extra_columns else None),
-                    storage_options=delta_storage_options(lake), commit_properties=_properties(info), **how)
+                    storage_options=_storage(lake), commit_properties=writer.properties(creates=created),
+                    **how)
     if created:
         lake.mark_changed()  # a new table: views made before it existed must be made again
     return version(lake, table)
@@ -412,21 +456,45 @@ def _check_storable(rows: pa.Table, table: Table) -> None:
                         "report it)")
 
 
-def _retry(table: Table, write) -> int:
+def _retry(lake: Lake, table: Table, info: Commit, write: Callable[[Writer], Any],
+           landed: Callable[[dict[str, Any]], Any] = lambda commit: commit["version"]) -> Any:
+    """Run ``write`` (given the Writer whose properties it commits with) until it lands, exactly once.
+
+    After a conflicting concurrent commit, or an S3 error the storage client did not retry
+    (a connection cut after the request was sent, a timeout), the write may have landed all
+    the same: the table is asked first, and a write found there is done (``landed`` makes
+    its result from its commit). Otherwise it is redone, with backoff and jitter."""
     from deltalake.exceptions import CommitFailedError
 
+    writer = Writer(info)
     for attempt in range(1, CONFLICT_RETRIES + 1):
         try:
-            return write()
+            return write(writer)
         except CommitFailedError as e:
-            if attempt == CONFLICT_RETRIES:
+            why, error = "a concurrent commit conflicted", e
+        except OSError as e:  # object_store's errors: the request failed, or its answer was lost
+            if isinstance(e, FileNotFoundError):
+                raise
+            why, error = "the storage failed", e
+        commit = writer.landed(lake, table)
+        if commit is not None:
+            lake.mark_changed()  # it may have been the table's first commit
+            log.info("table %s: the commit landed as version %s though %s (%s)", table.name, commit.get("version"),
+                     why, _first_line(error))
+            return landed(commit)
+        if attempt == CONFLICT_RETRIES:
+            if isinstance(error, CommitFailedError):
                 raise LakeError(f"table {table.name}: another writer kept changing the same rows "
-                                f"({CONFLICT_RETRIES} tries: {e}); run the job again") from None
-            log.info(
-                "table %s: a concurrent commit conflicted (%s); redoing the write (try %d)", table.name, e, attempt + 1
-            )
-            time.sleep(0.05 * attempt)
+                                f"({CONFLICT_RETRIES} tries: {_first_line(error)}); run the job again") from None
+            raise LakeError(f"table {table.name}: the storage kept failing ({CONFLICT_RETRIES} tries: "
+                            f"{_first_line(error)}); nothing was written, run the job again") from None
+        log.info("table %s: %s (%s); redoing the write (try %d)", table.name, why, _first_line(error), attempt + 1)
+        time.sleep(random.uniform(0.5, 1.5) * 0.05 * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _metric(metrics: Mapping[str, Any], *names: str) -> int | None:

@@ -234,4 +234,7 @@ def list_indexes(lake: Lake) -> list[tuple[str, str]]:
 def _drop_old_versions(lake: Lake, root: str) -> None:
     versions = sorted(p for p in lake.fs.ls(root, detail=False) if not p.endswith(".json"))
     for old in versions[:-KEEP_VERSIONS]:
-        lake.fs.rm(old, recursive=True)
+        try:
+            lake.fs.rm(old, recursive=True)
+        except FileNotFoundError:  # another sync saving at the same time removed it first
+            pass

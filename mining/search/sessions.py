@@ -6,7 +6,8 @@ current step (a child step); ``back`` makes the parent step current again. Each
 action is one row of ``narrow_steps`` (who, when, what was picked), and each
 clustering step writes its pool to ``narrow_members`` first: the step's row is
 the commit that makes it part of the session, so a session is resumed, shared
-and audited from the lake alone, and a kill in between leaves nothing visible.
+and audited from the lake alone, and a kill in between leaves nothing visible; two
+reviewers acting on one session at once: one takes the step, the other is told to redo.
 ``save_session`` turns the current step (or some of its clusters) into a named
 set (``sets``) that review and export take as input.
 
@@ -212,8 +213,14 @@ def new_session_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d}-{secrets.token_hex(3)}"
 
 
-CLUSTERS_SQL = """
-WITH m AS (SELECT * FROM narrow_members WHERE session = $session AND step = $step),
+# A step's members: those written with its row (stamped with its time; see _write_step).
+MEMBERS_SQL = """
+SELECT m.* FROM narrow_members m JOIN narrow_steps s USING (session, step, created_at)
+WHERE m.session = $session AND m.step = $step
+"""
+
+CLUSTERS_SQL = f"""
+WITH m AS ({MEMBERS_SQL}),
 latest AS (
     SELECT image_id, arg_max(label, ts) AS label, arg_max(confidence, ts) AS confidence
     FROM predictions WHERE image_id IN (SELECT image_id FROM m)
@@ -230,22 +237,31 @@ GROUP BY cluster ORDER BY cluster
 def _write_step(db: LakeDB, index: VectorIndex | None, session: str, step: int, action: str, parent: int | None,
                 current: int, picked: list[int], seeds: list[str], negatives: list[str],
                 clustering: Clustering | None, user: str) -> None:
+    """Record one action: the step's members first (stamped with the step's time), then the step's
+    row, the commit that makes them part of the session. Two reviewers acting on a session at once
+    both write members for the same step number; one row wins it, and readers take the members
+    stamped as the winning row is (``_members``); the loser's are removed and the loser told."""
     now = datetime.now(UTC)
     info = tables.commit_info(JOB, user, session=session, step=step, action=action)
+    this_step = f"session = {quote_literal(session)} AND step = {step}"
+    stamp = quote_literal(now.isoformat())
     if clustering is not None and index is not None:
         n = len(clustering.positions)
         members = make_rows(NARROW_MEMBERS, n, session=session, step=step, image_id=index.ids[clustering.positions],
                             cluster=clustering.cluster, similarity=clustering.similarity,
                             centre_distance=clustering.centre_distance, created_at=now)
-        # Replaces whatever a killed attempt at this step left (no step row points at it).
-        tables.replace(db.lake, NARROW_MEMBERS, members, f"session = {quote_literal(session)} AND step = {step}", info)
+        tables.append(db.lake, NARROW_MEMBERS, members, info)
     row = make_rows(NARROW_STEPS, 1, session=session, step=step, action=action, parent=parent, current=current,
                     picked=[picked], seeds=[seeds], negatives=[negatives],
                     pool_size=len(clustering.positions) if clustering else None,
                     clusters=clustering.k if clustering else None,
                     backbone=index.backbone if index else None, weights=index.weights if index else None,
                     table_versions=[list(_versions_read(db).items())], created_by=user, created_at=now)
-    if not tables.insert_new(db.lake, NARROW_STEPS, row, info):
+    won = tables.insert_new(db.lake, NARROW_STEPS, row, info)
+    if clustering is not None:
+        # The winner removes what lost or killed attempts at this step left; a loser its own members.
+        tables.delete(db.lake, NARROW_MEMBERS, f"{this_step} AND created_at {'<>' if won else '='} {stamp}", info)
+    if not won:
         raise SessionError(f"session {session}: another action was recorded as step {step} at the same time; "
                            "show the session again and redo yours")
 
@@ -269,10 +285,7 @@ def _head(steps: dict[int, dict[str, Any]], session: str) -> int:
 
 
 def _members(db: LakeDB, session: str, step: int) -> pa.Table:
-    return db.query(
-        "SELECT image_id, cluster, similarity FROM narrow_members WHERE session = $session AND step = $step",
-        {"session": session, "step": step},
-    )
+    return db.query(f"SELECT image_id, cluster, similarity FROM ({MEMBERS_SQL})", {"session": session, "step": step})
 
 
 def _path(steps: dict[int, dict[str, Any]], step: int) -> list[int]:
