@@ -26,7 +26,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +65,15 @@ class Converted:
 # A row converter: (batch, the file's URI, the run's ingest time) -> the batch converted.
 Convert = Callable[[Batch, str, datetime], Converted]
 
+# A reader: (the input's URI, its filesystem and path, its format, rows per batch) -> its batches.
+Read = Callable[[str, Any, str, str, int], Iterator[Batch]]
+
+
+def read_file(uri: str, fs: Any, path: str, fmt: str, chunk_rows: int) -> Iterator[Batch]:
+    """The batches of a row file (JSONL, CSV, Parquet; compressed or not): jobs/readers.py's."""
+    with fs.open(path, "rb", compression="infer") as f:
+        yield from read_batches(f, fmt, chunk_rows)
+
 
 @dataclass(frozen=True)
 class FileKind:
@@ -75,7 +84,12 @@ class FileKind:
     its URI. Good rows are merged into ``tables``, in that order. ``check_columns`` gets
     the first batch's column names and raises ``InputFormatError`` when a required one
     is missing. ``converter`` opens the job's row converter for a run on a lake (its
-    DuckDB, its lookups) and closes it after. ``formats``: the input formats allowed."""
+    DuckDB, its lookups) and closes it after. ``formats``: the input formats allowed.
+
+    ``read`` reads an input as batches (default: a row file). With ``whole_folders`` an input
+    folder is one input (a detector's folder of YOLO files), not the files in it. ``reading``
+    describes settings that change what an input's rows become (a model version given on the
+    command line): a file read before with other settings is read again, not skipped."""
 
     job: str
     noun: str
@@ -84,6 +98,9 @@ class FileKind:
     check_columns: Callable[[set[str]], None]
     converter: Callable[[Lake], AbstractContextManager[Convert]]
     formats: tuple[str, ...] = FORMATS
+    read: Read = read_file
+    whole_folders: bool = False
+    reading: str | None = None
 
     def shard(self, uri: str) -> str:
         """The name of ``uri``'s marker."""
@@ -168,7 +185,7 @@ def expand_inputs(inputs: list[str], lake: Lake, kind: FileKind) -> list[str]:
         fs, path = open_url(item, lake.s3)
         if any(c in path for c in "*?["):
             matches = sorted(fs.glob(path))
-        elif fs.isdir(path):
+        elif fs.isdir(path) and not kind.whole_folders:
             matches = sorted(p for p in fs.find(path) if has_known_suffix(p))
         else:
             uris.append(as_uri(path, like=item))
@@ -183,12 +200,14 @@ def ingest_file(lake: Lake, uri: str, kind: FileKind, convert: Convert, config: 
                 fmt: str = "auto", force: bool = False, progress: Progress | None = None) -> FileResult:
     """One input file, whole or not at all (IngestFileError); skipped when done before and unchanged."""
     fs, path, identity = open_input(uri, lake)
+    if kind.reading is not None:
+        identity["reading"] = kind.reading
     shard = kind.shard(uri)
     marker = lake.read_marker(kind.job, shard)
     if done_before(marker, identity) and not force:
         return FileResult(uri, "skipped", reason=UNCHANGED)
     try:
-        fmt = detect_format(path, fmt)
+        fmt = detect_format(path) if fmt == "auto" else fmt
     except InputFormatError as e:
         raise IngestFileError(f"{uri}: {e}") from None
     if fmt not in kind.formats:
@@ -200,8 +219,8 @@ def ingest_file(lake: Lake, uri: str, kind: FileKind, convert: Convert, config: 
     lake.write_marker(kind.job, shard, {"status": "started", "source": uri})
     rows = dict.fromkeys([*(t.name for t in kind.tables), ERRORS.name], 0)
     with whole_file_or_nothing(uri, lambda: _delete_rows_of(lake, kind, uri, commit)):
-        with fs.open(path, "rb", compression="infer") as f:
-            for i, batch in enumerate(prefetch(read_batches(f, fmt, config.chunk_rows))):
+        with closing(kind.read(uri, fs, path, fmt, config.chunk_rows)) as batches:
+            for i, batch in enumerate(prefetch(batches)):
                 if i == 0:
                     _check_first_batch(batch, fmt, kind)
                 converted = convert(batch, uri, ingested_at)
@@ -224,7 +243,7 @@ def _write_batch(lake: Lake, kind: FileKind, converted: Converted, batch: Batch,
         good = conform(converted.rows[table.name], table)
         tables.upsert(lake, table, good, commit)
         written[table.name] = good.num_rows
-    rejects = [{"source": uri, "row": r.row, "reason": r.reason, "raw": r.raw} for r in batch.rejects]
+    rejects = [{"source": uri, "row": r.row, "uri": r.uri, "reason": r.reason, "raw": r.raw} for r in batch.rejects]
     bad = pa.concat_tables([conform(converted.errors, ERRORS), error_rows(kind.job, rejects, ingested_at)])
     tables.append(lake, ERRORS, bad, commit)
     written[ERRORS.name] = bad.num_rows
@@ -258,15 +277,25 @@ def whole_file_or_nothing(uri: str, undo: Callable[[], None]) -> Iterator[None]:
 
 def open_input(uri: str, lake: Lake) -> tuple[Any, str, dict[str, Any]]:
     """An input file's filesystem, path and identity: its size and its ETag or
-    modification time, what tells that it changed since a job's marker was written."""
+    modification time, what tells that it changed since a job's marker was written.
+    A folder's identity is that of every file below it."""
     fs, path = open_url(uri, lake.s3)
     try:
         info = fs.info(path)
     except FileNotFoundError:
         raise IngestFileError(f"{uri}: file not found; check the path (and for s3://, the bucket "
                               "and credentials)") from None
-    changed = info.get("ETag") or info.get("mtime") or info.get("LastModified")
-    return fs, path, {"size": info.get("size"), "version": str(changed)}
+    if info.get("type") == "directory":
+        files = sorted(fs.find(path, detail=True).items())
+        listing = "\n".join(f"{p}\t{i.get('size')}\t{_version(i)}" for p, i in files)
+        return fs, path, {"size": sum(i.get("size") or 0 for _, i in files),
+                          "version": hashlib.sha1(listing.encode()).hexdigest()}
+    return fs, path, {"size": info.get("size"), "version": _version(info)}
+
+
+def _version(info: dict[str, Any]) -> str:
+    """What tells a file's content changed: its ETag (S3) or modification time."""
+    return str(info.get("ETag") or info.get("mtime") or info.get("LastModified"))
 
 
 def done_before(marker: dict[str, Any] | None, identity: dict[str, Any]) -> bool:

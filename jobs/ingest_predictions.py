@@ -3,7 +3,10 @@
 Input fields (docs/INGEST.md): image_uri or image_id, model_version, ts,
 confidence, and optional prediction_id, label, scores ({label: score}) and
 detections ([{box: [x1, y1, x2, y2], label, score}]). Every other field is kept
-as a column of ``predictions``.
+as a column of ``predictions``. A detector's outputs as they come (a folder of YOLO
+text files, a COCO results file) are read into the same rows by jobs/detector_readers.py
+and checked here too: their images found by id, file name or stem, YOLO's boxes turned
+into pixels with the image's size.
 
 The per-file loop is jobs/ingest_files.py's (one file one shard, bounded batches,
 bad rows to ``errors``, exactly once, a file whole or not at all); this module holds
@@ -23,20 +26,24 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 
 import pyarrow as pa
 
+from jobs.detector_readers import DETECTOR_FORMATS, Detector, reader_for
 from jobs.ingest_files import Convert, Converted, FileKind, IngestFileError, IngestSummary, ingest_files
 from jobs.readers import Batch, InputFormatError
 from mining.core import tables
 from mining.core.config import IngestConfig
+from mining.core.errors import InputError
 from mining.core.lake import Lake
 from mining.core.schema import DETECTIONS, PREDICTIONS, Table, storable
 from mining.core.sql import LakeDB, quote_ident, quote_literal
 
 # IngestFileError and IngestSummary are what callers of ingest_predictions catch and get.
-__all__ = ["IngestFileError", "IngestSummary", "PREDICTION_FILES", "RowChecker", "ingest_predictions", "shard_id"]
+__all__ = ["Detector", "IngestFileError", "IngestSummary", "PREDICTION_FILES", "RowChecker", "ingest_predictions",
+           "shard_id"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,11 @@ REQUIRED = ("model_version", "ts", "confidence")
 KNOWN = {"prediction_id", "image_uri", "image_id", "model_version", "ts", "label", "confidence", "scores", "detections"}
 RESERVED = {"source", "source_row", "ingested_at", "date"}
 _ROW = "__row"
+# The detector readers' working columns (jobs/detector_readers.py): the image's id, file name or stem,
+# and whether the detections' boxes are fractions of the image's width and height (YOLO) rather than pixels.
+_NAME = "__image_name"
+_FRACTIONS = "__box_in_fractions"
+_FILE = "__source_file"  # the file of a folder's (a YOLO folder's) that the row came from: its errors name it
 _DETECTION_TYPE = "STRUCT(box DOUBLE[], label VARCHAR, score DOUBLE)[]"
 _MAX_EPOCH_S = 7_258_118_400  # 2200-01-01: a larger number is not seconds since 1970
 
@@ -55,12 +67,15 @@ def ingest_predictions(
     config: IngestConfig = IngestConfig(),
     *,
     fmt: str = "auto",
+    detector: Detector | None = None,
     force: bool = False,
     show_progress: bool = True,
 ) -> IngestSummary:
-    """Ingest each input (a file URI, or a glob of them) as one shard."""
+    """Ingest each input (a file URI, or a glob of them) as one shard. A detector's outputs
+    (``fmt`` yolo or coco-results) need ``detector``: what their files do not say."""
     started = time.monotonic()
-    summary = ingest_files(lake, inputs, PREDICTION_FILES, config, fmt=fmt, force=force, show_progress=show_progress)
+    kind = _detector_files(lake, fmt, detector) if fmt in DETECTOR_FORMATS or detector else PREDICTION_FILES
+    summary = ingest_files(lake, inputs, kind, config, fmt=fmt, force=force, show_progress=show_progress)
     if config.compact_after_files and summary.extra()["ingested"]:
         for table in (PREDICTIONS, DETECTIONS):
             compact_crowded_partitions(lake, table, config.compact_after_files)
@@ -105,6 +120,18 @@ PREDICTION_FILES = FileKind(job=JOB, noun="prediction", shard_prefix="pred-", ta
                             check_columns=_check_columns, converter=_open_checker)
 
 
+def _detector_files(lake: Lake, fmt: str, detector: Detector | None) -> FileKind:
+    """Predictions read from a detector's outputs: the same tables, checker and markers, another reader."""
+    if fmt not in DETECTOR_FORMATS:
+        raise InputError(f"--model-version, --ts, --classes and --categories are for --format "
+                         f"{' or '.join(DETECTOR_FORMATS)}; a {fmt} file gives model_version and ts in its rows")
+    if detector is None:
+        raise InputError(f"--format {fmt} needs --model-version: a detector's files do not say which model wrote them")
+    read, settings = reader_for(lake, fmt, detector)
+    return replace(PREDICTION_FILES, formats=(fmt,), read=read, reading=settings, whole_folders=fmt == "yolo",
+                   check_columns=lambda columns: None)
+
+
 def shard_id(uri: str) -> str:
     """The name of a prediction file's marker."""
     return PREDICTION_FILES.shard(uri)
@@ -119,12 +146,19 @@ class RowChecker:
         # One row per URI, and every known id, for the whole run.
         self.con.execute("CREATE OR REPLACE TEMP TABLE image_by_uri AS SELECT uri, image_id FROM image_files")
         self.con.execute("CREATE OR REPLACE TEMP TABLE image_ids AS SELECT image_id FROM images")
+        # Filled on the first batch that names images (a detector's files): see _index_names.
+        self.con.execute("CREATE OR REPLACE TEMP TABLE image_by_name "
+                         "(name VARCHAR, image_id VARCHAR, images BIGINT, width INTEGER, height INTEGER)")
+        self._names_indexed = False
         self._file = None  # the input file whose prediction ids file_ids holds
 
     def check(self, batch: Batch, source: str, ingested_at: datetime) -> Converted:
         """The batch's good rows (predictions, detections) and its bad ones, each with its reason."""
         table = batch.table.append_column(_ROW, batch.rows)
-        extras = [n for n in table.column_names if n not in KNOWN and n != _ROW]
+        # Names starting with __ are the readers' working columns (a file's are refused: readers.check_field_names).
+        extras = [n for n in table.column_names if n not in KNOWN and not n.startswith("__")]
+        if _NAME in table.column_names:
+            self._index_names()
         _check_renames(extras)
         # Every column as the lake stores it: DuckDB, too, lacks float16, empty structs, uint64 beyond int64.
         table = pa.table({name: storable(table.column(name)) for name in table.column_names})
@@ -145,6 +179,23 @@ class RowChecker:
             errors=self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table(),
         )
 
+
+    def _index_names(self) -> None:
+        """Every name an image goes by, for rows that name it (``__image_name``): its id, and each of
+        its files' name and stem (``cam1/0001.jpg``: ``0001.jpg`` and ``0001``), with how many images
+        the name fits (more than one: ambiguous) and the image's size (YOLO's boxes need it)."""
+        if self._names_indexed:
+            return
+        self.con.execute("""
+            INSERT INTO image_by_name
+            SELECT name, min(names.image_id), count(DISTINCT names.image_id), min(width), min(height)
+            FROM (SELECT image_id AS name, image_id FROM images
+                  UNION ALL SELECT regexp_extract(uri, '[^/]*$'), image_id FROM image_files
+                  UNION ALL SELECT regexp_replace(regexp_extract(uri, '[^/]*$'), '[.][^.]*$', ''), image_id
+                      FROM image_files) AS names
+            JOIN images USING (image_id)
+            GROUP BY name""")
+        self._names_indexed = True
 
     def _refuse_repeated_ids(self, source: str) -> None:
         """A prediction id seen earlier in the same file (in this batch or an earlier one) makes
@@ -179,6 +230,8 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
                  WHEN {uri} LIKE '%://%' OR {uri} LIKE '/%' THEN {uri}
                  ELSE {base} || '/' || {uri} END AS __uri,
             {column("image_id", "VARCHAR")} AS __given_id,
+            {column(_NAME, "VARCHAR")} AS __name,
+            coalesce({column(_FRACTIONS, "BOOLEAN")}, false) AS __in_fractions,
             {column("prediction_id", "VARCHAR")} AS __given_prediction_id,
             {column("model_version", "VARCHAR")} AS __model_version,
             {_ts_expr(types.get("ts"))} AS __ts,
@@ -190,20 +243,32 @@ def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
         FROM batch
     ), typed AS (
         SELECT parsed.*,
-            coalesce(image_ids.image_id, image_by_uri.image_id) AS __image_id,
+            coalesce(image_ids.image_id, image_by_uri.image_id, CASE WHEN by_name.images = 1 THEN by_name.image_id END)
+                AS __image_id,
+            by_name.images AS __name_fits, by_name.width AS __width, by_name.height AS __height,
             TRY_CAST(__scores_json AS MAP(VARCHAR, FLOAT)) AS __scores,
             TRY_CAST(__detections_json AS {_DETECTION_TYPE}) AS __detections
         FROM parsed
         LEFT JOIN image_ids ON image_ids.image_id = parsed.__given_id
         LEFT JOIN image_by_uri ON image_by_uri.uri = parsed.__uri
+        LEFT JOIN image_by_name AS by_name ON by_name.name = parsed.__name
     )
-    SELECT typed.* EXCLUDE (__scores_json, __detections_json, __confidence_text),
+    SELECT typed.* EXCLUDE (__scores_json, __detections_json, __confidence_text, __detections),
+        CASE WHEN __in_fractions THEN list_transform(__detections, d -> {{'box': [d.box[1] * __width,
+                d.box[2] * __height, d.box[3] * __width, d.box[4] * __height], 'label': d.label, 'score': d.score}})
+             ELSE __detections END AS __detections,
         coalesce(__given_prediction_id,
                  substr(sha256(__image_id || '|' || __model_version || '|' || epoch_us(__ts)::VARCHAR), 1, 24))
             AS __prediction_id,
         strftime(__ts, '%Y-%m-%d')::DATE AS __date,
         CASE
-        WHEN __uri IS NULL AND __given_id IS NULL THEN 'missing image_uri (or image_id)'
+        WHEN __uri IS NULL AND __given_id IS NULL AND __name IS NULL THEN 'missing image_uri (or image_id)'
+        WHEN __image_id IS NULL AND __name_fits > 1 THEN 'image name ' || __name || ' fits ' || __name_fits
+            || ' images of the lake (by file name or stem): give each image file a name of its own'
+        WHEN __image_id IS NULL AND __name IS NOT NULL THEN 'no image named ' || __name || ' in the lake (by image id, '
+            || 'file name or stem): register it first with `edgemine ingest images`'
+        WHEN __in_fractions AND NOT coalesce(__width > 0 AND __height > 0, false) THEN 'image ' || __name
+            || ' has no width and height in the lake: its boxes (fractions of the image) cannot be turned into pixels'
         WHEN __image_id IS NULL AND __given_id IS NOT NULL
             THEN 'unknown image_id ' || __given_id || ': register the image first with `edgemine ingest images`'
         WHEN __image_id IS NULL
@@ -263,9 +328,10 @@ def _detections_sql(at: str) -> str:
 
 
 def _errors_sql(columns: list[str], at: str) -> str:
-    original = ", ".join(f"{quote_literal(c)}, {quote_ident(c)}" for c in columns if c != _ROW)
+    original = ", ".join(f"{quote_literal(c)}, {quote_ident(c)}" for c in columns if c not in (_ROW, _FILE))
+    uri = f"coalesce(__uri, {_FILE})" if _FILE in columns else "__uri"
     return f"""
-    SELECT '{JOB}' AS job, $1 AS source, {_ROW} AS row, __uri AS uri, __reason AS reason,
+    SELECT '{JOB}' AS job, $1 AS source, {_ROW} AS row, {uri} AS uri, __reason AS reason,
         left(json_object({original})::VARCHAR, 2000) AS raw, {at} AS at
     FROM checked WHERE __reason IS NOT NULL ORDER BY {_ROW}
     """

@@ -50,6 +50,7 @@ class Reject:
     row: int | None  # line number (JSONL, CSV) or row index (Parquet), 1-based
     raw: str
     reason: str
+    uri: str | None = None  # the file the row is in, where that is not the input itself (a folder's)
 
 
 @dataclass

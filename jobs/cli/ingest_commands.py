@@ -24,15 +24,26 @@ def add_ingest(commands, add) -> None:
         ingest_commands,
         "predictions",
         cmd_ingest_predictions,
-        "ingest prediction files (JSONL, CSV, Parquet; local or s3://; globs allowed)",
+        "ingest prediction files (JSONL, CSV, Parquet; a detector's YOLO folder or COCO results; local or s3://; "
+        "globs allowed)",
     )
     predictions.add_argument("files", nargs="+", metavar="FILE")
     predictions.add_argument(
         "--format",
         default="auto",
-        choices=["auto", "jsonl", "csv", "parquet"],
-        help="input format (default: from the file name)",
+        choices=["auto", "jsonl", "csv", "parquet", "yolo", "coco-results"],
+        help="input format (default: from the file name); yolo: a folder of <image stem>.txt files; "
+        "coco-results: a JSON array of {image_id, category_id, bbox, score}",
     )
+    predictions.add_argument("--model-version", help="yolo, coco-results: the model that wrote the files (required)")
+    predictions.add_argument("--ts", help="yolo, coco-results: when the model ran, ISO 8601 or epoch seconds "
+                             "(default: each file's modification time)")
+    predictions.add_argument("--classes", metavar="FILE",
+                             help="yolo: the class names, a data.yaml or a names file (one a line, class 0 first); "
+                             "without it the class numbers are the labels")
+    predictions.add_argument("--categories", metavar="FILE",
+                             help="coco-results: a COCO dataset file (its categories, and its images to match "
+                             'image ids) or a JSON object {"1": "car"}; without it the category ids are the labels')
     predictions.add_argument("--force", action="store_true", help="ingest again files already ingested and unchanged")
     feedback = add(
         ingest_commands,
@@ -66,10 +77,15 @@ def _images_text(summary) -> None:
 
 
 def cmd_ingest_predictions(args: argparse.Namespace, config: Config) -> int:
+    from jobs.detector_readers import Detector, parse_ts
     from jobs.ingest_predictions import ingest_predictions
 
+    detector = None
+    if args.model_version or args.ts or args.classes or args.categories:
+        detector = Detector(args.model_version or "", ts=parse_ts(args.ts) if args.ts else None,
+                            classes=args.classes, categories=args.categories)
     summary = ingest_predictions(Lake.from_config(config), args.files, config.ingest, fmt=args.format,
-                                 force=args.force, show_progress=not args.quiet)
+                                 detector=detector, force=args.force, show_progress=not args.quiet)
     print_result(args, summary, _predictions_text)
     return _files_exit_code(summary)
 

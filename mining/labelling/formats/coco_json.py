@@ -55,8 +55,7 @@ def parse_coco(dataset: Any) -> list[Annotation]:
     """COCO annotations: ``bbox`` [x, y, w, h] per annotation, the class from ``categories``."""
     if not isinstance(dataset, dict) or not isinstance(dataset.get("annotations"), list) or "images" not in dataset:
         raise LabelError("not a COCO annotations file: expected images, annotations and categories")
-    images = {_key(im.get("id")): im for im in _list(dataset.get("images")) if isinstance(im, dict)}
-    categories = {_key(c.get("id")): c.get("name") for c in _list(dataset.get("categories")) if isinstance(c, dict)}
+    images, categories = coco_images(dataset), coco_categories(dataset)
     batch = (dataset.get("info") or {}).get("edgemine_batch") if isinstance(dataset.get("info"), dict) else None
     found = []
     for n, ann in enumerate(dataset["annotations"]):
@@ -77,6 +76,16 @@ def parse_coco(dataset: Any) -> list[Annotation]:
             a.error = a.error or f"malformed annotation ({type(e).__name__}: {e})"
         found.append(a)
     return found
+
+
+def coco_images(dataset: dict) -> dict[Any, dict]:
+    """A COCO dataset's ``images`` by id (each the image's object: ``file_name``, ``width``...)."""
+    return {_key(im.get("id")): im for im in _list(dataset.get("images")) if isinstance(im, dict)}
+
+
+def coco_categories(dataset: dict) -> dict[Any, Any]:
+    """A COCO dataset's ``categories`` as {id: name}."""
+    return {_key(c.get("id")): c.get("name") for c in _list(dataset.get("categories")) if isinstance(c, dict)}
 
 
 def _list(value: Any) -> list:

@@ -82,12 +82,17 @@ def parse_yolo(fs: Any, folder: str) -> list[Annotation]:
 
 
 def _yolo_names(fs: Any, folder: str) -> dict[int, str]:
-    """data.yaml's ``names``: a mapping (``0: car``) or a list, parsed without a YAML library
-    for the two layouts YOLO tools write."""
+    """data.yaml's ``names`` in a YOLO folder."""
     try:
         text = fs.cat_file(posixpath.join(folder, "data.yaml")).decode()
     except FileNotFoundError:
         raise LabelError(f"{folder}: no data.yaml; a YOLO export has data.yaml (names) and labels/*.txt") from None
+    return parse_yolo_names(text, f"{folder}/data.yaml")
+
+
+def parse_yolo_names(text: str, where: str) -> dict[int, str]:
+    """A data.yaml's ``names``: a mapping (``0: car``) or a list, parsed without a YAML library
+    for the two layouts YOLO tools write. LabelError (naming ``where``) when it has none."""
     inline = re.search(r"^names:\s*\[(.*)\]\s*$", text, flags=re.M)
     if inline:
         return {k: v.strip().strip("'\"") for k, v in enumerate(inline.group(1).split(",")) if v.strip()}
@@ -101,5 +106,5 @@ def _yolo_names(fs: Any, folder: str) -> dict[int, str]:
             value = value.strip()
             names[int(key)] = json.loads(value) if value.startswith('"') else value.strip("'")
     if not names:
-        raise LabelError(f"{folder}/data.yaml has no names; expected names: {{0: car, 1: person}} or a list")
+        raise LabelError(f"{where} has no names; expected names: {{0: car, 1: person}} or a list")
     return names
