@@ -45,6 +45,7 @@ from embed.model import Backbone, load_backbone
 from embed.preprocess import ImageError, ImageOptions, Thumbnail, decode_jpegs_on, make_thumbnails
 from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
 from jobs.progress import Progress
+from jobs.runners import Runner
 from mining.core import tables
 from mining.core.config import EmbedConfig
 from mining.core.errors import ConfigError
@@ -60,36 +61,6 @@ DECODE_MODES = ("auto", "workers", "device")
 # Measured: on CPU, batches past 32 run slower per image (activations leave the cache);
 # a GPU needs large batches to be kept busy.
 DEFAULT_BATCH = {"cpu": 32, "cuda": 256}
-RUNNERS = ("local", "ray")
-
-
-@dataclass(frozen=True)
-class Runner:
-    """Where the read-decode-embed pipeline runs: ``local`` (this process and its DataLoader
-    workers) or ``ray`` (Ray Data on the cluster at ``address``: ``auto``, ``HOST:PORT`` or
-    ``ray://HOST:PORT``; None: $RAY_ADDRESS when set, else a Ray started on this machine for the run)."""
-
-    kind: str = "local"
-    address: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in RUNNERS:
-            raise ConfigError(f"unknown runner {self.kind!r}; allowed: {', '.join(RUNNERS)}")
-        if self.address is not None and self.kind != "ray":
-            raise ConfigError("--address names a Ray cluster: use it with --runner ray")
-
-    @property
-    def model_device(self) -> str | None:
-        """The device of the driver's own copy of the model: on Ray the driver only reads its
-        name, tag and width (the actors embed), so a CPU copy does; None: the config's."""
-        return "cpu" if self.kind == "ray" else None
-
-    def connect(self) -> None:
-        """Reach the cluster before any work (a ClusterError in bounded time when it cannot be)."""
-        if self.kind == "ray":
-            from jobs import ray_runner
-
-            ray_runner.connect(self.address)
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,14 @@ and its batch retried: Ray Data's defaults ``max_restarts=-1``, ``max_task_retri
 still published once. A killed driver loses the parts it had not committed; a rerun plans
 them again, as after a local kill.
 
-Connecting (``connect``): an address that does not answer is a ClusterError within
-``CONNECT_TIMEOUT_S`` (Ray itself would retry for minutes); Ray is imported only here.
-Every node of the cluster needs edgemine installed (the same version) and the lake's
-storage reachable: the workers import this module and read the images themselves.
+Connecting is jobs.runners' (before the model is loaded). Every node of the cluster needs
+edgemine installed (the same version) and the lake's storage reachable: the workers import
+this module and read the images themselves.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from types import ModuleType
@@ -45,13 +42,12 @@ from embed.preprocess import ImageOptions, Thumbnail
 from embed.reader import ImageBatches, Item, LoadedBatch, ReaderSettings, Request
 from jobs.embed_images import DEFAULT_BATCH, Embedded, EmbedSummary, Part, Publisher, embed_batch, reader_settings
 from jobs.progress import Progress
+from jobs.runners import import_ray
 from mining.core.config import EmbedConfig
-from mining.core.errors import ClusterError
 from mining.core.lake import Lake
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 10.0
 # Images per Ray Data execution: the driver holds one window's plan and rows, not the whole lake's.
 WINDOW_IMAGES = 50_000
 # Heap memory reserved per model actor (a ResNet and a batch of activations fit in it). Asking
@@ -59,62 +55,8 @@ WINDOW_IMAGES = 50_000
 # stages whose resource requests are equal, and the decoding would then run inside the actors,
 # one batch after another, instead of in tasks beside them.
 MODEL_ACTOR_MEMORY = 1 << 30
-DEFAULT_GCS_PORT = 6379
-WHAT_TO_SET = ("set --address (or RAY_ADDRESS) to the cluster's head: HOST:PORT of its GCS "
-               f"(port {DEFAULT_GCS_PORT} by default), ray://HOST:10001 for Ray Client, "
-               "or auto on a node of the cluster")
 # Row states out of the CPU stage.
 DECODED, JPEG, FAILED = 0, 1, 2
-
-
-def import_ray() -> ModuleType:
-    """Ray, or a ClusterError saying how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401 - the Data library's own requirements (pandas, pyarrow) must be there too
-    except ImportError as e:
-        raise ClusterError(f"--runner ray needs Ray Data, which is not installed ({e}): "
-                           "pip install 'edgemine[ray]' (ray[data]==2.60.0)") from None
-    return ray
-
-
-def connect(address: str | None) -> None:
-    """Connect this process to the Ray cluster at ``address`` (``auto``, ``HOST:PORT``,
-    ``ray://HOST:PORT``; None: $RAY_ADDRESS, else start a Ray on this machine for the run)."""
-    ray = import_ray()
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address != "auto":
-        _check_answers(address)
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address is None:
-        options["include_dashboard"] = False
-    try:
-        ray.init(address=address, **options)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ClusterError(f"cannot connect to a Ray cluster at {address or 'auto'}: {first}; {WHAT_TO_SET}") from None
-    log.info("running on Ray %s: %s", ray.__version__, _describe(ray.cluster_resources()))
-
-
-def _check_answers(address: str) -> None:
-    """A TCP connection to the address's host and port, or a ClusterError saying what to set."""
-    host_port = address.removeprefix("ray://")
-    host, _, port = host_port.rpartition(":")
-    if not host or not port.isdigit():
-        raise ClusterError(f"--address {address!r} is not HOST:PORT, ray://HOST:PORT or auto; {WHAT_TO_SET}")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as e:
-        raise ClusterError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}): start one "
-                           f"(`ray start --head`) or {WHAT_TO_SET}") from None
-
-
-def _describe(resources: dict[str, float]) -> str:
-    return f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
 
 
 def run_plan_on_ray(lake: Lake, requests_of: Callable[[int], Iterator[Request]], backbone: Backbone,

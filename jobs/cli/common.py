@@ -86,9 +86,12 @@ def add_runner(parser: argparse.ArgumentParser) -> None:
 
 
 def runner_of(args: argparse.Namespace):
-    """The ``jobs.embed_images.Runner`` of the command's `--runner` and `--address`."""
-    from jobs.embed_images import Runner
+    """The ``jobs.runners.Runner`` of the command's `--runner` and `--address`, connected to its
+    cluster: a cluster that cannot be reached is said before any model is loaded."""
+    from jobs.runners import Runner
 
     if args.address is not None and args.runner != "ray":
         raise UsageError("--address names a Ray cluster: add --runner ray")
-    return Runner(args.runner, args.address)
+    runner = Runner(args.runner, args.address)
+    runner.connect()
+    return runner

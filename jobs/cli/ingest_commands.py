@@ -148,12 +148,13 @@ def add_embed(commands, add) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, config: Config) -> int:
+    runner = runner_of(args)  # the cluster reached (or not) before torch is imported
     from jobs.embed_images import Shard, embed_lake
 
     embed = embed_config(config, weights=args.weights, backbone=args.backbone, device=args.device, decode=args.decode,
                          batch_size=args.batch_size, workers=args.workers, seed=args.seed)
     summary = embed_lake(Lake.from_config(config), embed, shard=Shard.parse(args.shard), overwrite=args.overwrite,
-                         retry_errors=args.retry_errors, show_progress=not args.quiet, runner=runner_of(args))
+                         retry_errors=args.retry_errors, show_progress=not args.quiet, runner=runner)
     print_result(args, summary, _embed_text)
     if summary.images_in_shard == 0:
         print("edgemine: the lake has no images (in this shard) yet: "
