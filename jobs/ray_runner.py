@@ -78,18 +78,23 @@ def run_plan_on_ray(lake: Lake, requests_of: Callable[[int], Iterator[Request]],
         gpus=gpus,
         actors=gpus or _cpu_actors(resources),
     )
+    # On CPUs the actors share the cores among them, as the local runner's model shares them with
+    # its decoding workers: Ray would give each actor one thread (OMP_NUM_THREADS = its num_cpus).
+    stages.threads = 0 if gpus else max(1, int(resources.get("CPU", 1)) // stages.actors)
     log.info("Ray: %d model actor(s) (%s), batches of %d, decoding on %s", stages.actors, stages.device, batch_size,
              summary.decode)
     _quiet_ray_data(ray)
     with Publisher(publish, summary) as publisher:
         for window in _windows(requests_of(batch_size), WINDOW_IMAGES):
             parts = PartGatherer(window, backbone.width)
-            for batch in stages.dataset(ray, window).iter_batches(batch_size=None, batch_format="numpy"):
+            dataset = stages.dataset(ray, window)
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 new, complete = parts.add(batch)
                 progress.update(new)
                 for part in complete:
                     publisher.submit(part)
             parts.check_all_published()
+            log.debug("Ray Data's stages on this window:\n%s", dataset.stats())
 
 
 def _cpu_actors(resources: dict[str, float]) -> int:
@@ -127,6 +132,7 @@ class Stages:
                  actors: int):
         self.settings, self.recipe, self.device = settings, recipe, device
         self.batch_size, self.gpus, self.actors = batch_size, gpus, actors
+        self.threads = 0  # torch threads per actor; 0: Ray's choice
 
     def dataset(self, ray: ModuleType, window: list[Request]):
         blocks = [_plan_block(request) for request in window]  # one block per batch: one read task each
@@ -140,7 +146,8 @@ class Stages:
             ModelActor,
             batch_size=self.batch_size,
             batch_format="numpy",
-            fn_constructor_kwargs={"recipe": self.recipe, "options": self.settings.options, "device": self.device},
+            fn_constructor_kwargs={"recipe": self.recipe, "options": self.settings.options, "device": self.device,
+                                   "threads": self.threads},
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=self.actors),
             num_cpus=1,
             num_gpus=1 if self.gpus else None,
@@ -221,10 +228,12 @@ def _loaded_batch(batch: dict[str, np.ndarray]) -> LoadedBatch:
 class ModelActor:
     """The model stage: one model per actor, built once by the job's own loader."""
 
-    def __init__(self, recipe: Any, options: ImageOptions, device: str):
+    def __init__(self, recipe: Any, options: ImageOptions, device: str, threads: int = 0):
         import ray
 
         load_model = ray.get(recipe) if isinstance(recipe, ray.ObjectRef) else recipe
+        if threads:
+            torch.set_num_threads(threads)
         self.backbone: Backbone = load_model(device=device)
         self.options = options
 
