@@ -3,8 +3,10 @@
 The same pieces as the local runner (jobs.embed_images), arranged on a cluster:
 
 1. This process, the driver, plans as the local runner does (``Plan.requests``: the
-   images still to do, in parts and batches) and hands Ray Data a window of whole parts,
-   one block per batch.
+   images still to do, in parts) and puts the plan in Ray's object store, one block per
+   part, as it streams from the query: the driver's memory holds each part's name and size
+   only, and Ray Data runs the whole plan in one execution (one actor pool, models loaded
+   once per actor for the whole run).
 2. A CPU stage (``map_batches`` with a function: Ray tasks) reads and decodes each batch
    with ``embed.reader.ImageBatches``, exactly what a DataLoader worker runs locally.
 3. A model stage (``map_batches`` with a callable class: an actor pool) embeds with
@@ -48,8 +50,6 @@ from mining.core.lake import Lake
 
 log = logging.getLogger(__name__)
 
-# Images per Ray Data execution: the driver holds one window's plan and rows, not the whole lake's.
-WINDOW_IMAGES = 50_000
 # Heap memory reserved per model actor (a ResNet and a batch of activations fit in it). Asking
 # for it also keeps the model stage apart from the decoding stage: Ray Data fuses adjacent
 # stages whose resource requests are equal, and the decoding would then run inside the actors,
@@ -83,18 +83,23 @@ def run_plan_on_ray(lake: Lake, requests_of: Callable[[int], Iterator[Request]],
     stages.threads = 0 if gpus else max(1, int(resources.get("CPU", 1)) // stages.actors)
     log.info("Ray: %d model actor(s) (%s), batches of %d, decoding on %s", stages.actors, stages.device, batch_size,
              summary.decode)
-    _quiet_ray_data(ray)
+    crop = backbone.preprocessing.crop
+    _configure_ray_data(ray, block_bytes=batch_size * 3 * crop * crop)
+    sizes: dict[str, int] = {}
+    blocks = []
+    for request in requests_of(config.part_size):  # batches as large as parts: one request per part
+        sizes[request.part] = len(request.items)
+        blocks.append(ray.put(_plan_block(request)))
+    parts = PartGatherer(sizes, backbone.width)
+    dataset = stages.dataset(ray, blocks)
     with Publisher(publish, summary) as publisher:
-        for window in _windows(requests_of(batch_size), WINDOW_IMAGES):
-            parts = PartGatherer(window, backbone.width)
-            dataset = stages.dataset(ray, window)
-            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                new, complete = parts.add(batch)
-                progress.update(new)
-                for part in complete:
-                    publisher.submit(part)
-            parts.check_all_published()
-            log.debug("Ray Data's stages on this window:\n%s", dataset.stats())
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            new, complete = parts.add(batch)
+            progress.update(new)
+            for part in complete:
+                publisher.submit(part)
+    parts.check_all_published()
+    log.debug("Ray Data's stages:\n%s", dataset.stats())
 
 
 def _cpu_actors(resources: dict[str, float]) -> int:
@@ -103,30 +108,20 @@ def _cpu_actors(resources: dict[str, float]) -> int:
     return max(1, cpus - max(1, cpus // 4))
 
 
-def _quiet_ray_data(ray: ModuleType) -> None:
-    """The job's own progress line and logs, not Ray Data's bars."""
+def _configure_ray_data(ray: ModuleType, *, block_bytes: int) -> None:
+    """This process's Ray Data settings for the job: blocks of about one batch of pixels
+    (``block_bytes``; Ray Data's default, 128 MiB, would gather a whole part's decoded batches
+    into one block before the model saw any), and the job's own progress line and logs, not
+    Ray Data's bars."""
     context = ray.data.DataContext.get_current()
+    context.target_max_block_size = block_bytes
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _windows(requests: Iterable[Request], images: int) -> Iterator[list[Request]]:
-    """Whole parts, grouped until a window holds at least ``images`` images."""
-    window: list[Request] = []
-    count = 0
-    for request in requests:
-        window.append(request)
-        count += len(request.items)
-        if request.last_in_part and count >= images:
-            yield window
-            window, count = [], 0
-    if window:
-        yield window
-
-
 class Stages:
-    """The two Ray Data stages over one window of the plan."""
+    """The two Ray Data stages over the plan."""
 
     def __init__(self, *, settings: ReaderSettings, recipe: Any, device: str, batch_size: int, gpus: int,
                  actors: int):
@@ -134,11 +129,11 @@ class Stages:
         self.batch_size, self.gpus, self.actors = batch_size, gpus, actors
         self.threads = 0  # torch threads per actor; 0: Ray's choice
 
-    def dataset(self, ray: ModuleType, window: list[Request]):
-        blocks = [_plan_block(request) for request in window]  # one block per batch: one read task each
-        return ray.data.from_arrow(blocks).map_batches(
+    def dataset(self, ray: ModuleType, blocks: list):
+        """``blocks``: object refs of the plan's parts (Arrow tables), read and embedded in batches."""
+        return ray.data.from_arrow_refs(blocks).map_batches(
             read_batch,
-            batch_size=None,  # a whole block: the plan's batch
+            batch_size=self.batch_size,
             batch_format="pyarrow",
             fn_kwargs={"settings": self.settings},
             num_cpus=1,
@@ -267,15 +262,12 @@ def _result_columns(batch: dict[str, np.ndarray], embedded: Embedded, backbone: 
 
 
 class PartGatherer:
-    """Rows coming back from the cluster, in any order, gathered into the window's parts;
-    a part is complete when each of its images has come back once (a row seen again, from
-    a batch Ray retried, is ignored)."""
+    """Rows coming back from the cluster, in any order, gathered into the plan's parts
+    (``sizes``: each part's name and number of images); a part is complete when each of its
+    images has come back once (a row seen again, from a batch Ray retried, is ignored)."""
 
-    def __init__(self, window: list[Request], width: int):
-        self.width = width
-        self.expected: dict[str, list[Item]] = defaultdict(list)
-        for request in window:
-            self.expected[request.part].extend(request.items)
+    def __init__(self, sizes: dict[str, int], width: int):
+        self.width, self.sizes = width, sizes
         self.rows: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
         self.published: set[str] = set()
 
@@ -283,21 +275,20 @@ class PartGatherer:
         """Take a batch of result rows: (rows new to their part, the parts now complete)."""
         new, touched = 0, set()
         for index, (name, image_id) in enumerate(zip(batch["part"], batch["image_id"])):
+            if name not in self.sizes:
+                raise RuntimeError(f"Ray returned a row of part {name!r}, which the plan does not have")
             if name in self.published or image_id in self.rows[name]:
                 continue
             self.rows[name][image_id] = {key: column[index] for key, column in batch.items()}
             touched.add(name)
             new += 1
-        complete = [name for name in touched if len(self.rows[name]) == len(self.expected[name])]
+        complete = [name for name in touched if len(self.rows[name]) == self.sizes[name]]
         return new, [self._part(name) for name in complete]
 
     def _part(self, name: str) -> Part:
         rows = self.rows.pop(name)
         self.published.add(name)
-        items = self.expected[name]
-        unplanned = set(rows) - {item.image_id for item in items}
-        if unplanned:
-            raise RuntimeError(f"Ray returned images not planned in part {name}: {sorted(unplanned)[:3]}")
+        items = [Item(image_id, str(rows[image_id]["uri"])) for image_id in sorted(rows)]  # the plan's order
         ok = [item for item in items if rows[item.image_id]["ok"]]
         vectors = np.stack([rows[i.image_id]["vector"] for i in ok]) if ok else np.zeros((0, self.width), np.float32)
         embedded = Embedded(
@@ -315,8 +306,8 @@ class PartGatherer:
         return part
 
     def check_all_published(self) -> None:
-        missing = {name: len(self.expected[name]) - len(self.rows.get(name, {}))
-                   for name in self.expected if name not in self.published}
+        missing = {name: size - len(self.rows.get(name, {}))
+                   for name, size in self.sizes.items() if name not in self.published}
         if missing:
             raise RuntimeError(f"Ray finished without returning every image of parts {missing}: nothing of them "
                                "was written; rerun the same command to do them")

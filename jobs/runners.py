@@ -72,7 +72,11 @@ def connect(address: str | None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address != "auto":
+    if address == "auto":
+        found = _auto_address()
+        if found:
+            _check_answers(found, f"auto ({found})")
+    elif address:
         _check_answers(address)
     logging.getLogger("ray").setLevel(logging.WARNING)
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
@@ -89,7 +93,19 @@ def connect(address: str | None) -> None:
     log.info("running on Ray %s: %s", ray.__version__, _describe(ray.cluster_resources()))
 
 
-def _check_answers(address: str) -> None:
+def _auto_address() -> str | None:
+    """HOST:PORT of the cluster ``auto`` names ($RAY_ADDRESS, else the last `ray start` on this
+    machine), by Ray's own lookup (private, so of the pinned version only); None: not found,
+    and ``ray.init`` then says so at once."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address("auto")
+    except (ImportError, AttributeError, ConnectionError, ValueError):
+        return None
+
+
+def _check_answers(address: str, shown: str | None = None) -> None:
     """A TCP connection to the address's host and port, or a ClusterError saying what to set."""
     host_port = address.removeprefix("ray://")
     host, _, port = host_port.rpartition(":")
@@ -99,8 +115,9 @@ def _check_answers(address: str) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as e:
-        raise ClusterError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}): start one "
-                           f"(`ray start --head`) or {WHAT_TO_SET}") from None
+        why = e.strerror or type(e).__name__
+        raise ClusterError(f"no Ray cluster answers at {shown or address} ({why}): start one (`ray start --head`) "
+                           f"or {WHAT_TO_SET}") from None
 
 
 def _describe(resources: dict[str, float]) -> str:
