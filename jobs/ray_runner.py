@@ -44,8 +44,9 @@ from embed.preprocess import ImageOptions, Thumbnail
 from embed.reader import ImageBatches, Item, LoadedBatch, ReaderSettings, Request
 from jobs.embed_images import DEFAULT_BATCH, Embedded, EmbedSummary, Part, Publisher, embed_batch, reader_settings
 from jobs.progress import Progress
-from jobs.runners import import_ray
+from jobs.runners import describe_resources, import_ray
 from mining.core.config import EmbedConfig
+from mining.core.errors import DeviceError
 from mining.core.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,16 @@ DECODED, JPEG, FAILED = 0, 1, 2
 def run_plan_on_ray(lake: Lake, requests_of: Callable[[int], Iterator[Request]], backbone: Backbone,
                     load_model: Callable[..., Backbone], config: EmbedConfig, summary: EmbedSummary,
                     progress: Progress, publish: Callable[[Part], None]) -> None:
-    """Run the plan (``requests_of(batch_size)``: its batches, in parts) on the connected cluster;
-    ``load_model(device=...)`` builds each actor's model. Fills the summary's counts."""
+    """Run the plan (``requests_of(n)``: its images in requests of at most n, part by part) on the
+    connected cluster; ``load_model(device=...)`` builds each actor's model. Fills the summary's counts."""
     ray = import_ray()
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0)) if config.device != "cpu" else 0
+    if not gpus and config.device.startswith("cuda"):
+        raise DeviceError(f"--device {config.device}, but the Ray cluster has no GPU "
+                          f"({describe_resources(resources)}); use --device auto or cpu")
+    cpus = int(resources.get("CPU", 1))
+    actors = gpus or max(1, cpus - max(1, cpus // 4))  # on CPUs: about a quarter of the cores left to decoding
     on_device = config.decode == "device" or (config.decode == "auto" and gpus > 0)
     summary.device, summary.decode = ("cuda" if gpus else "cpu"), ("device" if on_device else "workers")
     batch_size = config.batch_size or DEFAULT_BATCH[summary.device]
@@ -76,11 +82,11 @@ def run_plan_on_ray(lake: Lake, requests_of: Callable[[int], Iterator[Request]],
         device=config.device if gpus else "cpu",
         batch_size=batch_size,
         gpus=gpus,
-        actors=gpus or _cpu_actors(resources),
+        actors=actors,
+        # On CPUs the actors share out the cores, as the local runner's model shares them with its
+        # decoding workers: Ray would give each actor one thread (OMP_NUM_THREADS = its num_cpus).
+        threads=0 if gpus else max(1, cpus // actors),
     )
-    # On CPUs the actors share the cores among them, as the local runner's model shares them with
-    # its decoding workers: Ray would give each actor one thread (OMP_NUM_THREADS = its num_cpus).
-    stages.threads = 0 if gpus else max(1, int(resources.get("CPU", 1)) // stages.actors)
     log.info("Ray: %d model actor(s) (%s), batches of %d, decoding on %s", stages.actors, stages.device, batch_size,
              summary.decode)
     crop = backbone.preprocessing.crop
@@ -102,12 +108,6 @@ def run_plan_on_ray(lake: Lake, requests_of: Callable[[int], Iterator[Request]],
     log.debug("Ray Data's stages:\n%s", dataset.stats())
 
 
-def _cpu_actors(resources: dict[str, float]) -> int:
-    """Model actors on a CPU cluster: one per core but about a quarter of the cores left to decoding."""
-    cpus = int(resources.get("CPU", 1))
-    return max(1, cpus - max(1, cpus // 4))
-
-
 def _configure_ray_data(ray: ModuleType, *, block_bytes: int) -> None:
     """This process's Ray Data settings for the job: blocks of about one batch of pixels
     (``block_bytes``; Ray Data's default, 128 MiB, would gather a whole part's decoded batches
@@ -124,10 +124,10 @@ class Stages:
     """The two Ray Data stages over the plan."""
 
     def __init__(self, *, settings: ReaderSettings, recipe: Any, device: str, batch_size: int, gpus: int,
-                 actors: int):
+                 actors: int, threads: int):
         self.settings, self.recipe, self.device = settings, recipe, device
         self.batch_size, self.gpus, self.actors = batch_size, gpus, actors
-        self.threads = 0  # torch threads per actor; 0: Ray's choice
+        self.threads = threads  # torch threads per actor; 0: Ray's choice
 
     def dataset(self, ray: ModuleType, blocks: list):
         """``blocks``: object refs of the plan's parts (Arrow tables), read and embedded in batches."""

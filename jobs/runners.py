@@ -90,7 +90,7 @@ def connect(address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ClusterError(f"cannot connect to a Ray cluster at {address or 'auto'}: {first}; {WHAT_TO_SET}") from None
-    log.info("running on Ray %s: %s", ray.__version__, _describe(ray.cluster_resources()))
+    log.info("running on Ray %s: %s", ray.__version__, describe_resources(ray.cluster_resources()))
 
 
 def _auto_address() -> str | None:
@@ -120,7 +120,7 @@ def _check_answers(address: str, shown: str | None = None) -> None:
                            f"or {WHAT_TO_SET}") from None
 
 
-def _describe(resources: dict[str, float]) -> str:
+def describe_resources(resources: dict[str, float]) -> str:
     return f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
 
 

@@ -29,7 +29,8 @@ import torch
 
 from embed.finetune import TrainSettings
 from embed.model import load_classifier
-from jobs.embed_images import EmbedSummary, Part, Plan, Runner, Shard, _slug, run_plan
+from jobs.embed_images import EmbedSummary, Part, Plan, Shard, _slug, run_plan
+from jobs.runners import Runner
 from mining.core import tables
 from mining.core.config import EmbedConfig
 from mining.core.lake import Lake

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from jobs.score import score_lake
 from jobs.train import TrainRequest, train_model
 from mining.core import tables
 from mining.core.config import EmbedConfig
+from mining.core.errors import DeviceError
 from mining.core.lake import Lake
 from tests.helpers import jpeg_bytes, put, put_images, rows, source_uri
 from tests.test_embed_preprocess import truncated_jpeg
@@ -290,6 +292,13 @@ def test_a_driver_killed_after_its_first_commit_reruns_to_every_image_once(ray_c
     assert summary["runner"] == "ray" and summary["already_embedded"] == first
     assert summary["already_embedded"] + summary["embedded"] == 12
     exactly_once(lake, 12)
+
+
+def test_cuda_on_a_cluster_without_gpus_is_refused_before_any_work(ray_cluster, tmp_path):
+    lake = image_lake(tmp_path, 2)
+    with pytest.raises(DeviceError, match="the Ray cluster has no GPU"):
+        embed_lake(lake, replace(EMBED, device="cuda"), show_progress=False, runner=Runner("ray", ray_cluster.address))
+    assert not tables.exists(lake, "embeddings")
 
 
 @pytest.mark.parametrize("how", ["--address", "--address ray://", "RAY_ADDRESS"])
