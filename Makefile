@@ -63,6 +63,7 @@ bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_train.py
 	$(BIN)/python tests/benchmarks/bench_metrics.py
 	$(BIN)/python tests/benchmarks/bench_loop.py
+	$(BIN)/python tests/benchmarks/bench_ray.py
 
 lock: setup  ## re-pin constraints.txt from the current environment
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new && mv constraints.new constraints.txt
