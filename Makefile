@@ -42,9 +42,9 @@ PYTEST := $(BIN)/python -m pytest -n $(JOBS) --dist loadscope
 test: setup browser labelstudio  ## run the whole test suite (S3 tests start their own moto server; the UI test drives chromium)
 	$(PYTEST)
 
-# The developer's loop: no S3 server, no extra processes, no model runs, no browser or Label Studio, no end-to-end jobs.
+# The developer's loop: no S3 server, no extra processes, no model runs, no browser, Label Studio or Ray cluster, no end-to-end jobs.
 test-fast: setup  ## the fast tier (under 5 minutes): what `make test` runs, less the costly kinds (pyproject.toml's markers)
-	$(PYTEST) -m "not (s3 or processes or model or browser or label_studio or slow)"
+	$(PYTEST) -m "not (s3 or processes or model or browser or label_studio or ray or slow)"
 
 lint: setup  ## ruff's checks (the configuration in pyproject.toml; tests/test_lint.py runs the same)
 	$(BIN)/ruff check .
@@ -63,6 +63,7 @@ bench: setup  ## run the benchmarks; results go to BENCHMARKS.md by hand
 	$(BIN)/python tests/benchmarks/bench_train.py
 	$(BIN)/python tests/benchmarks/bench_metrics.py
 	$(BIN)/python tests/benchmarks/bench_loop.py
+	$(BIN)/python tests/benchmarks/bench_ray.py
 
 lock: setup  ## re-pin constraints.txt from the current environment
 	{ head -n 2 constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e'; } > constraints.new && mv constraints.new constraints.txt

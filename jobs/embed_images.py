@@ -16,10 +16,15 @@ makes an image done: a kill before it leaves the image to be embedded again,
 and its thumbnail or error, already written, is not written twice (the plan
 skips images that have one). With ``--overwrite`` the rows are merged on their
 key instead of appended, replacing the old vectors.
+
+Steps 2 and 3 run where the ``Runner`` says: ``local`` (this process, its DataLoader
+workers) or ``ray`` (jobs.ray_runner: the same reader and model code as Ray Data stages
+on a cluster; this process still plans and commits every part, so both write the same rows).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -40,6 +45,7 @@ from embed.model import Backbone, load_backbone
 from embed.preprocess import ImageError, ImageOptions, Thumbnail, decode_jpegs_on, make_thumbnails
 from embed.reader import Item, LoadedBatch, ReaderSettings, Request, make_loader
 from jobs.progress import Progress
+from jobs.runners import Runner
 from mining.core import tables
 from mining.core.config import EmbedConfig
 from mining.core.errors import ConfigError
@@ -87,6 +93,7 @@ class EmbedSummary(Summary):
     device: str = ""
     decode: str = ""
     shard: str = "0/1"
+    runner: str = "local"
     images_in_shard: int = 0
     already_embedded: int = 0
     failed_before: int = 0
@@ -106,14 +113,18 @@ def embed_lake(
     retry_errors: bool = False,
     backbone: Backbone | None = None,
     show_progress: bool = True,
+    runner: Runner = Runner(),
 ) -> EmbedSummary:
     """Embed the lake's images that still need it (all of the shard's with
     ``overwrite``); ``retry_errors`` tries again those that failed before.
-    ``backbone`` reuses an already loaded model (it must match ``config``)."""
+    ``backbone`` reuses an already loaded model (it must match ``config``);
+    ``runner``: where the pipeline runs (local, or a Ray cluster)."""
     started = time.monotonic()
     if config.decode not in DECODE_MODES:
         raise ConfigError(f"unknown decode mode {config.decode!r}; allowed: {', '.join(DECODE_MODES)}")
-    backbone = backbone or load_backbone(config.backbone, config.weights, seed=config.seed, device=config.device)
+    runner.connect()
+    load_model = functools.partial(load_backbone, config.backbone, config.weights, seed=config.seed)
+    backbone = backbone or load_model(device=runner.model_device or config.device)
     log.info("embedding with %s, weights %s: %d-d vectors, %dx%d input, on %s", backbone.name, backbone.weights,
              backbone.width, backbone.preprocessing.crop, backbone.preprocessing.crop, backbone.device)
     on_device = config.decode == "device" or (config.decode == "auto" and backbone.uses_cuda)
@@ -123,67 +134,106 @@ def embed_lake(
         device=str(backbone.device),
         decode="device" if on_device else "workers",
         shard=str(shard),
+        runner=runner.kind,
     )
     prefix = f"{_slug(backbone.name + '-' + backbone.weights)}-s{shard.index}of{shard.count}-"
 
     with Plan(lake, backbone, shard, overwrite=overwrite, retry_errors=retry_errors) as plan:
         marker = {"backbone": backbone.name, "weights": backbone.weights, "shard": str(shard)}
         run_plan(lake, plan, backbone, config, summary, prefix, lambda part: part.publish(lake, marker, overwrite),
-                 on_device=on_device, show_progress=show_progress)
+                 on_device=on_device, show_progress=show_progress, runner=runner, load_model=load_model)
     summary.seconds = time.monotonic() - started
     summary.images_per_second = (summary.embedded + summary.errors) / summary.seconds if summary.seconds else 0.0
     return summary
 
 
 def run_plan(lake: Lake, plan: Plan, backbone: Backbone, config: EmbedConfig, summary: EmbedSummary, prefix: str,
-             publish: Callable[[Part], None], *, on_device: bool, show_progress: bool, label: str = "embed") -> None:
+             publish: Callable[[Part], None], *, on_device: bool, show_progress: bool, label: str = "embed",
+             runner: Runner = Runner(), load_model: Callable[..., Backbone] | None = None) -> None:
     """The pipeline both `edgemine embed` and `edgemine score` run: the plan's images read in
-    workers, through the model, published part by part with ``publish``. Fills the summary's counts."""
+    workers, through the model, published part by part with ``publish``. Fills the summary's counts.
+    On Ray, ``load_model(device=...)`` builds each actor's copy of ``backbone`` (it must pickle)."""
     summary.images_in_shard, summary.already_embedded, summary.failed_before, summary.to_embed = plan.counts()
     if not summary.to_embed:
         return
-    settings = ReaderSettings(
-        s3=lake.s3,
-        options=ImageOptions(
-            backbone.preprocessing, config.max_pixels, config.thumbnail_size, config.thumbnail_quality
-        ),
-        decode_on_device=on_device,
-    )
-    batch_size = config.batch_size or DEFAULT_BATCH[backbone.device.type]
-    requests = plan.requests(prefix, config.part_size, batch_size)
-    workers = config.workers or os.cpu_count() or 1
-    loader = make_loader(requests, settings, workers=workers, pin_memory=backbone.uses_cuda,
-                         not_forked=lake.protocol == "s3")
     progress = Progress(label, total=summary.to_embed, unit="images", enabled=show_progress)
     try:
-        _run(backbone, loader, settings.options, summary, progress, publish)
+        if runner.kind == "ray":
+            from jobs import ray_runner
+
+            ray_runner.run_plan_on_ray(lake, functools.partial(plan.requests, prefix, config.part_size), backbone,
+                                       load_model, config, summary, progress, publish)
+        else:
+            batch_size = config.batch_size or DEFAULT_BATCH[backbone.device.type]
+            _run_locally(lake, plan.requests(prefix, config.part_size, batch_size), backbone, config, summary, progress,
+                         publish, on_device=on_device)
     finally:
         progress.close()
 
 
+def _run_locally(lake: Lake, requests: Iterator[Request], backbone: Backbone, config: EmbedConfig,
+                 summary: EmbedSummary, progress: Progress, publish: Callable[[Part], None], *,
+                 on_device: bool) -> None:
+    settings = reader_settings(lake, backbone, config, on_device=on_device)
+    workers = config.workers or os.cpu_count() or 1
+    loader = make_loader(requests, settings, workers=workers, pin_memory=backbone.uses_cuda,
+                         not_forked=lake.protocol == "s3")
+    _run(backbone, loader, settings.options, summary, progress, publish)
+
+
+def reader_settings(lake: Lake, backbone: Backbone, config: EmbedConfig, *, on_device: bool) -> ReaderSettings:
+    """What the reading workers need: storage credentials, the backbone's input, the thumbnail size."""
+    options = ImageOptions(backbone.preprocessing, config.max_pixels, config.thumbnail_size, config.thumbnail_quality)
+    return ReaderSettings(s3=lake.s3, options=options, decode_on_device=on_device)
+
+
 def _run(backbone: Backbone, loader, options: ImageOptions, summary: EmbedSummary, progress: Progress,
          publish: Callable[[Part], None]) -> None:
-    """The loop: batches in, parts out. Publishing a part runs in a background
-    thread (one at a time) so the model keeps going."""
+    """The loop: batches in, parts out."""
     part: Part | None = None
-    pending: Future | None = None
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") as publisher:
+    with Publisher(publish, summary) as publisher:
         for batch in loader:
             if part is None:
                 part = Part(batch.request.part, backbone.width)
-            part.add(_embed_batch(backbone, batch, options))
+            part.add(embed_batch(backbone, batch, options))
             progress.update(len(batch.request.items))
             if batch.request.last_in_part:
-                if pending is not None:
-                    pending.result()  # at most one part in memory waiting to be written
-                pending = publisher.submit(publish, part)
-                summary.embedded += len(part.ids)
-                summary.thumbnails += len(part.thumbnails)
-                summary.add_errors(part.errors)
-                summary.parts += 1
+                publisher.submit(part)
                 part = None
-        if pending is not None:
+
+
+class Publisher:
+    """Publishes whole parts in a background thread, one at a time, so the model keeps going
+    while a part is committed; counts each part into the summary. A failed commit is raised
+    at the next ``submit`` or on leaving the ``with``."""
+
+    def __init__(self, publish: Callable[[Part], None], summary: EmbedSummary):
+        self.publish, self.summary = publish, summary
+        self.pending: Future | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish")
+
+    def submit(self, part: Part) -> None:
+        self.wait()  # at most one part in memory waiting to be written
+        self.pending = self.executor.submit(self.publish, part)
+        self.summary.embedded += len(part.ids)
+        self.summary.thumbnails += len(part.thumbnails)
+        self.summary.add_errors(part.errors)
+        self.summary.parts += 1
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
             pending.result()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if exc[0] is None:
+                self.wait()
+        finally:
+            self.executor.shutdown(wait=True)
 
 
 @dataclass
@@ -197,7 +247,7 @@ class Embedded:
     scores: list[np.ndarray] = field(default_factory=list)  # a classifier's: float32 (len(items), classes)
 
 
-def _embed_batch(backbone: Backbone, batch: LoadedBatch, options: ImageOptions) -> Embedded:
+def embed_batch(backbone: Backbone, batch: LoadedBatch, options: ImageOptions) -> Embedded:
     """Embed the images the workers decoded, and those they left for the device to decode."""
     out = Embedded(list(batch.decoded), np.zeros((0, backbone.width), np.float32), list(batch.thumbnails),
                    list(batch.errors))

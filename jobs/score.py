@@ -16,6 +16,7 @@ backbone ``<resnet>``, weights ``model:<version>``) and the class probabilities.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import time
@@ -29,6 +30,7 @@ import torch
 from embed.finetune import TrainSettings
 from embed.model import load_classifier
 from jobs.embed_images import EmbedSummary, Part, Plan, Shard, _slug, run_plan
+from jobs.runners import Runner
 from mining.core import tables
 from mining.core.config import EmbedConfig
 from mining.core.lake import Lake
@@ -54,10 +56,12 @@ def prediction_id(image_id: str, version: str) -> str:
 
 
 def score_lake(lake: Lake, version: str, config: EmbedConfig = EmbedConfig(), *, shard: Shard = Shard(),  # noqa: B008
-               where: str | None = None, retry_errors: bool = False, show_progress: bool = True) -> ScoreSummary:
+               where: str | None = None, retry_errors: bool = False, show_progress: bool = True,
+               runner: Runner = Runner()) -> ScoreSummary:
     """Score the images (of ``shard``, matching ``where``, a SQL predicate over ``images``)
-    that have no prediction of ``version`` yet."""
+    that have no prediction of ``version`` yet; ``runner``: where the pipeline runs (local, or Ray)."""
     started = time.monotonic()
+    runner.connect()
     with LakeDB(lake) as db:
         record = read_model(db, version)  # TrainingError for an unknown version
         selected = db.query(f"SELECT image_id FROM images WHERE {where}") if where else None
@@ -65,11 +69,12 @@ def score_lake(lake: Lake, version: str, config: EmbedConfig = EmbedConfig(), *,
         io.BytesIO(lake.fs.cat_file(checkpoint_path(lake, version))), map_location="cpu", weights_only=True
     )
     preprocessing = TrainSettings(backbone=record["backbone"], image_size=record["image_size"]).preprocessing()
-    model = load_classifier(record["backbone"], loaded["state_dict"], record["classes"], f"model:{version}",
-                            device=config.device, preprocessing=preprocessing)
+    load_model = functools.partial(load_classifier, record["backbone"], loaded["state_dict"], record["classes"],
+                                   f"model:{version}", preprocessing=preprocessing)
+    model = load_model(device=runner.model_device or config.device)
     on_device = config.decode == "device" or (config.decode == "auto" and model.uses_cuda)
     summary = ScoreSummary(model_version=version, backbone=model.name, weights=model.weights, device=str(model.device),
-                           decode="device" if on_device else "workers", shard=str(shard))
+                           decode="device" if on_device else "workers", shard=str(shard), runner=runner.kind)
     done = "image_id IN (SELECT image_id FROM predictions WHERE model_version = $model)"
     with Plan(lake, model, shard, overwrite=False, retry_errors=retry_errors, done=done, job=JOB, source=version,
               selected=selected) as plan:
@@ -79,7 +84,7 @@ def score_lake(lake: Lake, version: str, config: EmbedConfig = EmbedConfig(), *,
             return publish_part(lake, part, version, model.name, model.weights, record["classes"])
 
         run_plan(lake, plan, model, config, summary, prefix, publish, on_device=on_device,
-                 show_progress=show_progress, label="score")
+                 show_progress=show_progress, label="score", runner=runner, load_model=load_model)
     summary.seconds = time.monotonic() - started
     summary.images_per_second = (summary.embedded + summary.errors) / summary.seconds if summary.seconds else 0.0
     return summary

@@ -36,13 +36,16 @@ STARTS_PROCESSES = re.compile(r"\b(run_cli|subprocess\.|Popen|multiprocessing|Pr
 RUNS_A_MODEL = re.compile(r"\b(load_backbone|load_classifier|run_demo|embed_lake|train_model|score_lake|run_loop)\b")
 # The demo lakes are embedded by a model (once per run): a test that uses one is model work too.
 MODEL_FIXTURES = {"demo_lake", "demo_lake_with_round"}
+# A test on the real local Ray cluster (tests/test_ray_runner.py) starts a cluster of processes.
+RAY_FIXTURES = {"ray_cluster"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Markers read from what a test uses: ``s3`` for every test that reaches the S3 server
     (an S3 fixture, or the ``s3`` leg of the ``lake`` fixture, which asks for the server only
     when it runs); ``processes`` for every test whose code starts one; ``model`` for every test
-    whose code runs a model or that uses a demo lake (embedded by one). The other markers
+    whose code runs a model or that uses a demo lake (embedded by one); ``ray`` (and ``processes``)
+    for every test on the local Ray cluster the ``ray_cluster`` fixture starts. The other markers
     are set by hand where a module or test is of that kind."""
     for item in items:
         callspec = getattr(item, "callspec", None)
@@ -55,6 +58,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.processes)
         if RUNS_A_MODEL.search(source) or MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.processes)
 
 
 def _untracked() -> set[str]:

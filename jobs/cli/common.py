@@ -73,3 +73,25 @@ def embed_config(config: Config, **flags) -> EmbedConfig:
     if embed.batch_size < 0 or embed.workers < 0:
         raise UsageError("--batch-size and --workers must be at least 0 (0: automatic)")
     return embed
+
+
+def add_runner(parser: argparse.ArgumentParser) -> None:
+    """`--runner` and `--address`: where `embed` and `score` run their pipeline (docs/EMBED.md)."""
+    parser.add_argument("--runner", choices=["local", "ray"], default="local",
+                        help="local: this machine's processes (default); ray: Ray Data on a Ray cluster (pip install "
+                             "'edgemine[ray]')")
+    parser.add_argument("--address", metavar="auto|HOST:PORT|ray://HOST:PORT",
+                        help="with --runner ray: the cluster (default: $RAY_ADDRESS, else a Ray started on this "
+                             "machine for the run)")
+
+
+def runner_of(args: argparse.Namespace):
+    """The ``jobs.runners.Runner`` of the command's `--runner` and `--address`, connected to its
+    cluster: a cluster that cannot be reached is said before any model is loaded."""
+    from jobs.runners import Runner
+
+    if args.address is not None and args.runner != "ray":
+        raise UsageError("--address names a Ray cluster: add --runner ray")
+    runner = Runner(args.runner, args.address)
+    runner.connect()
+    return runner

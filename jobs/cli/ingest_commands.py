@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from embed.backbones import BACKBONES
-from jobs.cli.common import embed_config, print_result
+from jobs.cli.common import add_runner, embed_config, print_result, runner_of
 from mining.core.config import Config
 from mining.core.lake import Lake
 
@@ -160,15 +160,17 @@ def add_embed(commands, add) -> None:
         "--overwrite", action="store_true", help="embed again images that already have an embedding for these weights"
     )
     embed.add_argument("--retry-errors", action="store_true", help="try again images that failed before")
+    add_runner(embed)
 
 
 def cmd_embed(args: argparse.Namespace, config: Config) -> int:
+    runner = runner_of(args)  # the cluster reached (or not) before torch is imported
     from jobs.embed_images import Shard, embed_lake
 
     embed = embed_config(config, weights=args.weights, backbone=args.backbone, device=args.device, decode=args.decode,
                          batch_size=args.batch_size, workers=args.workers, seed=args.seed)
     summary = embed_lake(Lake.from_config(config), embed, shard=Shard.parse(args.shard), overwrite=args.overwrite,
-                         retry_errors=args.retry_errors, show_progress=not args.quiet)
+                         retry_errors=args.retry_errors, show_progress=not args.quiet, runner=runner)
     print_result(args, summary, _embed_text)
     if summary.images_in_shard == 0:
         print("edgemine: the lake has no images (in this shard) yet: "

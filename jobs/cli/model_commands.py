@@ -7,7 +7,15 @@ import sys
 
 import mining
 from embed.backbones import BACKBONES, FINETUNE_CHOICES
-from jobs.cli.common import EXIT_REGRESSION, UsageError, embed_config, open_db, print_result
+from jobs.cli.common import (
+    EXIT_REGRESSION,
+    UsageError,
+    add_runner,
+    embed_config,
+    open_db,
+    print_result,
+    runner_of,
+)
 from mining.core.config import Config
 from mining.core.errors import command
 from mining.core.lake import Lake
@@ -39,6 +47,7 @@ def add_score(commands, add) -> None:
     score.add_argument("--workers", type=int, help="image decoding processes (default: config embed.workers)")
     score.add_argument("--device", help="auto, cpu, cuda, cuda:N (default: config embed.device, auto)")
     score.add_argument("--retry-errors", action="store_true", help="try again images that failed before for this model")
+    add_runner(score)
 
 
 def add_loop(commands, add) -> None:
@@ -209,12 +218,13 @@ def _trained_text(summary) -> None:
 
 
 def cmd_score(args: argparse.Namespace, config: Config) -> int:
+    runner = runner_of(args)  # the cluster reached (or not) before torch is imported
     from jobs.embed_images import Shard
     from jobs.score import score_lake
 
     embed = embed_config(config, device=args.device, batch_size=args.batch_size, workers=args.workers)
     summary = score_lake(Lake.from_config(config), args.model, embed, shard=Shard.parse(args.shard), where=args.where,
-                         retry_errors=args.retry_errors, show_progress=not args.quiet)
+                         retry_errors=args.retry_errors, show_progress=not args.quiet, runner=runner)
     print_result(args, summary, _scored_text)
     return 1 if summary.errors else 0
 

@@ -23,6 +23,7 @@ escapes is a bug.
     ├── QueueError         a review queue (unknown sampler or option, empty slice, missing scores)
     ├── SliceError         a slice (invalid SQL, unknown name) or metrics/drift/card input (no labels, no predictions)
     ├── AccessError        who is asking may not do this (a login that failed, a role too low)
+    ├── ClusterError       a compute cluster (Ray) that cannot be used: not installed, an address that does not answer
     └── ModelError         the model cannot run as asked
         ├── DeviceError    the device asked for is not there
         └── WeightsError   the weights cannot be loaded
@@ -83,6 +84,11 @@ class ReviewError(EdgemineError, ValueError):
 class QueueError(EdgemineError, ValueError):
     """A review queue that cannot be made or found: an unknown sampler or option, an empty
     slice, a sampler's input missing (per-class scores, labels, feedback)."""
+
+
+class ClusterError(EdgemineError):
+    """The compute cluster a job was to run on (``--runner ray``) cannot be used: Ray is not
+    installed, or the cluster's address does not answer; the message says what to set."""
 
 
 class ModelError(EdgemineError):
