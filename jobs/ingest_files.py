@@ -38,7 +38,7 @@ from jobs.readers import FORMATS, Batch, InputFormatError, detect_format, has_kn
 from mining.core import tables
 from mining.core.config import IngestConfig
 from mining.core.errors import InputError
-from mining.core.lake import Lake, as_uri, is_s3, open_url
+from mining.core.lake import Lake, as_uri, open_url, walkable
 from mining.core.schema import ERRORS, TABLES, Table, conform, error_rows
 from mining.core.sql import quote_literal
 from mining.core.summary import Summary
@@ -182,9 +182,7 @@ def expand_inputs(inputs: list[str], lake: Lake, kind: FileKind) -> list[str]:
     (a folder to the files in it with a known suffix)."""
     uris: list[str] = []
     for item in inputs:
-        fs, path = open_url(item, lake.s3)
-        if is_s3(item) and not path.strip("/"):  # s3fs would try to list every bucket
-            raise IngestFileError(f"{item}: name a bucket and a path (s3://BUCKET/PATH)")
+        fs, path = walkable(item, lake.s3)
         if any(c in path for c in "*?["):
             matches = sorted(fs.glob(path))
         elif fs.isdir(path) and not kind.whole_folders:

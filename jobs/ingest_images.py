@@ -28,7 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from jobs.progress import Progress
 from mining.core import tables
 from mining.core.config import IngestConfig
-from mining.core.lake import Lake, as_uri, is_s3, open_url, path_of, read_many
+from mining.core.lake import Lake, as_uri, is_s3, open_url, path_of, read_many, walkable
 from mining.core.schema import ERRORS, IMAGE_FILES, IMAGES, error_rows, image_id_from_sha256, make_rows
 from mining.core.sql import LakeDB
 from mining.core.summary import Summary
@@ -110,7 +110,7 @@ def ingest_images(
 
 
 def list_images(lake: Lake, source: str, pattern: str | None = None) -> list[str]:
-    fs, root = open_url(source, lake.s3)
+    fs, root = walkable(source, lake.s3)
     root = root.rstrip("/")
     if not fs.exists(root):
         raise FileNotFoundError(f"image source {source} does not exist; give a folder or an s3://bucket/prefix")

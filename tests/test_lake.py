@@ -89,3 +89,17 @@ def test_a_query_on_a_lake_with_missing_tables_does_not_scan_every_table(lake, m
     monkeypatch.setattr(Lake, "old_layout_tables", lambda self: pytest.fail("scanned every table"))
     with LakeDB(lake) as db:
         assert db.query("SELECT count(*) AS n FROM predictions JOIN images USING (image_id)").to_pylist() == [{"n": 0}]
+
+
+@pytest.mark.parametrize("uri", ["/", "/proc", "/proc/self/status", "/sys/kernel", "/dev/null", "s3://", "s3:///"])
+def test_a_job_never_walks_the_whole_file_system_a_system_folder_or_every_bucket(uri, tmp_path):
+    """Found by the CLI fuzz test: `ingest feedback /` walked the whole machine and a file under
+    /proc crashed the JSON reader."""
+    from mining.core.config import S3Config
+    from mining.core.errors import InputError
+    from mining.core.lake import walkable
+
+    with pytest.raises(InputError, match="root of the file system|a system folder|name a bucket"):
+        walkable(uri, S3Config())
+    (tmp_path / "in").mkdir()
+    assert walkable(str(tmp_path / "in"), S3Config())[1] == str(tmp_path / "in")

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mining.core.config import Config, S3Config
-from mining.core.errors import LakeError, command
+from mining.core.errors import InputError, LakeError, command
 from mining.core.schema import TABLES, Table, table_named
 
 if TYPE_CHECKING:
@@ -138,6 +138,25 @@ def open_url(uri: str, s3: S3Config) -> tuple[fsspec.AbstractFileSystem, str]:
     import fsspec  # a tenth of a second: commands that touch no file (edgemine sql "SELECT 1") skip it
 
     return fsspec.core.url_to_fs(uri, **fsspec_options(uri, s3))
+
+
+_SYSTEM_FOLDERS = ("/proc", "/sys", "/dev", "/run")
+
+
+def walkable(uri: str, s3: S3Config) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``open_url`` for a folder a job is about to walk through whole: InputError for one
+    it must not, a bucket's root not named (s3fs would list every bucket), the file system's
+    root or a system folder (/proc, /sys, /dev: endless or device files, nobody's data)."""
+    fs, path = open_url(uri, s3)
+    if is_s3(uri):
+        if not path.strip("/"):
+            raise InputError(f"{uri}: name a bucket and a path (s3://BUCKET/PATH)")
+        return fs, path
+    real = os.path.realpath(path)
+    if real == "/" or any(real == f or real.startswith(f + "/") for f in _SYSTEM_FOLDERS):
+        raise InputError(f"{uri}: {'the root of the file system' if real == '/' else 'a system folder'} holds no "
+                         "input of a job; give the folder of the files")
+    return fs, path
 
 
 def read_many(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | BaseException]:
