@@ -27,13 +27,14 @@ IDS = image_ids(8)
 
 def write_session(lake: Lake, name: str, steps: dict[int, list[tuple[str, int, float]]], at: datetime) -> None:
     """A narrowing session of clustering steps (step -> members: image id, cluster, similarity),
-    each step picked from the one before; the last is current."""
+    each step picked from the one before; the last is current. A step's members carry its row's
+    time, as the library writes them (docs/LAKE.md, narrow_members)."""
     for step, members in steps.items():
         info = tables.commit_info("test")
         tables.append(lake, NARROW_MEMBERS, make_rows(
             NARROW_MEMBERS, len(members), session=name, step=step, image_id=[m[0] for m in members],
             cluster=[m[1] for m in members], similarity=[m[2] for m in members], centre_distance=0.1,
-            created_at=at), info)
+            created_at=at + timedelta(minutes=step)), info)
         tables.append(lake, NARROW_STEPS, make_rows(
             NARROW_STEPS, 1, session=name, step=step, action="start" if step == 0 else "pick",
             parent=None if step == 0 else step - 1, current=step, picked=[[] if step == 0 else [0]], seeds=[[IDS[0]]],
