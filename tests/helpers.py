@@ -115,6 +115,24 @@ def write_fixed_size_embeddings(lake: Lake, ids: list[str], vectors: np.ndarray)
     tables.append(lake, EMBEDDINGS, rows, tables.commit_info("embed", part="old"))
 
 
+def main_in_process(argv: list[str]) -> tuple[object, str, str]:
+    """`edgemine ARGV` run in this process: (exit code, stdout, stderr). An exception escaping
+    main() comes back as the code ``"raised <type>: <message>"``, for the test to report."""
+    import contextlib
+
+    from jobs.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+        except BaseException as e:  # noqa: BLE001 - the test reports it as the failure it is
+            code = f"raised {type(e).__name__}: {e}"[:300]
+    return code, out.getvalue(), err.getvalue()
+
+
 def run_cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """`edgemine ARGS --quiet` in a process of its own, as a user runs it."""
     result = subprocess.run([str(EDGEMINE), *args, "--quiet"], capture_output=True, text=True, env=env, timeout=300)

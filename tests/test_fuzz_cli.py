@@ -12,7 +12,6 @@ tests/test_cli.py). The counts are printed (-s shows them) for the closing notes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import random
 
@@ -22,7 +21,7 @@ from jobs.cli import build_parser, main
 from mining.core.lake import Lake
 from mining.core.schema import TABLES
 from mining.core.sql import LakeDB
-from tests.helpers import jsonl, prediction, put_images
+from tests.helpers import jsonl, main_in_process, prediction, put_images
 
 SEED = 0
 PER_COMMAND = 6  # cases per command: seeded, so a failure reproduces exactly
@@ -60,15 +59,8 @@ def hostile_argv(r: random.Random, words: tuple[str, ...], parser: argparse.Argu
 
 def run(argv: list[str], monkeypatch) -> tuple[object, str]:
     monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as e:  # argparse's usage errors
-            code = e.code
-        except BaseException as e:  # noqa: BLE001 - what the test is looking for
-            code = f"raised {type(e).__name__}: {e}"[:300]
-    return code, err.getvalue()
+    code, _, err = main_in_process(argv)
+    return code, err
 
 
 @pytest.mark.slow

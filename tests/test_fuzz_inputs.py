@@ -9,8 +9,6 @@ them) for the closing notes."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import random
 
@@ -18,7 +16,7 @@ import pytest
 
 from jobs.cli import main
 from mining.core.lake import Lake
-from tests.helpers import jsonl, prediction, put_images
+from tests.helpers import jsonl, main_in_process, prediction, put_images
 
 CASES = 40  # per importer: seeded, so a failure reproduces exactly
 FIELD_NAMES = ["extra", "Camera", "camera", "detections", "scores", "prediction_id", "image_id", "nested", "",
@@ -112,18 +110,6 @@ IMPORTERS = {
 }
 
 
-def run(argv: list[str]) -> tuple[object, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code
-        except Exception as e:  # noqa: BLE001 - the test reports it as the failure it is
-            code = f"raised {type(e).__name__}: {e}"
-    return code, err.getvalue()
-
-
 @pytest.mark.parametrize("importer", list(IMPORTERS))
 def test_hostile_files_are_errors_never_crashes_and_every_table_still_reads(importer, tmp_path):
     lake = Lake(str(tmp_path / "lake"))
@@ -137,14 +123,14 @@ def test_hostile_files_are_errors_never_crashes_and_every_table_still_reads(impo
         text, suffix = make(r, uris)
         path = tmp_path / f"case-{case}.{suffix}"
         path.write_bytes(whole_file(r, text))
-        code, err = run([*command, str(path), "--lake", lake.uri, "--quiet"])
+        code, _, err = main_in_process([*command, str(path), "--lake", lake.uri, "--quiet"])
         outcomes[code] = outcomes.get(code, 0) + 1
         crashed = code not in (0, 1, 2) or "internal error" in err or "Traceback" in err
         if crashed or (code == 1 and command[0] != "labels"):  # 1 means "some refused" for labels only
             crashes.append((case, code, err.strip().splitlines()[-1:] if err.strip() else ""))
     unreadable = []
     for table in ["images", "predictions", "detections", "feedback", "labels", "errors"]:
-        code, err = run(["sql", f"SELECT count(*) FROM {table}", "--lake", lake.uri])
+        code, _, err = main_in_process(["sql", f"SELECT count(*) FROM {table}", "--lake", lake.uri])
         if code != 0:
             unreadable.append((table, err.strip()))
     print(f"\n{importer}: {CASES} cases, outcomes {dict(sorted(outcomes.items(), key=str))}, "

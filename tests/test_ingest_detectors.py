@@ -24,7 +24,7 @@ from jobs.detector_readers import Detector
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
 from mining.core.lake import Lake
-from tests.helpers import jpeg_bytes, local_only, put, put_images, rows, source_uri
+from tests.helpers import jpeg_bytes, local_only, main_in_process, put, put_images, rows, source_uri
 
 CLASSES = ["car", "person", "bicycle"]
 
@@ -364,18 +364,6 @@ def test_yolo_and_coco_results_on_either_storage(lake, tmp_path):
                    *({"model_version": "y", "label": str(k), "box": [24, 12, 40, 36]} for k in range(3))]
 
 
-def run(argv: list[str]) -> tuple[object, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as e:
-            code = e.code
-        except Exception as e:  # noqa: BLE001 - the test reports it as the failure it is
-            code = f"raised {type(e).__name__}: {e}"
-    return code, out.getvalue(), err.getvalue()
-
-
 def test_the_cli_flags_and_their_one_line_errors(demo_lake, demo_images, tmp_path):
     folder = tmp_path / "labels"
     folder.mkdir()
@@ -390,12 +378,13 @@ def test_the_cli_flags_and_their_one_line_errors(demo_lake, demo_images, tmp_pat
         (["--format", "jsonl", "--model-version", "m"], "are for --format yolo or coco-results"),
         (["--format", "yolo", "--model-version", "m", "--classes", str(tmp_path / "none.txt")], "no such file"),
     ]:
-        code, _, err = run(base + extra)
+        code, _, err = main_in_process(base + extra)
         assert (code, err.count("\n")) == (2, 1), (extra, err)
         assert message in err
 
-    code, out, _ = run(base + ["--format", "yolo", "--model-version", "cli-v1", "--ts", "2026-11-21T08:30:00Z",
-                               "--classes", str(tmp_path / "names.txt"), "--json"])
+    code, out, _ = main_in_process(base + ["--format", "yolo", "--model-version", "cli-v1",
+                                           "--ts", "2026-11-21T08:30:00Z", "--classes", str(tmp_path / "names.txt"),
+                                           "--json"])
     assert code == 0
     assert json.loads(out)["rows"] == {"predictions": 1, "detections": 1}
     assert rows(demo_lake, "SELECT label, confidence, ts FROM predictions WHERE model_version = 'cli-v1'") == [
@@ -452,13 +441,13 @@ def test_hostile_yolo_lines_and_coco_entries_never_crash_and_every_table_still_r
         results = tmp_path / f"results-{case}.json"
         results.write_bytes(hostile_coco(r))
         for argv in (["--format", "yolo", str(folder)], ["--format", "coco-results", str(results)]):
-            code, _, err = run(["ingest", "predictions", *argv, "--model-version", "fuzz", "--lake", lake.uri,
-                                "--quiet"])
+            code, _, err = main_in_process(["ingest", "predictions", *argv, "--model-version", "fuzz",
+                                            "--lake", lake.uri, "--quiet"])
             outcomes[code] = outcomes.get(code, 0) + 1
             if code not in (0, 2) or "internal error" in err or "Traceback" in err:
                 crashes.append((case, argv[1], code, err.strip().splitlines()[-1:]))
     unreadable = [t for t in ("predictions", "detections", "errors")
-                  if run(["sql", f"SELECT count(*) FROM {t}", "--lake", lake.uri])[0] != 0]
+                  if main_in_process(["sql", f"SELECT count(*) FROM {t}", "--lake", lake.uri])[0] != 0]
     print(f"\ndetectors: {2 * CASES} cases, outcomes {dict(sorted(outcomes.items(), key=str))}, "
           f"{len(crashes)} crashes, {len(unreadable)} unreadable tables")
     assert not crashes
@@ -471,7 +460,7 @@ def test_hostile_yolo_lines_and_coco_entries_never_crash_and_every_table_still_r
 
 
 def test_every_flag_of_ingest_predictions_is_in_the_ingest_doc():
-    code, out, _ = run(["ingest", "predictions", "--help"])
+    code, out, _ = main_in_process(["ingest", "predictions", "--help"])
     everywhere = {"--help", "--config", "--lake", "--json", "--quiet", "--verbose"}  # every command has them
     flags = set(re.findall(r"(--[a-z][a-z-]+)", out)) - everywhere
     assert code == 0 and {"--format", "--model-version", "--ts", "--classes", "--categories"} <= flags
