@@ -142,10 +142,11 @@ def test_without_a_login_nothing_of_the_lake_is_shown(gated):
 def test_a_wrong_password_is_refused_and_repeated_failures_lock_the_name(gated):
     log_in(gated, "rick", "not-his-password")
     assert [e.value for e in gated.error] == ["wrong name or password"] and not gated.image
-    for _ in range(accounts_attempts := 5):
-        log_in(gated, "vera", f"guess-{_}")
+    assert auth.FAILURES_ALLOWED == 5
+    for attempt in range(auth.FAILURES_ALLOWED):
+        log_in(gated, "vera", f"guess-{attempt}")
     log_in(gated, "vera", PASSWORDS["vera"])  # even the right password waits once the name is locked
-    assert "too many failed logins for vera" in gated.error[0].value and accounts_attempts == 5
+    assert "too many failed logins for vera" in gated.error[0].value
     log_in(gated, "rick", PASSWORDS["rick"])  # other names are not locked
     assert not gated.error and "Signed in as **rick** (reviewer)" in gated.sidebar.markdown[0].value
 

@@ -83,15 +83,15 @@ def fsspec_options(uri: str, s3: S3Config) -> dict[str, Any]:
     # backoff and full jitter; s3fs adds a few tries of its own on top for connection errors.
     options["config_kwargs"] = {"retries": {"mode": s3.retry_mode, "max_attempts": s3.max_attempts},
                                 "connect_timeout": s3.connect_timeout_s, "read_timeout": s3.read_timeout_s}
-    if s3.key:
-        options["key"] = s3.key
-    if s3.secret:
-        options["secret"] = s3.secret
-    if s3.session_token:
-        options["token"] = s3.session_token
+    options |= _credentials(s3, "key", "secret", "token")
     if s3.endpoint_url:
         options["client_kwargs"] = {"endpoint_url": s3.endpoint_url}
     return options
+
+
+def _credentials(s3: S3Config, key: str, secret: str, token: str) -> dict[str, str]:
+    """The credentials set in ``[s3]`` under a client's names for them; none set: none passed."""
+    return {name: value for name, value in ((key, s3.key), (secret, s3.secret), (token, s3.session_token)) if value}
 
 
 def delta_options(uri: str, s3: S3Config) -> dict[str, str]:
@@ -109,12 +109,7 @@ def delta_options(uri: str, s3: S3Config) -> dict[str, str]:
         "timeout": f"{round(s3.read_timeout_s * 1000)}ms",
         "connect_timeout": f"{round(s3.connect_timeout_s * 1000)}ms",
     }
-    if s3.key:
-        options["AWS_ACCESS_KEY_ID"] = s3.key
-    if s3.secret:
-        options["AWS_SECRET_ACCESS_KEY"] = s3.secret
-    if s3.session_token:
-        options["AWS_SESSION_TOKEN"] = s3.session_token
+    options |= _credentials(s3, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
     if s3.endpoint_url:
         options["AWS_ENDPOINT_URL"] = s3.endpoint_url
         options["AWS_FORCE_PATH_STYLE"] = "true"
