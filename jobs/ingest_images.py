@@ -26,6 +26,7 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from jobs.progress import Progress
+from jobs.runners import Runner
 from mining.core import tables
 from mining.core.config import IngestConfig
 from mining.core.lake import Lake, as_uri, is_s3, open_url, path_of, read_many, walkable
@@ -47,6 +48,7 @@ class ImagesSummary(Summary):
     already_known: int = 0
     registered: int = 0
     shards: int = 0
+    runner: str = "local"
 
 
 def ingest_images(
@@ -57,13 +59,17 @@ def ingest_images(
     pattern: str | None = None,
     retry_errors: bool = False,
     show_progress: bool = True,
+    runner: Runner = Runner(),
 ) -> ImagesSummary:
     """Register the images under ``source`` (a folder or s3:// prefix).
 
     ``pattern`` is a glob on paths relative to ``source`` (``**/*.jpg``); by
-    default every file with an image suffix is taken."""
+    default every file with an image suffix is taken. With a ``ray`` runner the files
+    are read and probed by Ray tasks on the cluster (every node must reach ``source``);
+    this process still lists, plans the shards and commits them, so the lake gets the
+    same rows either way."""
     started = time.monotonic()
-    summary = ImagesSummary(source=source)
+    summary = ImagesSummary(source=source, runner=runner.kind)
     uris = list_images(lake, source, pattern)
     summary.found = len(uris)
     known = _known_uris(lake, include_errors=not retry_errors)
@@ -76,22 +82,20 @@ def ingest_images(
     for start in range(0, len(new), config.image_shard):
         shard_uris = new[start : start + config.image_shard]
         shard = "img-" + hashlib.sha1("\n".join(shard_uris).encode()).hexdigest()[:16]
-        rows, errors = [], []
         ingested_at = datetime.now(UTC)
-        for offset in range(0, len(shard_uris), config.image_batch):
-            batch = shard_uris[offset : offset + config.image_batch]
-            for uri in (u for u in batch if u in outside):
-                errors.append({"source": source, "uri": uri, "reason": f"a symlink leading outside the source (to "
-                               f"{outside[uri]}): not followed; ingest the folder it leads to instead"})
-            batch = [u for u in batch if u not in outside]
-            contents = read_many(fs, [path_of(u) for u in batch])
-            for uri, data in zip(batch, contents):
-                row, reason = probe_image(uri, data, source, ingested_at)
-                if row is not None:
-                    rows.append(row)
-                else:
-                    errors.append({"source": source, "uri": uri, "reason": reason})
-            progress.update(len(batch))
+        errors = [{"source": source, "uri": uri, "reason": f"a symlink leading outside the source (to {outside[uri]}): "
+                   "not followed; ingest the folder it leads to instead"} for uri in shard_uris if uri in outside]
+        readable = [u for u in shard_uris if u not in outside]
+        progress.update(len(shard_uris) - len(readable))
+        if runner.kind == "ray":
+            from jobs.ray_runner import probe_on_ray
+
+            probed = probe_on_ray(readable, source, lake.s3, ingested_at, config.image_batch, progress)
+        else:
+            probed = probe_files(fs, readable, source, ingested_at, config.image_batch, progress)
+        rows = [row for row, _ in probed if row is not None]
+        errors += [{"source": source, "uri": uri, "reason": reason} for (row, reason), uri in zip(probed, readable)
+                   if row is None]
         info = tables.commit_info(JOB, source=source, shard=shard)
         first_of_each = list(
             {row["image_id"]: row for row in reversed(rows)}.values()
@@ -136,6 +140,18 @@ def links_leading_outside(source: str, uris: list[str]) -> dict[str, str]:
         if not real.startswith(root):
             outside[uri] = real
     return outside
+
+
+def probe_files(fs, uris: list[str], source: str, at: datetime, batch: int,
+                progress: Progress) -> list[tuple[dict | None, str | None]]:
+    """(images row, None) or (None, the reason) for each of ``uris``, in order, read ``batch`` at a time."""
+    probed = []
+    for offset in range(0, len(uris), batch):
+        part = uris[offset : offset + batch]
+        contents = read_many(fs, [path_of(u) for u in part])
+        probed += [probe_image(uri, data, source, at) for uri, data in zip(part, contents)]
+        progress.update(len(part))
+    return probed
 
 
 def probe_image(uri: str, data: bytes | BaseException, source: str, at: datetime) -> tuple[dict | None, str | None]:

@@ -22,6 +22,9 @@ and its batch retried: Ray Data's defaults ``max_restarts=-1``, ``max_task_retri
 still published once. A killed driver loses the parts it had not committed; a rerun plans
 them again, as after a local kill.
 
+`ingest images --runner ray` is simpler: ``probe_on_ray`` reads and probes a shard's files in
+Ray tasks (jobs.ingest_images.probe_files on each batch) and the driver commits the shard.
+
 Connecting is jobs.runners' (before the model is loaded). Every node of the cluster needs
 edgemine installed (the same version) and the lake's storage reachable: the workers import
 this module and read the images themselves.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -45,9 +49,10 @@ from embed.reader import ImageBatches, Item, LoadedBatch, ReaderSettings, Reques
 from jobs.embed_images import DEFAULT_BATCH, Embedded, EmbedSummary, Part, Publisher, embed_batch, reader_settings
 from jobs.progress import Progress
 from jobs.runners import describe_resources, import_ray
-from mining.core.config import EmbedConfig
+from mining.core.config import EmbedConfig, S3Config
 from mining.core.errors import DeviceError
-from mining.core.lake import Lake
+from mining.core.lake import Lake, open_url
+from mining.core.schema import IMAGES
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +123,49 @@ def _configure_ray_data(ray: ModuleType, *, block_bytes: int) -> None:
     context.enable_progress_bars = False
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def probe_on_ray(uris: list[str], source: str, s3: S3Config, at: datetime, batch: int,
+                 progress: Progress) -> list[tuple[dict | None, str | None]]:
+    """`ingest images` on the cluster: (images row, None) or (None, the reason) for each of
+    ``uris``, in order, as jobs.ingest_images.probe_files gives them locally; Ray tasks read and
+    probe ``batch`` files each (a retried batch's second answer replaces its first)."""
+    if not uris:
+        return []
+    ray = import_ray()
+    _configure_ray_data(ray, block_bytes=batch * 512)
+    blocks = [pa.table({"uri": uris[i : i + batch]}) for i in range(0, len(uris), batch)]
+    dataset = ray.data.from_arrow(blocks).map_batches(
+        _probe_batch, batch_size=batch, batch_format="pyarrow", num_cpus=1,
+        fn_kwargs={"source": source, "s3": s3, "at": at})
+    found: dict[str, tuple[dict | None, str | None]] = {}
+    for rows in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in rows.to_pylist():
+            uri, reason = row["uri"], row.pop("reason")
+            if uri not in found:
+                progress.update(1)
+            found[uri] = (None, reason) if reason is not None else (row, None)
+    missing = len(set(uris) - found.keys())
+    if missing:
+        raise RuntimeError(f"Ray finished without probing {missing} of the shard's files: nothing of the shard was "
+                           "written; rerun the same command")
+    return [found[uri] for uri in uris]
+
+
+def _probe_batch(rows: pa.Table, source: str, s3: S3Config, at: datetime) -> pa.Table:
+    """The task of `ingest images --runner ray`: the batch's files read and probed."""
+    from jobs.ingest_images import probe_files
+
+    uris = rows.column("uri").to_pylist()
+    fs, _ = open_url(source, s3)
+    probed = probe_files(fs, uris, source, at, len(uris), Progress("probe", total=len(uris), enabled=False))
+    out = [dict(row, reason=None) if row else {"uri": uri, "reason": reason}
+           for uri, (row, reason) in zip(uris, probed)]
+    return pa.Table.from_pylist(out, schema=PROBED)
+
+
+# What a probing task returns: an images row, or the uri and the reason it has none.
+PROBED = pa.schema([field.with_nullable(True) for field in IMAGES.schema] + [pa.field("reason", pa.string())])
 
 
 class Stages:

@@ -227,6 +227,30 @@ def test_a_ray_embed_writes_what_the_local_runner_writes(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_ray_ingest_registers_what_the_local_ingest_registers(ray_cluster, tmp_path):
+    from mining.core.config import IngestConfig
+
+    lakes = [Lake(str(tmp_path / name / "lake")) for name in ("local", "ray")]
+    source = source_uri(lakes[0], "images")
+    put_images(lakes[0], source, 11)
+    put(lakes[0], f"{source}/same-bytes-again.jpg", jpeg_bytes(3))  # one image, two files
+    put(lakes[0], f"{source}/bad/truncated.jpg", truncated_jpeg()[:40])
+    put(lakes[0], f"{source}/bad/empty.jpg", b"")
+    config = IngestConfig(image_shard=6, image_batch=4)  # several shards and batches
+    local = ingest_images(lakes[0], source, config, show_progress=False)
+    remote = ingest_images(lakes[1], source, config, show_progress=False, runner=Runner("ray", ray_cluster.address))
+    assert (local.found, local.registered, local.errors) == (14, 12, 2)
+    assert (local.runner, remote.runner) == ("local", "ray")
+    assert (remote.found, remote.registered, remote.errors, remote.shards) == (
+        local.found, local.registered, local.errors, local.shards)
+    assert_same_rows(*lakes, "SELECT * EXCLUDE (ingested_at) FROM images ORDER BY image_id")
+    assert_same_rows(*lakes, "SELECT uri, image_id, source FROM image_files ORDER BY uri")
+    assert_same_rows(*lakes, "SELECT job, source, uri, reason FROM errors ORDER BY uri")
+    again = ingest_images(lakes[1], source, config, show_progress=False, runner=Runner("ray", ray_cluster.address))
+    assert (again.already_known, again.registered) == (14, 0)
+
+
+@pytest.mark.slow
 def test_a_ray_score_writes_what_the_local_runner_writes(ray_cluster, tmp_path):
     lake = Lake(str(tmp_path / "a" / "lake"))
     labelled_lake(lake, 15)

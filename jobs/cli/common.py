@@ -76,7 +76,7 @@ def embed_config(config: Config, **flags) -> EmbedConfig:
 
 
 def add_runner(parser: argparse.ArgumentParser) -> None:
-    """`--runner` and `--address`: where `embed` and `score` run their pipeline (docs/EMBED.md)."""
+    """`--runner` and `--address`: where `ingest images`, `embed` and `score` run their pipeline (docs/EMBED.md)."""
     parser.add_argument("--runner", choices=["local", "ray"], default="local",
                         help="local: this machine's processes (default); ray: Ray Data on a Ray cluster (pip install "
                              "'edgemine[ray]')")

@@ -20,6 +20,7 @@ def add_ingest(commands, add) -> None:
         "--glob", dest="pattern", help="only paths (relative to SOURCE) matching this glob, e.g. '**/*.jpg'"
     )
     images.add_argument("--retry-errors", action="store_true", help="try again files that failed before")
+    add_runner(images)
     predictions = add(
         ingest_commands,
         "predictions",
@@ -61,8 +62,9 @@ def add_ingest(commands, add) -> None:
 def cmd_ingest_images(args: argparse.Namespace, config: Config) -> int:
     from jobs.ingest_images import ingest_images
 
+    runner = runner_of(args)
     summary = ingest_images(Lake.from_config(config), args.source, config.ingest, pattern=args.pattern,
-                            retry_errors=args.retry_errors, show_progress=not args.quiet)
+                            retry_errors=args.retry_errors, show_progress=not args.quiet, runner=runner)
     print_result(args, summary, _images_text)
     return 0
 
