@@ -201,6 +201,25 @@ def test_ivf_recall_with_default_nprobe_and_exact_with_every_list(data, ivf):
     assert_exact(data.exact, 10, scores, positions)
 
 
+def test_a_large_k_probes_more_lists_and_past_a_quarter_of_them_scans_exactly(data, ivf):
+    # A narrowing pool: 500 of 4,000 rows would need 128 of the 64 lists' worth of candidates.
+    k = 500
+    assert ivf._nprobe_for(k, N) is None
+    scores, positions = ivf.search(data.queries, k)
+    assert_exact(data.exact, k, scores, positions)
+    # 30 results: more lists than the default 2, and most of the exact top 30 found.
+    assert ivf.spec.nprobe < ivf._nprobe_for(30, N) <= ivf.spec.nlist // 4
+    _, positions = ivf.search(data.queries, 30)
+    assert (positions >= 0).all() and recall(data.exact, positions, 30) >= 0.95
+
+
+def test_a_slice_the_probed_lists_barely_hold_is_still_answered_in_full(data, ivf):
+    # The slice: the rows least like query 0, so the lists nearest it hold almost none of them.
+    subset = np.argsort(data.exact[0])[: N // 4 + 1]  # just large enough to be searched through the index
+    scores, positions = ivf.search(data.queries[:1], 10, subset=subset)
+    assert_exact(data.exact[:1], 10, scores, positions, rows=np.sort(subset))
+
+
 def test_ivf_exact_true_equals_brute_force(data, ivf):
     scores, positions = ivf.with_nprobe(1).search(data.queries, 20, exact=True)
     assert_exact(data.exact, 20, scores, positions)

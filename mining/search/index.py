@@ -44,6 +44,13 @@ log = logging.getLogger(__name__)
 KINDS = ("auto", "flat", "ivf", "ivfpq")
 TRAIN_PER_LIST = 64  # training points per IVF list: enough for stable cells, bounds training time
 RESCORE_FACTOR = 4  # ivfpq: candidates re-scored exactly per result wanted
+# An IVF search probes enough lists to hold about this many candidates per result wanted: a
+# large k (a narrowing pool of 20,000) needs more lists than a query's top 100. Measured at 1M
+# vectors (BENCHMARKS.md, kNN): 16 candidates per result found 93-96% of the exact pool.
+CANDIDATES_PER_RESULT = 16
+# When that means probing more than this share of the lists, one exact scan costs about the
+# same and finds the whole exact pool.
+EXACT_BEYOND_SHARE = 0.25
 ADD_CHUNK = 65_536  # rows converted to float32 and added to a FAISS index at a time (16 MiB at 64 floats a row)
 
 
@@ -216,8 +223,8 @@ class VectorIndex:
         that are not image vectors, such as a classifier's weights).
         Returns ``scores`` float32 (q, k') and ``positions`` int64 (q, k'), best
         first, k' = min(k, rows searchable); an empty search space is an error.
-        An IVF search with a slice or exclusions can find fewer than k' in the
-        probed lists: the rest is padded with position -1 (score -inf)."""
+        An IVF search probes more lists for a large k (``_nprobe_for``), and answers a
+        query whose probed lists hold fewer than k' by an exact scan: never fewer than k'."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if k < 1:
             raise SearchError(f"k must be at least 1, got {k}")
@@ -257,15 +264,31 @@ class VectorIndex:
         return self._search_ivf(queries, k, subset)
 
     def _search_ivf(self, queries: np.ndarray, k: int, subset: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        available = len(self) if subset is None else len(subset)
+        nprobe = self._nprobe_for(k, available)
+        if nprobe is None:
+            log.debug("k=%d of %d: one exact scan instead of probing most of the lists", k, available)
+            return self._search(queries, k, subset, exact=True)
         fetch = k * RESCORE_FACTOR if self.spec.kind == "ivfpq" else k
-        params = faiss.SearchParametersIVF(nprobe=self.spec.nprobe)
-        if subset is not None:
-            selector = faiss.IDSelectorBatch(subset)
-            params = faiss.SearchParametersIVF(nprobe=self.spec.nprobe, sel=selector)
+        selector = None if subset is None else faiss.IDSelectorBatch(subset)
+        params = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
         scores, positions = self.faiss_index.search(queries, fetch, params=params)
         if self.spec.kind == "ivfpq":
             scores, positions = _rescore(self.vectors, queries, positions, k)
-        return scores, positions.astype(np.int64)
+        positions = positions.astype(np.int64)
+        short = (positions[:, :k] < 0).any(axis=1)
+        if short.any():  # the probed lists held fewer than k: never return less than asked
+            scores[short], positions[short] = self._search(queries[short], k, subset, exact=True)
+        return scores, positions
+
+    def _nprobe_for(self, k: int, available: int) -> int | None:
+        """The lists to probe for ``k`` results among ``available`` rows: the index's nprobe, or
+        more so that they hold ``CANDIDATES_PER_RESULT`` candidates per result; None: an exact
+        scan, when that would probe more than ``EXACT_BEYOND_SHARE`` of the lists."""
+        needed = math.ceil(CANDIDATES_PER_RESULT * k * self.spec.nlist / max(available, 1))
+        if needed <= self.spec.nprobe:
+            return self.spec.nprobe
+        return needed if needed <= EXACT_BEYOND_SHARE * self.spec.nlist else None
 
 
 def add_in_chunks(faiss_index: faiss.Index, vectors: np.ndarray) -> None:
