@@ -131,8 +131,8 @@ def _detector_files(lake: Lake, fmt: str, detector: Detector | None) -> FileKind
     if detector is None:
         raise InputError(f"--format {fmt} needs --model-version: a detector's files do not say which model wrote them")
     read, settings = reader_for(lake, fmt, detector)
-    return replace(PREDICTION_FILES, formats=(fmt,), read=read, reading=settings, whole_folders=fmt == "yolo",
-                   check_columns=lambda columns: None)
+    return replace(PREDICTION_FILES, formats=(fmt,), read=read, reading=settings,
+                   whole_folders=fmt in ("yolo", "png-masks"), check_columns=lambda columns: None)
 
 
 def shard_id(uri: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +128,72 @@ def test_jsonl_masks_land_and_a_malformed_one_is_refused_with_its_reason(lake, t
     assert (masks.decode({"size": [H, W], "counts": stored[0]["counts"]}) == rect(5, 5, 25, 15)).all()
     again = ingest_predictions(lake, [str(path)], show_progress=False, force=True)
     assert again.extra()["rows"]["errors"] == 1 and len(stored_masks(lake)) == 2  # a rerun keeps one row per mask
+
+
+def test_coco_results_with_rle_and_polygon_segmentations_land_and_a_bad_one_is_refused(lake, tmp_path):
+    stems = [f"img-{i:04d}.jpg" for i in range(3)]
+    rle = masks.encode(rect(2, 2, 12, 12))
+    results = [
+        {"image_id": stems[0], "category_id": 1, "bbox": [2, 2, 10, 10], "score": 0.9, "segmentation": rle},
+        {"image_id": stems[1], "category_id": 2, "bbox": [10, 10, 20, 20], "score": 0.8,
+         "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]},
+        {"image_id": stems[2], "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.7,
+         "segmentation": {"size": [H + 1, W], "counts": rle["counts"]}},
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    categories = tmp_path / "categories.json"
+    categories.write_text(json.dumps({"1": "plane", "2": "cloud"}))
+    summary = ingest_predictions(lake, [str(path)], fmt="coco-results", show_progress=False,
+                                 detector=Detector("m1", categories=str(categories)))
+    assert summary.extra()["rows"] | {} == {"predictions": 2, "detections": 2, "masks": 2, "errors": 1}
+    (error,) = errors_of(lake)
+    assert "not the image's [height, width]" in error["reason"]
+    stored = {m["label"]: m for m in stored_masks(lake)}
+    assert stored["plane"]["counts"] == rle["counts"] and stored["plane"]["area"] == 100
+    polygon = coco_mask.merge(coco_mask.frPyObjects([[10, 10, 30, 10, 30, 30, 10, 30]], H, W))
+    assert stored["cloud"]["area"] == int(coco_mask.area(polygon))
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def label_map(seed: int) -> np.ndarray:
+    """A (H, W) uint8 label map: background, a plane rectangle and a cloud rectangle, placed by the seed."""
+    rng = np.random.default_rng(seed)
+    m = np.zeros((H, W), np.uint8)
+    x, y = int(rng.integers(0, 30)), int(rng.integers(0, 20))
+    m[y:y + 20, x:x + 30] = 1
+    m[0:10, 50:64] = 2
+    return m
+
+
+def test_png_label_maps_land_as_one_rle_per_class_and_bad_maps_are_refused(lake, tmp_path):
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"img-{i:04d}.png").write_bytes(png(label_map(i)))
+    (folder / "img-0003.png").write_bytes(png(np.full((H, W), 7, np.uint8)))  # beyond the classes
+    (folder / "img-0004.png").write_bytes(png(np.zeros((H, W, 3), np.uint8)))  # RGB, not a label map
+    (folder / "img-0005.png").write_bytes(png(np.zeros((H // 2, W), np.uint8)))  # not the image's size
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(CLASSES) + "\n")
+    summary = ingest_predictions(lake, [str(folder)], fmt="png-masks", show_progress=False,
+                                 detector=Detector("seg1", classes=str(names)))
+    assert summary.extra()["rows"] | {} == {"predictions": 3, "masks": 9, "errors": 3}
+    reasons = [e["reason"] for e in errors_of(lake)]
+    assert any("beyond the 3 classes" in r for r in reasons)
+    assert any("not a label map" in r for r in reasons)
+    assert any("must have its image's size" in r for r in reasons)
+    ids = {r["uri"].rsplit("/", 1)[1][:8]: r["image_id"] for r in images_of(lake)}
+    for i in range(3):
+        stored = {m["label"]: m for m in stored_masks(lake, f"image_id = '{ids[f'img-{i:04d}']}'")}
+        assert set(stored) == set(CLASSES)
+        for k, c in enumerate(CLASSES):
+            decoded = masks.decode({"size": [H, W], "counts": stored[c]["counts"]})
+            assert (decoded == (label_map(i) == k)).all() and stored[c]["kind"] == "semantic"
+    labels = rows(lake, "SELECT DISTINCT label FROM predictions WHERE model_version = 'seg1'")
+    assert labels == [{"label": "plane"}]  # the largest class but background
