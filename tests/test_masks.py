@@ -197,3 +197,111 @@ def test_png_label_maps_land_as_one_rle_per_class_and_bad_maps_are_refused(lake,
             assert (decoded == (label_map(i) == k)).all() and stored[c]["kind"] == "semantic"
     labels = rows(lake, "SELECT DISTINCT label FROM predictions WHERE model_version = 'seg1'")
     assert labels == [{"label": "plane"}]  # the largest class but background
+
+
+# -- round trip and metrics ---------------------------------------------------------------------
+N = 12  # images of the metrics lake: even ones hold a hollow frame (small by its pixels), odd ones a filled block
+
+
+@pytest.fixture
+def twelve(tmp_path: Path) -> Lake:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(N):
+        (folder / f"img-{i:04d}.jpg").write_bytes(jpeg_bytes(100 + i, (W, H)))
+    lake = Lake(str(tmp_path / "lake"))
+    ingest_images(lake, str(folder), show_progress=False)
+    return lake
+
+
+def frame(x: int, y: int) -> np.ndarray:
+    """A 40 x 40 square outline 2 pixels wide: its box is medium (1600 px), its pixels small (304)."""
+    return rect(x, y, x + 40, y + 40) - rect(x + 2, y + 2, x + 38, y + 38)
+
+
+def objects(seed: int) -> list[np.ndarray]:
+    """Each image's one truth mask, placed by the seed."""
+    rng = np.random.default_rng(seed)
+    found = []
+    for i in range(N):
+        x, y = int(rng.integers(0, W - 46)), int(rng.integers(0, H - 40))
+        found.append(frame(x, y) if i % 2 == 0 else rect(x, y, x + 40, y + 30))
+    return found
+
+
+def prediction_lines(lake: Lake, version: str, shapes: list[np.ndarray], day: int) -> str:
+    images = images_of(lake)
+    lines = []
+    for i, (image, m) in enumerate(zip(images, shapes)):
+        rle = masks.encode(m)
+        score = 0.9 if i % 2 else 0.4  # the blocks first: the frames' misses rank below every hit
+        lines.append({"image_uri": image["uri"], "model_version": version, "ts": f"2026-11-{day:02d}T00:00:00Z",
+                      "confidence": score, "label": "plane",
+                      "detections": [{"box": masks.bbox(rle), "label": "plane", "score": score, "mask": rle}]})
+    return jsonl(lines)
+
+
+def ingest_version(lake: Lake, tmp_path: Path, version: str, shapes: list[np.ndarray], day: int) -> None:
+    path = tmp_path / f"{version}.jsonl"
+    path.write_text(prediction_lines(lake, version, shapes, day))
+    assert ingest_predictions(lake, [str(path)], show_progress=False).extra()["rows"]["masks"] == N
+
+
+def metric(rows_: list[dict], version: str, slice_: str, name: str) -> float | None:
+    (value,) = [r["value"] for r in rows_ if (r["model_version"], r["slice"], r["metric"], r["label"])
+                == (version, slice_, name, None)]
+    return value
+
+
+def test_masks_round_trip_through_coco_and_mask_metrics_alarm_on_a_worse_version(twelve, tmp_path):
+    from pycocotools.coco import COCO
+
+    from mining.core.config import Config, MetricsConfig
+    from mining.core.sql import LakeDB
+    from mining.evaluation.metrics import check_regressions, compute_metrics
+    from mining.evaluation.slices import all_slices, find_slices
+    from mining.labelling.export import export_images
+    from mining.labelling.labels import import_labels
+
+    lake, truth = twelve, objects(5)
+    ingest_version(lake, tmp_path, "pre", truth, 1)  # the pre-annotations the annotators accept as they are
+    ids = [r["image_id"] for r in images_of(lake)]
+    config = Config(lake=lake.uri)
+    with LakeDB(lake) as db:
+        summary = export_images(db, ids, fmt="coco", target=str(tmp_path / "out"), config=config, source="test")
+    exported = Path(summary.folder) / "annotations.json"
+    coco = COCO(str(exported))  # pycocotools' own reader
+    for annotation in coco.loadAnns(coco.getAnnIds()):
+        image = coco.loadImgs(annotation["image_id"])[0]
+        assert (coco.annToMask(annotation) == truth[ids.index(image["edgemine_image_id"])]).all()
+        assert annotation["area"] == truth[ids.index(image["edgemine_image_id"])].sum()
+    with LakeDB(lake) as db:
+        labelled = import_labels(db, str(exported), fmt="coco", config=config, annotator="ana")
+    assert labelled.imported == N
+    back = rows(lake, "SELECT l.image_id, m.counts FROM labels l JOIN masks m USING (label_id) ORDER BY l.image_id")
+    assert len(back) == N
+    for r in back:
+        assert (masks.decode({"size": [H, W], "counts": r["counts"]}) == truth[ids.index(r["image_id"])]).all()
+
+    shifted = [np.roll(m, 6 if i % 2 == 0 else 2, axis=1) for i, m in enumerate(truth)]
+    ingest_version(lake, tmp_path, "v1", truth, 2)
+    ingest_version(lake, tmp_path, "v2", shifted, 3)
+    ious = [masks.iou([masks.encode(a)], [masks.encode(b)])[0, 0] for a, b in zip(truth, shifted)]
+    assert all(v < 0.5 for v in ious[0::2]) and all(0.9 <= v < 0.95 for v in ious[1::2])
+    with LakeDB(lake) as db:
+        slices = find_slices(all_slices(db), ["all", "size=small", "size=medium"])
+        computed = compute_metrics(db, slices, ["v1", "v2"]).to_pylist()
+        report = check_regressions(db, slices, "v2", "v1", config=MetricsConfig(min_n=5), record=True)
+    assert metric(computed, "v1", "all", "mask_map") == pytest.approx(1.0)
+    # v2: the blocks (half the objects) matched at the IoU thresholds 0.50..0.90 (9 of 10), ranked above
+    # the frames' misses: precision 1 up to recall 0.5, i.e. 51 of COCO's 101 recall points.
+    assert metric(computed, "v2", "all", "mask_map") == pytest.approx(0.9 * 51 / 101)
+    assert metric(computed, "v2", "all", "mask_map_medium") == pytest.approx(0.9)
+    assert metric(computed, "v2", "all", "mask_map_small") == pytest.approx(0.0)
+    # the frames are small by their pixels (304), though their boxes (1600) are not
+    assert metric(computed, "v2", "size=small", "mask_map") == pytest.approx(0.0)
+    assert metric(computed, "v2", "size=medium", "mask_map") == pytest.approx(0.9)
+    (alarm,) = [a for a in report.alarms if a["metric"] == "mask_recall50" and a["slice"] == "all"]
+    assert (alarm["value"], alarm["baseline_value"], alarm["n"]) == (0.5, 1.0, N)
+    stored = rows(lake, "SELECT metric FROM alarms WHERE model_version = 'v2'")
+    assert {"metric": "mask_recall50"} in stored

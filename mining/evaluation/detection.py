@@ -54,7 +54,9 @@ def coco_metrics(truth: list[dict], found: list[dict], iou_type: str = "bbox",
     category = {c: k + 1 for k, c in enumerate(classes)}
     images = {i: k + 1 for k, i in enumerate(sorted({b["image_id"] for b in truth}))}
     gt = COCO()
-    gt.dataset = {"images": [{"id": k} for k in images.values()],
+    sizes = {b["image_id"]: b["mask"]["size"] for b in truth if "mask" in b}  # segm: COCO reads masks at their size
+    gt.dataset = {"images": [{"id": k} | ({"height": sizes[i][0], "width": sizes[i][1]} if i in sizes else {})
+                             for i, k in images.items()],
                   "categories": [{"id": k, "name": c} for c, k in category.items()],
                   "annotations": [_coco_box(b, images, category) | {"id": n + 1, "iscrowd": 0}
                                   for n, b in enumerate(truth)]}
