@@ -305,3 +305,67 @@ def test_masks_round_trip_through_coco_and_mask_metrics_alarm_on_a_worse_version
     assert (alarm["value"], alarm["baseline_value"], alarm["n"]) == (0.5, 1.0, N)
     stored = rows(lake, "SELECT metric FROM alarms WHERE model_version = 'v2'")
     assert {"metric": "mask_recall50"} in stored
+
+
+def shifted_map(seed: int) -> np.ndarray:
+    """``label_map(seed)`` with its plane moved 8 pixels right (the cloud stays)."""
+    m = label_map(seed)
+    plane = np.roll(m == 1, 8, axis=1)
+    out = np.where(m == 1, 0, m).astype(np.uint8)
+    out[plane & (out == 0)] = 1
+    return out
+
+
+def ingest_maps(lake: Lake, tmp_path: Path, version: str, maps: list[np.ndarray], names: Path) -> None:
+    folder = tmp_path / version
+    folder.mkdir()
+    for i, m in enumerate(maps):
+        (folder / f"img-{i:04d}.png").write_bytes(png(m))
+    summary = ingest_predictions(lake, [str(folder)], fmt="png-masks", show_progress=False,
+                                 detector=Detector(version, classes=str(names)))
+    assert summary.extra()["rows"] == {"predictions": len(maps), "masks": len(maps) * len(CLASSES)}
+
+
+def test_label_maps_round_trip_through_coco_and_iou_per_class_alarms_on_a_worse_version(twelve, tmp_path):
+    from mining.core.config import Config, MetricsConfig
+    from mining.core.sql import LakeDB
+    from mining.evaluation.metrics import check_regressions, compute_metrics
+    from mining.evaluation.slices import all_slices, find_slices
+    from mining.labelling.export import export_images
+    from mining.labelling.labels import import_labels
+
+    lake = twelve
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(CLASSES))
+    truth = [label_map(i) for i in range(N)]
+    ingest_maps(lake, tmp_path, "seg0", truth, names)
+    ids = [r["image_id"] for r in images_of(lake)]
+    config = Config(lake=lake.uri)
+    with LakeDB(lake) as db:
+        summary = export_images(db, ids, fmt="coco", target=str(tmp_path / "out"), config=config, source="test")
+        labelled = import_labels(db, str(Path(summary.folder) / "annotations.json"), fmt="coco", config=config,
+                                 annotator="ana")
+    assert labelled.imported == N * len(CLASSES) and labelled.errors == 0
+    back = rows(lake, "SELECT l.image_id, l.label, l.box, m.counts FROM labels l JOIN masks m USING (label_id) "
+                      "WHERE m.kind = 'semantic'")
+    assert len(back) == N * len(CLASSES) and all(r["box"] is None for r in back)
+    for r in back:
+        expected = truth[ids.index(r["image_id"])] == CLASSES.index(r["label"])
+        assert (masks.decode({"size": [H, W], "counts": r["counts"]}) == expected).all()
+
+    worse = [shifted_map(i) for i in range(N)]
+    ingest_maps(lake, tmp_path, "seg1", truth, names)
+    ingest_maps(lake, tmp_path, "seg2", worse, names)
+    with LakeDB(lake) as db:
+        computed = compute_metrics(db, find_slices(all_slices(db), ["all"]), ["seg1", "seg2"]).to_pylist()
+        report = check_regressions(db, find_slices(all_slices(db), ["all"]), "seg2", "seg1",
+                                   config=MetricsConfig(min_n=5), record=False)
+    iou = {r["label"]: r["value"] for r in computed if (r["model_version"], r["metric"]) == ("seg2", "iou")}
+    for k, c in enumerate(CLASSES):  # summed over the images, computed here with numpy alone
+        inter = sum(int(((t == k) & (p == k)).sum()) for t, p in zip(truth, worse))
+        union = sum(int(((t == k) | (p == k)).sum()) for t, p in zip(truth, worse))
+        assert iou[c] == pytest.approx(inter / union)
+    assert metric(computed, "seg2", "all", "miou") == pytest.approx(np.mean(list(iou.values())))
+    assert metric(computed, "seg1", "all", "miou") == pytest.approx(1.0)
+    (alarm,) = [a for a in report.alarms if a["metric"] == "miou"]
+    assert alarm["baseline_value"] == pytest.approx(1.0) and alarm["value"] < 0.9

@@ -105,9 +105,10 @@ def where_source(where: str) -> str:
 
 
 def lake_classes(db: LakeDB) -> list[str]:
-    """Every class the lake knows: predicted labels, detection labels, and labels imported."""
+    """Every class the lake knows: predicted labels, detection labels, masks' classes, and labels imported."""
     rows = db.query("SELECT label FROM predictions WHERE label IS NOT NULL UNION SELECT label FROM detections "
-                    "WHERE label IS NOT NULL UNION SELECT label FROM labels ORDER BY label")
+                    "WHERE label IS NOT NULL UNION SELECT label FROM masks WHERE label IS NOT NULL "
+                    "UNION SELECT label FROM labels ORDER BY label")
     return rows.column("label").to_pylist()
 
 
