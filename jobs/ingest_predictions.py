@@ -189,14 +189,16 @@ class RowChecker:
         """The good rows' masks as rows of ``masks``: each detection's ``mask`` (a COCO segmentation:
         RLE or polygons) and a label map's classes, checked against the image's size
         (mining.core.masks). A row with a mask that is not one is refused whole, with its reason."""
-        semantic = f"{_SEMANTIC} AS semantic" if _SEMANTIC in self._columns() else "NULL AS semantic"
+        columns = self.con.execute("SELECT column_name FROM (DESCRIBE checked)").fetchall()
+        has_maps = (_SEMANTIC,) in columns
+        semantic = f"c.{_SEMANTIC}" if has_maps else "NULL"
         rows = self.con.execute(f"""
             SELECT c.{_ROW} AS row, c.__image_id AS image_id, c.__prediction_id AS prediction_id,
-                c.__model_version AS model_version, i.height, i.width, {semantic},
+                c.__model_version AS model_version, i.height, i.width, {semantic} AS semantic,
                 list_transform(c.__detections, d -> {{'label': d.label, 'mask': d.mask::VARCHAR}}) AS detections
             FROM checked c LEFT JOIN images i ON i.image_id = c.__image_id
             WHERE c.__reason IS NULL AND (list_bool_or(list_transform(c.__detections, d -> d.mask IS NOT NULL))
-                OR {"c." + _SEMANTIC + " IS NOT NULL" if _SEMANTIC in self._columns() else "false"})""").fetchall()
+                OR {semantic} IS NOT NULL)""").fetchall()
         found, refused = [], []
         for row, image_id, prediction_id, model_version, height, width, classes, detections in rows:
             masks = row_masks(prediction_id, height, width, detections or [], classes or [])
@@ -213,9 +215,6 @@ class RowChecker:
             finally:
                 self.con.unregister("refused")
         return mask_rows(found, source=source, ingested_at=ingested_at)
-
-    def _columns(self) -> set[str]:
-        return {r[0] for r in self.con.execute("SELECT column_name FROM (DESCRIBE checked)").fetchall()}
 
     def _index_names(self) -> None:
         """Every name an image goes by, for rows that name it (``__image_name``): its id, and each of

@@ -369,3 +369,23 @@ def test_label_maps_round_trip_through_coco_and_iou_per_class_alarms_on_a_worse_
     assert metric(computed, "seg1", "all", "miou") == pytest.approx(1.0)
     (alarm,) = [a for a in report.alarms if a["metric"] == "miou"]
     assert alarm["baseline_value"] == pytest.approx(1.0) and alarm["value"] < 0.9
+
+
+def test_the_cli_ingests_label_maps_and_says_what_is_missing(lake, tmp_path):
+    from tests.helpers import main_in_process
+
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    (folder / "img-0001.png").write_bytes(png(label_map(1)))
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(CLASSES))
+    base = ["ingest", "predictions", str(folder), "--lake", lake.uri, "--quiet", "--format", "png-masks"]
+    for extra, message in [
+        (["--model-version", "s"], "--format png-masks needs --classes"),
+        (["--classes", str(names)], "needs --model-version"),
+        (["--model-version", "s", "--classes", str(names), "--categories", str(names)], "--categories is for"),
+    ]:
+        code, _, err = main_in_process(base + extra)
+        assert (code, err.count("\n")) == (2, 1) and message in err, (extra, err)
+    code, out, _ = main_in_process(base + ["--model-version", "s", "--classes", str(names), "--json"])
+    assert code == 0 and json.loads(out)["rows"] == {"predictions": 1, "masks": 3}
