@@ -278,7 +278,9 @@ def row_masks(prediction_id: str, height: int | None, width: int | None, detecti
         masks.append({"mask_id": detection_id, "kind": "instance", "detection_id": detection_id, "label": d["label"],
                       "rle": rle})
     for c in classes:
-        if height and width and (c["height"], c["width"]) != (height, width):
+        if not height or not width:
+            return "the image's size is unknown (registered without one): its label map cannot be checked"
+        if (c["height"], c["width"]) != (height, width):
             return (f"label map of {c['width']}x{c['height']} pixels, but the image is {width}x{height}: "
                     "a label map must have its image's size")
         key = hashlib.sha256(f"{prediction_id}|{c['label']}|semantic".encode()).hexdigest()[:24]

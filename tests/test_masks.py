@@ -68,6 +68,7 @@ def test_rle_round_trips_and_polygons_and_known_ious():
         assert masks.parse_mask(uncompressed, *m.shape) == rle
     a, b = masks.encode(rect(0, 0, 20, 10)), masks.encode(rect(10, 0, 30, 10))  # overlap 10 x 10 of 300
     assert masks.iou([a], [b])[0, 0] == pytest.approx(100 / 300)
+    assert "size is unknown" in masks.parse_mask(a, None, None)  # nothing is a mask of an image of no known size
     square = masks.parse_mask([[10, 10, 30, 10, 30, 30, 10, 30]], H, W)
     assert masks.bbox(square) == pytest.approx([10, 10, 30, 30], abs=1)
     assert 380 <= masks.area(square) <= 441  # pycocotools rasterises a 20 x 20 square's edges its own way

@@ -67,15 +67,15 @@ def parse_mask(value: Any, height: int | None, width: int | None) -> Rle | str:
     """A COCO ``segmentation`` as a compressed RLE of an image ``height`` x ``width``; or why not.
 
     RLE: ``{"size": [h, w], "counts": str or [int...]}``, its size the image's; polygons:
-    a list of ``[x1, y1, x2, y2, ...]`` (pixels), which need the image's size."""
+    a list of ``[x1, y1, x2, y2, ...]`` (pixels). Without the image's size nothing is a mask."""
     from pycocotools import mask as coco_mask
 
+    if not height or not width:
+        return "the image's size is unknown (registered without one): its mask cannot be checked"
     if isinstance(value, dict):
         return _parse_rle(value, height, width)
     if not isinstance(value, list) or not value:
         return "segmentation must be an RLE {size: [h, w], counts} or a list of polygons [[x1, y1, x2, y2, ...]]"
-    if not height or not width:
-        return "the image's size is unknown: polygons cannot be turned into a mask"
     for polygon in value:
         if not (isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
                 and all(_is_number(v) for v in polygon)):
@@ -85,13 +85,13 @@ def parse_mask(value: Any, height: int | None, width: int | None) -> Rle | str:
     return {"size": [height, width], "counts": merged["counts"].decode("ascii")}
 
 
-def _parse_rle(value: dict, height: int | None, width: int | None) -> Rle | str:
+def _parse_rle(value: dict, height: int, width: int) -> Rle | str:
     from pycocotools import mask as coco_mask
 
     size, counts = value.get("size"), value.get("counts")
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)):
         return "RLE size must be [height, width], two positive whole numbers"
-    if height and width and size != [height, width]:
+    if size != [height, width]:
         return f"RLE size {size} is not the image's [height, width] [{height}, {width}]"
     h, w = size
     if isinstance(counts, list):
