@@ -25,6 +25,7 @@ or entry that cannot be taken is a ``Reject`` with its reason; the rest of the i
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import posixpath
@@ -42,10 +43,14 @@ from mining.core.lake import Lake, open_url
 from mining.labelling.formats.coco_json import coco_categories, coco_images
 from mining.labelling.formats.yolo_folder import parse_yolo_names
 
-DETECTOR_FORMATS = ("yolo", "coco-results")
+DETECTOR_FORMATS = ("yolo", "coco-results", "png-masks")
 SKIPPED_FILES = ("classes.txt",)  # a YOLO labels folder often holds its class names (LabelImg's layout)
 _TOLERANCE = 1e-5  # YOLO writes 6 decimals: a box's edge may stray this far outside the image
-_DETECTION = pa.struct([("box", pa.list_(pa.float64())), ("label", pa.string()), ("score", pa.float64())])
+# ``mask``: a COCO results entry's ``segmentation`` as JSON text, checked against the image by the row checker.
+_DETECTION = pa.struct([("box", pa.list_(pa.float64())), ("label", pa.string()), ("score", pa.float64()),
+                        ("mask", pa.string())])
+# A label map's classes, each as a COCO RLE (mining.core.masks) of the image's size.
+_SEMANTIC = pa.struct([("label", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("counts", pa.string())])
 ROW_SCHEMA = pa.schema([
     ("__image_name", pa.string()),
     ("image_id", pa.string()),
@@ -56,6 +61,7 @@ ROW_SCHEMA = pa.schema([
     ("detections", pa.list_(_DETECTION)),
     ("__box_in_fractions", pa.bool_()),
     ("__source_file", pa.string()),
+    ("__semantic", pa.list_(_SEMANTIC)),
 ])
 
 
@@ -92,13 +98,24 @@ def reader_for(lake: Lake, fmt: str, detector: Detector) -> tuple[Read, str]:
         raise InputError(f"--format {fmt} needs --model-version: a detector's files do not say which model wrote them")
     if fmt == "yolo" and detector.categories:
         raise InputError("--categories is for --format coco-results; YOLO's class names are given with --classes")
+    if fmt == "png-masks" and not detector.classes:
+        raise InputError("--format png-masks needs --classes: a names file (one class a line, the class of pixel "
+                         "value 0 first) or a data.yaml")
+    if fmt == "png-masks" and detector.categories:
+        raise InputError("--categories is for --format coco-results; a label map's class names are given with "
+                         "--classes")
     if fmt == "coco-results" and detector.classes:
         raise InputError("--classes is for --format yolo; a COCO results file's names are given with --categories")
     names_file = detector.classes or detector.categories
     text = _read_text(lake, names_file) if names_file else None
     settings = f"{fmt} model_version={detector.model_version} ts={detector.ts and detector.ts.isoformat()}"
     settings += f" names={hashlib.sha1(text.encode()).hexdigest()[:16] if text else None}"
-    if fmt == "yolo":
+    if fmt == "png-masks":
+        classes = yolo_class_names(text, names_file)
+
+        def read(uri: str, fs: Any, path: str, _fmt: str, chunk_rows: int) -> Iterator[Batch]:
+            return read_label_maps(uri, fs, path, detector, classes, chunk_rows)
+    elif fmt == "yolo":
         names = yolo_class_names(text, names_file) if text else None
         skipped = {*SKIPPED_FILES, posixpath.basename(names_file or "")}
 
@@ -312,7 +329,10 @@ def coco_detection(entry: Any, categories: dict[str, str] | None,
     if isinstance(named, str):
         return named
     label = categories[category] if categories is not None else category
-    return named, {"box": [x, y, x + w, y + h], "label": label, "score": None if score is None else float(score)}
+    segmentation = entry.get("segmentation")
+    mask = None if segmentation is None else json.dumps(segmentation)
+    return named, {"box": [x, y, x + w, y + h], "label": label, "score": None if score is None else float(score),
+                   "mask": mask}
 
 
 def _image_name(image: str, is_text: bool, images: dict[str, dict] | None) -> tuple[str | None, str | None] | str:
@@ -336,6 +356,68 @@ def _image_name(image: str, is_text: bool, images: dict[str, dict] | None) -> tu
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- PNG label maps ----------------------------------------------------------------
+def read_label_maps(uri: str, fs: Any, path: str, detector: Detector, classes: dict[int, str],
+                    chunk_rows: int) -> Iterator[Batch]:
+    """The .png files below a folder, in name order, each an image's semantic label map (the
+    class index per pixel) as a prediction row whose ``__semantic`` holds one RLE per class
+    present; ``chunk_rows`` files a batch, a row's number its file's place in that order."""
+    if not fs.isdir(path):
+        raise InputFormatError("--format png-masks reads a folder of PNG label maps (one <image stem>.png per "
+                               "image); give the folder")
+    listing = sorted((p, info) for p, info in fs.find(path, detail=True).items() if p.lower().endswith(".png"))
+    if not listing:
+        raise InputFormatError("no .png file below the folder: --format png-masks reads one <image stem>.png "
+                               "per image")
+    names = [classes[k] for k in sorted(classes)]
+    base = uri.rstrip("/")
+    for start in range(0, len(listing), chunk_rows):
+        chunk = listing[start:start + chunk_rows]
+        contents = fs.cat([p for p, _ in chunk])
+        rows, numbers, rejects = [], [], []
+        for number, (p, info) in enumerate(chunk, start=start + 1):
+            file_uri = base + "/" + posixpath.relpath(p, path)
+            semantic = label_map_row(contents[p], names)
+            if isinstance(semantic, str):
+                rejects.append(Reject(number, "", f"{posixpath.basename(p)}: {semantic}", file_uri))
+                continue
+            stem = posixpath.splitext(posixpath.basename(p))[0]
+            top = _largest_class(semantic, names)
+            rows.append({"__image_name": stem, "model_version": detector.model_version,
+                         "ts": detector.ts or _modified(info), "label": top, "confidence": 1.0, "detections": [],
+                         "__box_in_fractions": False, "__source_file": file_uri, "__semantic": semantic})
+            numbers.append(number)
+        yield Batch(pa.Table.from_pylist(rows, ROW_SCHEMA), pa.array(numbers, pa.int64()), rejects)
+
+
+def label_map_row(data: bytes, names: list[str]) -> list[dict] | str:
+    """A PNG label map's classes, each ``{label, height, width, counts, area}``; or why it is not one."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from mining.core.masks import area, label_map_masks
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.mode not in ("L", "P", "I", "I;16"):
+                return (f"a {image.mode} image, not a label map: a PNG of one channel (mode L, P or I) whose pixel "
+                        "values are class indices")
+            pixels = np.asarray(image)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        return f"not a readable PNG ({type(e).__name__}: {str(e)[:200]})"
+    found = label_map_masks(pixels, names)
+    if isinstance(found, str):
+        return found
+    return [{"label": label, "height": rle["size"][0], "width": rle["size"][1], "counts": rle["counts"],
+             "area": area(rle)} for label, rle in found.items()]
+
+
+def _largest_class(semantic: list[dict], names: list[str]) -> str | None:
+    """The row's label: the class covering the most pixels, class 0 (background by convention) only when alone."""
+    others = [c for c in semantic if c["label"] != names[0]] or semantic
+    return max(others, key=lambda c: c["area"])["label"] if others else None
 
 
 # -- shared --------------------------------------------------------------------

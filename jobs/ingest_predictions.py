@@ -20,6 +20,7 @@ with small files are compacted after it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import posixpath
 import time
@@ -38,7 +39,8 @@ from mining.core import tables
 from mining.core.config import IngestConfig
 from mining.core.errors import InputError
 from mining.core.lake import Lake
-from mining.core.schema import DETECTIONS, PREDICTIONS, Table, storable
+from mining.core.masks import mask_rows
+from mining.core.schema import DETECTIONS, MASKS, PREDICTIONS, Table, storable
 from mining.core.sql import LakeDB, quote_ident, quote_literal
 
 # IngestFileError and IngestSummary are what callers of ingest_predictions catch and get.
@@ -57,7 +59,8 @@ _ROW = "__row"
 _NAME = "__image_name"
 _FRACTIONS = "__box_in_fractions"
 _FILE = "__source_file"  # the file of a folder's (a YOLO folder's) that the row came from: its errors name it
-_DETECTION_TYPE = "STRUCT(box DOUBLE[], label VARCHAR, score DOUBLE)[]"
+_SEMANTIC = "__semantic"  # a label map's classes as RLEs (--format png-masks)
+_DETECTION_TYPE = "STRUCT(box DOUBLE[], label VARCHAR, score DOUBLE, mask JSON)[]"
 _MAX_EPOCH_S = 7_258_118_400  # 2200-01-01: a larger number is not seconds since 1970
 
 
@@ -116,7 +119,7 @@ def _open_checker(lake: Lake) -> Iterator[Convert]:
         yield RowChecker(db).check
 
 
-PREDICTION_FILES = FileKind(job=JOB, noun="prediction", shard_prefix="pred-", tables=(PREDICTIONS, DETECTIONS),
+PREDICTION_FILES = FileKind(job=JOB, noun="prediction", shard_prefix="pred-", tables=(PREDICTIONS, DETECTIONS, MASKS),
                             check_columns=_check_columns, converter=_open_checker)
 
 
@@ -128,8 +131,8 @@ def _detector_files(lake: Lake, fmt: str, detector: Detector | None) -> FileKind
     if detector is None:
         raise InputError(f"--format {fmt} needs --model-version: a detector's files do not say which model wrote them")
     read, settings = reader_for(lake, fmt, detector)
-    return replace(PREDICTION_FILES, formats=(fmt,), read=read, reading=settings, whole_folders=fmt == "yolo",
-                   check_columns=lambda columns: None)
+    return replace(PREDICTION_FILES, formats=(fmt,), read=read, reading=settings,
+                   whole_folders=fmt in ("yolo", "png-masks"), check_columns=lambda columns: None)
 
 
 def shard_id(uri: str) -> str:
@@ -169,16 +172,49 @@ class RowChecker:
         finally:
             self.con.unregister("batch")
         self._refuse_repeated_ids(source)
+        masks = self._check_masks(source, ingested_at)
         at = f"TIMESTAMPTZ '{ingested_at.isoformat()}'"
         params = [source]
         return Converted(
             rows={
                 PREDICTIONS.name: self.con.execute(_predictions_sql(extras, at), params).to_arrow_table(),
                 DETECTIONS.name: self.con.execute(_detections_sql(at), params).to_arrow_table(),
+                MASKS.name: masks,
             },
             errors=self.con.execute(_errors_sql(table.column_names, at), params).to_arrow_table(),
         )
 
+
+    def _check_masks(self, source: str, ingested_at: datetime) -> pa.Table:
+        """The good rows' masks as rows of ``masks``: each detection's ``mask`` (a COCO segmentation:
+        RLE or polygons) and a label map's classes, checked against the image's size
+        (mining.core.masks). A row with a mask that is not one is refused whole, with its reason."""
+        columns = self.con.execute("SELECT column_name FROM (DESCRIBE checked)").fetchall()
+        has_maps = (_SEMANTIC,) in columns
+        semantic = f"c.{_SEMANTIC}" if has_maps else "NULL"
+        rows = self.con.execute(f"""
+            SELECT c.{_ROW} AS row, c.__image_id AS image_id, c.__prediction_id AS prediction_id,
+                c.__model_version AS model_version, i.height, i.width, {semantic} AS semantic,
+                list_transform(c.__detections, d -> {{'label': d.label, 'mask': d.mask::VARCHAR}}) AS detections
+            FROM checked c LEFT JOIN images i ON i.image_id = c.__image_id
+            WHERE c.__reason IS NULL AND (list_bool_or(list_transform(c.__detections, d -> d.mask IS NOT NULL))
+                OR {semantic} IS NOT NULL)""").fetchall()
+        found, refused = [], []
+        for row, image_id, prediction_id, model_version, height, width, classes, detections in rows:
+            masks = row_masks(prediction_id, height, width, detections or [], classes or [])
+            if isinstance(masks, str):
+                refused.append({"row": row, "reason": masks})
+            else:
+                found += [m | {"image_id": image_id, "prediction_id": prediction_id, "model_version": model_version}
+                          for m in masks]
+        if refused:
+            self.con.register("refused", pa.Table.from_pylist(refused))
+            try:
+                self.con.execute(f"UPDATE checked SET __reason = refused.reason FROM refused "
+                                 f"WHERE checked.{_ROW} = refused.row")
+            finally:
+                self.con.unregister("refused")
+        return mask_rows(found, source=source, ingested_at=ingested_at)
 
     def _index_names(self) -> None:
         """Every name an image goes by, for rows that name it (``__image_name``): its id, and each of
@@ -214,6 +250,43 @@ class RowChecker:
             WHERE checked.__reason IS NULL AND first.prediction_id = checked.__prediction_id
                 AND first.row < checked.{_ROW}""")
         self.con.execute(f"INSERT INTO file_ids SELECT __prediction_id, {_ROW} FROM checked WHERE __reason IS NULL")
+
+
+def row_masks(prediction_id: str, height: int | None, width: int | None, detections: list[dict],
+              classes: list[dict]) -> list[dict] | str:
+    """A prediction's masks (dicts of ``mask_id``, ``kind``, ``detection_id``, ``label``, ``rle``):
+    its detections' (``{label, mask}``, the mask as JSON text) and a label map's classes
+    (``{label, height, width, counts}``); or why one is not a mask of this image."""
+    import json
+
+    from mining.core.masks import parse_mask
+
+    masks = []
+    for i, d in enumerate(detections):
+        if d["mask"] is None:
+            continue
+        value = json.loads(d["mask"])
+        if isinstance(value, str):  # a reader's mask arrives as JSON text inside the JSON
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return f"detection {i}: mask is not JSON"
+        rle = parse_mask(value, height, width)
+        if isinstance(rle, str):
+            return f"detection {i}: bad mask: {rle}"
+        detection_id = f"{prediction_id}-{i}"
+        masks.append({"mask_id": detection_id, "kind": "instance", "detection_id": detection_id, "label": d["label"],
+                      "rle": rle})
+    for c in classes:
+        if not height or not width:
+            return "the image's size is unknown (registered without one): its label map cannot be checked"
+        if (c["height"], c["width"]) != (height, width):
+            return (f"label map of {c['width']}x{c['height']} pixels, but the image is {width}x{height}: "
+                    "a label map must have its image's size")
+        key = hashlib.sha256(f"{prediction_id}|{c['label']}|semantic".encode()).hexdigest()[:24]
+        masks.append({"mask_id": key, "kind": "semantic", "label": c["label"],
+                      "rle": {"size": [c["height"], c["width"]], "counts": c["counts"]}})
+    return masks
 
 
 def _check_sql(types: dict[str, pa.DataType], base_dir: str) -> str:
@@ -328,7 +401,7 @@ def _detections_sql(at: str) -> str:
 
 
 def _errors_sql(columns: list[str], at: str) -> str:
-    original = ", ".join(f"{quote_literal(c)}, {quote_ident(c)}" for c in columns if c not in (_ROW, _FILE))
+    original = ", ".join(f"{quote_literal(c)}, {quote_ident(c)}" for c in columns if c not in (_ROW, _FILE, _SEMANTIC))
     uri = f"coalesce(__uri, {_FILE})" if _FILE in columns else "__uri"
     return f"""
     SELECT '{JOB}' AS job, $1 AS source, {_ROW} AS row, {uri} AS uri, __reason AS reason,

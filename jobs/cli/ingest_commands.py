@@ -32,16 +32,18 @@ def add_ingest(commands, add) -> None:
     predictions.add_argument(
         "--format",
         default="auto",
-        choices=["auto", "jsonl", "csv", "parquet", "yolo", "coco-results"],
+        choices=["auto", "jsonl", "csv", "parquet", "yolo", "coco-results", "png-masks"],
         help="input format (default: from the file name); yolo: a folder of <image stem>.txt files; "
-        "coco-results: a JSON array of {image_id, category_id, bbox, score}",
+        "coco-results: a JSON array of {image_id, category_id, bbox, score[, segmentation]}; "
+        "png-masks: a folder of <image stem>.png semantic label maps (the class index per pixel)",
     )
-    predictions.add_argument("--model-version", help="yolo, coco-results: the model that wrote the files (required)")
-    predictions.add_argument("--ts", help="yolo, coco-results: when the model ran, ISO 8601 or epoch seconds "
-                             "(default: each file's modification time)")
+    predictions.add_argument("--model-version",
+                             help="yolo, coco-results, png-masks: the model that wrote the files (required)")
+    predictions.add_argument("--ts", help="yolo, coco-results, png-masks: when the model ran, ISO 8601 or epoch "
+                             "seconds (default: each file's modification time)")
     predictions.add_argument("--classes", metavar="FILE",
-                             help="yolo: the class names, a data.yaml or a names file (one a line, class 0 first); "
-                             "without it the class numbers are the labels")
+                             help="yolo, png-masks: the class names, a data.yaml or a names file (one a line, class 0 "
+                             "first); yolo without it: the class numbers are the labels; png-masks needs it")
     predictions.add_argument("--categories", metavar="FILE",
                              help="coco-results: a COCO dataset file (its categories, and its images to match "
                              'image ids) or a JSON object {"1": "car"}; without it the category ids are the labels')

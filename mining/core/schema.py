@@ -132,6 +132,33 @@ DETECTIONS = Table(
     ),
 )
 
+MASKS = Table(
+    name="masks",
+    doc=(
+        "Segmentation masks as COCO RLE (mining.core.masks): an instance mask of a detection or a "
+        "label, or one class's pixels of a semantic label map (of a prediction or a label)."
+    ),
+    key=("mask_id",),
+    schema=pa.schema(
+        [
+            pa.field("mask_id", pa.string(), nullable=False),
+            pa.field("kind", pa.string(), nullable=False),  # instance or semantic
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("prediction_id", pa.string()),
+            pa.field("detection_id", pa.string()),
+            pa.field("label_id", pa.string()),
+            pa.field("model_version", pa.string()),
+            pa.field("label", pa.string()),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("counts", pa.string(), nullable=False),
+            pa.field("area", pa.int64(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("ingested_at", UTC_TS),
+        ]
+    ),
+)
+
 EMBEDDINGS = Table(
     name="embeddings",
     doc="One L2-normalised vector per image, backbone and weights (written by `edgemine embed`); "
@@ -513,8 +540,8 @@ DRIFT = Table(
 
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH, NARROW_STEPS,
-              NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES,
+    for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, MASKS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH,
+              NARROW_STEPS, NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES,
               MODELS, SLICES, METRICS, ALARMS, DRIFT)
 }
 

@@ -38,45 +38,54 @@ def boxes_in_slice(db: LakeDB, version: str, one: Slice) -> tuple[list[dict], li
     return truth, found
 
 
-def coco_metrics(truth: list[dict], found: list[dict]) -> list[tuple[str, str | None, float | None, int]]:
-    """(metric, label, value, n) rows: COCOeval bbox stats overall and mAP@[.5:.95] per class.
-    ``n`` is the number of ground-truth boxes."""
+def coco_metrics(truth: list[dict], found: list[dict], iou_type: str = "bbox",
+                 ) -> list[tuple[str, str | None, float | None, int]]:
+    """(metric, label, value, n) rows: COCOeval stats overall and mAP@[.5:.95] per class.
+    ``n`` is the number of ground-truth boxes. ``iou_type`` "segm" compares masks instead:
+    each dict then has ``mask`` (COCO RLE) and truth's ``area`` (its pixels), and the
+    metrics are named ``mask_map``, ``mask_map50``... (mining.evaluation.segmentation)."""
+    prefix = "mask_" if iou_type == "segm" else ""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     if not truth:
-        return [("map", None, None, 0)]
+        return [(prefix + "map", None, None, 0)]
     classes = sorted({b["label"] for b in truth} | {b["label"] for b in found})
     category = {c: k + 1 for k, c in enumerate(classes)}
     images = {i: k + 1 for k, i in enumerate(sorted({b["image_id"] for b in truth}))}
     gt = COCO()
-    gt.dataset = {"images": [{"id": k} for k in images.values()],
+    sizes = {b["image_id"]: b["mask"]["size"] for b in truth if "mask" in b}  # segm: COCO reads masks at their size
+    gt.dataset = {"images": [{"id": k} | ({"height": sizes[i][0], "width": sizes[i][1]} if i in sizes else {})
+                             for i, k in images.items()],
                   "categories": [{"id": k, "name": c} for c, k in category.items()],
                   "annotations": [_coco_box(b, images, category) | {"id": n + 1, "iscrowd": 0}
                                   for n, b in enumerate(truth)]}
-    for a in gt.dataset["annotations"]:
-        a["area"] = a["bbox"][2] * a["bbox"][3]
+    for a, b in zip(gt.dataset["annotations"], truth):
+        a["area"] = b["area"] if iou_type == "segm" else a["bbox"][2] * a["bbox"][3]
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         gt.createIndex()
         kept = [_coco_box(b, images, category) | {"score": b["score"]} for b in found if b["image_id"] in images]
         if not kept:
-            return [(name, None, 0.0, len(truth)) for name in STATS.values()]
-        evaluator = COCOeval(gt, gt.loadRes(kept), "bbox")
+            return [(prefix + name, None, 0.0, len(truth)) for name in STATS.values()]
+        evaluator = COCOeval(gt, gt.loadRes(kept), iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    rows = [(name, None, _stat(evaluator.stats[k]), len(truth)) for k, name in STATS.items()]
+    rows = [(prefix + name, None, _stat(evaluator.stats[k]), len(truth)) for k, name in STATS.items()]
     precision = evaluator.eval["precision"]  # [iou thresholds, recall points, classes, area ranges, max dets]
     support = {c: sum(b["label"] == c for b in truth) for c in classes}
     for c, k in category.items():
         p = precision[:, :, k - 1, 0, -1]
-        rows.append(("map", c, float(p[p > -1].mean()) if (p > -1).any() else None, support[c]))
+        rows.append((prefix + "map", c, float(p[p > -1].mean()) if (p > -1).any() else None, support[c]))
     return rows
 
 
 def _coco_box(b: dict, images: dict, category: dict) -> dict:
+    found = {"image_id": images[b["image_id"]], "category_id": category[b["label"]]}
+    if "mask" in b:  # segm: no bbox, or loadRes would take the results for boxes (it derives one from the mask)
+        return found | {"segmentation": b["mask"]}
     x1, y1, x2, y2 = b["box"]
-    return {"image_id": images[b["image_id"]], "category_id": category[b["label"]], "bbox": [x1, y1, x2 - x1, y2 - y1]}
+    return found | {"bbox": [x1, y1, x2 - x1, y2 - y1]}
 
 
 def _stat(value: float) -> float | None:

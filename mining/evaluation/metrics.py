@@ -31,6 +31,7 @@ from mining.core.errors import SliceError
 from mining.core.schema import ALARMS, METRICS
 from mining.core.sql import LakeDB, quote_literal
 from mining.evaluation.detection import detection_rows, has_boxes
+from mining.evaluation.segmentation import regression_samples, segmentation_rows
 from mining.evaluation.slices import FRAME_FROM, Slice, frame_ctes, require_labels
 
 JOB = "metrics"
@@ -146,6 +147,7 @@ def compute_metrics(db: LakeDB, slices: Sequence[Slice], versions: Sequence[str]
                 rows.append((v, one.name, metric, label, value, n))
     if has_boxes(db):  # detection models: COCO mAP through pycocotools
         rows += detection_rows(db, versions, slices)
+    rows += segmentation_rows(db, versions, slices)  # masks: mask mAP, IoU per class
     names = ("model_version", "slice", "metric", "label", "value", "n")
     data = {name: [r[i] for r in rows] for i, name in enumerate(names)}
     return pa.Table.from_pydict(data | {"computed_at": [datetime.now(UTC)] * len(rows)}, schema=METRICS.schema)
@@ -219,7 +221,9 @@ class RegressionReport:
 def check_regressions(db: LakeDB, slices: Sequence[Slice], version: str | None = None, baseline: str | None = None, *,
                       config: MetricsConfig = MetricsConfig(), user: str = "", record: bool = True) -> RegressionReport:
     """Compare ``version`` (default: the newest) with ``baseline`` (default: the one before it) on
-    every slice: accuracy, and recall per class. Where both versions predicted at least
+    every slice: accuracy, recall per class, and where the lake has masks, the share of truth
+    instances found at mask IoU >= 0.5 (``mask_recall50``) and the mean IoU per image (``miou``,
+    label maps; mining.evaluation.segmentation). Where both versions predicted at least
     ``min_n`` of the slice's labelled images, on those images (paired); else on each version's
     own labelled images of the slice (unpaired, as when a new version serves new traffic).
     An alarm is a drop of more than ``config.margin`` whose bootstrap interval of the change
@@ -236,11 +240,13 @@ def check_regressions(db: LakeDB, slices: Sequence[Slice], version: str | None =
     cols = {name: got.column(name).to_numpy(zero_copy_only=False) for name in got.column_names}
     for k, one in enumerate(slices):
         inside = cols[f"s{k}"].astype(bool)
-        tests = [("accuracy", None, inside)]
-        tests += [("recall", c, inside & (cols["y"] == c)) for c in sorted(set(cols["y"][inside]))]
-        for metric, label, m in tests:
-            a, b, paired = split_versions(cols["image_id"][m], cols["is_b"][m], cols["correct"][m].astype(np.float64),
-                                          config.min_n)
+        tests = [("accuracy", None, cols["image_id"][inside], cols["is_b"][inside], cols["correct"][inside])]
+        tests += [("recall", c, *(cols[k][inside & (cols["y"] == c)] for k in ("image_id", "is_b", "correct")))
+                  for c in sorted(set(cols["y"][inside]))]
+        tests += [(metric, None, ids, is_b, values)
+                  for metric, ids, is_b, values in regression_samples(db, version, baseline, one)]
+        for metric, label, ids, is_b, values in tests:
+            a, b, paired = split_versions(ids, is_b, values.astype(np.float64), config.min_n)
             if a is None:
                 continue
             report.checked += 1

@@ -7,7 +7,8 @@ four places, in this order (a later one of the same name is refused):
 
 - ``all`` (the whole lake) and the automatic ones: one per value of each metadata
   column with few values (``camera=cam-07``), one per COCO object-size range of the
-  labelled boxes (``size=small``: an area below 32², ``medium`` below 96², ``large``),
+  labelled boxes (``size=small``: an area below 32², ``medium`` below 96², ``large``; a
+  label's instance mask's pixels where it has one, as COCOeval's ``segm`` counts),
   one per label batch (``batch=NAME``: the images that batch labelled, so each
   addition of data is tracked apart);
 - ``[slices]`` of the config;
@@ -38,8 +39,9 @@ JOB = "slices"
 SIZE_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, 1e10)}
 
 # Each image's truth: its newest labels (a QUALIFY cannot sit beside GROUP BY, hence two steps), the
-# batches that ever labelled it, its boxes' areas in pixels and the smallest one's share of the image.
-BOX_AREA = "(n.box[3] - n.box[1]) * (n.box[4] - n.box[2])"
+# batches that ever labelled it, its objects' areas in pixels (a label's mask's pixels where it has
+# an instance mask, else its box's) and the smallest one's share of the image.
+BOX_AREA = "coalesce(mk.area, (n.box[3] - n.box[1]) * (n.box[4] - n.box[2]))"
 TRUTH_SQL = f"""
 newest AS (
     SELECT * FROM labels QUALIFY labelled_at = max(labelled_at) OVER (PARTITION BY image_id)
@@ -48,10 +50,11 @@ newest AS (
 ), truth AS (
     SELECT n.image_id, mode(n.label ORDER BY n.label) AS true_label,
            list(DISTINCT n.label ORDER BY n.label) AS true_labels,
-           list({BOX_AREA}) FILTER (n.box IS NOT NULL) AS box_areas,
+           list({BOX_AREA}) FILTER (n.box IS NOT NULL OR mk.area IS NOT NULL) AS box_areas,
            min({BOX_AREA}) / nullif(any_value(i.width * i.height), 0) AS box_area,
            max(n.labelled_at) AS labelled_at, any_value(b.batches) AS batches
-    FROM newest n JOIN label_batches b USING (image_id) LEFT JOIN images i USING (image_id) GROUP BY n.image_id
+    FROM newest n JOIN label_batches b USING (image_id) LEFT JOIN images i USING (image_id)
+    LEFT JOIN masks mk ON mk.label_id = n.label_id AND mk.kind = 'instance' GROUP BY n.image_id
 )"""
 LATEST_SQL = """
 latest AS (

@@ -105,9 +105,10 @@ def where_source(where: str) -> str:
 
 
 def lake_classes(db: LakeDB) -> list[str]:
-    """Every class the lake knows: predicted labels, detection labels, and labels imported."""
+    """Every class the lake knows: predicted labels, detection labels, masks' classes, and labels imported."""
     rows = db.query("SELECT label FROM predictions WHERE label IS NOT NULL UNION SELECT label FROM detections "
-                    "WHERE label IS NOT NULL UNION SELECT label FROM labels ORDER BY label")
+                    "WHERE label IS NOT NULL UNION SELECT label FROM masks WHERE label IS NOT NULL "
+                    "UNION SELECT label FROM labels ORDER BY label")
     return rows.column("label").to_pylist()
 
 
@@ -140,14 +141,17 @@ def load_items(
     prediction_ids = [p for p in rows["prediction_id"] if p is not None]
     if predictions and prediction_ids:
         found = db.query(
-            "SELECT prediction_id, box, label, score FROM detections WHERE prediction_id IN (SELECT unnest($p)) "
-            "ORDER BY prediction_id, score DESC",
+            "SELECT d.prediction_id, d.box, d.label, d.score, m.height, m.width, m.counts, m.area FROM detections d "
+            "LEFT JOIN masks m ON m.detection_id = d.detection_id WHERE d.prediction_id IN (SELECT unnest($p)) "
+            "ORDER BY d.prediction_id, d.score DESC, d.detection_id",
             {"p": prediction_ids},
-        ).to_pydict()
-        for pid, box, label, score in zip(found["prediction_id"], found["box"], found["label"], found["score"]):
-            if box is not None and label is not None:
-                boxes.setdefault(pid, []).append({"box": [float(v) for v in box], "label": label,
-                                                  "score": None if score is None else round(float(score), 6)})
+        ).to_pylist()
+        for d in found:
+            if d["box"] is not None and d["label"] is not None:
+                boxes.setdefault(d["prediction_id"], []).append({
+                    "box": [float(v) for v in d["box"]], "label": d["label"],
+                    "score": None if d["score"] is None else round(float(d["score"]), 6), **_mask_of(d)})
+        semantic = semantic_masks(db, prediction_ids)
     items, refused = [], []
     for k, image_id in enumerate(rows["image_id"]):
         uri, width, height = rows["uri"][k], rows["width"][k], rows["height"][k]
@@ -170,9 +174,27 @@ def load_items(
                 label=rows["label"][k],
                 confidence=None if confidence is None else round(float(confidence), 6),
                 boxes=boxes.get(rows["prediction_id"][k], []),
+                masks=semantic.get(rows["prediction_id"][k], []) if predictions else [],
             )
         )
     return items, refused
+
+
+def semantic_masks(db: LakeDB, prediction_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per prediction, its label map's classes: ``{label, mask (RLE), area}``, by class."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for m in db.query("SELECT prediction_id, label, height, width, counts, area FROM masks WHERE kind = 'semantic' "
+                      "AND prediction_id IN (SELECT unnest($p)) ORDER BY prediction_id, label",
+                      {"p": prediction_ids}).to_pylist():
+        found.setdefault(m["prediction_id"], []).append({"label": m["label"], **_mask_of(m)})
+    return found
+
+
+def _mask_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's mask (columns height, width, counts, area) as ``{mask: RLE, area}``, or nothing."""
+    if row["counts"] is None:
+        return {}
+    return {"mask": {"size": [row["height"], row["width"]], "counts": row["counts"]}, "area": row["area"]}
 
 
 def existing_files(uris: Sequence[str], s3: S3Config) -> set[str]:

@@ -33,7 +33,8 @@ from mining.core import tables
 from mining.core.config import Config
 from mining.core.errors import LabelError
 from mining.core.lake import open_url, path_of
-from mining.core.schema import ERRORS, IMAGE_ID_HEX, LABELS, error_rows, make_rows
+from mining.core.masks import bbox, mask_rows, parse_mask
+from mining.core.schema import ERRORS, IMAGE_ID_HEX, LABELS, MASKS, error_rows, make_rows
 from mining.core.sql import LakeDB, quote_literal
 from mining.core.summary import Summary
 from mining.labelling.formats import Annotation, reader_for
@@ -134,6 +135,7 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, config: Config, batch: s
     sizes = _sizes(db, sorted(set(ids.values())))
     now = datetime.now(UTC)
     rows: dict[str, dict[str, Any]] = {}
+    label_masks: dict[str, dict[str, Any]] = {}
     refused = []
     for a in annotations:
         image_id = ids.get(a.image_id) if a.image_id else ids.get(a.ref or "")
@@ -155,6 +157,13 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, config: Config, batch: s
             else:
                 cx, cy, w, h = a.yolo_box
                 box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+        rle = None
+        if reason is None and a.mask is not None:
+            width, height = sizes.get(image_id, (None, None))
+            rle = parse_mask(a.mask, height, width)
+            reason, rle = (f"bad mask: {rle}", None) if isinstance(rle, str) else (None, rle)
+            if rle is not None and box is None and a.mask_kind == "instance":
+                box = bbox(rle)
         if reason is None and box is not None:
             reason = _box_problem(box, sizes.get(image_id, (None, None)))
         if reason is not None:
@@ -166,6 +175,9 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, config: Config, batch: s
         key = label_id(image_id, who, batch_name, a.label, rounded)
         rows[key] = {"label_id": key, "image_id": image_id, "label": a.label, "box": rounded, "annotator": who,
                      "batch": batch_name, "labelled_at": a.labelled_at or now}
+        if rle is not None:
+            label_masks[key] = {"mask_id": key, "kind": a.mask_kind, "image_id": image_id, "label_id": key,
+                                "label": a.label, "rle": rle}
     info = tables.commit_info(JOB, config.mining.user, source=where, format=fmt)
     errors = error_rows(JOB, refused, now)
     tables.replace(db.lake, ERRORS, errors, f"job = '{JOB}' AND source = {quote_literal(where)}", info)
@@ -180,6 +192,9 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, config: Config, batch: s
             source=where,
             imported_at=now,
         )
+        if label_masks:  # before the labels: a kill between the two leaves masks of no label, redone on a rerun
+            tables.insert_new(db.lake, MASKS, mask_rows(list(label_masks.values()), source=where, ingested_at=now),
+                              info)
         summary.imported = tables.insert_new(db.lake, LABELS, table, info)
     summary.already = len(values) - summary.imported
     summary.images = len({v["image_id"] for v in values})

@@ -1,5 +1,6 @@
-"""COCO: the images, categories and the newest prediction's boxes as annotations (and
-their scores as a results file) out; the annotations' ``bbox`` back in."""
+"""COCO: the images, categories and the newest prediction's boxes (with their masks as
+``segmentation`` RLE) and label maps (one RLE annotation per class) as annotations (and
+their scores as a results file) out; the annotations' ``bbox`` and ``segmentation`` back in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mining.core.errors import LabelError
+from mining.core.masks import bbox as bbox_of
 from mining.labelling.formats.format_base import Annotation, Item, LabelFormat, compact_json, load_json
 
 
@@ -32,9 +34,16 @@ class Coco(LabelFormat):
                 x1, y1, x2, y2 = b["box"]
                 bbox = [x1, y1, x2 - x1, y2 - y1]
                 category = self.class_ids[b["label"]] + 1  # COCO reserves 0
+                mask = {"segmentation": b["mask"]} if "mask" in b else {}
                 annotations.append({"id": len(annotations) + 1, "image_id": n, "category_id": category, "bbox": bbox,
-                                    "area": bbox[2] * bbox[3], "iscrowd": 0, "edgemine_score": b["score"]})
-                results.append({"image_id": n, "category_id": category, "bbox": bbox, "score": b["score"]})
+                                    "area": b.get("area", bbox[2] * bbox[3]), "iscrowd": 0,
+                                    "edgemine_score": b["score"]} | mask)
+                results.append({"image_id": n, "category_id": category, "bbox": bbox, "score": b["score"]} | mask)
+            for m in item.masks:  # a label map: one annotation per class, as COCO-Stuff writes them
+                annotations.append({"id": len(annotations) + 1, "image_id": n,
+                                    "category_id": self.class_ids[m["label"]] + 1, "segmentation": m["mask"],
+                                    "bbox": _xywh(bbox_of(m["mask"])), "area": m["area"], "iscrowd": 0,
+                                    "edgemine_kind": "semantic"})
         dataset = {
             "info": {"description": f"edgemine export batch {self.batch}", "version": "1.0",
                      "date_created": datetime.now(UTC).isoformat(), "edgemine_batch": self.batch},
@@ -52,7 +61,8 @@ class Coco(LabelFormat):
 
 
 def parse_coco(dataset: Any) -> list[Annotation]:
-    """COCO annotations: ``bbox`` [x, y, w, h] per annotation, the class from ``categories``."""
+    """COCO annotations: ``bbox`` [x, y, w, h] per annotation, the class from ``categories``, and
+    ``segmentation`` (RLE or polygons) when it has one (the box then may be left out)."""
     if not isinstance(dataset, dict) or not isinstance(dataset.get("annotations"), list) or "images" not in dataset:
         raise LabelError("not a COCO annotations file: expected images, annotations and categories")
     images, categories = coco_images(dataset), coco_categories(dataset)
@@ -70,12 +80,20 @@ def parse_coco(dataset: Any) -> list[Annotation]:
             if _key(ann["category_id"]) not in categories:
                 a.error = a.error or f"unknown class: category_id {ann['category_id']} is not in the file's categories"
             a.label = categories.get(_key(ann["category_id"]))
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            a.box = [x, y, x + w, y + h]
+            a.mask = ann.get("segmentation") or None
+            a.mask_kind = "semantic" if ann.get("edgemine_kind") == "semantic" else "instance"
+            if a.mask_kind == "instance" and ("bbox" in ann or a.mask is None):
+                x, y, w, h = (float(v) for v in ann["bbox"])
+                a.box = [x, y, x + w, y + h]
         except (KeyError, TypeError, ValueError) as e:
             a.error = a.error or f"malformed annotation ({type(e).__name__}: {e})"
         found.append(a)
     return found
+
+
+def _xywh(box: list[float]) -> list[float]:
+    x1, y1, x2, y2 = box
+    return [x1, y1, x2 - x1, y2 - y1]
 
 
 def coco_images(dataset: dict) -> dict[Any, dict]:

@@ -19,7 +19,9 @@ from mining.core.lake import path_of
 @dataclass
 class Item:
     """One image as the writers see it. ``boxes``: the newest prediction's detections,
-    each ``{"box": [x1, y1, x2, y2] (pixels), "label", "score"}``."""
+    each ``{"box": [x1, y1, x2, y2] (pixels), "label", "score"}`` and, with a mask,
+    ``"mask"`` (COCO RLE ``{size: [h, w], counts}``) and ``"area"``; ``masks``: its label
+    map's classes, each ``{"label", "mask", "area"}`` (semantic segmentation)."""
 
     image_id: str
     uri: str
@@ -32,6 +34,7 @@ class Item:
     label: str | None = None
     confidence: float | None = None
     boxes: list[dict[str, Any]] = field(default_factory=list)
+    masks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def suffix(self) -> str:
@@ -55,6 +58,8 @@ class Annotation:
     batch: str | None = None
     labelled_at: datetime | None = None
     error: str | None = None
+    mask: Any = None  # a COCO segmentation (RLE or polygons), checked against the image on import
+    mask_kind: str = "instance"  # or "semantic": one class's pixels of a label map
 
 
 class LabelFormat:
