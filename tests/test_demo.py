@@ -8,6 +8,7 @@ import pytest
 from jobs import demo_data
 from jobs.demo import ROUND_ANNOTATOR, ROUND_BATCH, ROUND_EDGE_SHARE, ROUND_MIN_IMAGES, ROUND_SHARE, run_demo
 from mining.core.config import Config, DemoConfig, EmbedConfig
+from mining.core.lake import Lake
 from mining.core.sql import LakeDB
 
 
@@ -25,12 +26,29 @@ def query(lake, sql):
         return db.query(sql).to_pylist()
 
 
-# Locally past image 250, where the demo writes its one bad prediction line (one per 500
-# images); on S3 (the README's `edgemine demo --lake s3://...`) the same lake, small.
-@pytest.mark.parametrize("lake, images, bad_rows", [("local", 260, 1), ("s3", 40, 0)], ids=["local", "s3"],
-                         indirect=["lake"])
-def test_demo_builds_a_consistent_lake(lake, images, bad_rows):
-    summary = run_demo(demo_config(lake, images), show_progress=False).to_dict()
+@pytest.fixture(scope="module")
+def local_demo(tmp_path_factory) -> tuple[Lake, dict]:
+    """A demo lake of 260 images built with one worker, and its summary: locally past image
+    250, where the demo writes its one bad prediction line (one per 500 images), and two
+    render chunks of 250. Built once for the tests below that only read it."""
+    lake = Lake(str(tmp_path_factory.mktemp("demo") / "lake"))
+    return lake, run_demo(demo_config(lake, 260, workers=1), show_progress=False).to_dict()
+
+
+def test_demo_builds_a_consistent_lake(local_demo):
+    lake, summary = local_demo
+    assert_consistent(lake, summary, images=260, bad_rows=1)
+
+
+# The README's `edgemine demo --lake s3://...`: the same lake, small.
+@pytest.mark.parametrize("lake", ["s3"], indirect=True)
+def test_demo_builds_a_consistent_lake_on_s3(lake):
+    summary = run_demo(demo_config(lake, 40), show_progress=False).to_dict()
+    assert_consistent(lake, summary, images=40, bad_rows=0)
+
+
+def assert_consistent(lake: Lake, summary: dict, *, images: int, bad_rows: int) -> None:
+    """Every step's rows join up, and a rerun of the same demo adds nothing."""
     assert summary["images"]["registered"] == images and summary["images"]["errors"] == 1  # the corrupt file
     assert summary["predictions"]["rows"]["predictions"] == images
     assert summary["predictions"]["errors"] == bad_rows
@@ -56,12 +74,9 @@ def test_demo_builds_a_consistent_lake(lake, images, bad_rows):
     assert again["round"]["labels"] == 0 and again["round"]["labels_already"] == summary["round"]["labels"]
 
 
-def test_demo_is_deterministic_whatever_the_workers(tmp_path):
-    from mining.core.lake import Lake
-
-    one = Lake(str(tmp_path / "one"))
+def test_demo_is_deterministic_whatever_the_workers(local_demo, tmp_path):
+    one, _ = local_demo  # built with one worker
     two = Lake(str(tmp_path / "two"))
-    run_demo(demo_config(one, 260, workers=1), show_progress=False)
     run_demo(demo_config(two, 260, workers=2), show_progress=False)
     sql = "SELECT image_id, label, confidence FROM predictions ORDER BY image_id"
     assert query(one, sql) == query(two, sql)

@@ -358,4 +358,8 @@ def test_without_a_login_no_page_thumbnail_or_result_is_reachable_in_the_browser
         expect(nav.get_by_role("link", name="Review")).to_be_visible()
         expect(nav.get_by_role("link", name="Export")).to_have_count(0)  # not a reviewer's page
         expect(main.get_by_role("heading", name="Lake", exact=True)).to_be_visible()  # the lake's page, now
+        # Streamlit's developer tools (Deploy, Rerun, Clear cache) are not a reviewer's.
+        expect(page.get_by_test_id("stToolbar")).to_be_visible()
+        assert page.get_by_role("button", name="Deploy").count() == 0
+        assert page.get_by_test_id("stAppDeployButton").count() == 0
         screenshot(page, main, tmp_path / "02-signed-in.png")

@@ -27,10 +27,12 @@ APP = Path(__file__).with_name("app.py")
 
 def ui_command(port: int, address: str, hosts: list[str] | None = None) -> list[str]:
     """Streamlit's command line: CORS and XSRF protection on (a WebSocket from a foreign Origin
-    is refused) and, given ``hosts``, only those Host names answered (DNS rebinding)."""
+    is refused), the toolbar without Streamlit's developer tools (Deploy, Rerun, Clear cache)
+    and, given ``hosts``, only those Host names answered (DNS rebinding)."""
     command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port),
                "--server.address", address, "--server.headless", "true", "--browser.gatherUsageStats", "false",
-               "--server.enableCORS", "true", "--server.enableXsrfProtection", "true"]
+               "--server.enableCORS", "true", "--server.enableXsrfProtection", "true",
+               "--client.toolbarMode", "viewer"]
     for host in hosts or ():
         command += ["--server.allowedHosts", host]
     return command
