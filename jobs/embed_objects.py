@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -137,8 +138,10 @@ class ObjectPart:
             self.vectors.append(vectors)
         for item, detection_id, reason in batch.errors:
             box = item.boxes[item.detection_ids.index(detection_id)]
+            # As valid JSON: a NaN or infinite coordinate as its text.
+            box = None if box is None else [v if v is None or math.isfinite(v) else str(v) for v in box]
             raw = {"detection_id": detection_id, "image_id": item.image_id, "box": box}
-            self.errors.append({"uri": item.uri, "reason": reason, "raw": json.dumps(raw, allow_nan=True)})
+            self.errors.append({"uri": item.uri, "reason": reason, "raw": json.dumps(raw, allow_nan=False)})
 
     def publish(self, lake: Lake, marker: dict[str, Any], overwrite: bool) -> None:
         """Errors, then the object embeddings: the last commit is what marks these boxes done."""

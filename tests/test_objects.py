@@ -195,6 +195,7 @@ def test_bad_boxes_go_to_errors_with_their_reason_and_the_rest_lands(lake):
     reasons = {json.loads(e["raw"])["detection_id"].rsplit("-", 1)[1]: e["reason"] for e in errors}
     assert "not a finite number" in reasons["nan"] and "zero or negative area" in reasons["flat"]
     assert "outside" in reasons["outside"]
+    assert [json.loads(e["raw"])["box"] for e in errors if "finite" in e["reason"]] == [["nan", 1.0, 9.0, 9.0]]
     assert {e["source"] for e in errors} == {"resnet18/random-seed0"}
     again = embed_objects(lake, CONFIG, replace(OBJECTS, max_per_image=10), show_progress=False)
     assert (again.failed_before, again.to_embed) == (3, 0)  # not retried unless asked

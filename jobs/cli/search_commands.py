@@ -58,7 +58,7 @@ def cmd_similar(args: argparse.Namespace, config: Config) -> int:
         index = mining.open_index(db, backbone=args.backbone, weights=args.weights, config=config, objects=objects)
         hits = mining.find_similar(db, args.seeds, negatives=args.negatives, k=args.k, where=args.where, save=args.save,
                                    index=index, embed_files=file_embedder(config), config=config)
-    print_result(args, hits_table(hits), max_rows=len(hits))
+    print_result(args, hits_table(hits, objects=objects), max_rows=len(hits))
     if args.save:
         sql = f"SELECT * FROM sets JOIN predictions USING (image_id) WHERE name = {quote_literal(args.save)}"
         print(f"saved as set {args.save!r}: {command('sql', sql)}", file=sys.stderr)

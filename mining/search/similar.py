@@ -328,10 +328,10 @@ def slice_positions(db: LakeDB, index: VectorIndex, where: str) -> np.ndarray:
     return index.positions(ids.to_numpy(zero_copy_only=False), skip_missing=True) if len(ids) else np.zeros(0, np.int64)
 
 
-def hits_table(hits: list[Hit] | list[ObjectHit]) -> pa.Table:
-    """The hits as the CLI prints them: rank, image_id, score; for objects rank, detection_id,
-    image_id, box, score."""
-    if hits and isinstance(hits[0], ObjectHit):
+def hits_table(hits: list[Hit] | list[ObjectHit], *, objects: bool = False) -> pa.Table:
+    """The hits as the CLI prints them: rank, image_id, score; for objects (ObjectHits, or
+    ``objects`` when there are none) rank, detection_id, image_id, box, score."""
+    if objects or (hits and isinstance(hits[0], ObjectHit)):
         return pa.table({
             "rank": pa.array([h.rank for h in hits], pa.int32()),
             "detection_id": pa.array([h.detection_id for h in hits], pa.string()),

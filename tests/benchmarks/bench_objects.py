@@ -19,7 +19,8 @@ demo config selects (EfficientNet-Lite0, ImageNet weights).
 The lake is built once under ``--cache`` and reused (its object embeddings and timings are
 redone every run, with ``--overwrite``).
 
-    python tests/benchmarks/bench_objects.py [--images 600] [--rounds 1] [--seeds 5] [--cache /tmp/bench-objects] [--json]
+    python tests/benchmarks/bench_objects.py [--images 600] [--rounds 1] [--seeds 5]
+        [--cache /tmp/bench-objects] [--json]
 """
 
 from __future__ import annotations
