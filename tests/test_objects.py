@@ -50,18 +50,21 @@ def pattern(kind: str, side: int) -> np.ndarray:
     elif kind == "blue":
         tile[:] = (30, 40, 220)
         tile[(np.indices((64, 64)).sum(0) // 16) % 2 == 0] = (0, 0, 0)  # a checkerboard
-    else:
+    elif kind == "yellow":
         tile[:] = (240, 220, 20)
         tile[16:48, 16:48] = (40, 160, 40)  # a green centre
+    else:  # green: a kind of object only one test's lake has
+        tile[:] = (20, 200, 90)
+        tile[:, ::8] = (250, 0, 250)  # magenta stripes
     return np.asarray(Image.fromarray(tile).resize((side, side), Image.NEAREST))
 
 
-def scene(seed: int) -> tuple[bytes, list[dict]]:
+def scene(seed: int, kinds: tuple[str, ...] = KINDS) -> tuple[bytes, list[dict]]:
     """A noisy grey PNG with one object of each kind, and their detections (box, label, score)."""
     rng = np.random.default_rng(seed)
     pixels = rng.integers(90, 140, (SIZE[1], SIZE[0], 3), dtype=np.uint8)
     detections, taken = [], np.zeros(SIZE[::-1], bool)
-    for k, kind in enumerate(KINDS):
+    for k, kind in enumerate(kinds):
         while True:
             side = int(rng.integers(14, 40))
             x, y = int(rng.integers(0, SIZE[0] - side)), int(rng.integers(0, SIZE[1] - side))
@@ -292,3 +295,38 @@ def test_an_object_search_before_any_object_embedding_says_what_to_run(lake):
     objects_lake(lake, n=2)
     with LakeDB(lake) as db, pytest.raises(SearchError, match="embed --objects"):
         index_lake(db, IndexConfig(), objects=True)
+
+
+# -- queues on objects ------------------------------------------------------------------------
+
+@local_only
+def test_object_novelty_puts_the_image_with_a_new_kind_of_object_first(lake):
+    objects_lake(lake, n=6)
+    # One more scene, whose third object is of a kind no other image has.
+    data, detections = scene(99, ("red", "blue", "green"))
+    folder = source_uri(lake, "novel")
+    uri = put(lake, f"{folder}/novel.png", data)
+    ingest_images(lake, folder, show_progress=False)
+    ingest_predictions(lake, [put(lake, source_uri(lake, "in/novel.jsonl"), jsonl([
+        {"image_uri": uri, "model_version": "v2", "ts": "2026-10-02T00:00:00Z", "label": "x", "confidence": 0.5,
+         "detections": detections}]))], show_progress=False)
+    embed_objects(lake, CONFIG, OBJECTS, show_progress=False)
+    config = Config(lake=lake.uri)
+    with LakeDB(lake, config=config) as db:
+        with pytest.raises(Exception, match="nothing is yet: review some images first"):
+            mining.make_queue(db, "object-novelty", "new-objects", config=config)
+        seen = db.query("SELECT image_id FROM images WHERE uri LIKE '%scene-00%' ORDER BY uri LIMIT 4")
+        mining.decide(db, "seen", seen.column("image_id").to_pylist(), "accept", reviewer="ana")
+        made = mining.make_queue(db, "object-novelty", "new-objects", limit=3, config=config)
+        picked = db.query("SELECT image_id, prediction_id, score, reason FROM queues WHERE queue = 'new-objects' "
+                          "ORDER BY rank").to_pylist()
+        [novel] = db.query("SELECT image_id FROM images WHERE uri = $uri", {"uri": uri}).to_pylist()
+        found, vectors = object_vectors(lake)
+    assert made.images == 3 and picked[0]["image_id"] == novel["image_id"] and "(green" in picked[0]["reason"]
+    # Each score: its image's farthest box from the nearest box of the four reviewed images.
+    images = np.array([r["image_id"] for r in found])
+    reference = vectors[np.isin(images, seen.column("image_id").to_pylist())]
+    distance = 1 - (vectors @ reference.T).max(1)
+    for row in picked:
+        assert row["score"] == pytest.approx(distance[images == row["image_id"]].max(), abs=1e-5)
+    assert not set(r["image_id"] for r in picked) & set(seen.column("image_id").to_pylist())
