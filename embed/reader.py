@@ -135,11 +135,12 @@ class ImageBatches(Dataset):
 
 
 def make_loader(requests: Iterable[Request], settings: ReaderSettings, *, workers: int, pin_memory: bool,
-                not_forked: bool = False) -> DataLoader:
+                not_forked: bool = False, dataset: Dataset | None = None) -> DataLoader:
     """A DataLoader yielding one LoadedBatch per request, in request order; ``not_forked``: its
-    workers start from a fork server (for reads from S3)."""
+    workers start from a fork server (for reads from S3); ``dataset``: another reader of requests
+    than ``ImageBatches(settings)`` (embed.crops.CropBatches)."""
     return DataLoader(
-        ImageBatches(settings),
+        dataset if dataset is not None else ImageBatches(settings),
         batch_size=None,  # each request already is a batch
         sampler=requests,
         num_workers=workers,

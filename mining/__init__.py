@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from mining.search.index import VectorIndex
     from mining.search.index_sync import IndexSummary
     from mining.search.sessions import StepReport
-    from mining.search.similar import FileEmbedder, Hit
+    from mining.search.similar import FileEmbedder, Hit, ObjectHit
 
 __all__ = [
     "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "load_config", "open_lake", "open_index", "sync_index",
@@ -90,7 +90,7 @@ def open_lake(uri: str | None = None, *, config: Config | None = None) -> LakeDB
 
 
 def open_index(db: LakeDB, *, backbone: str | None = None, weights: str | None = None,
-               config: Config | None = None) -> VectorIndex:
+               config: Config | None = None, objects: bool = False) -> VectorIndex:
     """The vector index of one embedding set, brought up to date with the lake first.
 
     Hold it for many searches: each function below that takes ``index=`` otherwise
@@ -99,9 +99,11 @@ def open_index(db: LakeDB, *, backbone: str | None = None, weights: str | None =
     Args:
         db: from ``open_lake``.
         backbone, weights: the embedding set (``resnet18``, ``imagenet1k_v1``); default: the lake's only one.
+        objects: the index of the object embeddings (one vector per detection box, ``edgemine embed
+            --objects``; its ids are detection ids) instead of the images'.
 
     Raises:
-        SearchError: no embeddings yet (run ``edgemine embed``), or several sets to choose from.
+        SearchError: no embeddings yet (run ``edgemine embed``, ``--objects`` for objects), or several sets.
 
     Example:
         >>> index = open_index(open_lake(lake_uri))
@@ -110,12 +112,13 @@ def open_index(db: LakeDB, *, backbone: str | None = None, weights: str | None =
     """
     from mining.search.index_sync import open_index as sync_and_open
 
-    return sync_and_open(db, _config(db, config).index, backbone=backbone, weights=weights)
+    return sync_and_open(db, _config(db, config).index, backbone=backbone, weights=weights, objects=objects)
 
 
 def sync_index(db: LakeDB, *, backbone: str | None = None, weights: str | None = None, rebuild: bool = False,
-               config: Config | None = None) -> IndexSummary:
-    """Build or extend the vector index to cover every embedding (`edgemine index`).
+               config: Config | None = None, objects: bool = False) -> IndexSummary:
+    """Build or extend the vector index to cover every embedding (`edgemine index`; ``objects``:
+    the object embeddings' index).
 
     Returns:
         what was done: ``action`` (built, rebuilt, extended, up to date), ``vectors``, ``kind``.
@@ -123,16 +126,20 @@ def sync_index(db: LakeDB, *, backbone: str | None = None, weights: str | None =
     from mining.search.index_sync import index_lake
 
     config = _config(db, config)
-    return index_lake(db, config.index, backbone=backbone, weights=weights, rebuild=rebuild, seed=config.mining.seed)[1]
+    return index_lake(db, config.index, backbone=backbone, weights=weights, rebuild=rebuild, seed=config.mining.seed,
+                      objects=objects)[1]
 
 
 def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] = (), k: int | None = None,
                  where: str | None = None, save: str | None = None, index: VectorIndex | None = None,
-                 embed_files: FileEmbedder | None = None, config: Config | None = None) -> list[Hit]:
-    """The images most like ``seeds`` and unlike ``negatives`` (`edgemine similar`).
+                 embed_files: FileEmbedder | None = None, config: Config | None = None,
+                 objects: bool | None = None) -> list[Hit] | list[ObjectHit]:
+    """The images most like ``seeds`` and unlike ``negatives`` (`edgemine similar`); or the
+    detection boxes, given detection ids.
 
     Args:
-        seeds: image ids of the lake (or image files, with ``embed_files``).
+        seeds: image ids of the lake (or image files, with ``embed_files``); or detection ids
+            (``detections.detection_id``): the search then runs over the object index.
         negatives: image ids (or files) the results should not look like; a
             classifier then ranks every image, with the production model's doubt
             (its confidence, margin and entropy) as a prior weighted by how well it
@@ -141,10 +148,12 @@ def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] =
         where: a SQL predicate over ``images i LEFT JOIN predictions p``, e.g. ``"p.confidence < 0.6"``.
         save: also save the results as this named set.
         embed_files: ``embed.files.file_embedder(config)``, to embed file seeds with the index's model.
+        objects: search the object index (default: when ``index`` is one, or the seeds name detections);
+            ``where`` is then over ``detections d JOIN images i``.
 
     Returns:
         Hits (rank, image_id, score: cosine similarity, or with negatives a sum of weighted z-scores), best first;
-        never a seed or a negative.
+        never a seed or a negative. Over objects, ObjectHits (rank, detection_id, image_id, box, score).
 
     Raises:
         SearchError: an unknown image id, a slice that matches nothing.
@@ -156,9 +165,12 @@ def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] =
         ([1, 2, 3, 4, 5], False)
     """
     from mining.search.similar import find_similar as search
+    from mining.search.similar import names_detections
 
     config = _config(db, config)
-    index = index or open_index(db, config=config)
+    if index is None:
+        objects = names_detections(db, seeds) if objects is None else objects
+        index = open_index(db, config=config, objects=objects)
     return search(db, index, config, seeds, negatives=negatives, k=k, where=where, save=save, embed_files=embed_files)
 
 

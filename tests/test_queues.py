@@ -312,7 +312,7 @@ def test_no_embeddings_says_to_run_embed(tmp_path):
 
 def test_every_sampler_is_listed_with_its_options():
     assert list(SAMPLERS) == ["random-time", "every-nth", "least-confidence", "margin", "entropy", "feedback",
-                              "label-errors", "forgotten", "novelty", "diversity"]
+                              "label-errors", "forgotten", "novelty", "diversity", "object-novelty"]
     assert [o.flag for o in SAMPLERS["random-time"].options] == ["--per", "--k", "--by", "--seed"]
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from embed.backbones import BACKBONES
-from jobs.cli.common import add_runner, embed_config, print_result, runner_of
+from jobs.cli.common import UsageError, add_runner, embed_config, print_result, runner_of
 from mining.core.config import Config
 from mining.core.lake import Lake
 
@@ -164,15 +164,22 @@ def add_embed(commands, add) -> None:
         "--overwrite", action="store_true", help="embed again images that already have an embedding for these weights"
     )
     embed.add_argument("--retry-errors", action="store_true", help="try again images that failed before")
+    embed.add_argument("--objects", action="store_true",
+                       help="embed the detection boxes of each image's newest prediction instead (object_embeddings; "
+                            "crops as config [objects] says)")
     add_runner(embed)
 
 
 def cmd_embed(args: argparse.Namespace, config: Config) -> int:
+    if args.objects and args.runner != "local":
+        raise UsageError("--objects runs locally only for now: drop --runner ray")
     runner = runner_of(args)  # the cluster reached (or not) before torch is imported
     from jobs.embed_images import Shard, embed_lake
 
     embed = embed_config(config, weights=args.weights, backbone=args.backbone, device=args.device, decode=args.decode,
                          batch_size=args.batch_size, workers=args.workers, seed=args.seed)
+    if args.objects:
+        return _embed_objects(args, config, embed, runner)
     summary = embed_lake(Lake.from_config(config), embed, shard=Shard.parse(args.shard), overwrite=args.overwrite,
                          retry_errors=args.retry_errors, show_progress=not args.quiet, runner=runner)
     print_result(args, summary, _embed_text)
@@ -180,6 +187,31 @@ def cmd_embed(args: argparse.Namespace, config: Config) -> int:
         print("edgemine: the lake has no images (in this shard) yet: "
               "register some with `edgemine ingest images SOURCE`", file=sys.stderr)
     return 1 if summary.errors else 0
+
+
+def _embed_objects(args: argparse.Namespace, config: Config, embed, runner) -> int:
+    from jobs.embed_images import Shard
+    from jobs.embed_objects import embed_objects
+
+    summary = embed_objects(Lake.from_config(config), embed, config.objects, shard=Shard.parse(args.shard),
+                            overwrite=args.overwrite, retry_errors=args.retry_errors, show_progress=not args.quiet)
+    print_result(args, summary, _objects_text)
+    if summary.detections == 0:
+        print("edgemine: the lake has no detections (in this shard) yet: ingest predictions with boxes first "
+              "(`edgemine ingest predictions`)", file=sys.stderr)
+    return 1 if summary.errors else 0
+
+
+def _objects_text(summary) -> None:
+    print(f"{summary.backbone} ({summary.weights}) on {summary.device}, shard {summary.shard}: "
+          f"{summary.embedded} boxes embedded, {summary.errors} failed, {summary.already_embedded} already embedded, "
+          f"{summary.failed_before} failed before, {summary.over_bound} over [objects] max_per_image "
+          f"({summary.objects_per_second:.1f} boxes/s)")
+    if summary.errors:
+        print("  failures are in the errors table: edgemine sql \"SELECT uri, reason, raw FROM errors "
+              "WHERE job = 'embed-objects'\"")
+    for sample in summary.error_samples:
+        print(f"  failed {sample['uri']}: {sample['reason']}")
 
 
 def _embed_text(summary) -> None:

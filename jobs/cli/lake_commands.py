@@ -252,6 +252,8 @@ def add_index(commands, add) -> None:
     )
     index.add_argument("--nprobe", type=int, help="IVF lists searched per query (default: automatic)")
     index.add_argument("--rebuild", action="store_true", help="build from scratch even if the index is up to date")
+    index.add_argument("--objects", action="store_true",
+                       help="the index of the object embeddings (detection boxes, embed --objects)")
     add_index_choice(index)
 
 
@@ -259,13 +261,13 @@ def cmd_index(args: argparse.Namespace, config: Config) -> int:
     config = index_config(args, config)
     with open_db(config) as db:
         summary = mining.sync_index(db, backbone=args.backbone, weights=args.weights, rebuild=args.rebuild,
-                                    config=config)
+                                    config=config, objects=args.objects)
     print_result(args, summary, _index_text)
     return 0
 
 
 def _index_text(summary) -> None:
-    print(f"index {summary.backbone}/{summary.weights}: {summary.action}"
+    print(f"{'object ' if summary.objects else ''}index {summary.backbone}/{summary.weights}: {summary.action}"
           f"{f' ({summary.reason})' if summary.reason else ''}; {summary.vectors} vectors, {summary.kind}, "
           f"{summary.added} added, {summary.seconds:.1f}s")
 

@@ -14,8 +14,9 @@ from mining.core.sql import quote_literal
 
 
 def add_similar(commands, add) -> None:
-    similar = add(commands, "similar", cmd_similar, "find the images most like some seeds (image ids or image files)")
-    similar.add_argument("seeds", nargs="+", metavar="IMAGE_ID_OR_FILE")
+    similar = add(commands, "similar", cmd_similar,
+                  "find the images most like some seeds (image ids or image files), or the boxes like some detections")
+    similar.add_argument("seeds", nargs="+", metavar="IMAGE_ID_OR_FILE_OR_DETECTION_ID")
     similar.add_argument(
         "--not",
         dest="negatives",
@@ -33,6 +34,10 @@ def add_similar(commands, add) -> None:
         ),
     )
     similar.add_argument("--save", metavar="SET", help="also save the results as the named set SET (the sets view)")
+    similar.add_argument("--objects", action="store_true",
+                         help="search the object index (detection boxes, embed --objects); the default when the "
+                              "seeds are detection ids. Hits then carry detection_id, image_id and box; --where is "
+                              "over detections d JOIN images i")
     similar.add_argument(
         "--format", choices=FORMATS, default="table", help="output format (default: table; --json means json)"
     )
@@ -47,10 +52,13 @@ def cmd_similar(args: argparse.Namespace, config: Config) -> int:
     if args.k is not None and args.k < 1:
         raise UsageError("-k must be at least 1")
     with open_db(config) as db:
-        index = mining.open_index(db, backbone=args.backbone, weights=args.weights, config=config)
+        from mining.search.similar import names_detections
+
+        objects = args.objects or names_detections(db, args.seeds)
+        index = mining.open_index(db, backbone=args.backbone, weights=args.weights, config=config, objects=objects)
         hits = mining.find_similar(db, args.seeds, negatives=args.negatives, k=args.k, where=args.where, save=args.save,
                                    index=index, embed_files=file_embedder(config), config=config)
-    print_result(args, hits_table(hits), max_rows=len(hits))
+    print_result(args, hits_table(hits, objects=objects), max_rows=len(hits))
     if args.save:
         sql = f"SELECT * FROM sets JOIN predictions USING (image_id) WHERE name = {quote_literal(args.save)}"
         print(f"saved as set {args.save!r}: {command('sql', sql)}", file=sys.stderr)

@@ -65,6 +65,15 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class ObjectsConfig:
+    """`edgemine embed --objects`: how detection boxes become crops (docs/EMBED.md "Objects")."""
+
+    padding: float = 0.15  # context around a box, a fraction of its size on each side (0: the box alone)
+    max_per_image: int = 20  # crops per image at most, the highest-scoring boxes first
+    min_side: float = 1.0  # boxes narrower or shorter than this many pixels (after clipping) are refused
+
+
+@dataclass(frozen=True)
 class IndexConfig:
     kind: str = "auto"  # auto, flat (exact), ivf, ivfpq
     # The thresholds of kind = "auto" (mining.search.index.auto_kind; docs/SCALE.md, BENCHMARKS.md):
@@ -227,6 +236,7 @@ class Config:
     s3: S3Config = field(default_factory=S3Config)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
+    objects: ObjectsConfig = field(default_factory=ObjectsConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)

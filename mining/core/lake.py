@@ -11,6 +11,7 @@ Layout (relative to the lake root)::
     _jobs/<job>/<shard>.json what a job finished with one input (an input file's size and ETag, say),
                              so a rerun skips what is done; written after the shard's commits
     _index/<backbone>/<weights>/  the vector index: current.json -> <version>/ files (mining.search.index_store)
+    _index/_objects/<backbone>/<weights>/  the same over the object embeddings (detection boxes)
     _models/<version>/       a trained classifier: model.pt, model.json (mining.evaluation.models;
                              the models row makes it visible)
     _models/_staging/<version>/  a training run's per-epoch checkpoints, until the model is published
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 JOBS_DIR = "_jobs"
 INDEX_DIR = "_index"
+OBJECTS_INDEX = "_objects"  # _index/_objects/<backbone>/<weights>/: no backbone name starts with "_"
 MODELS_DIR = "_models"  # not models/: that folder is the models Delta table
 SOURCES_DIR = "sources"
 DELTA_LOG = "_delta_log"
@@ -270,8 +272,11 @@ class Lake:
             raise LakeError(f"the lake {self.uri} holds tables in the old layout (Parquet folders without a "
                             f"_delta_log: {', '.join(old)}); convert it once with `{migrate}`")
 
-    def index_dir(self, backbone: str, weights: str) -> str:
-        """Where the vector index over one (backbone, weights) embedding set lives."""
+    def index_dir(self, backbone: str, weights: str, objects: bool = False) -> str:
+        """Where the vector index over one (backbone, weights) embedding set lives; ``objects``:
+        the index of its object embeddings (detection boxes), beside the images' one."""
+        if objects:
+            return self.path(INDEX_DIR, OBJECTS_INDEX, backbone, weights)
         return self.path(INDEX_DIR, backbone, weights)
 
     def model_dir(self, version: str) -> str:

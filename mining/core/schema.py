@@ -178,6 +178,25 @@ EMBEDDINGS = Table(
     ),
 )
 
+OBJECT_EMBEDDINGS = Table(
+    name="object_embeddings",
+    doc="One L2-normalised vector per detection box, backbone and weights (written by `edgemine embed --objects`): "
+        "the box cropped (padded, made square, resized to the backbone's input) and embedded; the image and the box "
+        "beside it, so a hit shows without a join.",
+    key=("detection_id", "backbone", "weights"),
+    schema=pa.schema(
+        [
+            pa.field("detection_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("backbone", pa.string(), nullable=False),
+            pa.field("weights", pa.string(), nullable=False),
+            pa.field("box", pa.list_(pa.float32(), 4)),  # [x1, y1, x2, y2] as cropped (clipped to the image)
+            pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+            pa.field("computed_at", UTC_TS),
+        ]
+    ),
+)
+
 THUMBNAILS = Table(
     name="thumbnails",
     doc="A small JPEG per image (long side about 128 px) so a review grid is one query, not one read per original.",
@@ -540,8 +559,8 @@ DRIFT = Table(
 
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, MASKS, EMBEDDINGS, THUMBNAILS, ERRORS, DEMO_TRUTH,
-              NARROW_STEPS, NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES,
+    for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, MASKS, EMBEDDINGS, OBJECT_EMBEDDINGS, THUMBNAILS, ERRORS,
+              DEMO_TRUTH, NARROW_STEPS, NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES,
               MODELS, SLICES, METRICS, ALARMS, DRIFT)
 }
 

@@ -101,20 +101,22 @@ def choose_spec(n: int, config: IndexConfig) -> IndexSpec:
 
 
 class VectorIndex:
-    """``ids``: (n,) image ids; ``vectors``: float32 (n, d), unit rows; ``faiss_index``:
+    """``ids``: (n,) image ids (detection ids when ``objects``: an index over the object
+    embeddings); ``vectors``: float32 (n, d), unit rows; ``faiss_index``:
     the trained IVF index over the same rows, or None for flat. ``order``: the
     positions in id order (``argsort(ids)``), when the caller has it saved.
     Memory-mapped ``ids``, ``vectors`` and ``order`` are kept mapped, not copied."""
 
     def __init__(self, ids: np.ndarray, vectors: np.ndarray, spec: IndexSpec, faiss_index: faiss.Index | None = None,
                  backend: Backend | None = None, *, backbone: str = "", weights: str = "",
-                 order: np.ndarray | None = None):
+                 order: np.ndarray | None = None, objects: bool = False):
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
         self.ids = ids if _mapped(ids, np.str_) else np.asarray(ids, dtype=str)
         self.vectors = vectors if _mapped(vectors, np.float32) else np.ascontiguousarray(vectors, dtype=np.float32)
         self.spec = spec
         self.backbone, self.weights = backbone, weights  # the embedding set it covers
+        self.objects = objects  # its ids are detection ids (object_embeddings), not image ids
         self.faiss_index = faiss_index
         self.backend = backend or FaissCPU()
         self._order = order
@@ -137,7 +139,8 @@ class VectorIndex:
 
     @classmethod
     def build(cls, ids: np.ndarray, vectors: np.ndarray, spec: IndexSpec, *, seed: int = 0,
-              backend: Backend | None = None, backbone: str = "", weights: str = "") -> VectorIndex:
+              backend: Backend | None = None, backbone: str = "", weights: str = "",
+              objects: bool = False) -> VectorIndex:
         """An index over ``vectors`` (float32 (n, d), in memory or a ``np.memmap``, kept
         as given). IVF kinds train on a sample and are filled ``ADD_CHUNK`` rows at a
         time, so a mapped array is read through once, never copied whole."""
@@ -147,7 +150,7 @@ class VectorIndex:
         if spec.kind != "flat":
             faiss_index = _train_ivf(vectors, spec, seed)
             add_in_chunks(faiss_index, vectors)
-        return cls(ids, vectors, spec, faiss_index, backend, backbone=backbone, weights=weights)
+        return cls(ids, vectors, spec, faiss_index, backend, backbone=backbone, weights=weights, objects=objects)
 
     def extended(self, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
         """A new index with these rows appended (IVF cells are kept: new vectors go
@@ -169,7 +172,8 @@ class VectorIndex:
 
     def _like(self, **changes) -> VectorIndex:
         fields = {"ids": self.ids, "vectors": self.vectors, "spec": self.spec, "faiss_index": self.faiss_index,
-                  "backend": self.backend, "backbone": self.backbone, "weights": self.weights, "order": self._order}
+                  "backend": self.backend, "backbone": self.backbone, "weights": self.weights, "order": self._order,
+                  "objects": self.objects}
         if "ids" in changes:
             fields["order"] = None
         return VectorIndex(**(fields | changes))
@@ -187,6 +191,12 @@ class VectorIndex:
         if skip_missing:
             return found[present].astype(np.int64)
         missing = wanted[~present]
+        if len(missing) and self.objects:
+            raise SearchError(
+                f"detection id(s) not in the object index: {', '.join(missing[:5])}"
+                f"{' ...' if len(missing) > 5 else ''}. Check the id (edgemine sql \"SELECT detection_id FROM "
+                "detections LIMIT 5\"), or embed the boxes first (edgemine embed --objects)"
+            )
         if len(missing):
             raise SearchError(
                 f"image id(s) not in the index: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}. "

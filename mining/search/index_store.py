@@ -1,6 +1,7 @@
 """The vector index on the lake: saved, opened memory-mapped in another process, versioned.
 
-Layout under ``_index/<backbone>/<weights>/``::
+Layout under ``_index/<backbone>/<weights>/`` (the object embeddings' index:
+``_index/_objects/<backbone>/<weights>/``, its ids detection ids)::
 
     current.json                 {"version": ...}: the version readers load
     <version>/manifest.json      kind, counts, the embeddings table's version and data files covered
@@ -61,6 +62,7 @@ class Manifest:
     updated_at: str = ""
     version: str = ""
     embeddings_version: int | None = None  # the embeddings table's Delta version the index covers
+    objects: bool = False  # over object_embeddings (ids are detection ids), not embeddings (image ids)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), indent=1).encode()
@@ -90,7 +92,7 @@ def build_and_save(lake: Lake, ids: np.ndarray, vectors: np.ndarray, spec: Index
     with _writable_folder(lake, manifest) as local:
         _write_rows(local / "vectors.npy", [vectors])
         index = VectorIndex.build(ids, _open_rows(local / "vectors.npy"), spec, seed=seed, backend=backend,
-                                  backbone=manifest.backbone, weights=manifest.weights)
+                                  backbone=manifest.backbone, weights=manifest.weights, objects=manifest.objects)
         _write_rest(local, index, manifest)
     _publish(lake, manifest)
     return index, manifest
@@ -108,7 +110,8 @@ def extend_and_save(lake: Lake, index: VectorIndex, ids: np.ndarray, vectors: np
     with _writable_folder(lake, manifest) as local:
         _write_rows(local / "vectors.npy", [index.vectors, vectors])
         grown = VectorIndex(np.concatenate([index.ids, np.asarray(ids, dtype=str)]), _open_rows(local / "vectors.npy"),
-                            index.spec, faiss_index, index.backend, backbone=index.backbone, weights=index.weights)
+                            index.spec, faiss_index, index.backend, backbone=index.backbone, weights=index.weights,
+                            objects=index.objects)
         _write_rest(local, grown, manifest)
     _publish(lake, manifest)
     return grown, manifest
@@ -121,7 +124,7 @@ def _stamped(manifest: Manifest, spec: IndexSpec, count: int) -> Manifest:
 
 
 def _version_folder(lake: Lake, manifest: Manifest) -> str:
-    return posixpath.join(lake.index_dir(manifest.backbone, manifest.weights), manifest.version)
+    return posixpath.join(lake.index_dir(manifest.backbone, manifest.weights, manifest.objects), manifest.version)
 
 
 @contextmanager
@@ -165,13 +168,13 @@ def _write_rest(local: Path, index: VectorIndex, manifest: Manifest) -> None:
 
 
 def _publish(lake: Lake, manifest: Manifest) -> None:
-    root = lake.index_dir(manifest.backbone, manifest.weights)
+    root = lake.index_dir(manifest.backbone, manifest.weights, manifest.objects)
     lake.write_atomic(posixpath.join(root, "current.json"), json.dumps({"version": manifest.version}).encode())
     _drop_old_versions(lake, root)
 
 
-def load_manifest(lake: Lake, backbone: str, weights: str) -> Manifest | None:
-    root = lake.index_dir(backbone, weights)
+def load_manifest(lake: Lake, backbone: str, weights: str, objects: bool = False) -> Manifest | None:
+    root = lake.index_dir(backbone, weights, objects)
     try:
         version = json.loads(lake.fs.cat_file(posixpath.join(root, "current.json")))["version"]
         return Manifest.from_json(lake.fs.cat_file(posixpath.join(root, version, "manifest.json")))
@@ -193,7 +196,7 @@ def load_index(lake: Lake, manifest: Manifest, backend: Backend | None = None) -
     log.debug("index %s/%s opened: %d vectors, %s, memory-mapped (%.1fs)", manifest.backbone, manifest.weights,
               len(ids), manifest.spec.describe(), time.monotonic() - started)
     return VectorIndex(ids, vectors, manifest.spec, faiss_index, backend, backbone=manifest.backbone,
-                       weights=manifest.weights, order=order)
+                       weights=manifest.weights, order=order, objects=manifest.objects)
 
 
 @contextmanager

@@ -5,6 +5,10 @@ Seeds and negatives are vectors, so an image in the lake (its stored embedding)
 and a file from outside (embedded on the fly by embed.files, with the model the
 index was built from) are treated alike. ``find_similar`` is what `edgemine
 similar` runs; ``rank`` is the same over vectors; ``browse`` lists seed candidates.
+
+Over the object index (``index.objects``: one vector per detection box, `edgemine embed
+--objects`) the same search takes detection ids as seeds and gives ``ObjectHit``s: the
+detection, its image and its box; ``names_detections`` tells a detection id from the rest.
 """
 
 from __future__ import annotations
@@ -31,12 +35,25 @@ FileEmbedder = Callable[[Sequence[str], str, str], np.ndarray]
 
 # What --where filters: every image, with its predictions (one row per prediction).
 SLICE_FROM = "images i LEFT JOIN predictions p USING (image_id)"
+# ... and over objects: every detection box, with its image.
+OBJECT_SLICE_FROM = "detections d JOIN images i USING (image_id)"
 
 
 @dataclass(frozen=True)
 class Hit:
     rank: int
     image_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ObjectHit:
+    """A hit of the object index: the detection, its image, its box [x1, y1, x2, y2] as cropped."""
+
+    rank: int
+    detection_id: str
+    image_id: str
+    box: list[float]
     score: float
 
 
@@ -73,8 +90,12 @@ def resolve_seeds(index: VectorIndex, seeds: Sequence[str], embed_files: FileEmb
     with the index's model) as one Seeds.
 
     Raises SearchError for an id the index lacks, a seed that is neither an id nor a
-    file, or a file when no ``embed_files`` was given."""
-    ids = [s for s in seeds if IMAGE_ID.match(s) and not os.path.exists(s)]
+    file, or a file when no ``embed_files`` was given. Over the object index, ids are
+    detection ids (a file seed is then best a crop of the object)."""
+    if index.objects:
+        ids = [s for s in seeds if not os.path.exists(s) and not is_s3(s)]
+    else:
+        ids = [s for s in seeds if IMAGE_ID.match(s) and not os.path.exists(s)]
     files = [s for s in seeds if s not in ids]
     for f in files:
         if not is_s3(f) and not os.path.exists(f):
@@ -99,29 +120,62 @@ def resolve_query(db: LakeDB, index: VectorIndex, seeds: Sequence[str], *, negat
     if where:
         subset = slice_positions(db, index, where)
         if len(subset) == 0:
-            raise SearchError(f"no embedded image matches --where {where!r}")
+            raise SearchError(f"no embedded {'box' if index.objects else 'image'} matches --where {where!r}")
     return Query(positive, negative, subset)
 
 
 def find_similar(db: LakeDB, index: VectorIndex, config: Config, seeds: Sequence[str], *,
                  negatives: Sequence[str] = (), k: int | None = None, where: str | None = None,
-                 save: str | None = None, embed_files: FileEmbedder | None = None) -> list[Hit]:
+                 save: str | None = None, embed_files: FileEmbedder | None = None) -> list[Hit] | list[ObjectHit]:
     """The ``k`` images (default ``config.mining.k``) most like ``seeds`` and unlike
     ``negatives`` (image ids, or image files embedded by ``embed_files``), within the
     ``where`` slice; saved as the named set ``save`` when given. What `edgemine similar` runs.
+    Over the object index: the ``k`` boxes (ObjectHit) like the seed boxes (detection ids),
+    ``where`` over ``detections d JOIN images i``; ``save`` keeps their images, best first.
 
     Raises SearchError (unknown seed, empty slice, bad k) or QueryError (bad SQL)."""
     query = resolve_query(db, index, seeds, negatives=negatives, where=where, embed_files=embed_files)
+    # The production model's doubt and class are per image: the reviewer loop's prior for image searches.
+    with_prior = query.negative is not None and not index.objects
     hits = rank(index, query.positive.vectors, None if query.negative is None else query.negative.vectors,
                 k or config.mining.k, subset=query.subset, exclude=query.exclude, seed=config.mining.seed,
-                uncertainty=None if query.negative is None else model_uncertainty(db, index),  # used with negatives
-                predicted=None if query.negative is None else predicted_classes(db, index),
+                uncertainty=model_uncertainty(db, index) if with_prior else None,  # used with negatives
+                predicted=predicted_classes(db, index) if with_prior else None,
                 positive_positions=query.positive.positions,
                 negative_positions=None if query.negative is None else query.negative.positions)
+    if index.objects:
+        hits = object_hits(db, index, hits)
     if save:
-        save_set(db, save, [h.image_id for h in hits], source=f"similar:{' '.join(seeds)}", user=config.mining.user,
-                 scores=[h.score for h in hits])
+        images = list(dict.fromkeys(h.image_id for h in hits))  # an image once, at its best box's rank
+        best = {}
+        for h in hits:
+            best.setdefault(h.image_id, h.score)
+        save_set(db, save, images, source=f"similar{'-objects' if index.objects else ''}:{' '.join(seeds)}",
+                 user=config.mining.user, scores=[best[i] for i in images])
     return hits
+
+
+def names_detections(db: LakeDB, seeds: Sequence[str]) -> bool:
+    """Whether ``seeds`` name detection boxes of the lake (so a search should run over objects):
+    some seed, neither an image id nor a file, is a ``detection_id``."""
+    candidates = [s for s in seeds if not IMAGE_ID.match(s) and not is_s3(s) and not os.path.exists(s)]
+    if not candidates:
+        return False
+    found = db.query("SELECT count(*) AS n FROM detections WHERE list_contains($ids, detection_id)",
+                     {"ids": candidates})
+    return found.column("n")[0].as_py() > 0
+
+
+def object_hits(db: LakeDB, index: VectorIndex, hits: list[Hit]) -> list[ObjectHit]:
+    """``hits`` of the object index (their ``image_id`` a detection id) with each box's image and box."""
+    rows = db.query(
+        "SELECT detection_id, image_id, box FROM object_embeddings "
+        "WHERE backbone = $backbone AND weights = $weights AND list_contains($ids, detection_id)",
+        {"backbone": index.backbone, "weights": index.weights, "ids": [h.image_id for h in hits]},
+    ).to_pylist()
+    found = {r["detection_id"]: r for r in rows}
+    return [ObjectHit(h.rank, h.image_id, found[h.image_id]["image_id"], list(found[h.image_id]["box"] or []), h.score)
+            for h in hits if h.image_id in found]
 
 
 def rank(index: VectorIndex, positives: np.ndarray, negatives: np.ndarray | None = None, k: int = 20, *,
@@ -264,12 +318,27 @@ def predicted_classes(db: LakeDB, index: VectorIndex) -> np.ndarray:
 
 def slice_positions(db: LakeDB, index: VectorIndex, where: str) -> np.ndarray:
     """Index positions of the images matching a SQL predicate over images joined with
-    their predictions (``i.`` and ``p.`` qualify the columns the two share)."""
-    ids = db.query(f"SELECT DISTINCT image_id FROM {SLICE_FROM} WHERE ({where})").column("image_id")
+    their predictions (``i.`` and ``p.`` qualify the columns the two share); over the
+    object index, of the boxes matching it over detections joined with their images
+    (``d.`` and ``i.``)."""
+    if index.objects:
+        ids = db.query(f"SELECT DISTINCT d.detection_id AS id FROM {OBJECT_SLICE_FROM} WHERE ({where})").column("id")
+    else:
+        ids = db.query(f"SELECT DISTINCT image_id FROM {SLICE_FROM} WHERE ({where})").column("image_id")
     return index.positions(ids.to_numpy(zero_copy_only=False), skip_missing=True) if len(ids) else np.zeros(0, np.int64)
 
 
-def hits_table(hits: list[Hit]) -> pa.Table:
+def hits_table(hits: list[Hit] | list[ObjectHit], *, objects: bool = False) -> pa.Table:
+    """The hits as the CLI prints them: rank, image_id, score; for objects (ObjectHits, or
+    ``objects`` when there are none) rank, detection_id, image_id, box, score."""
+    if objects or (hits and isinstance(hits[0], ObjectHit)):
+        return pa.table({
+            "rank": pa.array([h.rank for h in hits], pa.int32()),
+            "detection_id": pa.array([h.detection_id for h in hits], pa.string()),
+            "image_id": pa.array([h.image_id for h in hits], pa.string()),
+            "box": pa.array([h.box for h in hits], pa.list_(pa.float32())),
+            "score": pa.array([h.score for h in hits], pa.float32()),
+        })
     return pa.table({
         "rank": pa.array([h.rank for h in hits], pa.int32()),
         "image_id": pa.array([h.image_id for h in hits], pa.string()),

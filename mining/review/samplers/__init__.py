@@ -16,7 +16,8 @@ One module per family:
 - ``suspect_labels``: label-errors, labels that disagree with the model or the neighbours;
 - ``forgotten``: what a retrain forgot;
 - ``novelty``: images far from everything reviewed or labelled, through the index;
-- ``diversity``: k-center greedy over the slice (or a queue), through the index's vectors.
+- ``diversity``: k-center greedy over the slice (or a queue), through the index's vectors;
+- ``object_novelty``: images whose detection box is farthest from the boxes reviewed, through the object index.
 
 ``SAMPLERS`` below is the registry: the CLI's ``queue`` subcommands, the UI's form and
 mining.review.queues.make_queue are made from it. A new sampler is one module defining its
@@ -30,6 +31,7 @@ from mining.review.samplers import (
     diversity,
     forgotten,
     novelty,
+    object_novelty,
     reported_images,
     spot_checks,
     suspect_labels,
@@ -60,6 +62,7 @@ SAMPLERS: dict[str, Sampler] = _by_name(
     forgotten.FORGOTTEN,
     novelty.NOVELTY,
     diversity.DIVERSITY,
+    object_novelty.OBJECT_NOVELTY,
 )
 
 
