@@ -123,3 +123,121 @@ def test_a_brush_region_becomes_coco_only_at_the_images_size():
     assert np.array_equal(masks.decode(brush_rle.to_coco(region, 6, 5)), mask)
     assert "is not the image's [height, width] [5, 6]" in brush_rle.to_coco(region, 5, 6)
     assert "size is unknown" in brush_rle.to_coco(region, None, None)
+
+
+# -- masks out to Label Studio's JSON and back into the lake ---------------------------------------
+@pytest.fixture
+def mask_lake(tmp_path: Path):
+    """12 images (64 x 48): the even ones with a label map (seg0), the odd ones with one instance
+    mask each (pre), the newest prediction of every image; returns (lake, ids, {image: truth})."""
+    from jobs.ingest_images import ingest_images
+    from mining.core.lake import Lake
+    from tests.helpers import jpeg_bytes
+    from tests.test_masks import CLASSES, H, W, images_of, ingest_version, label_map, objects, png
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"img-{i:04d}.jpg").write_bytes(jpeg_bytes(100 + i, (W, H)))
+    lake = Lake(str(tmp_path / "lake"))
+    ingest_images(lake, str(folder), show_progress=False)
+    shapes = objects(5)
+    ingest_version(lake, tmp_path, "pre", shapes, 1)
+    names = tmp_path / "classes.txt"
+    names.write_text("\n".join(CLASSES))
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    for i in range(0, 12, 2):  # label maps, newer than the instance masks, on the even images
+        (maps / f"img-{i:04d}.png").write_bytes(png(label_map(i)))
+    from jobs.detector_readers import Detector
+    from jobs.ingest_predictions import ingest_predictions
+
+    ingest_predictions(lake, [str(maps)], fmt="png-masks", show_progress=False,
+                       detector=Detector("seg0", classes=str(names)))
+    ids = [r["image_id"] for r in images_of(lake)]
+    truth = {ids[i]: ({c: label_map(i) == k for k, c in enumerate(CLASSES)} if i % 2 == 0 else {"plane": shapes[i]})
+             for i in range(12)}
+    return lake, ids, truth
+
+
+def brush_regions(task: dict) -> dict[tuple[str, str], np.ndarray]:
+    """A task's brush pre-annotations, decoded: {(control, label): mask}."""
+    found = {}
+    for r in task["predictions"][0]["result"]:
+        if r["type"] == "brushlabels":
+            assert r["value"]["format"] == "rle" and len(r["value"]["brushlabels"]) == 1
+            mask = brush_rle.decode(r["value"]["rle"], r["original_height"], r["original_width"])
+            found[(r["from_name"], r["value"]["brushlabels"][0])] = mask
+    return found
+
+
+def first_brush(task: dict) -> dict:
+    return next(r for r in task["annotations"][0]["result"] if r["type"] == "brushlabels")
+
+
+def check_pre_annotations(tasks: list[dict], ids: list[str], truth: dict) -> None:
+    """Instance masks as ``brush`` regions (no rectangle), label maps' classes as ``semantic``."""
+    for task in tasks:
+        image_id = task["data"]["edgemine_image_id"]
+        control = "semantic" if ids.index(image_id) % 2 == 0 else "brush"
+        regions = brush_regions(task)
+        assert set(regions) == {(control, c) for c in truth[image_id]}
+        for (_, label), mask in regions.items():
+            assert np.array_equal(mask, truth[image_id][label])
+        assert not [r for r in task["predictions"][0]["result"] if r["type"] == "rectanglelabels"]
+
+
+def check_labelled_masks(lake, ids: list[str], truth: dict) -> None:
+    from mining.core import masks
+    from tests.helpers import rows
+
+    back = rows(lake, "SELECT l.image_id, l.label, l.box, m.kind, m.height, m.width, m.counts "
+                      "FROM labels l JOIN masks m USING (label_id)")
+    assert len(back) == sum(len(t) for t in truth.values())
+    for r in back:
+        semantic = ids.index(r["image_id"]) % 2 == 0
+        assert r["kind"] == ("semantic" if semantic else "instance") and (r["box"] is None) == semantic
+        mask = masks.decode({"size": [r["height"], r["width"]], "counts": r["counts"]})
+        assert np.array_equal(mask, truth[r["image_id"]][r["label"]])
+        if not semantic:  # an object's box follows from its mask
+            assert r["box"] == pytest.approx(masks.bbox(masks.encode(mask)))
+
+
+def test_masks_go_out_as_brush_pre_annotations_and_come_back_as_masks_of_labels(mask_lake, tmp_path):
+    from mining.core.config import Config
+    from mining.core.sql import LakeDB
+    from mining.labelling.export import export_images
+    from mining.labelling.labels import import_labels
+    from tests.helpers import rows
+
+    lake, ids, truth = mask_lake
+    config = Config(lake=lake.uri)
+    with LakeDB(lake) as db:
+        summary = export_images(db, ids, fmt="label-studio", target=str(tmp_path / "out"), config=config,
+                                source="test")
+    folder = Path(summary.folder)
+    tasks = json.loads((folder / "tasks.json").read_text())
+    check_pre_annotations(tasks, ids, truth)
+    config_xml = (folder / "config.xml").read_text()
+    assert '<BrushLabels name="brush" toName="image">' in config_xml and 'name="semantic"' in config_xml
+    # Label Studio's export once annotators accepted the pre-annotations; one brush region with a
+    # wrong size and one with a truncated RLE are refused with their reasons, the rest land.
+    for task in tasks:
+        task["annotations"] = [{"result": task.pop("predictions")[0]["result"], "completed_by": 7}]
+    # a label is (image, class, box): a class chosen for the image and a class of its label map are one label
+    accepted = len({(t["data"]["edgemine_image_id"], (r["value"].get("choices") or r["value"]["brushlabels"])[0],
+                     r["from_name"] == "brush") for t in tasks for r in t["annotations"][0]["result"]})
+    bad = dict(first_brush(tasks[1]), original_width=65)
+    cut = dict(first_brush(tasks[3]))
+    cut["value"] = dict(cut["value"], rle=cut["value"]["rle"][:-3])
+    tasks.append({"data": tasks[1]["data"], "annotations": [{"result": [bad, cut], "completed_by": 8}]})
+    exported = tmp_path / "ls-export.json"
+    exported.write_text(json.dumps(tasks))
+    with LakeDB(lake) as db:
+        first = import_labels(db, str(exported), fmt="label-studio", config=config)
+        again = import_labels(db, str(exported), fmt="label-studio", config=config)
+    assert (first.imported, first.errors) == (accepted, 2)
+    assert (again.imported, again.already) == (0, first.imported)
+    reasons = sorted(r["reason"] for r in rows(lake, "SELECT reason FROM errors WHERE job = 'labels-import'"))
+    assert "is not the image's [height, width] [48, 64]" in reasons[0] and "brush rle ends after" in reasons[1]
+    check_labelled_masks(lake, ids, truth)
