@@ -128,6 +128,10 @@ def test_a_brush_region_becomes_coco_only_at_the_images_size():
 # -- masks out to Label Studio's JSON and back into the lake ---------------------------------------
 @pytest.fixture
 def mask_lake(tmp_path: Path):
+    return build_mask_lake(tmp_path)
+
+
+def build_mask_lake(tmp_path: Path):
     """12 images (64 x 48): the even ones with a label map (seg0), the odd ones with one instance
     mask each (pre), the newest prediction of every image; returns (lake, ids, {image: truth})."""
     from jobs.ingest_images import ingest_images
