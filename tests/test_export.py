@@ -583,3 +583,20 @@ def test_export_and_labels_import_commands(local, tmp_path, capsys):
 def test_every_format_is_listed_in_the_docs():
     text = (Path(__file__).resolve().parents[1] / "docs" / "EXPORT.md").read_text()
     assert all(f"`{fmt}`" in text for fmt in FORMATS)
+
+
+def test_images_without_any_prediction_export_as_tasks_without_pre_annotations(tmp_path):
+    """No image of the batch has a prediction (a new problem): the tasks go out bare."""
+    from tests.helpers import jpeg_bytes
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        (folder / f"new-{i}.jpg").write_bytes(jpeg_bytes(i, (32, 24)))
+    lake = Lake(str(tmp_path / "lake"))
+    ingest_images(lake, str(folder), show_progress=False)
+    ids = [r["image_id"] for r in rows(lake, "SELECT image_id FROM images ORDER BY uri")]
+    summary = export(lake, ids, "label-studio", str(tmp_path / "out"))
+    tasks = json.loads((Path(summary.folder) / "tasks.json").read_text())
+    assert summary.exported == 2 and [t["data"]["edgemine_image_id"] for t in tasks] == ids
+    assert not any("predictions" in t for t in tasks)

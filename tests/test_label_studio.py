@@ -30,6 +30,7 @@ from mining.labelling.export import export_images
 from mining.labelling.label_studio import Client, push_tasks
 from mining.labelling.labels import import_labels
 from tests.helpers import rows
+from tests.test_brush import build_mask_lake, check_labelled_masks, check_pre_annotations
 from tests.test_export import build, config_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,3 +222,22 @@ def test_unreachable_server_and_wrong_token_say_what_to_set(label_studio, ls_lak
     assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["exported"] == 4
     assert rows(lake, "SELECT count(*) AS n FROM exports") == [{"n": 4}]
+
+
+def test_brush_pre_annotations_go_through_the_server_and_come_back_as_masks_of_labels(label_studio, tmp_path):
+    """Our brush RLE as the server keeps it: imported with the tasks, given back decoded equal,
+    and once accepted by an annotator pulled into the lake as the same masks."""
+    lake, ids, truth = build_mask_lake(tmp_path)
+    assert push(lake, ids, label_studio, "edgemine-brush").exported == len(ids)
+    client = Client(label_studio, TOKEN)
+    project = client.project("edgemine-brush")
+    tasks = client.tasks(project)
+    assert len(tasks) == len(ids)
+    check_pre_annotations(tasks, ids, truth)
+    for task in tasks:
+        client.request("POST", f"/api/tasks/{task['id']}/annotations",
+                       json={"result": task["predictions"][0]["result"], "was_cancelled": False})
+    with LakeDB(lake) as db:
+        summary = import_labels(db, label_studio, fmt="label-studio", project="edgemine-brush", config=ls_config(lake))
+    assert summary.errors == 0 and summary.images == len(ids)
+    check_labelled_masks(lake, ids, truth)

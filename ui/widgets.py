@@ -164,14 +164,14 @@ def caption(facts: dict, columns: tuple[str, ...], score: float | None, decision
 
 @st.dialog("Image", width="large")
 def show_image(image_id: str) -> None:
-    """The original with its newest prediction's boxes, and every prediction on it."""
+    """The original with its newest prediction's boxes and masks, and every prediction on it."""
     try:
         details = image_details(data.db(), image_id)
     except EdgemineError as e:
         st.error(str(e))
         return
     try:
-        picture = draw_boxes(read_image(details.uri, data.config().s3), details.boxes)
+        picture = draw_boxes(read_image(details.uri, data.config().s3), details.boxes, details.masks)
         st.image(picture, caption=f"{image_id} · {details.width}×{details.height} · {details.uri}")
     except (OSError, ValueError) as e:
         st.error(f"cannot read the original at {details.uri}: {e}. Showing the thumbnail; "

@@ -1,23 +1,30 @@
 """Pictures for people: thumbnails from the lake, an original with its detection
-boxes drawn, and a cluster's mosaic. Pillow only (no torch), so the UI starts fast.
+boxes and masks drawn, and a cluster's mosaic. Pillow and pycocotools only (no torch),
+so the UI starts fast.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from mining.core.config import S3Config
 from mining.core.errors import SearchError
 from mining.core.lake import open_url
+from mining.core.masks import decode
 from mining.core.sql import LakeDB, quote_ident
 
+logger = logging.getLogger(__name__)
+
 BOX_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#ff9500")
+MASK_OPACITY = 0.45  # a mask's fill over the image: its pixels stay visible beneath
 
 
 def thumbnails(db: LakeDB, image_ids: list[str]) -> dict[str, bytes]:
@@ -60,7 +67,8 @@ class ImageDetails:
     width: int | None
     height: int | None
     predictions: list[dict[str, Any]]  # newest first
-    boxes: list[dict[str, Any]] = field(default_factory=list)  # of the newest prediction: box, label, score
+    boxes: list[dict[str, Any]] = field(default_factory=list)  # of the newest prediction: box, label, score, mask?
+    masks: list[dict[str, Any]] = field(default_factory=list)  # its label map's classes: label, mask
 
 
 def image_details(db: LakeDB, image_id: str) -> ImageDetails:
@@ -74,11 +82,24 @@ def image_details(db: LakeDB, image_id: str) -> ImageDetails:
         "WHERE image_id = $id ORDER BY ts DESC",
         {"id": image_id},
     ).to_pylist()
-    boxes = []
+    boxes, semantic = [], []
     if predictions:
-        boxes = db.query("SELECT box, label, score FROM detections WHERE prediction_id = $p ORDER BY score DESC",
-                         {"p": predictions[0]["prediction_id"]}).to_pylist()
-    return ImageDetails(image_id, images[0]["uri"], images[0]["width"], images[0]["height"], predictions, boxes)
+        newest = {"p": predictions[0]["prediction_id"]}
+        boxes = [_with_mask(r) for r in db.query(
+            "SELECT d.box, d.label, d.score, m.height, m.width, m.counts FROM detections d "
+            "LEFT JOIN masks m ON m.detection_id = d.detection_id WHERE d.prediction_id = $p "
+            "ORDER BY d.score DESC, d.detection_id", newest).to_pylist()]
+        semantic = [_with_mask(r) for r in db.query(
+            "SELECT label, height, width, counts FROM masks WHERE prediction_id = $p AND kind = 'semantic' "
+            "ORDER BY label", newest).to_pylist()]
+    return ImageDetails(image_id, images[0]["uri"], images[0]["width"], images[0]["height"], predictions, boxes,
+                        semantic)
+
+
+def _with_mask(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with columns height, width, counts as one with ``mask`` (COCO RLE), when it has one."""
+    height, width, counts = row.pop("height"), row.pop("width"), row.pop("counts")
+    return row | ({"mask": {"size": [height, width], "counts": counts}} if counts is not None else {})
 
 
 def read_image(uri: str, s3: S3Config) -> bytes:
@@ -88,16 +109,23 @@ def read_image(uri: str, s3: S3Config) -> bytes:
         return f.read()
 
 
-def draw_boxes(data: bytes, boxes: list[dict[str, Any]]) -> Image.Image:
+def draw_boxes(data: bytes, boxes: list[dict[str, Any]], masks: Sequence[dict[str, Any]] = ()) -> Image.Image:
     """The image in ``data`` (RGB) with each box ([x1, y1, x2, y2] in pixels) outlined
-    and labelled with its label and score."""
+    and labelled with its label and score. A box's ``mask`` (COCO RLE) and each of
+    ``masks`` (a label map's classes: ``{label, mask}``) are filled translucently in the
+    colour of their label, beneath the outlines."""
     # Stored pixel order, no EXIF rotation: the model (and so its boxes) saw the same.
     image = Image.open(io.BytesIO(data)).convert("RGB")
+    colours: dict[str, str] = {}
+    for shape in [*boxes, *masks]:  # a colour per label, the boxes' first
+        colours.setdefault(shape["label"], BOX_COLOURS[len(colours) % len(BOX_COLOURS)])
+    for shape in [*masks, *boxes]:  # a label map beneath the objects' masks
+        if shape.get("mask") is not None:
+            fill_mask(image, shape["mask"], colours[shape["label"]])
     draw = ImageDraw.Draw(image)
     width = max(2, round(max(image.size) / 200))
-    colours = {}
     for box in boxes:
-        colour = colours.setdefault(box["label"], BOX_COLOURS[len(colours) % len(BOX_COLOURS)])
+        colour = colours[box["label"]]
         x1, y1, x2, y2 = box["box"]
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
         text = f"{box['label']} {box['score']:.2f}" if box.get("score") is not None else str(box["label"])
@@ -107,6 +135,17 @@ def draw_boxes(data: bytes, boxes: list[dict[str, Any]]) -> Image.Image:
         draw.rectangle((x1, top, x1 + right - left + 4, top + lift), fill=colour)
         draw.text((x1 + 2, top), text, fill="black")
     return image
+
+
+def fill_mask(image: Image.Image, rle: dict[str, Any], colour: str) -> None:
+    """Blend ``colour`` into ``image`` (in place) at ``MASK_OPACITY`` over the pixels of ``rle``;
+    a mask of another size than the image is left out (logged): it is not of this picture."""
+    height, width = rle["size"]
+    if (width, height) != image.size:
+        logger.warning("a %dx%d mask over a %dx%d image: not drawn", width, height, *image.size)
+        return
+    alpha = Image.fromarray(np.where(decode(rle) != 0, round(255 * MASK_OPACITY), 0).astype(np.uint8))
+    image.paste(colour, (0, 0, width, height), alpha)
 
 
 def mosaic(jpegs: list[bytes], *, columns: int = 3, tile: int = 128) -> Image.Image:

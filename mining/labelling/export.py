@@ -138,6 +138,7 @@ def load_items(
         {"ids": list(image_ids)},
     ).to_pydict()
     boxes: dict[str, list[dict[str, Any]]] = {}
+    semantic: dict[str, list[dict[str, Any]]] = {}
     prediction_ids = [p for p in rows["prediction_id"] if p is not None]
     if predictions and prediction_ids:
         found = db.query(

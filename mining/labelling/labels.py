@@ -37,6 +37,7 @@ from mining.core.masks import bbox, mask_rows, parse_mask
 from mining.core.schema import ERRORS, IMAGE_ID_HEX, LABELS, MASKS, error_rows, make_rows
 from mining.core.sql import LakeDB, quote_literal
 from mining.core.summary import Summary
+from mining.labelling import brush_rle
 from mining.labelling.formats import Annotation, reader_for
 from mining.labelling.formats.format_base import checked
 from mining.labelling.formats.label_studio_json import LabelStudio, parse_label_studio
@@ -160,7 +161,7 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, config: Config, batch: s
         rle = None
         if reason is None and a.mask is not None:
             width, height = sizes.get(image_id, (None, None))
-            rle = parse_mask(a.mask, height, width)
+            rle = _mask(a.mask, height, width)
             reason, rle = (f"bad mask: {rle}", None) if isinstance(rle, str) else (None, rle)
             if rle is not None and box is None and a.mask_kind == "instance":
                 box = bbox(rle)
@@ -203,6 +204,14 @@ def import_labels(db: LakeDB, source: str, *, fmt: str, config: Config, batch: s
         progress(len(annotations))
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _mask(value: Any, height: int | None, width: int | None) -> dict[str, Any] | str:
+    """An annotation's mask as a COCO RLE of the image, or why not: Label Studio's brush
+    (``format`` rle) or a COCO segmentation."""
+    if isinstance(value, dict) and value.get("format") == "rle":
+        return brush_rle.to_coco(value, height, width)
+    return parse_mask(value, height, width)
 
 
 def _sizes(db: LakeDB, image_ids: list[str]) -> dict[str, tuple[int | None, int | None]]:

@@ -111,7 +111,8 @@ def _preview(ids: list[str], predictions: bool) -> None:
     items, refused = export.load_items(data.db(), ids, predictions=predictions)
     for col, item in zip(st.columns(PREVIEWED), items):
         try:
-            picture = media.draw_boxes(media.read_image(item.uri, data.config().s3), item.boxes if predictions else [])
+            picture = media.draw_boxes(media.read_image(item.uri, data.config().s3),
+                                       item.boxes if predictions else [], item.masks if predictions else [])
         except (OSError, ValueError) as e:
             col.caption(f"{item.image_id[:8]}: cannot be read ({e})")
             continue
