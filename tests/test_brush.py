@@ -60,6 +60,7 @@ def masks_to_try() -> list[np.ndarray]:
     return found
 
 
+@pytest.mark.processes  # the SDK runs in the Label Studio environment's interpreter
 def test_our_encoding_is_the_sdks_byte_for_byte_and_it_decodes_ours():
     tried = masks_to_try()
     ours = [brush_rle.encode(m) for m in tried]
@@ -71,6 +72,7 @@ def test_our_encoding_is_the_sdks_byte_for_byte_and_it_decodes_ours():
         assert rle == encoded, mask.shape
 
 
+@pytest.mark.processes  # the SDK runs in the Label Studio environment's interpreter
 def test_we_decode_what_the_sdk_encodes():
     tried = masks_to_try()
     theirs = sdk([], tried)["encoded"]
@@ -80,6 +82,7 @@ def test_we_decode_what_the_sdk_encodes():
         assert decoded.dtype == np.uint8 and np.array_equal(decoded, mask)
 
 
+@pytest.mark.processes  # the SDK runs in the Label Studio environment's interpreter
 def test_literal_blocks_and_other_word_sizes_decode_as_the_sdk_reads_them():
     """The editor's rle-pack also writes literal runs and may choose other sizes: a hand-packed
     stream (word size 8, field sizes 2, 3, 5, 9) with a literal block of mixed alpha values."""

@@ -35,6 +35,7 @@ def local_demo(tmp_path_factory) -> tuple[Lake, dict]:
     return lake, run_demo(demo_config(lake, 260, workers=1), show_progress=False).to_dict()
 
 
+@pytest.mark.model  # local_demo is embedded by one
 def test_demo_builds_a_consistent_lake(local_demo):
     lake, summary = local_demo
     assert_consistent(lake, summary, images=260, bad_rows=1)
