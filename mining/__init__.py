@@ -177,11 +177,13 @@ def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] =
 def start_narrowing(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] = (), where: str | None = None,
                     pool: int | None = None, clusters: int | None = None, name: str | None = None,
                     index: VectorIndex | None = None, embed_files: FileEmbedder | None = None,
-                    config: Config | None = None) -> StepReport:
-    """Start a narrowing session: the ``pool`` images nearest the seeds, clustered (`edgemine narrow start`).
+                    config: Config | None = None, objects: bool | None = None) -> StepReport:
+    """Start a narrowing session: the ``pool`` images nearest the seeds, clustered (`edgemine narrow start`);
+    or the ``pool`` detection boxes nearest seed boxes (detection ids), on the object index.
 
     Args:
-        seeds, negatives, where, embed_files: as for ``find_similar``.
+        seeds, negatives, where, embed_files, objects: as for ``find_similar`` (detection ids as
+            seeds narrow boxes: the session's pools, clusters and ``nearest`` are then detection ids).
         pool: images taken near the seeds (default ``[mining] pool``, 1000).
         clusters: k-means clusters (default ``[mining] clusters``, 8).
         name: the session's name (default: the date and a random suffix).
@@ -199,9 +201,12 @@ def start_narrowing(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str
     """
     from mining.search.backends import get_backend
     from mining.search.sessions import start_query
+    from mining.search.similar import names_detections
 
     config = _config(db, config)
-    index = index or open_index(db, config=config)
+    if index is None:
+        objects = names_detections(db, seeds) if objects is None else objects
+        index = open_index(db, config=config, objects=objects)
     return start_query(db, index, get_backend(config.index.device), config, seeds, negatives=negatives, where=where,
                        pool=pool, clusters=clusters, session=name, embed_files=embed_files)
 
@@ -224,12 +229,13 @@ def pick_clusters(db: LakeDB, session: str, clusters: Sequence[int], *, k: int |
         [0, 1]
     """
     from mining.search.backends import get_backend
-    from mining.search.sessions import pick, session_embedding_set
+    from mining.search.sessions import pick, session_embedding_set, session_objects
 
     config = _config(db, config)
     if index is None:
         backbone, weights = session_embedding_set(db, session)
-        index = open_index(db, backbone=backbone, weights=weights, config=config)
+        index = open_index(db, backbone=backbone, weights=weights, config=config,
+                           objects=session_objects(db, session))
     return pick(db, index, get_backend(config.index.device), config.mining, session, clusters, clusters=k)
 
 

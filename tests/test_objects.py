@@ -24,11 +24,12 @@ from jobs.embed_objects import JOB, embed_objects
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
 from mining.core import tables
-from mining.core.config import Config, EmbedConfig, IndexConfig, ObjectsConfig
+from mining.core.config import Config, EmbedConfig, IndexConfig, MiningConfig, ObjectsConfig
 from mining.core.errors import ConfigError, SearchError
 from mining.core.lake import Lake
 from mining.core.schema import DETECTIONS, OBJECT_EMBEDDINGS, make_rows
 from mining.core.sql import LakeDB
+from mining.search import sessions
 from mining.search.index_sync import index_lake
 from tests.helpers import jsonl, local_only, main_in_process, put, rows, source_uri
 
@@ -330,3 +331,75 @@ def test_object_novelty_puts_the_image_with_a_new_kind_of_object_first(lake):
     for row in picked:
         assert row["score"] == pytest.approx(distance[images == row["image_id"]].max(), abs=1e-5)
     assert not set(r["image_id"] for r in picked) & set(seen.column("image_id").to_pylist())
+
+
+# -- narrowing objects --------------------------------------------------------------------------
+
+def exact_nearest(found: list[dict], vectors: np.ndarray, seed: str, k: int) -> list[str]:
+    """Brute force: the ``k`` boxes (the seed among them) most cosine-similar to the seed box."""
+    ids = [r["detection_id"] for r in found]
+    similarity = vectors @ vectors[ids.index(seed)]
+    return [ids[i] for i in np.argsort(-similarity, kind="stable")[:k]]
+
+
+@local_only
+def test_narrowing_from_a_detection_pools_the_exact_nearest_boxes_and_saves_their_images(lake):
+    objects_lake(lake, n=8)
+    embed_objects(lake, CONFIG, OBJECTS, show_progress=False)
+    config = Config(lake=lake.uri, mining=MiningConfig(user="tester"))
+    found, vectors = object_vectors(lake)
+    box = {r["detection_id"]: r for r in found}
+    seed = next(r["detection_id"] for r in found if r["label"] == "red")
+    with LakeDB(lake) as db:
+        step = mining.start_narrowing(db, [seed], pool=10, clusters=2, name="boxes", config=config)
+        members = sessions.members_of(db, "boxes", 0).to_pylist()
+        assert step.objects and step.pool_size == 10 and sum(c.size for c in step.clusters) == 10
+        assert {m["detection_id"] for m in members} == set(exact_nearest(found, vectors, seed, 10))
+        assert all(m["image_id"] == box[m["detection_id"]]["image_id"] for m in members)
+        for c in step.clusters:  # each cluster's label mix and mean score are its boxes' own
+            own = [box[m["detection_id"]] for m in members if m["cluster"] == c.cluster]
+            scores = [d["score"] for d in rows(lake, "SELECT detection_id, score FROM detections")
+                      if d["detection_id"] in {o["detection_id"] for o in own}]
+            assert c.labels == {k: sum(o["label"] == k for o in own) for k in {o["label"] for o in own}}
+            assert c.mean_confidence == pytest.approx(np.mean(scores)) and set(c.nearest) <= {
+                o["detection_id"] for o in own}
+
+        # Drilling into cluster 0 re-clusters exactly its boxes, on the object index the session names.
+        zero = {m["detection_id"] for m in members if m["cluster"] == 0}
+        drilled = mining.pick_clusters(db, "boxes", [0], k=2, config=config)
+        assert drilled.objects and drilled.path == [0, 1] and drilled.pool_size == len(zero)
+        assert {m["detection_id"] for m in sessions.members_of(db, "boxes", 1).to_pylist()} == zero
+        assert mining.go_back(db, "boxes", config=config).step == 0
+
+        # Saved or exported, the session is the boxes' images: each once, at its best box.
+        by_similarity = sorted(members, key=lambda m: (-m["similarity"], m["image_id"]))
+        images = list(dict.fromkeys(m["image_id"] for m in by_similarity))
+        assert sessions.save_session(db, "boxes", "box-images", "tester") == len(images)
+        assert db.query("SELECT image_id FROM sets WHERE name = 'box-images' ORDER BY score DESC, image_id"
+                        ).column("image_id").to_pylist() == images
+        assert mining.resolve_images(db, "session:boxes") == images
+    # The members are in their own table, and the step says it read the object embeddings.
+    assert rows(lake, "SELECT count(*) n FROM narrow_members") == [{"n": 0}]
+    [versions] = rows(lake, "SELECT map_keys(table_versions) k FROM narrow_steps WHERE step = 0")
+    assert "object_embeddings" in versions["k"] and "embeddings" not in versions["k"]
+
+
+@local_only
+def test_the_cli_narrows_boxes_from_a_detection_id_and_refuses_an_unknown_one(lake):
+    objects_lake(lake, n=6)
+    embed_objects(lake, CONFIG, OBJECTS, show_progress=False)
+    found, vectors = object_vectors(lake)
+    seed = next(r["detection_id"] for r in found if r["label"] == "blue")
+    code, out, _ = main_in_process(["narrow", "start", seed, "--pool", "6", "--clusters", "2", "--name", "cli-boxes",
+                                    "--json", "--lake", lake.uri])
+    step = json.loads(out)
+    assert code == 0 and step["objects"] is True and step["pool_size"] == 6
+    pool = {m["detection_id"] for m in rows(lake, "SELECT detection_id FROM narrow_object_members")}
+    assert pool == set(exact_nearest(found, vectors, seed, 6))
+    assert {n for c in step["clusters"] for n in c["nearest"]} <= pool
+
+    code, out, _ = main_in_process(["narrow", "pick", "cli-boxes", "0", "--json", "--lake", lake.uri])
+    assert code == 0 and json.loads(out)["path"] == [0, 1] and json.loads(out)["objects"] is True
+
+    code, _, err = main_in_process(["narrow", "start", "no-such-box", "--objects", "--lake", lake.uri])
+    assert code == 2 and "detection id(s) not in the object index: no-such-box" in err
