@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ from mining.search.index_sync import index_lake
 from tests.helpers import jsonl, local_only, main_in_process, put, rows, source_uri
 
 pytestmark = pytest.mark.model
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = EmbedConfig(weights="random", seed=0, batch_size=8, part_size=12, workers=1)
 OBJECTS = ObjectsConfig(padding=0.0, max_per_image=3)
@@ -403,3 +405,71 @@ def test_the_cli_narrows_boxes_from_a_detection_id_and_refuses_an_unknown_one(la
 
     code, _, err = main_in_process(["narrow", "start", "no-such-box", "--objects", "--lake", lake.uri])
     assert code == 2 and "detection id(s) not in the object index: no-such-box" in err
+
+
+# -- the UI: crops of object hits, a box highlighted in its frame -----------------------------------
+
+def media_pixels(storage, url: str) -> np.ndarray:
+    """The pixels Streamlit serves at ``url`` (an st.image's), from its media storage."""
+    return np.asarray(Image.open(io.BytesIO(storage.get_file(url.rsplit("/", 1)[1]).content)).convert("RGB"))
+
+
+@local_only
+def test_the_find_similar_page_shows_the_crop_of_each_box_hit_and_its_frame_highlighted(lake, monkeypatch):
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import AppTest
+    from streamlit.testing.v1 import app_test as app_test_module
+
+    from ui import nav
+
+    objects_lake(lake, n=6)
+    embed_lake(lake, CONFIG, show_progress=False)  # the page opens on the images' index
+    embed_objects(lake, CONFIG, OBJECTS, show_progress=False)
+    storages = []
+
+    class KeptStorage(MemoryMediaFileStorage):
+        """Streamlit's own media storage, kept so the test can read what a run served."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            storages.append(self)
+
+    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", KeptStorage)
+    monkeypatch.setenv("EDGEMINE_LAKE", lake.uri)
+    monkeypatch.setenv("EDGEMINE_USER", "alice")
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page(f"views/{nav.PAGES['similar'][0]}").run()
+    found, _ = object_vectors(lake)
+    seed = next(r["detection_id"] for r in found if r["label"] == "yellow")
+    at.text_input(key="seed_ids").input(seed)
+    at.button(key="seed_ids_add").click().run()
+    assert not at.exception and at.session_state["positives"] == [seed]
+
+    shown = [c.key.rsplit(":", 1)[1] for c in at.checkbox if c.key and c.key.startswith("results:sel:")]
+    with LakeDB(lake) as db:
+        expected = mining.find_similar(db, [seed], k=40, config=Config(lake=lake.uri))
+    assert shown == [h.detection_id for h in expected] and len(shown) == 17  # every other box, best first
+    originals = {r["image_id"]: np.asarray(Image.open(r["uri"]).convert("RGB"))
+                 for r in rows(lake, "SELECT image_id, uri FROM images")}
+    crops = at.image[-len(shown):]
+    for hit, element in zip(expected, crops):
+        x1, y1, x2, y2 = (int(v) for v in hit.box)
+        pixels = media_pixels(storages[-1], element.value[0])
+        assert pixels.shape == (y2 - y1, x2 - x1, 3)  # the box, not the frame
+        assert np.array_equal(pixels, originals[hit.image_id][y1:y2, x1:x2])
+
+    # 🔍: the whole frame, the box's pixels as they are and the rest dimmed.
+    first = expected[0]
+    at.button(key=f"results:open:{first.detection_id}").click().run()
+    assert len(at.get("dialog")) == 1 and not at.exception
+    frame = media_pixels(storages[-1], at.image[-1].value[0]).astype(int)
+    original = originals[first.image_id].astype(int)
+    x1, y1, x2, y2 = (int(v) for v in first.box)
+    assert frame.shape == original.shape
+    assert np.array_equal(frame[y1:y2, x1:x2], original[y1:y2, x1:x2])
+    outside = np.ones(original.shape[:2], bool)
+    outside[max(0, y1 - 8):y2 + 8, max(0, x1 - 8):x2 + 8] = False
+    assert (frame[outside].sum(1) < original[outside].sum(1)).mean() > 0.95  # dimmed around it
+    assert any("box " + first.detection_id in c for e in at.image for c in e.captions)
