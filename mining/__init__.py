@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "load_config", "open_lake", "open_index", "sync_index",
-    "find_similar", "start_narrowing", "pick_clusters", "go_back", "show_step", "list_sessions",
+    "find_similar", "export_objects", "start_narrowing", "pick_clusters", "go_back", "show_step", "list_sessions",
     "decide", "save_review", "save_set", "export_batch", "import_labels",
     "make_queue", "show_queue", "list_queues", "find_duplicates", "diverse_picks",
     "list_models", "read_model",
@@ -424,6 +424,27 @@ def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | Non
     return export_images(db, resolve_source(db, source), fmt=fmt, target=to, config=_config(db, config), name=batch,
                          source=source, task_size=task_size, predictions=predictions, copy_images=copy_images,
                          resend=resend, project=project, drop_duplicates=drop_duplicates)
+
+
+def export_objects(db: LakeDB, detection_ids: Sequence[str], *, fmt: str, to: str, batch: str | None = None,
+                   task_size: int | None = None, copy_images: bool = False, resend: bool = False,
+                   project: str | None = None, config: Config | None = None) -> ExportSummary:
+    """Send chosen boxes for labelling (`edgemine export --detections`): each of their frames once,
+    with the chosen boxes, and only those, as pre-annotations (e.g. the object hits of ``find_similar``).
+
+    Args:
+        detection_ids: the boxes (``detections.detection_id``); the frames go in the order of their first box.
+        fmt, to, batch, task_size, copy_images, resend, project: as for ``export_batch``.
+
+    Raises:
+        ExportError: a detection id the lake lacks, and what ``export_batch`` raises (nothing committed).
+    """
+    from mining.labelling.export import export_images, object_images
+
+    images = object_images(db, detection_ids)
+    return export_images(db, images, fmt=fmt, target=to, config=_config(db, config), name=batch,
+                         source="detections:" + ",".join(list(dict.fromkeys(detection_ids))[:20]), task_size=task_size,
+                         copy_images=copy_images, resend=resend, project=project, detections=list(detection_ids))
 
 
 def import_labels(db: LakeDB, source: str, *, fmt: str, batch: str | None = None, annotator: str | None = None,

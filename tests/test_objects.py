@@ -473,3 +473,41 @@ def test_the_find_similar_page_shows_the_crop_of_each_box_hit_and_its_frame_high
     outside[max(0, y1 - 8):y2 + 8, max(0, x1 - 8):x2 + 8] = False
     assert (frame[outside].sum(1) < original[outside].sum(1)).mean() > 0.95  # dimmed around it
     assert any("box " + first.detection_id in c for e in at.image for c in e.captions)
+
+
+# -- exporting objects -----------------------------------------------------------------------------
+
+@local_only
+def test_exporting_boxes_sends_each_frame_once_with_the_chosen_boxes_and_only_them(lake, tmp_path):
+    objects_lake(lake, n=3)
+    boxes = rows(lake, "SELECT d.detection_id, d.image_id, d.box, d.label FROM detections d "
+                       "JOIN predictions p USING (prediction_id) WHERE p.model_version = 'v2' ORDER BY d.detection_id")
+    first, second = sorted({b["image_id"] for b in boxes})[:2]
+    chosen = [b for b in boxes if b["image_id"] == first and b["label"] in ("red", "blue")]
+    chosen += [b for b in boxes if b["image_id"] == second and b["label"] == "yellow"]
+    ids = [b["detection_id"] for b in chosen]
+
+    code, out, _ = main_in_process(["export", "--detections", *ids, "--format", "coco", "--to", str(tmp_path / "coco"),
+                                    "--batch", "boxes", "--json", "--lake", lake.uri])
+    assert code == 0 and json.loads(out)["exported"] == 2, out
+    coco = json.loads((tmp_path / "coco" / "boxes" / "annotations.json").read_text())
+    uris = {r["image_id"]: r["uri"] for r in rows(lake, "SELECT image_id, uri FROM images")}
+    assert sorted(Path(i["file_name"]).name for i in coco["images"]) == sorted(
+        Path(uris[i]).name for i in (first, second))  # each frame once
+    file_of = {i["id"]: Path(i["file_name"]).name for i in coco["images"]}
+    written = sorted((file_of[a["image_id"]], tuple(a["bbox"])) for a in coco["annotations"])
+    expected = sorted((Path(uris[b["image_id"]]).name, (b["box"][0], b["box"][1], b["box"][2] - b["box"][0],
+                                                        b["box"][3] - b["box"][1])) for b in chosen)
+    assert written == expected  # the chosen boxes, and not the third box of the first frame nor the old prediction's
+
+    code, out, _ = main_in_process(["export", "--detections", *ids, "--format", "label-studio", "--to",
+                                    str(tmp_path / "ls"), "--batch", "boxes", "--json", "--lake", lake.uri])
+    tasks = json.loads((tmp_path / "ls" / "boxes" / "tasks.json").read_text())
+    labels = {t["data"]["edgemine_image_id"]: sorted(r["value"]["rectanglelabels"][0] for r in t["predictions"][0][
+        "result"] if r["type"] == "rectanglelabels") for t in tasks}
+    assert code == 0 and labels == {first: ["blue", "red"], second: ["yellow"]}
+
+    code, _, err = main_in_process(["export", "--detections", ids[0], "no-such-box", "--format", "coco", "--to",
+                                    str(tmp_path / "bad"), "--lake", lake.uri])
+    assert code == 2 and "1 detection id(s) not in the lake: no-such-box" in err
+    assert rows(lake, "SELECT count(DISTINCT batch) n FROM exports") == [{"n": 2}] and not (tmp_path / "bad").exists()
