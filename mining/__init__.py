@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TABLES", "Config", "EdgemineError", "Lake", "LakeDB", "load_config", "open_lake", "open_index", "sync_index",
-    "find_similar", "start_narrowing", "pick_clusters", "go_back", "show_step", "list_sessions",
+    "find_similar", "export_objects", "start_narrowing", "pick_clusters", "go_back", "show_step", "list_sessions",
     "decide", "save_review", "save_set", "export_batch", "import_labels",
     "make_queue", "show_queue", "list_queues", "find_duplicates", "diverse_picks",
     "list_models", "read_model",
@@ -177,11 +177,13 @@ def find_similar(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] =
 def start_narrowing(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str] = (), where: str | None = None,
                     pool: int | None = None, clusters: int | None = None, name: str | None = None,
                     index: VectorIndex | None = None, embed_files: FileEmbedder | None = None,
-                    config: Config | None = None) -> StepReport:
-    """Start a narrowing session: the ``pool`` images nearest the seeds, clustered (`edgemine narrow start`).
+                    config: Config | None = None, objects: bool | None = None) -> StepReport:
+    """Start a narrowing session: the ``pool`` images nearest the seeds, clustered (`edgemine narrow start`);
+    or the ``pool`` detection boxes nearest seed boxes (detection ids), on the object index.
 
     Args:
-        seeds, negatives, where, embed_files: as for ``find_similar``.
+        seeds, negatives, where, embed_files, objects: as for ``find_similar`` (detection ids as
+            seeds narrow boxes: the session's pools, clusters and ``nearest`` are then detection ids).
         pool: images taken near the seeds (default ``[mining] pool``, 1000).
         clusters: k-means clusters (default ``[mining] clusters``, 8).
         name: the session's name (default: the date and a random suffix).
@@ -199,9 +201,12 @@ def start_narrowing(db: LakeDB, seeds: Sequence[str], *, negatives: Sequence[str
     """
     from mining.search.backends import get_backend
     from mining.search.sessions import start_query
+    from mining.search.similar import names_detections
 
     config = _config(db, config)
-    index = index or open_index(db, config=config)
+    if index is None:
+        objects = names_detections(db, seeds) if objects is None else objects
+        index = open_index(db, config=config, objects=objects)
     return start_query(db, index, get_backend(config.index.device), config, seeds, negatives=negatives, where=where,
                        pool=pool, clusters=clusters, session=name, embed_files=embed_files)
 
@@ -224,12 +229,13 @@ def pick_clusters(db: LakeDB, session: str, clusters: Sequence[int], *, k: int |
         [0, 1]
     """
     from mining.search.backends import get_backend
-    from mining.search.sessions import pick, session_embedding_set
+    from mining.search.sessions import pick, session_embedding_set, session_objects
 
     config = _config(db, config)
     if index is None:
         backbone, weights = session_embedding_set(db, session)
-        index = open_index(db, backbone=backbone, weights=weights, config=config)
+        index = open_index(db, backbone=backbone, weights=weights, config=config,
+                           objects=session_objects(db, session))
     return pick(db, index, get_backend(config.index.device), config.mining, session, clusters, clusters=k)
 
 
@@ -418,6 +424,27 @@ def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | Non
     return export_images(db, resolve_source(db, source), fmt=fmt, target=to, config=_config(db, config), name=batch,
                          source=source, task_size=task_size, predictions=predictions, copy_images=copy_images,
                          resend=resend, project=project, drop_duplicates=drop_duplicates)
+
+
+def export_objects(db: LakeDB, detection_ids: Sequence[str], *, fmt: str, to: str, batch: str | None = None,
+                   task_size: int | None = None, copy_images: bool = False, resend: bool = False,
+                   project: str | None = None, config: Config | None = None) -> ExportSummary:
+    """Send chosen boxes for labelling (`edgemine export --detections`): each of their frames once,
+    with the chosen boxes, and only those, as pre-annotations (e.g. the object hits of ``find_similar``).
+
+    Args:
+        detection_ids: the boxes (``detections.detection_id``); the frames go in the order of their first box.
+        fmt, to, batch, task_size, copy_images, resend, project: as for ``export_batch``.
+
+    Raises:
+        ExportError: a detection id the lake lacks, and what ``export_batch`` raises (nothing committed).
+    """
+    from mining.labelling.export import export_images, object_images
+
+    images = object_images(db, detection_ids)
+    return export_images(db, images, fmt=fmt, target=to, config=_config(db, config), name=batch,
+                         source="detections:" + ",".join(list(dict.fromkeys(detection_ids))[:20]), task_size=task_size,
+                         copy_images=copy_images, resend=resend, project=project, detections=list(detection_ids))
 
 
 def import_labels(db: LakeDB, source: str, *, fmt: str, batch: str | None = None, annotator: str | None = None,

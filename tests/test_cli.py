@@ -208,7 +208,9 @@ def test_s3_problems_are_one_line_that_says_what_to_set(s3_endpoint, monkeypatch
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-    assert main(["tables", "--lake", "s3://some-bucket/lake"]) == 2
+    few_tries = tmp_path / "few-tries.toml"  # each S3 client's backoff between 10 tries would take a minute
+    few_tries.write_text("[s3]\nmax_attempts = 2\nconnect_timeout_s = 1\n")
+    assert main(["tables", "--lake", "s3://some-bucket/lake", "--config", str(few_tries)]) == 2
     assert "cannot reach S3" in capsys.readouterr().err
 
 

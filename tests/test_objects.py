@@ -9,6 +9,7 @@ import json
 import math
 from dataclasses import replace
 from datetime import UTC, date, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,15 +25,17 @@ from jobs.embed_objects import JOB, embed_objects
 from jobs.ingest_images import ingest_images
 from jobs.ingest_predictions import ingest_predictions
 from mining.core import tables
-from mining.core.config import Config, EmbedConfig, IndexConfig, ObjectsConfig
+from mining.core.config import Config, EmbedConfig, IndexConfig, MiningConfig, ObjectsConfig
 from mining.core.errors import ConfigError, SearchError
 from mining.core.lake import Lake
 from mining.core.schema import DETECTIONS, OBJECT_EMBEDDINGS, make_rows
 from mining.core.sql import LakeDB
+from mining.search import sessions
 from mining.search.index_sync import index_lake
 from tests.helpers import jsonl, local_only, main_in_process, put, rows, source_uri
 
 pytestmark = pytest.mark.model
+REPO = Path(__file__).resolve().parents[1]
 
 CONFIG = EmbedConfig(weights="random", seed=0, batch_size=8, part_size=12, workers=1)
 OBJECTS = ObjectsConfig(padding=0.0, max_per_image=3)
@@ -330,3 +333,181 @@ def test_object_novelty_puts_the_image_with_a_new_kind_of_object_first(lake):
     for row in picked:
         assert row["score"] == pytest.approx(distance[images == row["image_id"]].max(), abs=1e-5)
     assert not set(r["image_id"] for r in picked) & set(seen.column("image_id").to_pylist())
+
+
+# -- narrowing objects --------------------------------------------------------------------------
+
+def exact_nearest(found: list[dict], vectors: np.ndarray, seed: str, k: int) -> list[str]:
+    """Brute force: the ``k`` boxes (the seed among them) most cosine-similar to the seed box."""
+    ids = [r["detection_id"] for r in found]
+    similarity = vectors @ vectors[ids.index(seed)]
+    return [ids[i] for i in np.argsort(-similarity, kind="stable")[:k]]
+
+
+@local_only
+def test_narrowing_from_a_detection_pools_the_exact_nearest_boxes_and_saves_their_images(lake):
+    objects_lake(lake, n=8)
+    embed_objects(lake, CONFIG, OBJECTS, show_progress=False)
+    config = Config(lake=lake.uri, mining=MiningConfig(user="tester"))
+    found, vectors = object_vectors(lake)
+    box = {r["detection_id"]: r for r in found}
+    seed = next(r["detection_id"] for r in found if r["label"] == "red")
+    with LakeDB(lake) as db:
+        step = mining.start_narrowing(db, [seed], pool=10, clusters=2, name="boxes", config=config)
+        members = sessions.members_of(db, "boxes", 0).to_pylist()
+        assert step.objects and step.pool_size == 10 and sum(c.size for c in step.clusters) == 10
+        assert {m["detection_id"] for m in members} == set(exact_nearest(found, vectors, seed, 10))
+        assert all(m["image_id"] == box[m["detection_id"]]["image_id"] for m in members)
+        for c in step.clusters:  # each cluster's label mix and mean score are its boxes' own
+            own = [box[m["detection_id"]] for m in members if m["cluster"] == c.cluster]
+            scores = [d["score"] for d in rows(lake, "SELECT detection_id, score FROM detections")
+                      if d["detection_id"] in {o["detection_id"] for o in own}]
+            assert c.labels == {k: sum(o["label"] == k for o in own) for k in {o["label"] for o in own}}
+            assert c.mean_confidence == pytest.approx(np.mean(scores)) and set(c.nearest) <= {
+                o["detection_id"] for o in own}
+
+        # Drilling into cluster 0 re-clusters exactly its boxes, on the object index the session names.
+        zero = {m["detection_id"] for m in members if m["cluster"] == 0}
+        drilled = mining.pick_clusters(db, "boxes", [0], k=2, config=config)
+        assert drilled.objects and drilled.path == [0, 1] and drilled.pool_size == len(zero)
+        assert {m["detection_id"] for m in sessions.members_of(db, "boxes", 1).to_pylist()} == zero
+        assert mining.go_back(db, "boxes", config=config).step == 0
+
+        # Saved or exported, the session is the boxes' images: each once, at its best box.
+        by_similarity = sorted(members, key=lambda m: (-m["similarity"], m["image_id"]))
+        images = list(dict.fromkeys(m["image_id"] for m in by_similarity))
+        assert sessions.save_session(db, "boxes", "box-images", "tester") == len(images)
+        assert db.query("SELECT image_id FROM sets WHERE name = 'box-images' ORDER BY score DESC, image_id"
+                        ).column("image_id").to_pylist() == images
+        assert mining.resolve_images(db, "session:boxes") == images
+    # The members are in their own table, and the step says it read the object embeddings.
+    assert rows(lake, "SELECT count(*) n FROM narrow_members") == [{"n": 0}]
+    [versions] = rows(lake, "SELECT map_keys(table_versions) k FROM narrow_steps WHERE step = 0")
+    assert "object_embeddings" in versions["k"] and "embeddings" not in versions["k"]
+
+
+@local_only
+def test_the_cli_narrows_boxes_from_a_detection_id_and_refuses_an_unknown_one(lake):
+    objects_lake(lake, n=6)
+    embed_objects(lake, CONFIG, OBJECTS, show_progress=False)
+    found, vectors = object_vectors(lake)
+    seed = next(r["detection_id"] for r in found if r["label"] == "blue")
+    code, out, _ = main_in_process(["narrow", "start", seed, "--pool", "6", "--clusters", "2", "--name", "cli-boxes",
+                                    "--json", "--lake", lake.uri])
+    step = json.loads(out)
+    assert code == 0 and step["objects"] is True and step["pool_size"] == 6
+    pool = {m["detection_id"] for m in rows(lake, "SELECT detection_id FROM narrow_object_members")}
+    assert pool == set(exact_nearest(found, vectors, seed, 6))
+    assert {n for c in step["clusters"] for n in c["nearest"]} <= pool
+
+    code, out, _ = main_in_process(["narrow", "pick", "cli-boxes", "0", "--json", "--lake", lake.uri])
+    assert code == 0 and json.loads(out)["path"] == [0, 1] and json.loads(out)["objects"] is True
+
+    code, _, err = main_in_process(["narrow", "start", "no-such-box", "--objects", "--lake", lake.uri])
+    assert code == 2 and "detection id(s) not in the object index: no-such-box" in err
+
+
+# -- the UI: crops of object hits, a box highlighted in its frame -----------------------------------
+
+def media_pixels(storage, url: str) -> np.ndarray:
+    """The pixels Streamlit serves at ``url`` (an st.image's), from its media storage."""
+    return np.asarray(Image.open(io.BytesIO(storage.get_file(url.rsplit("/", 1)[1]).content)).convert("RGB"))
+
+
+@local_only
+def test_the_find_similar_page_shows_the_crop_of_each_box_hit_and_its_frame_highlighted(lake, monkeypatch):
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import AppTest
+    from streamlit.testing.v1 import app_test as app_test_module
+
+    from ui import nav
+
+    objects_lake(lake, n=6)
+    embed_lake(lake, CONFIG, show_progress=False)  # the page opens on the images' index
+    embed_objects(lake, CONFIG, OBJECTS, show_progress=False)
+    storages = []
+
+    class KeptStorage(MemoryMediaFileStorage):
+        """Streamlit's own media storage, kept so the test can read what a run served."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            storages.append(self)
+
+    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", KeptStorage)
+    monkeypatch.setenv("EDGEMINE_LAKE", lake.uri)
+    monkeypatch.setenv("EDGEMINE_USER", "alice")
+    monkeypatch.delenv("EDGEMINE_CONFIG", raising=False)
+    at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page(f"views/{nav.PAGES['similar'][0]}").run()
+    found, _ = object_vectors(lake)
+    seed = next(r["detection_id"] for r in found if r["label"] == "yellow")
+    at.text_input(key="seed_ids").input(seed)
+    at.button(key="seed_ids_add").click().run()
+    assert not at.exception and at.session_state["positives"] == [seed]
+
+    shown = [c.key.rsplit(":", 1)[1] for c in at.checkbox if c.key and c.key.startswith("results:sel:")]
+    with LakeDB(lake) as db:
+        expected = mining.find_similar(db, [seed], k=40, config=Config(lake=lake.uri))
+    assert shown == [h.detection_id for h in expected] and len(shown) == 17  # every other box, best first
+    originals = {r["image_id"]: np.asarray(Image.open(r["uri"]).convert("RGB"))
+                 for r in rows(lake, "SELECT image_id, uri FROM images")}
+    crops = at.image[-len(shown):]
+    for hit, element in zip(expected, crops):
+        x1, y1, x2, y2 = (int(v) for v in hit.box)
+        pixels = media_pixels(storages[-1], element.value[0])
+        assert pixels.shape == (y2 - y1, x2 - x1, 3)  # the box, not the frame
+        assert np.array_equal(pixels, originals[hit.image_id][y1:y2, x1:x2])
+
+    # 🔍: the whole frame, the box's pixels as they are and the rest dimmed.
+    first = expected[0]
+    at.button(key=f"results:open:{first.detection_id}").click().run()
+    assert len(at.get("dialog")) == 1 and not at.exception
+    frame = media_pixels(storages[-1], at.image[-1].value[0]).astype(int)
+    original = originals[first.image_id].astype(int)
+    x1, y1, x2, y2 = (int(v) for v in first.box)
+    assert frame.shape == original.shape
+    assert np.array_equal(frame[y1:y2, x1:x2], original[y1:y2, x1:x2])
+    outside = np.ones(original.shape[:2], bool)
+    outside[max(0, y1 - 8):y2 + 8, max(0, x1 - 8):x2 + 8] = False
+    assert (frame[outside].sum(1) < original[outside].sum(1)).mean() > 0.95  # dimmed around it
+    assert any("box " + first.detection_id in c for e in at.image for c in e.captions)
+
+
+# -- exporting objects -----------------------------------------------------------------------------
+
+@local_only
+def test_exporting_boxes_sends_each_frame_once_with_the_chosen_boxes_and_only_them(lake, tmp_path):
+    objects_lake(lake, n=3)
+    boxes = rows(lake, "SELECT d.detection_id, d.image_id, d.box, d.label FROM detections d "
+                       "JOIN predictions p USING (prediction_id) WHERE p.model_version = 'v2' ORDER BY d.detection_id")
+    first, second = sorted({b["image_id"] for b in boxes})[:2]
+    chosen = [b for b in boxes if b["image_id"] == first and b["label"] in ("red", "blue")]
+    chosen += [b for b in boxes if b["image_id"] == second and b["label"] == "yellow"]
+    ids = [b["detection_id"] for b in chosen]
+
+    code, out, _ = main_in_process(["export", "--detections", *ids, "--format", "coco", "--to", str(tmp_path / "coco"),
+                                    "--batch", "boxes", "--json", "--lake", lake.uri])
+    assert code == 0 and json.loads(out)["exported"] == 2, out
+    coco = json.loads((tmp_path / "coco" / "boxes" / "annotations.json").read_text())
+    uris = {r["image_id"]: r["uri"] for r in rows(lake, "SELECT image_id, uri FROM images")}
+    assert sorted(Path(i["file_name"]).name for i in coco["images"]) == sorted(
+        Path(uris[i]).name for i in (first, second))  # each frame once
+    file_of = {i["id"]: Path(i["file_name"]).name for i in coco["images"]}
+    written = sorted((file_of[a["image_id"]], tuple(a["bbox"])) for a in coco["annotations"])
+    expected = sorted((Path(uris[b["image_id"]]).name, (b["box"][0], b["box"][1], b["box"][2] - b["box"][0],
+                                                        b["box"][3] - b["box"][1])) for b in chosen)
+    assert written == expected  # the chosen boxes, and not the third box of the first frame nor the old prediction's
+
+    code, out, _ = main_in_process(["export", "--detections", *ids, "--format", "label-studio", "--to",
+                                    str(tmp_path / "ls"), "--batch", "boxes", "--json", "--lake", lake.uri])
+    tasks = json.loads((tmp_path / "ls" / "boxes" / "tasks.json").read_text())
+    labels = {t["data"]["edgemine_image_id"]: sorted(r["value"]["rectanglelabels"][0] for r in t["predictions"][0][
+        "result"] if r["type"] == "rectanglelabels") for t in tasks}
+    assert code == 0 and labels == {first: ["blue", "red"], second: ["yellow"]}
+
+    code, _, err = main_in_process(["export", "--detections", ids[0], "no-such-box", "--format", "coco", "--to",
+                                    str(tmp_path / "bad"), "--lake", lake.uri])
+    assert code == 2 and "1 detection id(s) not in the lake: no-such-box" in err
+    assert rows(lake, "SELECT count(DISTINCT batch) n FROM exports") == [{"n": 2}] and not (tmp_path / "bad").exists()

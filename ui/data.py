@@ -18,6 +18,7 @@ import streamlit as st
 import embed.files
 from mining.core import media, statistics
 from mining.core.config import Config, load_config
+from mining.core.errors import EdgemineError
 from mining.core.lake import Lake
 from mining.core.sql import Head, LakeDB
 from mining.search import index_sync, sessions
@@ -93,6 +94,8 @@ def reload_index() -> None:
     _index.clear()
     embedding_set.clear()
     similar.clear()
+    object_index.clear()
+    similar_objects.clear()
     lake().mark_changed()  # and the views rebuilt, whatever other processes did to the lake
     lake_changed()
 
@@ -161,3 +164,40 @@ def mosaics(lake_uri: str, groups: tuple[tuple[str, ...], ...]) -> list[bytes]:
     """JPEG mosaics of each group of image ids (the cluster cards), from one thumbnail read."""
     thumbs = thumbnails(lake_uri, tuple(i for group in groups for i in group))
     return [media.to_jpeg(media.mosaic([thumbs[i] for i in group if i in thumbs])) for group in groups]
+
+
+# -- objects (detection boxes: `edgemine embed --objects`) ------------------------------------------
+
+@st.cache_data(ttl=60, max_entries=256, show_spinner=False)
+def names_detections(lake_uri: str, seeds: tuple[str, ...]) -> bool:
+    """Whether the seeds are detection ids (so the search runs over the object index)."""
+    return search.names_detections(db(), list(seeds))
+
+
+@st.cache_resource(show_spinner="Loading the object index…")
+def object_index(lake_uri: str) -> VectorIndex:
+    """The object index (one vector per detection box), synced when first loaded; SearchError
+    (not cached) when the lake has no object embeddings (run edgemine embed --objects)."""
+    return index_sync.open_index(db(), config().index, objects=True)
+
+
+@st.cache_data(max_entries=64, show_spinner="Searching the boxes…")
+def similar_objects(lake_uri: str, positives: tuple[str, ...], negatives: tuple[str, ...], k: int,
+                    where: str | None) -> list[dict]:
+    """The ``k`` boxes most like the seed boxes: detection_id, image_id, box, score, best first."""
+    hits = search.find_similar(db(), object_index(lake_uri), config(), list(positives), negatives=list(negatives),
+                               k=k, where=where)
+    return [dataclasses.asdict(h) for h in hits]
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def crops(lake_uri: str, boxes: tuple[tuple[str, tuple[float, ...]], ...]) -> list[bytes | None]:
+    """PNG crops of (image id, box) pairs, from the originals (None where one cannot be read)."""
+    out = []
+    for image_id, box in boxes:
+        try:
+            original = media.read_image(media.image_details(db(), image_id).uri, config().s3)
+            out.append(media.crop_box(original, box))
+        except (OSError, ValueError, EdgemineError):
+            out.append(None)
+    return out

@@ -1,5 +1,6 @@
-"""Widgets the pages share: the thumbnail grid, the full-size image, the reviewer's
-name, and how errors the user can fix are shown.
+"""Widgets the pages share: the thumbnail grid (and the object grid: a box's crop per hit), the
+full-size image (an object's: its frame with the box highlighted), the reviewer's name, and how
+errors the user can fix are shown.
 
 Each draws and returns what the user chose; none writes to the lake except
 through the library (mining.review.decisions) when the user clicks a decision.
@@ -16,7 +17,7 @@ import streamlit as st
 
 from mining.core.accounts import Identity
 from mining.core.errors import EdgemineError
-from mining.core.media import draw_boxes, image_details, read_image
+from mining.core.media import draw_boxes, highlight_box, image_details, read_image
 from ui import auth, data
 
 DECISION_MARK = {"accept": ":green[**accepted**]", "reject": ":red[**rejected**]"}
@@ -119,6 +120,51 @@ def image_grid(
                 if notes and notes.get(image_id):
                     st.caption(plain(notes[image_id]))
     return selected
+
+
+def object_grid(hits: list[dict], *, key: str, columns: int = 8) -> list[str]:
+    """Object hits (dicts of detection_id, image_id, box, score) as the crops of their boxes,
+    each with its score, a checkbox and a button that opens its whole frame with the box
+    highlighted. Returns the selected detection ids, in grid order."""
+    uri = data.lake().uri
+    pictures = data.crops(uri, tuple((h["image_id"], tuple(h["box"])) for h in hits))
+    selected = []
+    for start in range(0, len(hits), columns):
+        for col, hit, picture in zip(st.columns(columns), hits[start:start + columns],
+                                     pictures[start:start + columns]):
+            detection = hit["detection_id"]
+            with col:
+                if picture is not None:
+                    st.image(picture, width="stretch", output_format="PNG")  # the box's pixels, as they are
+                else:
+                    st.caption("(original unreadable)")
+                pick, zoom = st.columns([3, 1], gap="small")
+                if pick.checkbox(detection[-6:], key=f"{key}:sel:{detection}"):
+                    selected.append(detection)
+                if zoom.button("", icon=":material/open_in_full:", key=f"{key}:open:{detection}",
+                               help="the whole frame, this box highlighted"):
+                    show_object(hit)
+                st.caption(f"**{hit['score']:.3f}** · image {hit['image_id'][:6]}")
+    return selected
+
+
+@st.dialog("Object in its frame", width="large")
+def show_object(hit: dict) -> None:
+    """The whole frame of an object hit with its box highlighted, and the frame's predictions."""
+    try:
+        details = image_details(data.db(), hit["image_id"])
+        picture = highlight_box(read_image(details.uri, data.config().s3), hit["box"], hit["detection_id"][-6:])
+    except EdgemineError as e:
+        st.error(str(e))
+        return
+    except (OSError, ValueError) as e:
+        st.error(f"cannot read the original at {hit['image_id']}: {e}; check that the file is still there "
+                 "and the lake's S3 credentials can read it.")
+        return
+    box = ", ".join(f"{v:.0f}" for v in hit["box"])
+    st.image(picture, caption=f"box {hit['detection_id']} [{box}] · {details.width}×{details.height} · {details.uri}",
+             output_format="PNG")
+    st.dataframe(details.predictions, hide_index=True, width="stretch")
 
 
 def clear_selection(key: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs.cli.common import print_result
+import mining
+from jobs.cli.common import UsageError, open_db, print_result
 from mining.core.config import Config
 
 
@@ -24,6 +25,9 @@ def add_export(commands, add) -> None:
         help="set:NAME, review:NAME (its accepted images), session:NAME (its current step) or sql:QUERY",
     )
     export.add_argument("--where", help="instead of SOURCE: a SQL predicate over images i LEFT JOIN predictions p")
+    export.add_argument("--detections", nargs="+", metavar="DETECTION_ID",
+                        help="instead of SOURCE: chosen boxes (object hits of similar): each frame once, with these "
+                             "boxes, and only these, as pre-annotations")
     export.add_argument("--format", dest="export_format", required=True, metavar="FORMAT",
                         help="label-studio, coco, cvat, yolo, prodigy or manifest")
     export.add_argument(
@@ -57,6 +61,16 @@ def add_export(commands, add) -> None:
 def cmd_export(args: argparse.Namespace, config: Config) -> int:
     from jobs.export_images import run_export
 
+    if args.detections:
+        if args.source or args.where or not args.predictions or args.drop_duplicates:
+            raise UsageError("--detections is the export's source and its pre-annotations: give no SOURCE, --where, "
+                             "--no-predictions or --drop-duplicates with it")
+        with open_db(config) as db:
+            summary = mining.export_objects(db, args.detections, fmt=args.export_format, to=args.target,
+                                            batch=args.batch, task_size=args.task_size, copy_images=args.copy_images,
+                                            resend=args.resend, project=args.project, config=config)
+        print_result(args, summary, _export_text)
+        return 1 if summary.errors else 0
     summary = run_export(
         config,
         args.source,

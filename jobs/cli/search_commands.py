@@ -71,12 +71,16 @@ def add_narrow(commands, add) -> None:
     )
     steps = narrow.add_subparsers(title="action", metavar="ACTION")
     start = add(steps, "start", cmd_narrow_start, "start a session: cluster the images nearest the seeds")
-    start.add_argument("seeds", nargs="+", metavar="IMAGE_ID_OR_FILE")
+    start.add_argument("seeds", nargs="+", metavar="IMAGE_ID_OR_FILE", help="image ids or files; or detection ids "
+                       "(detections.detection_id): the session then narrows boxes of the object index")
     start.add_argument("--not", dest="negatives", nargs="+", default=[], metavar="IMAGE_ID_OR_FILE")
     start.add_argument("--pool", type=int, help="images taken near the seeds (default: config mining.pool, 1000)")
     start.add_argument("--clusters", type=int, help="k-means clusters (default: config mining.clusters, 8)")
     start.add_argument("--where", help="restrict the pool to a SQL slice (as for similar)")
     start.add_argument("--name", help="session name (default: date and a random suffix)")
+    start.add_argument("--objects", action="store_true",
+                       help="narrow detection boxes (the object index, embed --objects); the default when the seeds "
+                            "are detection ids. --where is then over detections d JOIN images i")
     add_index_choice(start)
     pick = add(steps, "pick", cmd_narrow_pick, "re-cluster inside the chosen clusters of the current step")
     pick.add_argument("session")
@@ -104,7 +108,10 @@ def cmd_narrow_start(args: argparse.Namespace, config: Config) -> int:
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name} must be at least 1")
     with open_db(config) as db:
-        index = mining.open_index(db, backbone=args.backbone, weights=args.weights, config=config)
+        from mining.search.similar import names_detections
+
+        objects = args.objects or names_detections(db, args.seeds)
+        index = mining.open_index(db, backbone=args.backbone, weights=args.weights, config=config, objects=objects)
         step = mining.start_narrowing(db, args.seeds, negatives=args.negatives, where=args.where, pool=args.pool,
                                       clusters=args.clusters, name=args.name, index=index,
                                       embed_files=file_embedder(config), config=config)
@@ -156,7 +163,8 @@ def _saved_text(saved: dict) -> None:
 def _step_text(report) -> None:
     """A narrowing step's clusters, one line each, and what to run next (on stderr)."""
     crumbs = " > ".join(f"step {s}" for s in report.path)
-    print(f"session {report.session}: {crumbs} ({report.pool_size} images; seeds: {', '.join(report.seeds)})")
+    what = "boxes" if report.objects else "images"
+    print(f"session {report.session}: {crumbs} ({report.pool_size} {what}; seeds: {', '.join(report.seeds)})")
     print(
         f"{'cluster':>7} {'size':>6} {'to seeds':>9} {'mean conf':>9}  "
         "labels (latest prediction)         nearest the centre"

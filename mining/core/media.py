@@ -148,6 +148,49 @@ def fill_mask(image: Image.Image, rle: dict[str, Any], colour: str) -> None:
     image.paste(colour, (0, 0, width, height), alpha)
 
 
+HIGHLIGHT = "#ffcc00"
+
+
+def crop_box(data: bytes, box: Sequence[float]) -> bytes:
+    """PNG bytes of the pixels of ``box`` ([x1, y1, x2, y2] in pixels, rounded outwards and
+    clipped to the image) of the image in ``data``: an object as a grid shows it (lossless,
+    so what is shown is the box's pixels). ValueError for a box with nothing inside the image."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    x1, y1, x2, y2 = (int(v) for v in (_floor(box[0]), _floor(box[1]), -_floor(-box[2]), -_floor(-box[3])))
+    x1, y1, x2, y2 = max(0, x1), max(0, y1), min(image.width, x2), min(image.height, y2)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"the box {list(box)} holds no pixel of the {image.width}x{image.height} image")
+    out = io.BytesIO()
+    image.crop((x1, y1, x2, y2)).save(out, "PNG")
+    return out.getvalue()
+
+
+def highlight_box(data: bytes, box: Sequence[float], label: str = "") -> Image.Image:
+    """The image in ``data`` (RGB) with the one ``box`` ([x1, y1, x2, y2] pixels) outlined thick in
+    the highlight colour, the rest of the frame dimmed: which object of the frame a hit is."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    dimmed = Image.blend(image, Image.new("RGB", image.size, "black"), 0.45)
+    region = tuple(int(v) for v in (max(0, _floor(x1)), max(0, _floor(y1)), min(image.width, -_floor(-x2)),
+                                    min(image.height, -_floor(-y2))))
+    if region[2] > region[0] and region[3] > region[1]:
+        dimmed.paste(image.crop(region), region[:2])
+    draw = ImageDraw.Draw(dimmed)
+    width = max(3, round(max(image.size) / 120))
+    draw.rectangle((x1 - width, y1 - width, x2 + width, y2 + width), outline=HIGHLIGHT, width=width)
+    if label:
+        left, top, right, bottom = draw.textbbox((x1, y1), label)
+        lift = bottom - top + 2
+        top = max(0, y1 - width - lift)
+        draw.rectangle((x1 - width, top, x1 - width + right - left + 4, top + lift), fill=HIGHLIGHT)
+        draw.text((x1 - width + 2, top), label, fill="black")
+    return dimmed
+
+
+def _floor(value: float) -> int:
+    return int(value // 1)
+
+
 def mosaic(jpegs: list[bytes], *, columns: int = 3, tile: int = 128) -> Image.Image:
     """Thumbnails side by side in a grid of ``columns``, each fitted into a ``tile``
     square: one picture per cluster card instead of one element per image."""

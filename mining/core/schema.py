@@ -294,6 +294,28 @@ NARROW_MEMBERS = Table(
     ),
 )
 
+NARROW_OBJECT_MEMBERS = Table(
+    name="narrow_object_members",
+    doc=(
+        "The pool of each clustering step of a narrowing session over objects (detection boxes, "
+        "`narrow start DETECTION_ID`): every box, its image, its cluster, its similarity to the seeds. "
+        "A table of its own, not a column of narrow_members: lakes made before it take its first write."
+    ),
+    key=("session", "step", "detection_id"),
+    schema=pa.schema(
+        [
+            pa.field("session", pa.string(), nullable=False),
+            pa.field("step", pa.int32(), nullable=False),
+            pa.field("detection_id", pa.string(), nullable=False),
+            pa.field("image_id", pa.string(), nullable=False),
+            pa.field("cluster", pa.int32(), nullable=False),
+            pa.field("similarity", pa.float32()),
+            pa.field("centre_distance", pa.float32()),
+            pa.field("created_at", UTC_TS),
+        ]
+    ),
+)
+
 SETS = Table(
     name="sets",
     doc=(
@@ -560,8 +582,8 @@ DRIFT = Table(
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (IMAGES, IMAGE_FILES, PREDICTIONS, DETECTIONS, MASKS, EMBEDDINGS, OBJECT_EMBEDDINGS, THUMBNAILS, ERRORS,
-              DEMO_TRUTH, NARROW_STEPS, NARROW_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES, FEEDBACK, DUPLICATES,
-              MODELS, SLICES, METRICS, ALARMS, DRIFT)
+              DEMO_TRUTH, NARROW_STEPS, NARROW_MEMBERS, NARROW_OBJECT_MEMBERS, SETS, REVIEWS, EXPORTS, LABELS, QUEUES,
+              FEEDBACK, DUPLICATES, MODELS, SLICES, METRICS, ALARMS, DRIFT)
 }
 
 

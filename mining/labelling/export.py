@@ -121,11 +121,28 @@ def batch_id(image_ids: Sequence[str], target: str, options: dict[str, Any]) -> 
     return "b" + digest.hexdigest()[:15]
 
 
+def object_images(db: LakeDB, detection_ids: Sequence[str]) -> list[str]:
+    """The images of chosen detection boxes (object hits), each once, in the order of its first box.
+
+    Raises ExportError naming the ids the lake's detections lack (nothing exported)."""
+    ids = list(dict.fromkeys(detection_ids))
+    rows = db.query("SELECT detection_id, any_value(image_id) AS image_id FROM detections "
+                    "WHERE detection_id IN (SELECT unnest($ids)) GROUP BY detection_id", {"ids": ids}).to_pylist()
+    found = {r["detection_id"]: r["image_id"] for r in rows}
+    missing = [d for d in ids if d not in found]
+    if missing:
+        raise ExportError(f"{len(missing)} detection id(s) not in the lake: {', '.join(missing[:5])}; see them with: "
+                          "edgemine sql \"SELECT detection_id, image_id, label FROM detections LIMIT 5\"")
+    return list(dict.fromkeys(found[d] for d in ids))
+
+
 def load_items(
-    db: LakeDB, image_ids: Sequence[str], *, predictions: bool = True
+    db: LakeDB, image_ids: Sequence[str], *, predictions: bool = True, detections: Sequence[str] | None = None
 ) -> tuple[list[Item], list[dict[str, Any]]]:
     """The images to export, in the order given, with their newest prediction and its
-    boxes; and the refused ones as error dicts (not in the lake, size unknown)."""
+    boxes; and the refused ones as error dicts (not in the lake, size unknown).
+    ``detections``: the chosen boxes (detection ids): each image's boxes are then those of
+    them on it, and only those (no label map)."""
     rows = db.query(
         "WITH wanted AS (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS n), "
         "newest AS (SELECT image_id, arg_max(prediction_id, ts) AS prediction_id, "
@@ -140,7 +157,9 @@ def load_items(
     boxes: dict[str, list[dict[str, Any]]] = {}
     semantic: dict[str, list[dict[str, Any]]] = {}
     prediction_ids = [p for p in rows["prediction_id"] if p is not None]
-    if predictions and prediction_ids:
+    chosen = _chosen_boxes(db, detections) if detections is not None else None
+    semantic: dict[str, list[dict[str, Any]]] = {}
+    if chosen is None and predictions and prediction_ids:
         found = db.query(
             "SELECT d.prediction_id, d.box, d.label, d.score, m.height, m.width, m.counts, m.area FROM detections d "
             "LEFT JOIN masks m ON m.detection_id = d.detection_id WHERE d.prediction_id IN (SELECT unnest($p)) "
@@ -174,11 +193,25 @@ def load_items(
                 model_version=rows["model_version"][k],
                 label=rows["label"][k],
                 confidence=None if confidence is None else round(float(confidence), 6),
-                boxes=boxes.get(rows["prediction_id"][k], []),
+                boxes=chosen.get(image_id, []) if chosen is not None else boxes.get(rows["prediction_id"][k], []),
                 masks=semantic.get(rows["prediction_id"][k], []) if predictions else [],
             )
         )
     return items, refused
+
+
+def _chosen_boxes(db: LakeDB, detection_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per image, the chosen detections (with their masks), best score first: an export of objects' boxes."""
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for d in db.query(
+        "SELECT d.image_id, d.box, d.label, d.score, m.height, m.width, m.counts, m.area FROM detections d "
+        "LEFT JOIN masks m ON m.detection_id = d.detection_id WHERE d.detection_id IN (SELECT unnest($d)) "
+        "ORDER BY d.image_id, d.score DESC, d.detection_id", {"d": list(detection_ids)}).to_pylist():
+        if d["box"] is not None and d["label"] is not None:
+            chosen.setdefault(d["image_id"], []).append({
+                "box": [float(v) for v in d["box"]], "label": d["label"],
+                "score": None if d["score"] is None else round(float(d["score"]), 6), **_mask_of(d)})
+    return chosen
 
 
 def semantic_masks(db: LakeDB, prediction_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
@@ -240,7 +273,8 @@ class References:
 def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str, config: Config,
                   name: str | None = None, source: str = "", task_size: int | None = None, predictions: bool = True,
                   copy_images: bool = False, resend: bool = False, project: str | None = None,
-                  drop_duplicates: bool = False, progress: Progress | None = None) -> ExportSummary:
+                  drop_duplicates: bool = False, progress: Progress | None = None,
+                  detections: Sequence[str] | None = None) -> ExportSummary:
     """Export ``image_ids`` as one batch of format ``fmt`` to ``target`` (a folder or
     ``s3://`` URI: files under ``<target>/<name>/``; or a Label Studio URL with
     ``project``); ``exports`` gets one row per image, in one transaction, last.
@@ -256,6 +290,8 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
         resend: send images already sent to this target again.
         drop_duplicates: send one image per near-duplicate group (`edgemine duplicates`), the first in order.
         progress: called with the number of images written, as they are.
+        detections: objects (detection ids, e.g. object hits): ``image_ids`` are then their images
+            (``object_images``), each sent once with the chosen boxes, and only those, as pre-annotations.
 
     Returns:
         an ExportSummary (``status`` exported, unchanged or nothing-new).
@@ -295,6 +331,8 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
     copy_images = copy_images or writer_cls.copies_images
     options = {"format": fmt, "predictions": predictions, "copy_images": copy_images, "task_size": task_size,
                "resend": resend}
+    if detections is not None:  # other boxes of the same frames are another batch
+        options["detections"] = hashlib.sha256("\n".join(sorted(set(detections))).encode()).hexdigest()[:16]
     batch = batch_id(ids, target, options)
     name = name or batch
     summary = ExportSummary(batch=batch, name=name, format=fmt, target=target, images=len(ids),
@@ -326,7 +364,7 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
     if out_fs is not None:
         with _s3_credentials("write the export"):
             _claim_folder(out_fs, out_root, target, batch)
-    items, refused = load_items(db, todo, predictions=predictions)
+    items, refused = load_items(db, todo, predictions=predictions, detections=detections)
     present = existing_files([i.uri for i in items], db.lake.s3)
     refused += [{"uri": i.uri, "reason": "the image's file is gone"} for i in items if i.uri not in present]
     items = [i for i in items if i.uri in present]

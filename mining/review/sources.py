@@ -118,6 +118,7 @@ def _session(db: LakeDB, value: str, clusters: list[int]) -> Images:
     members = members_of(db, name, report.step).sort_by([("similarity", "descending"), ("image_id", "ascending")])
     ids = [m["image_id"] for m in members.select(["image_id", "cluster"]).to_pylist()
            if not clusters or m["cluster"] in clusters]
+    ids = list(dict.fromkeys(ids))  # a session over boxes: an image once, at its best box
     origin = f"narrow:{name}/{report.step}" + (f"#{','.join(map(str, clusters))}" if clusters else "")
     return Images(ids, origin)
 

@@ -11,6 +11,12 @@ reviewers acting on one session at once: one takes the step, the other is told t
 ``save_session`` turns the current step (or some of its clusters) into a named
 set (``sets``) that review and export take as input.
 
+Over the object index (``index.objects``: detection boxes, `edgemine embed --objects`) a
+session is the same tree of the same steps, over boxes: its seeds are detection ids, its pools
+are in ``narrow_object_members`` (each box with its image), and its steps record that they
+read ``object_embeddings`` (``table_versions``), which is how a session is known to be one
+over objects (``session_objects``); saved as a set, it is the boxes' images, best box first.
+
 The clustering itself is mining.search.clustering; every function here reads through
 the caller's LakeDB (the UI's per-session cursor, or the CLI's one connection).
 """
@@ -30,7 +36,7 @@ import pyarrow.compute as pc
 from mining.core import tables
 from mining.core.config import Config, MiningConfig
 from mining.core.errors import SearchError, SessionError
-from mining.core.schema import NARROW_MEMBERS, NARROW_STEPS, make_rows
+from mining.core.schema import NARROW_MEMBERS, NARROW_OBJECT_MEMBERS, NARROW_STEPS, make_rows
 from mining.core.sets import save_set
 from mining.core.sql import LakeDB, quote_literal
 from mining.search.backends import Backend
@@ -49,9 +55,9 @@ class ClusterReport:
     cluster: int
     size: int
     seed_distance: float  # 1 - mean cosine similarity of its images to the seeds' direction
-    mean_confidence: float | None
-    labels: dict[str, int] = field(default_factory=dict)  # latest predicted label -> images
-    nearest: list[str] = field(default_factory=list)  # image ids nearest the centre, closest first
+    mean_confidence: float | None  # over objects: the boxes' mean detection score
+    labels: dict[str, int] = field(default_factory=dict)  # latest predicted label -> images (objects: box label)
+    nearest: list[str] = field(default_factory=list)  # image ids (detection ids) nearest the centre, closest first
 
 
 @dataclass
@@ -63,6 +69,7 @@ class StepReport:
     seeds: list[str]
     pool_size: int
     clusters: list[ClusterReport]
+    objects: bool = False  # a session over detection boxes: seeds, nearest and pool are boxes
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "clusters": [c.__dict__ for c in self.clusters]}
@@ -73,7 +80,8 @@ def start(db: LakeDB, index: VectorIndex, backend: Backend, config: MiningConfig
           subset: np.ndarray | None = None, pool: int | None = None, clusters: int | None = None,
           session: str | None = None) -> StepReport:
     """Start a session: the ``pool`` images nearest the seeds (float32 (n, d)
-    ``seed_vectors``, named by ``seeds``), clustered into ``clusters``.
+    ``seed_vectors``, named by ``seeds``), clustered into ``clusters``; over the object
+    index (``index.objects``), the ``pool`` boxes nearest the seed boxes.
 
     Raises SessionError for a session name in use, SearchError for an empty pool or bad sizes."""
     session = session or new_session_id()
@@ -110,7 +118,8 @@ def pick(db: LakeDB, index: VectorIndex, backend: Backend, config: MiningConfig,
     Raises SessionError for an unknown session, a cluster the step lacks, or nothing left to split."""
     steps = _steps(db, session)
     current = steps[_head(steps, session)]
-    members = _members(db, session, current["current"])
+    _check_index(index, steps, session)
+    members = _members(db, session, current["current"], index.objects)
     chosen = members.filter(pc.is_in(members.column("cluster"), pa.array(list(picked), pa.int32())))
     known = set(members.column("cluster").to_pylist())
     unknown = sorted(set(picked) - known)
@@ -118,7 +127,7 @@ def pick(db: LakeDB, index: VectorIndex, backend: Backend, config: MiningConfig,
         raise SessionError(
             f"step {current['current']} has clusters {sorted(known)}; cannot pick {unknown or 'nothing'}"
         )
-    positions = index.positions(chosen.column("image_id").to_numpy(zero_copy_only=False))
+    positions = index.positions(chosen.column(_id_column(index.objects)).to_numpy(zero_copy_only=False))
     if len(positions) < 2:
         raise SessionError("one image is left: nothing to split further; keep it with narrow save")
     # Similarity to the seeds does not change between steps: carried over, so seeds
@@ -142,7 +151,8 @@ def back(db: LakeDB, session: str, user: str) -> StepReport:
     parent = steps[current]["parent"]
     if parent is None:
         raise SessionError(f"session {session} is at its first step: there is nothing to go back to")
-    _write_step(db, None, session, max(steps) + 1, "back", current, parent, [], [], [], None, user)
+    _write_step(db, None, session, max(steps) + 1, "back", current, parent, [], [], [], None, user,
+                objects=_is_objects(steps))
     return show(db, session)
 
 
@@ -156,7 +166,9 @@ def show(db: LakeDB, session: str, step: int | None = None) -> StepReport:
     if step not in steps or steps[step]["action"] == "back":
         clustering_steps = sorted(s for s in steps if steps[s]["action"] != "back")
         raise SessionError(f"session {session} has no clustering step {step}; steps: {clustering_steps}")
-    rows = db.query(CLUSTERS_SQL, {"session": session, "step": step, "nearest": NEAREST_SHOWN}).to_pylist()
+    objects = _is_objects(steps)
+    rows = db.query(OBJECT_CLUSTERS_SQL if objects else CLUSTERS_SQL,
+                    {"session": session, "step": step, "nearest": NEAREST_SHOWN}).to_pylist()
     clusters = [
         ClusterReport(
             cluster=r["cluster"],
@@ -169,7 +181,7 @@ def show(db: LakeDB, session: str, step: int | None = None) -> StepReport:
         for r in rows
     ]
     return StepReport(session=session, step=step, parent=steps[step]["parent"], path=_path(steps, step),
-                      seeds=steps[0]["seeds"], pool_size=steps[step]["pool_size"], clusters=clusters)
+                      seeds=steps[0]["seeds"], pool_size=steps[step]["pool_size"], clusters=clusters, objects=objects)
 
 
 def list_sessions(db: LakeDB) -> pa.Table:
@@ -184,15 +196,18 @@ def list_sessions(db: LakeDB) -> pa.Table:
 
 def save_session(db: LakeDB, session: str, name: str, user: str, clusters: Sequence[int] | None = None) -> int:
     """The current step of ``session`` (or only ``clusters`` of it) as the named set
-    ``name``, most similar to the seeds first; returns the set's size."""
+    ``name``, most similar to the seeds first; returns the set's size. Over objects, the
+    boxes' images, each once at its best box's similarity."""
     steps = _steps(db, session)
     step = steps[_head(steps, session)]["current"]
-    members = _members(db, session, step)
+    members = _members(db, session, step, _is_objects(steps))
     if clusters:
         members = members.filter(pc.is_in(members.column("cluster"), pa.array(list(clusters), pa.int32())))
-    members = members.sort_by([("similarity", "descending")])
-    return save_set(db, name, members.column("image_id").to_pylist(), source=f"narrow:{session}/{step}", user=user,
-                    scores=members.column("similarity").to_pylist())
+    members = members.sort_by([("similarity", "descending"), ("image_id", "ascending")])
+    best: dict[str, float] = {}
+    for image, similarity in zip(members.column("image_id").to_pylist(), members.column("similarity").to_pylist()):
+        best.setdefault(image, similarity)  # an image once, at its best box (images: each is there once)
+    return save_set(db, name, list(best), source=f"narrow:{session}/{step}", user=user, scores=list(best.values()))
 
 
 def session_embedding_set(db: LakeDB, session: str) -> tuple[str, str]:
@@ -204,9 +219,17 @@ def session_embedding_set(db: LakeDB, session: str) -> tuple[str, str]:
     return first["backbone"], first["weights"]
 
 
+def session_objects(db: LakeDB, session: str) -> bool:
+    """Whether ``session`` narrows detection boxes (started on the object index), not images."""
+    steps = _steps(db, session)
+    _head(steps, session)
+    return _is_objects(steps)
+
+
 def members_of(db: LakeDB, session: str, step: int) -> pa.Table:
-    """The pool of a clustering step: image_id, cluster, similarity to the seeds."""
-    return _members(db, session, step)
+    """The pool of a clustering step: image_id, cluster, similarity to the seeds; over objects,
+    detection_id first (one row per box: an image with two boxes in the pool is there twice)."""
+    return _members(db, session, step, session_objects(db, session))
 
 
 def new_session_id() -> str:
@@ -218,6 +241,8 @@ MEMBERS_SQL = """
 SELECT m.* FROM narrow_members m JOIN narrow_steps s USING (session, step, created_at)
 WHERE m.session = $session AND m.step = $step
 """
+
+OBJECT_MEMBERS_SQL = MEMBERS_SQL.replace("narrow_members", "narrow_object_members")
 
 CLUSTERS_SQL = f"""
 WITH m AS ({MEMBERS_SQL}),
@@ -233,43 +258,90 @@ FROM m LEFT JOIN latest USING (image_id)
 GROUP BY cluster ORDER BY cluster
 """
 
+# Over objects: each box's own label and score (its detection), the boxes nearest the centre.
+OBJECT_CLUSTERS_SQL = f"""
+WITH m AS ({OBJECT_MEMBERS_SQL})
+SELECT cluster, count(*)::INTEGER AS size, 1 - avg(m.similarity) AS seed_distance,
+       avg(d.score) AS mean_confidence, histogram(d.label) AS labels,
+       list(m.detection_id ORDER BY m.centre_distance, m.detection_id)[1:$nearest] AS nearest
+FROM m LEFT JOIN detections d ON d.detection_id = m.detection_id
+GROUP BY cluster ORDER BY cluster
+"""
+
 
 def _write_step(db: LakeDB, index: VectorIndex | None, session: str, step: int, action: str, parent: int | None,
                 current: int, picked: list[int], seeds: list[str], negatives: list[str],
-                clustering: Clustering | None, user: str) -> None:
+                clustering: Clustering | None, user: str, *, objects: bool = False) -> None:
     """Record one action: the step's members first (stamped with the step's time), then the step's
     row, the commit that makes them part of the session. Two reviewers acting on a session at once
     both write members for the same step number; one row wins it, and readers take the members
     stamped as the winning row is (``_members``); the loser's are removed and the loser told."""
     now = datetime.now(UTC)
+    objects = index.objects if index is not None else objects
+    members_table = NARROW_OBJECT_MEMBERS if objects else NARROW_MEMBERS
     info = tables.commit_info(JOB, user, session=session, step=step, action=action)
     this_step = f"session = {quote_literal(session)} AND step = {step}"
     stamp = quote_literal(now.isoformat())
     if clustering is not None and index is not None:
         n = len(clustering.positions)
-        members = make_rows(NARROW_MEMBERS, n, session=session, step=step, image_id=index.ids[clustering.positions],
-                            cluster=clustering.cluster, similarity=clustering.similarity,
-                            centre_distance=clustering.centre_distance, created_at=now)
-        tables.append(db.lake, NARROW_MEMBERS, members, info)
+        ids = index.ids[clustering.positions]
+        columns = {"detection_id": ids, "image_id": _box_images(db, index, ids)} if objects else {"image_id": ids}
+        members = make_rows(members_table, n, session=session, step=step, **columns, cluster=clustering.cluster,
+                            similarity=clustering.similarity, centre_distance=clustering.centre_distance,
+                            created_at=now)
+        tables.append(db.lake, members_table, members, info)
     row = make_rows(NARROW_STEPS, 1, session=session, step=step, action=action, parent=parent, current=current,
                     picked=[picked], seeds=[seeds], negatives=[negatives],
                     pool_size=len(clustering.positions) if clustering else None,
                     clusters=clustering.k if clustering else None,
                     backbone=index.backbone if index else None, weights=index.weights if index else None,
-                    table_versions=[list(_versions_read(db).items())], created_by=user, created_at=now)
+                    table_versions=[list(_versions_read(db, objects).items())], created_by=user, created_at=now)
     won = tables.insert_new(db.lake, NARROW_STEPS, row, info)
     if clustering is not None:
         # The winner removes what lost or killed attempts at this step left; a loser its own members.
-        tables.delete(db.lake, NARROW_MEMBERS, f"{this_step} AND created_at {'<>' if won else '='} {stamp}", info)
+        tables.delete(db.lake, members_table, f"{this_step} AND created_at {'<>' if won else '='} {stamp}", info)
     if not won:
         raise SessionError(f"session {session}: another action was recorded as step {step} at the same time; "
                            "show the session again and redo yours")
 
 
-def _versions_read(db: LakeDB) -> dict[str, int]:
-    """The versions of the tables a step reads (`edgemine sql --as-of` shows the lake as the step saw it)."""
-    versions = {name: tables.version(db.lake, name) for name in ("embeddings", "predictions", "images")}
+def _versions_read(db: LakeDB, objects: bool = False) -> dict[str, int]:
+    """The versions of the tables a step reads (`edgemine sql --as-of` shows the lake as the step saw it):
+    over objects, ``object_embeddings`` (the mark of a session over objects: ``_is_objects``) and detections."""
+    read = ("object_embeddings", "detections", "images") if objects else ("embeddings", "predictions", "images")
+    versions = {name: tables.version(db.lake, name) for name in read}
     return {name: v for name, v in versions.items() if v is not None}
+
+
+def _is_objects(steps: dict[int, dict[str, Any]]) -> bool:
+    """Whether a session's first step read the object embeddings (a session over detection boxes)."""
+    if not steps:
+        return False
+    versions = steps[min(steps)]["table_versions"] or {}
+    names = versions.keys() if isinstance(versions, dict) else [name for name, _ in versions]
+    return "object_embeddings" in names
+
+
+def _check_index(index: VectorIndex, steps: dict[int, dict[str, Any]], session: str) -> None:
+    if index.objects != _is_objects(steps):
+        kind = "detection boxes" if _is_objects(steps) else "images"
+        raise SessionError(f"session {session} narrows {kind}: continue it on the "
+                           f"{'object' if _is_objects(steps) else 'image'} index (mining.pick_clusters opens it)")
+
+
+def _box_images(db: LakeDB, index: VectorIndex, detection_ids: np.ndarray) -> list[str]:
+    """The image of each box (str (n,) detection ids of the object index), in their order."""
+    found = db.query(
+        "SELECT detection_id, image_id FROM object_embeddings WHERE backbone = $backbone AND weights = $weights "
+        "AND detection_id IN (SELECT unnest($ids))",
+        {"backbone": index.backbone, "weights": index.weights, "ids": [str(i) for i in detection_ids]},
+    )
+    images = dict(zip(found.column("detection_id").to_pylist(), found.column("image_id").to_pylist()))
+    return [images[str(i)] for i in detection_ids]
+
+
+def _id_column(objects: bool) -> str:
+    return "detection_id" if objects else "image_id"
 
 
 def _steps(db: LakeDB, session: str) -> dict[int, dict[str, Any]]:
@@ -284,7 +356,10 @@ def _head(steps: dict[int, dict[str, Any]], session: str) -> int:
     return max(steps)
 
 
-def _members(db: LakeDB, session: str, step: int) -> pa.Table:
+def _members(db: LakeDB, session: str, step: int, objects: bool = False) -> pa.Table:
+    if objects:
+        return db.query(f"SELECT detection_id, image_id, cluster, similarity FROM ({OBJECT_MEMBERS_SQL})",
+                        {"session": session, "step": step})
     return db.query(f"SELECT image_id, cluster, similarity FROM ({MEMBERS_SQL})", {"session": session, "step": step})
 
 

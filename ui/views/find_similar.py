@@ -1,7 +1,9 @@
 """Find similar: choose seeds (from a grid, by id, or an uploaded image), see the
 nearest images with scores, refine with positives and negatives (or mark whole pages
 in the review loop, saved as review decisions), then start narrowing. Calls the
-same functions as `edgemine similar` and `narrow start`."""
+same functions as `edgemine similar` and `narrow start`. Detection ids as seeds (the
+By id tab) search the object index: hits show each box's crop, and 🔍 its frame with the
+box highlighted."""
 
 from __future__ import annotations
 
@@ -52,10 +54,14 @@ def _seed_pickers(index) -> None:
         add_neg.button("Use selected as negatives", key="browse_add_neg", disabled=not chosen,
                        on_click=_add, args=("negatives", chosen, "browse"))
     with by_id:
-        typed = st.text_input("Image id(s), separated by spaces", key="seed_ids")
+        typed = st.text_input("Image id(s), or detection id(s) to search boxes, separated by spaces", key="seed_ids")
         if st.button("Add as seeds", key="seed_ids_add") and typed.split():
             try:
-                index.positions(typed.split())  # the error names the ids the index lacks
+                objects = data.names_detections(data.lake().uri, tuple(typed.split()))
+                searched = data.object_index(data.lake().uri) if objects else index
+                searched.positions(typed.split())  # the error names the ids the index lacks
+                if objects != _objects(st.session_state["positives"]):
+                    st.session_state["positives"], st.session_state["negatives"] = [], []  # boxes or images
                 _add("positives", typed.split())
                 st.rerun()
             except EdgemineError as e:
@@ -87,9 +93,17 @@ def _current_seeds() -> None:
         st.rerun()
 
 
+def _objects(seeds: list[str]) -> bool:
+    """Whether the seeds are detection boxes (the search then runs over the object index)."""
+    return bool(seeds) and data.names_detections(data.lake().uri, tuple(seeds))
+
+
 def _results() -> None:
     k_col, where_col = st.columns([1, 3])
     k = k_col.number_input("Results", 1, 500, 40, step=10, key="k")
+    if _objects(st.session_state["positives"]):
+        _object_results(int(k), where_col)
+        return
     where = (
         where_col.text_input("Within the slice (SQL)", key="where", placeholder="p.model_version = 'v2'").strip()
         or None
@@ -138,6 +152,28 @@ def _results() -> None:
         data.lake_changed()
         st.session_state["session"] = report.session
         nav.go("narrow")
+
+
+def _object_results(k: int, where_col) -> None:
+    """Hits of the object index: each box's crop, 🔍 its frame with the box highlighted."""
+    where = where_col.text_input("Within the slice (SQL over detections d JOIN images i)", key="where_objects",
+                                 placeholder="d.score < 0.5").strip() or None
+    try:
+        hits = data.similar_objects(data.lake().uri, tuple(st.session_state["positives"]),
+                                    tuple(st.session_state["negatives"]), k, where)
+    except EdgemineError as e:  # a bad slice: the seeds stay, to be changed
+        st.error(str(e))
+        return
+    st.subheader(f"Nearest {len(hits)} boxes")
+    chosen = widgets.object_grid(hits, key="results")
+    plus, minus, _ = st.columns([1, 1, 2])
+    plus.button("Add selected to seeds", icon=":material/add:", key="more_like", disabled=not chosen,
+                on_click=_add, args=("positives", chosen, "results"))
+    minus.button("Add selected as negatives", icon=":material/remove:", key="less_like", disabled=not chosen,
+                 on_click=_add, args=("negatives", chosen, "results"))
+    st.info("Narrow these boxes or export their frames with the boxes as pre-annotations from the command line: "
+            "`edgemine narrow start " + " ".join(st.session_state["positives"][:3]) + "`, `edgemine export "
+            "--detections DETECTION_ID...` (docs/EXPORT.md).")
 
 
 def _review_loop(shown: list[str], chosen: list[str]) -> None:
