@@ -172,8 +172,8 @@ class PreannotateConfig:
     """`edgemine export --preannotate superpixels`: SLIC superpixels as regions (docs/EXPORT.md "Pre-annotations")."""
 
     segments: int = 200  # superpixels asked per image (SLIC's n_segments; it finds about as many)
-    compactness: float = 10.0  # SLIC's colour against space: higher, squarer regions; lower, closer to the edges
-    sigma: float = 1.0  # Gaussian smoothing (pixels) before SLIC; 0: none
+    compactness: float = 20.0  # SLIC's space against colour: higher, squarer regions; lower, closer to colour edges
+    sigma: float = 0.5  # Gaussian smoothing (pixels) before SLIC: noise splits regions less; 0: none
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.compactness <= 0 or self.sigma < 0:
