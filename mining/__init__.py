@@ -389,7 +389,8 @@ def source_names(db: LakeDB, kind: str) -> list[str]:
 
 def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | None = None, task_size: int | None = None,
                  predictions: bool = True, copy_images: bool = False, resend: bool = False, project: str | None = None,
-                 drop_duplicates: bool = False, config: Config | None = None) -> ExportSummary:
+                 drop_duplicates: bool = False, preannotate: str | None = None,
+                 config: Config | None = None) -> ExportSummary:
     """Send images for labelling as one batch (`edgemine export`, docs/EXPORT.md); exactly once.
 
     Args:
@@ -400,6 +401,9 @@ def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | Non
         predictions: the newest prediction as pre-annotations; copy_images: copy rather than refer.
         resend: send again images already sent to ``to``.
         drop_duplicates: one image per near-duplicate group (``find_duplicates`` first).
+        preannotate: ``predictions`` (the default), ``model:VERSION``, ``superpixels`` (coco, label-studio) or
+            ``none``; ``model:imagenet`` needs the classifier: ``mining.labelling.export.export_images(...,
+            classify=embed.imagenet.ImageNetClassifier())``.
 
     Returns:
         an ExportSummary: ``status`` (exported, unchanged, nothing-new), ``exported``, ``skipped``,
@@ -423,7 +427,7 @@ def export_batch(db: LakeDB, source: str, *, fmt: str, to: str, batch: str | Non
 
     return export_images(db, resolve_source(db, source), fmt=fmt, target=to, config=_config(db, config), name=batch,
                          source=source, task_size=task_size, predictions=predictions, copy_images=copy_images,
-                         resend=resend, project=project, drop_duplicates=drop_duplicates)
+                         resend=resend, project=project, drop_duplicates=drop_duplicates, preannotate=preannotate)
 
 
 def export_objects(db: LakeDB, detection_ids: Sequence[str], *, fmt: str, to: str, batch: str | None = None,

@@ -51,6 +51,12 @@ def add_export(commands, add) -> None:
         "--no-predictions", dest="predictions", action="store_false", help="images only, no pre-annotations"
     )
     export.add_argument(
+        "--preannotate", metavar="WHAT",
+        help="the pre-annotations: predictions (the newest, the default), model:VERSION (that version's), "
+             "model:imagenet (the open ImageNet classifier's top class), superpixels (SLIC regions to merge or "
+             "assign; coco, label-studio) or none",
+    )
+    export.add_argument(
         "--copy-images", action="store_true", help="copy the images beside the files (default: by reference)"
     )
     export.add_argument("--resend", action="store_true", help="send again images already sent to this target")
@@ -84,6 +90,7 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
         resend=args.resend,
         project=args.project,
         drop_duplicates=args.drop_duplicates,
+        preannotate=args.preannotate,
         show_progress=not args.quiet,
     )
     print_result(args, summary, _export_text)
@@ -102,7 +109,8 @@ def _export_text(summary) -> None:
               "(--resend sends them again)")
         return
     print(f"batch {summary.batch}: {summary.exported} images exported as {summary.format} to {summary.folder} in "
-          f"{summary.tasks} task(s), {summary.skipped} skipped (sent to this target before), {summary.errors} refused"
+          f"{summary.tasks} task(s) (pre-annotations: {summary.preannotate}), {summary.skipped} skipped "
+          f"(sent to this target before), {summary.errors} refused"
           + (f", {summary.duplicates_dropped} near-duplicates left out" if summary.duplicates_dropped else ""))
     for sample in summary.error_samples:
         print(f"  refused {sample['uri']}: {sample['reason']}")

@@ -168,6 +168,20 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class PreannotateConfig:
+    """`edgemine export --preannotate superpixels`: SLIC superpixels as regions (docs/EXPORT.md "Pre-annotations")."""
+
+    segments: int = 200  # superpixels asked per image (SLIC's n_segments; it finds about as many)
+    compactness: float = 20.0  # SLIC's space against colour: higher, squarer regions; lower, closer to colour edges
+    sigma: float = 0.5  # Gaussian smoothing (pixels) before SLIC: noise splits regions less; 0: none
+
+    def __post_init__(self) -> None:
+        if self.segments < 1 or self.compactness <= 0 or self.sigma < 0:
+            raise ConfigError("[preannotate] segments must be at least 1, compactness above 0 and sigma at least 0, "
+                              f"got {self.segments}, {self.compactness}, {self.sigma}")
+
+
+@dataclass(frozen=True)
 class QueuesConfig:
     limit: int = 100  # images per queue of the ranked samplers (least-confidence, margin, entropy, feedback, ...)
     per: str = "1h"  # random-time: the window (30m, 1h, 1d, 1w)
@@ -244,6 +258,7 @@ class Config:
     ui: UIConfig = field(default_factory=UIConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    preannotate: PreannotateConfig = field(default_factory=PreannotateConfig)
     queues: QueuesConfig = field(default_factory=QueuesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)

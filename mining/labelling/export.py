@@ -45,6 +45,15 @@ from mining.core.sql import LakeDB, quote_literal
 from mining.core.summary import Summary
 from mining.labelling import formats
 from mining.labelling.formats import Item, LabelFormat, LabelStudio, writer_for
+from mining.labelling.preannotate import (
+    IMAGENET,
+    ImageClassifier,
+    check_format,
+    check_version,
+    parse_preannotate,
+    preannotation_classes,
+)
+from mining.labelling.preannotate import apply as add_preannotations
 from mining.review import sources
 
 log = logging.getLogger(__name__)
@@ -78,6 +87,7 @@ class ExportSummary(Summary):
     skipped: int = 0
     duplicates_dropped: int = 0
     tasks: int = 0
+    preannotate: str = ""
     files: list[str] = field(default_factory=list)
 
     def extra(self) -> dict[str, Any]:
@@ -137,28 +147,30 @@ def object_images(db: LakeDB, detection_ids: Sequence[str]) -> list[str]:
 
 
 def load_items(
-    db: LakeDB, image_ids: Sequence[str], *, predictions: bool = True, detections: Sequence[str] | None = None
+    db: LakeDB, image_ids: Sequence[str], *, predictions: bool = True, model_version: str | None = None,
+    detections: Sequence[str] | None = None,
 ) -> tuple[list[Item], list[dict[str, Any]]]:
-    """The images to export, in the order given, with their newest prediction and its
-    boxes; and the refused ones as error dicts (not in the lake, size unknown).
+    """The images to export, in the order given, with their newest prediction (of
+    ``model_version`` when given) and its boxes; and the refused ones as error dicts
+    (not in the lake, size unknown).
     ``detections``: the chosen boxes (detection ids): each image's boxes are then those of
     them on it, and only those (no label map)."""
+    version = " AND model_version = $v" if model_version is not None else ""
     rows = db.query(
         "WITH wanted AS (SELECT unnest($ids) AS image_id, generate_subscripts($ids, 1) AS n), "
         "newest AS (SELECT image_id, arg_max(prediction_id, ts) AS prediction_id, "
         "arg_max(model_version, ts) AS model_version, "
         "arg_max(label, ts) AS label, arg_max(confidence, ts) AS confidence FROM predictions "
-        "WHERE image_id IN (SELECT image_id FROM wanted) GROUP BY image_id) "
+        f"WHERE image_id IN (SELECT image_id FROM wanted){version} GROUP BY image_id) "
         "SELECT w.image_id, i.uri, i.width, i.height, i.sha256, "
         "p.prediction_id, p.model_version, p.label, p.confidence "
         "FROM wanted w LEFT JOIN images i USING (image_id) LEFT JOIN newest p USING (image_id) ORDER BY w.n",
-        {"ids": list(image_ids)},
+        {"ids": list(image_ids)} | ({"v": model_version} if model_version is not None else {}),
     ).to_pydict()
     boxes: dict[str, list[dict[str, Any]]] = {}
     semantic: dict[str, list[dict[str, Any]]] = {}
     prediction_ids = [p for p in rows["prediction_id"] if p is not None]
     chosen = _chosen_boxes(db, detections) if detections is not None else None
-    semantic: dict[str, list[dict[str, Any]]] = {}
     if chosen is None and predictions and prediction_ids:
         found = db.query(
             "SELECT d.prediction_id, d.box, d.label, d.score, m.height, m.width, m.counts, m.area FROM detections d "
@@ -273,7 +285,8 @@ class References:
 def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str, config: Config,
                   name: str | None = None, source: str = "", task_size: int | None = None, predictions: bool = True,
                   copy_images: bool = False, resend: bool = False, project: str | None = None,
-                  drop_duplicates: bool = False, progress: Progress | None = None,
+                  drop_duplicates: bool = False, preannotate: str | None = None,
+                  classify: ImageClassifier | None = None, progress: Progress | None = None,
                   detections: Sequence[str] | None = None) -> ExportSummary:
     """Export ``image_ids`` as one batch of format ``fmt`` to ``target`` (a folder or
     ``s3://`` URI: files under ``<target>/<name>/``; or a Label Studio URL with
@@ -289,6 +302,9 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
         copy_images: copy the images beside the files rather than refer to them.
         resend: send images already sent to this target again.
         drop_duplicates: send one image per near-duplicate group (`edgemine duplicates`), the first in order.
+        preannotate: what goes beside each image (mining.labelling.preannotate): ``predictions`` (the
+            default), ``model:VERSION``, ``model:imagenet`` (needs ``classify``), ``superpixels`` or ``none``.
+        classify: the ImageNet classifier of ``model:imagenet`` (embed.imagenet.ImageNetClassifier).
         progress: called with the number of images written, as they are.
         detections: objects (detection ids, e.g. object hits): ``image_ids`` are then their images
             (``object_images``), each sent once with the chosen boxes, and only those, as pre-annotations.
@@ -298,9 +314,14 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
 
     Raises:
         ExportError: unknown format, no images, a folder holding another batch, every
-            image refused, S3 credentials or Label Studio missing (nothing committed)."""
+            image refused, S3 credentials or Label Studio missing, a pre-annotation the format
+            cannot carry or a model version the lake lacks (nothing committed)."""
     started = time.monotonic()
     writer_cls = writer_for(fmt)
+    pre = parse_preannotate(preannotate, predictions=predictions)
+    check_format(pre, writer_cls)
+    if pre.kind == "model" and pre.version is not None:
+        check_version(db, pre.version)
     task_size = config.export.task_size if task_size is None else task_size
     if task_size < 0:
         raise ExportError(f"task size must be at least 0 (0: one task), got {task_size}")
@@ -333,10 +354,12 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
                "resend": resend}
     if detections is not None:  # other boxes of the same frames are another batch
         options["detections"] = hashlib.sha256("\n".join(sorted(set(detections))).encode()).hexdigest()[:16]
+    if preannotate is not None:  # recorded (and in the batch's id) only when chosen: older batches keep their ids
+        options["preannotate"] = pre.spec
     batch = batch_id(ids, target, options)
     name = name or batch
     summary = ExportSummary(batch=batch, name=name, format=fmt, target=target, images=len(ids),
-                            duplicates_dropped=dropped)
+                            duplicates_dropped=dropped, preannotate=pre.spec)
     folder = "" if label_studio else posixpath.join(target, name)
     summary.folder = folder or target
     if folder and db.lake.overlaps(folder):
@@ -364,10 +387,12 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
     if out_fs is not None:
         with _s3_credentials("write the export"):
             _claim_folder(out_fs, out_root, target, batch)
-    items, refused = load_items(db, todo, predictions=predictions, detections=detections)
+    items, refused = load_items(db, todo, predictions=pre.uses_predictions, model_version=pre.version,
+                                detections=detections)
     present = existing_files([i.uri for i in items], db.lake.s3)
     refused += [{"uri": i.uri, "reason": "the image's file is gone"} for i in items if i.uri not in present]
-    items = [i for i in items if i.uri in present]
+    items, unusable = add_preannotations(db, [i for i in items if i.uri in present], pre, config.preannotate, classify)
+    refused += unusable
     at = datetime.now(UTC)
     info = tables.commit_info(JOB, config.mining.user, batch=batch, target=target, format=fmt)
     # Replaced, not appended: a rerun of a killed batch records its refusals once.
@@ -378,7 +403,10 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
         raise ExportError(f"none of the {len(todo)} images can be exported (see edgemine sql \"SELECT uri, reason FROM "
                           f"errors WHERE source = '{batch}'\"); nothing committed")
 
-    writer = writer_cls(lake_classes(db), batch=batch, predictions=predictions)
+    classes = lake_classes(db)
+    classes += [c for c in preannotation_classes(items) if c not in classes]
+    sends_labels = pre.uses_predictions or pre.kind == IMAGENET
+    writer = writer_cls(classes, batch=batch, predictions=sends_labels, regions=pre.kind == "superpixels")
     size = task_size or len(items)
     tasks = [items[k:k + size] for k in range(0, len(items), size)]
     files_of: dict[str, str] = {}
@@ -428,7 +456,7 @@ def export_images(db: LakeDB, image_ids: Sequence[str], *, fmt: str, target: str
         task=[task_of[i.image_id] for i in items],
         file=[files_of[i.image_id] for i in items],
         ref=[i.ref for i in items],
-        model_version=[i.model_version if predictions else None for i in items],
+        model_version=[i.model_version if sends_labels else None for i in items],
         source=source,
         options=json.dumps(options, sort_keys=True),
         at=at,

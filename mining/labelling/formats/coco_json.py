@@ -22,12 +22,17 @@ class Coco(LabelFormat):
     name = "coco"
     main_file = "annotations.json"
     importable = True
+    carries_regions = True
 
     def files(self, items: list[Item]) -> dict[str, bytes]:
         images, annotations, results = [], [], []
         for n, item in enumerate(items, start=1):
             images.append({"id": n, "file_name": item.ref, "width": item.width, "height": item.height,
                            "edgemine_image_id": item.image_id})
+            for r in item.regions:  # regions to merge or assign (superpixels): polygons along pixel edges
+                annotations.append({"id": len(annotations) + 1, "image_id": n,
+                                    "category_id": self.class_ids[r["label"]] + 1, "segmentation": r["polygons"],
+                                    "bbox": r["bbox"], "area": r["area"], "iscrowd": 0, "edgemine_kind": "region"})
             if not self.predictions:
                 continue
             for b in item.boxes:

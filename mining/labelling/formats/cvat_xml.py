@@ -17,6 +17,7 @@ class Cvat(LabelFormat):
     name = "cvat"
     main_file = "annotations.xml"
     importable = True
+    carries_image_class = True
 
     def files(self, items: list[Item]) -> dict[str, bytes]:
         root = ET.Element("annotations")

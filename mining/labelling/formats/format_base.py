@@ -21,7 +21,9 @@ class Item:
     """One image as the writers see it. ``boxes``: the newest prediction's detections,
     each ``{"box": [x1, y1, x2, y2] (pixels), "label", "score"}`` and, with a mask,
     ``"mask"`` (COCO RLE ``{size: [h, w], counts}``) and ``"area"``; ``masks``: its label
-    map's classes, each ``{"label", "mask", "area"}`` (semantic segmentation)."""
+    map's classes, each ``{"label", "mask", "area"}`` (semantic segmentation); ``regions``:
+    pre-annotated regions to merge or assign (``--preannotate superpixels``), each ``{"label",
+    "polygons": [[x1, y1, x2, y2, ...]] (pixels), "bbox": [x, y, w, h], "area"}``."""
 
     image_id: str
     uri: str
@@ -35,6 +37,7 @@ class Item:
     confidence: float | None = None
     boxes: list[dict[str, Any]] = field(default_factory=list)
     masks: list[dict[str, Any]] = field(default_factory=list)
+    regions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def suffix(self) -> str:
@@ -71,18 +74,25 @@ class LabelFormat:
     the images are copied (YOLO). ``file_of``: the file that names an item.
 
     The reader (import), for a format with ``importable`` set: ``parse`` the bytes of a
-    file into Annotations, or override ``read`` for a source that is not one file."""
+    file into Annotations, or override ``read`` for a source that is not one file.
+
+    What its writer carries of the pre-annotations (mining.labelling.preannotate refuses
+    the others): ``carries_regions``, an item's ``regions`` as polygons;
+    ``carries_image_class``, an item's ``label`` as a whole-image class."""
 
     name = ""
     main_file = ""
     copies_images = False
     importable = False
+    carries_regions = False
+    carries_image_class = False
 
-    def __init__(self, classes: Sequence[str], *, batch: str, predictions: bool = True):
+    def __init__(self, classes: Sequence[str], *, batch: str, predictions: bool = True, regions: bool = False):
         self.classes = list(classes)
         self.class_ids = {c: k for k, c in enumerate(self.classes)}
         self.batch = batch
         self.predictions = predictions
+        self.regions = regions  # the items carry regions (superpixels): a tool's config offers polygons
 
     def files(self, items: list[Item]) -> dict[str, bytes]:
         raise NotImplementedError

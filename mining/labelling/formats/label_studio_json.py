@@ -27,16 +27,21 @@ class LabelStudio(LabelFormat):
     pre-annotations (``choices`` for its label, ``rectanglelabels`` in percent of
     ``original_width``/``original_height`` for its boxes, ``brushlabels`` in Label Studio's
     brush RLE for a box with a mask (``brush``, the box then follows from the mask) and for
-    each class of a label map (``semantic``)), and the labelling config."""
+    each class of a label map (``semantic``)) or its regions (``polygonlabels``, points in
+    percent), and the labelling config."""
 
     name = "label-studio"
     main_file = "tasks.json"
     importable = True
+    carries_regions = True
+    carries_image_class = True
 
     def task(self, item: Item) -> dict[str, Any]:
         task: dict[str, Any] = {"data": {"image": item.ref, "edgemine_image_id": item.image_id,
                                          "edgemine_batch": self.batch}}
-        if self.predictions and item.model_version is not None:
+        if item.regions:
+            task["predictions"] = [{"model_version": "superpixels", "result": _region_results(item)}]
+        elif self.predictions and item.model_version is not None:
             result = []
             if item.label is not None:
                 result.append({"id": _result_id(item.image_id, 0), "from_name": "class", "to_name": "image",
@@ -52,7 +57,7 @@ class LabelStudio(LabelFormat):
         return {self.main_file: compact_json([self.task(i) for i in items]), "config.xml": self.config_xml().encode()}
 
     def config_xml(self) -> str:
-        """The labelling config: the image, a single choice of class, and boxes of any class."""
+        """The labelling config: the image, a single choice of class, boxes of any class, and polygons with regions."""
         view = ET.Element("View")
         ET.SubElement(view, "Image", name="image", value="$image")
         choices = ET.SubElement(view, "Choices", name="class", toName="image", choice="single", showInline="true")
@@ -65,6 +70,10 @@ class LabelStudio(LabelFormat):
             brushes = ET.SubElement(view, "BrushLabels", name=name, toName="image")
             for c in self.classes:
                 ET.SubElement(brushes, "Label", value=c)
+        if self.regions:  # superpixels: polygons to merge or assign a class
+            polygons = ET.SubElement(view, "PolygonLabels", name="region", toName="image")
+            for c in self.classes:
+                ET.SubElement(polygons, "Label", value=c)
         ET.indent(view)
         return ET.tostring(view, encoding="unicode") + "\n"
 
@@ -91,6 +100,20 @@ def _brush(item: Item, n: int, name: str, m: dict[str, Any]) -> dict[str, Any]:
              "original_width": item.width, "original_height": item.height, "image_rotation": 0,
              "value": {"format": "rle", "rle": brush_rle.encode(decode_mask(m["mask"])), "brushlabels": [m["label"]]}}
     return found | ({"score": m["score"]} if m.get("score") is not None else {})
+
+
+def _region_results(item: Item) -> list[dict[str, Any]]:
+    """An item's regions as ``polygonlabels`` results, points in percent of the image's size."""
+    results = []
+    for r in item.regions:
+        for polygon in r["polygons"]:
+            points = [[round(100 * x / item.width, 4), round(100 * y / item.height, 4)]
+                      for x, y in zip(polygon[0::2], polygon[1::2])]
+            results.append({"id": _result_id(item.image_id, 10_000 + len(results)), "from_name": "region",
+                            "to_name": "image", "type": "polygonlabels", "original_width": item.width,
+                            "original_height": item.height, "image_rotation": 0,
+                            "value": {"points": points, "closed": True, "polygonlabels": [r["label"]]}})
+    return results
 
 
 def _time(value: Any) -> datetime | None:

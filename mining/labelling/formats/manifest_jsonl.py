@@ -11,6 +11,7 @@ class Manifest(LabelFormat):
 
     name = "manifest"
     main_file = "manifest.jsonl"
+    carries_image_class = True
 
     def files(self, items: list[Item]) -> dict[str, bytes]:
         lines = []

@@ -14,6 +14,7 @@ class Prodigy(LabelFormat):
 
     name = "prodigy"
     main_file = "tasks.jsonl"
+    carries_image_class = True
 
     def files(self, items: list[Item]) -> dict[str, bytes]:
         lines = []
