@@ -28,8 +28,6 @@ from mining.labelling.export import export_images
 from mining.labelling.preannotate import UNASSIGNED, region_polygons, superpixels
 from tests.helpers import jsonl, prediction, put, put_images, rows, source_uri
 
-# pycocotools 2.0.11 under numpy 2 warns on every decode; the masks it returns are right (asserted below).
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 N = 6
 WIDTH, HEIGHT = 64, 48  # tests.helpers.jpeg_bytes
