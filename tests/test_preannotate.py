@@ -28,7 +28,6 @@ from mining.labelling.export import export_images
 from mining.labelling.preannotate import UNASSIGNED, region_polygons, superpixels
 from tests.helpers import jsonl, prediction, put, put_images, rows, source_uri
 
-
 N = 6
 WIDTH, HEIGHT = 64, 48  # tests.helpers.jpeg_bytes
 V7_BOXES = [{"box": [2, 3, 30, 40], "label": "car", "score": 0.9}]
