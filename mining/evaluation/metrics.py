@@ -234,10 +234,15 @@ def check_regressions(db: LakeDB, slices: Sequence[Slice], version: str | None =
         return report
     got = correctness(db, version, baseline, slices)
     cols = {name: got.column(name).to_numpy(zero_copy_only=False) for name in got.column_names}
+    # The true labels as numbers (Arrow's dictionary encoding), once: a set of Python strings and
+    # string comparisons per slice and class were a fifth of the check (2 s of 11 at 1M predictions).
+    encoded = got.column("y").combine_chunks().dictionary_encode()
+    labels, y = encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
     for k, one in enumerate(slices):
         inside = cols[f"s{k}"].astype(bool)
         tests = [("accuracy", None, inside)]
-        tests += [("recall", c, inside & (cols["y"] == c)) for c in sorted(set(cols["y"][inside]))]
+        present = sorted((labels[c], c) for c in np.unique(y[inside]))
+        tests += [("recall", label, inside & (y == c)) for label, c in present]
         for metric, label, m in tests:
             a, b, paired = split_versions(cols["image_id"][m], cols["is_b"][m], cols["correct"][m].astype(np.float64),
                                           config.min_n)
