@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any, TextIO
-
-import pyarrow as pa
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mining.core.serialize import csv_bytes, jsonable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FORMATS = ("table", "csv", "json")
 
@@ -31,18 +33,27 @@ def write_rows(table: pa.Table, fmt: str, out: TextIO, *, max_rows: int = 100, c
 
 def render_table(table: pa.Table, *, max_rows: int = 100, max_width: int = 40, cut: bool = False) -> str:
     shown = table.slice(0, max_rows)
-    names = table.column_names
-    rows = [[_cell(v, max_width) for v in row.values()] for row in shown.to_pylist()]
-    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    rows = [tuple(row.values()) for row in shown.to_pylist()]
+    return render_rows(table.column_names, rows, total=table.num_rows, max_width=max_width, cut=cut)
+
+
+def render_rows(names: Sequence[str], rows: Sequence[Sequence[Any]], *, total: int | None = None,
+                max_width: int = 40, cut: bool = False) -> str:
+    """``rows`` (Python values, one tuple per row) under their column ``names`` as a readable table;
+    ``total``: the rows of the whole result when more than these (default: these); ``cut``: the
+    result has more rows than ``total`` (the first rows of a longer query result)."""
+    total = len(rows) if total is None else total
+    cells = [[_cell(v, max_width) for v in row] for row in rows]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
     lines = [" | ".join(n.ljust(w) for n, w in zip(names, widths)), "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-    more = table.num_rows - shown.num_rows
+    lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    more = total - len(rows)
     if cut and not more:
-        lines.append(f"(the first {shown.num_rows} rows; the result has more: --max-rows N shows more, "
+        lines.append(f"(the first {len(rows)} rows; the result has more: --max-rows N shows more, "
                      "--output FILE.parquet writes every row)")
         return "\n".join(lines) + "\n"
     lines.append(
-        f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}"
+        f"({total} row{'s' if total != 1 else ''}"
         + (f", {more} not shown; use --format csv or --output for all)" if more else ")")
     )
     return "\n".join(lines) + "\n"

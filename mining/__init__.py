@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING
 from mining.core.config import Config, load_config
 from mining.core.errors import EdgemineError
 from mining.core.lake import Lake
-from mining.core.schema import TABLES
 from mining.core.sql import LakeDB
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from mining.core.schema import TABLES  # noqa: F401 - given by __getattr__
     from mining.labelling.export import ExportSummary
     from mining.labelling.labels import LabelsSummary
     from mining.review.queues import QueueSummary
@@ -64,6 +64,16 @@ __all__ = [
     "add_slice", "list_slices", "compute_metrics", "check_regressions", "detect_drift", "write_card",
     "resolve_images", "source_names", "mark_page",
 ]
+
+
+def __getattr__(name: str):
+    """``mining.TABLES``, imported on first use: the schemas import pyarrow, which a command
+    that reads no table (`edgemine sql "SELECT 1"`) does without."""
+    if name == "TABLES":
+        from mining.core.schema import TABLES
+
+        return TABLES
+    raise AttributeError(f"module 'mining' has no attribute {name!r}")
 
 
 def open_lake(uri: str | None = None, *, config: Config | None = None) -> LakeDB:

@@ -284,3 +284,33 @@ def test_a_forked_worker_reads_the_lake(filled):
     parent = _count_images(filled)  # the parent's database exists before the fork
     with multiprocessing.get_context("fork").Pool(1) as pool:
         assert pool.apply_async(_count_images, (filled,)).get(timeout=120) == parent == 30
+
+
+PLAIN_AND_NOT = {  # head_rows fetches the first as DuckDB's rows, the second through Arrow
+    "plain": "SELECT range::INTEGER AS i, range * 2 AS b, range / 3 AS d, (range / 7)::FLOAT AS f, 'x' || range AS s, "
+             "range % 2 = 0 AS t, CASE WHEN range = 1 THEN NULL END AS n FROM range(7)",
+    "other": "SELECT TIMESTAMPTZ '2026-01-02 03:04:05+00' + to_seconds(range) AS ts, MAP {'k': range} AS m, "
+             "[range, NULL] AS l, {'a': range} AS st, (range / 3)::DECIMAL(6, 2) AS dec, DATE '2026-01-02' AS day, "
+             "'\\x01'::BLOB AS raw, 'cpu'::ENUM('cpu', 'gpu') AS e FROM range(7)",
+}
+
+
+@pytest.mark.parametrize("kind", PLAIN_AND_NOT)
+@pytest.mark.parametrize("max_rows", [3, 7, 50])
+def test_head_rows_are_heads_values_plain_columns_without_arrow(lake, kind, max_rows):
+    query = PLAIN_AND_NOT[kind]
+    with LakeDB(lake) as db:
+        head = db.head(query, max_rows)
+        rows = db.head_rows(query, max_rows)
+    assert rows.names == head.table.column_names
+    assert rows.to_pylist() == head.table.to_pylist() and len(rows.rows) == min(max_rows, 7)
+    assert rows.cut is head.cut is (max_rows < 7)
+    if kind == "plain":  # the rows DuckDB gave, not Arrow's (a float32 still its float32 value)
+        assert sql.PLAIN_TYPES >= {"INTEGER", "BIGINT", "DOUBLE", "FLOAT", "VARCHAR", "BOOLEAN"}
+        assert rows.rows[1][3] == float(np.float32(1 / 7)) and rows.rows[1][6] is None
+
+
+def test_head_rows_keep_columns_of_the_same_name(lake):
+    with LakeDB(lake) as db:
+        assert db.head_rows("SELECT 1 AS a, 2 AS a").rows == [(1, 2)]
+        assert db.head_rows("SELECT [1] AS a, [2] AS a").rows == [([1], [2])]

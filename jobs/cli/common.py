@@ -9,8 +9,6 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pyarrow as pa
-
 from jobs.output import write_json, write_rows
 from mining.core.config import Config, EmbedConfig
 from mining.core.errors import EdgemineError
@@ -44,7 +42,8 @@ def print_result(args: argparse.Namespace, result: Any, text: Callable[[Any], No
 
 
 def _as_json(result: Any) -> Any:
-    if isinstance(result, pa.Table):
+    pa = sys.modules.get("pyarrow")  # an Arrow table exists only once pyarrow is imported: not imported here
+    if pa is not None and isinstance(result, pa.Table):
         return result.to_pylist()
     return result.to_dict() if hasattr(result, "to_dict") else result
 

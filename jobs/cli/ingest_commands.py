@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from embed.backbones import BACKBONES
 from jobs.cli.common import UsageError, add_runner, embed_config, print_result, runner_of
 from mining.core.config import Config
 from mining.core.lake import Lake
@@ -136,6 +135,8 @@ def _files_exit_code(summary) -> int:
 
 
 def add_embed(commands, add) -> None:
+    from embed.backbones import BACKBONES  # the parser of `embed` only: other commands start without it
+
     embed = add(commands, "embed", cmd_embed, "compute embeddings and thumbnails for the lake's images that need them")
     embed.add_argument(
         "--weights", help="imagenet, random, or a checkpoint file (default: config embed.weights, imagenet)"

@@ -9,7 +9,7 @@ from typing import Any
 
 import mining
 from jobs.cli.common import UsageError, add_index_choice, index_config, open_db, print_result
-from jobs.output import FORMATS, write_rows
+from jobs.output import FORMATS, render_rows, write_json, write_rows
 from mining.core.config import Config
 from mining.core.lake import Lake
 
@@ -112,12 +112,16 @@ def cmd_sql(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("--max-rows must be at least 1")
     max_rows = args.max_rows or (min(100, config.query.max_rows) if fmt == "table" else config.query.max_rows)
     with open_db(config, as_of=as_of) as db:
-        result, cut = db.head(query, max_rows)
+        # A table or JSON is printed from Python rows (of a plain result, DuckDB's: no pyarrow); CSV by pyarrow.
+        result = db.head(query, max_rows) if fmt == "csv" else db.head_rows(query, max_rows)
     if fmt == "table":
-        write_rows(result, "table", sys.stdout, max_rows=max_rows, cut=cut)
+        sys.stdout.write(render_rows(result.names, result.rows, cut=result.cut))
         return 0
-    print_result(args, result)
-    if cut:
+    if fmt == "json":
+        write_json(result.to_pylist(), sys.stdout)
+    else:
+        write_rows(result.table, fmt, sys.stdout)
+    if result.cut:
         print(f"edgemine: the result was cut at {max_rows} rows (--max-rows, [query] max_rows); "
               "--output FILE.parquet writes every row", file=sys.stderr)
     return 0

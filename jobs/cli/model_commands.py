@@ -6,7 +6,6 @@ import argparse
 import sys
 
 import mining
-from embed.backbones import BACKBONES, FINETUNE_CHOICES
 from jobs.cli.common import (
     EXIT_REGRESSION,
     UsageError,
@@ -70,6 +69,8 @@ def add_models(commands, add) -> None:
 
 def _add_train_arguments(parser: argparse.ArgumentParser, base_default: str) -> None:
     """The flags of `train`, shared by `loop`."""
+    from embed.backbones import BACKBONES, FINETUNE_CHOICES  # the parsers of train and loop only
+
     parser.add_argument(
         "--name", required=True, metavar="VERSION", help="the new model version (letters, digits, _ . -)"
     )

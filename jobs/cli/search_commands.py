@@ -7,7 +7,7 @@ import sys
 
 import mining
 from jobs.cli.common import UsageError, add_index_choice, index_config, open_db, print_result
-from jobs.output import FORMATS
+from jobs.output import FORMATS, render_rows
 from mining.core.config import Config
 from mining.core.errors import command
 from mining.core.sql import quote_literal
@@ -46,7 +46,7 @@ def add_similar(commands, add) -> None:
 
 def cmd_similar(args: argparse.Namespace, config: Config) -> int:
     from embed.files import file_embedder
-    from mining.search.similar import hits_table
+    from mining.search.similar import hit_rows, hits_table
 
     config = index_config(args, config)
     if args.k is not None and args.k < 1:
@@ -58,7 +58,10 @@ def cmd_similar(args: argparse.Namespace, config: Config) -> int:
         index = mining.open_index(db, backbone=args.backbone, weights=args.weights, config=config, objects=objects)
         hits = mining.find_similar(db, args.seeds, negatives=args.negatives, k=args.k, where=args.where, save=args.save,
                                    index=index, embed_files=file_embedder(config), config=config)
-    print_result(args, hits_table(hits, objects=objects), max_rows=len(hits))
+    if objects or args.json or args.format != "table":
+        print_result(args, hits_table(hits, objects=objects), max_rows=len(hits))
+    else:  # from Python values, not through Arrow: the command's start-up (tests/test_startup.py)
+        sys.stdout.write(render_rows(["rank", "image_id", "score"], hit_rows(hits)))
     if args.save:
         sql = f"SELECT * FROM sets JOIN predictions USING (image_id) WHERE name = {quote_literal(args.save)}"
         print(f"saved as set {args.save!r}: {command('sql', sql)}", file=sys.stderr)

@@ -8,15 +8,15 @@ pipe); it is never a flag, which would leave it in the shell's history and the p
 from __future__ import annotations
 
 import argparse
-import getpass
 import sys
 
 from jobs.cli.common import UsageError, print_result
-from mining.core import accounts
 from mining.core.config import Config
 
 
 def add_user(commands, add) -> None:
+    from mining.core import accounts  # hashlib and more: imported by `user` only
+
     user = commands.add_parser("user", help="local accounts of the review UI and their roles")
     actions = user.add_subparsers(title="action", metavar="ACTION")
     user_add = add(actions, "add", cmd_user_add, "add an account, or change its role and password")
@@ -45,6 +45,8 @@ def _accounts_file(args: argparse.Namespace, config: Config) -> str:
 
 
 def cmd_user_add(args: argparse.Namespace, config: Config) -> int:
+    from mining.core import accounts  # hashlib and more: imported by `user` only
+
     path = _accounts_file(args, config)
     new = accounts.add_account(path, args.name, args.role, _read_password())
     print_result(args, {"name": args.name, "role": args.role, "accounts": path, "new": new},
@@ -53,6 +55,8 @@ def cmd_user_add(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_user_remove(args: argparse.Namespace, config: Config) -> int:
+    from mining.core import accounts  # hashlib and more: imported by `user` only
+
     path = _accounts_file(args, config)
     if not accounts.remove_account(path, args.name):
         raise UsageError(f"no account {args.name!r} in {path}; `edgemine user list` shows them")
@@ -61,6 +65,8 @@ def cmd_user_remove(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_user_list(args: argparse.Namespace, config: Config) -> int:
+    from mining.core import accounts  # hashlib and more: imported by `user` only
+
     found = accounts.load_accounts(args.accounts or config.auth.accounts)
     rows = [{"name": a.name, "role": a.role} for a in sorted(found.values(), key=lambda a: a.name)]
     print_result(args, rows, lambda rows: print("\n".join(f"{r['name']}\t{r['role']}" for r in rows)
@@ -69,11 +75,17 @@ def cmd_user_list(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_user_hash(args: argparse.Namespace, config: Config) -> int:
+    from mining.core import accounts  # hashlib and more: imported by `user` only
+
     print(accounts.hash_password(_read_password()))
     return 0
 
 
 def _read_password() -> str:
+    import getpass
+
+    from mining.core import accounts  # hashlib and more: imported by `user` only
+
     if not sys.stdin.isatty():
         password = sys.stdin.readline().rstrip("\r\n")
     else:

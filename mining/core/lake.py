@@ -20,6 +20,9 @@ Layout (relative to the lake root)::
 
 A lake written before tables were Delta tables (Parquet folders without a
 ``_delta_log``) is refused with what to run: `edgemine migrate`.
+
+Importing this module imports neither pyarrow nor the schemas (mining.core.schema, which
+does): a command that reads no table, `edgemine sql "SELECT 1"`, starts without them.
 """
 
 from __future__ import annotations
@@ -35,15 +38,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from mining.core.config import Config, S3Config
 from mining.core.errors import InputError, LakeError, command
-from mining.core.schema import TABLES, Table, table_named
 
 if TYPE_CHECKING:
     import fsspec
+    import pyarrow as pa
+
+    from mining.core.schema import Table
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +241,8 @@ class Lake:
         return as_uri(path, like=uri).rstrip("/") + "/"
 
     def table_dir(self, table: Table | str) -> str:
+        from mining.core.schema import table_named
+
         return self.path(table_named(table).name)
 
     @property
@@ -262,6 +266,8 @@ class Lake:
 
     def old_layout_tables(self) -> list[str]:
         """Tables still in the layout before Delta."""
+        from mining.core.schema import TABLES
+
         return [name for name in TABLES if self.in_old_layout(name)]
 
     def check_layout(self) -> None:
@@ -304,6 +310,8 @@ class Lake:
 
     # -- writing files that are not tables -------------------------------------
     def write_parquet(self, rows: pa.Table, path: str) -> None:
+        import pyarrow.parquet as pq
+
         parent = posixpath.dirname(path)
         if self.protocol == "file":
             self.fs.makedirs(parent, exist_ok=True)

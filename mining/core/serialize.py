@@ -2,6 +2,8 @@
 
 CSV holds no nested values, so lists, maps and structs are written as JSON text;
 JSON has no bytes, dates or NaN, so those become base64, ISO 8601 and null.
+pyarrow is imported by the functions that write files, not by ``jsonable``: printing a small
+result (`edgemine sql`) does without it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import io
 import json
 import math
 from datetime import date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def jsonable(value: Any) -> Any:
@@ -38,18 +39,24 @@ def jsonable(value: Any) -> Any:
 
 def csv_bytes(table: pa.Table) -> bytes:
     """The table as CSV with a header row; nested values as JSON text."""
+    import pyarrow.csv as pacsv
+
     buffer = io.BytesIO()
     pacsv.write_csv(_csv_safe(table), buffer)
     return buffer.getvalue()
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
+    import pyarrow.parquet as pq
+
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()
 
 
 def _csv_safe(table: pa.Table) -> pa.Table:
+    import pyarrow as pa
+
     columns = []
     for column in table.columns:
         if pa.types.is_nested(column.type):

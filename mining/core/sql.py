@@ -27,6 +27,11 @@ with its own cursor (DuckDB cursors are safe to use from one thread each).
 Views are made the first time a query names their table, so `SELECT 1` reads
 no Delta log; a view follows its table's new commits by itself, and a table that
 did not exist when its view was made gets its real view once it does.
+
+Start-up: this module imports DuckDB, but neither pyarrow nor the schemas
+(mining.core.schema) until a query names a table or returns Arrow: ``head_rows`` gives a
+small result of plain columns as DuckDB's own Python rows, so `edgemine sql "SELECT 1"`
+costs about what DuckDB alone does.
 """
 
 from __future__ import annotations
@@ -42,17 +47,20 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlparse
 
 import duckdb
-import pyarrow as pa
 
 from mining.core import query_limits
 from mining.core.config import Config, QueryConfig
 from mining.core.errors import LakeError, QueryError, QueryLimitError, ReadOnlyError
 from mining.core.lake import Lake
-from mining.core.schema import TABLES, Table
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from mining.core.schema import Table
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,6 +68,11 @@ T = TypeVar("T")
 READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT}
 SAFE_TABLE_FUNCTIONS = {"range", "generate_series", "unnest"}
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\s+", re.IGNORECASE)
+# DuckDB's types whose Python values are the same as Arrow's to_pylist() gives: a result of
+# only these is fetched as DuckDB's rows by head_rows (no pyarrow); TIMESTAMPTZ, for one, is not
+# (DuckDB would need pytz), nor DECIMAL, MAP, UUID, nested types.
+PLAIN_TYPES = frozenset({"BOOLEAN", "TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT",
+                         "UINTEGER", "UBIGINT", "FLOAT", "DOUBLE", "VARCHAR"})
 RECHECK_MISSING_S = 1.0  # how often a view over a missing table looks for it again (on S3, a request)
 # A first query over the views: the UI's SQL page starts with it.
 EXAMPLE_QUERY = """SELECT image_id, label, confidence, camera
@@ -100,6 +113,19 @@ class Head(NamedTuple):
     cut: bool
 
 
+class Rows(NamedTuple):
+    """The first rows of a result as Python values (``LakeDB.head_rows``): its column names, one
+    tuple per row, and whether it had more."""
+
+    names: list[str]
+    rows: list[tuple]
+    cut: bool
+
+    def to_pylist(self) -> list[dict[str, Any]]:
+        """One dict per row, as Arrow's ``Table.to_pylist`` gives it."""
+        return [dict(zip(self.names, row)) for row in self.rows]
+
+
 class LakeDB:
     """A DuckDB connection with a view per lake table.
 
@@ -122,6 +148,8 @@ class LakeDB:
         else:
             self._catalog = _Catalog(lake, self.limits, sandboxed=read_only, threads=threads, as_of=self.as_of)
             if not read_only:
+                from mining.core.schema import TABLES
+
                 self._catalog.ensure(TABLES)  # jobs' own statements (CREATE TEMP TABLE ...) are not parsed
         self.con = self._catalog.cursor()
 
@@ -138,17 +166,21 @@ class LakeDB:
         """The first ``max_rows`` rows of ``sql``'s result (default ``[query] max_rows``), and
         whether there were more: fetched in batches, so a huge result is never held whole."""
         max_rows = self.limits.max_rows if max_rows is None else max_rows
+        return self._run(sql, None, lambda result: _arrow_head(result, max_rows))
 
-        def first_rows(result: duckdb.DuckDBPyConnection) -> Head:
-            reader = result.to_arrow_reader(min(max(max_rows, 1), 100_000))
-            batches, rows = [], 0
-            for batch in reader:
-                batches.append(batch)
-                rows += batch.num_rows
-                if rows > max_rows:
-                    break
-            table = pa.Table.from_batches(batches, reader.schema)
-            return Head(table.slice(0, max_rows), table.num_rows > max_rows)
+    def head_rows(self, sql: str, max_rows: int | None = None) -> Rows:
+        """``head``'s rows as Python values, the same values: a result whose columns are all of
+        PLAIN_TYPES (numbers, text, booleans) is fetched as DuckDB's rows, without pyarrow (a
+        command's start-up); any other through Arrow."""
+        max_rows = self.limits.max_rows if max_rows is None else max_rows
+
+        def first_rows(result: duckdb.DuckDBPyConnection) -> Rows:
+            names = [column[0] for column in result.description]
+            if all(str(column[1]) in PLAIN_TYPES for column in result.description):
+                rows = result.fetchmany(max_rows + 1)
+                return Rows(names, rows[:max_rows], len(rows) > max_rows)
+            table, cut = _arrow_head(result, max_rows)
+            return Rows(names, list(zip(*(column.to_pylist() for column in table.columns))), cut)
 
         return self._run(sql, None, first_rows)
 
@@ -230,6 +262,21 @@ class _View:
         return lake.generation != self.generation or time.monotonic() - self.checked >= RECHECK_MISSING_S
 
 
+def _arrow_head(result: duckdb.DuckDBPyConnection, max_rows: int) -> Head:
+    """The first ``max_rows`` rows of an executed statement as an Arrow table, fetched in batches."""
+    import pyarrow as pa
+
+    reader = result.to_arrow_reader(min(max(max_rows, 1), 100_000))
+    batches, rows = [], 0
+    for batch in reader:
+        batches.append(batch)
+        rows += batch.num_rows
+        if rows > max_rows:
+            break
+    table = pa.Table.from_batches(batches, reader.schema)
+    return Head(table.slice(0, max_rows), table.num_rows > max_rows)
+
+
 class _Catalog:
     """One in-memory DuckDB database with a lake's views, made as queries need them."""
 
@@ -258,6 +305,10 @@ class _Catalog:
         if tree.get("error"):
             return set()  # DuckDB reports the syntax error itself when the query runs
         refs, functions, ctes = _references(tree)
+        if not refs and not functions:
+            return set()  # reads no table (SELECT 1): nor imports the schemas, nor pyarrow
+        from mining.core.schema import TABLES
+
         refused = sorted(functions - SAFE_TABLE_FUNCTIONS)
         if refused:
             raise ReadOnlyError(f"table functions are refused ({', '.join(refused)}): queries read the lake's views "
@@ -285,6 +336,8 @@ class _Catalog:
                 made = self.views.get(name)
                 if made is not None and (made.real or not made.due(self.lake)):
                     continue
+                from mining.core.schema import TABLES
+
                 pinned = self.as_of.get(name, -1)
                 real = _table_exists(self.lake, TABLES[name]) if pinned == -1 else pinned is not None
                 if made is None or real:
@@ -429,6 +482,7 @@ def view_sql(lake: Lake, table: Table, *, exists: bool, version: int | None = No
 
 def view_statements(lake: Lake) -> str:
     """SQL that recreates the lake's views in any DuckDB client."""
+    from mining.core.schema import TABLES
     from mining.core.tables import exists
 
     lines = [f"-- edgemine lake {lake.uri}", "SET TimeZone = 'UTC';",
@@ -498,6 +552,8 @@ def _empty_select(table: Table) -> str:
 
 def duckdb_type(t: pa.DataType) -> str:
     """DuckDB's name for the Arrow types the schemas use."""
+    import pyarrow as pa
+
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return "VARCHAR"
     if pa.types.is_timestamp(t):

@@ -238,14 +238,20 @@ def check_regressions(db: LakeDB, slices: Sequence[Slice], version: str | None =
         return report
     got = correctness(db, version, baseline, slices)
     cols = {name: got.column(name).to_numpy(zero_copy_only=False) for name in got.column_names}
+    # The true labels as numbers (Arrow's dictionary encoding), once: a set of Python strings and
+    # string comparisons per slice and class were a fifth of the check (2 s of 11 at 1M predictions).
+    encoded = got.column("y").combine_chunks().dictionary_encode()
+    labels, y = encoded.dictionary.to_pylist(), encoded.indices.to_numpy(zero_copy_only=False)
     for k, one in enumerate(slices):
         inside = cols[f"s{k}"].astype(bool)
-        tests = [("accuracy", None, cols["image_id"][inside], cols["is_b"][inside], cols["correct"][inside])]
-        tests += [("recall", c, *(cols[k][inside & (cols["y"] == c)] for k in ("image_id", "is_b", "correct")))
-                  for c in sorted(set(cols["y"][inside]))]
-        tests += [(metric, None, ids, is_b, values)
-                  for metric, ids, is_b, values in regression_samples(db, version, baseline, one)]
-        for metric, label, ids, is_b, values in tests:
+        tests = [("accuracy", None, inside)]
+        present = sorted((labels[c], c) for c in np.unique(y[inside]))
+        tests += [("recall", label, inside & (y == c)) for label, c in present]
+        samples = [(metric, label, cols["image_id"][m], cols["is_b"][m], cols["correct"][m])
+                   for metric, label, m in tests]
+        samples += [(metric, None, ids, is_b, values)
+                    for metric, ids, is_b, values in regression_samples(db, version, baseline, one)]
+        for metric, label, ids, is_b, values in samples:
             a, b, paired = split_versions(ids, is_b, values.astype(np.float64), config.min_n)
             if a is None:
                 continue

@@ -328,6 +328,12 @@ def slice_positions(db: LakeDB, index: VectorIndex, where: str) -> np.ndarray:
     return index.positions(ids.to_numpy(zero_copy_only=False), skip_missing=True) if len(ids) else np.zeros(0, np.int64)
 
 
+def hit_rows(hits: list[Hit]) -> list[tuple[int, str, float]]:
+    """``hits_table``'s rows as Python values, the same values (the score a float32's): printing a
+    table from them skips pyarrow's conversion of Python values, which imports pandas (0.5 s)."""
+    return [(h.rank, h.image_id, float(np.float32(h.score))) for h in hits]
+
+
 def hits_table(hits: list[Hit] | list[ObjectHit], *, objects: bool = False) -> pa.Table:
     """The hits as the CLI prints them: rank, image_id, score; for objects (ObjectHits, or
     ``objects`` when there are none) rank, detection_id, image_id, box, score."""
