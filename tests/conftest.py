@@ -61,6 +61,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.ray)
             item.add_marker(pytest.mark.processes)
+    # The Ray cluster's module first: its minutes run beside the rest on one xdist worker
+    # (--dist loadscope hands out modules in this order), not alone at the end.
+    items.sort(key=lambda item: item.get_closest_marker("ray") is None)
 
 
 def _untracked() -> set[str]:

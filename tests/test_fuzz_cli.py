@@ -65,7 +65,12 @@ def run(argv: list[str], monkeypatch) -> tuple[object, str]:
 
 @pytest.mark.slow
 def test_no_command_line_makes_an_internal_error_or_breaks_the_lake(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # relative paths in the cases land here, never in the checkout
+    # Relative paths in the cases land here, never in the checkout; three folders deep, so that
+    # `..` and `../../../etc` stay inside tmp_path (its parent holds every other test's folders:
+    # ingesting them all as predictions took minutes, depending on what ran before).
+    working = tmp_path / "a" / "b" / "c"
+    working.mkdir(parents=True)
+    monkeypatch.chdir(working)
     monkeypatch.setenv("EDGEMINE_USER", "fuzz")
     for name in ("EDGEMINE_CONFIG", "EDGEMINE_LAKE", "EDGEMINE_ACCOUNTS", "EDGEMINE_ACCOUNTS_FILE"):
         monkeypatch.delenv(name, raising=False)
