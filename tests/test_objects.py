@@ -219,6 +219,8 @@ def test_the_bound_per_image_keeps_the_highest_scores(lake):
         embed_objects(lake, CONFIG, replace(OBJECTS, max_per_image=0), show_progress=False)
 
 
+# The commit order is the image embed's, whose kill tests run on S3 too (tests/test_embed_job.py).
+@local_only
 def test_a_part_killed_before_its_commit_is_redone_and_nothing_doubles(lake, monkeypatch):
     objects_lake(lake, n=8)
     real_append, calls = tables.append, []
