@@ -191,27 +191,51 @@ def read_yolo_folder(uri: str, fs: Any, path: str, detector: Detector, names: di
                      chunk_rows: int, *, skipped: set[str]) -> Iterator[Batch]:
     """The .txt files below a folder, in name order, as prediction rows, ``chunk_rows`` files a
     batch; a row's number is its file's place in that order, a bad line's its line number."""
+    files = files_in_chunks(uri, fs, path, chunk_rows, suffix=".txt", skipped=skipped,
+                            what="--format yolo reads a folder of YOLO text files (one <image stem>.txt per image)")
+    for chunk in files:
+        rows, numbers, rejects = [], [], []
+        for file in chunk:
+            row = _yolo_file(file.data, file.uri, names, rejects)
+            if row is not None:
+                rows.append(_row(file.stem, None, detector, detector.ts or _modified(file.info), row, fractions=True)
+                            | {"__source_file": file.uri})
+                numbers.append(file.number)
+        yield Batch(pa.Table.from_pylist(rows, ROW_SCHEMA), pa.array(numbers, pa.int64()), rejects)
+
+
+@dataclass(frozen=True)
+class ListedFile:
+    """A file of a detector's folder: its place in name order (from 1), URI, bytes and listing info."""
+
+    number: int
+    uri: str
+    data: bytes
+    info: dict
+
+    @property
+    def stem(self) -> str:
+        """The file's name without its suffix: the image it is about."""
+        return posixpath.splitext(posixpath.basename(self.uri))[0]
+
+
+def files_in_chunks(uri: str, fs: Any, path: str, chunk_rows: int, *, suffix: str, what: str,
+                    skipped: set[str] = frozenset()) -> Iterator[list[ListedFile]]:
+    """The ``suffix`` files below the folder ``path`` (``uri`` as the user gave it), in name order,
+    read ``chunk_rows`` at a time; an InputFormatError (saying ``what`` the format reads) when
+    ``path`` is no folder or holds none."""
     if not fs.isdir(path):
-        raise InputFormatError("--format yolo reads a folder of YOLO text files (one <image stem>.txt per image); "
-                               "give the folder")
+        raise InputFormatError(f"{what}; give the folder")
     listing = sorted((p, info) for p, info in fs.find(path, detail=True).items()
-                     if p.endswith(".txt") and posixpath.basename(p) not in skipped)
+                     if p.lower().endswith(suffix) and posixpath.basename(p) not in skipped)
     if not listing:
-        raise InputFormatError("no .txt file below the folder: --format yolo reads one <image stem>.txt per image")
+        raise InputFormatError(f"no {suffix} file below the folder: {what}")
     base = uri.rstrip("/")
     for start in range(0, len(listing), chunk_rows):
         chunk = listing[start:start + chunk_rows]
         contents = fs.cat([p for p, _ in chunk])
-        rows, numbers, rejects = [], [], []
-        for number, (p, info) in enumerate(chunk, start=start + 1):
-            file_uri = base + "/" + posixpath.relpath(p, path)
-            row = _yolo_file(contents[p], file_uri, names, rejects)
-            if row is not None:
-                stem = posixpath.splitext(posixpath.basename(p))[0]
-                rows.append(_row(stem, None, detector, detector.ts or _modified(info), row, fractions=True)
-                            | {"__source_file": file_uri})
-                numbers.append(number)
-        yield Batch(pa.Table.from_pylist(rows, ROW_SCHEMA), pa.array(numbers, pa.int64()), rejects)
+        yield [ListedFile(number, base + "/" + posixpath.relpath(p, path), contents[p], info)
+               for number, (p, info) in enumerate(chunk, start=start + 1)]
 
 
 def _yolo_file(data: bytes, file_uri: str, names: dict[int, str] | None, rejects: list[Reject]) -> list[dict] | None:
@@ -364,31 +388,21 @@ def read_label_maps(uri: str, fs: Any, path: str, detector: Detector, classes: d
     """The .png files below a folder, in name order, each an image's semantic label map (the
     class index per pixel) as a prediction row whose ``__semantic`` holds one RLE per class
     present; ``chunk_rows`` files a batch, a row's number its file's place in that order."""
-    if not fs.isdir(path):
-        raise InputFormatError("--format png-masks reads a folder of PNG label maps (one <image stem>.png per "
-                               "image); give the folder")
-    listing = sorted((p, info) for p, info in fs.find(path, detail=True).items() if p.lower().endswith(".png"))
-    if not listing:
-        raise InputFormatError("no .png file below the folder: --format png-masks reads one <image stem>.png "
-                               "per image")
     names = [classes[k] for k in sorted(classes)]
-    base = uri.rstrip("/")
-    for start in range(0, len(listing), chunk_rows):
-        chunk = listing[start:start + chunk_rows]
-        contents = fs.cat([p for p, _ in chunk])
+    files = files_in_chunks(uri, fs, path, chunk_rows, suffix=".png",
+                            what="--format png-masks reads a folder of PNG label maps (one <image stem>.png per image)")
+    for chunk in files:
         rows, numbers, rejects = [], [], []
-        for number, (p, info) in enumerate(chunk, start=start + 1):
-            file_uri = base + "/" + posixpath.relpath(p, path)
-            semantic = label_map_row(contents[p], names)
+        for file in chunk:
+            semantic = label_map_row(file.data, names)
             if isinstance(semantic, str):
-                rejects.append(Reject(number, "", f"{posixpath.basename(p)}: {semantic}", file_uri))
+                rejects.append(Reject(file.number, "", f"{posixpath.basename(file.uri)}: {semantic}", file.uri))
                 continue
-            stem = posixpath.splitext(posixpath.basename(p))[0]
-            top = _largest_class(semantic, names)
-            rows.append({"__image_name": stem, "model_version": detector.model_version,
-                         "ts": detector.ts or _modified(info), "label": top, "confidence": 1.0, "detections": [],
-                         "__box_in_fractions": False, "__source_file": file_uri, "__semantic": semantic})
-            numbers.append(number)
+            rows.append({"__image_name": file.stem, "model_version": detector.model_version,
+                         "ts": detector.ts or _modified(file.info), "label": _largest_class(semantic, names),
+                         "confidence": 1.0, "detections": [], "__box_in_fractions": False,
+                         "__source_file": file.uri, "__semantic": semantic})
+            numbers.append(file.number)
         yield Batch(pa.Table.from_pylist(rows, ROW_SCHEMA), pa.array(numbers, pa.int64()), rejects)
 
 
