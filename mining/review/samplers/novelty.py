@@ -49,13 +49,7 @@ def novelty(db: LakeDB, s: Slice, index: Callable[[], VectorIndex], *, neighbour
     if len(positions) == 0:
         raise empty_slice_error("images not yet reviewed", s, total, total)
     k = min(neighbours, len(reference))
-    distance = np.empty(len(positions), np.float32)
-    nearest = np.empty(len(positions), np.int64)
-    for start in range(0, len(positions), QUERY_BLOCK):
-        block = positions[start:start + QUERY_BLOCK]
-        sims, found = idx.search(idx.vectors[block], k, subset=reference, exact=True)
-        distance[start:start + len(block)] = 1 - sims.mean(1)
-        nearest[start:start + len(block)] = found[:, 0]
+    distance, nearest = distances_to(idx, positions, reference, k)
     order = np.lexsort((idx.ids[positions], -distance))[:limit]
     nearest_ones = "nearest" if k == 1 else f"{k} nearest"
     reasons = [f"cosine distance {distance[o]:.3f} to the {nearest_ones} reviewed or labelled "
@@ -64,6 +58,20 @@ def novelty(db: LakeDB, s: Slice, index: Callable[[], VectorIndex], *, neighbour
                              reasons),
                   candidates=total, excluded=excluded, notes=notes)
 
+
+
+def distances_to(idx: VectorIndex, positions: np.ndarray, reference: np.ndarray,
+                 k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each of ``positions``: 1 - its mean similarity to its ``k`` nearest ``reference`` rows
+    (float32), and the position of the nearest one (int64), searched ``QUERY_BLOCK`` at a time."""
+    distance = np.empty(len(positions), np.float32)
+    nearest = np.empty(len(positions), np.int64)
+    for start in range(0, len(positions), QUERY_BLOCK):
+        block = positions[start:start + QUERY_BLOCK]
+        sims, found = idx.search(idx.vectors[block], k, subset=reference, exact=True)
+        distance[start:start + len(block)] = 1 - sims.mean(1)
+        nearest[start:start + len(block)] = found[:, 0]
+    return distance, nearest
 
 
 NOVELTY = Sampler(

@@ -10,7 +10,7 @@ import numpy as np
 from mining.core.config import Config
 from mining.core.errors import QueueError
 from mining.core.sql import LakeDB
-from mining.review.samplers.novelty import QUERY_BLOCK
+from mining.review.samplers.novelty import distances_to
 from mining.review.samplers.sampler_base import (
     Option,
     Picked,
@@ -59,7 +59,7 @@ def object_novelty(db: LakeDB, s: Slice, config: Config, *, neighbours: int = 1,
     if not candidates.any():
         raise empty_slice_error("images with embedded boxes not yet reviewed", s, counts["total"], counts["excluded"])
     positions = idx.positions(box_ids[candidates])
-    distance = _distance(idx, positions, reference, min(neighbours, len(reference)))
+    distance, _ = distances_to(idx, positions, reference, min(neighbours, len(reference)))
     rows = boxes.filter(candidates).append_column("distance", [distance]).to_pylist()
     best = {}
     for row in sorted(rows, key=lambda r: (-r["distance"], r["detection_id"])):
@@ -70,16 +70,6 @@ def object_novelty(db: LakeDB, s: Slice, config: Config, *, neighbours: int = 1,
     return Picked(make_picks([r["image_id"] for r in picked], [r["prediction_id"] for r in picked],
                              [r["distance"] for r in picked], reasons),
                   candidates=counts["total"], excluded=counts["excluded"])
-
-
-def _distance(idx, positions: np.ndarray, reference: np.ndarray, k: int) -> np.ndarray:
-    """float32 (len(positions),): 1 - the mean similarity to the ``k`` nearest reference boxes."""
-    distance = np.empty(len(positions), np.float32)
-    for start in range(0, len(positions), QUERY_BLOCK):
-        block = positions[start:start + QUERY_BLOCK]
-        sims, _ = idx.search(idx.vectors[block], k, subset=reference, exact=True)
-        distance[start:start + len(block)] = 1 - sims.mean(1)
-    return distance
 
 
 OBJECT_NOVELTY = Sampler(
