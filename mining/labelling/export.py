@@ -170,19 +170,9 @@ def load_items(
     boxes: dict[str, list[dict[str, Any]]] = {}
     semantic: dict[str, list[dict[str, Any]]] = {}
     prediction_ids = [p for p in rows["prediction_id"] if p is not None]
-    chosen = _chosen_boxes(db, detections) if detections is not None else None
+    chosen = _boxes(db, "image_id", "detection_id", detections) if detections is not None else None
     if chosen is None and predictions and prediction_ids:
-        found = db.query(
-            "SELECT d.prediction_id, d.box, d.label, d.score, m.height, m.width, m.counts, m.area FROM detections d "
-            "LEFT JOIN masks m ON m.detection_id = d.detection_id WHERE d.prediction_id IN (SELECT unnest($p)) "
-            "ORDER BY d.prediction_id, d.score DESC, d.detection_id",
-            {"p": prediction_ids},
-        ).to_pylist()
-        for d in found:
-            if d["box"] is not None and d["label"] is not None:
-                boxes.setdefault(d["prediction_id"], []).append({
-                    "box": [float(v) for v in d["box"]], "label": d["label"],
-                    "score": None if d["score"] is None else round(float(d["score"]), 6), **_mask_of(d)})
+        boxes = _boxes(db, "prediction_id", "prediction_id", prediction_ids)
         semantic = semantic_masks(db, prediction_ids)
     items, refused = [], []
     for k, image_id in enumerate(rows["image_id"]):
@@ -212,18 +202,20 @@ def load_items(
     return items, refused
 
 
-def _chosen_boxes(db: LakeDB, detection_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Per image, the chosen detections (with their masks), best score first: an export of objects' boxes."""
-    chosen: dict[str, list[dict[str, Any]]] = {}
+def _boxes(db: LakeDB, by: str, column: str, ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """The detections whose ``column`` is one of ``ids`` (the newest predictions' ids, or the chosen
+    detection ids of an export of objects), with their masks, per ``by`` (prediction_id or
+    image_id), best score first."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
     for d in db.query(
-        "SELECT d.image_id, d.box, d.label, d.score, m.height, m.width, m.counts, m.area FROM detections d "
-        "LEFT JOIN masks m ON m.detection_id = d.detection_id WHERE d.detection_id IN (SELECT unnest($d)) "
-        "ORDER BY d.image_id, d.score DESC, d.detection_id", {"d": list(detection_ids)}).to_pylist():
+        f"SELECT d.{by} AS key, d.box, d.label, d.score, m.height, m.width, m.counts, m.area FROM detections d "
+        f"LEFT JOIN masks m ON m.detection_id = d.detection_id WHERE d.{column} IN (SELECT unnest($ids)) "
+        f"ORDER BY d.{by}, d.score DESC, d.detection_id", {"ids": list(ids)}).to_pylist():
         if d["box"] is not None and d["label"] is not None:
-            chosen.setdefault(d["image_id"], []).append({
+            grouped.setdefault(d["key"], []).append({
                 "box": [float(v) for v in d["box"]], "label": d["label"],
                 "score": None if d["score"] is None else round(float(d["score"]), 6), **_mask_of(d)})
-    return chosen
+    return grouped
 
 
 def semantic_masks(db: LakeDB, prediction_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
