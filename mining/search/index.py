@@ -46,7 +46,8 @@ TRAIN_PER_LIST = 64  # training points per IVF list: enough for stable cells, bo
 RESCORE_FACTOR = 4  # ivfpq: candidates re-scored exactly per result wanted
 # An IVF search probes enough lists to hold about this many candidates per result wanted: a
 # large k (a narrowing pool of 20,000) needs more lists than a query's top 100. Measured at 1M
-# vectors (BENCHMARKS.md, kNN): 16 candidates per result found 93-96% of the exact pool.
+# vectors (BENCHMARKS.md, kNN): 12.5 candidates per result (nprobe 256 of 1,024 for 20,000)
+# found 88-94% of the exact pool; 16 asks for more than that.
 CANDIDATES_PER_RESULT = 16
 # When that means probing more than this share of the lists, one exact scan costs about the
 # same and finds the whole exact pool.
